@@ -1,0 +1,1 @@
+"""inferpipe's Lambda functions: one package, one handler per Step Functions task."""

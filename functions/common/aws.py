@@ -1,0 +1,77 @@
+"""AWS clients shared by the functions, and the mapping of AWS failures onto our error taxonomy.
+
+Clients are created once per process (a warm Lambda reuses them) and honour the standard
+settings, including ``AWS_ENDPOINT_URL``, which is how the local stack points them at itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, NoReturn
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from functions.common.errors import TransientError
+
+_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 3},
+    connect_timeout=5,
+    read_timeout=20,
+)
+_clients: dict[str, Any] = {}
+_lock = threading.Lock()
+
+#: Error codes that mean "try again later" whatever the service.
+TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "KMSThrottlingException",
+        "TransactionConflictException",
+    }
+)
+
+
+def client(service: str) -> Any:
+    """A process-wide boto3 client for ``service`` (thread-safe to share)."""
+    existing = _clients.get(service)
+    if existing is not None:
+        return existing
+    with _lock:
+        if service not in _clients:
+            _clients[service] = boto3.session.Session().client(service, config=_CONFIG)
+        return _clients[service]
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for throttling, timeouts, connection problems and 5xx answers."""
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return error_code(exc) in TRANSIENT_CODES or status >= 500
+    return isinstance(exc, BotoCoreError)  # endpoint/connection/read-timeout errors
+
+
+def raise_transient(exc: BaseException, what: str) -> NoReturn:
+    """Re-raise an AWS failure as TransientError when retrying can help; otherwise as it is."""
+    if is_transient(exc):
+        raise TransientError(f"{what}: {exc}") from exc
+    raise exc

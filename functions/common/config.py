@@ -1,0 +1,105 @@
+"""Environment variable names and the typed settings read from them.
+
+Every variable a function reads is named here once. ``config/stack.json`` lists which variables
+each function receives; Terraform and the local stack both set exactly those.
+
+The local stack runs all three functions in one process, each with its own environment: a
+function therefore reads its variables through :func:`environ`, which returns the mapping of the
+invocation in progress (set by the local stack) or, in a real Lambda, ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+MODEL_BUCKET = "MODEL_BUCKET"
+WORK_BUCKET = "WORK_BUCKET"
+OUTPUT_BUCKET = "OUTPUT_BUCKET"
+PREDICTIONS_TABLE = "PREDICTIONS_TABLE"
+PREDICTIONS_TOPIC_ARN = "PREDICTIONS_TOPIC_ARN"
+PREDICTIONS_QUEUE_URL = "PREDICTIONS_QUEUE_URL"
+PREDICTIONS_EVENT_BUS = "PREDICTIONS_EVENT_BUS"
+MAX_OBJECT_BYTES = "MAX_OBJECT_BYTES"
+MAX_IMAGE_PIXELS = "MAX_IMAGE_PIXELS"
+MODEL_CACHE_MB = "MODEL_CACHE_MB"
+
+_invocation_environ: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "inferpipe_invocation_environ", default=None
+)
+
+
+def environ() -> Mapping[str, str]:
+    """The environment of the function invocation in progress."""
+    override = _invocation_environ.get()
+    return os.environ if override is None else override
+
+
+@contextlib.contextmanager
+def invocation_environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """Run a block as a function whose environment is exactly ``variables`` (local stack only)."""
+    token = _invocation_environ.set(dict(variables))
+    try:
+        yield
+    finally:
+        _invocation_environ.reset(token)
+
+
+def require(name: str) -> str:
+    """The value of a variable the function cannot work without."""
+    value = environ().get(name, "")
+    if not value:
+        raise RuntimeError(f"environment variable {name} is not set for this function")
+    return value
+
+
+def optional(name: str) -> str | None:
+    """The value of a variable whose absence switches a feature off."""
+    return environ().get(name) or None
+
+
+def positive_int(name: str, default: int) -> int:
+    """An integer setting > 0, with a default when unset."""
+    raw = environ().get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RuntimeError(f"environment variable {name}={raw!r} is not an integer") from None
+    if value <= 0:
+        raise RuntimeError(f"environment variable {name}={raw!r} must be > 0")
+    return value
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Guards applied before and while decoding an image."""
+
+    max_object_bytes: int = 50 * 1024 * 1024  # refuse to download more than this
+    max_image_pixels: int = 40_000_000  # refuse to decode more pixels than this (≈ 7300×5500)
+
+    @classmethod
+    def from_env(cls) -> ImageLimits:
+        return cls(
+            max_object_bytes=positive_int(MAX_OBJECT_BYTES, cls.max_object_bytes),
+            max_image_pixels=positive_int(MAX_IMAGE_PIXELS, cls.max_image_pixels),
+        )
+
+
+__all__ = [
+    "ImageLimits",
+    "environ",
+    "invocation_environment",
+    "optional",
+    "positive_int",
+    "require",
+]
+
+WORK_PREFIX = "WORK_PREFIX"
+OUTPUT_PREFIX = "OUTPUT_PREFIX"
+DEFAULT_MODEL = "DEFAULT_MODEL"
+DEFAULT_MODEL_VERSION = "DEFAULT_MODEL_VERSION"

@@ -1,0 +1,65 @@
+"""The error taxonomy shared by every function.
+
+A Lambda that raises reports the exception's class name as ``errorType``; the state machine's
+Retry and Catch blocks match on those names. So the class names below are part of the contract
+with ``state_machine/pipeline.asl.json``:
+
+* ``TransientError`` (and only it) is retried with back-off: throttling, timeouts, 5xx answers.
+* Every ``PermanentError`` subclass is caught and ends the execution in a ``Fail`` state whose
+  Error/Cause name what was wrong. Retrying cannot help, so it is never retried.
+"""
+
+from __future__ import annotations
+
+
+class InferpipeError(Exception):
+    """Base class of all errors the pipeline raises on purpose."""
+
+
+class TransientError(InferpipeError):
+    """Worth retrying: an AWS service throttled, timed out or answered 5xx."""
+
+
+class PermanentError(InferpipeError):
+    """Retrying cannot help: the input, the object or the model is wrong."""
+
+
+class InvalidRequestError(PermanentError):
+    """The execution input is not a request the pipeline understands."""
+
+
+class ObjectNotFoundError(PermanentError):
+    """The source object (or the requested version of it) does not exist."""
+
+
+class ObjectTooLargeError(PermanentError):
+    """The source object is larger than the configured MAX_OBJECT_BYTES."""
+
+
+class NotAnImageError(PermanentError):
+    """The source object is empty, truncated, or not in an image format Pillow decodes."""
+
+
+class DecompressionBombError(PermanentError):
+    """The image claims more pixels than the configured MAX_IMAGE_PIXELS."""
+
+
+class ModelNotFoundError(PermanentError):
+    """No published model package matches the requested name and version or alias."""
+
+
+class ModelIntegrityError(PermanentError):
+    """A model package's files do not match the sizes and checksums of its manifest."""
+
+
+class SinkNotConfiguredError(PermanentError):
+    """A sink was requested that this deployment does not have."""
+
+
+#: The names the state machine retries. Kept here so a test can compare them with the ASL.
+TRANSIENT_ERROR_NAMES: tuple[str, ...] = (TransientError.__name__,)
+
+#: The names the state machine catches as permanent failures.
+PERMANENT_ERROR_NAMES: tuple[str, ...] = tuple(
+    cls.__name__ for cls in PermanentError.__subclasses__()
+)

@@ -1,0 +1,1 @@
+"""The inference task of the pipeline."""

@@ -1,0 +1,1 @@
+"""The sink task of the pipeline."""
