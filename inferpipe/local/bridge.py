@@ -1,0 +1,529 @@
+"""Bridges over two gaps of moto 5.2 as the local AWS, installed by patching moto in this process.
+
+1. **Lambda runs our code.** Without Docker, moto's Lambda returns a canned payload. The bridge
+   replaces ``LambdaSimpleBackend.invoke``: the function's handler (``ImageConfig.Command[0]``
+   for an image, ``Handler`` for a zip) is imported once per process (warm-container semantics:
+   module-level caches persist) and called with the function's configured environment, through
+   :func:`functions.common.config.invocation_environment`, and a :class:`LambdaContext`. An
+   exception comes back as real Lambda reports it: header ``x-amz-function-error: Unhandled`` and
+   payload ``{"errorType", "errorMessage", "requestId", "stackTrace"}``, so the state machine's
+   Retry and Catch match on ``errorType``. The function's timeout is enforced (``Sandbox.Timedout``);
+   import failures are ``Runtime.ImportModuleError``, as in Lambda.
+2. **EventBridge starts state machines.** moto's ``Rule.send_to_targets`` raises
+   NotImplementedError for a ``states`` target (and S3 swallows that silently). The bridge starts an
+   execution for such targets (input: the event, or the target's Input/InputPath/InputTransformer)
+   and hands every other target to moto's own code. A failure to start is logged, kept in
+   :func:`delivery_failures` and, when the target has a dead-letter queue, sent there.
+
+Also: moto delivers events through DISABLED rules; the bridge does not.
+
+Fault injection for tests::
+
+    bridge.inject_failures("inferpipe-inference", count=2)   # next 2 invocations fail as throttled
+    # ...the execution's history then shows 2 LambdaFunctionFailed events, then success.
+
+Every patch is undone by :func:`uninstall`. Only one local stack per process: moto's state is global.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import importlib
+import json
+import logging
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+_LOG = logging.getLogger("inferpipe.local.bridge")
+
+#: The error a throttled Lambda invocation shows in Step Functions.
+THROTTLED = "Lambda.TooManyRequestsException"
+
+_lock = threading.RLock()
+_originals: dict[str, Any] = {}
+
+
+# --------------------------------------------------------------------------------------------
+# Lambda: run the handler in process
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LambdaContext:
+    """The attributes of the Lambda Python runtime's context object that handlers use."""
+
+    function_name: str
+    function_version: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int
+    aws_request_id: str
+    log_group_name: str
+    log_stream_name: str
+    deadline: float = field(repr=False)  # time.monotonic() at which the function times out
+    identity: Any = None
+    client_context: Any = None
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+@dataclass(frozen=True)
+class InvocationRecord:
+    """One invocation the bridge handled (newest last in :func:`invocations`)."""
+
+    function_name: str
+    request_id: str
+    error_type: str | None  # None when the handler returned
+    injected: bool  # True when an injected fault answered instead of the handler
+    seconds: float
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    error_type: str
+    message: str
+
+
+class FaultInjector:
+    """Per-function queues of failures that answer the next invocations instead of the handler.
+
+    A fault is returned as an unhandled function error whose ``errorType`` is the error name
+    (default ``Lambda.TooManyRequestsException``). Real Lambda answers a throttle with HTTP 429,
+    and Step Functions names it ``Lambda.TooManyRequestsException``; moto's interpreter maps any
+    HTTP error of a Task with a function ARN to the name ``Exception`` instead, so the bridge
+    delivers the name the way moto does honour: as the payload's ``errorType``.
+    Faults apply to synchronous invocations (what Step Functions makes), not to ``Event`` ones.
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[str, collections.deque[InjectedFault]] = {}
+        self._lock = threading.Lock()
+
+    def inject(self, function: str, count: int = 1, error_type: str = THROTTLED, message: str = "Rate Exceeded.") -> None:
+        """The next ``count`` invocations of ``function`` (name or ARN) fail with ``error_type``."""
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        with self._lock:
+            queue = self._queues.setdefault(_function_name(function), collections.deque())
+            queue.extend(InjectedFault(error_type, message) for _ in range(count))
+
+    def take(self, function: str) -> InjectedFault | None:
+        with self._lock:
+            queue = self._queues.get(_function_name(function))
+            return queue.popleft() if queue else None
+
+    def pending(self, function: str) -> int:
+        with self._lock:
+            return len(self._queues.get(_function_name(function), ()))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queues.clear()
+
+
+FAULTS = FaultInjector()
+_handlers: dict[str, Callable[[Any, Any], Any]] = {}
+_invocations: collections.deque[InvocationRecord] = collections.deque(maxlen=1000)
+_async_threads: set[threading.Thread] = set()
+
+
+def inject_failures(function: str, count: int = 1, error_type: str = THROTTLED, message: str = "Rate Exceeded.") -> None:
+    """Make the next ``count`` invocations of ``function`` fail before running (see :class:`FaultInjector`)."""
+    FAULTS.inject(function, count, error_type, message)
+
+
+def invocations(function: str | None = None) -> list[InvocationRecord]:
+    """The invocations handled so far (optionally of one function), oldest first."""
+    with _lock:
+        records = list(_invocations)
+    return [r for r in records if function is None or r.function_name == _function_name(function)]
+
+
+def _function_name(name_or_arn: str) -> str:
+    if ":function:" in name_or_arn:
+        return name_or_arn.split(":function:", 1)[1].split(":", 1)[0]
+    return name_or_arn
+
+
+class _RuntimeError(Exception):
+    """A failure the Lambda runtime itself reports (import errors, unmarshallable results)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def _handler_path(fn: Any) -> str:
+    if getattr(fn, "package_type", "Zip") == "Image":
+        command = list(getattr(fn.image_config, "cmd", None) or [])
+        if not command:
+            raise _RuntimeError("Runtime.InvalidEntrypoint", "the image function has no ImageConfig.Command")
+        return str(command[0])
+    if not fn.handler:
+        raise _RuntimeError("Runtime.InvalidEntrypoint", "the function has no Handler")
+    return str(fn.handler)
+
+
+def _load_handler(path: str) -> Callable[[Any, Any], Any]:
+    """Import the handler once per process (a failed import is retried next time, as Lambda does)."""
+    cached = _handlers.get(path)
+    if cached is not None:
+        return cached
+    module_name, _, attribute = path.rpartition(".")
+    if not module_name:
+        raise _RuntimeError("Runtime.MalformedHandlerName", f"Bad handler '{path}': not enough values to unpack")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise _RuntimeError("Runtime.ImportModuleError", f"Unable to import module '{module_name}': {exc}") from exc
+    handler = getattr(module, attribute, None)
+    if not callable(handler):
+        raise _RuntimeError("Runtime.HandlerNotFound", f"Handler '{attribute}' missing on module '{module_name}'")
+    with _lock:
+        _handlers.setdefault(path, handler)
+    return handler
+
+
+def _error_payload(error_type: str, message: str, request_id: str, tb: Any = None) -> bytes:
+    stack = traceback.format_list(traceback.extract_tb(tb)) if tb is not None else []
+    return json.dumps(
+        {"errorMessage": message, "errorType": error_type, "requestId": request_id, "stackTrace": stack}
+    ).encode("utf-8")
+
+
+def _run(fn: Any, body: Any, request_id: str, fault: InjectedFault | None) -> tuple[bool, bytes]:
+    """Invoke the function once: (failed, payload)."""
+    from functions.common.config import invocation_environment  # lazily: the functions package is the product
+
+    started = time.monotonic()
+    error_type: str | None = None
+    try:
+        if fault is not None:
+            error_type = fault.error_type
+            return True, _error_payload(fault.error_type, fault.message, request_id)
+        try:
+            raw = body.decode("utf-8") if isinstance(body, bytes) else (body or "")
+            event = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            raise _RuntimeError("Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}") from None
+        handler = _load_handler(_handler_path(fn))
+        context = LambdaContext(
+            function_name=fn.function_name,
+            function_version=str(getattr(fn, "version", "$LATEST")),
+            invoked_function_arn=fn.function_arn,
+            memory_limit_in_mb=int(fn.memory_size),
+            aws_request_id=request_id,
+            log_group_name=f"/aws/lambda/{fn.function_name}",
+            log_stream_name=f"{datetime.now(timezone.utc):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}",
+            deadline=started + float(fn.timeout),
+        )
+        environment = dict(fn.environment_vars or {})
+        outcome: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                with invocation_environment(environment):
+                    outcome["result"] = handler(event, context)
+            except Exception as exc:  # the runtime reports any exception the handler lets escape
+                outcome["error"] = exc
+
+        # The handler runs in its own thread so the function's timeout can be enforced as Lambda
+        # does (the thread cannot be killed: a timed-out handler finishes in the background).
+        worker = threading.Thread(target=call, name=f"lambda-{fn.function_name}-{request_id[:8]}", daemon=True)
+        worker.start()
+        worker.join(float(fn.timeout))
+        if worker.is_alive():
+            error_type = "Sandbox.Timedout"
+            message = f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%S.%fZ} {request_id} Task timed out after {float(fn.timeout):.2f} seconds"
+            _LOG.warning("%s: %s", fn.function_name, message)
+            return True, _error_payload(error_type, message, request_id)
+        if "error" in outcome:
+            exc = outcome["error"]
+            error_type = type(exc).__name__
+            _LOG.info("%s failed: %s: %s", fn.function_name, error_type, exc)
+            return True, _error_payload(error_type, str(exc), request_id, exc.__traceback__)
+        try:
+            return False, json.dumps(outcome.get("result")).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise _RuntimeError("Runtime.MarshalError", f"Unable to marshal response: {exc}") from None
+    except _RuntimeError as exc:
+        error_type = exc.error_type
+        _LOG.warning("%s: %s: %s", fn.function_name, exc.error_type, exc)
+        return True, _error_payload(exc.error_type, str(exc), request_id)
+    finally:
+        with _lock:
+            _invocations.append(
+                InvocationRecord(fn.function_name, request_id, error_type, fault is not None, time.monotonic() - started)
+            )
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if headers is None:
+        return None
+    value = headers.get(name)
+    if value is None and isinstance(headers, Mapping):
+        value = next((v for k, v in headers.items() if str(k).lower() == name.lower()), None)
+    return value
+
+
+def _bridged_invoke(
+    self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any
+) -> bytes:
+    """``LambdaSimpleBackend.invoke`` replaced: run the handler, answer as Lambda does."""
+    fn = self.get_function(function_name, qualifier)  # UnknownFunctionException (404) when missing
+    invocation_type = _header(headers, "X-Amz-Invocation-Type") or "RequestResponse"
+    request_id = str(uuid.uuid4())
+    response_headers["x-amzn-RequestId"] = request_id
+    if invocation_type == "DryRun":
+        return b""
+    if invocation_type == "Event":  # asynchronous: accepted now, runs in the background
+        thread = threading.Thread(target=_run_async, args=(fn, body, request_id), name=f"lambda-event-{request_id[:8]}")
+        with _lock:
+            _async_threads.add(thread)
+        thread.start()
+        return b""
+    failed, payload = _run(fn, body, request_id, FAULTS.take(fn.function_name))
+    if failed:
+        response_headers["x-amz-function-error"] = "Unhandled"
+    response_headers["x-amz-executed-version"] = "$LATEST"
+    return payload
+
+
+def _run_async(fn: Any, body: Any, request_id: str) -> None:
+    try:
+        failed, payload = _run(fn, body, request_id, None)
+        if failed:
+            _LOG.warning("asynchronous invocation of %s failed: %s", fn.function_name, payload.decode("utf-8", "replace"))
+    finally:
+        with _lock:
+            _async_threads.discard(threading.current_thread())
+
+
+def wait_for_async_invocations(timeout: float = 30.0) -> bool:
+    """Wait for background (InvocationType=Event) invocations; True when none is left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _lock:
+            threads = list(_async_threads)
+        if not threads:
+            return True
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if time.monotonic() >= deadline:
+            with _lock:
+                return not _async_threads
+
+
+# --------------------------------------------------------------------------------------------
+# EventBridge -> Step Functions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    """An event a rule could not deliver to a state machine target."""
+
+    rule_arn: str
+    target_id: str
+    target_arn: str
+    event_id: str
+    error: str
+    dead_letter_arn: str | None
+    dead_lettered: bool
+    at: str
+
+
+_failures: collections.deque[DeliveryFailure] = collections.deque(maxlen=1000)
+
+
+def delivery_failures() -> list[DeliveryFailure]:
+    """Events that did not start an execution, oldest first."""
+    with _lock:
+        return list(_failures)
+
+
+def _is_state_machine(arn: str) -> bool:
+    parts = arn.split(":", 6)
+    return len(parts) == 7 and parts[2] == "states" and parts[5] == "stateMachine"
+
+
+def _delivered_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The event as EventBridge delivers it: without moto's internal fields, time in ISO 8601."""
+    delivered = {key: value for key, value in event.items() if key not in ("ingestion-time", "replay-name")}
+    when = delivered.get("time")
+    if isinstance(when, (int, float)):
+        delivered["time"] = datetime.fromtimestamp(when, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    elif isinstance(when, datetime):
+        delivered["time"] = when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return delivered
+
+
+def _target_input(target: Mapping[str, Any], event: dict[str, Any]) -> Any:
+    if "Input" in target:
+        return json.loads(target["Input"])
+    if "InputPath" in target:
+        from jsonpath_ng.ext import parse  # a moto dependency
+
+        matches = parse(target["InputPath"]).find(event)
+        return matches[0].value if matches else None
+    if "InputTransformer" in target:
+        from moto.events.utils import EventTemplateParser
+
+        transformer = target["InputTransformer"]
+        return EventTemplateParser.parse(
+            input_template=transformer.get("InputTemplate"),
+            input_paths_map=transformer.get("InputPathsMap", {}),
+            event={"ingestion-time": time.time(), **event},
+        )
+    return event
+
+
+def _start_execution(rule: Any, target: Mapping[str, Any], event: dict[str, Any]) -> None:
+    from moto.stepfunctions.responses import get_backend
+
+    arn = target["Arn"]
+    _, _, _, region, account, _ = arn.split(":", 5)
+    try:
+        execution_input = json.dumps(_target_input(target, event))
+        execution = get_backend(account, region).start_execution(arn, name=uuid.uuid4().hex, execution_input=execution_input)
+        _LOG.info("rule %s started %s for event %s", rule.name, execution.execution_arn, event.get("id"))
+    except Exception as exc:  # AWS would retry, then dead-letter: never drop an event silently
+        _record_failure(rule, target, event, f"{type(exc).__name__}: {exc}")
+
+
+def _record_failure(rule: Any, target: Mapping[str, Any], event: dict[str, Any], error: str) -> None:
+    dead_letter_arn = (target.get("DeadLetterConfig") or {}).get("Arn")
+    dead_lettered = False
+    if dead_letter_arn and dead_letter_arn.split(":")[2:3] == ["sqs"]:
+        try:
+            from moto.sqs.models import sqs_backends
+
+            _, _, _, region, account, queue_name = dead_letter_arn.split(":", 5)
+
+            def attribute(value: str) -> dict[str, str]:
+                return {"DataType": "String", "StringValue": value}
+
+            sqs_backends[account][region].send_message(
+                queue_name,
+                json.dumps(event),
+                message_attributes={
+                    "RULE_ARN": attribute(rule.arn),
+                    "TARGET_ARN": attribute(target["Arn"]),
+                    "ERROR_CODE": attribute("SDK_CLIENT_ERROR"),
+                    "ERROR_MESSAGE": attribute(error[:1000]),
+                },
+            )
+            dead_lettered = True
+        except Exception:
+            _LOG.exception("could not send the event to the dead-letter queue %s", dead_letter_arn)
+    _LOG.error(
+        "rule %s could not start %s for event %s: %s (dead-lettered: %s)",
+        rule.name, target["Arn"], event.get("id"), error, dead_lettered,
+    )
+    with _lock:
+        _failures.append(
+            DeliveryFailure(
+                rule_arn=rule.arn,
+                target_id=str(target.get("Id", "")),
+                target_arn=target["Arn"],
+                event_id=str(event.get("id", "")),
+                error=error,
+                dead_letter_arn=dead_letter_arn,
+                dead_lettered=dead_lettered,
+                at=datetime.now(timezone.utc).isoformat(),
+            )
+        )
+
+
+def _bridged_send_to_targets(self: Any, original_event: Any, transform_input: bool = True) -> None:
+    """``Rule.send_to_targets`` replaced: states targets start executions, the rest go to moto."""
+    if getattr(self, "state", "ENABLED") != "ENABLED":
+        return  # moto 5.2 delivers through disabled rules; AWS does not
+    original = _originals["send_to_targets"]
+    machines = [target for target in self.targets if _is_state_machine(target["Arn"])]
+    if not machines:
+        return original(self, original_event, transform_input)
+    if not self.event_pattern.matches_event(original_event):
+        return None
+    others = [target for target in self.targets if not _is_state_machine(target["Arn"])]
+    pending_error: BaseException | None = None
+    if others:
+        view = copy.copy(self)  # shallow: the shared rule's target list is never mutated
+        view.targets = others
+        try:
+            original(view, original_event, transform_input)
+        except Exception as exc:  # still start the executions, then report as moto would
+            pending_error = exc
+    event = _delivered_event(original_event)
+    for target in machines:
+        _start_execution(self, target, event)
+    if pending_error is not None:
+        raise pending_error
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# install / uninstall
+# --------------------------------------------------------------------------------------------
+
+
+def install() -> None:
+    """Patch moto (idempotent). Fails loudly when moto's internals are not the ones this targets."""
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.events.models import Rule
+
+    with _lock:
+        if _originals:
+            return
+        for owner, name in ((LambdaSimpleBackend, "invoke"), (Rule, "send_to_targets")):
+            if not callable(getattr(owner, name, None)):
+                raise RuntimeError(f"moto has no {owner.__name__}.{name}: the local stack's bridge needs moto 5.2")
+        _originals["invoke"] = LambdaSimpleBackend.__dict__["invoke"]
+        _originals["send_to_targets"] = Rule.__dict__["send_to_targets"]
+        LambdaSimpleBackend.invoke = _bridged_invoke  # type: ignore[method-assign]
+        Rule.send_to_targets = _bridged_send_to_targets  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    """Restore moto's own methods and forget faults, handlers, records (idempotent)."""
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.events.models import Rule
+
+    with _lock:
+        if "invoke" in _originals:
+            LambdaSimpleBackend.invoke = _originals.pop("invoke")  # type: ignore[method-assign]
+        if "send_to_targets" in _originals:
+            Rule.send_to_targets = _originals.pop("send_to_targets")  # type: ignore[method-assign]
+        _handlers.clear()
+        _invocations.clear()
+        _failures.clear()
+    FAULTS.clear()
+
+
+def installed() -> bool:
+    with _lock:
+        return bool(_originals)
+
+
+__all__ = [
+    "FAULTS",
+    "THROTTLED",
+    "DeliveryFailure",
+    "FaultInjector",
+    "InvocationRecord",
+    "LambdaContext",
+    "delivery_failures",
+    "inject_failures",
+    "install",
+    "installed",
+    "invocations",
+    "uninstall",
+    "wait_for_async_invocations",
+]

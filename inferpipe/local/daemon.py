@@ -1,0 +1,348 @@
+"""The local stack as a background process: ``inferpipe local up | status | down``.
+
+``up`` spawns ``python -m inferpipe.local.daemon serve --port P`` in its own session (log:
+``<state_dir>/local.log``), waits until the stack answers with its resources provisioned, and
+records ``<state_dir>/local.json`` = {pid, port, endpoint_url, started, log}. Running ``up``
+again reports the running stack; a state file whose process is gone (or is not ours) is stale
+and is replaced. ``down`` sends SIGTERM (SIGKILL after a timeout) and removes the state file.
+The stack listens on 127.0.0.1 only.
+
+Example::
+
+    info = up(port=4599, state_dir=Path(".inferpipe"))     # {"pid", "port", "endpoint_url", ...}
+    status(Path(".inferpipe"))["running"]                  # True
+    endpoint = ensure_running(Path(".inferpipe"))          # what `inferpipe classify` calls
+    down(Path(".inferpipe"))                               # True: it was running and is stopped
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from inferpipe.local.spec import REPO_ROOT, render_resources
+
+DEFAULT_PORT = 4599
+PORT_ENV = "INFERPIPE_LOCAL_PORT"
+STATE_FILE = "local.json"
+LOG_FILE = "local.log"
+LOCK_FILE = "local.lock"
+_MODULE = "inferpipe.local.daemon"
+
+
+def default_port() -> int:
+    """The port from INFERPIPE_LOCAL_PORT, else 4599."""
+    return int(os.environ.get(PORT_ENV) or DEFAULT_PORT)
+
+
+def default_state_dir() -> Path:
+    from inferpipe.paths import STATE_DIR
+
+    return STATE_DIR
+
+
+class DaemonError(RuntimeError):
+    """The local stack could not be started or stopped; the message says why (and where the log is)."""
+
+
+# -- process helpers ---------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone; our own exited child is reaped)."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: fine
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _is_daemon(pid: int) -> bool:
+    """Whether ``pid`` is a local-stack server (guards against a reused pid). Unknown -> True."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    return _MODULE.encode() in cmdline and b"serve" in cmdline
+
+
+def _answers(endpoint_url: str, timeout: float = 2.0) -> bool:
+    """True when the stack at ``endpoint_url`` answers with its state machine provisioned."""
+    import boto3
+    from botocore.config import Config
+
+    resources = render_resources()
+    client = boto3.session.Session().client(
+        "stepfunctions",
+        endpoint_url=endpoint_url,
+        region_name=resources.region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 0, "total_max_attempts": 1}),
+    )
+    try:
+        client.describe_state_machine(stateMachineArn=resources.state_machine_arn)
+        return True
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def _read_state(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("pid"), int) else None
+
+
+def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
+    path = state_dir / STATE_FILE
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(state, indent=2), encoding="utf-8")
+    temporary.replace(path)
+
+
+def _remove_state(state_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (state_dir / STATE_FILE).unlink()
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """One up/down at a time per state directory."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / LOCK_FILE, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    """SIGTERM, then SIGKILL when still running after ``timeout`` seconds."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.05)
+    if _alive(pid):
+        raise DaemonError(f"process {pid} survived SIGKILL")
+
+
+def _log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# -- public API --------------------------------------------------------------------------------
+
+
+def status(state_dir: Path | None = None) -> dict[str, Any]:
+    """``{"running", "pid", "port", "endpoint_url", "started", "log", "resources", ...}``.
+
+    Running means: the recorded process is alive, is a local-stack server, and its endpoint answers.
+    """
+    state_dir = Path(state_dir or default_state_dir())
+    state = _read_state(state_dir)
+    resources = render_resources()
+    report: dict[str, Any] = {
+        "running": False,
+        "state_file": str(state_dir / STATE_FILE),
+        "log": str(state_dir / LOG_FILE),
+    }
+    if state is None:
+        return report
+    report.update(state)
+    pid = int(state["pid"])
+    report["running"] = _alive(pid) and _is_daemon(pid) and _answers(str(state.get("endpoint_url", "")))
+    if not report["running"]:
+        report["stale"] = True
+        return report
+    report["resources"] = {
+        "buckets": dict(resources.buckets),
+        "table": resources.table,
+        "topic": resources.topic_arn,
+        "queue": resources.queue,
+        "event_bus": resources.event_bus,
+        "state_machine": resources.state_machine_arn,
+        "trigger_rule": resources.trigger_rule,
+        "functions": {key: spec.name for key, spec in resources.functions.items()},
+    }
+    return report
+
+
+def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 120.0) -> dict[str, Any]:
+    """Start the local stack in the background (or report the running one). Returns its status."""
+    from inferpipe.local.stack import _port_free
+
+    state_dir = Path(state_dir or default_state_dir())
+    port = default_port() if port is None else port
+    with _locked(state_dir):
+        current = status(state_dir)
+        if current["running"]:
+            return {**current, "already_running": True}
+        stale = _read_state(state_dir)
+        if stale and _alive(stale["pid"]) and _is_daemon(stale["pid"]):
+            _terminate(stale["pid"], timeout=10.0)  # ours but not answering: hung or half started
+        _remove_state(state_dir)
+        if not _port_free(port):
+            raise DaemonError(f"port {port} on 127.0.0.1 is in use by another program (set {PORT_ENV} or --port)")
+        log_path = state_dir / LOG_FILE
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        with open(log_path, "ab") as log:
+            log.write(f"--- {datetime.now(timezone.utc).isoformat()} starting on port {port}\n".encode())
+            log.flush()
+            process = subprocess.Popen(
+                [sys.executable, "-m", _MODULE, "serve", "--port", str(port)],
+                cwd=str(REPO_ROOT),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        endpoint_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if process.poll() is not None:
+                    raise DaemonError(
+                        f"the local stack exited with status {process.returncode} while starting; "
+                        f"log {log_path}:\n{_log_tail(log_path)}"
+                    )
+                if _answers(endpoint_url, timeout=1.0):
+                    break
+                if time.monotonic() > deadline:
+                    raise DaemonError(f"the local stack did not answer within {timeout:.0f} s; log {log_path}")
+                time.sleep(0.2)
+        except BaseException:
+            _terminate(process.pid, timeout=5.0)
+            raise
+        state = {
+            "pid": process.pid,
+            "port": port,
+            "endpoint_url": endpoint_url,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "log": str(log_path),
+        }
+        _write_state(state_dir, state)
+        process.returncode = 0  # detached on purpose: do not warn that it "is still running"
+        return status(state_dir)
+
+
+def down(state_dir: Path | None = None, timeout: float = 15.0) -> bool:
+    """Stop the background stack; True if one was running. Removes the state file either way."""
+    state_dir = Path(state_dir or default_state_dir())
+    with _locked(state_dir):
+        state = _read_state(state_dir)
+        if state is None:
+            _remove_state(state_dir)  # unreadable leftovers
+            return False
+        pid = int(state["pid"])
+        was_running = _alive(pid) and _is_daemon(pid)
+        if was_running:
+            _terminate(pid, timeout)
+        _remove_state(state_dir)
+        return was_running
+
+
+def ensure_running(state_dir: Path | None = None, port: int | None = None) -> str:
+    """The endpoint URL of the running local stack, starting it when needed."""
+    current = status(state_dir)
+    if current["running"]:
+        return str(current["endpoint_url"])
+    return str(up(port=port, state_dir=state_dir)["endpoint_url"])
+
+
+# -- the server process ------------------------------------------------------------------------
+
+
+def serve(port: int) -> int:
+    """Run the local stack in the foreground until SIGTERM or SIGINT; exit status 0 on a clean stop."""
+    from inferpipe.local.stack import LocalStack
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request is noise here
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        logging.getLogger(_MODULE).info("signal %s: stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stack = LocalStack()
+    try:
+        stack.start(port)
+        logging.getLogger(_MODULE).info("ready at %s (pid %d)", stack.endpoint_url, os.getpid())
+        while not stopping.wait(0.5):
+            pass
+    finally:
+        stack.stop()
+        logging.getLogger(_MODULE).info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}", description="the inferpipe local stack")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run in the foreground (what `up` spawns)")
+    serve_parser.add_argument("--port", type=int, default=default_port())
+    for name in ("up", "down", "status"):
+        command = commands.add_parser(name)
+        command.add_argument("--state-dir", type=Path, default=None)
+        if name == "up":
+            command.add_argument("--port", type=int, default=default_port())
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args.port)
+    if args.command == "up":
+        print(json.dumps(up(args.port, args.state_dir), indent=2))
+        return 0
+    if args.command == "down":
+        print("stopped" if down(args.state_dir) else "not running")
+        return 0
+    report = status(args.state_dir)
+    print(json.dumps(report, indent=2))
+    return 0 if report["running"] else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

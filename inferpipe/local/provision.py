@@ -1,0 +1,334 @@
+"""Create every resource of the stack, with the names Terraform uses, against an AWS endpoint.
+
+Idempotent: running it again against the same endpoint converges (existing resources are kept
+and their configuration updated). Two local-only observers are added, which are *not* part of
+the product: ``${prefix}-local-sns-tap`` (an SQS queue subscribed to the predictions topic with
+raw delivery) and ``${prefix}-local-events-tap`` (a rule on the predictions bus sending every
+``inferpipe`` event to an SQS queue of that name), so tests and the CLI can read SNS and
+EventBridge deliveries back.
+
+Example::
+
+    provisioned = provision(lambda service: boto3.client(service, endpoint_url=url), render_resources())
+    provisioned.state_machine_arn
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from inferpipe.local.spec import Resources, asl_values, function_environment, render_asl
+
+_LOG = logging.getLogger("inferpipe.local.provision")
+
+#: The product's event source on the predictions bus (see functions/sink/core.py).
+PREDICTION_EVENT_SOURCE = "inferpipe"
+TRIGGER_TARGET_ID = "pipeline"
+#: EventBridge's own defaults, written out so the local target says what AWS does.
+TRIGGER_RETRY_POLICY = {"MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 86400}
+
+ClientFactory = Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """What provisioning created: the ARNs and URLs the rest of the stack needs."""
+
+    function_arns: dict[str, str]
+    state_machine_arn: str
+    queue_url: str
+    trigger_dlq_url: str
+    sns_tap_url: str
+    events_tap_url: str
+    image_uri: str
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _trust(service: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+        }
+    )
+
+
+def _policy(*statements: tuple[list[str], list[str]]) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": actions, "Resource": resources} for actions, resources in statements],
+        }
+    )
+
+
+def role_names(resources: Resources) -> dict[str, str]:
+    """IAM role names: one per function, one for the state machine, one for the trigger target."""
+    names = {key: f"{spec.name}-role" for key, spec in resources.functions.items()}
+    names["state_machine"] = f"{resources.state_machine}-role"
+    names["trigger"] = f"{resources.trigger_rule}-role"
+    return names
+
+
+def _role_policies(resources: Resources, function_arns: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """(trust service, inline policy) per role: what each one needs, nothing more."""
+    b = resources.buckets
+    logs = (["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"], ["*"])
+    policies = {
+        "preprocess": (
+            "lambda.amazonaws.com",
+            _policy(
+                logs,
+                (["s3:GetObject", "s3:GetObjectVersion"], [f"arn:aws:s3:::{b['input']}/*", f"arn:aws:s3:::{b['models']}/*"]),
+                (["s3:ListBucket", "s3:ListBucketVersions"], [f"arn:aws:s3:::{b['models']}"]),
+                (["s3:PutObject"], [f"arn:aws:s3:::{b['work']}/*"]),
+            ),
+        ),
+        "inference": (
+            "lambda.amazonaws.com",
+            _policy(
+                logs,
+                (["s3:GetObject", "s3:GetObjectVersion"], [f"arn:aws:s3:::{b['models']}/*", f"arn:aws:s3:::{b['work']}/*"]),
+                (["s3:ListBucket", "s3:ListBucketVersions"], [f"arn:aws:s3:::{b['models']}"]),
+            ),
+        ),
+        "sink": (
+            "lambda.amazonaws.com",
+            _policy(
+                logs,
+                (["s3:PutObject"], [f"arn:aws:s3:::{b['output']}/*"]),
+                (["dynamodb:PutItem"], [resources.table_arn]),
+                (["sns:Publish"], [resources.topic_arn]),
+                (["sqs:SendMessage"], [resources.queue_arn]),
+                (["events:PutEvents"], [resources.event_bus_arn]),
+            ),
+        ),
+        "state_machine": (
+            "states.amazonaws.com",
+            _policy((["lambda:InvokeFunction"], sorted(function_arns.values()))),
+        ),
+        "trigger": ("events.amazonaws.com", _policy((["states:StartExecution"], [resources.state_machine_arn]))),
+    }
+    return policies
+
+
+def _ensure_role(iam: Any, name: str, service: str, policy: str) -> str:
+    try:
+        arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=_trust(service))["Role"]["Arn"]
+    except ClientError as exc:
+        if _code(exc) != "EntityAlreadyExists":
+            raise
+        iam.update_assume_role_policy(RoleName=name, PolicyDocument=_trust(service))
+        arn = iam.get_role(RoleName=name)["Role"]["Arn"]
+    iam.put_role_policy(RoleName=name, PolicyName="inline", PolicyDocument=policy)
+    return str(arn)
+
+
+def _ensure_bucket(s3: Any, name: str, region: str, versioned: bool) -> None:
+    try:
+        if region == "us-east-1":
+            s3.create_bucket(Bucket=name)
+        else:
+            s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
+    except ClientError as exc:
+        if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+    s3.put_public_access_block(
+        Bucket=name,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    s3.put_bucket_encryption(
+        Bucket=name,
+        ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+    )
+    if versioned:
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+
+
+def _ensure_queue(sqs: Any, name: str, resources: Resources, allow: tuple[str, str] | None = None) -> tuple[str, str]:
+    """(url, arn); ``allow`` = (service principal, source ARN) that may send to it."""
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = resources.arn("sqs", name)
+    if allow:
+        principal, source = allow
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": principal},
+                    "Action": "sqs:SendMessage",
+                    "Resource": arn,
+                    "Condition": {"ArnEquals": {"aws:SourceArn": source}},
+                }
+            ],
+        }
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
+    return url, arn
+
+
+def _ensure_table(ddb: Any, name: str) -> None:
+    try:
+        ddb.create_table(
+            TableName=name,
+            KeySchema=[{"AttributeName": "object", "KeyType": "HASH"}, {"AttributeName": "version", "KeyType": "RANGE"}],
+            AttributeDefinitions=[
+                {"AttributeName": "object", "AttributeType": "S"},
+                {"AttributeName": "version", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    except ClientError as exc:
+        if _code(exc) != "ResourceInUseException":
+            raise
+    ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100})
+
+
+def _ensure_event_bus(events: Any, name: str) -> None:
+    try:
+        events.create_event_bus(Name=name)
+    except ClientError as exc:
+        if _code(exc) != "ResourceAlreadyExistsException":
+            raise
+
+
+def _ensure_function(awslambda: Any, resources: Resources, key: str, role_arn: str, image_uri: str, queue_url: str) -> str:
+    spec = resources.functions[key]
+    environment = {"Variables": function_environment(resources, key, queue_url=queue_url)}
+    config = {
+        "Role": role_arn,
+        "MemorySize": spec.memory_mb,
+        "Timeout": spec.timeout_s,
+        "Environment": environment,
+        "ImageConfig": {"Command": [spec.command]},
+    }
+    try:
+        created = awslambda.create_function(
+            FunctionName=spec.name, PackageType="Image", Code={"ImageUri": image_uri}, Publish=False, **config
+        )
+        return str(created["FunctionArn"])
+    except ClientError as exc:
+        if _code(exc) != "ResourceConflictException":
+            raise
+    awslambda.update_function_code(FunctionName=spec.name, ImageUri=image_uri)
+    return str(awslambda.update_function_configuration(FunctionName=spec.name, **config)["FunctionArn"])
+
+
+def _ensure_state_machine(sfn: Any, resources: Resources, definition: str, role_arn: str) -> str:
+    arn = resources.state_machine_arn
+    try:
+        return str(
+            sfn.create_state_machine(name=resources.state_machine, definition=definition, roleArn=role_arn, type="STANDARD")[
+                "stateMachineArn"
+            ]
+        )
+    except ClientError as exc:
+        if _code(exc) != "StateMachineAlreadyExists":
+            raise
+    sfn.update_state_machine(stateMachineArn=arn, definition=definition, roleArn=role_arn)
+    return arn
+
+
+def _ensure_rule(events: Any, name: str, bus: str, pattern: dict[str, Any], targets: list[dict[str, Any]]) -> None:
+    events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(pattern), State="ENABLED")
+    answer = events.put_targets(Rule=name, EventBusName=bus, Targets=targets)
+    if answer.get("FailedEntryCount"):
+        raise RuntimeError(f"rule {name}: targets not accepted: {answer.get('FailedEntries')}")
+
+
+def _ensure_subscription(sns: Any, topic_arn: str, queue_arn: str) -> None:
+    for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn):
+        if any(sub["Protocol"] == "sqs" and sub["Endpoint"] == queue_arn for sub in page["Subscriptions"]):
+            return
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
+
+
+def image_uri(resources: Resources, tag: str = "local") -> str:
+    """The functions' container image (not pulled locally: moto stubs ECR lookups by default)."""
+    return f"{resources.account_id}.dkr.ecr.{resources.region}.amazonaws.com/{resources.prefix}:{tag}"
+
+
+def provision(client: ClientFactory, resources: Resources, definition: str | None = None) -> Provisioned:
+    """Create (or converge) every resource; ``definition`` overrides the state machine file's text."""
+    r = resources
+    s3, sqs, sns, events = client("s3"), client("sqs"), client("sns"), client("events")
+
+    for name, bucket in r.buckets.items():
+        _ensure_bucket(s3, bucket, r.region, versioned=name in ("input", "models"))
+    s3.put_bucket_notification_configuration(
+        Bucket=r.buckets["input"], NotificationConfiguration={"EventBridgeConfiguration": {}}
+    )
+    _ensure_table(client("dynamodb"), r.table)
+    topic_arn = sns.create_topic(Name=r.topic)["TopicArn"]
+    queue_url, _ = _ensure_queue(sqs, r.queue, r)
+    _ensure_event_bus(events, r.event_bus)
+
+    function_arns = {key: r.function_arn(key) for key in r.functions}
+    policies = _role_policies(r, function_arns)
+    roles = {key: _ensure_role(client("iam"), name, *policies[key]) for key, name in role_names(r).items()}
+
+    uri = image_uri(r)
+    awslambda = client("lambda")
+    function_arns = {key: _ensure_function(awslambda, r, key, roles[key], uri, queue_url) for key in r.functions}
+
+    text = definition if definition is not None else r.definition_path.read_text(encoding="utf-8")
+    asl = render_asl(text, asl_values(r, function_arns))
+    state_machine_arn = _ensure_state_machine(client("stepfunctions"), r, asl, roles["state_machine"])
+
+    rule_arn = r.arn("events", f"rule/{r.trigger_rule}")
+    dlq_url, dlq_arn = _ensure_queue(sqs, r.trigger_dlq, r, allow=("events.amazonaws.com", rule_arn))
+    _ensure_rule(
+        events,
+        r.trigger_rule,
+        "default",
+        r.trigger_pattern,
+        [
+            {
+                "Id": TRIGGER_TARGET_ID,
+                "Arn": state_machine_arn,
+                "RoleArn": roles["trigger"],
+                "RetryPolicy": TRIGGER_RETRY_POLICY,
+                "DeadLetterConfig": {"Arn": dlq_arn},
+            }
+        ],
+    )
+
+    # Local observers (not part of the product).
+    sns_tap_url, sns_tap_arn = _ensure_queue(sqs, r.local_sns_tap, r, allow=("sns.amazonaws.com", topic_arn))
+    _ensure_subscription(sns, topic_arn, sns_tap_arn)
+    tap_rule_arn = r.arn("events", f"rule/{r.event_bus}/{r.local_events_tap}")
+    events_tap_url, events_tap_arn = _ensure_queue(sqs, r.local_events_tap, r, allow=("events.amazonaws.com", tap_rule_arn))
+    _ensure_rule(
+        events,
+        r.local_events_tap,
+        r.event_bus,
+        {"source": [PREDICTION_EVENT_SOURCE]},
+        [{"Id": "local-tap", "Arn": events_tap_arn}],
+    )
+    _LOG.info("provisioned %s (state machine %s)", r.prefix, state_machine_arn)
+    return Provisioned(
+        function_arns=function_arns,
+        state_machine_arn=state_machine_arn,
+        queue_url=queue_url,
+        trigger_dlq_url=dlq_url,
+        sns_tap_url=sns_tap_url,
+        events_tap_url=events_tap_url,
+        image_uri=uri,
+    )
+
+
+__all__ = ["PREDICTION_EVENT_SOURCE", "Provisioned", "image_uri", "provision", "role_names"]

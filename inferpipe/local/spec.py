@@ -1,0 +1,320 @@
+"""The stack definition (``config/stack.json``) rendered into concrete resource names.
+
+``config/stack.json`` is the one definition of inferpipe's resources; Terraform reads the same file.
+This module renders it for one (prefix, account, region), gives every function exactly the
+environment variables the file lists for it, and fills the state machine's ``${Name}`` placeholders
+the way Terraform's ``templatefile()`` does.
+
+Example::
+
+    resources = render_resources()                      # prefix "inferpipe", 123456789012, us-east-1
+    resources.buckets["input"]                          # "inferpipe-input-123456789012-us-east-1"
+    env = function_environment(resources, "sink", queue_url=url)
+    asl = render_asl(resources.definition_path.read_text(), asl_values(resources))
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STACK_FILE = REPO_ROOT / "config" / "stack.json"
+
+#: Local defaults: moto's default account and region.
+DEFAULT_ACCOUNT_ID = "123456789012"
+DEFAULT_REGION = "us-east-1"
+
+#: Names stack.json does not (yet) define; used when it lacks the key of the same name.
+_FALLBACK_NAMES = {"trigger_dlq": "${prefix}-trigger-dlq"}
+
+#: Local-only observers (not part of the product): read SNS and the predictions bus back.
+LOCAL_SNS_TAP = "${prefix}-local-sns-tap"
+LOCAL_EVENTS_TAP = "${prefix}-local-events-tap"
+
+#: The ASL placeholder for each function's ARN.
+FUNCTION_ARN_PLACEHOLDERS = {
+    "preprocess": "PreprocessFunctionArn",
+    "inference": "InferenceFunctionArn",
+    "sink": "SinkFunctionArn",
+}
+
+#: One template token, scanned left to right as HCL does: an escape ("$${", "%%{"), a placeholder
+#: "${Name}", or any other "${"/"%{" (an expression or directive we do not support).
+_TOKEN = re.compile(r"\$\$\{|%%\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{|%\{")
+
+
+class TemplateError(ValueError):
+    """A template has a placeholder without a value, or something Terraform would not render."""
+
+
+def render_template(text: str, values: Mapping[str, Any]) -> str:
+    """Fill ``${Name}`` placeholders exactly like Terraform's ``templatefile()``; fail on anything else.
+
+    As in Terraform, ``$${`` renders as a literal ``${`` and ``%%{`` as ``%{``, ``$$.`` JSONPath (e.g.
+    ``$$.Execution.Id``) is plain text, values are inserted as text (numbers via ``str``), and
+    any other ``${...}`` or ``%{...}`` is an error (Terraform would reject the file too).
+
+    >>> render_template('{"a": "${X}", "id.$": "$$.Execution.Id", "lit": "$${Y}"}', {"X": 1})
+    '{"a": "1", "id.$": "$$.Execution.Id", "lit": "${Y}"}'
+    """
+    missing: set[str] = set()
+    unsupported: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        token, name = match.group(0), match.group(1)
+        if token == "$${":
+            return "${"
+        if token == "%%{":
+            return "%{"
+        if name is None:
+            unsupported.append(text[match.start() : match.start() + 40])
+            return token
+        if name not in values:
+            missing.add(name)
+            return token
+        return str(values[name])
+
+    rendered = _TOKEN.sub(replace, text)
+    if missing:
+        raise TemplateError(f"no value for placeholder(s): {', '.join(sorted(missing))}")
+    if unsupported:
+        raise TemplateError(
+            f"{len(unsupported)} template expression(s) Terraform would not render as a placeholder, first: "
+            f"{unsupported[0]!r} (write $${{ or %%{{ for a literal ${{ or %{{)"
+        )
+    return rendered
+
+
+def render_asl(text: str, values: Mapping[str, Any]) -> str:
+    """The state machine definition with every ``${Name}`` bound; the result must be JSON.
+
+    Example::
+
+        definition = render_asl(Path("state_machine/pipeline.asl.json").read_text(), asl_values(resources))
+    """
+    rendered = render_template(text, values)
+    try:
+        json.loads(rendered)
+    except ValueError as exc:
+        raise TemplateError(f"the rendered state machine is not valid JSON: {exc}") from None
+    return rendered
+
+
+def _render_value(value: Any, variables: Mapping[str, Any]) -> Any:
+    if isinstance(value, str):
+        return render_template(value, variables)
+    if isinstance(value, list):
+        return [_render_value(item, variables) for item in value]
+    if isinstance(value, dict):
+        return {key: _render_value(item, variables) for key, item in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One Lambda function: its name, handler command, size, timeout and variable names."""
+
+    key: str  # "preprocess" | "inference" | "sink"
+    name: str
+    command: str  # the handler's dotted path, the image's CMD
+    memory_mb: int
+    timeout_s: int
+    environment: tuple[str, ...]  # exactly the variables this function receives
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Deployment defaults a manual request may override."""
+
+    sinks: tuple[str, ...]
+    top_k: int
+    model: str
+    model_version: str
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Every resource name of one rendered stack (same names Terraform creates)."""
+
+    prefix: str
+    account_id: str
+    region: str
+    buckets: Mapping[str, str]  # input, models, work, output
+    table: str
+    topic: str
+    queue: str
+    event_bus: str
+    state_machine: str
+    definition_path: Path
+    trigger_rule: str
+    trigger_dlq: str
+    trigger_pattern_json: str
+    functions: Mapping[str, FunctionSpec]
+    settings: Mapping[str, str]
+    defaults: Defaults
+    local_sns_tap: str  # local observer queue subscribed to the topic (not in the product)
+    local_events_tap: str  # local observer queue + rule on the predictions bus (not in the product)
+
+    @property
+    def trigger_pattern(self) -> dict[str, Any]:
+        """The trigger rule's event pattern (a fresh dict on every call)."""
+        return json.loads(self.trigger_pattern_json)
+
+    def arn(self, service: str, resource: str) -> str:
+        return f"arn:aws:{service}:{self.region}:{self.account_id}:{resource}"
+
+    @property
+    def topic_arn(self) -> str:
+        return self.arn("sns", self.topic)
+
+    @property
+    def queue_arn(self) -> str:
+        return self.arn("sqs", self.queue)
+
+    @property
+    def queue_url(self) -> str:
+        """The queue's URL as AWS names it (SDKs route by their endpoint, not by this host)."""
+        return f"https://sqs.{self.region}.amazonaws.com/{self.account_id}/{self.queue}"
+
+    @property
+    def event_bus_arn(self) -> str:
+        return self.arn("events", f"event-bus/{self.event_bus}")
+
+    @property
+    def table_arn(self) -> str:
+        return self.arn("dynamodb", f"table/{self.table}")
+
+    @property
+    def state_machine_arn(self) -> str:
+        return self.arn("states", f"stateMachine:{self.state_machine}")
+
+    def function_arn(self, key: str) -> str:
+        return self.arn("lambda", f"function:{self.functions[key].name}")
+
+
+def load_stack(path: Path = STACK_FILE) -> dict[str, Any]:
+    """The raw stack definition."""
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def render_resources(
+    prefix: str | None = None,
+    account_id: str = DEFAULT_ACCOUNT_ID,
+    region: str = DEFAULT_REGION,
+    stack: Mapping[str, Any] | None = None,
+) -> Resources:
+    """Render the stack definition for one (prefix, account, region); ``prefix`` defaults to the file's."""
+    raw = copy.deepcopy(dict(stack if stack is not None else load_stack()))
+    prefix = prefix or raw["prefix"]
+    defaults = raw["defaults"]
+    variables: dict[str, Any] = {
+        "prefix": prefix,
+        "account_id": account_id,
+        "region": region,
+        "default_model": defaults["model"],
+        "default_model_version": defaults["model_version"],
+    }
+    buckets = _render_value(raw["buckets"], variables)
+    variables.update({f"{name}_bucket": bucket for name, bucket in buckets.items()})
+    names = {key: _render_value(raw.get(key, fallback), variables) for key, fallback in _FALLBACK_NAMES.items()}
+    functions = {
+        key: FunctionSpec(
+            key=key,
+            name=_render_value(spec["name"], variables),
+            command=spec["command"],
+            memory_mb=int(spec["memory_mb"]),
+            timeout_s=int(spec["timeout_s"]),
+            environment=tuple(spec["environment"]),
+        )
+        for key, spec in raw["functions"].items()
+    }
+    return Resources(
+        prefix=prefix,
+        account_id=account_id,
+        region=region,
+        buckets=MappingProxyType(dict(buckets)),
+        table=_render_value(raw["table"], variables),
+        topic=_render_value(raw["topic"], variables),
+        queue=_render_value(raw["queue"], variables),
+        event_bus=_render_value(raw["event_bus"], variables),
+        state_machine=_render_value(raw["state_machine"], variables),
+        definition_path=REPO_ROOT / raw["state_machine_definition"],
+        trigger_rule=_render_value(raw["trigger_rule"], variables),
+        trigger_dlq=names["trigger_dlq"],
+        trigger_pattern_json=json.dumps(_render_value(raw["trigger_pattern"], variables), sort_keys=True),
+        functions=MappingProxyType(functions),
+        settings=MappingProxyType({k: str(_render_value(v, variables)) for k, v in raw["settings"].items()}),
+        defaults=Defaults(
+            sinks=tuple(defaults["sinks"]),
+            top_k=int(defaults["top_k"]),
+            model=str(defaults["model"]),
+            model_version=str(defaults["model_version"]),
+        ),
+        local_sns_tap=render_template(LOCAL_SNS_TAP, variables),
+        local_events_tap=render_template(LOCAL_EVENTS_TAP, variables),
+    )
+
+
+def function_environment(resources: Resources, function_key: str, *, queue_url: str | None = None) -> dict[str, str]:
+    """Exactly the variables stack.json lists for ``function_key``, with this stack's values.
+
+    ``queue_url`` is the URL ``CreateQueue`` returned (defaults to the AWS form of the URL).
+
+    >>> sorted(function_environment(render_resources(), "sink"))[:2]
+    ['OUTPUT_BUCKET', 'OUTPUT_PREFIX']
+    """
+    values: dict[str, str] = {
+        "MODEL_BUCKET": resources.buckets["models"],
+        "WORK_BUCKET": resources.buckets["work"],
+        "OUTPUT_BUCKET": resources.buckets["output"],
+        "PREDICTIONS_TABLE": resources.table,
+        "PREDICTIONS_TOPIC_ARN": resources.topic_arn,
+        "PREDICTIONS_QUEUE_URL": queue_url or resources.queue_url,
+        "PREDICTIONS_EVENT_BUS": resources.event_bus,
+        **resources.settings,
+    }
+    names = resources.functions[function_key].environment
+    unknown = [name for name in names if name not in values]
+    if unknown:
+        raise KeyError(f"stack.json gives {function_key} variable(s) with no known value: {', '.join(unknown)}")
+    return {name: values[name] for name in names}
+
+
+def asl_values(resources: Resources, function_arns: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The values of every placeholder in ``pipeline.asl.json`` (function ARNs default to AWS's form)."""
+    arns = {key: resources.function_arn(key) for key in resources.functions}
+    arns.update(function_arns or {})
+    values = {FUNCTION_ARN_PLACEHOLDERS[key]: arn for key, arn in arns.items() if key in FUNCTION_ARN_PLACEHOLDERS}
+    values.update(
+        {
+            "DefaultSinks": ",".join(resources.defaults.sinks),
+            "DefaultTopK": str(resources.defaults.top_k),
+            "DefaultModel": resources.defaults.model,
+            "DefaultModelVersion": resources.defaults.model_version,
+        }
+    )
+    return values
+
+
+__all__ = [
+    "DEFAULT_ACCOUNT_ID",
+    "DEFAULT_REGION",
+    "Defaults",
+    "FunctionSpec",
+    "Resources",
+    "TemplateError",
+    "asl_values",
+    "function_environment",
+    "load_stack",
+    "render_asl",
+    "render_resources",
+    "render_template",
+]

@@ -1,0 +1,293 @@
+"""The local stack: moto's server in this process, the bridges installed, every resource provisioned.
+
+Example::
+
+    with LocalStack().start() as stack:            # a free loopback port
+        s3 = stack.client("s3")
+        s3.put_object(Bucket=stack.resources.buckets["input"], Key="incoming/cat.jpg", Body=data)
+        stack.client("stepfunctions").list_executions(stateMachineArn=stack.state_machine_arn)
+
+While it runs, this process's environment points every AWS SDK at it (``AWS_ENDPOINT_URL``, dummy
+credentials, region), so the functions it runs in process reach the same stack. ``stop()``
+restores the environment and moto's configuration and waits for every thread it started.
+Only one local stack per process: moto keeps its state (and ``MOTO_PORT``) process-wide.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.request
+from types import TracebackType
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from inferpipe.local import bridge
+from inferpipe.local.provision import Provisioned, provision
+from inferpipe.local.spec import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
+
+_LOG = logging.getLogger("inferpipe.local.stack")
+
+#: moto's configuration for the stack: run state machines, run Lambdas without Docker (our bridge).
+MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+#: Dummy credentials: nothing started here can reach a real AWS account.
+DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
+_ENV_KEYS = ("MOTO_PORT", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", *DUMMY_CREDENTIALS)
+
+_active_lock = threading.Lock()
+_active: LocalStack | None = None
+
+
+class LocalStackError(RuntimeError):
+    """The local stack could not start (port taken, another stack running, provisioning failed)."""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _post_json(url: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body or {}).encode("utf-8")
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback only
+        raw = answer.read()
+    return json.loads(raw) if raw else None
+
+
+def _close_cached_function_clients() -> None:
+    """Drop the functions' process-wide clients so they are recreated for the current endpoint."""
+    import sys
+
+    aws = sys.modules.get("functions.common.aws")
+    if aws is not None:  # not imported yet: nothing cached
+        aws.reset_clients()
+
+
+class LocalStack:
+    """inferpipe on moto, in this process. See the module docstring for an example."""
+
+    def __init__(self, prefix: str | None = None, region: str = DEFAULT_REGION, definition: str | None = None) -> None:
+        """``definition`` replaces the text of the state machine file (tests only)."""
+        self.resources: Resources = render_resources(prefix, DEFAULT_ACCOUNT_ID, region)
+        self._definition = definition
+        self._server: Any = None
+        self._port: int | None = None
+        self._provisioned: Provisioned | None = None
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
+        self._saved_env: dict[str, str | None] = {}
+        self._saved_config: Any = None
+        self._threads_before: set[threading.Thread] = set()
+        self._werkzeug_level: int | None = None
+
+    @classmethod
+    def active(cls) -> LocalStack | None:
+        """The local stack running in this process, if any (e.g. to share it between test modules)."""
+        with _active_lock:
+            return _active
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self, port: int = 0) -> LocalStack:
+        """Serve on 127.0.0.1:``port`` (0: a free port), configure moto, install the bridges, provision."""
+        global _active
+        from moto.core.config import default_user_config
+        from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+        with _active_lock:
+            if _active is not None:
+                raise LocalStackError(f"a local stack already runs in this process at {_active.endpoint_url}")
+            _active = self
+        try:
+            if port and not _port_free(port):
+                raise LocalStackError(f"port {port} on 127.0.0.1 is already in use")
+            self._threads_before = set(threading.enumerate())
+            self._saved_config = copy.deepcopy(default_user_config)
+            self._saved_env = {key: os.environ.get(key) for key in _ENV_KEYS}
+            werkzeug = logging.getLogger("werkzeug")
+            self._werkzeug_level = werkzeug.level
+            werkzeug.setLevel(logging.WARNING)  # not one line per request
+            self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            self._server.start()
+            self._port = int(self._server.get_host_and_port()[1])
+            os.environ.update(
+                {
+                    "MOTO_PORT": str(self._port),  # moto's state machine interpreter calls Lambda here
+                    "AWS_ENDPOINT_URL": self.endpoint_url,
+                    "AWS_DEFAULT_REGION": self.resources.region,
+                    "AWS_REGION": self.resources.region,
+                    **DUMMY_CREDENTIALS,
+                }
+            )
+            os.environ.pop("AWS_PROFILE", None)
+            _post_json(f"{self.endpoint_url}/moto-api/reset")
+            _post_json(f"{self.endpoint_url}/moto-api/config", MOTO_CONFIG)
+            bridge.install()
+            _close_cached_function_clients()
+            self._provisioned = provision(self.client, self.resources, self._definition)
+        except BaseException:
+            self.stop()
+            raise
+        _LOG.info("local stack running at %s", self.endpoint_url)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop executions and the server, undo every patch and environment change, join threads."""
+        global _active
+        if _active is not self:
+            return
+        try:
+            if self._server is not None:
+                self._stop_executions()
+                bridge.wait_for_async_invocations(timeout)
+                for client in self._clients.values():
+                    client.close()
+                self._clients.clear()
+                _close_cached_function_clients()
+                from moto.moto_api._internal.models import moto_api_backend
+
+                moto_api_backend.reset()
+                self._server.stop()
+                server = getattr(self._server, "_server", None)  # ThreadedMotoServer.stop() leaves it bound
+                if server is not None:
+                    server.server_close()
+        finally:
+            self._server = None
+            bridge.uninstall()
+            self._restore_config()
+            self._restore_env()
+            if self._werkzeug_level is not None:
+                logging.getLogger("werkzeug").setLevel(self._werkzeug_level)
+                self._werkzeug_level = None
+            self._provisioned = None
+            self._port = None
+            with _active_lock:
+                _active = None
+        leftover = self._join_new_threads(timeout)
+        if leftover:
+            _LOG.warning("threads still running after stop: %s", ", ".join(t.name for t in leftover))
+
+    def __enter__(self) -> LocalStack:
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- what a caller uses ----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None and self._provisioned is not None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise LocalStackError("the local stack is not running")
+        return self._port
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def provisioned(self) -> Provisioned:
+        if self._provisioned is None:
+            raise LocalStackError("the local stack is not running")
+        return self._provisioned
+
+    @property
+    def state_machine_arn(self) -> str:
+        return self.provisioned.state_machine_arn
+
+    def client(self, service: str) -> Any:
+        """A boto3 client for ``service`` at this stack (cached; closed by ``stop()``)."""
+        with self._clients_lock:
+            if service not in self._clients:
+                self._clients[service] = boto3.session.Session().client(
+                    service,
+                    endpoint_url=self.endpoint_url,
+                    region_name=self.resources.region,
+                    aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                    aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                    aws_session_token=DUMMY_CREDENTIALS["AWS_SESSION_TOKEN"],
+                    config=Config(retries={"mode": "standard", "max_attempts": 3}, read_timeout=120),
+                )
+            return self._clients[service]
+
+    def inject_failures(self, function_key: str, count: int = 1, error_type: str = bridge.THROTTLED) -> None:
+        """The next ``count`` invocations of a function ("preprocess", "inference", "sink") fail."""
+        bridge.inject_failures(self.resources.functions[function_key].name, count, error_type)
+
+    def delivery_failures(self) -> list[bridge.DeliveryFailure]:
+        """Events the trigger rule could not turn into executions."""
+        return bridge.delivery_failures()
+
+    def invocations(self, function_key: str | None = None) -> list[bridge.InvocationRecord]:
+        name = self.resources.functions[function_key].name if function_key else None
+        return bridge.invocations(name)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _stop_executions(self) -> None:
+        """Stop RUNNING executions, so their interpreter threads end before the server does."""
+        sfn = self.client("stepfunctions")
+        try:
+            for machine in sfn.list_state_machines()["stateMachines"]:
+                pages = sfn.get_paginator("list_executions").paginate(
+                    stateMachineArn=machine["stateMachineArn"], statusFilter="RUNNING"
+                )
+                for page in pages:
+                    for execution in page["executions"]:
+                        sfn.stop_execution(
+                            executionArn=execution["executionArn"],
+                            error="LocalStackStopped",
+                            cause="the local stack is stopping",
+                        )
+        except Exception:
+            _LOG.exception("could not stop the running executions")
+
+    def _restore_config(self) -> None:
+        if self._saved_config is None:
+            return
+        from moto.core.config import default_user_config
+
+        default_user_config.clear()
+        default_user_config.update(self._saved_config)  # type: ignore[typeddict-item]
+        self._saved_config = None
+
+    def _restore_env(self) -> None:
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env = {}
+
+    def _join_new_threads(self, timeout: float) -> list[threading.Thread]:
+        """Wait for the threads started since ``start()``; the ones still alive at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            gc.collect()  # closes the sockets of clients nobody holds, ending keep-alive handlers
+            alive = [t for t in threading.enumerate() if t not in self._threads_before and t is not threading.current_thread()]
+            if not alive or time.monotonic() >= deadline:
+                return alive
+            alive[0].join(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+__all__ = ["DUMMY_CREDENTIALS", "LocalStack", "LocalStackError", "MOTO_CONFIG"]

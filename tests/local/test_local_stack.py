@@ -1,0 +1,483 @@
+"""The local stack itself: the rendered names, S3 -> EventBridge -> Step Functions, the Lambda
+bridge, and the background daemon.
+
+Tier: functional. moto serves on a loopback port in this process; nothing reaches the network.
+The pipeline's own handlers are not needed here: the bridge is exercised with the scaffolding
+handlers of ``tests/local/handlers_for_bridge_tests.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferpipe.local import bridge, daemon
+from inferpipe.local.provision import image_uri, provision, role_names
+from inferpipe.local.spec import (
+    TemplateError,
+    asl_values,
+    function_environment,
+    render_asl,
+    render_resources,
+    render_template,
+)
+from inferpipe.local.stack import LocalStack
+
+HANDLERS = "tests.local.handlers_for_bridge_tests"
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    """GIVEN the local stack runs in this process (shared when another module already started it)."""
+    existing = LocalStack.active()
+    if existing is not None:
+        yield existing
+        return
+    threads_before = set(threading.enumerate())
+    local = LocalStack().start()
+    try:
+        yield local
+    finally:
+        local.stop()
+    leftover = [t.name for t in threading.enumerate() if t not in threads_before]
+    assert not leftover, f"threads left behind by LocalStack.stop(): {leftover}"
+
+
+@pytest.fixture(scope="module")
+def test_functions(stack: LocalStack) -> dict[str, dict[str, Any]]:
+    """GIVEN three scaffolding functions: two reporting ones with different environments, one failing."""
+    awslambda = stack.client("lambda")
+    role = stack.client("iam").get_role(RoleName=role_names(stack.resources)["sink"])["Role"]["Arn"]
+    run = uuid.uuid4().hex[:6]
+    specs = {
+        "a": ("report", {"ONLY_IN_A": "yes", "COLOUR": "red"}),
+        "b": ("report", {"COLOUR": "blue"}),
+        "fails": ("not_an_image", {}),
+        "slow": ("sleep", {}),
+    }
+    functions = {}
+    for key, (handler, variables) in specs.items():
+        created = awslambda.create_function(
+            FunctionName=f"bridge-test-{key}-{run}",
+            PackageType="Image",
+            Code={"ImageUri": image_uri(stack.resources)},
+            ImageConfig={"Command": [f"{HANDLERS}.{handler}"]},
+            Role=role,
+            MemorySize=128,
+            Timeout=1 if key == "slow" else 7,
+            Environment={"Variables": variables},
+        )
+        functions[key] = {"name": created["FunctionName"], "arn": created["FunctionArn"], "environment": variables}
+    return functions
+
+
+def _machine_with_pipeline_policies(stack: LocalStack, function_arn: str) -> str:
+    """A one-task state machine with the pipeline's own Retry and Catch (from its Preprocess state)."""
+    sfn = stack.client("stepfunctions")
+    pipeline = json.loads(sfn.describe_state_machine(stateMachineArn=stack.state_machine_arn)["definition"])
+    preprocess = pipeline["States"]["Preprocess"]
+    next_state = {"PipelineFailed": "Failed", "DescribeUnexpectedError": "Unexpected"}
+    definition = {
+        "StartAt": "Task",
+        "States": {
+            "Task": {
+                "Type": "Task",
+                "Resource": function_arn,
+                "Retry": preprocess["Retry"],
+                "Catch": [{**catch, "Next": next_state[catch["Next"]]} for catch in preprocess["Catch"]],
+                "End": True,
+            },
+            "Failed": {"Type": "Fail", "ErrorPath": "$.error.Error", "CausePath": "$.error.Cause"},
+            "Unexpected": {"Type": "Fail", "Error": "Unexpected", "CausePath": "$.error.Cause"},
+        },
+    }
+    role = stack.client("iam").get_role(RoleName=role_names(stack.resources)["state_machine"])["Role"]["Arn"]
+    name = f"bridge-test-{uuid.uuid4().hex[:8]}"
+    return sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=role)["stateMachineArn"]
+
+
+def _run(stack: LocalStack, machine_arn: str, execution_input: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    sfn = stack.client("stepfunctions")
+    arn = sfn.start_execution(stateMachineArn=machine_arn, name=uuid.uuid4().hex, input=json.dumps(execution_input))[
+        "executionArn"
+    ]
+    return _wait(stack, arn, timeout)
+
+
+def _wait(stack: LocalStack, execution_arn: str, timeout: float = 60.0) -> dict[str, Any]:
+    sfn = stack.client("stepfunctions")
+    deadline = time.monotonic() + timeout
+    while True:
+        described = sfn.describe_execution(executionArn=execution_arn)
+        if described["status"] != "RUNNING" or time.monotonic() > deadline:
+            return described
+        time.sleep(0.1)
+
+
+def _history(stack: LocalStack, execution_arn: str) -> list[dict[str, Any]]:
+    return stack.client("stepfunctions").get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+
+
+def _executions(stack: LocalStack) -> dict[str, dict[str, Any]]:
+    """Every execution of the pipeline: arn -> its input."""
+    sfn = stack.client("stepfunctions")
+    found = {}
+    for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=stack.state_machine_arn):
+        for summary in page["executions"]:
+            described = sfn.describe_execution(executionArn=summary["executionArn"])
+            found[summary["executionArn"]] = json.loads(described["input"])
+    return found
+
+
+def _execution_for(stack: LocalStack, bucket: str, key: str, timeout: float = 10.0) -> tuple[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        for arn, execution_input in _executions(stack).items():
+            detail = execution_input.get("detail", {})
+            if detail.get("bucket", {}).get("name") == bucket and detail.get("object", {}).get("key") == key:
+                return arn, execution_input
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no execution started for s3://{bucket}/{key}")
+        time.sleep(0.1)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# -- spec: names and templates (no stack) ------------------------------------------------------
+
+
+def test_render_template_is_terraform_compatible() -> None:
+    # GIVEN placeholders next to JSONPath context paths and Terraform's escapes
+    text = '{"a": "${X}", "n.$": "States.StringToJson(\'${N}\')", "id.$": "$$.Execution.Id", "lit": "$${Y}", "pct": "%%{ z }"}'
+    # WHEN rendered THEN only ${Name} is replaced, $$. survives, escapes become literals (as templatefile does)
+    assert render_template(text, {"X": "x", "N": 5}) == (
+        '{"a": "x", "n.$": "States.StringToJson(\'5\')", "id.$": "$$.Execution.Id", "lit": "${Y}", "pct": "%{ z }"}'
+    )
+    with pytest.raises(TemplateError, match="X"):
+        render_template("${X} ${Y}", {"Y": "1"})
+    with pytest.raises(TemplateError, match="Terraform"):
+        render_template("placeholders ${...} here", {})  # Terraform's templatefile() rejects this too
+    with pytest.raises(TemplateError, match="Terraform"):
+        render_template("%{ if true }", {})
+
+
+def test_render_asl_binds_every_placeholder_of_the_pipeline_and_keeps_context_paths() -> None:
+    # GIVEN the pipeline's ASL and the stack's values
+    resources = render_resources()
+    values = asl_values(resources)
+    # WHEN rendered (an unescaped "${" anywhere, even in a Comment, breaks Terraform's templatefile())
+    rendered = render_asl(resources.definition_path.read_text(), values)
+    # THEN every task calls its function, the defaults are bound, and context paths are intact
+    definition = json.loads(rendered)
+    states = definition["States"]
+    assert states["Preprocess"]["Resource"] == resources.function_arn("preprocess")
+    assert states["Inference"]["Resource"] == resources.function_arn("inference")
+    assert states["FanOut"]["ItemProcessor"]["States"]["Deliver"]["Resource"] == resources.function_arn("sink")
+    assert states["LoadDefaults"]["Parameters"]["model"] == resources.defaults.model
+    assert "States.StringSplit('s3,dynamodb,sns,sqs,eventbridge', ',')" in rendered
+    assert "$$.Execution.Id" in rendered and "$$.Map.Item.Value" in rendered
+    assert "${" not in rendered
+
+
+def test_function_environment_is_exactly_what_stack_json_lists() -> None:
+    resources = render_resources(prefix="t", account_id="111122223333", region="eu-west-1")
+    for key, spec in resources.functions.items():
+        environment = function_environment(resources, key, queue_url="https://example/q")
+        assert list(environment) == list(spec.environment)
+    sink = function_environment(resources, "sink", queue_url="https://example/q")
+    assert sink["OUTPUT_BUCKET"] == "t-output-111122223333-eu-west-1"
+    assert sink["PREDICTIONS_TOPIC_ARN"] == "arn:aws:sns:eu-west-1:111122223333:t-predictions"
+    assert sink["PREDICTIONS_QUEUE_URL"] == "https://example/q"
+    assert function_environment(resources, "inference")["DEFAULT_MODEL"] == resources.defaults.model
+    assert resources.trigger_pattern["detail"]["bucket"]["name"] == ["t-input-111122223333-eu-west-1"]
+
+
+# -- provisioning ------------------------------------------------------------------------------
+
+
+def test_provisioned_resources_have_the_names_and_settings_of_the_spec(stack: LocalStack) -> None:
+    r = stack.resources
+    s3 = stack.client("s3")
+    assert set(r.buckets.values()) <= {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    for name, bucket in r.buckets.items():
+        versioning = s3.get_bucket_versioning(Bucket=bucket).get("Status")
+        assert versioning == ("Enabled" if name in ("input", "models") else None), name
+        assert s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]["BlockPublicAcls"]
+        assert s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    # (moto's GetBucketNotificationConfiguration omits EventBridgeConfiguration: the S3 tests below prove it is on)
+
+    table = stack.client("dynamodb").describe_table(TableName=r.table)["Table"]
+    assert {(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]} == {("object", "HASH"), ("version", "RANGE")}
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    assert r.topic_arn in {t["TopicArn"] for t in stack.client("sns").list_topics()["Topics"]}
+    assert stack.client("sqs").get_queue_url(QueueName=r.queue)["QueueUrl"] == stack.provisioned.queue_url
+    assert stack.client("events").describe_event_bus(Name=r.event_bus)["Name"] == r.event_bus
+
+    awslambda = stack.client("lambda")
+    for key, spec in r.functions.items():
+        config = awslambda.get_function_configuration(FunctionName=spec.name)
+        assert config["FunctionArn"] == r.function_arn(key) == stack.provisioned.function_arns[key]
+        assert (config["MemorySize"], config["Timeout"], config["PackageType"]) == (spec.memory_mb, spec.timeout_s, "Image")
+        assert config["ImageConfigResponse"]["ImageConfig"]["Command"] == [spec.command]
+        assert config["Environment"]["Variables"] == function_environment(r, key, queue_url=stack.provisioned.queue_url)
+
+    machine = stack.client("stepfunctions").describe_state_machine(stateMachineArn=stack.state_machine_arn)
+    assert (machine["name"], machine["type"], stack.state_machine_arn) == (r.state_machine, "STANDARD", r.state_machine_arn)
+
+    events = stack.client("events")
+    rule = events.describe_rule(Name=r.trigger_rule)
+    assert json.loads(rule["EventPattern"]) == r.trigger_pattern and rule["State"] == "ENABLED"
+    (target,) = events.list_targets_by_rule(Rule=r.trigger_rule)["Targets"]
+    assert target["Arn"] == stack.state_machine_arn
+    assert target["DeadLetterConfig"]["Arn"] == r.arn("sqs", r.trigger_dlq)
+    assert target["RoleArn"].endswith(f":role/{role_names(r)['trigger']}")
+
+    # the local observers
+    subscriptions = stack.client("sns").list_subscriptions_by_topic(TopicArn=r.topic_arn)["Subscriptions"]
+    assert [s["Endpoint"] for s in subscriptions] == [r.arn("sqs", r.local_sns_tap)]
+    (tap,) = events.list_targets_by_rule(Rule=r.local_events_tap, EventBusName=r.event_bus)["Targets"]
+    assert tap["Arn"] == r.arn("sqs", r.local_events_tap)
+
+
+def test_provisioning_again_converges(stack: LocalStack) -> None:
+    # WHEN provisioning runs a second time against the running stack
+    again = provision(stack.client, stack.resources)
+    # THEN nothing is duplicated and the ARNs are unchanged
+    assert again == stack.provisioned
+    r = stack.resources
+    assert len(stack.client("sns").list_subscriptions_by_topic(TopicArn=r.topic_arn)["Subscriptions"]) == 1
+    assert len(stack.client("events").list_targets_by_rule(Rule=r.trigger_rule)["Targets"]) == 1
+
+
+# -- S3 -> EventBridge -> Step Functions --------------------------------------------------------
+
+
+def test_an_object_in_the_input_bucket_starts_an_execution_with_its_event(stack: LocalStack) -> None:
+    bucket = stack.resources.buckets["input"]
+    key = f"incoming/{uuid.uuid4().hex} café.jpg"
+    # WHEN an object is put into the input bucket
+    version_id = stack.client("s3").put_object(Bucket=bucket, Key=key, Body=b"not really a jpeg")["VersionId"]
+    # THEN an execution runs whose input is the "Object Created" event, with the version
+    _, event = _execution_for(stack, bucket, key)
+    assert (event["source"], event["detail-type"]) == ("aws.s3", "Object Created")
+    assert event["detail"]["object"]["version-id"] == version_id
+    assert event["resources"] == [f"arn:aws:s3:::{bucket}"]
+    assert event["time"].endswith("Z") and "ingestion-time" not in event
+    assert not stack.delivery_failures()
+
+
+def test_objects_in_other_buckets_start_nothing(stack: LocalStack) -> None:
+    s3 = stack.client("s3")
+    other = f"bridge-test-other-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=other)
+    s3.put_bucket_notification_configuration(Bucket=other, NotificationConfiguration={"EventBridgeConfiguration": {}})
+    before = set(_executions(stack))
+    key = f"incoming/{uuid.uuid4().hex}.jpg"
+    # WHEN the same key lands in a bucket that also emits events, and a result lands in the output bucket
+    s3.put_object(Bucket=other, Key=key, Body=b"x")
+    s3.put_object(Bucket=stack.resources.buckets["output"], Key=f"predictions/{key}.json", Body=b"{}")
+    # AND THEN (events are delivered in order) a control object lands in the input bucket
+    control = f"incoming/control-{uuid.uuid4().hex}.jpg"
+    s3.put_object(Bucket=stack.resources.buckets["input"], Key=control, Body=b"x")
+    control_arn, _ = _execution_for(stack, stack.resources.buckets["input"], control)
+    # THEN the control object started the only new execution
+    assert set(_executions(stack)) - before == {control_arn}
+
+
+def test_an_event_that_cannot_start_an_execution_is_recorded_and_dead_lettered(stack: LocalStack) -> None:
+    sqs, events = stack.client("sqs"), stack.client("events")
+    run = uuid.uuid4().hex[:8]
+    dlq_url = sqs.create_queue(QueueName=f"bridge-test-dlq-{run}")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    missing_machine = stack.resources.arn("states", f"stateMachine:bridge-test-missing-{run}")
+    rule = f"bridge-test-broken-{run}"
+    source = f"inferpipe.bridge-test.{run}"
+    events.put_rule(Name=rule, EventPattern=json.dumps({"source": [source]}))
+    events.put_targets(Rule=rule, Targets=[{"Id": "t", "Arn": missing_machine, "DeadLetterConfig": {"Arn": dlq_arn}}])
+    failures_before = len(stack.delivery_failures())
+    # WHEN a matching event arrives
+    events.put_events(Entries=[{"Source": source, "DetailType": "Test", "Detail": json.dumps({"n": 1})}])
+    # THEN the failure is recorded and the event is in the target's dead-letter queue
+    failures = stack.delivery_failures()[failures_before:]
+    assert [(f.target_arn, f.dead_lettered) for f in failures] == [(missing_machine, True)]
+    messages = sqs.receive_message(QueueUrl=dlq_url, MessageAttributeNames=["All"]).get("Messages", [])
+    assert [json.loads(m["Body"])["detail"] for m in messages] == [{"n": 1}]
+    assert messages[0]["MessageAttributes"]["TARGET_ARN"]["StringValue"] == missing_machine
+    # AND a disabled rule delivers nothing (moto alone would still deliver)
+    events.disable_rule(Name=rule)
+    events.put_events(Entries=[{"Source": source, "DetailType": "Test", "Detail": json.dumps({"n": 2})}])
+    assert len(stack.delivery_failures()) == failures_before + 1
+
+
+def test_a_rule_with_a_state_machine_and_a_queue_target_delivers_to_both(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    sqs, events = stack.client("sqs"), stack.client("events")
+    run = uuid.uuid4().hex[:8]
+    queue_url = sqs.create_queue(QueueName=f"bridge-test-queue-{run}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    machine = _machine_with_pipeline_policies(stack, test_functions["b"]["arn"])
+    source = f"inferpipe.bridge-test.{run}"
+    rule = f"bridge-test-mixed-{run}"
+    events.put_rule(Name=rule, EventPattern=json.dumps({"source": [source]}))
+    events.put_targets(
+        Rule=rule, Targets=[{"Id": "q", "Arn": queue_arn}, {"Id": "sm", "Arn": machine, "InputPath": "$.detail"}]
+    )
+    # WHEN a matching event arrives
+    events.put_events(Entries=[{"Source": source, "DetailType": "Test", "Detail": json.dumps({"n": 3})}])
+    # THEN moto delivered it to the queue, and the bridge started the state machine with the InputPath
+    (message,) = sqs.receive_message(QueueUrl=queue_url).get("Messages", [])
+    assert json.loads(message["Body"])["detail"] == {"n": 3}
+    (execution,) = stack.client("stepfunctions").list_executions(stateMachineArn=machine)["executions"]
+    described = _wait(stack, execution["executionArn"])
+    assert described["status"] == "SUCCEEDED" and json.loads(described["input"]) == {"n": 3}
+
+
+# -- the Lambda bridge -------------------------------------------------------------------------
+
+
+def test_the_bridge_runs_each_handler_with_exactly_its_own_environment(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    awslambda = stack.client("lambda")
+
+    def invoke(key: str) -> tuple[str, dict[str, Any]]:
+        answer = awslambda.invoke(FunctionName=test_functions[key]["name"], Payload=json.dumps({"asked": key}))
+        assert "FunctionError" not in answer
+        return key, json.loads(answer["Payload"].read())
+
+    # WHEN two functions with different environments are invoked concurrently, several times
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(invoke, ["a", "b"] * 6))
+    # THEN each invocation saw exactly its function's variables, event and context
+    for key, result in results:
+        assert result["environment"] == test_functions[key]["environment"]
+        assert result["event"] == {"asked": key}
+        assert result["function_name"] == test_functions[key]["name"]
+        assert result["invoked_function_arn"] == test_functions[key]["arn"]
+        assert result["memory_limit_in_mb"] == 128 and 0 < result["remaining_ms"] <= 7000
+    # AND the module stayed loaded between invocations (warm container)
+    assert max(result["warm_calls"] for _, result in results) >= len(results)
+
+
+def test_an_exception_comes_back_as_an_unhandled_function_error(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    answer = stack.client("lambda").invoke(
+        FunctionName=test_functions["fails"]["name"], Payload=json.dumps({"bucket": "b", "key": "k.txt"})
+    )
+    assert answer["FunctionError"] == "Unhandled"
+    payload = json.loads(answer["Payload"].read())
+    assert payload["errorType"] == "NotAnImageError"
+    assert payload["errorMessage"] == "s3://b/k.txt is not an image"
+    assert any("handlers_for_bridge_tests.py" in line for line in payload["stackTrace"])
+
+
+def test_the_state_machine_catches_a_permanent_error_by_its_type_without_retrying(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    machine = _machine_with_pipeline_policies(stack, test_functions["fails"]["arn"])
+    described = _run(stack, machine, {"bucket": "b", "key": "k.txt"})
+    assert (described["status"], described["error"]) == ("FAILED", "NotAnImageError")
+    assert json.loads(described["cause"])["errorMessage"] == "s3://b/k.txt is not an image"
+    failed = [e for e in _history(stack, described["executionArn"]) if e["type"] == "LambdaFunctionFailed"]
+    assert len(failed) == 1
+
+
+def test_injected_throttles_are_retried_by_the_pipelines_retry_policy(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    function = test_functions["a"]
+    machine = _machine_with_pipeline_policies(stack, function["arn"])
+    injected_before = sum(r.injected for r in bridge.invocations(function["name"]))
+    # GIVEN the next two invocations are throttled
+    bridge.inject_failures(function["name"], count=2)
+    # WHEN the state machine calls the function
+    described = _run(stack, machine, {"n": 1})
+    # THEN the Retry absorbed both throttles and the third attempt ran the handler
+    assert described["status"] == "SUCCEEDED", described
+    events = _history(stack, described["executionArn"])
+    failed = [e["lambdaFunctionFailedEventDetails"]["error"] for e in events if e["type"] == "LambdaFunctionFailed"]
+    assert failed == [bridge.THROTTLED, bridge.THROTTLED]
+    assert [e["type"] for e in events].count("LambdaFunctionScheduled") == 3
+    assert json.loads(described["output"])["event"] == {"n": 1}
+    assert bridge.FAULTS.pending(function["name"]) == 0
+    assert sum(r.injected for r in bridge.invocations(function["name"])) == injected_before + 2
+
+
+def test_a_handler_that_outlives_its_function_timeout_times_out_as_in_lambda(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    answer = stack.client("lambda").invoke(FunctionName=test_functions["slow"]["name"], Payload=json.dumps({"seconds": 1.5}))
+    assert answer["FunctionError"] == "Unhandled"
+    payload = json.loads(answer["Payload"].read())
+    assert payload["errorType"] == "Sandbox.Timedout"
+    assert payload["errorMessage"].endswith("Task timed out after 1.00 seconds")
+
+
+def test_an_asynchronous_invocation_runs_in_the_background(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    name = test_functions["b"]["name"]
+    before = len(bridge.invocations(name))
+    answer = stack.client("lambda").invoke(FunctionName=name, InvocationType="Event", Payload=b"{}")
+    assert answer["StatusCode"] == 202
+    assert bridge.wait_for_async_invocations(timeout=10)
+    assert len(bridge.invocations(name)) == before + 1
+
+
+# -- the daemon --------------------------------------------------------------------------------
+
+
+def test_daemon_up_status_down_round_trip_leaves_no_process(tmp_path: Path) -> None:
+    # GIVEN a stale state file left by a process that is gone
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / daemon.STATE_FILE).write_text(json.dumps({"pid": gone.pid, "port": 1, "endpoint_url": "http://127.0.0.1:1"}))
+    stale = daemon.status(tmp_path)
+    assert not stale["running"] and stale["stale"]
+
+    # WHEN the stack is started in the background
+    port = _free_port()
+    started = daemon.up(port=port, state_dir=tmp_path, timeout=120)
+    pid = started["pid"]
+    try:
+        # THEN it runs, answers, and says where
+        assert started["running"] and started["port"] == port
+        assert started["endpoint_url"] == f"http://127.0.0.1:{port}"
+        assert started["resources"]["state_machine"] == render_resources().state_machine_arn
+        state = json.loads((tmp_path / daemon.STATE_FILE).read_text())
+        assert (state["pid"], state["port"]) == (pid, port) and state["started"]
+        # AND a second `up` (and ensure_running) reuse it
+        again = daemon.up(port=port, state_dir=tmp_path)
+        assert again["already_running"] and again["pid"] == pid
+        assert daemon.ensure_running(tmp_path, port) == started["endpoint_url"]
+    finally:
+        # WHEN it is stopped
+        stopped = daemon.down(tmp_path)
+    # THEN the process is gone (exited cleanly on SIGTERM), and so is the state file
+    assert stopped
+    assert not os.path.exists(f"/proc/{pid}")
+    assert not (tmp_path / daemon.STATE_FILE).exists()
+    assert not daemon.status(tmp_path)["running"]
+    assert daemon.down(tmp_path) is False
+    log = (tmp_path / daemon.LOG_FILE).read_text()
+    assert "signal SIGTERM: stopping" in log and log.rstrip().endswith("stopped")
