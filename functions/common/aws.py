@@ -75,3 +75,11 @@ def raise_transient(exc: BaseException, what: str) -> NoReturn:
     if is_transient(exc):
         raise TransientError(f"{what}: {exc}") from exc
     raise exc
+
+
+def reset_clients() -> None:
+    """Forget the cached clients (the local stack calls this when its endpoint changes)."""
+    with _lock:
+        for existing in _clients.values():
+            existing.close()
+        _clients.clear()

@@ -1,0 +1,81 @@
+"""The ASL definition: valid for a real interpreter, fully bound, and consistent with our errors and functions."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+from functions.common.errors import PERMANENT_ERROR_NAMES, TRANSIENT_ERROR_NAMES
+from inferpipe.local.spec import render_asl
+from inferpipe.paths import REPO_ROOT, STACK_FILE
+
+ASL_PATH = REPO_ROOT / "state_machine" / "pipeline.asl.json"
+STACK = json.loads(STACK_FILE.read_text())
+#: Which function each ARN placeholder stands for.
+FUNCTION_OF_PLACEHOLDER = {"PreprocessFunctionArn": "preprocess", "InferenceFunctionArn": "inference", "SinkFunctionArn": "sink"}
+VALUES = {
+    "PreprocessFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:p",
+    "InferenceFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:i",
+    "SinkFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:s",
+    "DefaultSinks": "s3,dynamodb",
+    "DefaultTopK": "5",
+    "DefaultModel": "demo",
+    "DefaultModelVersion": "prod",
+}
+
+
+def _tasks(states: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, state in states.items():
+        if state["Type"] == "Task":
+            yield name, state
+        if state["Type"] == "Map":
+            yield from _tasks(state["ItemProcessor"]["States"])
+
+
+def test_every_placeholder_is_bound_and_the_interpreter_accepts_the_result() -> None:
+    raw = ASL_PATH.read_text()
+    placeholders = set(re.findall(r"(?<!\$)\$\{(\w+)\}", raw))
+    assert placeholders == set(VALUES)
+    rendered = render_asl(raw, VALUES)
+    assert "${" not in rendered
+    assert "$$.Execution.Id" in rendered  # context paths survive substitution
+    AmazonStateLanguageParser.parse(rendered)  # raises on invalid ASL
+
+
+def test_rendering_refuses_an_unbound_placeholder() -> None:
+    values = dict(VALUES)
+    del values["DefaultModel"]
+    with pytest.raises(Exception, match="DefaultModel"):
+        render_asl(ASL_PATH.read_text(), values)
+
+
+def test_tasks_retry_exactly_the_transient_errors_and_catch_the_permanent_ones() -> None:
+    definition = json.loads(ASL_PATH.read_text())
+    tasks = dict(_tasks(definition["States"]))
+    assert set(tasks) == {"Preprocess", "Inference", "Deliver"}
+    for name, task in tasks.items():
+        retried = {error for rule in task["Retry"] for error in rule["ErrorEquals"]}
+        assert set(TRANSIENT_ERROR_NAMES) <= retried, name
+        assert {"Lambda.ServiceException", "Lambda.TooManyRequestsException", "Lambda.SdkClientException", "Lambda.AWSLambdaException"} <= retried
+        assert not retried & set(PERMANENT_ERROR_NAMES), f"{name} retries a permanent error"
+        for rule in task["Retry"]:
+            if "TransientError" in rule["ErrorEquals"]:
+                assert rule["BackoffRate"] > 1 and rule.get("JitterStrategy") == "FULL"
+    for name in ("Preprocess", "Inference", "FanOut"):
+        caught = {error for rule in definition["States"][name]["Catch"] for error in rule["ErrorEquals"]}
+        assert set(PERMANENT_ERROR_NAMES) <= caught, name
+        assert definition["States"][name]["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
+
+
+def test_each_task_times_out_after_its_function_would() -> None:
+    definition = json.loads(ASL_PATH.read_text())
+    assert definition["TimeoutSeconds"] > 0
+    for name, task in _tasks(definition["States"]):
+        placeholder = re.fullmatch(r"\$\{(\w+)\}", task["Resource"]).group(1)
+        function = STACK["functions"][FUNCTION_OF_PLACEHOLDER[placeholder]]
+        assert task["TimeoutSeconds"] > function["timeout_s"], name
