@@ -1,0 +1,555 @@
+"""Preprocess: any image a user uploads becomes the right tensor; anything else fails with a clear, typed error."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+from PIL import Image, ImageFile
+
+from functions.common.config import ImageLimits, invocation_environment
+from functions.common.errors import (
+    DecompressionBombError,
+    InvalidRequestError,
+    NotAnImageError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    TransientError,
+)
+from functions.common.manifest import FileEntry, InputSpec, Manifest
+from functions.common.request import ModelRef, SourceObject
+from functions.preprocess import core
+from functions.preprocess.transform import to_tensor
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+LIMITS = ImageLimits()
+SPEC = InputSpec(height=64, width=64, resize_shorter=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+RESNET_SPEC = InputSpec(height=224, width=224, resize_shorter=256)
+ODD_KEYS = ["holiday photos/café+1%.jpg", "a+b/c%2Fd%20e.png", "日本語/写真 (1).jpeg"]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True)
+def _dummy_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def encode(image: Image.Image, fmt: str, **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def decoded_pixel(data: bytes, xy: tuple[int, int] = (0, 0)) -> tuple[int, ...]:
+    image = core.decode_image(data, LIMITS)
+    assert image.mode == "RGB"
+    return image.getpixel(xy)  # type: ignore[return-value]
+
+
+def noisy_photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Smooth colour gradients plus sensor-like noise: compresses and resamples like a photo."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    channels = [
+        127 + 100 * np.sin(x / 150) * np.cos(y / 210),
+        127 + 100 * np.sin((x + y) / 330),
+        127 + 100 * np.cos(x / 90 - y / 400),
+    ]
+    pixels = np.stack(channels, -1) + rng.normal(0, 12, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG header (IHDR) claiming ``width × height`` RGB pixels, followed by almost no data."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def big_jpeg() -> bytes:
+    """A 12 MP (4000×3000) photo-like baseline JPEG."""
+    return encode(noisy_photo(4000, 3000), "JPEG", quality=90)
+
+
+# --------------------------------------------------------------------------- colour modes
+
+
+def test_rgb_jpeg_decodes_as_is() -> None:
+    assert decoded_pixel(encode(Image.new("RGB", (8, 8), (200, 100, 50)), "PNG")) == (200, 100, 50)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_red_cmyk_becomes_red_rgb(fmt: str) -> None:
+    data = encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), fmt, **({"quality": 100} if fmt == "JPEG" else {}))
+    red, green, blue = decoded_pixel(data)
+    assert red >= 250 and green <= 5 and blue <= 5
+
+
+@pytest.mark.parametrize(("value", "expected"), [(0, 0), (32768, 128), (65535, 255), (1000, 4)])
+def test_16_bit_grey_is_scaled_not_clipped(value: int, expected: int) -> None:
+    data = encode(Image.fromarray(np.full((4, 4), value, np.uint16)), "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    assert decoded_pixel(data) == (expected,) * 3
+
+
+def test_32_bit_int_and_float_grey_are_scaled() -> None:
+    assert decoded_pixel(encode(Image.fromarray(np.full((4, 4), 32768, np.int32)), "TIFF")) == (128, 128, 128)
+    assert decoded_pixel(encode(Image.fromarray(np.full((4, 4), 0.5, np.float32)), "TIFF")) == (128, 128, 128)
+    # values outside 0..1 are stretched to the full 8-bit range, not clipped to white
+    ramp = np.linspace(-10.0, 30.0, 16, dtype=np.float32).reshape(4, 4)
+    image = core.decode_image(encode(Image.fromarray(ramp), "TIFF"), LIMITS)
+    assert image.getpixel((0, 0)) == (0, 0, 0) and image.getpixel((3, 3)) == (255, 255, 255)
+
+
+def _palette_image() -> Image.Image:
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.putpixel((1, 1), 1)
+    return image
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_palette_with_transparency_is_white_where_transparent(fmt: str) -> None:
+    data = encode(_palette_image(), fmt, transparency=0)
+    assert decoded_pixel(data, (0, 0)) == (255, 255, 255)
+    assert decoded_pixel(data, (1, 1)) == (255, 0, 0)
+
+
+def test_palette_without_transparency_keeps_its_colours() -> None:
+    data = encode(_palette_image(), "PNG")
+    assert decoded_pixel(data, (0, 0)) == (0, 0, 0)
+    assert decoded_pixel(data, (1, 1)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "colour", "fmt"),
+    [("RGBA", (0, 0, 0, 0), "PNG"), ("LA", (0, 0), "PNG"), ("RGBA", (0, 0, 0, 0), "WEBP")],
+)
+def test_transparent_pixels_become_white_not_black(mode: str, colour: tuple[int, ...], fmt: str) -> None:
+    data = encode(Image.new(mode, (4, 4), colour), fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    assert decoded_pixel(data) == (255, 255, 255)
+
+
+def test_half_transparent_black_is_composited_on_white() -> None:
+    red, green, blue = decoded_pixel(encode(Image.new("RGBA", (4, 4), (0, 0, 0, 128)), "PNG"))
+    assert red == green == blue and 125 <= red <= 129
+
+
+def test_palette_with_alpha_channel_is_composited() -> None:
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 255, 0))
+    pa = rgba.convert("PA")
+    assert core.to_rgb(pa).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_tRNS_colour_in_rgb_and_grey_png_is_transparent() -> None:
+    assert decoded_pixel(encode(Image.new("RGB", (4, 4), (10, 20, 30)), "PNG", transparency=(10, 20, 30))) == (255, 255, 255)
+    assert decoded_pixel(encode(Image.new("L", (4, 4), 5), "PNG", transparency=5)) == (255, 255, 255)
+
+
+def test_greyscale_and_one_bit() -> None:
+    assert decoded_pixel(encode(Image.new("L", (4, 4), 77), "PNG")) == (77, 77, 77)
+    one_bit = Image.new("1", (4, 4), 0)
+    one_bit.putpixel((2, 2), 1)
+    data = encode(one_bit, "PNG")
+    assert decoded_pixel(data, (0, 0)) == (0, 0, 0)
+    assert decoded_pixel(data, (2, 2)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
+def test_animated_image_uses_the_first_frame(fmt: str) -> None:
+    frames = [Image.new("RGB", (8, 8), colour) for colour in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
+    buffer = io.BytesIO()
+    extra = {"lossless": True} if fmt == "WEBP" else {}
+    frames[0].save(buffer, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **extra)
+    assert getattr(Image.open(io.BytesIO(buffer.getvalue())), "n_frames", 1) == 3
+    assert decoded_pixel(buffer.getvalue()) == (255, 0, 0)
+
+
+def test_exif_orientation_6_is_applied() -> None:
+    # GIVEN a 40×20 landscape JPEG whose left quarter is blue, stored with "rotate 90° clockwise"
+    stored = Image.new("RGB", (40, 20), (255, 0, 0))
+    stored.paste((0, 0, 255), (0, 0, 10, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(stored, "JPEG", exif=exif, quality=95)
+
+    # WHEN decoded
+    image = core.decode_image(data, LIMITS)
+
+    # THEN it is upright: portrait, with the blue strip along the top
+    assert image.size == (20, 40)
+    top, bottom = image.getpixel((10, 2)), image.getpixel((10, 37))
+    assert top[2] > 200 and top[0] < 50
+    assert bottom[0] > 200 and bottom[2] < 50
+
+
+def test_corrupt_exif_does_not_reject_a_good_image() -> None:
+    data = encode(Image.new("RGB", (8, 8), (0, 128, 0)), "JPEG", exif=b"Exif\x00\x00garbage-not-tiff", quality=95)
+    assert decoded_pixel(data)[1] > 100
+
+
+# --------------------------------------------------------------------------- JPEG draft
+
+
+def test_draft_decode_of_a_12_mp_jpeg_matches_the_full_decode(big_jpeg: bytes) -> None:
+    # WHEN the same photo is preprocessed through the draft path and through a full decode
+    fast_image = core.decode_image(big_jpeg, LIMITS, target=RESNET_SPEC)
+    fast = core.preprocess(big_jpeg, LIMITS, RESNET_SPEC)
+    full = to_tensor(core.decode_image(big_jpeg, LIMITS), RESNET_SPEC)[np.newaxis]
+
+    # THEN the draft path really decoded fewer pixels but kept enough for the resize
+    assert fast_image.size[0] < 4000 and min(fast_image.size) >= RESNET_SPEC.resize_shorter
+    # AND the tensors are the same to within about one 8-bit level on average
+    assert fast.shape == full.shape == (1, 3, 224, 224) and fast.dtype == np.float32
+    mean_abs_levels = float(np.abs(fast - full).mean()) * 255 * min(RESNET_SPEC.std)
+    assert mean_abs_levels < 1.0
+
+
+def test_draft_keeps_the_shorter_side_for_rotated_and_small_targets(big_jpeg: bytes) -> None:
+    for spec in (SPEC, RESNET_SPEC, InputSpec(height=600, width=600, resize_shorter=700)):
+        image = core.decode_image(big_jpeg, LIMITS, target=spec)
+        assert min(image.size) >= spec.resize_shorter
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = encode(noisy_photo(1600, 1200), "JPEG", exif=exif, quality=85)
+    image = core.decode_image(rotated, LIMITS, target=RESNET_SPEC)
+    assert image.size[1] > image.size[0] and min(image.size) >= RESNET_SPEC.resize_shorter
+
+
+# --------------------------------------------------------------------------- not an image
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"<!DOCTYPE html><html><body>403 Forbidden</body></html>", "text"),
+        (b"\x00\x01\x02garbage" * 10, "not a JPEG"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "not a JPEG"),  # never reaches Ghostscript
+    ],
+)
+def test_non_images_are_rejected(data: bytes, message: str) -> None:
+    with pytest.raises(NotAnImageError, match=message):
+        core.decode_image(data, LIMITS, name="s3://in/photo.png")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP"])
+def test_truncated_images_are_rejected(fmt: str) -> None:
+    data = encode(noisy_photo(120, 90), fmt)
+    with pytest.raises(NotAnImageError, match="s3://in/photo"):
+        core.decode_image(data[: len(data) // 2], LIMITS, name="s3://in/photo")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # detection did not rely on changing it
+
+
+def test_truncated_jpeg_is_rejected_on_the_draft_path_too(big_jpeg: bytes) -> None:
+    with pytest.raises(NotAnImageError, match="truncated"):
+        core.decode_image(big_jpeg[: len(big_jpeg) - 4096], LIMITS, target=RESNET_SPEC)
+
+
+# --------------------------------------------------------------------------- decompression bombs
+
+
+@pytest.fixture
+def load_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records (and refuses) any attempt to decode pixel data."""
+    calls: list[str] = []
+    original = ImageFile.ImageFile.load
+
+    def spy(self: ImageFile.ImageFile) -> Any:
+        calls.append(self.format or "?")
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [
+        (100_000, 100_000),  # 10 G pixels: above twice Pillow's own limit (Pillow raises)
+        (10_000, 10_000),  # 100 M: between 1x and 2x Pillow's limit (Pillow only warns)
+        (8_000, 6_000),  # 48 M: under Pillow's limit, over the pipeline's 40 M
+    ],
+)
+def test_png_claiming_too_many_pixels_is_refused_before_decoding(width: int, height: int, load_spy: list[str]) -> None:
+    filters_before = list(warnings.filters)
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+
+    with pytest.raises(DecompressionBombError, match="MAX_IMAGE_PIXELS"):
+        core.decode_image(png_claiming(width, height), LIMITS, name="s3://in/bomb.png")
+
+    assert load_spy == []  # no pixel buffer was ever allocated
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit  # global Pillow state untouched
+    assert warnings.filters == filters_before
+
+
+def test_project_limit_applies_to_real_images() -> None:
+    data = encode(Image.new("RGB", (100, 100)), "PNG")
+    with pytest.raises(DecompressionBombError, match="100x100 = 10000 pixels"):
+        core.decode_image(data, ImageLimits(max_image_pixels=9_999))
+    assert core.decode_image(data, ImageLimits(max_image_pixels=10_000)).size == (100, 100)
+
+
+# --------------------------------------------------------------------------- S3 fetch
+
+
+@pytest.fixture
+def s3() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="input-bucket")
+        client.put_bucket_versioning(Bucket="input-bucket", VersioningConfiguration={"Status": "Enabled"})
+        client.create_bucket(Bucket="work-bucket")
+        yield client
+
+
+def _count_calls(client: Any, operation: str) -> list[str]:
+    calls: list[str] = []
+    client.meta.events.register(f"before-call.s3.{operation}", lambda **_: calls.append(operation))
+    return calls
+
+
+@pytest.mark.parametrize("key", ODD_KEYS)
+def test_fetch_keeps_odd_keys_verbatim_and_pins_the_version(s3: Any, key: str) -> None:
+    data = encode(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG")
+    version = s3.put_object(Bucket="input-bucket", Key=key, Body=data)["VersionId"]
+    s3.put_object(Bucket="input-bucket", Key=key, Body=b"a newer version")
+
+    located = core.locate_object(s3, SourceObject("input-bucket", key, version), LIMITS)
+    assert (located.key, located.version_id, located.size) == (key, version, len(data))
+    assert located.etag and not located.etag.startswith('"')
+    assert core.fetch_object(s3, located, LIMITS) == data
+
+
+def test_fetch_without_version_reads_and_reports_the_latest(s3: Any) -> None:
+    s3.put_object(Bucket="input-bucket", Key="cat.jpg", Body=b"old")
+    latest = s3.put_object(Bucket="input-bucket", Key="cat.jpg", Body=b"new!")["VersionId"]
+    located = core.locate_object(s3, SourceObject("input-bucket", "cat.jpg"), LIMITS)
+    assert located.version_id == latest and located.size == 4
+    assert core.fetch_object(s3, SourceObject("input-bucket", "cat.jpg"), LIMITS) == b"new!"
+
+
+def test_object_over_the_limit_is_refused_without_downloading(s3: Any) -> None:
+    s3.put_object(Bucket="input-bucket", Key="huge.jpg", Body=b"\xff" * 2048)
+    gets = _count_calls(s3, "GetObject")
+    with pytest.raises(ObjectTooLargeError) as caught:
+        core.fetch_object(s3, SourceObject("input-bucket", "huge.jpg"), ImageLimits(max_object_bytes=1024))
+    assert "2048" in str(caught.value) and "1024" in str(caught.value)
+    assert gets == []
+
+
+def test_missing_object_names_the_uri(s3: Any) -> None:
+    with pytest.raises(ObjectNotFoundError, match="s3://input-bucket/photos/nope.jpg does not exist"):
+        core.fetch_object(s3, SourceObject("input-bucket", "photos/nope.jpg"), LIMITS)
+
+
+def test_missing_version_names_the_uri_and_version(s3: Any) -> None:
+    s3.put_object(Bucket="input-bucket", Key="cat.jpg", Body=b"x")
+    with pytest.raises(ObjectNotFoundError, match=r"s3://input-bucket/cat.jpg \(version v-gone\) does not exist"):
+        core.fetch_object(s3, SourceObject("input-bucket", "cat.jpg", "v-gone"), LIMITS)
+
+
+def test_deleted_object_and_missing_bucket_are_not_found(s3: Any) -> None:
+    s3.put_object(Bucket="input-bucket", Key="cat.jpg", Body=b"x")
+    s3.delete_object(Bucket="input-bucket", Key="cat.jpg")
+    with pytest.raises(ObjectNotFoundError, match="cat.jpg"):
+        core.fetch_object(s3, SourceObject("input-bucket", "cat.jpg"), LIMITS)
+    with pytest.raises(ObjectNotFoundError, match="no-such-bucket"):
+        core.fetch_object(s3, SourceObject("no-such-bucket", "cat.jpg"), LIMITS)
+
+
+def test_object_replaced_between_head_and_get_is_retried(s3: Any) -> None:
+    unversioned = "work-bucket"
+    s3.put_object(Bucket=unversioned, Key="cat.jpg", Body=b"first")
+    located = core.locate_object(s3, SourceObject(unversioned, "cat.jpg"), LIMITS)
+    s3.put_object(Bucket=unversioned, Key="cat.jpg", Body=b"second")
+    with pytest.raises(TransientError, match="replaced"):
+        core.fetch_object(s3, located, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected", "message"),
+    [
+        ("403", 403, ObjectNotFoundError, "cannot be read by the pipeline"),
+        ("AccessDenied", 403, ObjectNotFoundError, "cannot be read by the pipeline"),
+        ("SlowDown", 503, TransientError, "HeadObject s3://other-bucket/cat.jpg"),
+        ("InternalError", 500, TransientError, "HeadObject"),
+        ("PermanentRedirect", 301, InvalidRequestError, "another region"),
+    ],
+)
+def test_s3_failures_map_onto_the_error_taxonomy(code: str, status: int, expected: type[Exception], message: str) -> None:
+    client = boto3.client("s3", region_name="us-east-1")
+    with Stubber(client) as stub:
+        stub.add_client_error("head_object", service_error_code=code, http_status_code=status)
+        with pytest.raises(expected, match=message):
+            core.fetch_object(client, SourceObject("other-bucket", "cat.jpg"), LIMITS)
+
+
+# --------------------------------------------------------------------------- store
+
+
+def test_store_tensor_key_is_deterministic_and_round_trips(s3: Any) -> None:
+    source = SourceObject("input-bucket", "holiday photos/café+1%.jpg", "v1", "etag1", 10)
+    model = ModelRef("demo", "0123456789ab")
+    tensor = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+
+    first = core.store_tensor(s3, "work-bucket", "tensors/", source, model, tensor)
+    second = core.store_tensor(s3, "work-bucket", "tensors/", source, model, tensor)  # a retry
+
+    assert first == second
+    assert first["bucket"] == "work-bucket" and first["key"].startswith("tensors/") and first["key"].endswith(".npy")
+    assert first["shape"] == [1, 3, 64, 64] and first["dtype"] == "float32"
+    listed = s3.list_objects_v2(Bucket="work-bucket", Prefix="tensors/")["Contents"]
+    assert len(listed) == 1
+    stored = np.load(io.BytesIO(s3.get_object(Bucket="work-bucket", Key=first["key"])["Body"].read()), allow_pickle=False)
+    np.testing.assert_array_equal(stored, tensor)
+
+
+def test_tensor_key_changes_with_object_version_and_model_version() -> None:
+    source = SourceObject("input-bucket", "cat.jpg", "v1", "e1", 1)
+    model = ModelRef("demo", "0123456789ab")
+    key = core.tensor_key("tensors/", source, model)
+    assert key == core.tensor_key("tensors/", SourceObject("input-bucket", "cat.jpg", "v1", "e1", 1), model)
+    others = {
+        core.tensor_key("tensors/", SourceObject("input-bucket", "cat.jpg", "v2", "e1", 1), model),
+        core.tensor_key("tensors/", SourceObject("input-bucket", "cat.jpg", "v1", "e2", 1), model),
+        core.tensor_key("tensors/", SourceObject("input-bucket", "cat.jpgx", "v1", "e1", 1), model),
+        core.tensor_key("tensors/", source, ModelRef("demo", "ba9876543210")),
+        core.tensor_key("tensors/", source, ModelRef("other", "0123456789ab")),
+    }
+    assert key not in others and len(others) == 5
+
+
+# --------------------------------------------------------------------------- handler, end to end on moto
+
+
+MODEL_VERSION = "0123456789ab"
+CONTEXT = SimpleNamespace(
+    function_name="inferpipe-preprocess",
+    memory_limit_in_mb=1024,
+    invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:inferpipe-preprocess",
+    aws_request_id="req-1",
+)
+
+
+def _manifest(num_classes: int = 8) -> Manifest:
+    files = {role: FileEntry(path=name, sha256="0" * 64, size=1) for role, name in
+             {"symbol": "model-symbol.json", "params": "model-0000.params", "labels": "labels.txt"}.items()}
+    return Manifest(
+        name="demo", version=MODEL_VERSION, architecture="resnet10_v1", num_classes=num_classes, input=SPEC,
+        files=files, created="2026-11-29T04:00:00Z", source="test_preprocess",
+    )
+
+
+@pytest.fixture
+def stack(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """GIVEN a model bucket with demo@prod published in the documented layout, and the function's env."""
+    handler = pytest.importorskip("functions.preprocess.handler")
+    monkeypatch.setattr(handler, "_stores", {})
+    s3.create_bucket(Bucket="model-bucket")
+    s3.put_object(Bucket="model-bucket", Key=f"models/demo/versions/{MODEL_VERSION}/manifest.json", Body=_manifest().to_json().encode())
+    s3.put_object(Bucket="model-bucket", Key="models/demo/aliases/prod.json", Body=json.dumps({"version": MODEL_VERSION}).encode())
+    env = {"MODEL_BUCKET": "model-bucket", "WORK_BUCKET": "work-bucket", "WORK_PREFIX": "tensors/",
+           "MAX_OBJECT_BYTES": "52428800", "MAX_IMAGE_PIXELS": "40000000"}
+    with invocation_environment(env):
+        yield {"s3": s3, "handler": handler}
+
+
+def _event(name: str = "preprocess_s3_event.json", **request: Any) -> dict[str, Any]:
+    event = json.loads((EVENTS / name).read_text(encoding="utf-8"))
+    event["request"].update(request)
+    return event
+
+
+def test_handler_turns_an_uploaded_photo_into_a_job(stack: dict[str, Any]) -> None:
+    s3, handler = stack["s3"], stack["handler"]
+    # GIVEN a rotated photo uploaded under an awkward key
+    key = "incoming/holiday photos/café+1%.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(noisy_photo(640, 480), "JPEG", exif=exif, quality=90)
+    version = s3.put_object(Bucket="input-bucket", Key=key, Body=data)["VersionId"]
+
+    # WHEN the S3-triggered request runs through the handler (twice: a retry)
+    event = _event(bucket="input-bucket", key=key, version_id=version)
+    job = handler.lambda_handler(event, CONTEXT)
+    retry = handler.lambda_handler(event, CONTEXT)
+
+    # THEN the job names the object version, the resolved model version and the stored tensor
+    assert job["source"] == {"bucket": "input-bucket", "key": key, "version_id": version,
+                             "etag": job["source"]["etag"], "size": len(data)}
+    assert job["model"] == {"name": "demo", "version": MODEL_VERSION}
+    assert job["sinks"] == ["s3", "dynamodb", "sns", "sqs", "eventbridge"] and job["top_k"] == 5
+    assert job["tensor"]["shape"] == [1, 3, 64, 64] and job["tensor"]["dtype"] == "float32"
+    assert set(job["timings_ms"]) == {"resolve_model", "fetch", "decode", "transform", "store", "total"}
+    # AND the stored tensor is exactly what the shared transform gives for the upright photo
+    body = s3.get_object(Bucket="work-bucket", Key=job["tensor"]["key"])["Body"].read()
+    np.testing.assert_array_equal(np.load(io.BytesIO(body)), core.preprocess(data, LIMITS, SPEC))
+    # AND the retry overwrote the same tensor instead of adding one
+    assert retry["tensor"] == job["tensor"]
+    assert s3.list_objects_v2(Bucket="work-bucket", Prefix="tensors/")["KeyCount"] == 1
+
+
+def test_handler_rejects_top_k_above_the_model_classes(stack: dict[str, Any]) -> None:
+    stack["s3"].put_object(Bucket="input-bucket", Key="photos/cat.jpg", Body=encode(noisy_photo(80, 60), "PNG"))
+    with pytest.raises(InvalidRequestError, match="top_k=9 is more than the 8 classes"):
+        stack["handler"].lambda_handler(_event("preprocess_manual.json", bucket="input-bucket", top_k=9), CONTEXT)
+
+
+def test_handler_reports_a_non_image_with_its_uri(stack: dict[str, Any]) -> None:
+    stack["s3"].put_object(Bucket="input-bucket", Key="photos/cat.jpg", Body=b"<html>Access denied</html>")
+    with pytest.raises(NotAnImageError, match=r"s3://input-bucket/photos/cat.jpg\?versionId="):
+        stack["handler"].lambda_handler(_event("preprocess_manual.json", bucket="input-bucket"), CONTEXT)
+
+
+def test_handler_rejects_an_unknown_sink_before_touching_s3(stack: dict[str, Any]) -> None:
+    event = _event("preprocess_manual.json", bucket="input-bucket", sinks=["s3", "kafka"])
+    with pytest.raises(InvalidRequestError, match="unknown sink 'kafka'"):
+        stack["handler"].lambda_handler(event, CONTEXT)
+
+
+def test_handler_rejects_a_malformed_event(stack: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequestError, match="preprocess input"):
+        stack["handler"].lambda_handler({"bucket": "input-bucket", "key": "k"}, CONTEXT)
+
+
+def test_handler_applies_the_uploaders_options_only_to_s3_triggered_runs(stack: dict[str, Any]) -> None:
+    # GIVEN an object uploaded with per-object options (as `inferpipe classify --top-k 2` does)
+    s3, handler = stack["s3"], stack["handler"]
+    data = encode(noisy_photo(80, 60), "PNG")
+    s3.put_object(Bucket="input-bucket", Key="photos/cat.jpg", Body=data,
+                  Metadata={"inferpipe-top-k": "2", "inferpipe-model-version": MODEL_VERSION})
+
+    # WHEN the S3 event's run and a manual run (top_k 3) process it
+    from_upload = handler.lambda_handler(_event(bucket="input-bucket", key="photos/cat.jpg", version_id=None), CONTEXT)
+    manual = handler.lambda_handler(_event("preprocess_manual.json", bucket="input-bucket"), CONTEXT)
+
+    # THEN only the S3-triggered run takes the uploader's options
+    assert from_upload["top_k"] == 2 and from_upload["model"]["version"] == MODEL_VERSION
+    assert manual["top_k"] == 3
+
+
+def test_handler_names_bad_object_metadata(stack: dict[str, Any]) -> None:
+    stack["s3"].put_object(Bucket="input-bucket", Key="photos/cat.jpg", Body=b"x", Metadata={"inferpipe-top-k": "lots"})
+    with pytest.raises(InvalidRequestError, match="inferpipe-top-k='lots'"):
+        stack["handler"].lambda_handler(_event(bucket="input-bucket", key="photos/cat.jpg", version_id=None), CONTEXT)
