@@ -1,0 +1,207 @@
+"""Lambda handler of the inference task: a job in, the model's top-k classes out; also answers warm-up pings."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from botocore.exceptions import BotoCoreError, ClientError
+
+from functions.common import config
+from functions.common.aws import client, error_code, raise_transient
+from functions.common.errors import InvalidRequestError, ObjectNotFoundError
+from functions.common.log import bind, logger, object_uri
+from functions.common.manifest import Manifest
+from functions.common.model_store import ModelStore, is_not_found
+from functions.common.request import Job, TensorRef
+from functions.inference.core import LoadedModel, ModelCache, load_model, predict
+
+DEFAULT_MODEL_CACHE_MB = 1024
+_NPY_HEADER_SLACK = 4096  # an .npy header is at most a few hundred bytes
+
+# Module-level state reused by every invocation of a warm Lambda (and, locally, of the process).
+_lock = threading.Lock()
+_stores: dict[str, ModelStore] = {}
+_cache: ModelCache | None = None
+
+
+def _model_store(bucket: str) -> ModelStore:
+    with _lock:
+        store = _stores.get(bucket)
+        if store is None:
+            store = _stores[bucket] = ModelStore(bucket)
+        return store
+
+
+def model_cache() -> ModelCache:
+    """The process-wide model cache, sized by MODEL_CACHE_MB when first used."""
+    global _cache
+    with _lock:
+        if _cache is None:
+            _cache = ModelCache.with_budget_mb(config.positive_int(config.MODEL_CACHE_MB, DEFAULT_MODEL_CACHE_MB))
+        return _cache
+
+
+def get_model(name: str, version: str, timings: dict[str, float]) -> tuple[LoadedModel, bool]:
+    """``(model, hit)`` for an exact version (an alias is resolved on a miss); records fetch/load times.
+
+    A cached model needs no S3 request: versions are content hashes and never change.
+    """
+    timings.setdefault("fetch_model", 0.0)
+    timings.setdefault("load_model", 0.0)
+    cache = model_cache()
+    cached = cache.get((name, version))
+    if cached is not None:
+        return cached, True
+    started = time.perf_counter()
+    store = _model_store(config.require(config.MODEL_BUCKET))
+    manifest = store.resolve(name, version)  # an exact version's manifest is cached by the store
+    timings["fetch_model"] = (time.perf_counter() - started) * 1000.0
+
+    def load() -> LoadedModel:
+        files = store.fetch_files(manifest)
+        timings["fetch_model"] = (time.perf_counter() - started) * 1000.0
+        load_started = time.perf_counter()
+        model = load_model(manifest, files)
+        timings["load_model"] = (time.perf_counter() - load_started) * 1000.0
+        logger.info(
+            "model loaded",
+            extra={
+                "model_bytes": model.size_bytes,
+                "fused": model.fused,
+                "fetch_ms": round(timings["fetch_model"], 1),
+                "load_ms": round(timings["load_model"], 1),
+            },
+        )
+        return model
+
+    return cache.get_or_load((manifest.name, manifest.version), load)
+
+
+def read_tensor(s3: Any, ref: TensorRef) -> np.ndarray:
+    """The stored ``.npy`` tensor, checked against the shape and dtype the job announced."""
+    uri = object_uri(ref.bucket, ref.key)
+    expected_bytes = 4 * int(np.prod(ref.shape)) + _NPY_HEADER_SLACK
+    try:
+        body = s3.get_object(Bucket=ref.bucket, Key=ref.key)["Body"]
+        try:
+            data: bytes = body.read(expected_bytes + 1)
+        finally:
+            body.close()
+    except ClientError as exc:
+        if is_not_found(exc) or error_code(exc) == "NoSuchBucket":
+            raise ObjectNotFoundError(f"the preprocessed tensor {uri} does not exist (expired or never stored)") from exc
+        raise_transient(exc, f"GetObject {uri}")
+    except BotoCoreError as exc:
+        raise_transient(exc, f"GetObject {uri}")
+    if len(data) > expected_bytes:
+        raise InvalidRequestError(f"the tensor {uri} is larger than a {list(ref.shape)} float32 array")
+    try:
+        tensor = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as bad:
+        raise InvalidRequestError(f"the tensor {uri} is not a .npy array: {bad}") from None
+    if not isinstance(tensor, np.ndarray) or tensor.shape != ref.shape or tensor.dtype != np.dtype(ref.dtype):
+        raise InvalidRequestError(
+            f"the tensor {uri} holds {getattr(tensor, 'dtype', '?')} {list(getattr(tensor, 'shape', ()))}, "
+            f"the job says {ref.dtype} {list(ref.shape)}"
+        )
+    return tensor
+
+
+def is_warmup(event: Any) -> bool:
+    """A warm-up ping: ``{"warmup": true}`` or an EventBridge scheduled event."""
+    if not isinstance(event, dict):
+        return False
+    if event.get("warmup") is True:
+        return True
+    return event.get("detail-type") == "Scheduled Event" and event.get("source") == "aws.events"
+
+
+def warm_up() -> dict[str, Any]:
+    """Load the deployment's default model (DEFAULT_MODEL at DEFAULT_MODEL_VERSION) into the cache."""
+    started = time.perf_counter()
+    name = config.require(config.DEFAULT_MODEL)
+    version = config.require(config.DEFAULT_MODEL_VERSION)
+    bind(model=f"{name}:{version}")
+    timings: dict[str, float] = {}
+    model, hit = get_model(name, version, timings)
+    timings["total"] = (time.perf_counter() - started) * 1000.0
+    warmed = {
+        "name": model.manifest.name,
+        "version": model.manifest.version,
+        "requested": version,
+        "cold_start": not hit,
+        "timings_ms": _rounded(timings),
+    }
+    # "cold_start" in log lines is Powertools' (first invocation of this process): ours is model_cache_hit.
+    logger.info("warm-up done", extra={"model_cache_hit": hit, "timings_ms": warmed["timings_ms"], "version": model.manifest.version})
+    return {"warmed": warmed}
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {stage: round(ms, 1) for stage, ms in timings.items()}
+
+
+def _describe_model(manifest: Manifest) -> dict[str, str]:
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "architecture": manifest.architecture,
+        "inference_mode": manifest.inference_mode,
+    }
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Input ``{"job": Job, "execution_id"}`` (ASL state Inference) or a warm-up ping.
+
+    Output ``{"model": {name, version, architecture, inference_mode}, "top_k": [{label, index,
+    probability}], "timings_ms": {fetch_tensor, fetch_model, load_model, forward, total},
+    "cold_start": bool}``, where ``cold_start`` means this invocation had to load the model.
+    """
+    started = time.perf_counter()
+    if is_warmup(event):
+        bind()
+        return warm_up()
+    if not isinstance(event, dict) or "job" not in event:
+        raise InvalidRequestError('inference input must be an object {"job": {...}, "execution_id": "..."} or {"warmup": true}')
+    execution_id = event.get("execution_id")
+    execution_id = execution_id if isinstance(execution_id, str) else None
+    bind(execution_id=execution_id)
+    job = Job.from_dict(event["job"])
+    source = job.source
+    bind(
+        execution_id=execution_id,
+        object=object_uri(source.bucket, source.key, source.version_id),
+        model=f"{job.model.name}:{job.model.version}",
+    )
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    tensor = read_tensor(client("s3"), job.tensor)
+    timings["fetch_tensor"] = (time.perf_counter() - t0) * 1000.0
+    model, hit = get_model(job.model.name, job.model.version, timings)
+    t0 = time.perf_counter()
+    top_k = predict(model, tensor, job.top_k)
+    timings["forward"] = (time.perf_counter() - t0) * 1000.0
+    timings["total"] = (time.perf_counter() - started) * 1000.0
+
+    result = {
+        "model": _describe_model(model.manifest),
+        "top_k": top_k,
+        "timings_ms": _rounded(timings),
+        "cold_start": not hit,
+    }
+    logger.info(
+        "image classified",
+        extra={
+            "top1": top_k[0]["label"],
+            "probability": round(top_k[0]["probability"], 4),
+            "model_cache_hit": hit,
+            "timings_ms": result["timings_ms"],
+        },
+    )
+    return result
