@@ -1,0 +1,108 @@
+"""``inferpipe classify`` as a user runs it: good, bad and missing files, table and JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferpipe.cli import main
+from tests.e2e.conftest import DEMO_MODEL_DIR, image_bytes
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    """GIVEN a good image whose name has spaces and non-ASCII, a fake PNG, and a path that does not exist."""
+    good = tmp_path / "ma photo ñ 1.jpg"
+    good.write_bytes(image_bytes("triangle", seed=21))
+    fake = tmp_path / "page.png"
+    fake.write_bytes(b"<html>not a picture</html>")
+    return {"good": good, "fake": fake, "missing": tmp_path / "nope.jpg"}
+
+
+def test_classify_json_reports_each_file_in_order(stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    paths = [str(files["good"]), str(files["fake"]), str(files["missing"])]
+
+    # WHEN the user classifies three files with --json
+    code = main(["classify", *paths, "--json", "--top-k", "3", "--endpoint-url", stack.endpoint_url])
+
+    # THEN stdout is only a JSON array, one object per file in the given order, and the exit code is 1
+    out = capsys.readouterr().out
+    results = json.loads(out)
+    assert code == 1
+    assert [r["file"] for r in results] == paths
+    good, fake, missing = results
+    assert set(good) == {"file", "status", "top_k", "model_version", "execution_arn", "error"}
+    assert good["status"] == "succeeded" and good["error"] is None
+    assert good["top_k"][0]["label"] == "triangle" and len(good["top_k"]) == 3
+    assert set(good["top_k"][0]) == {"label", "index", "probability"}
+    assert good["model_version"] == stack.demo_version and good["execution_arn"].startswith("arn:aws:states:")
+    assert fake["status"] == "failed" and fake["error"]["type"] == "NotAnImageError" and fake["top_k"] == []
+    assert "page.png" in fake["error"]["message"]
+    assert missing["status"] == "failed" and missing["error"]["type"] == "FileNotFound" and missing["execution_arn"] is None
+
+    # AND the object key kept the file's name as given
+    keys = [o["Key"] for o in stack.client("s3").list_objects_v2(Bucket=stack.resources.buckets["input"])["Contents"]]
+    assert "incoming/ma photo ñ 1.jpg" in keys
+
+
+def test_classify_table_and_exit_zero_when_all_succeed(stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["classify", str(files["good"]), "--endpoint-url", stack.endpoint_url])
+    out = capsys.readouterr().out
+    assert code == 0
+    header, row = out.splitlines()[:2]
+    assert header.split()[:3] == ["FILE", "TOP-1", "PROB"]
+    assert "triangle" in row and "succeeded" in row and stack.demo_version in row
+
+
+def test_unknown_model_version_fails_the_file_with_model_not_found(stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["classify", str(files["good"]), "--json", "--model-version", "no-such-alias", "--endpoint-url", stack.endpoint_url])
+    result = json.loads(capsys.readouterr().out)[0]
+    assert code == 1
+    assert result["error"]["type"] == "ModelNotFoundError" and "no-such-alias" in result["error"]["message"]
+
+
+def test_bad_arguments_get_a_usage_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["classify", "x.jpg", "--top-k", "zero"])
+    assert exit_info.value.code == 2
+    assert "not a whole number" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_console_script_starts_the_local_stack_and_leaves_nothing_behind(tmp_path: Path, files: dict[str, Path], stack: Any) -> None:
+    """The real user path: separate processes, a daemon started on demand, then `local down`."""
+    inferpipe = Path(sys.executable).with_name("inferpipe")
+    env = {**os.environ, "INFERPIPE_STATE_DIR": str(tmp_path / "state"), "INFERPIPE_LOCAL_PORT": str(_free_port())}
+    for name in ("AWS_ENDPOINT_URL", "MOTO_PORT", "INFERPIPE_ENDPOINT_URL"):
+        env.pop(name, None)  # the in-process test stack must not leak into the user's shell
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(inferpipe), *args], env=env, capture_output=True, text=True, timeout=300)
+
+    try:
+        published = run("model", "publish", str(DEMO_MODEL_DIR), "--name", "demo", "--alias", "prod")
+        assert published.returncode == 0, published.stderr
+        assert "published demo version" in published.stdout
+        classified = run("classify", str(files["good"]), "--json")
+        assert classified.returncode == 0, classified.stderr
+        assert json.loads(classified.stdout)[0]["top_k"][0]["label"] == "triangle"
+        status = run("local", "status")
+        assert status.returncode == 0 and json.loads(status.stdout)["running"] is True
+    finally:
+        down = run("local", "down")
+    assert down.returncode == 0
+    pid_file = tmp_path / "state" / "local.json"
+    assert not pid_file.exists()
+    assert run("local", "status").returncode == 3
