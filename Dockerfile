@@ -5,6 +5,7 @@
 #   docker build -t inferpipe .
 #   docker run -p 9000:8080 inferpipe functions.inference.handler.lambda_handler   # with the RIE
 
+#checkov:skip=CKV_DOCKER_7:Both stages are FROM ${PYTHON_IMAGE}, pinned just below to an exact version tag; checkov does not resolve build ARGs
 ARG PYTHON_IMAGE=public.ecr.aws/docker/library/python:3.11.7-slim-bookworm
 
 # ---- build stage: compilers and pip caches stay here ---------------------------------------

@@ -25,6 +25,10 @@ demo: $(STAMP)
 model: $(STAMP)
 	$(BIN)/inferpipe model build-demo --out build/demo-model
 
+## lint: terraform fmt -check + checkov on terraform/ and the Dockerfile (checkov in its own .venv-tools/)
+lint: $(STAMP)
+	tools/lint
+
 clean:
 	-$(BIN)/inferpipe local down 2>/dev/null
 	rm -rf build .inferpipe .pytest_cache

@@ -23,5 +23,5 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     )
     record = build_record(source, event.get("prediction") or {}, str(event.get("execution_id", "")))
     location = deliver(sink, record, Destinations.from_env())
-    logger.info("prediction delivered", extra={"location": location, "label": record["top1"]["label"]})
+    logger.info("prediction delivered", extra={"delivered_to": location, "label": record["top1"]["label"]})
     return {"sink": sink, "location": location, "record_id": record["record_id"]}

@@ -1,0 +1,200 @@
+"""The IAM policy documents Terraform deploys (``terraform/policies/*.json.tftpl``), rendered in Python.
+
+Terraform renders each template with ``templatefile()`` (``terraform/locals.tf``, ``local.role_policies``)
+and attaches it as an inline policy (``terraform/iam.tf``). This module renders the very same files with
+the same Terraform-compatible renderer (:func:`inferpipe.local.spec.render_template`) and makes the same
+choice of templates per role, so the local stack and the tests can run each function, the state machine
+and the trigger under exactly the policies they get in AWS. ``tests/infra`` checks that real Terraform
+renders identical documents.
+
+Example::
+
+    resources = render_resources()
+    policies = role_policies(resources)                  # role -> template name -> policy document
+    policies["sink"]["sink-sqs"]["Statement"][0]         # {"Sid": "SendPredictions", ..., "Resource": "arn:aws:sqs:..."}
+    role_services(resources)["state_machine"]            # "states.amazonaws.com"
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from inferpipe.local.spec import REPO_ROOT, Resources, TemplateError, render_template
+
+POLICY_DIR = REPO_ROOT / "terraform" / "policies"
+TEMPLATE_SUFFIX = ".json.tftpl"
+#: The alias the state machine invokes in AWS (terraform/locals.tf ``function_alias``).
+FUNCTION_ALIAS = "live"
+#: Sinks in the order terraform/locals.tf ``known_sinks`` lists them.
+KNOWN_SINKS = ("s3", "dynamodb", "sns", "sqs", "eventbridge")
+#: Role key -> the service that assumes it (terraform/iam.tf ``role_services``); functions add theirs.
+ORCHESTRATION_ROLE_SERVICES = {
+    "state_machine": "states.amazonaws.com",
+    "trigger": "events.amazonaws.com",
+    "keep_warm": "scheduler.amazonaws.com",
+}
+#: Placeholder of the log group ARN / function ARN of each function.
+_LOG_GROUP_PLACEHOLDERS = {"preprocess": "PreprocessLogGroupArn", "inference": "InferenceLogGroupArn", "sink": "SinkLogGroupArn"}
+_FUNCTION_PLACEHOLDERS = {"preprocess": "PreprocessFunctionArn", "inference": "InferenceFunctionArn", "sink": "SinkFunctionArn"}
+_PLACEHOLDER = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def policy_templates(directory: Path = POLICY_DIR) -> dict[str, str]:
+    """Template name (file name without ``.json.tftpl``) -> template text."""
+    return {
+        path.name[: -len(TEMPLATE_SUFFIX)]: path.read_text(encoding="utf-8")
+        for path in sorted(directory.glob(f"*{TEMPLATE_SUFFIX}"))
+    }
+
+
+def placeholders(text: str) -> set[str]:
+    """The ``${Name}`` placeholders of a template (``$${...}`` escapes excluded).
+
+    >>> sorted(placeholders('{"a": "${X}", "b": "$${Y}", "c": "${Z}"}'))
+    ['X', 'Z']
+    """
+    return set(_PLACEHOLDER.findall(text))
+
+
+def function_log_group(resources: Resources, key: str) -> str:
+    """Lambda's log group of a function (Terraform creates it ahead of the function)."""
+    return f"/aws/lambda/{resources.functions[key].name}"
+
+
+def policy_values(
+    resources: Resources,
+    *,
+    partition: str = "aws",
+    function_arns: Mapping[str, str] | None = None,
+    qualifier: str | None = None,
+    kms_key_arn: str | None = None,
+) -> dict[str, str]:
+    """The value of every placeholder of the policy templates (terraform/locals.tf ``policy_vars``).
+
+    ``function_arns`` override the functions' ARNs (default: AWS's unqualified form); ``qualifier``
+    appends ``:<qualifier>`` to each, e.g. ``FUNCTION_ALIAS`` for what Terraform deploys.
+    """
+    arns = {key: resources.function_arn(key) for key in resources.functions}
+    arns.update(function_arns or {})
+    if qualifier:
+        arns = {key: f"{arn}:{qualifier}" for key, arn in arns.items()}
+    values = {
+        "Partition": partition,
+        "InputBucket": resources.buckets["input"],
+        "ModelBucket": resources.buckets["models"],
+        "WorkBucket": resources.buckets["work"],
+        "WorkPrefix": resources.settings["WORK_PREFIX"],
+        "OutputBucket": resources.buckets["output"],
+        "OutputPrefix": resources.settings["OUTPUT_PREFIX"],
+        "TableArn": resources.table_arn,
+        "TopicArn": resources.topic_arn,
+        "QueueArn": resources.queue_arn,
+        "EventBusArn": resources.event_bus_arn,
+        "StateMachineArn": resources.state_machine_arn,
+        "KmsKeyArn": kms_key_arn or "",
+    }
+    for key, placeholder in _LOG_GROUP_PLACEHOLDERS.items():
+        values[placeholder] = resources.arn("logs", f"log-group:{function_log_group(resources, key)}")
+    for key, placeholder in _FUNCTION_PLACEHOLDERS.items():
+        values[placeholder] = arns[key]
+    if partition != "aws":
+        values = {name: value.replace("arn:aws:", f"arn:{partition}:", 1) for name, value in values.items()}
+    return values
+
+
+def role_policy_templates(
+    resources: Resources,
+    *,
+    sinks: Iterable[str] | None = None,
+    xray: bool = True,
+    kms: bool = False,
+    keep_warm: bool = False,
+) -> dict[str, list[str]]:
+    """Role key -> the templates attached to it (terraform/locals.tf ``role_policy_templates``).
+
+    ``sinks`` defaults to the stack's default sinks, as Terraform's ``var.sinks`` does.
+
+    Example::
+
+        role_policy_templates(render_resources(), sinks=["sqs"], xray=False)["sink"]   # ['sink', 'sink-sqs']
+    """
+    enabled = set(resources.defaults.sinks if sinks is None else sinks)
+    unknown = enabled - set(KNOWN_SINKS)
+    if unknown:
+        raise ValueError(f"unknown sink(s): {', '.join(sorted(unknown))}; known: {', '.join(KNOWN_SINKS)}")
+    common = (["xray"] if xray else []) + (["kms"] if kms else [])
+    templates = {
+        "preprocess": ["preprocess", *common],
+        "inference": ["inference", *common],
+        "sink": ["sink", *[f"sink-{sink}" for sink in KNOWN_SINKS if sink in enabled], *common],
+        "state_machine": ["state-machine", *(["xray"] if xray else [])],
+        "trigger": ["trigger"],
+        "keep_warm": ["keep-warm"] if keep_warm else [],
+    }
+    missing = set(resources.functions) - set(templates)
+    if missing:
+        raise KeyError(f"no policy templates for function(s): {', '.join(sorted(missing))}")
+    return templates
+
+
+def role_services(resources: Resources, *, keep_warm: bool = False) -> dict[str, str]:
+    """Role key -> the service principal that assumes it (terraform/iam.tf ``role_services``)."""
+    services = {key: "lambda.amazonaws.com" for key in resources.functions}
+    services.update(ORCHESTRATION_ROLE_SERVICES)
+    if not keep_warm:
+        del services["keep_warm"]
+    return services
+
+
+def render_policy(text: str, values: Mapping[str, str]) -> dict[str, Any]:
+    """A template rendered like Terraform's ``templatefile()`` and parsed; fails on a missing value."""
+    rendered = render_template(text, values)
+    try:
+        document: dict[str, Any] = json.loads(rendered)
+    except ValueError as exc:
+        raise TemplateError(f"a rendered policy is not valid JSON: {exc}") from None
+    return document
+
+
+def role_policies(
+    resources: Resources,
+    *,
+    partition: str = "aws",
+    sinks: Iterable[str] | None = None,
+    xray: bool = True,
+    kms_key_arn: str | None = None,
+    keep_warm: bool = False,
+    function_arns: Mapping[str, str] | None = None,
+    qualifier: str | None = None,
+    directory: Path = POLICY_DIR,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Role key -> template name -> policy document, as Terraform attaches them.
+
+    For the local stack pass its function ARNs (unqualified); ``qualifier=FUNCTION_ALIAS`` gives the
+    documents of an AWS deployment.
+    """
+    texts = policy_templates(directory)
+    values = policy_values(
+        resources, partition=partition, function_arns=function_arns, qualifier=qualifier, kms_key_arn=kms_key_arn
+    )
+    chosen = role_policy_templates(resources, sinks=sinks, xray=xray, kms=kms_key_arn is not None, keep_warm=keep_warm)
+    return {role: {name: render_policy(texts[name], values) for name in names} for role, names in chosen.items()}
+
+
+__all__ = [
+    "FUNCTION_ALIAS",
+    "KNOWN_SINKS",
+    "POLICY_DIR",
+    "function_log_group",
+    "placeholders",
+    "policy_templates",
+    "policy_values",
+    "render_policy",
+    "role_policies",
+    "role_policy_templates",
+    "role_services",
+]

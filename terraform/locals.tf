@@ -1,0 +1,196 @@
+# Every name comes from config/stack.json, the one definition the local stack
+# (inferpipe/local/spec.py) and the tests read too. Its ${...} patterns are rendered with
+# templatestring() over the same variables spec.render_resources() uses, so a name never appears
+# twice. This file depends on variables and stack.json only (account, region and partition come
+# from context.tf): tests/infra evaluates it with real Terraform core, no AWS provider needed.
+locals {
+  stack = jsondecode(file("${path.module}/../config/stack.json"))
+
+  # The sinks the sink function can write to (the keys of _WRITERS in functions/sink/core.py;
+  # tests/infra checks the two agree).
+  known_sinks = ["s3", "dynamodb", "sns", "sqs", "eventbridge"]
+
+  prefix = var.prefix != null ? var.prefix : local.stack.prefix
+
+  # Deployment defaults, each overridable by a variable; a manual request may override them again.
+  defaults = {
+    sinks         = var.sinks != null ? var.sinks : tolist(local.stack.defaults.sinks)
+    top_k         = var.default_top_k != null ? var.default_top_k : local.stack.defaults.top_k
+    model         = var.default_model != null ? var.default_model : local.stack.defaults.model
+    model_version = var.default_model_version != null ? var.default_model_version : local.stack.defaults.model_version
+  }
+  sink_enabled = { for sink in local.known_sinks : sink => contains(local.defaults.sinks, sink) }
+
+  # ---------------------------------------------------------------- names (stack.json patterns)
+
+  # The placeholders stack.json's patterns may use, as in spec.render_resources().
+  name_vars = {
+    prefix                = local.prefix
+    account_id            = local.account_id
+    region                = local.region
+    default_model         = local.defaults.model
+    default_model_version = local.defaults.model_version
+  }
+  buckets = { for key, pattern in local.stack.buckets : key => templatestring(pattern, local.name_vars) }
+  # Later patterns may also name a bucket: ${input_bucket}, ${models_bucket}, ...
+  name_vars_with_buckets = merge(local.name_vars, { for key, bucket in local.buckets : "${key}_bucket" => bucket })
+
+  names = {
+    table            = templatestring(local.stack.table, local.name_vars_with_buckets)
+    topic            = templatestring(local.stack.topic, local.name_vars_with_buckets)
+    queue            = templatestring(local.stack.queue, local.name_vars_with_buckets)
+    event_bus        = templatestring(local.stack.event_bus, local.name_vars_with_buckets)
+    state_machine    = templatestring(local.stack.state_machine, local.name_vars_with_buckets)
+    trigger_rule     = templatestring(local.stack.trigger_rule, local.name_vars_with_buckets)
+    trigger_dlq      = templatestring(local.stack.trigger_dlq, local.name_vars_with_buckets)
+    image_repository = templatestring(local.stack.image_repository, local.name_vars_with_buckets)
+  }
+
+  settings = merge(
+    { for key, value in local.stack.settings : key => templatestring(value, local.name_vars_with_buckets) },
+    var.log_level != null ? { POWERTOOLS_LOG_LEVEL = var.log_level } : {},
+  )
+
+  functions = {
+    for key, spec in local.stack.functions : key => {
+      name                    = templatestring(spec.name, local.name_vars_with_buckets)
+      command                 = spec.command
+      environment             = tolist(spec.environment)
+      memory_mb               = try(var.functions[key].memory_mb, null) != null ? var.functions[key].memory_mb : spec.memory_mb
+      timeout_s               = try(var.functions[key].timeout_s, null) != null ? var.functions[key].timeout_s : spec.timeout_s
+      ephemeral_storage_mb    = try(var.functions[key].ephemeral_storage_mb, 512)
+      reserved_concurrency    = try(var.functions[key].reserved_concurrency, null)
+      provisioned_concurrency = try(var.functions[key].provisioned_concurrency, 0)
+    }
+  }
+
+  # Resources only Terraform creates (the local stack has no alarms or schedules), named after the
+  # stack's names. Role names follow the local stack (inferpipe/local/provision.py role_names).
+  derived_names = {
+    queue_dlq               = "${local.names.queue}-dlq"
+    alarm_topic             = "${local.prefix}-alarms"
+    keep_warm               = "${local.functions.inference.name}-keep-warm"
+    state_machine_log_group = "/aws/vendedlogs/states/${local.names.state_machine}"
+  }
+  role_names = merge(
+    { for key, function in local.functions : key => "${function.name}-role" },
+    {
+      state_machine = "${local.names.state_machine}-role"
+      trigger       = "${local.names.trigger_rule}-role"
+      keep_warm     = "${local.derived_names.keep_warm}-role"
+    },
+  )
+
+  # The state machine calls each function through this alias (provisioned concurrency and
+  # keep-warm pings apply to it too).
+  function_alias = "live"
+  # Lambda's own log group names, created ahead of the functions with a retention.
+  function_log_groups = { for key, function in local.functions : key => "/aws/lambda/${function.name}" }
+
+  # ---------------------------------------------------------------- ARNs and IAM policies
+
+  # ARNs built from names (as spec.Resources.arn does), so that the IAM policies depend on nothing
+  # but names: no dependency cycle (the state machine's policy names the functions, whose creation
+  # waits for their policies) and the same documents are rendered by tests/infra without AWS.
+  # The check block in iam.tf compares them with the created resources' ARNs.
+  arn_base = {
+    for service in ["dynamodb", "events", "lambda", "logs", "sns", "sqs", "states"] :
+    service => "arn:${local.partition}:${service}:${local.region}:${local.account_id}"
+  }
+  arns = {
+    buckets          = { for key, bucket in local.buckets : key => "arn:${local.partition}:s3:::${bucket}" }
+    table            = "${local.arn_base.dynamodb}:table/${local.names.table}"
+    topic            = "${local.arn_base.sns}:${local.names.topic}"
+    queue            = "${local.arn_base.sqs}:${local.names.queue}"
+    event_bus        = "${local.arn_base.events}:event-bus/${local.names.event_bus}"
+    state_machine    = "${local.arn_base.states}:stateMachine:${local.names.state_machine}"
+    trigger_rule     = "${local.arn_base.events}:rule/${local.names.trigger_rule}"
+    functions        = { for key, function in local.functions : key => "${local.arn_base.lambda}:function:${function.name}" }
+    function_aliases = { for key, function in local.functions : key => "${local.arn_base.lambda}:function:${function.name}:${local.function_alias}" }
+    log_groups       = { for key, name in local.function_log_groups : key => "${local.arn_base.logs}:log-group:${name}" }
+  }
+
+  # The values of every placeholder of terraform/policies/*.json.tftpl (inferpipe/infra.py
+  # policy_values() gives the local stack's).
+  policy_vars = {
+    Partition             = local.partition
+    InputBucket           = local.buckets.input
+    ModelBucket           = local.buckets.models
+    WorkBucket            = local.buckets.work
+    WorkPrefix            = local.settings.WORK_PREFIX
+    OutputBucket          = local.buckets.output
+    OutputPrefix          = local.settings.OUTPUT_PREFIX
+    TableArn              = local.arns.table
+    TopicArn              = local.arns.topic
+    QueueArn              = local.arns.queue
+    EventBusArn           = local.arns.event_bus
+    StateMachineArn       = local.arns.state_machine
+    PreprocessLogGroupArn = local.arns.log_groups.preprocess
+    InferenceLogGroupArn  = local.arns.log_groups.inference
+    SinkLogGroupArn       = local.arns.log_groups.sink
+    PreprocessFunctionArn = local.arns.function_aliases.preprocess
+    InferenceFunctionArn  = local.arns.function_aliases.inference
+    SinkFunctionArn       = local.arns.function_aliases.sink
+    KmsKeyArn             = var.kms_key_arn != null ? var.kms_key_arn : ""
+  }
+
+  # The policy templates each role gets. inferpipe/infra.py role_policy_templates() makes the same
+  # choice for the local stack; tests/infra checks the two agree.
+  function_common_policies = concat(var.xray_tracing ? ["xray"] : [], var.kms_key_arn != null ? ["kms"] : [])
+  role_policy_templates = {
+    preprocess    = concat(["preprocess"], local.function_common_policies)
+    inference     = concat(["inference"], local.function_common_policies)
+    sink          = concat(["sink"], [for sink in local.known_sinks : "sink-${sink}" if local.sink_enabled[sink]], local.function_common_policies)
+    state_machine = concat(["state-machine"], var.xray_tracing ? ["xray"] : [])
+    trigger       = ["trigger"]
+    keep_warm     = var.keep_warm_enabled ? ["keep-warm"] : []
+  }
+  # role => template => policy document (JSON text), attached in iam.tf.
+  role_policies = {
+    for role, templates in local.role_policy_templates : role => {
+      for template in templates : template => templatefile("${path.module}/policies/${template}.json.tftpl", local.policy_vars)
+    }
+  }
+
+  # The state machine definition named by stack.json, filled by templatefile() in orchestration.tf.
+  state_machine_definition_file = "${path.module}/../${local.stack.state_machine_definition}"
+
+  # Each function's task TimeoutSeconds in that definition (tasks at the top level or in a Map),
+  # found by its ARN placeholder, e.g. "${PreprocessFunctionArn}" (spec.FUNCTION_ARN_PLACEHOLDERS).
+  # A function must time out before its task does: var.functions is validated against these.
+  asl        = jsondecode(file(local.state_machine_definition_file))
+  asl_states = merge(local.asl.States, merge([for state in values(local.asl.States) : try(state.ItemProcessor.States, {})]...))
+  asl_task_timeouts = {
+    for name, state in local.asl_states : state.Resource => state.TimeoutSeconds
+    if try(state.Type, "") == "Task" && can(state.TimeoutSeconds)
+  }
+  function_task_timeouts = {
+    for key in keys(local.stack.functions) : key => lookup(local.asl_task_timeouts, "$${${title(key)}FunctionArn}", 900)
+  }
+
+  # The image repository named by stack.json, in this account and region.
+  image_repository_url = "${local.account_id}.dkr.ecr.${local.region}.${local.dns_suffix}/${local.names.image_repository}"
+
+  # ---------------------------------------------------------------- trigger pattern
+
+  # stack.json's pattern with ${input_bucket} filled (templatestring needs a named template).
+  trigger_pattern_template = jsonencode(local.stack.trigger_pattern)
+  trigger_pattern_base     = jsondecode(templatestring(local.trigger_pattern_template, local.name_vars_with_buckets))
+
+  # Optional key filters, ANDed with the base pattern. Prefix alone: [{prefix}]; suffixes alone:
+  # [{suffix}, ...] (any of them); both: one wildcard per suffix, "<prefix>*<suffix>", with '*' and
+  # '\' escaped as EventBridge wildcards require.
+  key_filter_operator = var.input_key_prefix != "" && length(var.input_key_suffixes) > 0 ? "wildcard" : (var.input_key_prefix != "" ? "prefix" : "suffix")
+  key_filter_values = (
+    local.key_filter_operator == "wildcard" ? [
+      for suffix in var.input_key_suffixes :
+      "${replace(replace(var.input_key_prefix, "\\", "\\\\"), "*", "\\*")}*${replace(replace(suffix, "\\", "\\\\"), "*", "\\*")}"
+    ] : (local.key_filter_operator == "prefix" ? [var.input_key_prefix] : var.input_key_suffixes)
+  )
+  key_filter = [for value in local.key_filter_values : tomap({ (local.key_filter_operator) = value })]
+
+  trigger_pattern_json = length(local.key_filter) == 0 ? jsonencode(local.trigger_pattern_base) : jsonencode(merge(
+    local.trigger_pattern_base,
+    { detail = merge(local.trigger_pattern_base.detail, { object = { key = local.key_filter } }) },
+  ))
+}

