@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv test demo model lint clean
+.PHONY: venv test demo model bench lint clean image push deploy
 
 venv: $(STAMP)
 
@@ -21,6 +21,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/inferpipe demo
 
+## bench: inference / preprocess / cold start / pipeline benchmark (several minutes): table, bench/results.json, bench/chart.png
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
+	test -f build/demo-model/manifest.json || $(BIN)/inferpipe model build-demo --out build/demo-model
+	OMP_NUM_THREADS=2 $(BIN)/python -m bench.run
+
 ## model: (re)build the demo model package under build/demo-model
 model: $(STAMP)
 	$(BIN)/inferpipe model build-demo --out build/demo-model
@@ -28,6 +34,41 @@ model: $(STAMP)
 ## lint: terraform fmt -check + checkov on terraform/ and the Dockerfile (checkov in its own .venv-tools/)
 lint: $(STAMP)
 	tools/lint
+
+# ---- Deploy to AWS (needs Docker with buildx, Terraform >= 1.5 and the AWS CLI; see README) ----
+TAG      ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo latest)
+IMAGE    ?= inferpipe:$(TAG)
+TFVARS   ?= terraform/examples/terraform.tfvars.example
+need = @command -v $(1) >/dev/null 2>&1 || { echo "make $@: '$(1)' is not installed; $(2)" >&2; exit 1; }
+
+## image: build the Lambda container image for linux/amd64 (IMAGE=inferpipe:<git sha>)
+image:
+	$(call need,docker,install Docker with buildx (https://docs.docker.com/get-docker/))
+	@docker buildx version >/dev/null 2>&1 || { echo "make $@: docker buildx is not available; install the buildx plugin (https://docs.docker.com/build/install-buildx/)" >&2; exit 1; }
+	docker buildx build --platform linux/amd64 --provenance=false --load -t $(IMAGE) .
+
+## push: push IMAGE to the ECR repository of the deployment (terraform output ecr_repository_url)
+push: image
+	$(call need,aws,install the AWS CLI v2 and configure a profile)
+	$(call need,terraform,install Terraform >= 1.5 (https://developer.hashicorp.com/terraform/install))
+	@repo=$$(terraform -chdir=terraform output -raw ecr_repository_url) || { echo "make push: no ECR repository yet: run 'make deploy' once (it creates it), or terraform apply -target=aws_ecr_repository.this" >&2; exit 1; }; \
+	  registry=$${repo%%/*}; region=$$(echo $$registry | cut -d. -f4); \
+	  aws ecr get-login-password --region $$region | docker login --username AWS --password-stdin $$registry && \
+	  docker tag $(IMAGE) $$repo:$(TAG) && docker push $$repo:$(TAG) && \
+	  echo "pushed $$repo:$(TAG)"
+
+## deploy: terraform apply with the pushed image (TFVARS=terraform/examples/terraform.tfvars)
+deploy:
+	$(call need,terraform,install Terraform >= 1.5 (https://developer.hashicorp.com/terraform/install))
+	terraform -chdir=terraform init -input=false
+	@repo=$$(terraform -chdir=terraform output -raw ecr_repository_url 2>/dev/null); \
+	  if [ -z "$$repo" ]; then echo "first apply: creating the ECR repository; then run 'make push deploy'"; \
+	    terraform -chdir=terraform apply -var-file=$(abspath $(TFVARS)) -var image_tag=$(TAG) -target=aws_ecr_repository.this; \
+	  else terraform -chdir=terraform apply -var-file=$(abspath $(TFVARS)) -var image_uri=$$repo:$(TAG); fi
+
+## load: 300 uploads in bursts with ~10% transient faults and ~5% bad inputs, then reconcile (~10 min)
+load: $(STAMP)
+	$(BIN)/python scripts/load.py --images 300
 
 clean:
 	-$(BIN)/inferpipe local down 2>/dev/null

@@ -6,6 +6,7 @@ Examples::
     inferpipe classify *.jpg --json > results.json
     inferpipe local up | status | down
     inferpipe model publish build/demo-model --name demo --alias prod
+    inferpipe replay --since 24h --dry-run
     inferpipe demo
 """
 
@@ -45,6 +46,48 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
         default=int(os.environ.get("INFERPIPE_LOCAL_PORT", "4599")),
         help="port of the local stack when it has to be started (default 4599, env INFERPIPE_LOCAL_PORT)",
     )
+    parser.add_argument(
+        "--aws",
+        action="store_true",
+        default=None,
+        help="use the stack deployed to AWS (terraform output -json inferpipe) with the usual AWS profile/region "
+        "settings (env INFERPIPE_TARGET=aws)",
+    )
+    parser.add_argument(
+        "--terraform-output",
+        type=Path,
+        metavar="FILE",
+        help="the saved output of `terraform output -json inferpipe` (default: run terraform in terraform/); implies --aws",
+    )
+
+
+def _add_import_parser(model_commands: Any) -> None:
+    """``model import``: a package from a Gluon model-zoo network or from files a user exported."""
+    imp = model_commands.add_parser(
+        "import",
+        help="build a package from a Gluon model-zoo network or from exported symbol + params + labels",
+        description="Either ZOO_NAME (e.g. resnet50_v1; random weights unless --pretrained) or "
+        "--symbol, --params and --labels. The input options default to the ImageNet preprocessing.",
+    )
+    imp.add_argument("zoo_name", nargs="?", metavar="ZOO_NAME", help="a Gluon model-zoo network, e.g. resnet50_v1")
+    imp.add_argument("--pretrained", action="store_true", help="download the zoo's ImageNet weights (needs internet access)")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the random weights without --pretrained (default 0)")
+    imp.add_argument("--symbol", type=Path, help="exported MXNet symbol JSON (its input named 'data')")
+    imp.add_argument("--params", type=Path, help="exported MXNet params (arg:/aux: names)")
+    imp.add_argument("--labels", type=Path, help="class labels, one per line, line i = output i (zoo default: class_0 ...)")
+    imp.add_argument("--architecture", help="architecture recorded in the manifest (default: ZOO_NAME or 'custom')")
+    imp.add_argument("--inference-mode", default="fp32", choices=["fp32", "fused", "int8"], help="what the exported graph is (default fp32)")
+    imp.add_argument("--height", type=_positive_int, default=224, help="input crop height (default 224)")
+    imp.add_argument("--width", type=_positive_int, default=224, help="input crop width (default 224)")
+    imp.add_argument("--resize-shorter", type=_positive_int, default=256, help="resize the shorter side to this first (default 256)")
+    imp.add_argument("--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic", "lanczos"])
+    imp.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406], metavar=("R", "G", "B"), help="per-channel mean on [0, 1] pixels (default ImageNet)")
+    imp.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225], metavar=("R", "G", "B"), help="per-channel std (default ImageNet)")
+    imp.add_argument("--name", help="model name (default: ZOO_NAME; required with --symbol)")
+    imp.add_argument("--out", type=Path, help="package folder to write (default build/models/NAME)")
+    imp.add_argument("--publish", action="store_true", help="also publish the package under --name")
+    imp.add_argument("--alias", help="with --publish: point this alias at the published version")
+    _add_target_options(imp)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("package", type=Path, metavar="DIR")
     publish.add_argument("--name", required=True)
     publish.add_argument("--alias", help="point this alias (e.g. prod) at the published version")
+    publish.add_argument(
+        "--optimize", choices=["fp32", "fused", "int8"],
+        help="publish this inference mode of the fp32 package DIR as its own version (int8 needs --calibration)",
+    )
+    publish.add_argument("--calibration", type=Path, metavar="IMAGES", help="folder of calibration images for --optimize int8")
+    publish.add_argument("--heldout", type=Path, metavar="IMAGES", help="folder of images to measure top-1 agreement with fp32 on (default: the calibration images)")
     _add_target_options(publish)
     listing = model_commands.add_parser("list", help="published versions, sizes and aliases")
     listing.add_argument("name", nargs="?")
@@ -84,9 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("version")
     promote.add_argument("--alias", required=True)
     _add_target_options(promote)
+    _add_import_parser(model_commands)
     build = model_commands.add_parser("build-demo", help="train the offline demo model (about a minute)")
     build.add_argument("--out", type=Path, default=Path("build/demo-model"))
     build.add_argument("--seed", type=int, default=0)
+
+    replay = commands.add_parser(
+        "replay",
+        help="replay failed executions (restart with the original input, or redrive); never duplicates",
+        description="Replays executions that ended FAILED, TIMED_OUT or ABORTED. Restarted executions are named "
+        "<original>-r<n>; an execution already replayed successfully, or with a replay still running, is skipped.",
+    )
+    replay.add_argument("--since", default="24h", help="only executions started this long ago or later (e.g. 30m, 24h, 7d; default 24h)")
+    replay.add_argument("--status", default="FAILED,TIMED_OUT,ABORTED", help="comma-separated statuses to replay (default FAILED,TIMED_OUT,ABORTED)")
+    replay.add_argument("--execution", action="append", default=[], metavar="ARN", help="replay this execution (repeatable); ignores --since and --status")
+    replay.add_argument("--mode", choices=["restart", "redrive"], default="restart", help="restart: new execution with the original input (default); redrive: RedriveExecution where allowed, else restart")
+    replay.add_argument("--dry-run", action="store_true", help="only list what would be replayed and what would be skipped")
+    replay.add_argument("--no-wait", action="store_true", help="start the replays and return without waiting for their outcome")
+    replay.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the replays (default 600)")
+    _add_target_options(replay)
 
     demo = commands.add_parser("demo", help="build the demo model if missing, start the local stack, classify samples")
     _add_target_options(demo)
@@ -112,6 +177,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _local(args)
     if args.command == "model":
         return _model(args)
+    if args.command == "replay":
+        return _replay(args)
     if args.command == "demo":
         from inferpipe.demo import run_demo
 
@@ -122,7 +189,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _target(args: argparse.Namespace, quiet: bool = False) -> Any:
     from inferpipe.target import Target
 
-    return Target.connect(endpoint_url=args.endpoint_url, port=args.port, state_dir=STATE_DIR, quiet=quiet)
+    return Target.connect(
+        endpoint_url=args.endpoint_url,
+        port=args.port,
+        state_dir=STATE_DIR,
+        quiet=quiet,
+        aws=getattr(args, "aws", None),
+        terraform_output=getattr(args, "terraform_output", None),
+    )
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -160,6 +234,31 @@ def print_table(results: Sequence[Any]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from inferpipe import replay
+
+    try:
+        since = replay.parse_duration(args.since)
+        statuses = replay.parse_statuses(args.status)
+    except ValueError as bad:
+        print(f"inferpipe: error: {bad}", file=sys.stderr)
+        return 2
+    target = _target(args)
+    summary = replay.replay(
+        target.client("stepfunctions"),
+        target.state_machine_arn,
+        since=since,
+        statuses=statuses,
+        executions=args.execution,
+        mode=args.mode,
+        dry_run=args.dry_run,
+        wait=not args.no_wait,
+        timeout=args.timeout,
+    )
+    print(replay.format_summary(summary, dry_run=args.dry_run))
+    return 1 if summary.still_failing else 0
+
+
 def _local(args: argparse.Namespace) -> int:
     from inferpipe.local import daemon
 
@@ -185,11 +284,32 @@ def _model(args: argparse.Namespace) -> int:
         manifest = build_demo_model(args.out, seed=args.seed)
         print(f"demo model {manifest.name} ({manifest.architecture}) written to {args.out}")
         return 0
+    if args.model_command == "import":
+        return _model_import(args)
+    validated = None
+    if args.model_command == "publish" and getattr(args, "optimize", None) in (None, "fp32"):
+        validated = models.load_package_dir(args.package)  # a bad package fails here, before any AWS call
     target = _target(args)
     s3 = target.client("s3")
     bucket = target.resources.buckets["models"]
     if args.model_command == "publish":
-        manifest = models.publish(s3, bucket, args.package, name=args.name, alias=args.alias)
+        if args.optimize and args.optimize != "fp32":
+            import tempfile
+
+            from inferpipe.optimize import load_images, optimize_package, read_package
+
+            with tempfile.TemporaryDirectory() as tmp:
+                spec = read_package(args.package)[0].input
+                heldout = load_images(args.heldout, spec) if args.heldout else None
+                optimized = optimize_package(args.package, Path(tmp) / args.optimize, args.optimize, calibration=args.calibration, heldout=heldout)
+                m = optimized.metrics
+                print(f"{args.optimize}: {m['fused_nodes']} fused conv nodes, top-1 agreement with fp32 "
+                      f"{m['agreement_top1_vs_fp32']:.2%} on {m['agreement_images']} {m['agreement_set']} images")
+                manifest = models.publish(s3, bucket, Path(tmp) / args.optimize, name=args.name, alias=args.alias)
+        else:
+            result = models.publish_package(s3, bucket, args.package, name=args.name, alias=args.alias, validated=validated)
+            _print_published(result, bucket, args.alias)
+            return 0
         alias = f", alias {args.alias} -> {manifest.version}" if args.alias else ""
         print(f"published {manifest.name} version {manifest.version}{alias}")
         return 0
@@ -201,9 +321,101 @@ def _model(args: argparse.Namespace) -> int:
     if not rows:
         print("no models published" + (f" under the name {args.name}" if args.name else ""))
         return 0
-    print(f"{'NAME':<16}{'VERSION':<16}{'CREATED':<26}{'SIZE':>12}  ALIASES")
-    for row in rows:
-        print(f"{row['name']:<16}{row['version']:<16}{row['created']:<26}{row['size']:>12}  {', '.join(row['aliases'])}")
+    table = [("NAME", "VERSION", "PUBLISHED (UTC)", "SIZE", "ALIASES")]
+    table += [(r["name"], r["version"], r["created"], _human_size(r["size"]), ", ".join(r["aliases"]) or "-") for r in rows]
+    widths = [max(len(row[col]) for row in table) for col in range(4)]
+    for row in table:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]), row[3].rjust(widths[3]), row[4]]
+        print("  ".join(cells))
+    return 0
+
+
+def _human_size(size: int) -> str:
+    """1536 -> '1.5 KiB'; bytes below 1 KiB as they are."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _print_published(result: Any, bucket: str, alias: str | None) -> None:
+    manifest = result.manifest
+    where = f"s3://{bucket}/{result.manifest_key}"
+    if result.manifest_version_id:
+        where += f" (S3 version id {result.manifest_version_id})"
+    if result.created:
+        print(f"published {manifest.name} version {manifest.version}: {where}")
+    else:
+        print(f"{manifest.name} version {manifest.version} was already published (same content; nothing uploaded): {where}")
+    if alias:
+        print(f"{manifest.name}: alias {alias} -> {manifest.version}")
+
+
+def _model_import(args: argparse.Namespace) -> int:
+    """``model import``: write a package folder, optionally publish it; clear errors, no traceback."""
+    import contextlib
+    import io
+
+    from functions.common.manifest import InputSpec, parse_labels
+    from inferpipe import models
+
+    files_given = [flag for flag, value in (("--symbol", args.symbol), ("--params", args.params)) if value]
+    if bool(args.zoo_name) == bool(files_given) or (files_given and (len(files_given) < 2 or not args.labels)):
+        print(
+            "inferpipe model import: give either a model-zoo name (e.g. resnet50_v1 [--pretrained]) or all of "
+            "--symbol, --params and --labels",
+            file=sys.stderr,
+        )
+        return 2
+    if args.alias and not args.publish:
+        print("inferpipe model import: --alias needs --publish", file=sys.stderr)
+        return 2
+    if files_given and not args.name:
+        print("inferpipe model import: --name is required with --symbol/--params/--labels", file=sys.stderr)
+        return 2
+    if args.pretrained and not args.zoo_name:
+        print("inferpipe model import: --pretrained only applies to a model-zoo name", file=sys.stderr)
+        return 2
+    spec = InputSpec(
+        height=args.height, width=args.width, resize_shorter=args.resize_shorter, interpolation=args.interpolation,
+        mean=tuple(args.mean), std=tuple(args.std),  # type: ignore[arg-type]
+    )
+    name = args.name or args.zoo_name
+    out = args.out or Path("build/models") / name
+    if args.zoo_name:
+        labels = parse_labels(args.labels.read_bytes()) if args.labels else None
+        if args.pretrained:
+            print(f"downloading the pretrained weights of {args.zoo_name} from the MXNet model zoo ...", file=sys.stderr)
+        chatter = io.StringIO()  # MXNet prints every download attempt on stdout
+        try:
+            with contextlib.redirect_stdout(chatter):
+                manifest = models.import_model_zoo(
+                    args.zoo_name, args.pretrained, out, labels=labels, seed=args.seed, package_name=name, spec=spec
+                )
+        except models.PretrainedWeightsUnavailableError as exc:
+            print(f"inferpipe: error: {exc}", file=sys.stderr)
+            print(
+                "inferpipe: --pretrained needs internet access; without it, omit --pretrained for random weights, "
+                "or export the network where internet exists and import it with --symbol/--params/--labels",
+                file=sys.stderr,
+            )
+            return 2
+        if args.architecture:
+            print("note: --architecture is ignored for a model-zoo import (the zoo name is recorded)", file=sys.stderr)
+        weights = "pretrained ImageNet weights" if args.pretrained else f"RANDOM weights (seed {args.seed}; predictions are meaningless)"
+    else:
+        manifest = models.import_files(
+            args.symbol, args.params, args.labels, out, name=name, spec=spec, architecture=args.architecture or "custom",
+            inference_mode=args.inference_mode,
+        )
+        weights = "your weights"
+    print(f"package {manifest.name} version {manifest.version} ({manifest.architecture}, {manifest.num_classes} classes, {weights}) written to {out}")
+    if args.publish:
+        target = _target(args)
+        result = models.publish_package(target.client("s3"), target.resources.buckets["models"], out, name=name, alias=args.alias)
+        _print_published(result, target.resources.buckets["models"], args.alias)
     return 0
 
 

@@ -12,8 +12,9 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from mxnet import gluon
 
 from functions.common.errors import InvalidRequestError, ModelIntegrityError, ModelNotFoundError
 from functions.common.manifest import (
+    INFERENCE_MODES,
     LABELS_FILE,
     MANIFEST_FILE,
     PACKAGE_FILES,
@@ -157,6 +159,65 @@ def load_package_dir(path: Path) -> tuple[Manifest, dict[str, bytes]]:
     return manifest, files
 
 
+def import_files(
+    symbol: Path,
+    params: Path,
+    labels: Path,
+    out_dir: Path,
+    *,
+    name: str,
+    spec: InputSpec = IMAGENET_SPEC,
+    architecture: str = "custom",
+    source: str | None = None,
+    inference_mode: str = "fp32",
+) -> Manifest:
+    """Package files a user exported (``HybridBlock.export`` or ``Module.save_checkpoint``) plus labels.
+
+    The symbol's input must be named ``data``; the params file holds ``arg:``/``aux:`` names;
+    ``labels`` has one class per line, line i naming output i. Everything is checked (the params
+    cover the symbol, one output per label, a finite test forward pass on a blank input) before
+    anything is written; the manifest is written last. Raises ModelIntegrityError naming the problem.
+
+    Example::
+
+        import_files(Path("net-symbol.json"), Path("net-0000.params"), Path("classes.txt"),
+                     Path("build/net"), name="net", spec=InputSpec(224, 224, 256))
+    """
+    check_name(name, "model name")
+    if inference_mode not in INFERENCE_MODES:
+        raise ModelIntegrityError(f"inference mode {inference_mode!r} is not one of {INFERENCE_MODES}")
+    data: dict[str, bytes] = {}
+    for role, path in (("symbol", symbol), ("params", params), ("labels", labels)):
+        path = Path(path)
+        if not path.is_file():
+            raise ModelIntegrityError(f"the {role} file {path} does not exist (or is not a file)")
+        data[role] = path.read_bytes()
+    label_list = parse_labels(data["labels"])
+    data["labels"] = ("\n".join(label_list) + "\n").encode("utf-8")
+    files = {role: _entry(PACKAGE_FILES[role], data[role]) for role in PACKAGE_FILES}
+    manifest = Manifest(
+        name=name,
+        version=content_version(files, inference_mode),
+        architecture=architecture,
+        num_classes=len(label_list),
+        input=spec,
+        files=files,
+        created=_now(),
+        source=source or f"imported from {Path(symbol).name}, {Path(params).name}, {Path(labels).name}",
+        framework_version=mx.__version__,
+        inference_mode=inference_mode,
+        metrics={},
+    )
+    load_model(manifest, data)  # raises ModelIntegrityError before anything is written
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # never leave an old manifest beside new files
+    for role, entry in files.items():
+        (out_dir / entry.path).write_bytes(data[role])
+    (out_dir / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest
+
+
 # ---------------------------------------------------------------------------- the model bucket
 
 
@@ -170,6 +231,68 @@ def _exists(s3: Any, bucket: str, key: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class PublishResult:
+    """What ``publish_package`` did: the published manifest, whether it uploaded anything, S3 versions."""
+
+    manifest: Manifest
+    created: bool  # False: this content was already published under this name (nothing uploaded)
+    manifest_key: str
+    manifest_version_id: str | None  # the S3 object version of manifest.json (None: bucket not versioned)
+
+
+def publish_package(
+    s3: Any,
+    bucket: str,
+    package_dir: Path,
+    *,
+    name: str,
+    alias: str | None = None,
+    validated: tuple[Manifest, Mapping[str, bytes]] | None = None,
+) -> PublishResult:
+    """``publish`` that also says whether a version was created and the manifest's S3 version id.
+
+    ``validated`` is what ``load_package_dir(package_dir)`` returned, when the caller already ran it.
+
+    Example::
+
+        result = publish_package(s3, bucket, Path("build/demo-model"), name="demo")
+        result.manifest.version, result.created, result.manifest_version_id
+    """
+    check_name(name, "model name")
+    if alias is not None:
+        _check_alias(alias)
+    manifest, files = validated if validated is not None else load_package_dir(package_dir)
+    manifest = replace(manifest, name=name, version=content_version(manifest.files, manifest.inference_mode))
+    key = manifest_key(name, manifest.version)
+    existing = ModelStore(bucket, s3).published_manifest(name, manifest.version)
+    created = existing is None
+    version_id: str | None
+    if existing is not None:
+        manifest = existing  # already published: same content, keep its manifest as it is
+        version_id = s3.head_object(Bucket=bucket, Key=key).get("VersionId")
+    else:
+        prefix = version_prefix(name, manifest.version)
+        for role, entry in manifest.files.items():
+            s3.put_object(
+                Bucket=bucket,
+                Key=prefix + entry.path,
+                Body=files[role],
+                ContentType=_CONTENT_TYPES.get(entry.path, "application/octet-stream"),
+            )
+        # The manifest last: until it exists, readers do not see this version at all.
+        answer = s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=manifest.to_json().encode("utf-8"),
+            ContentType="application/json",
+        )
+        version_id = answer.get("VersionId")
+    if alias is not None:
+        set_alias(s3, bucket, name, alias, manifest.version)
+    return PublishResult(manifest=manifest, created=created, manifest_key=key, manifest_version_id=version_id)
+
+
 def publish(s3: Any, bucket: str, package_dir: Path, *, name: str, alias: str | None = None) -> Manifest:
     """Validate a package folder and publish it as ``name``; move ``alias`` to it when given.
 
@@ -181,32 +304,7 @@ def publish(s3: Any, bucket: str, package_dir: Path, *, name: str, alias: str | 
 
         publish(s3, "inferpipe-models-…", Path("build/demo-model"), name="demo", alias="prod").version
     """
-    check_name(name, "model name")
-    if alias is not None:
-        _check_alias(alias)
-    manifest, files = load_package_dir(package_dir)
-    manifest = replace(manifest, name=name, version=content_version(manifest.files, manifest.inference_mode))
-    existing = ModelStore(bucket, s3).published_manifest(name, manifest.version)
-    if existing is not None:
-        manifest = existing  # already published: same content, keep its manifest as it is
-    else:
-        prefix = version_prefix(name, manifest.version)
-        for role, entry in manifest.files.items():
-            s3.put_object(
-                Bucket=bucket,
-                Key=prefix + entry.path,
-                Body=files[role],
-                ContentType=_CONTENT_TYPES.get(entry.path, "application/octet-stream"),
-            )
-        s3.put_object(
-            Bucket=bucket,
-            Key=manifest_key(name, manifest.version),
-            Body=manifest.to_json().encode("utf-8"),
-            ContentType="application/json",
-        )
-    if alias is not None:
-        set_alias(s3, bucket, name, alias, manifest.version)
-    return manifest
+    return publish_package(s3, bucket, package_dir, name=name, alias=alias).manifest
 
 
 def _check_alias(alias: str) -> str:
@@ -282,8 +380,8 @@ def _first_line(exc: BaseException) -> str:
 
 def _download_failed(name: str, exc: BaseException) -> str:
     return (
-        f"could not download the pretrained weights of {name} from the MXNet model zoo (this needs internet "
-        f"access; use pretrained=False for random weights): {type(exc).__name__}: {_first_line(exc)}"
+        f"could not download the pretrained weights of {name} from the MXNet model zoo: this needs internet "
+        f"access (without it, import with random weights instead): {type(exc).__name__}: {_first_line(exc)}"
     )
 
 
@@ -295,8 +393,9 @@ def import_model_zoo(
     labels: Sequence[str] | None = None,
     seed: int = 0,
     package_name: str | None = None,
+    spec: InputSpec = IMAGENET_SPEC,
 ) -> Manifest:
-    """Package a Gluon model-zoo ImageNet network (e.g. ``resnet50_v1``) with the ImageNet input spec.
+    """Package a Gluon model-zoo ImageNet network (e.g. ``resnet50_v1``), by default with the ImageNet input spec.
 
     ``pretrained=True`` downloads the zoo's weights (internet access needed); ``pretrained=False``
     uses seeded random weights, which is what the benchmarks need. Labels default to
@@ -311,7 +410,8 @@ def import_model_zoo(
     labels = list(labels) if labels is not None else [f"class_{i}" for i in range(1000)]
     if pretrained:
         try:
-            net = get_model(name, pretrained=True)
+            # The weights cache is $MXNET_HOME/models, read now (the zoo's default is fixed at import).
+            net = get_model(name, pretrained=True, root=os.path.join(mx.base.data_dir(), "models"))
         except ValueError as exc:
             if "not supported" in str(exc):
                 raise ModelNotFoundError(f"{name!r} is not a Gluon model-zoo network: {_first_line(exc)}") from None
@@ -329,7 +429,7 @@ def import_model_zoo(
     return export_package(
         net,
         labels,
-        IMAGENET_SPEC,
+        spec,
         Path(out_dir),
         name=package_name or name,
         architecture=name,
@@ -341,10 +441,13 @@ def import_model_zoo(
 __all__ = [
     "IMAGENET_SPEC",
     "PretrainedWeightsUnavailableError",
+    "PublishResult",
     "export_package",
+    "import_files",
     "import_model_zoo",
     "list_versions",
     "load_package_dir",
     "publish",
+    "publish_package",
     "set_alias",
 ]

@@ -157,15 +157,16 @@ locals {
 
   # Each function's task TimeoutSeconds in that definition (tasks at the top level or in a Map),
   # found by its ARN placeholder, e.g. "${PreprocessFunctionArn}" (spec.FUNCTION_ARN_PLACEHOLDERS).
-  # A function must time out before its task does: var.functions is validated against these.
+  # A function must time out before its task does (before the shortest, when several tasks run it,
+  # e.g. the sink's Deliver and RecordFailure): var.functions is validated against these.
   asl        = jsondecode(file(local.state_machine_definition_file))
   asl_states = merge(local.asl.States, merge([for state in values(local.asl.States) : try(state.ItemProcessor.States, {})]...))
   asl_task_timeouts = {
-    for name, state in local.asl_states : state.Resource => state.TimeoutSeconds
+    for name, state in local.asl_states : state.Resource => state.TimeoutSeconds...
     if try(state.Type, "") == "Task" && can(state.TimeoutSeconds)
   }
   function_task_timeouts = {
-    for key in keys(local.stack.functions) : key => lookup(local.asl_task_timeouts, "$${${title(key)}FunctionArn}", 900)
+    for key in keys(local.stack.functions) : key => min(lookup(local.asl_task_timeouts, "$${${title(key)}FunctionArn}", [900])...)
   }
 
   # The image repository named by stack.json, in this account and region.

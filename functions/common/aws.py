@@ -13,6 +13,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from functions.common.config import invocation_credentials
 from functions.common.errors import TransientError
 
 _CONFIG = Config(
@@ -20,7 +21,7 @@ _CONFIG = Config(
     connect_timeout=5,
     read_timeout=20,
 )
-_clients: dict[str, Any] = {}
+_clients: dict[Any, Any] = {}
 _lock = threading.Lock()
 
 #: Error codes that mean "try again later" whatever the service.
@@ -48,14 +49,24 @@ TRANSIENT_CODES = frozenset(
 
 
 def client(service: str) -> Any:
-    """A process-wide boto3 client for ``service`` (thread-safe to share)."""
-    existing = _clients.get(service)
+    """A process-wide boto3 client for ``service`` (thread-safe to share).
+
+    Signed with boto3's default credentials (in Lambda: the function's role), or, on the local
+    stack, with the credentials of the invocation in progress (one client per role and service).
+    """
+    credentials = invocation_credentials()
+    key: Any = service if credentials is None else (service, credentials)
+    existing = _clients.get(key)
     if existing is not None:
         return existing
     with _lock:
-        if service not in _clients:
-            _clients[service] = boto3.session.Session().client(service, config=_CONFIG)
-        return _clients[service]
+        if key not in _clients:
+            explicit = {}
+            if credentials is not None:
+                access_key, secret_key, token = credentials
+                explicit = {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key, "aws_session_token": token}
+            _clients[key] = boto3.session.Session().client(service, config=_CONFIG, **explicit)
+        return _clients[key]
 
 
 def error_code(exc: ClientError) -> str:

@@ -48,6 +48,19 @@ def invocation_environment(variables: Mapping[str, str]) -> Iterator[None]:
         _invocation_environ.reset(token)
 
 
+def invocation_credentials() -> tuple[str, str, str | None] | None:
+    """The AWS credentials the local stack gave the invocation in progress, else None.
+
+    In Lambda this is always None: clients use boto3's default chain, i.e. the execution role's
+    credentials Lambda puts in ``os.environ``. The local stack runs every function in one process,
+    so it passes each function's role credentials in the invocation's environment instead.
+    """
+    override = _invocation_environ.get()
+    if override is None or not override.get("AWS_ACCESS_KEY_ID"):
+        return None
+    return override["AWS_ACCESS_KEY_ID"], override.get("AWS_SECRET_ACCESS_KEY", ""), override.get("AWS_SESSION_TOKEN")
+
+
 def require(name: str) -> str:
     """The value of a variable the function cannot work without."""
     value = environ().get(name, "")
@@ -93,6 +106,7 @@ class ImageLimits:
 __all__ = [
     "ImageLimits",
     "environ",
+    "invocation_credentials",
     "invocation_environment",
     "optional",
     "positive_int",

@@ -56,6 +56,14 @@ class SinkNotConfiguredError(PermanentError):
     """A sink was requested that this deployment does not have."""
 
 
+class SinkUnavailableError(PermanentError):
+    """A sink's resource refused the record for good (missing queue or table, access denied, disabled key).
+
+    Retrying cannot help until an operator fixes the sink; the other sinks still deliver, the
+    execution fails with a failure record naming the sink, and ``inferpipe replay`` completes it.
+    """
+
+
 #: The names the state machine retries. Kept here so a test can compare them with the ASL.
 TRANSIENT_ERROR_NAMES: tuple[str, ...] = (TransientError.__name__,)
 

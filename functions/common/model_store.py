@@ -205,7 +205,10 @@ class ModelStore:
             data = self._get(key, entry.size, what)  # never more than the manifest's size
             if data is None:
                 raise ModelIntegrityError(f"{what}: the manifest lists {role} file {entry.path}, but s3://{self.bucket}/{key} is missing")
-            verify_file(role, entry, data)
+            try:
+                verify_file(role, entry, data)
+            except ModelIntegrityError as bad:
+                raise ModelIntegrityError(f"{what}: {bad} (s3://{self.bucket}/{key}); refusing to load it") from None
             files[role] = data
         return files
 

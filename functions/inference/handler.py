@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import io
-import threading
 import time
-from typing import Any
+
+_IMPORT_STARTED = time.perf_counter()
+
+import io  # noqa: E402 - the import time of this module (MXNet above all) is measured
+import os  # noqa: E402
+import threading  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
@@ -19,6 +23,8 @@ from functions.common.model_store import ModelStore, is_not_found
 from functions.common.request import Job, TensorRef
 from functions.inference.core import LoadedModel, ModelCache, load_model, predict
 
+#: Milliseconds this module took to import (MXNet, oneDNN, boto3): the first part of a cold start.
+IMPORT_MS = (time.perf_counter() - _IMPORT_STARTED) * 1000.0
 DEFAULT_MODEL_CACHE_MB = 1024
 _NPY_HEADER_SLACK = 4096  # an .npy header is at most a few hundred bytes
 
@@ -26,6 +32,9 @@ _NPY_HEADER_SLACK = 4096  # an .npy header is at most a few hundred bytes
 _lock = threading.Lock()
 _stores: dict[str, ModelStore] = {}
 _cache: ModelCache | None = None
+#: The cold start of this process in parts (import, fetch, load, first_forward), reported once.
+_init: dict[str, Any] = {"import": IMPORT_MS}
+_init_reported = False
 
 
 def _model_store(bucket: str) -> ModelStore:
@@ -67,13 +76,19 @@ def get_model(name: str, version: str, timings: dict[str, float]) -> tuple[Loade
         load_started = time.perf_counter()
         model = load_model(manifest, files)
         timings["load_model"] = (time.perf_counter() - load_started) * 1000.0
+        first_forward = model.load_parts_ms.get("first_forward", 0.0)
+        with _lock:
+            if "load" not in _init:  # the first model this process loads: part of its cold start
+                _init.update(fetch=timings["fetch_model"], load=timings["load_model"] - first_forward, first_forward=first_forward)
         logger.info(
             "model loaded",
             extra={
                 "model_bytes": model.size_bytes,
                 "fused": model.fused,
+                "inference_mode": manifest.inference_mode,
                 "fetch_ms": round(timings["fetch_model"], 1),
                 "load_ms": round(timings["load_model"], 1),
+                "load_parts_ms": _rounded(dict(model.load_parts_ms)),
             },
         )
         return model
@@ -135,10 +150,61 @@ def warm_up() -> dict[str, Any]:
         "requested": version,
         "cold_start": not hit,
         "timings_ms": _rounded(timings),
+        "init_ms": init_timings(),
     }
     # "cold_start" in log lines is Powertools' (first invocation of this process): ours is model_cache_hit.
     logger.info("warm-up done", extra={"model_cache_hit": hit, "timings_ms": warmed["timings_ms"], "version": model.manifest.version})
     return {"warmed": warmed}
+
+
+def init_timings() -> dict[str, Any]:
+    """This process's cold start in parts, ms: import, and (once a model is loaded) fetch, load, first_forward."""
+    with _lock:
+        return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in _init.items()}
+
+
+def _take_init_report() -> dict[str, Any] | None:
+    """The cold-start split, the first time it is asked for in this process; None afterwards."""
+    global _init_reported
+    with _lock:
+        if _init_reported:
+            return None
+        _init_reported = True
+    return init_timings()
+
+
+def preload_default_model() -> dict[str, Any] | None:
+    """Load DEFAULT_MODEL at DEFAULT_MODEL_VERSION into the cache now (the Lambda init phase).
+
+    Returns the cold-start split, or None when no default model is configured. Never raises:
+    a failure is logged and the first invocation loads the model (and reports the error) itself.
+    """
+    name, version = config.optional(config.DEFAULT_MODEL), config.optional(config.DEFAULT_MODEL_VERSION)
+    if not name or not version or not config.optional(config.MODEL_BUCKET):
+        return None
+    try:
+        get_model(name, version, {})
+    except Exception as exc:  # noqa: BLE001 - init must not crash the function
+        logger.warning("default model preload failed; the first invocation loads it", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return None
+    with _lock:
+        _init["preloaded"] = f"{name}:{version}"
+    report = init_timings()
+    logger.info("cold start: default model preloaded at init", extra={"init_ms": report})
+    return report
+
+
+def _preload_at_init() -> None:
+    """In a real Lambda (AWS_LAMBDA_FUNCTION_NAME set) with DEFAULT_MODEL set, or with
+    INFERENCE_PRELOAD=1, preload the default model while the module is imported: the init phase
+    (up to 10 s, with the full vCPU) pays for parameter load and oneDNN primitive creation instead
+    of the first request. The local stack imports this module lazily, without these variables in
+    its process environment, and so does not preload."""
+    wanted = os.environ.get("INFERENCE_PRELOAD", "")
+    if wanted == "0":
+        return
+    if wanted == "1" or (os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and os.environ.get(config.DEFAULT_MODEL)):
+        preload_default_model()
 
 
 def _rounded(timings: dict[str, float]) -> dict[str, float]:
@@ -160,7 +226,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     Output ``{"model": {name, version, architecture, inference_mode}, "top_k": [{label, index,
     probability}], "timings_ms": {fetch_tensor, fetch_model, load_model, forward, total},
-    "cold_start": bool}``, where ``cold_start`` means this invocation had to load the model.
+    "cold_start": bool}``, where ``cold_start`` means this invocation had to load the model; the
+    first invocation of a process also carries ``init_ms``: {import, fetch, load, first_forward
+    (, preloaded)}, the process's cold start in parts (see :func:`preload_default_model`).
     """
     started = time.perf_counter()
     if is_warmup(event):
@@ -195,9 +263,13 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "timings_ms": _rounded(timings),
         "cold_start": not hit,
     }
+    init = _take_init_report()
+    if init is not None:  # the first invocation of this process: its cold start, in parts
+        result["init_ms"] = init
     logger.info(
         "image classified",
         extra={
+            **({"init_ms": init} if init is not None else {}),
             "top1": top_k[0]["label"],
             "probability": round(top_k[0]["probability"], 4),
             "model_cache_hit": hit,
@@ -205,3 +277,6 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         },
     )
     return result
+
+
+_preload_at_init()

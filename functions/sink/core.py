@@ -1,9 +1,20 @@
 """Build the prediction record and deliver it to one sink: S3, DynamoDB, SNS, SQS or EventBridge.
 
 Every sink receives the same record, identified by ``record_id``: a hash of the source object
-version and the model version. Writes are keyed by it (S3 key per object, DynamoDB item per
-object version, FIFO deduplication ids, a ``record_id`` attribute on every message) so a retried
-or replayed delivery does not create a second record.
+version and the model version. Delivery is idempotent per (object version, model version):
+
+* S3: one result object per source key (``predictions/<bucket>/<key>.json``), overwritten in place.
+* DynamoDB: one item per object version, written with a condition so that a duplicate of a
+  delivered record is a no-op, while a record with a different model version *replaces* the item
+  (the table holds the current prediction of each object version) and a FAILED item is resolved.
+* SNS, SQS, EventBridge: every message carries ``record_id`` (FIFO: MessageDeduplicationId and a
+  message group per object). A delivery ledger in the output bucket (``deliveries/<record_id>/<sink>``)
+  is checked before publishing and written after, so a duplicate S3 event, a retried Map branch or
+  a replay does not publish the same record twice (at-least-once only if the process dies between
+  the publish and the ledger write, or when the stack has no output bucket).
+
+Failures are recorded here too (:func:`record_failure`): the state machine's ``RecordFailure``
+state runs this function in ``failure`` mode; see docs/operations.md.
 
 Example::
 
@@ -22,14 +33,27 @@ from decimal import Decimal
 from typing import Any
 
 from functions.common import config
-from functions.common.aws import client, raise_transient
-from functions.common.errors import InvalidRequestError, SinkNotConfiguredError, TransientError
-from functions.common.log import object_uri
+from botocore.exceptions import BotoCoreError, ClientError
+
+from functions.common.aws import client, error_code, is_transient, raise_transient
+from functions.common.errors import InvalidRequestError, SinkNotConfiguredError, SinkUnavailableError, TransientError
+from functions.common.log import logger, object_uri
 
 SCHEMA = "inferpipe.prediction/1"
 EVENT_SOURCE = "inferpipe"
 EVENT_DETAIL_TYPE = "Image Classified"
 SINKS = ("s3", "dynamodb", "sns", "sqs", "eventbridge")
+#: Sinks that publish messages: a second publish would be a second message, so they use the ledger.
+MESSAGE_SINKS = ("sns", "sqs", "eventbridge")
+FAILURE_SCHEMA = "inferpipe.failure/1"
+#: Output-bucket prefixes (fixed, next to OUTPUT_PREFIX): failure records and the delivery ledger.
+FAILURE_PREFIX = "failures/"
+LEDGER_PREFIX = "deliveries/"
+#: Failure records of inputs that name no object (rejected before normalisation, invalid names).
+INVALID_INPUT_FOLDER = "_invalid"
+SUCCEEDED = "SUCCEEDED"
+FAILED = "FAILED"
+_MAX_MESSAGE_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -108,16 +132,30 @@ def output_key(prefix: str, source: Mapping[str, Any]) -> str:
     return f"{prefix}{source['bucket']}/{source['key']}.json"
 
 
+def failure_key(source: Mapping[str, Any] | None, execution_name: str) -> str:
+    """``failures/<bucket>/<key>.json``; ``failures/_invalid/<execution name>.json`` without an object."""
+    if source is None:
+        return f"{FAILURE_PREFIX}{INVALID_INPUT_FOLDER}/{execution_name}.json"
+    return f"{FAILURE_PREFIX}{source['bucket']}/{source['key']}.json"
+
+
 def _to_s3(record: dict[str, Any], dest: Destinations) -> str:
     bucket = _need(dest.output_bucket, "s3", config.OUTPUT_BUCKET)
     key = output_key(dest.output_prefix, record["source"])
-    client("s3").put_object(
+    s3 = client("s3")
+    s3.put_object(
         Bucket=bucket,
         Key=key,
         Body=json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8"),
         ContentType="application/json",
         Metadata={"record-id": record["record_id"], "model-version": record["model"]["version"]},
     )
+    # The key has a prediction now: its failure record (if any) is resolved.
+    stale = failure_key(record["source"], "")
+    try:
+        s3.delete_object(Bucket=bucket, Key=stale)
+    except (ClientError, BotoCoreError) as exc:  # the prediction is written; a stale record is not worth a retry
+        logger.warning("could not remove the resolved failure record", extra={"key": stale, "reason": str(exc)})
     return f"s3://{bucket}/{key}"
 
 
@@ -137,8 +175,22 @@ def _to_dynamodb(record: dict[str, Any], dest: Destinations) -> str:
         "execution_id": {"S": record["execution_id"]},
         "recorded_at": {"S": record["recorded_at"]},
     }
-    client("dynamodb").put_item(TableName=table, Item=item)
-    return f"dynamodb://{table}/{item['object']['S']}#{item['version']['S']}"
+    location = f"dynamodb://{table}/{item['object']['S']}#{item['version']['S']}"
+    try:
+        # Written unless this very record is already there and SUCCEEDED: a duplicate is a no-op,
+        # a FAILED item is resolved, a different model version replaces the item.
+        client("dynamodb").put_item(
+            TableName=table,
+            Item=item,
+            ConditionExpression="attribute_not_exists(#o) OR #s <> :succeeded OR #r <> :rid",
+            ExpressionAttributeNames={"#o": "object", "#s": "status", "#r": "record_id"},
+            ExpressionAttributeValues={":succeeded": {"S": SUCCEEDED}, ":rid": {"S": record["record_id"]}},
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+        logger.info("record already in DynamoDB; nothing written", extra={"record_id": record["record_id"]})
+    return location
 
 
 def _message_attributes(record: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -211,8 +263,201 @@ def deliver(sink: str, record: dict[str, Any], dest: Destinations) -> str:
     if writer is None:
         raise SinkNotConfiguredError(f"unknown sink '{sink}'; known sinks: {', '.join(SINKS)}")
     try:
-        return writer(record, dest)
+        if sink in MESSAGE_SINKS:
+            already = _ledger_lookup(sink, record, dest)
+            if already is not None:
+                logger.info("record already published to this sink; not publishing again", extra={"ledger": already})
+                return already
+        location = writer(record, dest)
     except (SinkNotConfiguredError, TransientError):
         raise
-    except Exception as exc:  # botocore errors: retry only what retrying can fix
+    except ClientError as exc:  # retry only what retrying can fix; the rest is the sink's resource saying no
+        if is_transient(exc):
+            raise TransientError(f"delivering to sink '{sink}': {exc}") from exc
+        error = exc.response.get("Error", {})
+        raise SinkUnavailableError(
+            f"sink '{sink}' refused the record {record['record_id']}: {error_code(exc)}: {error.get('Message', '')}".rstrip(": ")
+        ) from exc
+    except BotoCoreError as exc:  # connection problems, timeouts
         raise_transient(exc, f"delivering to sink '{sink}'")
+    if sink in MESSAGE_SINKS:
+        _ledger_write(sink, record, dest, location)
+    return location
+
+
+def ledger_key(record_id: str, sink: str) -> str:
+    return f"{LEDGER_PREFIX}{record_id}/{sink}"
+
+
+def _ledger_lookup(sink: str, record: dict[str, Any], dest: Destinations) -> str | None:
+    """Where the record went if this sink already published it (per the ledger), else None."""
+    if not dest.output_bucket:
+        return None  # no ledger without an output bucket: at-least-once
+    try:
+        head = client("s3").head_object(Bucket=dest.output_bucket, Key=ledger_key(record["record_id"], sink))
+    except ClientError as exc:
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if status in (403, 404) or error_code(exc) in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied"):
+            return None
+        raise
+    return str((head.get("Metadata") or {}).get("location") or f"ledger:{sink}")
+
+
+def _ledger_write(sink: str, record: dict[str, Any], dest: Destinations, location: str) -> None:
+    if not dest.output_bucket:
+        return
+    key = ledger_key(record["record_id"], sink)
+    body = {"record_id": record["record_id"], "sink": sink, "location": location, "execution_id": record["execution_id"]}
+    try:
+        client("s3").put_object(
+            Bucket=dest.output_bucket,
+            Key=key,
+            Body=json.dumps(body).encode("utf-8"),
+            ContentType="application/json",
+            Metadata={"location": location[:1024]},
+        )
+    except (ClientError, BotoCoreError) as exc:  # published already: never fail (and re-publish) for the ledger
+        logger.warning("published, but could not write the delivery ledger", extra={"key": key, "reason": str(exc)})
+
+
+# --------------------------------------------------------------------------- failure records
+
+
+def _error_message(cause: Any) -> str:
+    """The human part of a Catch's Cause: a Lambda error's errorMessage, else the text itself."""
+    text = cause if isinstance(cause, str) else json.dumps(cause, default=str)
+    try:
+        parsed = json.loads(text)
+    except (TypeError, ValueError):
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("errorMessage"), str):
+        text = parsed["errorMessage"]
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def _valid_source(candidate: Any) -> dict[str, Any] | None:
+    """``{bucket, key, version_id}`` if ``candidate`` names an object by valid names, else None."""
+    from functions.common.request import check_bucket, check_key
+
+    if not isinstance(candidate, Mapping):
+        return None
+    try:
+        bucket, key = check_bucket(candidate.get("bucket")), check_key(candidate.get("key"))
+    except InvalidRequestError:
+        return None
+    version = candidate.get("version_id")
+    return {"bucket": bucket, "key": key, "version_id": version if isinstance(version, str) and version else None}
+
+
+def build_failure(event: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """The failure record of one execution, from the RecordFailure state's input.
+
+    ``event`` is ``{"mode": "failure", "failure": {state, error, cause}, "context": <the execution's
+    data>, "execution_id"}``; the context holds ``job`` (the located object and resolved model)
+    when preprocessing succeeded, else ``request`` (the object as requested), else only the raw
+    ``failure.input`` (an input rejected before normalisation).
+    """
+    failure = event.get("failure")
+    if not isinstance(failure, Mapping) or not isinstance(failure.get("error"), str):
+        raise InvalidRequestError("failure input must hold failure{state, error, cause}")
+    context = event.get("context") if isinstance(event.get("context"), Mapping) else {}
+    execution_id = str(event.get("execution_id") or "")
+    job = context.get("job") if isinstance(context.get("job"), Mapping) else None
+    request = context.get("request") if isinstance(context.get("request"), Mapping) else None
+    source = _valid_source(job.get("source")) if job else None
+    if source is None and request is not None:
+        source = _valid_source(request)
+    model: dict[str, Any] | None = None
+    if job and isinstance(job.get("model"), Mapping):
+        model = {"name": job["model"].get("name"), "version": job["model"].get("version"), "resolved": True}
+    elif request is not None and "model" in request:
+        model = {"name": request.get("model"), "version": request.get("model_version"), "resolved": False}
+    deliveries = context.get("deliveries") if isinstance(context.get("deliveries"), list) else []
+    created = (now or datetime.now(timezone.utc)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    record: dict[str, Any] = {
+        "schema": FAILURE_SCHEMA,
+        "status": FAILED,
+        "source": None,
+        "model": model,
+        "error": {"type": failure["error"], "message": _error_message(failure.get("cause", ""))},
+        "failed_state": str(failure.get("state") or "?"),
+        "execution_id": execution_id,
+        "execution_name": execution_id.rsplit(":", 1)[-1] if execution_id else "",
+        "recorded_at": created,
+    }
+    if source is not None:
+        record["source"] = {**source, "uri": object_uri(source["bucket"], source["key"], source["version_id"])}
+    if deliveries:
+        record["delivered_sinks"] = sorted(d["sink"] for d in deliveries if isinstance(d, Mapping) and d.get("status") != FAILED)
+        record["failed_sinks"] = sorted(d["sink"] for d in deliveries if isinstance(d, Mapping) and d.get("status") == FAILED)
+    if source is None:
+        raw = failure.get("input", request)
+        text = json.dumps(raw, ensure_ascii=False, default=str)
+        record["input"] = raw if len(text) <= 8192 else text[:8189] + "..."
+    return record
+
+
+def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]:
+    """Write the failure record where it is deployed; which writes happened, by sink.
+
+    * S3 ``failures/<bucket>/<key>.json`` (``failures/_invalid/<execution name>.json`` without an
+      object) in the output bucket, overwriting the key's previous failure record.
+    * DynamoDB: the object version's item with ``status = FAILED`` -- never over a SUCCEEDED item
+      (conditional write): a duplicate execution failing after another one succeeded does not
+      hide the success.
+
+    A destination that is not deployed is skipped. Transient AWS failures raise TransientError.
+    """
+    written: dict[str, str] = {}
+    source = record["source"]
+    try:
+        if dest.output_bucket:
+            key = failure_key(source, record["execution_name"] or "unknown")
+            client("s3").put_object(
+                Bucket=dest.output_bucket,
+                Key=key,
+                Body=json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8"),
+                ContentType="application/json",
+                Metadata={"error-type": record["error"]["type"][:256], "failed-state": record["failed_state"][:256]},
+            )
+            written["s3"] = f"s3://{dest.output_bucket}/{key}"
+        if dest.table and source is not None:
+            written["dynamodb"] = _failure_item(record, dest.table)
+    except (ClientError, BotoCoreError) as exc:
+        if is_transient(exc):
+            raise TransientError(f"recording the failure: {exc}") from exc
+        raise
+    return written
+
+
+def _failure_item(record: dict[str, Any], table: str) -> str:
+    source = record["source"]
+    item = {
+        "object": {"S": f"s3://{source['bucket']}/{source['key']}"},
+        "version": {"S": source["version_id"] or "null"},
+        "status": {"S": FAILED},
+        "error_type": {"S": record["error"]["type"]},
+        "error_message": {"S": record["error"]["message"] or "-"},
+        "failed_state": {"S": record["failed_state"]},
+        "execution_id": {"S": record["execution_id"] or "-"},
+        "recorded_at": {"S": record["recorded_at"]},
+    }
+    model = record.get("model") or {}
+    if isinstance(model.get("name"), str):
+        item["model"] = {"S": model["name"]}
+    if isinstance(model.get("version"), str):
+        item["model_version"] = {"S": model["version"]}
+    location = f"dynamodb://{table}/{item['object']['S']}#{item['version']['S']}"
+    try:
+        client("dynamodb").put_item(
+            TableName=table,
+            Item=item,
+            ConditionExpression="attribute_not_exists(#o) OR #s <> :succeeded",
+            ExpressionAttributeNames={"#o": "object", "#s": "status"},
+            ExpressionAttributeValues={":succeeded": {"S": SUCCEEDED}},
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+        return f"{location} (kept: already SUCCEEDED)"
+    return location

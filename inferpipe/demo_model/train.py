@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mxnet as mx
@@ -121,13 +122,74 @@ def train(seed: int = 0, config: TrainConfig = TrainConfig(), log: bool = True) 
     return net, accuracy, seconds
 
 
-def build_demo_model(out_dir: Path, seed: int = 0, config: TrainConfig = TrainConfig(), *, name: str = "demo", min_accuracy: float = 0.95) -> Manifest:
+def select_mode(fp32_dir: Path, out_dir: Path, seed: int, config: TrainConfig, tolerance_pp: float = 0.5) -> Manifest:
+    """Write into ``out_dir`` the fastest inference mode whose held-out top-1 is within ``tolerance_pp``
+    points of fp32's, and record the candidates and the decision in its metrics.
+
+    int8 calibrates on its own generated images (a stream of its own, neither training nor held-out).
+    """
+    import tempfile
+
+    from functions.inference.core import load_model
+    from inferpipe.optimize import choose_mode, median_latency_ms, optimize_package, read_package
+
+    calibration, _ = make_dataset(8, np.random.default_rng(seed + 2 * _HELDOUT_SEED_OFFSET), config)
+    x_held, y_held = make_dataset(config.heldout_per_class, np.random.default_rng(seed + _HELDOUT_SEED_OFFSET), config)
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = {"fp32": Path(fp32_dir), "fused": Path(tmp) / "fused", "int8": Path(tmp) / "int8"}
+        manifests = {"fp32": read_package(fp32_dir)[0]}
+        for mode in ("fused", "int8"):
+            manifests[mode] = optimize_package(fp32_dir, dirs[mode], mode, calibration=calibration, heldout=x_held, heldout_labels=y_held)
+        # fp32 is served hybridized, as the original design ran it (no fusion at load) for the comparison
+        loaded = {
+            mode: load_model(m, read_package(dirs[mode])[1], **({"fuse": False} if mode == "fp32" else {}))
+            for mode, m in manifests.items()
+        }
+        latency = median_latency_ms(loaded, rounds=50)
+        fp32_top1 = manifests["fused"].metrics["top1_heldout_fp32"]
+        candidates = {
+            mode: {"top1": fp32_top1 if mode == "fp32" else manifests[mode].metrics["top1_heldout"], "median_ms": round(latency[mode], 3)}
+            for mode in manifests
+        }
+        chosen = choose_mode(candidates, tolerance_pp)
+        decision = {
+            "mode_selection": {
+                "rule": f"fastest batch-1 mode with held-out top-1 within {tolerance_pp} pp of fp32",
+                "chosen": chosen,
+                "candidates": candidates,
+                "heldout_images": int(len(y_held)),
+            },
+            "top1_heldout_fp32": fp32_top1,
+        }
+        if chosen == "fp32":
+            base, files = read_package(fp32_dir)
+            metrics = {**base.metrics, **decision}
+            manifest = replace(base, metrics=metrics)
+            (Path(out_dir) / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
+            return manifest
+        source = dirs[chosen]
+        for path in Path(out_dir).iterdir():
+            path.unlink()
+        for path in source.iterdir():
+            shutil.copy2(path, Path(out_dir) / path.name)
+        manifest = replace(manifests[chosen], metrics={**manifests[chosen].metrics, **decision})
+        (Path(out_dir) / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
+        return manifest
+
+
+def build_demo_model(
+    out_dir: Path, seed: int = 0, config: TrainConfig = TrainConfig(), *, name: str = "demo", min_accuracy: float = 0.95, optimize: bool = True
+) -> Manifest:
     """Train the demo model and export it as a package folder; prints the held-out accuracy.
+
+    With ``optimize`` (the default), the package written is the fastest inference mode (fp32,
+    fused or int8) whose held-out top-1 is within 0.5 points of fp32's; the manifest's metrics
+    hold the decision (``mode_selection``).
 
     Example::
 
         manifest = build_demo_model(Path("build/demo-model"), seed=0)
-        manifest.metrics["top1_heldout"]   # e.g. 0.99
+        manifest.metrics["top1_heldout"], manifest.inference_mode   # e.g. 0.99, 'int8'
     """
     net, accuracy, seconds = train(seed, config)
     manifest = export_package(
@@ -143,6 +205,16 @@ def build_demo_model(out_dir: Path, seed: int = 0, config: TrainConfig = TrainCo
     print(f"demo model: held-out top-1 {accuracy:.2%} on {config.heldout_per_class * len(CLASSES)} images, trained in {seconds:.0f} s; version {manifest.version}")
     if accuracy < min_accuracy:
         print(f"warning: held-out top-1 {accuracy:.2%} is below {min_accuracy:.0%}", file=sys.stderr)
+    if optimize:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32_dir = Path(tmp) / "fp32"
+            shutil.copytree(out_dir, fp32_dir)
+            manifest = select_mode(fp32_dir, Path(out_dir), seed, config)
+        selection = manifest.metrics["mode_selection"]
+        shown = ", ".join(f"{m} {c['median_ms']:.2f} ms top-1 {c['top1']:.2%}" for m, c in selection["candidates"].items())
+        print(f"inference mode: {selection['chosen']} ({shown}); version {manifest.version}")
     return manifest
 
 

@@ -15,6 +15,18 @@
    and hands every other target to moto's own code. A failure to start is logged, kept in
    :func:`delivery_failures` and, when the target has a dead-letter queue, sent there.
 
+3. **Everything acts under its own IAM role.** Each invocation gets the credentials of the
+   function's execution role (assumed through moto's STS, cached per role like a warm Lambda's)
+   in its environment, as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``,
+   exactly as Lambda provides them; :func:`functions.common.aws.client` signs with them. The
+   bridge writes each invocation's START/END/REPORT lines to the function's log group under that
+   role, as Lambda does. The state machine's Lambda tasks are signed with its execution role's
+   credentials, and the trigger rule's target role must allow ``states:StartExecution``. moto
+   only checks a request's Resource for S3 and SQS (everything else is checked against ``*``,
+   which no least-privilege statement matches); the bridge names the resource of DynamoDB, SNS,
+   EventBridge, Step Functions, Lambda and CloudWatch Logs requests, so that with IAM enforcement
+   on (:func:`set_iam_enforcement`) every call is checked against the role's statements.
+
 Also: moto delivers events through DISABLED rules; the bridge does not.
 
 Fault injection for tests::
@@ -225,6 +237,7 @@ def _run(fn: Any, body: Any, request_id: str, fault: InjectedFault | None) -> tu
             deadline=started + float(fn.timeout),
         )
         environment = dict(fn.environment_vars or {})
+        environment.update(role_credentials(fn.role, fn.region))
         outcome: dict[str, Any] = {}
 
         def call() -> None:
@@ -239,6 +252,7 @@ def _run(fn: Any, body: Any, request_id: str, fault: InjectedFault | None) -> tu
         worker = threading.Thread(target=call, name=f"lambda-{fn.function_name}-{request_id[:8]}", daemon=True)
         worker.start()
         worker.join(float(fn.timeout))
+        _write_platform_log(fn, context, environment, started)
         if worker.is_alive():
             error_type = "Sandbox.Timedout"
             message = f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%S.%fZ} {request_id} Task timed out after {float(fn.timeout):.2f} seconds"
@@ -322,6 +336,222 @@ def wait_for_async_invocations(timeout: float = 30.0) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# IAM: the roles' credentials, and the resource of each request
+# --------------------------------------------------------------------------------------------
+
+_role_credentials: dict[str, dict[str, str]] = {}
+
+
+def role_credentials(role_arn: str, region: str) -> dict[str, str]:
+    """Credentials of ``role_arn`` (assumed once per role, through moto's STS), as environment variables."""
+    with _lock:
+        cached = _role_credentials.get(role_arn)
+        if cached is None:
+            from moto.sts.models import sts_backends
+
+            account = role_arn.split(":")[4]
+            assumed = sts_backends[account]["aws"].assume_role(
+                region_name=region,
+                role_session_name="inferpipe-local",
+                role_arn=role_arn,
+                policy="",
+                duration=43200,
+                external_id="",
+            )
+            cached = {
+                "AWS_ACCESS_KEY_ID": assumed.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": assumed.secret_access_key,
+                "AWS_SESSION_TOKEN": assumed.session_token,
+            }
+            _role_credentials[role_arn] = cached
+        return dict(cached)
+
+
+def iam_enforced() -> bool:
+    """True when moto checks every request against IAM (see :func:`set_iam_enforcement`)."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    return bool(ActionAuthenticatorMixin.request_count >= settings.INITIAL_NO_AUTH_ACTION_COUNT)
+
+
+def set_iam_enforcement(enabled: bool) -> None:
+    """Switch moto's IAM enforcement on (every request from now on) or off, process-wide.
+
+    What ``moto.core.set_initial_no_auth_action_count(0)`` does for a decorated test, and what the
+    server's ``POST /moto-api/reset-auth`` does; usable around a whole fixture. With it on, only
+    IAM users' access keys and assumed roles' credentials are accepted.
+    """
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0 if enabled else float("inf")
+    ActionAuthenticatorMixin.request_count = 0
+
+
+def _write_platform_log(fn: Any, context: LambdaContext, environment: Mapping[str, str], started: float) -> None:
+    """START/END/REPORT in the function's log group, written under its role as Lambda does (best effort)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from moto.settings import moto_server_port
+
+    logs = None
+    try:
+        logs = boto3.session.Session().client(
+            "logs",
+            region_name=fn.region,
+            endpoint_url=f"http://127.0.0.1:{moto_server_port()}",
+            aws_access_key_id=environment["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=environment["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=environment["AWS_SESSION_TOKEN"],
+        )
+        request_id = context.aws_request_id
+        now = int(time.time() * 1000)
+        elapsed = (time.monotonic() - started) * 1000
+        logs.create_log_stream(logGroupName=context.log_group_name, logStreamName=context.log_stream_name)
+        logs.put_log_events(
+            logGroupName=context.log_group_name,
+            logStreamName=context.log_stream_name,
+            logEvents=[
+                {"timestamp": now, "message": f"START RequestId: {request_id} Version: $LATEST"},
+                {"timestamp": now, "message": f"END RequestId: {request_id}"},
+                {"timestamp": now, "message": f"REPORT RequestId: {request_id}\tDuration: {elapsed:.2f} ms"},
+            ],
+        )
+    except (BotoCoreError, ClientError, KeyError) as exc:  # Lambda drops logs it may not write
+        _LOG.debug("%s: platform log not written: %s", fn.function_name, exc)
+    finally:
+        if logs is not None:
+            logs.close()
+
+
+def _sfn_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+    """moto's ``boto_client_for`` for Step Functions tasks, signed with the execution role's credentials."""
+    import boto3
+    from botocore.config import Config
+
+    from moto.settings import moto_server_port
+
+    role_arn = getattr(state_credentials, "role_arn", None)
+    if not role_arn:
+        return _originals["boto_client_for"](region=region, service=service, state_credentials=state_credentials)
+    credentials = role_credentials(role_arn, region)
+    return boto3.client(
+        service,
+        region_name=region,
+        endpoint_url=f"http://127.0.0.1:{moto_server_port()}",
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=credentials["AWS_SESSION_TOKEN"],
+        config=Config(parameter_validation=False, retries={"max_attempts": 0, "total_max_attempts": 1}, read_timeout=900),
+    )
+
+
+def _arn(response: Any, service: str, resource: str) -> str:
+    return f"arn:aws:{service}:{response.region}:{response.current_account}:{resource}"
+
+
+def _json_param(response: Any, name: str) -> Any:
+    body = response.body
+    try:
+        parsed = body if isinstance(body, dict) else json.loads(body or "{}")
+        return parsed.get(name)
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _dynamodb_resource(self: Any) -> str:
+    table = _json_param(self, "TableName")
+    return _arn(self, "dynamodb", f"table/{table}") if table else "*"
+
+
+def _sns_resource(self: Any) -> str:
+    return str(self._get_param("TopicArn") or self._get_param("TargetArn") or "*")
+
+
+def _events_resource(self: Any) -> str:
+    entries = _json_param(self, "Entries")
+    buses = {str(entry.get("EventBusName") or "default") for entry in entries or [] if isinstance(entry, dict)}
+    if not buses and _json_param(self, "EventBusName"):
+        buses = {str(_json_param(self, "EventBusName"))}
+    if len(buses) != 1:
+        return "*"
+    bus = buses.pop()
+    return bus if bus.startswith("arn:") else _arn(self, "events", f"event-bus/{bus}")
+
+
+def _states_resource(self: Any) -> str:
+    return str(_json_param(self, "stateMachineArn") or _json_param(self, "executionArn") or "*")
+
+
+def _lambda_resource(self: Any) -> str:
+    from urllib.parse import parse_qs, unquote, urlparse
+
+    parsed = urlparse(self.uri)
+    parts = unquote(parsed.path).split("/functions/", 1)
+    if len(parts) != 2:
+        return "*"
+    name = parts[1].split("/", 1)[0]
+    arn = name if name.startswith("arn:") else _arn(self, "lambda", f"function:{name}")
+    qualifier = parse_qs(parsed.query).get("Qualifier")
+    return f"{arn}:{qualifier[0]}" if qualifier and arn.count(":") == 6 else arn
+
+
+def _logs_resource(self: Any) -> str:
+    group = _json_param(self, "logGroupName")
+    if not group:
+        return "*"
+    stream = _json_param(self, "logStreamName")
+    return _arn(self, "logs", f"log-group:{group}:log-stream:{stream}" if stream else f"log-group:{group}:*")
+
+
+def _response_classes() -> dict[str, Any]:
+    from moto.awslambda.responses import LambdaResponse
+    from moto.dynamodb.responses import DynamoHandler
+    from moto.events.responses import EventsHandler
+    from moto.logs.responses import LogsResponse
+    from moto.sns.responses import SNSResponse
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    return {
+        "dynamodb": (DynamoHandler, _dynamodb_resource),
+        "sns": (SNSResponse, _sns_resource),
+        "events": (EventsHandler, _events_resource),
+        "states": (StepFunctionResponse, _states_resource),
+        "lambda": (LambdaResponse, _lambda_resource),
+        "logs": (LogsResponse, _logs_resource),
+    }
+
+
+#: API operations whose IAM action has another name (moto checks "<service>:<operation>").
+IAM_ACTION_NAMES = {"lambda:Invoke": "lambda:InvokeFunction"}
+
+
+def _iam_request_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    _originals["iam_request_init"](self, *args, **kwargs)
+    self._action = IAM_ACTION_NAMES.get(self._action, self._action)
+
+
+def _trigger_denied(target: Mapping[str, Any]) -> str | None:
+    """Why the target's role may not start the execution (None when it may, or IAM is not enforced)."""
+    role_arn = target.get("RoleArn")
+    if not role_arn or not iam_enforced():
+        return None
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+    from moto.iam.models import iam_backends
+
+    account = str(role_arn).split(":")[4]
+    iam = iam_backends[account]["aws"]
+    role_name = str(role_arn).rsplit("/", 1)[-1]
+    documents = [iam.get_role_policy(role_name, name)[1] for name in iam.list_role_policies(role_name)]
+    results = [IAMPolicy(document).is_action_permitted("states:StartExecution", target["Arn"]) for document in documents]
+    if PermissionResult.PERMITTED in results and PermissionResult.DENIED not in results:
+        return None
+    return f"AccessDeniedException: {role_arn} is not authorized to perform states:StartExecution on {target['Arn']}"
+
+
+# --------------------------------------------------------------------------------------------
 # EventBridge -> Step Functions
 # --------------------------------------------------------------------------------------------
 
@@ -390,6 +620,10 @@ def _start_execution(rule: Any, target: Mapping[str, Any], event: dict[str, Any]
 
     arn = target["Arn"]
     _, _, _, region, account, _ = arn.split(":", 5)
+    denied = _trigger_denied(target)
+    if denied:
+        _record_failure(rule, target, event, denied)
+        return
     try:
         execution_input = json.dumps(_target_input(target, event))
         execution = get_backend(account, region).start_execution(arn, name=uuid.uuid4().hex, execution_input=execution_input)
@@ -478,6 +712,8 @@ def install() -> None:
     """Patch moto (idempotent). Fails loudly when moto's internals are not the ones this targets."""
     from moto.awslambda_simple.models import LambdaSimpleBackend
     from moto.events.models import Rule
+    from moto.iam.access_control import IAMRequestBase
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
     with _lock:
         if _originals:
@@ -489,6 +725,14 @@ def install() -> None:
         _originals["send_to_targets"] = Rule.__dict__["send_to_targets"]
         LambdaSimpleBackend.invoke = _bridged_invoke  # type: ignore[method-assign]
         Rule.send_to_targets = _bridged_send_to_targets  # type: ignore[method-assign]
+        _originals["iam_request_init"] = IAMRequestBase.__init__
+        IAMRequestBase.__init__ = _iam_request_init  # type: ignore[method-assign]
+        _originals["boto_client_for"] = lambda_eval_utils.boto_client_for
+        lambda_eval_utils.boto_client_for = _sfn_client_for
+        for service, (cls, resolver) in _response_classes().items():
+            if "_determine_resource" in cls.__dict__:
+                raise RuntimeError(f"moto now resolves {service} resources itself: drop the bridge's resolver")
+            cls._determine_resource = resolver
 
 
 def uninstall() -> None:
@@ -501,6 +745,18 @@ def uninstall() -> None:
             LambdaSimpleBackend.invoke = _originals.pop("invoke")  # type: ignore[method-assign]
         if "send_to_targets" in _originals:
             Rule.send_to_targets = _originals.pop("send_to_targets")  # type: ignore[method-assign]
+        if "iam_request_init" in _originals:
+            from moto.iam.access_control import IAMRequestBase
+
+            IAMRequestBase.__init__ = _originals.pop("iam_request_init")  # type: ignore[method-assign]
+        if "boto_client_for" in _originals:
+            from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+            lambda_eval_utils.boto_client_for = _originals.pop("boto_client_for")
+            for cls, _ in _response_classes().values():
+                if "_determine_resource" in cls.__dict__:
+                    delattr(cls, "_determine_resource")
+        _role_credentials.clear()
         _handlers.clear()
         _invocations.clear()
         _failures.clear()
@@ -521,9 +777,12 @@ __all__ = [
     "LambdaContext",
     "delivery_failures",
     "inject_failures",
+    "iam_enforced",
     "install",
     "installed",
     "invocations",
+    "role_credentials",
+    "set_iam_enforcement",
     "uninstall",
     "wait_for_async_invocations",
 ]

@@ -23,6 +23,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from inferpipe.infra import KNOWN_SINKS, function_log_group, role_policies, role_services
 from inferpipe.local.spec import Resources, asl_values, function_environment, render_asl
 
 _LOG = logging.getLogger("inferpipe.local.provision")
@@ -62,15 +63,6 @@ def _trust(service: str) -> str:
     )
 
 
-def _policy(*statements: tuple[list[str], list[str]]) -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": actions, "Resource": resources} for actions, resources in statements],
-        }
-    )
-
-
 def role_names(resources: Resources) -> dict[str, str]:
     """IAM role names: one per function, one for the state machine, one for the trigger target."""
     names = {key: f"{spec.name}-role" for key, spec in resources.functions.items()}
@@ -79,49 +71,8 @@ def role_names(resources: Resources) -> dict[str, str]:
     return names
 
 
-def _role_policies(resources: Resources, function_arns: dict[str, str]) -> dict[str, tuple[str, str]]:
-    """(trust service, inline policy) per role: what each one needs, nothing more."""
-    b = resources.buckets
-    logs = (["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"], ["*"])
-    policies = {
-        "preprocess": (
-            "lambda.amazonaws.com",
-            _policy(
-                logs,
-                (["s3:GetObject", "s3:GetObjectVersion"], [f"arn:aws:s3:::{b['input']}/*", f"arn:aws:s3:::{b['models']}/*"]),
-                (["s3:ListBucket", "s3:ListBucketVersions"], [f"arn:aws:s3:::{b['models']}"]),
-                (["s3:PutObject"], [f"arn:aws:s3:::{b['work']}/*"]),
-            ),
-        ),
-        "inference": (
-            "lambda.amazonaws.com",
-            _policy(
-                logs,
-                (["s3:GetObject", "s3:GetObjectVersion"], [f"arn:aws:s3:::{b['models']}/*", f"arn:aws:s3:::{b['work']}/*"]),
-                (["s3:ListBucket", "s3:ListBucketVersions"], [f"arn:aws:s3:::{b['models']}"]),
-            ),
-        ),
-        "sink": (
-            "lambda.amazonaws.com",
-            _policy(
-                logs,
-                (["s3:PutObject"], [f"arn:aws:s3:::{b['output']}/*"]),
-                (["dynamodb:PutItem"], [resources.table_arn]),
-                (["sns:Publish"], [resources.topic_arn]),
-                (["sqs:SendMessage"], [resources.queue_arn]),
-                (["events:PutEvents"], [resources.event_bus_arn]),
-            ),
-        ),
-        "state_machine": (
-            "states.amazonaws.com",
-            _policy((["lambda:InvokeFunction"], sorted(function_arns.values()))),
-        ),
-        "trigger": ("events.amazonaws.com", _policy((["states:StartExecution"], [resources.state_machine_arn]))),
-    }
-    return policies
-
-
-def _ensure_role(iam: Any, name: str, service: str, policy: str) -> str:
+def _ensure_role(iam: Any, name: str, service: str, policies: dict[str, dict[str, Any]]) -> str:
+    """Create or converge a role whose inline policies are exactly ``policies`` (name -> document)."""
     try:
         arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=_trust(service))["Role"]["Arn"]
     except ClientError as exc:
@@ -129,7 +80,11 @@ def _ensure_role(iam: Any, name: str, service: str, policy: str) -> str:
             raise
         iam.update_assume_role_policy(RoleName=name, PolicyDocument=_trust(service))
         arn = iam.get_role(RoleName=name)["Role"]["Arn"]
-    iam.put_role_policy(RoleName=name, PolicyName="inline", PolicyDocument=policy)
+    for policy_name, document in policies.items():
+        iam.put_role_policy(RoleName=name, PolicyName=policy_name, PolicyDocument=json.dumps(document))
+    for page in iam.get_paginator("list_role_policies").paginate(RoleName=name):
+        for stale in set(page["PolicyNames"]) - set(policies):
+            iam.delete_role_policy(RoleName=name, PolicyName=stale)
     return str(arn)
 
 
@@ -196,6 +151,16 @@ def _ensure_table(ddb: Any, name: str) -> None:
         if _code(exc) != "ResourceInUseException":
             raise
     ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100})
+
+
+def _ensure_log_group(logs: Any, name: str, retention_days: int = 14) -> None:
+    """A function's log group, created ahead of it as Terraform does (its role may only write to it)."""
+    try:
+        logs.create_log_group(logGroupName=name)
+    except ClientError as exc:
+        if _code(exc) != "ResourceAlreadyExistsException":
+            raise
+    logs.put_retention_policy(logGroupName=name, retentionInDays=retention_days)
 
 
 def _ensure_event_bus(events: Any, name: str) -> None:
@@ -277,10 +242,14 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
     queue_url, _ = _ensure_queue(sqs, r.queue, r)
     _ensure_event_bus(events, r.event_bus)
 
-    function_arns = {key: r.function_arn(key) for key in r.functions}
-    policies = _role_policies(r, function_arns)
-    roles = {key: _ensure_role(client("iam"), name, *policies[key]) for key, name in role_names(r).items()}
+    # The very documents Terraform attaches (terraform/policies/*.json.tftpl), with the functions'
+    # unqualified ARNs: the local state machine invokes those, the deployed one their "live" alias.
+    policies = role_policies(r, sinks=KNOWN_SINKS)
+    services = role_services(r)
+    roles = {key: _ensure_role(client("iam"), name, services[key], policies[key]) for key, name in role_names(r).items()}
 
+    for key in r.functions:
+        _ensure_log_group(client("logs"), function_log_group(r, key))
     uri = image_uri(r)
     awslambda = client("lambda")
     function_arns = {key: _ensure_function(awslambda, r, key, roles[key], uri, queue_url) for key in r.functions}

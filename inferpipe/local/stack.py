@@ -31,6 +31,7 @@ import boto3
 from botocore.config import Config
 
 from inferpipe.local import bridge
+from inferpipe.local.faults import AwsFaultInjector, FaultMiddleware
 from inferpipe.local.provision import Provisioned, provision
 from inferpipe.local.spec import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
 
@@ -93,6 +94,8 @@ class LocalStack:
         self._saved_config: Any = None
         self._threads_before: set[threading.Thread] = set()
         self._werkzeug_level: int | None = None
+        #: Faults at the AWS edge (see :mod:`inferpipe.local.faults`); also :meth:`inject_aws_faults`.
+        self.aws_faults = AwsFaultInjector()
 
     @classmethod
     def active(cls) -> LocalStack | None:
@@ -123,6 +126,8 @@ class LocalStack:
             werkzeug.setLevel(logging.WARNING)  # not one line per request
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
             self._server.start()
+            wsgi = self._server._server  # werkzeug's server: every request goes through its .app
+            wsgi.app = FaultMiddleware(wsgi.app, self.aws_faults)
             self._port = int(self._server.get_host_and_port()[1])
             os.environ.update(
                 {
@@ -167,6 +172,7 @@ class LocalStack:
                     server.server_close()
         finally:
             self._server = None
+            self.aws_faults.clear()
             bridge.uninstall()
             self._restore_config()
             self._restore_env()
@@ -233,6 +239,15 @@ class LocalStack:
     def inject_failures(self, function_key: str, count: int = 1, error_type: str = bridge.THROTTLED) -> None:
         """The next ``count`` invocations of a function ("preprocess", "inference", "sink") fail."""
         bridge.inject_failures(self.resources.functions[function_key].name, count, error_type)
+
+    def inject_aws_faults(
+        self, service: str, operation: str, count: int = 1, *, status: int | None = None, code: str | None = None, match: str | None = None
+    ) -> None:
+        """The next ``count`` requests of an AWS API (e.g. "dynamodb", "PutItem") answer a throttle or 5xx.
+
+        See :mod:`inferpipe.local.faults`: the error is sent at the HTTP edge, in the service's wire format.
+        """
+        self.aws_faults.inject(service, operation, count, status=status, code=code, match=match)
 
     def delivery_failures(self) -> list[bridge.DeliveryFailure]:
         """Events the trigger rule could not turn into executions."""

@@ -68,7 +68,8 @@ def executions_for_key(stack: Any, key: str, timeout: float = 30.0) -> list[dict
         found = []
         for summary in sfn.list_executions(stateMachineArn=stack.state_machine_arn, maxResults=1000)["executions"]:
             described = sfn.describe_execution(executionArn=summary["executionArn"])
-            detail = json.loads(described["input"]).get("detail", {})
+            parsed = json.loads(described["input"])  # any JSON: invalid inputs are executions too
+            detail = parsed.get("detail", {}) if isinstance(parsed, dict) else {}
             if detail.get("object", {}).get("key") == key:
                 found.append(described)
         if found or time.monotonic() > deadline:
@@ -163,7 +164,7 @@ class SinkReader:
             ExpressionAttributeNames={"#o": "object"},
             ExpressionAttributeValues={":o": {"S": f"s3://{bucket}/{key}"}},
         )["Items"]
-        found["dynamodb"] = items
+        found["dynamodb"] = [item for item in items if item.get("status", {}).get("S") == "SUCCEEDED"]  # predictions, not failure records
         return found
 
 

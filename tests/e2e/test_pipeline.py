@@ -21,7 +21,11 @@ def _upload(stack: Any, key: str, data: bytes) -> str | None:
 def _task_attempts(events: list[dict[str, Any]], state: str) -> int:
     """How many times a Task state scheduled its Lambda (1 = no retry)."""
     entered = [e["id"] for e in events if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == state]
-    return sum(1 for e in events if e["type"] == "LambdaFunctionScheduled" and entered and e["id"] > entered[0])
+    if not entered:
+        return 0
+    # Until the next state is entered (the failure-recording task schedules a Lambda too).
+    left = min((e["id"] for e in events if e["id"] > entered[0] and e["type"].endswith("StateEntered")), default=10**9)
+    return sum(1 for e in events if e["type"] == "LambdaFunctionScheduled" and entered[0] < e["id"] < left)
 
 
 @pytest.mark.parametrize("label", ["circle", "checkerboard"])

@@ -90,7 +90,9 @@ def _machine_with_pipeline_policies(stack: LocalStack, function_arn: str) -> str
     sfn = stack.client("stepfunctions")
     pipeline = json.loads(sfn.describe_state_machine(stateMachineArn=stack.state_machine_arn)["definition"])
     preprocess = pipeline["States"]["Preprocess"]
-    next_state = {"PipelineFailed": "Failed", "DescribeUnexpectedError": "Unexpected"}
+    # The pipeline's known errors (first Catch) and everything else (States.ALL, last Catch).
+    def next_state(catch: dict[str, Any]) -> str:
+        return "Unexpected" if catch["ErrorEquals"] == ["States.ALL"] else "Failed"
     definition = {
         "StartAt": "Task",
         "States": {
@@ -98,7 +100,7 @@ def _machine_with_pipeline_policies(stack: LocalStack, function_arn: str) -> str
                 "Type": "Task",
                 "Resource": function_arn,
                 "Retry": preprocess["Retry"],
-                "Catch": [{**catch, "Next": next_state[catch["Next"]]} for catch in preprocess["Catch"]],
+                "Catch": [{**catch, "Next": next_state(catch)} for catch in preprocess["Catch"]],
                 "End": True,
             },
             "Failed": {"Type": "Fail", "ErrorPath": "$.error.Error", "CausePath": "$.error.Cause"},
@@ -367,9 +369,13 @@ def test_the_bridge_runs_each_handler_with_exactly_its_own_environment(
     # WHEN two functions with different environments are invoked concurrently, several times
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(invoke, ["a", "b"] * 6))
-    # THEN each invocation saw exactly its function's variables, event and context
+    # THEN each invocation saw exactly its function's variables (plus, as in Lambda, its role's
+    # credentials), event and context
+    credential_keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
     for key, result in results:
-        assert result["environment"] == test_functions[key]["environment"]
+        environment = dict(result["environment"])
+        assert all(environment.pop(name) for name in credential_keys)
+        assert environment == test_functions[key]["environment"]
         assert result["event"] == {"asked": key}
         assert result["function_name"] == test_functions[key]["name"]
         assert result["invoked_function_arn"] == test_functions[key]["arn"]

@@ -57,7 +57,7 @@ def test_rendering_refuses_an_unbound_placeholder() -> None:
 def test_tasks_retry_exactly_the_transient_errors_and_catch_the_permanent_ones() -> None:
     definition = json.loads(ASL_PATH.read_text())
     tasks = dict(_tasks(definition["States"]))
-    assert set(tasks) == {"Preprocess", "Inference", "Deliver"}
+    assert set(tasks) == {"Preprocess", "Inference", "Deliver", "RecordFailure"}
     for name, task in tasks.items():
         retried = {error for rule in task["Retry"] for error in rule["ErrorEquals"]}
         assert set(TRANSIENT_ERROR_NAMES) <= retried, name
@@ -70,6 +70,46 @@ def test_tasks_retry_exactly_the_transient_errors_and_catch_the_permanent_ones()
         caught = {error for rule in definition["States"][name]["Catch"] for error in rule["ErrorEquals"]}
         assert set(PERMANENT_ERROR_NAMES) <= caught, name
         assert definition["States"][name]["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
+
+
+def _reachable(states: dict[str, Any], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        state = states[name]
+        nexts = [state.get("Next"), state.get("Default")]
+        nexts += [rule.get("Next") for rule in state.get("Choices", []) + state.get("Catch", [])]
+        todo += [n for n in nexts if n]
+    return seen
+
+
+def test_every_failure_path_records_the_failure_then_fails_and_recording_never_loops() -> None:
+    definition = json.loads(ASL_PATH.read_text())
+    states = definition["States"]
+    # Every Catch of every top-level state, and the invalid-input branch, reaches RecordFailure.
+    starts = [rule["Next"] for state in states.values() for rule in state.get("Catch", []) if state.get("Type") != "Task" or rule["Next"] != "PipelineFailed"]
+    starts.append(states["DetectInput"]["Default"])
+    starts.append(next(rule["Next"] for rule in states["AllDelivered"]["Choices"]))
+    for start in starts:
+        if start == "PipelineFailed":
+            continue
+        assert "RecordFailure" in _reachable(states, start), start
+    # The only Fail state is reached only through RecordFailure (or its own Catch).
+    fails = [name for name, state in states.items() if state["Type"] == "Fail"]
+    assert fails == ["PipelineFailed"]
+    record = states["RecordFailure"]
+    assert record["Resource"] == "${SinkFunctionArn}" and record["Parameters"]["mode"] == "failure"
+    assert record["Next"] == "PipelineFailed"
+    assert record["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure_record_error", "Next": "PipelineFailed"}]
+    assert {e for rule in record["Retry"] for e in rule["ErrorEquals"]} >= set(TRANSIENT_ERROR_NAMES)
+    assert states["PipelineFailed"]["ErrorPath"] == "$.failure.error"
+    # Each Map branch catches its own failure, so one sink failing never stops the others.
+    deliver = states["FanOut"]["ItemProcessor"]["States"]["Deliver"]
+    assert deliver["Catch"][0]["ErrorEquals"] == ["States.ALL"]
 
 
 def test_each_task_times_out_after_its_function_would() -> None:

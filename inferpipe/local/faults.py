@@ -1,0 +1,194 @@
+"""Fault injection at the AWS edge of the local stack: the next N matching API calls fail.
+
+A WSGI middleware in front of moto's server answers matching requests with the error AWS itself
+would send (throttling or a 5xx), in the wire format of the service's protocol, *before* moto sees
+them. Every AWS SDK call of every function goes through it, so the functions' real error handling
+runs: botocore's own retries first (the functions' clients: standard mode, ``max_attempts=3``
+retries, i.e. 4 requests), then our mapping onto
+``TransientError``, then the state machine's Retry. Nothing in ``functions/`` is patched.
+
+Example::
+
+    stack.inject_aws_faults("dynamodb", "PutItem", count=3)                 # ProvisionedThroughputExceeded
+    stack.inject_aws_faults("s3", "GetObject", count=4, match="incoming/cat.jpg")   # 503 SlowDown
+    stack.inject_aws_faults("sqs", "SendMessage", count=1, status=500, code="InternalError")
+    stack.aws_faults.pending()      # faults not yet used
+    stack.aws_faults.fired()        # (service, operation, code) of every fault answered so far
+
+``count`` is a number of HTTP requests, so with the functions' 4 requests per call ``count<=3`` is
+absorbed by the SDK and ``count>=4`` surfaces as an error of the call (a TransientError for a
+throttle or 5xx, which the state machine retries). ``match`` narrows a rule to
+requests whose path (URL-decoded), query string or body contains the text: a bucket, key, table
+or queue name. Operations are identified for the JSON protocols (X-Amz-Target: DynamoDB,
+EventBridge, SQS, Step Functions), the query protocol (Action=: SNS, older SQS) and S3's REST
+operations on objects (GetObject, HeadObject, PutObject, DeleteObject). Lambda invocations made by
+the state machine are faulted with ``stack.inject_failures`` instead (moto's interpreter does not
+name HTTP errors of a Lambda task the way Step Functions does).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+#: What each service answers by default: (HTTP status, error code).
+DEFAULT_ERRORS: dict[str, tuple[int, str]] = {
+    "s3": (503, "SlowDown"),
+    "dynamodb": (400, "ProvisionedThroughputExceededException"),
+    "sns": (400, "Throttling"),
+    "sqs": (400, "ThrottlingException"),
+    "events": (400, "ThrottlingException"),
+    "states": (400, "ThrottlingException"),
+}
+_SCOPE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request")
+_MAX_BODY_PEEK = 1024 * 1024
+
+
+@dataclass
+class FaultRule:
+    service: str
+    operation: str
+    remaining: int
+    status: int
+    code: str
+    match: str | None = None
+
+
+class AwsFaultInjector:
+    """Thread-safe rules: the next ``count`` requests of (service, operation[, match]) fail."""
+
+    def __init__(self) -> None:
+        self._rules: list[FaultRule] = []
+        self._fired: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+
+    def inject(
+        self,
+        service: str,
+        operation: str,
+        count: int = 1,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        match: str | None = None,
+    ) -> None:
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        default_status, default_code = DEFAULT_ERRORS.get(service, (503, "ServiceUnavailable"))
+        rule = FaultRule(service, operation, count, status or default_status, code or default_code, match)
+        with self._lock:
+            self._rules.append(rule)
+
+    def take(self, service: str, operation: str, haystack: Callable[[], str]) -> FaultRule | None:
+        with self._lock:
+            candidates = [r for r in self._rules if r.remaining > 0 and r.service == service and r.operation == operation]
+            if not candidates:
+                return None
+            text = haystack() if any(r.match for r in candidates) else ""
+            for rule in candidates:
+                if rule.match is None or rule.match in text:
+                    rule.remaining -= 1
+                    self._fired.append((service, operation, rule.code))
+                    return rule
+        return None
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(r.remaining for r in self._rules)
+
+    def fired(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            return list(self._fired)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+            self._fired.clear()
+
+
+def _service(environ: dict[str, Any]) -> str:
+    found = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return found.group(1) if found else ""
+
+
+def _s3_operation(method: str, path: str, query: str) -> str:
+    parts = [p for p in path.split("/") if p]
+    if len(parts) < 2 or any(q.split("=")[0] in ("uploads", "uploadId", "tagging", "acl", "retention") for q in query.split("&") if q):
+        return ""
+    return {"GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject"}.get(method, "")
+
+
+def _error_body(service: str, protocol: str, rule: FaultRule) -> tuple[bytes, str]:
+    message = f"Injected fault (inferpipe.local.faults): {rule.code}"
+    request_id = str(uuid.uuid4())
+    if protocol == "json":
+        return json.dumps({"__type": rule.code, "message": message}).encode(), "application/x-amz-json-1.0"
+    if protocol == "query":
+        body = (
+            f"<ErrorResponse><Error><Type>Sender</Type><Code>{rule.code}</Code><Message>{message}</Message></Error>"
+            f"<RequestId>{request_id}</RequestId></ErrorResponse>"
+        )
+        return body.encode(), "text/xml"
+    body = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{rule.code}</Code><Message>{message}</Message><RequestId>{request_id}</RequestId></Error>"
+    return body.encode(), "application/xml"
+
+
+class FaultMiddleware:
+    """WSGI middleware: answers requests that match an injected fault, passes the rest to ``app``."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], injector: AwsFaultInjector) -> None:
+        self.app = app
+        self.injector = injector
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if self.injector.pending():
+            answered = self._maybe_fail(environ, start_response)
+            if answered is not None:
+                return answered
+        return self.app(environ, start_response)
+
+    def _maybe_fail(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes] | None:
+        service = _service(environ)
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = urllib.parse.unquote(environ.get("PATH_INFO", ""))
+        query = environ.get("QUERY_STRING", "")
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        body = b""
+        if service == "s3":
+            protocol, operation = "rest-xml", _s3_operation(method, path, query)
+        else:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            if 0 < length <= _MAX_BODY_PEEK:  # peek, then hand the same bytes on
+                body = environ["wsgi.input"].read(length)
+                environ["wsgi.input"] = io.BytesIO(body)
+            if target:
+                protocol, operation = "json", target.rsplit(".", 1)[-1]
+            else:
+                form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+                protocol, operation = "query", (form.get("Action") or [""])[0]
+        if not operation:
+            return None
+
+        def haystack() -> str:
+            return f"{path}?{urllib.parse.unquote(query)}\n{urllib.parse.unquote_plus(body.decode('utf-8', 'replace'))}"
+
+        rule = self.injector.take(service, operation, haystack)
+        if rule is None:
+            return None
+        payload, content_type = _error_body(service, protocol, rule)
+        reason = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}.get(rule.status, "Error")
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(payload)))]
+        if protocol == "json" and service == "sqs":
+            headers.append(("x-amzn-query-error", f"{rule.code};Sender"))
+        start_response(f"{rule.status} {reason}", headers)
+        return [payload]  # the server sends no body for HEAD
+
+
+__all__ = ["DEFAULT_ERRORS", "AwsFaultInjector", "FaultMiddleware", "FaultRule"]

@@ -1,0 +1,286 @@
+"""Nothing lost: bad input, duplicates, transient AWS faults and a broken sink, end to end on the local stack.
+
+Every execution that fails leaves a failure record (``failures/`` in the output bucket and a FAILED
+item per object version); every success leaves exactly one record per sink, however often the
+same object version is delivered.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+import uuid
+import zlib
+from typing import Any
+
+import pytest
+
+from inferpipe import replay
+from tests.e2e.conftest import DEMO_MODEL_DIR, executions_for_key, image_bytes, wait_for_execution
+
+ALL_SINKS = ("s3", "dynamodb", "sns", "sqs", "eventbridge")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _input_bucket(stack: Any) -> str:
+    return stack.resources.buckets["input"]
+
+
+def _upload(stack: Any, key: str, data: bytes) -> str | None:
+    return stack.client("s3").put_object(Bucket=_input_bucket(stack), Key=key, Body=data).get("VersionId")
+
+
+def _run_upload(stack: Any, key: str, data: bytes, timeout: float = 90.0) -> dict[str, Any]:
+    _upload(stack, key, data)
+    executions = executions_for_key(stack, key)
+    assert len(executions) == 1, f"{len(executions)} executions for {key}"
+    return wait_for_execution(stack, executions[0]["executionArn"], timeout=timeout)
+
+
+def _start(stack: Any, execution_input: Any, name: str | None = None) -> dict[str, Any]:
+    started = stack.client("stepfunctions").start_execution(
+        stateMachineArn=stack.state_machine_arn, name=name or f"t-{uuid.uuid4().hex}", input=json.dumps(execution_input)
+    )
+    return wait_for_execution(stack, started["executionArn"], timeout=90)
+
+
+def failure_record(stack: Any, bucket: str | None, key: str | None, execution_name: str | None = None) -> dict[str, Any] | None:
+    s3 = stack.client("s3")
+    path = f"failures/{bucket}/{key}.json" if bucket else f"failures/_invalid/{execution_name}.json"
+    try:
+        return json.loads(s3.get_object(Bucket=stack.resources.buckets["output"], Key=path)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def table_items(stack: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    return stack.client("dynamodb").query(
+        TableName=stack.resources.table,
+        KeyConditionExpression="#o = :o",
+        ExpressionAttributeNames={"#o": "object"},
+        ExpressionAttributeValues={":o": {"S": f"s3://{bucket}/{key}"}},
+    )["Items"]
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def _png(label: str) -> bytes:
+    return image_bytes(label, fmt="PNG", seed=2)
+
+
+BAD_INPUTS = {
+    "zero-byte": (b"", "NotAnImageError", "empty (0 bytes)"),
+    "not-an-image": (bytes(range(256)) * 8, "NotAnImageError", "is not a JPEG"),
+    "html-named-png": (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "NotAnImageError", "starts like text"),
+    "truncated-jpeg": (image_bytes("circle", seed=4)[:1500], "NotAnImageError", "truncated or corrupt (JPEG)"),
+    "truncated-png": (None, "NotAnImageError", "truncated or corrupt (PNG)"),
+    "gigapixel-png": (_png_header_claiming(100_000, 100_000), "DecompressionBombError", "MAX_IMAGE_PIXELS"),
+}
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_upload_fails_once_with_a_failure_record_naming_the_problem(stack: Any, sinks: Any, case: str) -> None:
+    data, error, says = BAD_INPUTS[case]
+    if data is None:
+        data = _png("ring")[:-200]
+    # GIVEN a key with spaces, '+', '%' and non-ASCII characters
+    key = f"bad/{case} {uuid.uuid4().hex[:4]} +%é.png"
+
+    final = _run_upload(stack, key, data)
+
+    # THEN the execution fails with the error naming the problem...
+    assert final["status"] == "FAILED" and final["error"] == error, final.get("cause")
+    assert says in final["cause"]
+    # ...and the failure record says the same, for exactly this object version
+    record = failure_record(stack, _input_bucket(stack), key)
+    assert record is not None, "no failure record"
+    assert record["error"]["type"] == error and says in record["error"]["message"]
+    assert record["failed_state"] == "Preprocess" and record["execution_id"] == final["executionArn"]
+    assert record["source"]["key"] == key and record["source"]["version_id"]
+    (item,) = table_items(stack, _input_bucket(stack), key)
+    assert item["status"]["S"] == "FAILED" and item["error_type"]["S"] == error
+    assert item["version"]["S"] == record["source"]["version_id"]
+    # AND no sink holds a prediction for it
+    records = sinks.records(_input_bucket(stack), key)
+    assert all(not records[s] for s in ("s3", "sns", "sqs", "eventbridge"))
+
+
+def test_an_object_over_the_size_limit_is_refused_before_download(stack: Any) -> None:
+    # The stack's MAX_OBJECT_BYTES (config/stack.json) is 50 MiB; one byte more is refused from HEAD.
+    limit = int(stack.resources.settings["MAX_OBJECT_BYTES"])
+    key = f"bad/huge {uuid.uuid4().hex[:4]}.jpg"
+    final = _run_upload(stack, key, b"\xff" * (limit + 1))
+    assert final["status"] == "FAILED" and final["error"] == "ObjectTooLargeError"
+    record = failure_record(stack, _input_bucket(stack), key)
+    assert record["error"]["type"] == "ObjectTooLargeError" and str(limit) in record["error"]["message"]
+
+
+def test_an_object_deleted_between_event_and_processing_is_not_found(stack: Any) -> None:
+    # GIVEN an object's "Object Created" event, and the object version deleted since
+    key = f"gone/deleted {uuid.uuid4().hex[:4]}.jpg"
+    first = _run_upload(stack, key, image_bytes("square", seed=9))
+    assert first["status"] == "SUCCEEDED"
+    event = json.loads(first["input"])
+    stack.client("s3").delete_object(Bucket=_input_bucket(stack), Key=key, VersionId=event["detail"]["object"]["version-id"])
+
+    # WHEN the event is processed (a late or duplicate delivery)
+    final = _start(stack, event)
+
+    # THEN ObjectNotFoundError, recorded against that version; the earlier success is not overwritten
+    assert final["status"] == "FAILED" and final["error"] == "ObjectNotFoundError"
+    record = failure_record(stack, _input_bucket(stack), key)
+    assert record["error"]["type"] == "ObjectNotFoundError" and "does not exist" in record["error"]["message"]
+    (item,) = table_items(stack, _input_bucket(stack), key)
+    assert item["status"]["S"] == "SUCCEEDED"
+
+
+def test_a_foreign_bucket_is_a_clear_permanent_error_and_its_events_start_nothing(stack: Any) -> None:
+    # A manual request naming a bucket the pipeline does not own
+    final = _start(stack, {"bucket": "someone-elses-bucket", "key": "cat.jpg"})
+    assert final["status"] == "FAILED" and final["error"] == "ObjectNotFoundError"
+    assert "someone-elses-bucket" in final["cause"]
+    record = failure_record(stack, "someone-elses-bucket", "cat.jpg")
+    assert record is not None and record["error"]["type"] == "ObjectNotFoundError"
+
+    # An S3 event for another bucket does not match the trigger rule: no execution at all
+    key = f"foreign/{uuid.uuid4().hex}.jpg"
+    detail = {"bucket": {"name": "someone-elses-bucket"}, "object": {"key": key, "size": 10}}
+    stack.client("events").put_events(
+        Entries=[{"Source": "aws.s3", "DetailType": "Object Created", "Detail": json.dumps(detail), "EventBusName": "default"}]
+    )
+    time.sleep(1.0)
+    assert executions_for_key(stack, key, timeout=0.5) == []
+
+
+def test_an_input_naming_no_object_is_recorded_under_invalid(stack: Any) -> None:
+    name = f"junk-{uuid.uuid4().hex[:8]}"
+    final = _start(stack, ["not", "an", "event"], name=name)
+    assert final["status"] == "FAILED" and final["error"] == "InvalidInputError"
+    record = failure_record(stack, None, None, execution_name=name)
+    assert record["input"] == ["not", "an", "event"] and record["failed_state"] == "DetectInput"
+
+
+def test_a_later_success_for_the_key_resolves_its_failure_record(stack: Any, sinks: Any) -> None:
+    key = f"fixme/{uuid.uuid4().hex[:6]}.jpg"
+    bad = _run_upload(stack, key, b"not a jpeg")
+    assert bad["status"] == "FAILED" and failure_record(stack, _input_bucket(stack), key) is not None
+
+    good = executions_for_key(stack, key)
+    _upload(stack, key, image_bytes("circle", seed=21))
+    deadline = time.monotonic() + 30
+    while len(good) < 2 and time.monotonic() < deadline:
+        good = executions_for_key(stack, key)
+    newest = max(good, key=lambda e: e["startDate"])
+    assert wait_for_execution(stack, newest["executionArn"])["status"] == "SUCCEEDED"
+
+    assert failure_record(stack, _input_bucket(stack), key) is None  # removed by the s3 sink
+    statuses = sorted(item["status"]["S"] for item in table_items(stack, _input_bucket(stack), key))
+    assert statuses == ["FAILED", "SUCCEEDED"]  # one item per object version: v1 stays failed
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+def test_the_same_object_version_delivered_twice_is_one_record_per_sink(stack: Any, sinks: Any) -> None:
+    key = f"dup/{uuid.uuid4().hex[:6]} twice.jpg"
+    first = _run_upload(stack, key, image_bytes("triangle", seed=5))
+    assert first["status"] == "SUCCEEDED"
+
+    # WHEN the same S3 event arrives again (EventBridge delivers at least once)
+    second = _start(stack, json.loads(first["input"]))
+    assert second["status"] == "SUCCEEDED"
+
+    # THEN still exactly one record everywhere, all with the same record_id
+    records = sinks.records(_input_bucket(stack), key)
+    for sink in ALL_SINKS:
+        assert len(records[sink]) == 1, f"{sink}: {len(records[sink])}"
+    ids = {records[s][0]["record_id"] for s in ("s3", "sns", "sqs", "eventbridge")} | {records["dynamodb"][0]["record_id"]["S"]}
+    assert len(ids) == 1
+    assert records["dynamodb"][0]["execution_id"]["S"] == first["executionArn"]
+
+
+def test_a_replay_with_another_model_replaces_the_item_and_publishes_a_new_record(stack: Any, sinks: Any) -> None:
+    from inferpipe.models import publish
+
+    other = publish(stack.client("s3"), stack.resources.buckets["models"], DEMO_MODEL_DIR, name="demo-alt")
+    key = f"remodel/{uuid.uuid4().hex[:6]}.jpg"
+    assert _run_upload(stack, key, image_bytes("circle", seed=8))["status"] == "SUCCEEDED"
+    again = _start(stack, {"bucket": _input_bucket(stack), "key": key, "model": "demo-alt", "model_version": other.version})
+    assert again["status"] == "SUCCEEDED", again.get("cause")
+
+    records = sinks.records(_input_bucket(stack), key)
+    (item,) = records["dynamodb"]
+    assert item["model"]["S"] == "demo-alt"  # replaced, not added
+    assert records["s3"][0]["model"]["name"] == "demo-alt"
+    assert sorted(r["model"]["name"] for r in records["sqs"]) == ["demo", "demo-alt"]  # two different records
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_transient_faults_everywhere_still_end_in_exactly_one_record_per_sink(stack: Any, sinks: Any) -> None:
+    key = f"faults/{uuid.uuid4().hex[:8]}.jpg"
+    # GIVEN every AWS call of this object's run fails at first: 4 requests = beyond botocore's own
+    # retries (1 + 3), so the functions raise TransientError and the state machine retries them;
+    # 2 requests are absorbed by botocore
+    stack.inject_aws_faults("s3", "GetObject", 4, match=key)
+    stack.inject_aws_faults("dynamodb", "PutItem", 4, match=key)
+    stack.inject_aws_faults("sns", "Publish", 4, match=key)
+    stack.inject_aws_faults("sqs", "SendMessage", 4, match=key, status=500, code="InternalError")
+    stack.inject_aws_faults("events", "PutEvents", 2, match=key)
+    stack.inject_failures("inference", 2)
+
+    final = _run_upload(stack, key, image_bytes("ring", seed=12))
+
+    assert final["status"] == "SUCCEEDED", final.get("cause")
+    assert stack.aws_faults.pending() == 0
+    fired = {(service, operation) for service, operation, _ in stack.aws_faults.fired()}
+    assert {("s3", "GetObject"), ("dynamodb", "PutItem"), ("sns", "Publish"), ("sqs", "SendMessage"), ("events", "PutEvents")} <= fired
+    records = sinks.records(_input_bucket(stack), key)
+    for sink in ALL_SINKS:
+        assert len(records[sink]) == 1, f"{sink}: {len(records[sink])}"
+    assert failure_record(stack, _input_bucket(stack), key) is None
+
+
+def test_a_broken_sink_fails_the_execution_keeps_the_others_and_a_replay_completes_it(stack: Any, sinks: Any) -> None:
+    key = f"broken-sink/{uuid.uuid4().hex[:8]}.jpg"
+    # GIVEN the SQS queue refuses everything for good (as a deleted queue would)
+    stack.inject_aws_faults("sqs", "SendMessage", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue")
+    final = _run_upload(stack, key, image_bytes("checkerboard", seed=3))
+
+    # THEN the execution fails naming the sink; the other four sinks delivered
+    assert final["status"] == "FAILED" and final["error"] == "SinkUnavailableError", final.get("cause")
+    assert "sink 'sqs'" in final["cause"]
+    record = failure_record(stack, _input_bucket(stack), key)
+    assert record["failed_sinks"] == ["sqs"] and record["delivered_sinks"] == ["dynamodb", "eventbridge", "s3", "sns"]
+    before = sinks.records(_input_bucket(stack), key)
+    assert [len(before[s]) for s in ALL_SINKS] == [1, 1, 1, 0, 1]
+
+    # WHEN the queue is fixed and the execution replayed
+    stack.aws_faults.clear()
+    out = io.StringIO()
+    summary = replay.replay(stack.client("stepfunctions"), stack.state_machine_arn, executions=[final["executionArn"]], out=out)
+    (done,) = summary.replayed
+    assert done.final_status == "SUCCEEDED" and done.arn.endswith(final["name"] + "-r1"), out.getvalue()
+
+    # THEN the missing sink is completed and nothing else is duplicated
+    after = sinks.records(_input_bucket(stack), key)
+    assert [len(after[s]) for s in ALL_SINKS] == [1, 1, 1, 1, 1]
+    assert failure_record(stack, _input_bucket(stack), key) is None
+
+    # AND replaying again does nothing: it already succeeded
+    again = replay.replay(stack.client("stepfunctions"), stack.state_machine_arn, executions=[final["executionArn"]], out=io.StringIO())
+    assert not again.replayed and "already replayed successfully" in again.skipped[0].note
