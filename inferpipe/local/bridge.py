@@ -27,6 +27,10 @@
    EventBridge, Step Functions, Lambda and CloudWatch Logs requests, so that with IAM enforcement
    on (:func:`set_iam_enforcement`) every call is checked against the role's statements.
 
+4. **Bursts don't stall.** Clients the bridge itself needs (Step Functions' Lambda tasks, platform
+   logs) are created once per role and reused, and the moto server's per-request listing of its
+   own package directory (done under its global routing lock) is computed once.
+
 Also: moto delivers events through DISABLED rules; the bridge does not.
 
 Fault injection for tests::
@@ -391,21 +395,10 @@ def set_iam_enforcement(enabled: bool) -> None:
 
 def _write_platform_log(fn: Any, context: LambdaContext, environment: Mapping[str, str], started: float) -> None:
     """START/END/REPORT in the function's log group, written under its role as Lambda does (best effort)."""
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from moto.settings import moto_server_port
-
-    logs = None
     try:
-        logs = boto3.session.Session().client(
-            "logs",
-            region_name=fn.region,
-            endpoint_url=f"http://127.0.0.1:{moto_server_port()}",
-            aws_access_key_id=environment["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=environment["AWS_SECRET_ACCESS_KEY"],
-            aws_session_token=environment["AWS_SESSION_TOKEN"],
-        )
+        logs = _stack_client("logs", fn.region, environment)
         request_id = context.aws_request_id
         now = int(time.time() * 1000)
         elapsed = (time.monotonic() - started) * 1000
@@ -421,31 +414,51 @@ def _write_platform_log(fn: Any, context: LambdaContext, environment: Mapping[st
         )
     except (BotoCoreError, ClientError, KeyError) as exc:  # Lambda drops logs it may not write
         _LOG.debug("%s: platform log not written: %s", fn.function_name, exc)
-    finally:
-        if logs is not None:
-            logs.close()
 
 
 def _sfn_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
     """moto's ``boto_client_for`` for Step Functions tasks, signed with the execution role's credentials."""
+    role_arn = getattr(state_credentials, "role_arn", None)
+    if not role_arn:
+        return _originals["boto_client_for"](region=region, service=service, state_credentials=state_credentials)
+    return _stack_client(service, region, role_credentials(role_arn, region), _TASK_CLIENT_CONFIG)
+
+
+#: How moto's interpreter configures its task clients: no SDK retries (the ASL's Retry decides).
+_TASK_CLIENT_CONFIG: dict[str, Any] = {
+    "parameter_validation": False,
+    "retries": {"max_attempts": 0, "total_max_attempts": 1},
+    "read_timeout": 900,
+}
+_stack_clients: dict[tuple[Any, ...], Any] = {}
+
+
+def _stack_client(service: str, region: str, credentials: Mapping[str, str], config: Mapping[str, Any] | None = None) -> Any:
+    """A boto3 client at this process's moto server, signed with ``credentials`` (cached, thread-safe).
+
+    Creating a client loads botocore's service model: tens of milliseconds of CPU under the GIL.
+    Made per invocation, as the bridge once did, it dominated a burst's sink and orchestration time.
+    """
     import boto3
     from botocore.config import Config
 
     from moto.settings import moto_server_port
 
-    role_arn = getattr(state_credentials, "role_arn", None)
-    if not role_arn:
-        return _originals["boto_client_for"](region=region, service=service, state_credentials=state_credentials)
-    credentials = role_credentials(role_arn, region)
-    return boto3.client(
-        service,
-        region_name=region,
-        endpoint_url=f"http://127.0.0.1:{moto_server_port()}",
-        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-        aws_session_token=credentials["AWS_SESSION_TOKEN"],
-        config=Config(parameter_validation=False, retries={"max_attempts": 0, "total_max_attempts": 1}, read_timeout=900),
-    )
+    endpoint = f"http://127.0.0.1:{moto_server_port()}"
+    key = (service, region, endpoint, credentials["AWS_ACCESS_KEY_ID"], json.dumps(config or {}, sort_keys=True))
+    with _lock:
+        existing = _stack_clients.get(key)
+        if existing is None:
+            existing = _stack_clients[key] = boto3.session.Session().client(
+                service,
+                region_name=region,
+                endpoint_url=endpoint,
+                aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+                aws_session_token=credentials["AWS_SESSION_TOKEN"],
+                config=Config(**config) if config else None,
+            )
+        return existing
 
 
 def _arn(response: Any, service: str, resource: str) -> str:
@@ -733,6 +746,13 @@ def install() -> None:
             if "_determine_resource" in cls.__dict__:
                 raise RuntimeError(f"moto now resolves {service} resources itself: drop the bridge's resolver")
             cls._determine_resource = resolver
+        # moto's server lists its own package directory on every request to route it, holding the
+        # one lock every request needs: under a burst, hundreds of requests queued behind it.
+        from moto import backends
+
+        _originals["list_of_moto_modules"] = backends.list_of_moto_modules
+        modules = tuple(backends.list_of_moto_modules())
+        backends.list_of_moto_modules = lambda: modules
 
 
 def uninstall() -> None:
@@ -756,6 +776,13 @@ def uninstall() -> None:
             for cls, _ in _response_classes().values():
                 if "_determine_resource" in cls.__dict__:
                     delattr(cls, "_determine_resource")
+        if "list_of_moto_modules" in _originals:
+            from moto import backends
+
+            backends.list_of_moto_modules = _originals.pop("list_of_moto_modules")
+        for existing in _stack_clients.values():
+            existing.close()
+        _stack_clients.clear()
         _role_credentials.clear()
         _handlers.clear()
         _invocations.clear()

@@ -12,12 +12,15 @@ Example::
     stack.inject_aws_faults("dynamodb", "PutItem", count=3)                 # ProvisionedThroughputExceeded
     stack.inject_aws_faults("s3", "GetObject", count=4, match="incoming/cat.jpg")   # 503 SlowDown
     stack.inject_aws_faults("sqs", "SendMessage", count=1, status=500, code="InternalError")
+    stack.inject_aws_faults("sns", "Publish", count=1, delay=3.0)   # slow, then answered normally
     stack.aws_faults.pending()      # faults not yet used
     stack.aws_faults.fired()        # (service, operation, code) of every fault answered so far
 
 ``count`` is a number of HTTP requests, so with the functions' 4 requests per call ``count<=3`` is
 absorbed by the SDK and ``count>=4`` surfaces as an error of the call (a TransientError for a
-throttle or 5xx, which the state machine retries). ``match`` narrows a rule to
+throttle or 5xx, which the state machine retries). With ``delay`` a matching request is not failed but held for that many seconds and then served:
+a slow AWS call, which is how a function overruns its timeout while its write still happens.
+``match`` narrows a rule to
 requests whose path (URL-decoded), query string or body contains the text: a bucket, key, table
 or queue name. Operations are identified for the JSON protocols (X-Amz-Target: DynamoDB,
 EventBridge, SQS, Step Functions), the query protocol (Action=: SNS, older SQS) and S3's REST
@@ -32,6 +35,7 @@ import io
 import json
 import re
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable
@@ -59,6 +63,7 @@ class FaultRule:
     status: int
     code: str
     match: str | None = None
+    delay: float = 0.0
 
 
 class AwsFaultInjector:
@@ -78,11 +83,14 @@ class AwsFaultInjector:
         status: int | None = None,
         code: str | None = None,
         match: str | None = None,
+        delay: float = 0.0,
     ) -> None:
         if count < 1:
             raise ValueError("count must be at least 1")
+        if delay < 0:
+            raise ValueError("delay must not be negative")
         default_status, default_code = DEFAULT_ERRORS.get(service, (503, "ServiceUnavailable"))
-        rule = FaultRule(service, operation, count, status or default_status, code or default_code, match)
+        rule = FaultRule(service, operation, count, status or default_status, code or default_code, match, delay)
         with self._lock:
             self._rules.append(rule)
 
@@ -95,7 +103,7 @@ class AwsFaultInjector:
             for rule in candidates:
                 if rule.match is None or rule.match in text:
                     rule.remaining -= 1
-                    self._fired.append((service, operation, rule.code))
+                    self._fired.append((service, operation, f"delayed {rule.delay:g} s" if rule.delay else rule.code))
                     return rule
         return None
 
@@ -182,6 +190,9 @@ class FaultMiddleware:
         rule = self.injector.take(service, operation, haystack)
         if rule is None:
             return None
+        if rule.delay:
+            time.sleep(rule.delay)
+            return None  # then served as usual
         payload, content_type = _error_body(service, protocol, rule)
         reason = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}.get(rule.status, "Error")
         headers = [("Content-Type", content_type), ("Content-Length", str(len(payload)))]

@@ -63,9 +63,13 @@ def test_tasks_retry_exactly_the_transient_errors_and_catch_the_permanent_ones()
         assert set(TRANSIENT_ERROR_NAMES) <= retried, name
         assert {"Lambda.ServiceException", "Lambda.TooManyRequestsException", "Lambda.SdkClientException", "Lambda.AWSLambdaException"} <= retried
         assert not retried & set(PERMANENT_ERROR_NAMES), f"{name} retries a permanent error"
+        # A timed-out attempt may still have finished its writes; every task is idempotent, so a
+        # timeout is retried (with back-off: it usually means the service is overloaded).
+        assert {"States.Timeout", "Sandbox.Timedout"} <= retried, name
         for rule in task["Retry"]:
-            if "TransientError" in rule["ErrorEquals"]:
+            if "TransientError" in rule["ErrorEquals"] or "States.Timeout" in rule["ErrorEquals"]:
                 assert rule["BackoffRate"] > 1 and rule.get("JitterStrategy") == "FULL"
+                assert rule["MaxAttempts"] >= 2, name
     for name in ("Preprocess", "Inference", "FanOut"):
         caught = {error for rule in definition["States"][name]["Catch"] for error in rule["ErrorEquals"]}
         assert set(PERMANENT_ERROR_NAMES) <= caught, name
