@@ -46,6 +46,8 @@ TRANSIENT_CODES = frozenset(
         "TransactionConflictException",
     }
 )
+#: Error codes S3 answers a read of a key that does not exist with (a HEAD has no body: "404").
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 
 
 def client(service: str) -> Any:
@@ -73,11 +75,19 @@ def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def http_status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def is_not_found(exc: ClientError) -> bool:
+    """True when S3 says the key does not exist (or its bucket: S3 answers NoSuchBucket with a 404)."""
+    return error_code(exc) in _NOT_FOUND_CODES or http_status(exc) == 404
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for throttling, timeouts, connection problems and 5xx answers."""
     if isinstance(exc, ClientError):
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        return error_code(exc) in TRANSIENT_CODES or status >= 500
+        return error_code(exc) in TRANSIENT_CODES or http_status(exc) >= 500
     return isinstance(exc, BotoCoreError)  # endpoint/connection/read-timeout errors
 
 
@@ -86,6 +96,31 @@ def raise_transient(exc: BaseException, what: str) -> NoReturn:
     if is_transient(exc):
         raise TransientError(f"{what}: {exc}") from exc
     raise exc
+
+
+def read_object(s3: Any, bucket: str, key: str, limit: int) -> bytes | None:
+    """GET s3://bucket/key, reading at most ``limit + 1`` bytes (so a caller can tell it is larger
+    than ``limit``); None when the key or its bucket does not exist.
+
+    Other failures raise TransientError when retrying can help, and as they are otherwise.
+
+    Example::
+
+        read_object(s3, "work", "tensors/5e1c….npy", 1 << 20)   # b"\\x93NUMPY…", or None if it is gone
+    """
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        try:
+            data: bytes = body.read(limit + 1)
+        finally:
+            body.close()
+    except ClientError as exc:
+        if is_not_found(exc) or error_code(exc) == "NoSuchBucket":
+            return None
+        raise_transient(exc, f"GetObject s3://{bucket}/{key}")
+    except BotoCoreError as exc:
+        raise_transient(exc, f"GetObject s3://{bucket}/{key}")
+    return data
 
 
 def reset_clients() -> None:

@@ -24,10 +24,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from functions.common import aws
-from functions.common.aws import error_code, raise_transient
+from functions.common.aws import is_not_found, read_object  # is_not_found: for inferpipe.models too
 from functions.common.errors import InvalidRequestError, ModelIntegrityError, ModelNotFoundError
 from functions.common.manifest import MANIFEST_FILE, Manifest, verify_file
 
@@ -35,7 +33,6 @@ ROOT = "models/"
 #: Model names, versions and aliases become S3 key segments: no '/', no leading dot.
 SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SAFE_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 _MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few KB; refuse to read a huge object as one
 _MAX_ALIAS_BYTES = 64 << 10
 _MANIFEST_CACHE_ENTRIES = 256
@@ -69,11 +66,6 @@ def alias_key(name: str, alias: str) -> str:
     return f"{ROOT}{name}/aliases/{alias}.json"
 
 
-def is_not_found(exc: ClientError) -> bool:
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return error_code(exc) in _NOT_FOUND_CODES or status == 404
-
-
 def _shorten(items: list[str]) -> str:
     if not items:
         return "none"
@@ -105,22 +97,8 @@ class ModelStore:
 
     def _get(self, key: str, limit: int, what: str) -> bytes | None:
         """The object's bytes (at most ``limit``), None if it does not exist."""
-        try:
-            response = self.s3.get_object(Bucket=self.bucket, Key=key)
-            body = response["Body"]
-            try:
-                data: bytes = body.read(limit + 1)
-            finally:
-                body.close()
-        except ClientError as exc:
-            if is_not_found(exc):
-                return None
-            if error_code(exc) == "NoSuchBucket":
-                raise ModelNotFoundError(f"{what}: the model bucket {self.bucket!r} does not exist") from exc
-            raise_transient(exc, f"GetObject s3://{self.bucket}/{key}")
-        except BotoCoreError as exc:
-            raise_transient(exc, f"GetObject s3://{self.bucket}/{key}")
-        if len(data) > limit:
+        data = read_object(self.s3, self.bucket, key, limit)
+        if data is not None and len(data) > limit:
             raise ModelIntegrityError(f"{what}: s3://{self.bucket}/{key} is larger than {limit} bytes")
         return data
 
@@ -247,4 +225,25 @@ class ModelStore:
         return sorted(p["Prefix"][len(ROOT) : -1] for p in response.get("CommonPrefixes", []))
 
 
-__all__ = ["ModelStore", "alias_key", "check_name", "manifest_key", "version_prefix"]
+_stores_lock = threading.Lock()
+
+
+def cached_store(stores: dict[str, ModelStore], bucket: str) -> ModelStore:
+    """``stores[bucket]``, created on first use.
+
+    A handler keeps ``stores`` at module level, so a warm Lambda reuses its stores (and their
+    manifest caches) from one invocation to the next; clearing or replacing it is a cold start.
+
+    Example::
+
+        _stores: dict[str, ModelStore] = {}
+        manifest = cached_store(_stores, bucket).resolve("demo", "prod")
+    """
+    with _stores_lock:
+        store = stores.get(bucket)
+        if store is None:
+            store = stores[bucket] = ModelStore(bucket)
+        return store
+
+
+__all__ = ["ModelStore", "alias_key", "cached_store", "check_name", "is_not_found", "manifest_key", "version_prefix"]

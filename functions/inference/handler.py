@@ -12,14 +12,13 @@ import threading  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np
-from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.common import config
-from functions.common.aws import client, error_code, raise_transient
+from functions.common.aws import client, read_object
 from functions.common.errors import InvalidRequestError, ObjectNotFoundError
 from functions.common.log import bind, logger, object_uri
 from functions.common.manifest import Manifest
-from functions.common.model_store import ModelStore, is_not_found
+from functions.common.model_store import ModelStore, cached_store
 from functions.common.request import Job, TensorRef
 from functions.inference.core import LoadedModel, ModelCache, load_model, predict
 
@@ -35,14 +34,6 @@ _cache: ModelCache | None = None
 #: The cold start of this process in parts (import, fetch, load, first_forward), reported once.
 _init: dict[str, Any] = {"import": IMPORT_MS}
 _init_reported = False
-
-
-def _model_store(bucket: str) -> ModelStore:
-    with _lock:
-        store = _stores.get(bucket)
-        if store is None:
-            store = _stores[bucket] = ModelStore(bucket)
-        return store
 
 
 def model_cache() -> ModelCache:
@@ -66,7 +57,7 @@ def get_model(name: str, version: str, timings: dict[str, float]) -> tuple[Loade
     if cached is not None:
         return cached, True
     started = time.perf_counter()
-    store = _model_store(config.require(config.MODEL_BUCKET))
+    store = cached_store(_stores, config.require(config.MODEL_BUCKET))
     manifest = store.resolve(name, version)  # an exact version's manifest is cached by the store
     timings["fetch_model"] = (time.perf_counter() - started) * 1000.0
 
@@ -100,18 +91,9 @@ def read_tensor(s3: Any, ref: TensorRef) -> np.ndarray:
     """The stored ``.npy`` tensor, checked against the shape and dtype the job announced."""
     uri = object_uri(ref.bucket, ref.key)
     expected_bytes = 4 * int(np.prod(ref.shape)) + _NPY_HEADER_SLACK
-    try:
-        body = s3.get_object(Bucket=ref.bucket, Key=ref.key)["Body"]
-        try:
-            data: bytes = body.read(expected_bytes + 1)
-        finally:
-            body.close()
-    except ClientError as exc:
-        if is_not_found(exc) or error_code(exc) == "NoSuchBucket":
-            raise ObjectNotFoundError(f"the preprocessed tensor {uri} does not exist (expired or never stored)") from exc
-        raise_transient(exc, f"GetObject {uri}")
-    except BotoCoreError as exc:
-        raise_transient(exc, f"GetObject {uri}")
+    data = read_object(s3, ref.bucket, ref.key, expected_bytes)
+    if data is None:
+        raise ObjectNotFoundError(f"the preprocessed tensor {uri} does not exist (expired or never stored)")
     if len(data) > expected_bytes:
         raise InvalidRequestError(f"the tensor {uri} is larger than a {list(ref.shape)} float32 array")
     try:

@@ -11,16 +11,18 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from functions.common.aws import error_code, raise_transient
+from functions.common.aws import error_code, http_status, raise_transient
 from functions.common.config import ImageLimits
 from functions.common.errors import (
     DecompressionBombError,
@@ -57,7 +59,7 @@ def _where(source: SourceObject) -> str:
 def _raise_s3_error(exc: ClientError, source: SourceObject, action: str) -> NoReturn:
     """Map an S3 failure on the source object onto the error taxonomy (always raises)."""
     code = error_code(exc)
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    status = http_status(exc)
     where = _where(source)
     if code == "NoSuchBucket":
         raise ObjectNotFoundError(f"{where} does not exist: there is no bucket {source.bucket!r}") from exc
@@ -192,6 +194,26 @@ def _bomb(name: str, limits: ImageLimits, exc: BaseException) -> DecompressionBo
     )
 
 
+@contextlib.contextmanager
+def _untrusted(name: str, limits: ImageLimits, corrupt: str) -> Iterator[None]:
+    """Run Pillow on untrusted bytes: a decompression bomb becomes DecompressionBombError, any other
+    failure (but our own NotAnImageError and MemoryError) ``NotAnImageError("<corrupt>: <reason>")``.
+
+    Pillow warns (1x-2x its global MAX_IMAGE_PIXELS) or raises (above 2x): both are refusals here.
+    The filter is local to the block; the global Pillow limit is never changed.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _bomb(name, limits, exc) from None
+        except (MemoryError, NotAnImageError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any parser or decoder failure on untrusted bytes
+            raise NotAnImageError(f"{corrupt}: {exc}") from None
+
+
 def _orient(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation, if any; unreadable EXIF leaves the image as stored."""
     try:
@@ -267,33 +289,18 @@ def decode_image(
     """
     if not data:
         raise NotAnImageError(f"{name} is empty (0 bytes)")
-    # Pillow warns (1x-2x its global MAX_IMAGE_PIXELS) or raises (above 2x): both are refusals
-    # here. The filter is local to this block; the global Pillow limit is never changed.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with _untrusted(name, limits, f"{name} has a corrupt image header"):
         try:
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         except UnidentifiedImageError:
             raise NotAnImageError(
                 f"{name} ({len(data)} bytes) is not a {', '.join(ACCEPTED_FORMATS)} image{_sniff(data)}"
             ) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _bomb(name, limits, exc) from None
-        except MemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes
-            raise NotAnImageError(f"{name} has a corrupt image header: {exc}") from None
-        _check_pixels(image.size, limits, name)
-        try:
-            if target is not None and image.format in _JPEG_FORMATS:
-                image.draft("RGB", _draft_size(target))
-            image.load()  # the full decode: truncated data fails here
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _bomb(name, limits, exc) from None
-        except MemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes
-            raise NotAnImageError(f"{name} is truncated or corrupt ({image.format}): {exc}") from None
+    _check_pixels(image.size, limits, name)
+    with _untrusted(name, limits, f"{name} is truncated or corrupt ({image.format})"):
+        if target is not None and image.format in _JPEG_FORMATS:
+            image.draft("RGB", _draft_size(target))
+        image.load()  # the full decode: truncated data fails here
     _check_pixels(image.size, limits, name)
     image = _orient(image)
     try:

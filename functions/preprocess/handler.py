@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,7 @@ from functions.common.aws import client
 from functions.common.config import ImageLimits
 from functions.common.errors import InferpipeError, InvalidRequestError
 from functions.common.log import bind, logger, object_uri
-from functions.common.model_store import ModelStore
+from functions.common.model_store import ModelStore, cached_store
 from functions.common.request import Job, ModelRef, Request, TensorRef
 from functions.preprocess.core import decode_image, fetch_object, head_object, store_tensor
 from functions.preprocess.transform import to_tensor
@@ -24,15 +23,6 @@ DEFAULT_WORK_PREFIX = "tensors/"
 
 # One model store per model bucket, reused by every invocation of a warm Lambda.
 _stores: dict[str, ModelStore] = {}
-_stores_lock = threading.Lock()
-
-
-def _model_store(bucket: str) -> ModelStore:
-    with _stores_lock:
-        store = _stores.get(bucket)
-        if store is None:
-            store = _stores[bucket] = ModelStore(bucket)
-        return store
 
 
 @contextlib.contextmanager
@@ -81,7 +71,7 @@ def _preprocess(event: Any) -> dict[str, Any]:
         source, metadata = head_object(s3, request.source, limits)
         request = request.with_object_options(metadata)
     with _timed(timings, "resolve_model"):
-        manifest = _model_store(model_bucket).resolve(request.model.name, request.model.version)
+        manifest = cached_store(_stores, model_bucket).resolve(request.model.name, request.model.version)
     model = ModelRef(name=manifest.name, version=manifest.version)
     bind(
         execution_id=execution_id,

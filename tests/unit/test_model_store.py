@@ -16,7 +16,8 @@ from mxnet.gluon.model_zoo.vision import BasicBlockV1, ResNetV1
 
 from functions.common.errors import InvalidRequestError, ModelIntegrityError, ModelNotFoundError, TransientError
 from functions.common.manifest import MANIFEST_FILE, InputSpec, Manifest, sha256_bytes
-from functions.common.model_store import ModelStore, manifest_key, version_prefix
+from functions.common.aws import read_object
+from functions.common.model_store import ModelStore, cached_store, manifest_key, version_prefix
 from inferpipe.models import export_package, list_versions, load_package_dir, publish, set_alias
 
 BUCKET = "models-bucket"
@@ -191,3 +192,25 @@ def test_s3_throttling_is_transient() -> None:
 
     with pytest.raises(TransientError, match="GetObject"):
         ModelStore(BUCKET, Throttled()).resolve("tiny", "prod")
+
+
+def test_a_read_stops_one_byte_past_its_limit_and_a_missing_key_or_bucket_is_none(s3: Any) -> None:
+    s3.put_object(Bucket=BUCKET, Key="ten", Body=b"0123456789")
+    assert read_object(s3, BUCKET, "ten", 4) == b"01234"  # one byte more: the caller sees it is too large
+    assert read_object(s3, BUCKET, "ten", 10) == b"0123456789"
+    assert read_object(s3, BUCKET, "missing", 4) is None
+    assert read_object(s3, "no-such-bucket", "ten", 4) is None
+
+
+def test_a_missing_model_bucket_is_model_not_found(s3: Any) -> None:
+    with pytest.raises(ModelNotFoundError, match="model tiny has no published version or alias 'prod'"):
+        ModelStore("no-such-bucket", s3).resolve("tiny", "prod")
+
+
+def test_a_warm_process_keeps_one_store_per_bucket_until_its_cache_is_cleared() -> None:
+    stores: dict[str, ModelStore] = {}
+    first = cached_store(stores, BUCKET)
+    assert cached_store(stores, BUCKET) is first
+    assert cached_store(stores, "other-bucket").bucket == "other-bucket" and len(stores) == 2
+    stores.clear()  # a cold start
+    assert cached_store(stores, BUCKET) is not first
