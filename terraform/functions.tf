@@ -12,6 +12,8 @@ locals {
   # a request for it with SinkNotConfiguredError. A name stack.json adds without a value here
   # fails the plan ("no such key"), never silently.
   function_environment = merge(local.settings, {
+    INPUT_BUCKET          = aws_s3_bucket.this["input"].bucket
+    INPUT_KEY_PREFIX      = var.input_key_prefix
     MODEL_BUCKET          = aws_s3_bucket.this["models"].bucket
     WORK_BUCKET           = aws_s3_bucket.this["work"].bucket
     OUTPUT_BUCKET         = try(aws_s3_bucket.this["output"].bucket, "")

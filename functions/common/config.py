@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+INPUT_BUCKET = "INPUT_BUCKET"
+INPUT_KEY_PREFIX = "INPUT_KEY_PREFIX"
 MODEL_BUCKET = "MODEL_BUCKET"
 WORK_BUCKET = "WORK_BUCKET"
 OUTPUT_BUCKET = "OUTPUT_BUCKET"

@@ -51,6 +51,24 @@ _WHITE = (255, 255, 255, 255)
 # --------------------------------------------------------------------------- fetch
 
 
+def check_owned(source: SourceObject, input_bucket: str | None, key_prefix: str | None) -> None:
+    """Refuse an object outside what the pipeline owns: its input bucket and, if set, its key prefix.
+
+    The trigger rule only starts executions for those objects; this catches manual requests (and
+    replays of edited input) that name anything else, which the function could not read anyway.
+    Unset values switch the check off (unit tests, a function run on its own).
+    """
+    if input_bucket and source.bucket != input_bucket:
+        raise InvalidRequestError(
+            f"s3://{source.bucket}/{source.key}: bucket '{source.bucket}' is not this pipeline's input "
+            f"bucket '{input_bucket}'; upload the image there"
+        )
+    if key_prefix and not source.key.startswith(key_prefix):
+        raise InvalidRequestError(
+            f"s3://{source.bucket}/{source.key}: key is outside the pipeline's input prefix '{key_prefix}'"
+        )
+
+
 def _where(source: SourceObject) -> str:
     where = f"s3://{source.bucket}/{source.key}"
     return f"{where} (version {source.version_id})" if source.version_id else where

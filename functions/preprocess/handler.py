@@ -16,7 +16,7 @@ from functions.common.errors import InferpipeError, InvalidRequestError
 from functions.common.log import bind, logger, object_uri
 from functions.common.model_store import ModelStore, cached_store
 from functions.common.request import Job, ModelRef, Request, TensorRef
-from functions.preprocess.core import decode_image, fetch_object, head_object, store_tensor
+from functions.preprocess.core import check_owned, decode_image, fetch_object, head_object, store_tensor
 from functions.preprocess.transform import to_tensor
 
 DEFAULT_WORK_PREFIX = "tensors/"
@@ -59,6 +59,7 @@ def _preprocess(event: Any) -> dict[str, Any]:
         model=f"{request.model.name}:{request.model.version}",
     )
 
+    check_owned(request.source, config.optional(config.INPUT_BUCKET), config.optional(config.INPUT_KEY_PREFIX))
     limits = ImageLimits.from_env()
     model_bucket = config.require(config.MODEL_BUCKET)
     work_bucket = config.require(config.WORK_BUCKET)

@@ -272,6 +272,8 @@ def function_environment(resources: Resources, function_key: str, *, queue_url: 
     ['OUTPUT_BUCKET', 'OUTPUT_PREFIX']
     """
     values: dict[str, str] = {
+        "INPUT_BUCKET": resources.buckets["input"],
+        "INPUT_KEY_PREFIX": "",  # the local stack owns its whole input bucket
         "MODEL_BUCKET": resources.buckets["models"],
         "WORK_BUCKET": resources.buckets["work"],
         "OUTPUT_BUCKET": resources.buckets["output"],

@@ -150,10 +150,11 @@ def test_an_object_deleted_between_event_and_processing_is_not_found(stack: Any)
 def test_a_foreign_bucket_is_a_clear_permanent_error_and_its_events_start_nothing(stack: Any) -> None:
     # A manual request naming a bucket the pipeline does not own
     final = _start(stack, {"bucket": "someone-elses-bucket", "key": "cat.jpg"})
-    assert final["status"] == "FAILED" and final["error"] == "ObjectNotFoundError"
-    assert "someone-elses-bucket" in final["cause"]
+    assert final["status"] == "FAILED" and final["error"] == "InvalidRequestError"
+    assert f"bucket 'someone-elses-bucket' is not this pipeline's input bucket '{_input_bucket(stack)}'" in final["cause"]
     record = failure_record(stack, "someone-elses-bucket", "cat.jpg")
-    assert record is not None and record["error"]["type"] == "ObjectNotFoundError"
+    assert record is not None and record["error"]["type"] == "InvalidRequestError"
+    assert "someone-elses-bucket" in record["error"]["message"]
 
     # An S3 event for another bucket does not match the trigger rule: no execution at all
     key = f"foreign/{uuid.uuid4().hex}.jpg"

@@ -553,3 +553,19 @@ def test_handler_names_bad_object_metadata(stack: dict[str, Any]) -> None:
     stack["s3"].put_object(Bucket="input-bucket", Key="photos/cat.jpg", Body=b"x", Metadata={"inferpipe-top-k": "lots"})
     with pytest.raises(InvalidRequestError, match="inferpipe-top-k='lots'"):
         stack["handler"].lambda_handler(_event(bucket="input-bucket", key="photos/cat.jpg", version_id=None), CONTEXT)
+
+
+# --------------------------------------------------------------------------- ownership
+
+
+def test_an_object_outside_the_input_bucket_or_prefix_is_refused_by_name() -> None:
+    mine = SourceObject(bucket="in-bucket", key="uploads/cat.jpg")
+    core.check_owned(mine, "in-bucket", "uploads/")
+    core.check_owned(mine, "in-bucket", None)  # no prefix configured: the whole bucket
+    core.check_owned(SourceObject(bucket="other", key="x.jpg"), None, None)  # unconfigured: no check
+
+    with pytest.raises(InvalidRequestError, match="bucket 'other' is not this pipeline's input bucket 'in-bucket'"):
+        core.check_owned(SourceObject(bucket="other", key="uploads/cat.jpg"), "in-bucket", "uploads/")
+    with pytest.raises(InvalidRequestError, match="outside the pipeline's input prefix 'uploads/'") as caught:
+        core.check_owned(SourceObject(bucket="in-bucket", key="private/cat.jpg"), "in-bucket", "uploads/")
+    assert "s3://in-bucket/private/cat.jpg" in str(caught.value)
