@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import tempfile
 import time
@@ -47,7 +46,7 @@ from functions.common.manifest import (
     content_version,
     sha256_bytes,
 )
-from functions.inference.core import FUSION_BACKEND, INPUT_NAME, LoadedModel, load_model
+from functions.inference.core import FUSION_BACKEND, INPUT_NAME, LoadedModel, load_model, to_ndarray
 
 #: The op oneDNN fusion (and INT8 quantization, which fuses first) turns conv(+bn)(+relu)(+add) into.
 FUSED_CONV_OP = "_sg_mkldnn_conv"
@@ -69,6 +68,43 @@ def fused_conv_count(symbol: mx.sym.Symbol | str | Mapping[str, Any]) -> int:
     else:
         graph = symbol
     return sum(1 for node in graph.get("nodes", []) if node.get("op") == FUSED_CONV_OP)
+
+
+def graph_macs(symbol: mx.sym.Symbol, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass of an fp32 graph on a ``data`` input of ``input_shape``.
+
+    Counts Convolution (output elements × input channels per group × kernel area) and
+    FullyConnected (output elements × input features), the usual convention; pooling, BatchNorm,
+    activations and additions are not counted. ResNet-50 v1 at 1×3×224×224: 3 857 973 248.
+    """
+    internals = symbol.get_internals()
+    arg_shapes, out_shapes, _ = internals.infer_shape(**{INPUT_NAME: tuple(input_shape)})
+    if arg_shapes is None:
+        raise InvalidRequestError(f"cannot infer the graph's shapes for a {list(input_shape)} input")
+    outputs = dict(zip(internals.list_outputs(), out_shapes))
+    arguments = dict(zip(internals.list_arguments(), arg_shapes))
+    nodes = json.loads(symbol.tojson())["nodes"]
+    total = 0
+    for node in nodes:
+        if node["op"] not in ("Convolution", "FullyConnected"):
+            continue
+        weight = arguments[nodes[node["inputs"][1][0]]["name"]]  # (out, in / groups, *kernel)
+        total += int(np.prod(outputs[node["name"] + "_output"])) * int(np.prod(weight[1:]))
+    return total
+
+
+def quantized_nodes(symbol: mx.sym.Symbol | str | Mapping[str, Any]) -> list[str]:
+    """Names of the oneDNN operators a graph runs in int8 (``_sg_mkldnn_*`` with ``quantized`` true)."""
+    if isinstance(symbol, mx.sym.Symbol):
+        graph = json.loads(symbol.tojson())
+    elif isinstance(symbol, (str, bytes)):
+        graph = json.loads(symbol)
+    else:
+        graph = symbol
+    return [
+        node["name"] for node in graph.get("nodes", [])
+        if node.get("op", "").startswith("_sg_mkldnn") and str(node.get("attrs", {}).get("quantized", "")).lower() == "true"
+    ]
 
 
 def _split_params(params: Mapping[str, mx.nd.NDArray]) -> tuple[dict[str, mx.nd.NDArray], dict[str, mx.nd.NDArray]]:
@@ -96,7 +132,8 @@ def fuse_symbol(symbol: mx.sym.Symbol, params: Mapping[str, mx.nd.NDArray], inpu
     return fused
 
 
-def _symbol_block(symbol: mx.sym.Symbol, params: Mapping[str, mx.nd.NDArray]) -> gluon.SymbolBlock:
+def symbol_block(symbol: mx.sym.Symbol, params: Mapping[str, mx.nd.NDArray]) -> gluon.SymbolBlock:
+    """A SymbolBlock of ``symbol`` (input ``data``) with ``params`` (``arg:``/``aux:`` names) loaded; not hybridized."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         block = gluon.SymbolBlock(symbol, mx.sym.var(INPUT_NAME, dtype="float32"))
@@ -118,17 +155,17 @@ def quantize_block(
 
     if calibration.ndim != 4 or len(calibration) == 0:
         raise InvalidRequestError("INT8 calibration needs at least one N×3×H×W image tensor")
-    block = _symbol_block(symbol, params)
+    block = symbol_block(symbol, params)
     batch = min(CALIBRATION_BATCH, len(calibration))
     usable = len(calibration) - len(calibration) % batch  # NDArrayIter pads a last partial batch
-    data = mx.io.NDArrayIter(data={INPUT_NAME: mx.nd.array(calibration[:usable])}, batch_size=batch)
-    quiet = logging.getLogger("inferpipe.optimize.quantize")
-    quiet.setLevel(logging.WARNING)
+    # to_ndarray: mx.nd.array would copy with an OpenMP team in this thread (see its docstring)
+    data = mx.io.NDArrayIter(data={INPUT_NAME: to_ndarray(calibration[:usable])}, batch_size=batch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qnet = quantize_net_v2(
             block, quantized_dtype="auto", quantize_mode="full", calib_mode=calib_mode,
-            calib_data=data, num_calib_examples=usable, ctx=mx.cpu(), logger=quiet,
+            calib_data=data, num_calib_examples=usable, ctx=mx.cpu(),
+            logger=None,  # any logger makes MXNet set MXNET_QUANTIZATION_VERBOSE=1 process-wide: a C++ log line per layer
         )
     return qnet
 
@@ -317,8 +354,11 @@ __all__ = [
     "choose_mode",
     "fuse_symbol",
     "fused_conv_count",
+    "graph_macs",
     "load_images",
     "median_latency_ms",
     "optimize_package",
     "quantize_block",
+    "quantized_nodes",
+    "symbol_block",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -26,12 +27,24 @@ def test_quick_benchmark_prints_the_table_and_writes_results_and_chart(tmp_path:
     assert "| demo_b1 (min / median ms) |" in proc.stdout and "| ratio | value | target |" in proc.stdout
     results = json.loads(out.read_text())
     assert {"latency", "peak", "cold", "preprocess", "pipeline", "ratios", "machine", "date"} <= set(results)
-    variants = results["latency"]["demo_b1"]["variants"]
-    assert {"imperative", "hybridized", "fused", "int8"} <= set(variants)
-    assert all(v["median_ms"] > 0 for v in variants.values())
-    assert {"demo.fused_vs_hybridized_b1", "demo.int8_vs_hybridized_b1", "cold.first_vs_warm", "preprocess.jpeg_quick_draft_speedup"} <= set(results["ratios"])
+    latency = results["latency"]["demo_b1"]
+    variants = latency["variants"]
+    assert {"imperative", "hybridized", "hybridized_static", "fused", "int8"} <= set(variants)
+    assert all(v["median_ms"] > 0 and 0 < v["fraction_of_peak"] for v in variants.values())
+    assert latency["macs"] > 0 and latency["graph"]["int8_quantized_nodes"] > 0
+    ratios = results["ratios"]
+    assert {"demo.fused_vs_hybridized_b1", "demo.fused_vs_hybridized_static_b1", "demo.int8_vs_hybridized_b1", "demo.int8_fraction_of_peak_b1",
+            "cold.first_vs_warm", "preprocess.jpeg_quick_draft_speedup"} <= set(ratios)
+    # AND the int8 and fp32 peaks were measured in that same worker, on kernels checked to run int8
+    peak = results["peak"]
+    assert peak["worker"] == "demo_b1" and peak["fp32_gmacs"] > 0 and peak["int8_gmacs"] > 0
+    int8_kernels = [k for k in peak["kernels"].values() if k["dtype"] == "int8"]
+    assert int8_kernels and all(k["check"]["quantized_nodes"] and k["samples"] == variants["int8"]["rounds"] for k in int8_kernels)
+    # AND the cold start is the median of fresh processes, each one's ratio kept
     cold = results["cold"]["demo_int8"]
     assert all(cold[k] > 0 for k in ("import_ms", "load_ms", "init_first_forward_ms", "first_prediction_ms", "warm_median_ms"))
+    assert cold["processes"] == len(cold["first_vs_warm_per_process"]) >= 3
+    assert ratios["cold.first_vs_warm"] == cold["first_vs_warm"] == statistics.median(cold["first_vs_warm_per_process"])
     assert results["pipeline"]["burst"]["succeeded"] == results["pipeline"]["burst"]["uploads"]
     assert results["prepare"]["demo"]["int8"]["fused_nodes"] > 0
     # AND the chart when matplotlib is installed (the bench extra)

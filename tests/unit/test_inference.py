@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import io
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +29,7 @@ from functions.inference import handler
 from functions.inference.core import LoadedModel, ModelCache, load_model, predict, softmax
 from inferpipe.models import export_package, load_package_dir, publish
 
+ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["circle", "square", "triangle"]
 SPEC = InputSpec(height=32, width=32, resize_shorter=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 SHAPE = (1, 3, 32, 32)
@@ -81,6 +87,43 @@ def test_probabilities_over_all_classes_sum_to_one_and_match_plain_mxnet(model: 
     reference = direct_probabilities(package, x)
     assert [p["index"] for p in top] == list(np.argsort(-reference, kind="stable"))
     assert [p["probability"] for p in top] == pytest.approx(sorted(reference, reverse=True), abs=1e-5)
+
+
+def test_loading_settles_the_garbage_collector_so_requests_do_not_pay_for_init(package: Path) -> None:
+    # GIVEN a process in which import and load left objects no full collection has scanned
+    gc.unfreeze()
+    for _ in range(3):
+        [[i] for i in range(20_000)]  # young garbage and survivors, as imports and parsing make
+    # WHEN a model is loaded (the Lambda init)
+    model = load_model(*load_package_dir(package))
+    # THEN the pending collection was paid for there, and what exists is exempt from later ones
+    assert "gc" in model.load_parts_ms and model.load_parts_ms["gc"] > 0
+    assert gc.get_freeze_count() > 10_000 and gc.get_count()[1:] == (0, 0)
+    # AND a full collection now scans only what came after (a few objects, not the whole process)
+    assert len(gc.get_objects()) < gc.get_freeze_count() / 10
+
+
+def test_inputs_reach_mxnet_without_an_openmp_team_in_the_calling_thread() -> None:
+    # GIVEN a fresh process with MXNet's engine running (OMP_NUM_THREADS=2, as on the Lambda)
+    script = (
+        "import os, json, numpy as np, mxnet as mx\n"
+        "from functions.inference.core import to_ndarray\n"
+        "threads = lambda: len(os.listdir('/proc/self/task'))\n"
+        "(mx.nd.ones((4,)) * 2).asnumpy()\n"
+        "x = np.random.default_rng(0).normal(0, 1, (8, 3, 224, 224)).astype(np.float32)\n"
+        "before = threads(); y = to_ndarray(x); y.wait_to_read(); after_ours = threads()\n"
+        "same = bool((y[0:1].asnumpy() == x[0:1]).all()); writable = bool(x.flags.writeable)\n"
+        "mx.nd.array(x).wait_to_read(); after_mx = threads()\n"
+        "print(json.dumps([before, after_ours, after_mx, same, writable]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "2"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after_ours, after_mx, same, writable = json.loads(proc.stdout.strip().splitlines()[-1])
+    # THEN a 1.2M-element input is copied without starting an OpenMP thread (mx.nd.array starts one)
+    assert after_ours == before and after_mx > after_ours
+    # AND the values are the caller's, whose array stays writable (the copy is ours)
+    assert same and writable
 
 
 def test_a_tensor_of_the_wrong_shape_names_expected_and_got(model: LoadedModel) -> None:

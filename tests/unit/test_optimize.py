@@ -22,7 +22,17 @@ from functions.inference import handler
 from functions.inference.core import load_model, predict
 from inferpipe.demo_model.shapes import sample_images
 from inferpipe.models import export_package, load_package_dir, publish
-from inferpipe.optimize import choose_mode, fuse_symbol, fused_conv_count, load_images, optimize_package, quantize_block, read_package
+from inferpipe.optimize import (
+    choose_mode,
+    fuse_symbol,
+    fused_conv_count,
+    graph_macs,
+    load_images,
+    optimize_package,
+    quantize_block,
+    quantized_nodes,
+    read_package,
+)
 from tests.unit.test_inference import LABELS, SPEC, tiny_package
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +126,32 @@ def test_fusion_that_does_nothing_is_an_error(tmp_path: Path) -> None:
     assert fused_conv_count(fused) > 0
 
 
+def test_macs_are_counted_per_convolution_and_fully_connected_layer() -> None:
+    # GIVEN a 3→4 channel 3×3 conv (padding 1, 8×8), a 4→6 grouped (2 groups) 1×1 conv with stride 2, then a dense 96→5
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Conv2D(4, 3, padding=1, in_channels=3), mx.gluon.nn.Conv2D(6, 1, strides=2, groups=2, in_channels=4),
+            mx.gluon.nn.Activation("relu"), mx.gluon.nn.Dense(5, in_units=96))
+    symbol = net(mx.sym.var("data"))
+    # THEN each layer counts output elements × inputs per output, times the batch
+    per_image = 4 * 8 * 8 * (3 * 3 * 3) + 6 * 4 * 4 * (4 // 2) + 5 * 96
+    assert graph_macs(symbol, (1, 3, 8, 8)) == per_image
+    assert graph_macs(symbol, (8, 3, 8, 8)) == 8 * per_image
+
+
+def test_resnet50_v1_counts_the_usual_3_86_gmac() -> None:
+    from mxnet.gluon.model_zoo.vision import get_model
+
+    symbol = get_model("resnet50_v1", classes=1000)(mx.sym.var("data"))
+    assert graph_macs(symbol, (1, 3, 224, 224)) == 3_857_973_248
+
+
+def test_only_the_int8_package_runs_quantized_onednn_operators(packages: SimpleNamespace) -> None:
+    symbols = {mode: (packages.root / mode / "model-symbol.json").read_text() for mode in ("fp32", "fused", "int8")}
+    assert quantized_nodes(symbols["fp32"]) == [] and quantized_nodes(symbols["fused"]) == []
+    # every fused convolution and the classifier run in int8
+    assert len(quantized_nodes(symbols["int8"])) == fused_conv_count(symbols["int8"]) + 1
+
+
 def test_the_fastest_mode_within_half_a_point_of_fp32_is_chosen() -> None:
     candidates = {"fp32": {"top1": 0.990, "median_ms": 3.0}, "fused": {"top1": 0.990, "median_ms": 2.5}, "int8": {"top1": 0.986, "median_ms": 1.0}}
     assert choose_mode(candidates) == "int8"
@@ -165,4 +201,4 @@ def test_default_model_preload_reports_the_cold_start_in_parts(packages: SimpleN
             assert handler.preload_default_model() is None  # a failure is logged, never raised
     model = load_model(*read_package(packages.root / "int8"))
     assert predict(model, np.zeros((1, 3, 32, 32), np.float32), 1)[0]["label"] in LABELS
-    assert set(model.load_parts_ms) == {"verify", "parse", "build", "first_forward"}
+    assert set(model.load_parts_ms) == {"verify", "parse", "build", "first_forward", "gc"}
