@@ -22,6 +22,9 @@ from typing import Any
 
 from inferpipe.paths import STATE_DIR
 
+# MXNet logs a C++ line each time it builds a oneDNN subgraph: noise in a CLI's output.
+os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+
 
 def _positive_int(text: str) -> int:
     try:
