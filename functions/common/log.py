@@ -7,11 +7,47 @@ local stack runs several invocations at once in one process. Never log image byt
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from aws_lambda_powertools import Logger
 
 logger = Logger(service="inferpipe")
 
 _BOUND_KEYS = ("execution_id", "object", "sink", "model")
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
+
+
+def lambda_context(handler: _Handler) -> _Handler:
+    """Put the invocation's Lambda context on every log line of ``handler``, per invocation.
+
+    What Powertools' ``inject_lambda_context(clear_state=True)`` adds (cold_start, function_name,
+    function_memory_size, function_arn, function_request_id), kept with the thread-safe keys: the
+    local stack runs concurrent invocations in one process, where the decorator's shared keys gave
+    every line the request id of whichever invocation started last. One Lambda process serves one
+    invocation at a time, so there the two behave the same. ``cold_start`` is per handler module,
+    i.e. per function, as in Lambda.
+    """
+    state = {"cold": True}
+
+    @functools.wraps(handler)
+    def wrapper(event: Any, context: Any) -> Any:
+        cold, state["cold"] = state["cold"], False
+        logger.thread_safe_clear_keys()
+        logger.thread_safe_append_keys(
+            cold_start=cold,
+            function_name=getattr(context, "function_name", None),
+            function_memory_size=getattr(context, "memory_limit_in_mb", None),
+            function_arn=getattr(context, "invoked_function_arn", None),
+            function_request_id=getattr(context, "aws_request_id", None),
+        )
+        try:
+            return handler(event, context)
+        finally:
+            logger.thread_safe_clear_keys()
+
+    return wrapper  # type: ignore[return-value]
 
 
 def bind(**keys: str | None) -> None:

@@ -16,11 +16,11 @@ import numpy as np
 from functions.common import config
 from functions.common.aws import client, read_object
 from functions.common.errors import InvalidRequestError, ObjectNotFoundError
-from functions.common.log import bind, logger, object_uri
+from functions.common.log import bind, lambda_context, logger, object_uri
 from functions.common.manifest import Manifest
 from functions.common.model_store import ModelStore, cached_store
 from functions.common.request import Job, TensorRef
-from functions.inference.core import LoadedModel, ModelCache, load_model, predict
+from functions.inference.core import LoadedModel, ModelCache, load_model, predict, settle_garbage
 
 #: Milliseconds this module took to import (MXNet, oneDNN, boto3): the first part of a cold start.
 IMPORT_MS = (time.perf_counter() - _IMPORT_STARTED) * 1000.0
@@ -202,7 +202,7 @@ def _describe_model(manifest: Manifest) -> dict[str, str]:
     }
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_context
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Input ``{"job": Job, "execution_id"}`` (ASL state Inference) or a warm-up ping.
 
@@ -261,4 +261,5 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return result
 
 
+settle_garbage()  # once per process, before any model is loaded: see its docstring
 _preload_at_init()

@@ -13,7 +13,7 @@ from functions.common import config
 from functions.common.aws import client
 from functions.common.config import ImageLimits
 from functions.common.errors import InferpipeError, InvalidRequestError
-from functions.common.log import bind, logger, object_uri
+from functions.common.log import bind, lambda_context, logger, object_uri
 from functions.common.model_store import ModelStore, cached_store
 from functions.common.request import Job, ModelRef, Request, TensorRef
 from functions.preprocess.core import check_owned, decode_image, fetch_object, head_object, store_tensor
@@ -34,7 +34,7 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = (time.perf_counter() - started) * 1000.0
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_context
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Input ``{"request", "available_sinks", "execution_id"}`` (ASL state Preprocess); output ``Job.to_dict()``."""
     try:

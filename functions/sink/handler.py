@@ -14,13 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from functions.common.errors import InvalidRequestError
-from functions.common.log import bind, logger, object_uri
+from functions.common.log import bind, lambda_context, logger, object_uri
 from functions.sink.core import Destinations, build_failure, build_record, deliver, record_failure
 
 DELIVERED = "DELIVERED"
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_context
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Deliver a prediction to one sink, or (``mode == "failure"``) write an execution's failure record."""
     if isinstance(event, dict) and event.get("mode") == "failure":
