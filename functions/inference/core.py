@@ -64,7 +64,7 @@ class LoadedModel:
     fused: bool  # runs oneDNN-fused operators (fused at load, or a fused / int8 package)
     load_ms: float  # parameter load + graph build + warm-up forward
     #: load_ms in parts: verify (checksums), parse (symbol + params), build (graph, fusion),
-    #: first_forward (every warm-up forward and the first predict), gc (:func:`settle_garbage`)
+    #: first_forward (every warm-up forward and the first predict), gc (a collection before them)
     load_parts_ms: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -189,11 +189,13 @@ def load_model(manifest: Manifest, files: Mapping[str, bytes], *, fuse: bool | N
         try:
             block = _build_block(symbol, params, fuse)
             built = time.perf_counter()
-            # Before the warm-up, not after: a collection is ~50 ms of one busy Python thread, and
-            # the engine's OpenMP threads, idle that long, fall asleep. The forward right after
+            # The collection the load has made due, paid now rather than inside a request; and
+            # before the warm-up, not after: a collection is tens of ms of one busy Python thread,
+            # and the engine's OpenMP threads, idle that long, fall asleep. The forward right after
             # such a pause measured 1.2-2.9× a warm one (after no pause: 0.99-1.05×), so init
-            # ends with the warm-up forwards, not with a pause.
-            settle_garbage()
+            # ends with the warm-up forwards, not with a pause. Nothing of the model is frozen
+            # (see settle_garbage): an evicted model must stay collectable.
+            gc.collect()
             collected = time.perf_counter()
             # The warm-up forward creates the oneDNN primitives: the first request does not pay for it.
             output = block(mx.nd.zeros(shape, dtype=np.float32)).asnumpy()
@@ -230,18 +232,16 @@ def load_model(manifest: Manifest, files: Mapping[str, bytes], *, fuse: bool | N
 
 
 def settle_garbage() -> None:
-    """Pay for the garbage collector's pending full collection now, then exempt what exists from it.
+    """Collect, then exempt every object that exists now from later full collections.
 
-    Importing MXNet and boto3 and loading a model leave ~10⁵ container objects that no full
-    collection has scanned yet, and the collector is about to run one (after a ResNet-50 int8
-    load its counts stand at gen1 7 of 10, gen2 10 of 10). Measured in that state: the next
-    ~4 200 surviving allocations (a boto3 call, JSON, logging) set off a 50-110 ms full
-    collection, inside whatever request is running. ``gc.collect()`` here pays it at init (about
-    50 ms), and ``gc.freeze()`` moves every surviving object to the permanent generation, so later
-    full collections scan only what requests allocate (measured: the next one came after 93 000
-    allocations and took 4 ms). Called by :func:`load_model` after parsing and before the
-    warm-up forwards, i.e. in the Lambda init when the default model is preloaded; on a later
-    cache miss it runs in a request that is loading a model anyway.
+    For the process's start, before any model is loaded (the inference handler calls it once, at
+    import). Importing MXNet and boto3 leaves ~10⁵ container objects that no full collection has
+    scanned yet, and the collector is about to run one. Measured: the next few thousand surviving
+    allocations (a boto3 call, JSON, logging) set off a 50-110 ms full collection inside whatever
+    request was running. ``gc.collect()`` pays it here, and ``gc.freeze()`` moves the survivors
+    (modules, clients: they live as long as the process) to the permanent generation, so later
+    full collections scan only what requests allocate (measured: 4 ms). A loaded model is never
+    frozen: its graph is a reference cycle that only the collector frees once the cache evicts it.
     """
     gc.collect()
     gc.freeze()

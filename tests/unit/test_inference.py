@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +27,7 @@ from functions.common.config import invocation_environment
 from functions.common.errors import InvalidRequestError, ModelIntegrityError, ObjectNotFoundError
 from functions.common.manifest import InputSpec, Manifest
 from functions.inference import handler
-from functions.inference.core import LoadedModel, ModelCache, load_model, predict, softmax
+from functions.inference.core import LoadedModel, ModelCache, load_model, predict, settle_garbage, softmax
 from inferpipe.models import export_package, load_package_dir, publish
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,18 +90,27 @@ def test_probabilities_over_all_classes_sum_to_one_and_match_plain_mxnet(model: 
     assert [p["probability"] for p in top] == pytest.approx(sorted(reference, reverse=True), abs=1e-5)
 
 
-def test_loading_settles_the_garbage_collector_so_requests_do_not_pay_for_init(package: Path) -> None:
-    # GIVEN a process in which import and load left objects no full collection has scanned
+def test_init_settles_the_garbage_collector_and_a_dropped_model_is_still_freed(package: Path) -> None:
+    # GIVEN a process in which imports left objects no full collection has scanned
     gc.unfreeze()
     for _ in range(3):
-        [[i] for i in range(20_000)]  # young garbage and survivors, as imports and parsing make
-    # WHEN a model is loaded (the Lambda init)
-    model = load_model(*load_package_dir(package))
-    # THEN the pending collection was paid for there, and what exists is exempt from later ones
-    assert "gc" in model.load_parts_ms and model.load_parts_ms["gc"] > 0
+        [[i] for i in range(20_000)]  # young garbage and survivors, as imports make
+    # WHEN the init settles the collector (the inference handler does it at import)
+    settle_garbage()
+    # THEN what exists is exempt from later full collections, which scan only what came after
     assert gc.get_freeze_count() > 10_000 and gc.get_count()[1:] == (0, 0)
-    # AND a full collection now scans only what came after (a few objects, not the whole process)
     assert len(gc.get_objects()) < gc.get_freeze_count() / 10
+    try:
+        # AND a model loaded afterwards pays its own pending collection at load, before warm-up
+        model = load_model(*load_package_dir(package))
+        assert model.load_parts_ms["gc"] > 0
+        # AND is never frozen: once the cache drops it, the collector frees it (graph cycles)
+        block = weakref.ref(model.block)
+        del model
+        gc.collect()
+        assert block() is None
+    finally:
+        gc.unfreeze()
 
 
 def test_inputs_reach_mxnet_without_an_openmp_team_in_the_calling_thread() -> None:
