@@ -246,17 +246,19 @@ def _peak_kernels(specs: tuple[tuple[str, tuple[int, ...], int], ...]) -> list[d
         reference, got = fp32(x), int8(x)
         quantized = quantized_nodes(int8._cached_graph[1])
         error = float((mx.nd.abs(got - reference).max() / mx.nd.maximum(mx.nd.abs(reference).max(), 1e-12)).asscalar())
-        if len(quantized) != depth or not 0.0 < error <= PEAK_INT8_MAX_REL_DIFF:
-            raise RuntimeError(
-                f"the int8 {kind} {dims} ×{depth} peak kernel does not run int8: quantized oneDNN nodes {quantized}, "
-                f"max |int8 - fp32| / max |fp32| = {error:.3g}"
-            )
         name = _kernel_label(kind, dims, depth)
         common = {"kind": kind, "dims": list(dims), "depth": depth, "macs": macs}
         kernels.append({**common, "name": f"fp32 {name}", "dtype": "fp32", "run": lambda b=fp32, x=x: b(x).wait_to_read(),
                         "check": {"oneDNN backend": FUSION_BACKEND}})
+        if len(quantized) != depth or not 0.0 < error <= PEAK_INT8_MAX_REL_DIFF:
+            # Not an int8 peak (another CPU or MXNet build may not quantize it): left out, said so.
+            print(f"warning: the int8 {name} peak kernel does not run int8 (quantized oneDNN nodes {quantized}, "
+                  f"max |int8 - fp32| / max |fp32| = {error:.3g}); left out of the int8 peak", file=sys.stderr)
+            continue
         kernels.append({**common, "name": f"int8 {name}", "dtype": "int8", "run": lambda b=int8, x=x: b(x).wait_to_read(),
                         "check": {"quantized_nodes": quantized, "max_rel_diff_vs_fp32": round(error, 5)}})
+    if not any(k["dtype"] == "int8" for k in kernels):
+        raise RuntimeError("no int8 peak kernel runs int8 on this host: the int8 fraction of peak cannot be measured")
     return kernels
 
 

@@ -24,6 +24,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from functions.common import aws
 from functions.common.aws import is_not_found, read_object  # is_not_found: for inferpipe.models too
 from functions.common.errors import InvalidRequestError, ModelIntegrityError, ModelNotFoundError
@@ -194,6 +196,10 @@ class ModelStore:
         """What was asked and, from one listing, what exists (published versions and aliases)."""
         try:
             versions, aliases = self._known(name)
+        except ClientError as exc:
+            if aws.error_code(exc) == "NoSuchBucket":
+                return f"the model bucket {self.bucket} does not exist (check MODEL_BUCKET): no model {name} {asked!r}"
+            return f"model {name} has no published version or alias {asked!r}"
         except Exception:  # the listing is a courtesy: never hide the real answer behind it
             return f"model {name} has no published version or alias {asked!r}"
         if not versions and not aliases:

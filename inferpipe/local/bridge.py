@@ -398,7 +398,7 @@ def _write_platform_log(fn: Any, context: LambdaContext, environment: Mapping[st
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        logs = _stack_client("logs", fn.region, environment)
+        logs = _stack_client("logs", fn.region, environment, _PLATFORM_LOG_CLIENT_CONFIG)
         request_id = context.aws_request_id
         now = int(time.time() * 1000)
         elapsed = (time.monotonic() - started) * 1000
@@ -429,7 +429,9 @@ _TASK_CLIENT_CONFIG: dict[str, Any] = {
     "parameter_validation": False,
     "retries": {"max_attempts": 0, "total_max_attempts": 1},
     "read_timeout": 900,
+    "max_pool_connections": 64,  # a burst runs hundreds of tasks at once (botocore's default: 10)
 }
+_PLATFORM_LOG_CLIENT_CONFIG: dict[str, Any] = {"max_pool_connections": 64}
 _stack_clients: dict[tuple[Any, ...], Any] = {}
 
 

@@ -203,7 +203,7 @@ def test_a_read_stops_one_byte_past_its_limit_and_a_missing_key_or_bucket_is_non
 
 
 def test_a_missing_model_bucket_is_model_not_found(s3: Any) -> None:
-    with pytest.raises(ModelNotFoundError, match="model tiny has no published version or alias 'prod'"):
+    with pytest.raises(ModelNotFoundError, match="the model bucket no-such-bucket does not exist \\(check MODEL_BUCKET\\)"):
         ModelStore("no-such-bucket", s3).resolve("tiny", "prod")
 
 
