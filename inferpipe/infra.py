@@ -72,11 +72,14 @@ def policy_values(
     function_arns: Mapping[str, str] | None = None,
     qualifier: str | None = None,
     kms_key_arn: str | None = None,
+    input_key_prefix: str = "",
 ) -> dict[str, str]:
     """The value of every placeholder of the policy templates (terraform/locals.tf ``policy_vars``).
 
     ``function_arns`` override the functions' ARNs (default: AWS's unqualified form); ``qualifier``
     appends ``:<qualifier>`` to each, e.g. ``FUNCTION_ALIAS`` for what Terraform deploys.
+    ``input_key_prefix`` is Terraform's variable of that name (the local stack owns its whole input
+    bucket: "").
     """
     arns = {key: resources.function_arn(key) for key in resources.functions}
     arns.update(function_arns or {})
@@ -85,6 +88,7 @@ def policy_values(
     values = {
         "Partition": partition,
         "InputBucket": resources.buckets["input"],
+        "InputKeyPrefix": input_key_prefix,
         "ModelBucket": resources.buckets["models"],
         "WorkBucket": resources.buckets["work"],
         "WorkPrefix": resources.settings["WORK_PREFIX"],

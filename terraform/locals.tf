@@ -115,6 +115,7 @@ locals {
   policy_vars = {
     Partition             = local.partition
     InputBucket           = local.buckets.input
+    InputKeyPrefix        = var.input_key_prefix
     ModelBucket           = local.buckets.models
     WorkBucket            = local.buckets.work
     WorkPrefix            = local.settings.WORK_PREFIX

@@ -341,6 +341,20 @@ def test_each_policy_is_valid_least_privilege_iam(name: str, document: dict[str,
                 assert "*" not in resource.split(":::")[-1].split("/")[0], f"{name}: wildcard bucket or resource name in {resource!r}"
 
 
+def test_preprocess_reads_only_under_the_input_key_prefix_when_one_is_set() -> None:
+    resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
+    text = infra.policy_templates()["preprocess"]
+
+    def readable(prefix: str) -> list[str]:
+        document = infra.render_policy(text, infra.policy_values(resources, input_key_prefix=prefix))
+        return [s["Resource"] for s in document["Statement"] if s["Sid"] == "ReadInputObjects"]
+
+    bucket = resources.buckets["input"]
+    assert readable("") == [f"arn:aws:s3:::{bucket}/*"]
+    assert readable("uploads/") == [f"arn:aws:s3:::{bucket}/uploads/*"]
+    assert locals_of("locals.tf")["policy_vars"]["InputKeyPrefix"] == "${var.input_key_prefix}"
+
+
 def test_the_policies_name_the_model_store_s3_layout() -> None:
     root = importlib.import_module("functions.common.model_store").ROOT
     for name in ("preprocess", "inference"):
