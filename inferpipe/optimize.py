@@ -59,15 +59,20 @@ CALIBRATION_BATCH = 8
 # ---------------------------------------------------------------------------- graph helpers
 
 
-def fused_conv_count(symbol: mx.sym.Symbol | str | Mapping[str, Any]) -> int:
-    """How many ``_sg_mkldnn_conv`` nodes a graph (Symbol, JSON text or parsed JSON) holds."""
+def _graph_nodes(symbol: mx.sym.Symbol | str | bytes | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The nodes of a graph given as a Symbol, JSON text or parsed JSON."""
     if isinstance(symbol, mx.sym.Symbol):
         graph = json.loads(symbol.tojson())
     elif isinstance(symbol, (str, bytes)):
         graph = json.loads(symbol)
     else:
         graph = symbol
-    return sum(1 for node in graph.get("nodes", []) if node.get("op") == FUSED_CONV_OP)
+    return list(graph.get("nodes", []))
+
+
+def fused_conv_count(symbol: mx.sym.Symbol | str | Mapping[str, Any]) -> int:
+    """How many ``_sg_mkldnn_conv`` nodes a graph (Symbol, JSON text or parsed JSON) holds."""
+    return sum(1 for node in _graph_nodes(symbol) if node.get("op") == FUSED_CONV_OP)
 
 
 def graph_macs(symbol: mx.sym.Symbol, input_shape: Sequence[int]) -> int:
@@ -95,14 +100,8 @@ def graph_macs(symbol: mx.sym.Symbol, input_shape: Sequence[int]) -> int:
 
 def quantized_nodes(symbol: mx.sym.Symbol | str | Mapping[str, Any]) -> list[str]:
     """Names of the oneDNN operators a graph runs in int8 (``_sg_mkldnn_*`` with ``quantized`` true)."""
-    if isinstance(symbol, mx.sym.Symbol):
-        graph = json.loads(symbol.tojson())
-    elif isinstance(symbol, (str, bytes)):
-        graph = json.loads(symbol)
-    else:
-        graph = symbol
     return [
-        node["name"] for node in graph.get("nodes", [])
+        node["name"] for node in _graph_nodes(symbol)
         if node.get("op", "").startswith("_sg_mkldnn") and str(node.get("attrs", {}).get("quantized", "")).lower() == "true"
     ]
 
