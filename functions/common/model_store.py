@@ -196,11 +196,9 @@ class ModelStore:
         """What was asked and, from one listing, what exists (published versions and aliases)."""
         try:
             versions, aliases = self._known(name)
-        except ClientError as exc:
-            if aws.error_code(exc) == "NoSuchBucket":
+        except Exception as exc:  # the listing is a courtesy: never hide the real answer behind it
+            if isinstance(exc, ClientError) and aws.error_code(exc) == "NoSuchBucket":
                 return f"the model bucket {self.bucket} does not exist (check MODEL_BUCKET): no model {name} {asked!r}"
-            return f"model {name} has no published version or alias {asked!r}"
-        except Exception:  # the listing is a courtesy: never hide the real answer behind it
             return f"model {name} has no published version or alias {asked!r}"
         if not versions and not aliases:
             try:

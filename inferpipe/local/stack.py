@@ -240,23 +240,15 @@ class LocalStack:
         """The next ``count`` invocations of a function ("preprocess", "inference", "sink") fail."""
         bridge.inject_failures(self.resources.functions[function_key].name, count, error_type)
 
-    def inject_aws_faults(
-        self,
-        service: str,
-        operation: str,
-        count: int = 1,
-        *,
-        status: int | None = None,
-        code: str | None = None,
-        match: str | None = None,
-        delay: float = 0.0,
-    ) -> None:
+    def inject_aws_faults(self, service: str, operation: str, count: int = 1, **options: Any) -> None:
         """The next ``count`` requests of an AWS API (e.g. "dynamodb", "PutItem") answer a throttle or 5xx,
         or, with ``delay``, are answered normally after that many seconds.
 
-        See :mod:`inferpipe.local.faults`: the error is sent at the HTTP edge, in the service's wire format.
+        ``options`` (``status``, ``code``, ``match``, ``delay``) are those of
+        :meth:`inferpipe.local.faults.AwsFaultInjector.inject`: the error is sent at the HTTP edge,
+        in the service's wire format.
         """
-        self.aws_faults.inject(service, operation, count, status=status, code=code, match=match, delay=delay)
+        self.aws_faults.inject(service, operation, count, **options)
 
     def delivery_failures(self) -> list[bridge.DeliveryFailure]:
         """Events the trigger rule could not turn into executions."""
