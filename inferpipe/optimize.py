@@ -230,9 +230,33 @@ def write_package(
     return manifest
 
 
-def predictions(model: LoadedModel, tensors: np.ndarray) -> np.ndarray:
-    """Top-1 index of each image, batch 1 through ``model.forward`` (the serving path)."""
-    return np.array([int(np.argmax(model.forward(tensors[i : i + 1])[0])) for i in range(len(tensors))], dtype=np.int64)
+def all_logits(model: LoadedModel, tensors: np.ndarray) -> np.ndarray:
+    """The logits of each image, batch 1 through ``model.forward`` (the serving path): N×classes."""
+    return np.concatenate([model.forward(tensors[i : i + 1]) for i in range(len(tensors))])
+
+
+def centred_cosine(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """Per row, the cosine of the two logit vectors after subtracting each one's mean.
+
+    Softmax ignores a constant added to the logits, so the mean is removed first; 1.0 means the
+    same probabilities up to a temperature. Rows: images.
+    """
+    a = ours.astype(np.float64) - ours.mean(axis=1, keepdims=True)
+    b = theirs.astype(np.float64) - theirs.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.divide((a * b).sum(axis=1), norms, out=np.ones(len(a)), where=norms > 0)
+
+
+def agreement(ours: np.ndarray, theirs: np.ndarray) -> dict[str, float]:
+    """How closely logits ``ours`` follow ``theirs`` (N×classes each): top-1 and top-5 agreement, centred cosine."""
+    top5_theirs = np.argsort(-theirs, axis=1)[:, :5]
+    cosine = centred_cosine(ours, theirs)
+    return {
+        "agreement_top1_vs_fp32": round(float(np.mean(ours.argmax(1) == theirs.argmax(1))), 4),
+        "agreement_top1_in_fp32_top5": round(float(np.mean([o in t for o, t in zip(ours.argmax(1), top5_theirs)])), 4),
+        "centred_cosine_mean": round(float(cosine.mean()), 5),
+        "centred_cosine_min": round(float(cosine.min()), 5),
+    }
 
 
 def optimize_package(
@@ -315,14 +339,29 @@ def optimize_package(
         images, where = calib, "calibration"
     else:
         images, where = np.random.default_rng(0).normal(0, 1, (16, *shape[1:])).astype(np.float32), "random"
-    ours, theirs = predictions(optimized, images), predictions(reference, images)
-    metrics["agreement_top1_vs_fp32"] = round(float(np.mean(ours == theirs)), 4)
+    ours_logits, theirs_logits = all_logits(optimized, images), all_logits(reference, images)
+    ours, theirs = ours_logits.argmax(1), theirs_logits.argmax(1)
+    metrics.update(agreement(ours_logits, theirs_logits))
     metrics["agreement_set"] = where
     metrics["agreement_images"] = int(len(images))
     if heldout_labels is not None and where == "heldout":
         metrics["top1_heldout"] = round(float(np.mean(ours == heldout_labels)), 4)
         metrics["top1_heldout_fp32"] = round(float(np.mean(theirs == heldout_labels)), 4)
     return write_package(out_dir, base, symbol_json, out_params, files["labels"], mode, metrics)
+
+
+def install_mode(dirs: Mapping[str, Path], manifests: Mapping[str, Manifest], chosen: str, decision: Mapping[str, Any], out_dir: Path) -> Manifest:
+    """Make ``out_dir`` the package of mode ``chosen`` (from ``dirs[chosen]``), ``decision`` merged into its metrics."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if Path(dirs[chosen]).resolve() != out_dir.resolve():
+        for path in out_dir.iterdir():
+            path.unlink()
+        for path in Path(dirs[chosen]).iterdir():
+            shutil.copy2(path, out_dir / path.name)
+    manifest = replace(manifests[chosen], metrics={**manifests[chosen].metrics, **decision})
+    (out_dir / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest
 
 
 def median_latency_ms(models: Mapping[str, LoadedModel], rounds: int = 30) -> dict[str, float]:
@@ -353,7 +392,10 @@ __all__ = [
     "choose_mode",
     "fuse_symbol",
     "fused_conv_count",
+    "agreement",
+    "centred_cosine",
     "graph_macs",
+    "install_mode",
     "load_images",
     "median_latency_ms",
     "optimize_package",

@@ -131,7 +131,7 @@ def select_mode(fp32_dir: Path, out_dir: Path, seed: int, config: TrainConfig, t
     import tempfile
 
     from functions.inference.core import load_model
-    from inferpipe.optimize import choose_mode, median_latency_ms, optimize_package, read_package
+    from inferpipe.optimize import choose_mode, install_mode, median_latency_ms, optimize_package, read_package
 
     calibration, _ = make_dataset(8, np.random.default_rng(seed + 2 * _HELDOUT_SEED_OFFSET), config)
     x_held, y_held = make_dataset(config.heldout_per_class, np.random.default_rng(seed + _HELDOUT_SEED_OFFSET), config)
@@ -161,20 +161,7 @@ def select_mode(fp32_dir: Path, out_dir: Path, seed: int, config: TrainConfig, t
             },
             "top1_heldout_fp32": fp32_top1,
         }
-        if chosen == "fp32":
-            base, files = read_package(fp32_dir)
-            metrics = {**base.metrics, **decision}
-            manifest = replace(base, metrics=metrics)
-            (Path(out_dir) / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
-            return manifest
-        source = dirs[chosen]
-        for path in Path(out_dir).iterdir():
-            path.unlink()
-        for path in source.iterdir():
-            shutil.copy2(path, Path(out_dir) / path.name)
-        manifest = replace(manifests[chosen], metrics={**manifests[chosen].metrics, **decision})
-        (Path(out_dir) / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
-        return manifest
+        return install_mode(dirs, manifests, chosen, decision, Path(out_dir))
 
 
 def build_demo_model(
