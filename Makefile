@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv test demo model bench lint clean image push deploy
+.PHONY: venv test demo model shapes-model bench lint load clean image push deploy
 
 venv: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## demo: build the demo model if missing, start the local stack, classify sample images
+## demo: package the pretrained default model if missing, start the local stack, classify real photos
 demo: $(STAMP)
 	$(BIN)/inferpipe demo
 
@@ -27,8 +27,13 @@ bench: $(STAMP)
 	test -f build/demo-model/manifest.json || $(BIN)/inferpipe model build-demo --out build/demo-model
 	OMP_NUM_THREADS=2 $(BIN)/python -m bench.run
 
-## model: (re)build the demo model package under build/demo-model
+## model: (re)build the default model package (pretrained EfficientNet-Lite0, offline) under build/models/efficientnet_lite0
 model: $(STAMP)
+	rm -rf build/models/efficientnet_lite0
+	$(BIN)/inferpipe model import efficientnet_lite0 --pretrained --out build/models/efficientnet_lite0
+
+## shapes-model: (re)build the tiny shapes model the tests and load runs use, under build/demo-model
+shapes-model: $(STAMP)
 	$(BIN)/inferpipe model build-demo --out build/demo-model
 
 ## lint: terraform fmt -check + checkov on terraform/ and the Dockerfile (checkov in its own .venv-tools/)

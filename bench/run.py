@@ -34,7 +34,9 @@ THREADS = "2"
 #: ResNet-50 v1 multiply-accumulates per 224×224 image, GMAC (conv + fc; the figures use the count
 #: ``inferpipe.optimize.graph_macs`` makes from each graph, this is only a sanity check of it).
 RESNET50_GMAC = 3.858
-VARIANTS = ("imperative", "hybridized", "hybridized_static", "fused", "int8", "onnxruntime")
+VARIANTS = ("imperative", "hybridized", "hybridized_static", "fused", "fused_pad", "int8", "onnxruntime")
+#: The pretrained EfficientNet-Lite0 (real ImageNet weights, the deployment's default model).
+LITE0 = "lite0"
 #: Fresh processes per cold-start measurement (its ratio is their median).
 COLD_PROCESSES = 5
 COLD_PROCESSES_QUICK = 3
@@ -77,6 +79,22 @@ def _zoo_net(name: str, seed: int = 0) -> Any:
     return net
 
 
+def _lite0_net(same: str = "flip") -> Any:
+    """The pretrained EfficientNet-Lite0 as a Gluon block (not hybridized)."""
+    from inferpipe.pretrained.efficientnet_lite import efficientnet_lite0, load_state_dict, weights_path
+    from inferpipe.pretrained.legacy_pth import read_state_dict
+
+    net = efficientnet_lite0(same)
+    load_state_dict(net, read_state_dict(weights_path()))
+    return net
+
+
+def _imperative_net(model: str) -> Any:
+    if model == "demo":
+        return _demo_net()
+    return _lite0_net() if model == LITE0 else _zoo_net(model)
+
+
 def _calibration(spec: Any, n: int, seed: int = 7) -> Any:
     """Calibration tensors: demo shape images at photo-like sizes through the serving transform."""
     import numpy as np
@@ -88,8 +106,17 @@ def _calibration(spec: Any, n: int, seed: int = 7) -> Any:
     return np.stack([to_tensor(render(CLASSES[i % len(CLASSES)], rng, size=(320, 240)), spec) for i in range(n)])
 
 
-def worker_prepare(model: str, calib: int) -> dict[str, Any]:
-    """fp32, fused and int8 packages of ``model`` (random weights) under build/bench/<model>/."""
+def worker_prepare(model: str, calib: int, batches: tuple[int, ...] = (1, 8)) -> dict[str, Any]:
+    """fp32, fused and int8 packages of ``model`` under build/bench/<model>/, and its ONNX files."""
+    out = _prepare_packages(model, calib)
+    if _have_onnx():
+        for batch in batches:
+            export_onnx(model, batch)
+    return out
+
+
+def _prepare_packages(model: str, calib: int) -> dict[str, Any]:
+    """fp32, fused and int8 packages of ``model`` (random weights; Lite0 pretrained) under build/bench/<model>/."""
     _quiet_mxnet()
     from inferpipe.demo_model.train import ARCHITECTURE, DEMO_SPEC
     from inferpipe.demo_model.shapes import CLASSES
@@ -100,6 +127,10 @@ def worker_prepare(model: str, calib: int) -> dict[str, Any]:
     done = base / "prepared.json"
     if done.exists() and all((base / mode / "manifest.json").exists() for mode in ("fp32", "fused", "int8")):
         return json.loads(done.read_text())  # packages are deterministic (seeded): reuse them
+    if model == LITE0:
+        out = _prepare_lite0(base)
+        done.write_text(json.dumps(out))
+        return out
     if model == "demo":
         net, spec, labels, arch = _demo_net(), DEMO_SPEC, list(CLASSES), ARCHITECTURE
     else:
@@ -114,20 +145,53 @@ def worker_prepare(model: str, calib: int) -> dict[str, Any]:
     return out
 
 
-#: Whether ONNX Runtime's threads may spin between runs (see _ort_session).
-ORT_SPINNING = os.environ.get("INFERPIPE_BENCH_ORT_SPINNING", "0") == "1"
+def _prepare_lite0(base: Path) -> dict[str, Any]:
+    """Lite0's packages as ``model import efficientnet_lite0 --pretrained`` builds them, plus the
+    explicit-pad form of the graph (fp32_pad, fused_pad) that shows what the SAME-padding rewrite saves.
+
+    int8 calibrates on the calibration photos and is checked on the held-out ones (inferpipe.pretrained).
+    """
+    from inferpipe.optimize import optimize_package
+    from inferpipe.pretrained import calibration_tensors, export_fp32, heldout_tensors
+
+    fp32 = export_fp32("efficientnet_lite0", base / "fp32")
+    export_fp32("efficientnet_lite0", base / "fp32_pad", same="pad")
+    heldout = heldout_tensors(fp32.input)
+    calibration = calibration_tensors(fp32.input)
+    out = {}
+    for mode, source, target in (("fused", "fp32", "fused"), ("int8", "fp32", "int8"), ("fused", "fp32_pad", "fused_pad")):
+        manifest = optimize_package(base / source, base / target, mode, calibration=calibration if mode == "int8" else None,
+                                    heldout=heldout, max_calibration=len(calibration))
+        keys = ("fused_nodes", "agreement_top1_vs_fp32", "agreement_top1_in_fp32_top5", "centred_cosine_mean", "centred_cosine_min",
+                "agreement_images", "optimize_seconds")
+        out[target] = {k: manifest.metrics[k] for k in keys}
+    out["size_bytes"] = {m: sum(f.stat().st_size for f in (base / m).iterdir()) for m in ("fp32", "fused", "int8")}
+    return out
 
 
-def _ort_session(model: str, batch: int) -> Any:
-    """ONNX Runtime fp32 on the same weights (mx.onnx.export_model), initializers removed from the inputs."""
+#: Whether ONNX Runtime's threads may spin between runs (its default). It runs in a process of its
+#: own, so spinning takes a core from nothing else (side by side with MXNet it took one from the
+#: next variant: the next kernel measured 65 instead of 102 GMAC/s).
+ORT_SPINNING = os.environ.get("INFERPIPE_BENCH_ORT_SPINNING", "1") == "1"
+
+
+def export_onnx(model: str, batch: int) -> Path:
+    """The fp32 package of ``model`` as ONNX for ``batch`` (mx.onnx.export_model), initializers removed from the inputs.
+
+    Done in the prepare worker, never in a latency worker: the exporter copies weights with
+    ``mx.nd.array``, which starts a second OpenMP team in the process, and every later MXNet
+    forward of that process ran slower (measured on Lite0: int8 6.8 instead of 3.5 ms, fused
+    12.7 instead of 7.7 ms).
+    """
     import numpy as np
     import onnx
-    import onnxruntime as ort
     import mxnet as mx
 
     from functions.common.manifest import Manifest
 
-    pkg = CACHE_DIR / model / "fp32"
+    # Lite0: the explicit-pad graph, the one ONNX Runtime runs fastest (it folds Pad into Conv;
+    # measured 5.9 ms against 6.7 ms for the sliced graph): the control gets its best case.
+    pkg = CACHE_DIR / model / ("fp32_pad" if model == LITE0 else "fp32")
     manifest = Manifest.from_json((pkg / "manifest.json").read_text())
     path = CACHE_DIR / model / f"model-b{batch}.onnx"
     if not path.exists():
@@ -144,12 +208,20 @@ def _ort_session(model: str, batch: int) -> Any:
             if opset.domain in ("", "ai.onnx"):
                 opset.version = 13
         onnx.save(graph_model, str(path))
+    return path
+
+
+def _ort_session(model: str, batch: int) -> Any:
+    """ONNX Runtime fp32 on the same weights, from the file ``export_onnx`` wrote in the prepare worker."""
+    import onnxruntime as ort
+
+    path = CACHE_DIR / model / f"model-b{batch}.onnx"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not exported by the prepare worker (is onnx installed?)")
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(THREADS)
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Its pool's threads spin after each run by default, taking a core from whatever is timed
-    # next in the round (measured: the next kernel at 65 instead of 102 GMAC/s).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if ORT_SPINNING else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
@@ -283,17 +355,27 @@ def _summarize_peak(kernels: list[dict[str, Any]], times: dict[str, list[float]]
 
 
 #: Which peak each variant is held against (ONNX Runtime runs fp32 on its own MLAS kernels).
-VARIANT_DTYPE = {"imperative": "fp32", "hybridized": "fp32", "hybridized_static": "fp32", "fused": "fp32", "int8": "int8", "onnxruntime": "fp32"}
+VARIANT_DTYPE = {"imperative": "fp32", "hybridized": "fp32", "hybridized_static": "fp32", "fused": "fp32", "fused_pad": "fp32", "int8": "int8", "onnxruntime": "fp32"}
 
 
-def worker_latency(model: str, batch: int, rounds: int, onnx: bool, quick: bool = False) -> dict[str, Any]:
+#: Forwards of each variant back to back within a round (then the next variant). A variant's
+#: first forward after another ran pays for its OpenMP threads waking up and its weights coming
+#: back into cache: on ResNet-50 (40-400 ms forwards, 100 MB of weights that never stay cached)
+#: that is noise, on a 4-8 ms network it is most of the time (Lite0 int8 measured 7.9 ms
+#: interleaved one by one, 4.0 ms back to back). A burst of 5 measures what a busy function sees;
+#: every forward is a sample, so the median is a warm one and the first ones still count.
+BURST = {"lite0": 5, "demo": 5}
+
+
+def worker_latency(model: str, batch: int, rounds: int, quick: bool = False) -> dict[str, Any]:
     """min / median forward ms of every variant at ``batch``, and this host's GEMM peak, interleaved round by round.
 
     Variants: ``imperative`` (the Gluon network, not hybridized); ``hybridized``, the baseline of
     the original design: a SymbolBlock of the fp32 package with a plain ``hybridize()``;
     ``hybridized_static``: the same graph with ``static_alloc=True, static_shape=True``, unfused;
     ``fused``: the oneDNN-fused package as the inference function runs it; ``int8``: the
-    calibrated int8 package, likewise; ``onnxruntime``: the fp32 weights in ONNX Runtime.
+    calibrated int8 package, likewise. ONNX Runtime (the same fp32 weights) runs in a process of
+    its own right after (``worker_onnxruntime``): sharing this one, it ran 1.4× slower than alone.
     Every round times each variant once, then each peak kernel (fp32 and int8) once, so drift of
     this shared machine hits all of them alike.
 
@@ -318,11 +400,12 @@ def worker_latency(model: str, batch: int, rounds: int, onnx: bool, quick: bool 
     # Not mx.nd.array: at batch 8 (1.2M elements) it copies with an OpenMP team in this thread,
     # after which every forward of the process runs 20-35 % slower (to_ndarray's docstring).
     x = to_ndarray(x_np)
-    imperative = _demo_net() if model == "demo" else _zoo_net(model)
+    imperative = _imperative_net(model)
     baseline = symbol_block(symbol, mx.nd.load_frombuffer(files["params"]))
     baseline.hybridize()  # the original design: nothing else
     loaded = {"fp32": load_model(manifest, files, fuse=False)}  # static_alloc + static_shape, unfused
-    loaded.update({mode: load_model(*read_package(base / mode), fuse=False) for mode in ("fused", "int8")})
+    modes = ("fused", "int8", "fused_pad") if (base / "fused_pad").exists() else ("fused", "int8")
+    loaded.update({mode: load_model(*read_package(base / mode), fuse=False) for mode in modes})
     runs: dict[str, Any] = {
         "imperative": lambda: imperative(x).wait_to_read(),
         "hybridized": lambda: baseline(x).wait_to_read(),
@@ -330,14 +413,9 @@ def worker_latency(model: str, batch: int, rounds: int, onnx: bool, quick: bool 
         "fused": lambda: loaded["fused"].block(x).wait_to_read(),
         "int8": lambda: loaded["int8"].block(x).wait_to_read(),
     }
-    errors = {}
-    if onnx:
-        try:
-            session = _ort_session(model, batch)
-            feed = {session.get_inputs()[0].name: x_np}
-            runs["onnxruntime"] = lambda: session.run(None, feed)
-        except Exception as exc:  # noqa: BLE001 - the control is optional
-            errors["onnxruntime"] = f"{type(exc).__name__}: {exc}"[:300]
+    if "fused_pad" in loaded:  # Lite0 with explicit F.pad before each stride-2 conv (the naive port)
+        runs["fused_pad"] = lambda: loaded["fused_pad"].block(x).wait_to_read()
+    errors: dict[str, str] = {}
     kernels = _peak_kernels(PEAK_KERNELS_QUICK if quick else PEAK_KERNELS)
     every = {**runs, **{k["name"]: k["run"] for k in kernels}}
     times: dict[str, list[float]] = {k: [] for k in every}
@@ -345,11 +423,13 @@ def worker_latency(model: str, batch: int, rounds: int, onnx: bool, quick: bool 
         for run in every.values():
             run()
     threads_before = _thread_count()
+    burst = BURST.get(model, 1)
     for _ in range(rounds):
         for name, run in every.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - t0) * 1000.0)
+            for _ in range(burst if name in runs else 1):
+                t0 = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - t0) * 1000.0)
     peak = _summarize_peak(kernels, times)
     variants = {}
     for name in runs:
@@ -357,7 +437,7 @@ def worker_latency(model: str, batch: int, rounds: int, onnx: bool, quick: bool 
         dtype = VARIANT_DTYPE[name]
         best, median = macs / min(t) / 1e6, macs / statistics.median(t) / 1e6  # GMAC/s (t in ms)
         variants[name] = {
-            "min_ms": min(t), "median_ms": statistics.median(t), "rounds": len(t),
+            "min_ms": min(t), "median_ms": statistics.median(t), "rounds": len(t) // burst, "samples": len(t),
             "gmacs_best": best, "gmacs_median": median, "peak_dtype": dtype,
             "fraction_of_peak": best / peak[f"{dtype}_gmacs"],
             "fraction_of_peak_median": median / peak[f"{dtype}_gmacs_median"],
@@ -368,18 +448,59 @@ def worker_latency(model: str, batch: int, rounds: int, onnx: bool, quick: bool 
         name: statistics.median(h / v for h, v in zip(times["hybridized"], times[name]))
         for name in runs if name != "hybridized"
     }
-    symbols = {mode: (base / mode / "model-symbol.json").read_text() for mode in ("fused", "int8")}
+    symbols = {mode: (base / mode / "model-symbol.json").read_text() for mode in modes}
     return {
         "batch": batch, "input_shape": list(shape), "macs": macs, "gmac_per_forward": macs / 1e9,
-        "variants": variants, "peak": peak,
+        "variants": variants, "peak": peak, "burst": burst,
         "paired_speedup_vs_hybridized": paired,
         "process_threads": {"before_timing": threads_before, "after_timing": _thread_count()},
         "graph": {
             "fused_conv_nodes": {mode: fused_conv_count(text) for mode, text in symbols.items()},
             "int8_quantized_nodes": len(quantized_nodes(symbols["int8"])),
+            # what oneDNN fused and what runs outside it (pads, slices, pooling) in each graph
+            "op_counts": {mode: _op_counts(text) for mode, text in symbols.items()},
         },
         "errors": errors,
     }
+
+
+def worker_onnxruntime(model: str, batch: int, rounds: int) -> dict[str, Any]:
+    """ONNX Runtime fp32 on the model's weights, alone in this process (no MXNet imported): min / median ms.
+
+    Same rounds and burst as the MXNet latency worker. Its own process because side by side in
+    the MXNet worker it lost: Lite0 8.2 ms there against 5.9 ms alone (the two runtimes' thread
+    pools waking and sleeping in each other's way); the control gets its best case.
+    """
+    import numpy as np
+
+    session = _ort_session(model, batch)
+    shape = [batch if isinstance(d, str) else d for d in session.get_inputs()[0].shape]
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)}
+    for _ in range(3):
+        session.run(None, feed)
+    times = []
+    for _ in range(rounds * BURST.get(model, 1)):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return {"min_ms": min(times), "median_ms": statistics.median(times), "samples": len(times), "process": "own (no MXNet)"}
+
+
+def _merge_onnxruntime(latency: dict[str, Any], ort_result: dict[str, Any]) -> None:
+    """Add the ONNX Runtime figures to a latency worker's variants, against that worker's fp32 peak."""
+    peak = latency["peak"]
+    best, median = latency["macs"] / ort_result["min_ms"] / 1e6, latency["macs"] / ort_result["median_ms"] / 1e6
+    latency["variants"]["onnxruntime"] = {
+        **ort_result, "rounds": ort_result["samples"] // latency["burst"], "gmacs_best": best, "gmacs_median": median, "peak_dtype": "fp32",
+        "fraction_of_peak": best / peak["fp32_gmacs"], "fraction_of_peak_median": median / peak["fp32_gmacs_median"],
+    }
+
+
+def _op_counts(symbol_json: str) -> dict[str, int]:
+    """How many nodes of each operator a graph has (parameters and inputs left out)."""
+    from collections import Counter
+
+    return dict(Counter(node["op"] for node in json.loads(symbol_json)["nodes"] if node["op"] != "null"))
 
 
 def worker_cold(model: str, mode: str) -> dict[str, Any]:
@@ -499,13 +620,17 @@ def worker_preprocess(rounds: int, quick: bool) -> dict[str, Any]:
     return results
 
 
-def worker_pipeline(images: int, burst: int, quick: bool) -> dict[str, Any]:
-    """Per-image time through the local stack (in process) and the throughput of a burst of uploads."""
+def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo") -> dict[str, Any]:
+    """Per-image time through the local stack (in process) and the throughput of a burst of uploads.
+
+    ``demo``: the int8 shapes model on 640×480 shape images; ``lite0``: the deployment default,
+    the pretrained EfficientNet-Lite0 in the mode its import chose, on real photos (the held-out
+    photos and augmented views, JPEG at their own sizes, 300-640 px).
+    """
     _quiet_mxnet()
     import uuid
 
     from functions.common.manifest import MANIFEST_FILE
-    from inferpipe.demo_model.shapes import CLASSES, render
     from inferpipe.local.stack import LocalStack
     from inferpipe.models import publish
 
@@ -513,20 +638,35 @@ def worker_pipeline(images: int, burst: int, quick: bool) -> dict[str, Any]:
 
     import numpy as np
 
-    model_dir = ROOT / "build" / "demo-model"
-    if quick or not (model_dir / MANIFEST_FILE).exists():
-        model_dir = CACHE_DIR / "demo" / "int8"
-    rng = np.random.default_rng(11)
+    if model == LITE0:
+        from inferpipe.demo import MODEL_NAME, default_model_package
+        from inferpipe.pretrained.photos import augmented, demo_photos
 
-    def jpeg(i: int) -> bytes:
-        buf = io.BytesIO()
-        render(CLASSES[i % len(CLASSES)], rng, size=(640, 480)).save(buf, format="JPEG", quality=90)
-        return buf.getvalue()
+        model_dir, name = ROOT / "build" / "models" / MODEL_NAME, MODEL_NAME
+        default_model_package(model_dir)
+        views = [image for _, image in augmented(demo_photos(), 30, seed=77)]
 
-    with LocalStack() as stack:
+        def jpeg(i: int) -> bytes:
+            buf = io.BytesIO()
+            views[i % len(views)].save(buf, format="JPEG", quality=90)
+            return buf.getvalue()
+    else:
+        from inferpipe.demo_model.shapes import CLASSES, render
+
+        model_dir, name = ROOT / "build" / "demo-model", "demo"
+        if quick or not (model_dir / MANIFEST_FILE).exists():
+            model_dir = CACHE_DIR / "demo" / "int8"
+        rng = np.random.default_rng(11)
+
+        def jpeg(i: int) -> bytes:
+            buf = io.BytesIO()
+            render(CLASSES[i % len(CLASSES)], rng, size=(640, 480)).save(buf, format="JPEG", quality=90)
+            return buf.getvalue()
+
+    with LocalStack(default_model=name) as stack:
         s3, sfn = stack.client("s3"), stack.client("stepfunctions")
         bucket = stack.resources.buckets["input"]
-        published = publish(s3, stack.resources.buckets["models"], model_dir, name="demo", alias="prod")
+        published = publish(s3, stack.resources.buckets["models"], model_dir, name=name, alias="prod")
 
         def executions() -> dict[str, dict[str, Any]]:
             found = {}
@@ -590,7 +730,7 @@ def worker_pipeline(images: int, burst: int, quick: bool) -> dict[str, Any]:
     warm = per_image[1:]
     keys = ("upload_to_start_ms", "execution_ms", "preprocess_ms", "inference_ms", "sinks_state_ms", "orchestration_ms")
     return {
-        "model": {"dir": str(model_dir.relative_to(ROOT)), "version": published.version, "inference_mode": published.inference_mode},
+        "model": {"name": name, "dir": str(model_dir.relative_to(ROOT)), "version": published.version, "inference_mode": published.inference_mode},
         "first": per_image[0],
         "median": {k: statistics.median(r[k] for r in warm) for k in keys},
         "images": len(warm),
@@ -696,7 +836,7 @@ def _sanity(results: dict[str, Any]) -> list[str]:
 def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
     if quick:
         os.environ["INFERPIPE_BENCH_CACHE"] = str(ROOT / "build" / "bench-quick")
-    models = ["demo"] if quick else ["resnet50_v1", "demo"]
+    models = ["demo"] if quick else ["resnet50_v1", LITE0, "demo"]
     batches = [1] if quick else [1, 8]
     rounds = 5 if quick else 40
     onnx = onnx and _have_onnx()
@@ -713,9 +853,14 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
     for model in models:
         for batch in batches:
             print(f"latency {model} batch {batch}…", file=sys.stderr)
-            results["latency"][f"{model}_b{batch}"] = _run_worker(["latency", model, str(batch), str(rounds), "1" if onnx else "0", "1" if quick else "0"])
+            latency = results["latency"][f"{model}_b{batch}"] = _run_worker(["latency", model, str(batch), str(rounds), "1" if quick else "0"])
+            if onnx:
+                try:
+                    _merge_onnxruntime(latency, _run_worker(["onnxruntime", model, str(batch), str(rounds)]))
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:  # the control is optional
+                    latency["errors"]["onnxruntime"] = str(exc)[-300:]
     results["peak"] = _peak_summary(results["latency"], f"{models[0]}_b1")
-    cold_targets = [("demo", "int8")] if quick else [("resnet50_v1", "int8"), ("resnet50_v1", "fp32"), ("demo", "int8")]
+    cold_targets = [("demo", "int8")] if quick else [("resnet50_v1", "int8"), ("resnet50_v1", "fp32"), (LITE0, "int8"), (LITE0, "fused"), ("demo", "int8")]
     repeats = COLD_PROCESSES_QUICK if quick else COLD_PROCESSES
     for model, mode in cold_targets:
         print(f"cold start {model} {mode}…", file=sys.stderr)
@@ -724,9 +869,15 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
     results["preprocess"] = _run_worker(["preprocess", str(3 if quick else 15), "1" if quick else "0"])
     print("local pipeline…", file=sys.stderr)
     try:
-        results["pipeline"] = _run_worker(["pipeline", str(1 if quick else 20), str(3 if quick else 100), "1" if quick else "0"], timeout=1800)
+        results["pipeline"] = _run_worker(["pipeline", str(1 if quick else 20), str(3 if quick else 100), "1" if quick else "0", "demo"], timeout=1800)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:  # the inference figures above stand on their own
         results["pipeline"] = {"error": str(exc)[-1500:]}
+    if not quick:
+        print("local pipeline, real model…", file=sys.stderr)
+        try:
+            results["pipeline_lite0"] = _run_worker(["pipeline", "20", "100", "0", LITE0], timeout=1800)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            results["pipeline_lite0"] = {"error": str(exc)[-1500:]}
 
     # ---- ratios (each > 1 means faster, except cold.first_vs_warm: lower is better)
     r = results["ratios"]
@@ -741,6 +892,8 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
         for variant in ("hybridized", "hybridized_static", "fused", "int8", "onnxruntime"):
             if variant in v and (batch == 1 or variant == "int8"):
                 r[f"{prefix}.{variant}_fraction_of_peak_b{batch}"] = v[variant]["fraction_of_peak"]
+    if LITE0 in models:
+        _lite0_ratios(results, batches)
     pre = results["preprocess"]
     big = "jpeg12mp" if not quick else "jpeg_quick"
     r[f"preprocess.{big}_draft_speedup"] = pre[f"{big}_baseline"]["full_ms"] / pre[f"{big}_baseline"]["draft_ms"]
@@ -752,6 +905,7 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
         "resnet50.int8_vs_hybridized_b1": ">= 4", "resnet50.int8_fraction_of_peak_b1": ">= 0.70",
         "resnet50.fused_vs_hybridized_b1": ">= 1.2", "preprocess.jpeg12mp_draft_speedup": ">= 3",
         "cold.first_vs_warm": "<= 1.5",
+        "lite0.best_vs_onnxruntime_b1": ">= 1.0", "lite0.int8_top1_agreement": ">= 0.95 (if int8 is the default)",
     }
     results["notes"] = {
         "ratios": "median forward ms of the slower variant / the faster one, same process, variants interleaved round "
@@ -773,6 +927,32 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
     _chart(results, chart)
     print(table(results))
     return results
+
+
+def _lite0_ratios(results: dict[str, Any], batches: list[int]) -> None:
+    """The Lite0 ratios: modes vs the hybridized baseline, the best MXNet mode vs ONNX Runtime, int8 agreement."""
+    r = results["ratios"]
+    prepared = results["prepare"][LITE0]
+    for batch in batches:
+        v = results["latency"][f"{LITE0}_b{batch}"]["variants"]
+        for fast, slow in (("fused", "hybridized"), ("int8", "hybridized"), ("int8", "fused"), ("fused", "fused_pad"), ("fused", "onnxruntime"), ("int8", "onnxruntime")):
+            if fast in v and slow in v:
+                r[f"lite0.{fast}_vs_{slow}_b{batch}"] = v[slow]["median_ms"] / v[fast]["median_ms"]
+        # best MXNet mode among those the import would serve (int8 only if its agreement holds)
+        from inferpipe.pretrained import MIN_AGREEMENT
+
+        servable = ["fused"] + (["int8"] if prepared["int8"]["agreement_top1_vs_fp32"] >= MIN_AGREEMENT else [])
+        best = min(servable, key=lambda m: v[m]["median_ms"])
+        if "onnxruntime" in v:
+            r[f"lite0.best_vs_onnxruntime_b{batch}"] = v["onnxruntime"]["median_ms"] / v[best]["median_ms"]
+        results.setdefault("lite0_best_mode", {})[f"b{batch}"] = best
+        for variant in ("hybridized", "fused", "int8", "onnxruntime"):
+            if variant in v and batch == 1:
+                r[f"lite0.{variant}_fraction_of_peak_b1"] = v[variant]["fraction_of_peak"]
+    r["lite0.int8_top1_agreement"] = prepared["int8"]["agreement_top1_vs_fp32"]
+    r["lite0.int8_centred_cosine"] = prepared["int8"]["centred_cosine_mean"]
+    if f"{LITE0}_int8" in results["cold"]:
+        r["lite0.cold_first_vs_warm_int8"] = results["cold"][f"{LITE0}_int8"]["first_vs_warm"]
 
 
 def table(results: dict[str, Any]) -> str:
@@ -804,11 +984,21 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", "| preprocess to 224×224 (ms) | size | full decode | serving path (draft) |", "|---|---|---|---|"]
     for key, p in results["preprocess"].items():
         lines.append(f"| {key} | {p['size'][0]}×{p['size'][1]} | {p['full_ms']:.1f} | {p['draft_ms']:.1f} |")
-    pipe = results["pipeline"]
-    if "error" in pipe:
-        lines += ["", "local pipeline: FAILED: " + pipe["error"].strip().splitlines()[-1][:300], ""]
-    else:
-        lines += _pipeline_lines(pipe)
+    for key in ("pipeline", "pipeline_lite0"):
+        pipe = results.get(key)
+        if pipe is None:
+            continue
+        if "error" in pipe:
+            lines += ["", f"local {key}: FAILED: " + pipe["error"].strip().splitlines()[-1][:300], ""]
+        else:
+            lines += _pipeline_lines(pipe)
+    if LITE0 in results["prepare"]:
+        p = results["prepare"][LITE0]
+        lines.append(f"lite0 vs fp32 on {p['int8']['agreement_images']} held-out photo views: "
+                     + ", ".join(f"{m} top-1 agreement {p[m]['agreement_top1_vs_fp32']:.3f}, centred cosine {p[m]['centred_cosine_mean']:.4f} (min {p[m]['centred_cosine_min']:.4f})" for m in ("fused", "int8"))
+                     + "; package MB " + ", ".join(f"{m} {b / 1e6:.1f}" for m, b in p["size_bytes"].items()))
+        ops = results["latency"][f"{LITE0}_b1"]["graph"]["op_counts"]
+        lines += ["lite0 graph ops: " + "; ".join(f"{m}: " + ", ".join(f"{op} {n}" for op, n in sorted(c.items())) for m, c in ops.items()), ""]
     lines += ["| ratio | value | target |", "|---|---|---|"]
     for key, value in sorted(results["ratios"].items()):
         lines.append(f"| {key} | {value:.2f} | {results['targets'].get(key, '')} |")
@@ -820,7 +1010,7 @@ def table(results: dict[str, Any]) -> str:
 def _pipeline_lines(pipe: dict[str, Any]) -> list[str]:
     m = pipe["median"]
     lines = []
-    lines += ["", f"local pipeline ({pipe['model']['inference_mode']} demo model, median of {pipe['images']} images, ms): "
+    lines += ["", f"local pipeline ({pipe['model']['inference_mode']} {pipe['model'].get('name', 'demo')} model, median of {pipe['images']} images, ms): "
               f"upload→start {m['upload_to_start_ms']:.0f}, execution {m['execution_ms']:.0f} = preprocess {m['preprocess_ms']:.1f} + inference {m['inference_ms']:.1f} "
               f"+ sinks {m['sinks_state_ms']:.0f} + orchestration {m['orchestration_ms']:.0f}",
               f"burst: {pipe['burst']['uploads']} uploads in {pipe['burst']['seconds']:.1f} s = {pipe['burst']['images_per_second']:.1f} images/s ({pipe['burst']['succeeded']} succeeded)", ""]
@@ -859,13 +1049,15 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "prepare":
             _emit(worker_prepare(rest[0], int(rest[1])))
         elif kind == "latency":
-            _emit(worker_latency(rest[0], int(rest[1]), int(rest[2]), rest[3] == "1", rest[4] == "1"))
+            _emit(worker_latency(rest[0], int(rest[1]), int(rest[2]), rest[3] == "1"))
+        elif kind == "onnxruntime":
+            _emit(worker_onnxruntime(rest[0], int(rest[1]), int(rest[2])))
         elif kind == "cold":
             _emit(worker_cold(rest[0], rest[1]))
         elif kind == "preprocess":
             _emit(worker_preprocess(int(rest[0]), rest[1] == "1"))
         elif kind == "pipeline":
-            _emit(worker_pipeline(int(rest[0]), int(rest[1]), rest[2] == "1"))
+            _emit(worker_pipeline(int(rest[0]), int(rest[1]), rest[2] == "1", rest[3] if len(rest) > 3 else "demo"))
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (demo model only, few rounds): the smoke test")

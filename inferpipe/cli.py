@@ -69,11 +69,17 @@ def _add_import_parser(model_commands: Any) -> None:
     imp = model_commands.add_parser(
         "import",
         help="build a package from a Gluon model-zoo network or from exported symbol + params + labels",
-        description="Either ZOO_NAME (e.g. resnet50_v1; random weights unless --pretrained) or "
-        "--symbol, --params and --labels. The input options default to the ImageNet preprocessing.",
+        description="Either NETWORK: efficientnet_lite0 --pretrained (ImageNet weights that ship offline), or a Gluon "
+        "model-zoo name such as resnet50_v1 (random weights unless --pretrained, which downloads); or "
+        "--symbol, --params and --labels. The input options default to the ImageNet preprocessing "
+        "(efficientnet_lite0 has its own and ignores them).",
     )
-    imp.add_argument("zoo_name", nargs="?", metavar="ZOO_NAME", help="a Gluon model-zoo network, e.g. resnet50_v1")
-    imp.add_argument("--pretrained", action="store_true", help="download the zoo's ImageNet weights (needs internet access)")
+    imp.add_argument("zoo_name", nargs="?", metavar="NETWORK", help="efficientnet_lite0, or a Gluon model-zoo network, e.g. resnet50_v1")
+    imp.add_argument("--pretrained", action="store_true", help="ImageNet weights: shipped offline for efficientnet_lite0, downloaded (internet) for the zoo")
+    imp.add_argument(
+        "--optimize", default="auto", choices=["auto", "fp32", "fused", "int8"],
+        help="efficientnet_lite0: the mode to write; auto (default) = the fastest whose top-1 agrees with fp32 on >= 95%% of held-out real photos",
+    )
     imp.add_argument("--seed", type=int, default=0, help="seed of the random weights without --pretrained (default 0)")
     imp.add_argument("--symbol", type=Path, help="exported MXNet symbol JSON (its input named 'data')")
     imp.add_argument("--params", type=Path, help="exported MXNet params (arg:/aux: names)")
@@ -137,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--alias", required=True)
     _add_target_options(promote)
     _add_import_parser(model_commands)
-    build = model_commands.add_parser("build-demo", help="train the offline demo model (about a minute)")
+    build = model_commands.add_parser("build-demo", help="train the tiny shapes model the tests and load runs use (about a minute)")
     build.add_argument("--out", type=Path, default=Path("build/demo-model"))
     build.add_argument("--seed", type=int, default=0)
 
@@ -387,7 +393,15 @@ def _model_import(args: argparse.Namespace) -> int:
     )
     name = args.name or args.zoo_name
     out = args.out or Path("build/models") / name
-    if args.zoo_name:
+    from inferpipe.pretrained import PRETRAINED, import_pretrained
+
+    if args.zoo_name in PRETRAINED:
+        if not args.pretrained:
+            print(f"inferpipe model import: {args.zoo_name} is packaged with its ImageNet weights only: add --pretrained", file=sys.stderr)
+            return 2
+        manifest = import_pretrained(args.zoo_name, out, package_name=name, mode=args.optimize)
+        weights = f"pretrained ImageNet weights, {manifest.inference_mode}"
+    elif args.zoo_name:
         labels = parse_labels(args.labels.read_bytes()) if args.labels else None
         if args.pretrained:
             print(f"downloading the pretrained weights of {args.zoo_name} from the MXNet model zoo ...", file=sys.stderr)

@@ -192,7 +192,7 @@ variable "sinks" {
 }
 
 variable "default_model" {
-  description = "Model name used when a request names none (DEFAULT_MODEL, the state machine's DefaultModel). null: stack.json's defaults.model (demo)."
+  description = "Model name used when a request names none (DEFAULT_MODEL, the state machine's DefaultModel). null: stack.json's defaults.model (efficientnet_lite0, the pretrained ImageNet model)."
   type        = string
   default     = null
 

@@ -10,3 +10,16 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_SESSION_TOKEN", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
+
+
+import pytest  # noqa: E402  (after the environment above, on purpose)
+
+
+@pytest.fixture(scope="session")
+def lite0_package():  # type: ignore[no-untyped-def]
+    """The default model's package (pretrained EfficientNet-Lite0, the mode its import chose),
+    built once into build/models/efficientnet_lite0 (about 30 s) and reused while it exists,
+    exactly as `make demo` builds it."""
+    from inferpipe.demo import MODEL_DIR, default_model_package
+
+    return MODEL_DIR, default_model_package(MODEL_DIR)

@@ -210,11 +210,19 @@ def render_resources(
     account_id: str = DEFAULT_ACCOUNT_ID,
     region: str = DEFAULT_REGION,
     stack: Mapping[str, Any] | None = None,
+    *,
+    default_model: str | None = None,
 ) -> Resources:
-    """Render the stack definition for one (prefix, account, region); ``prefix`` defaults to the file's."""
+    """Render the stack definition for one (prefix, account, region); ``prefix`` defaults to the file's.
+
+    ``default_model`` replaces the file's ``defaults.model``, as Terraform's ``default_model``
+    variable does (None: the file's).
+    """
     raw = copy.deepcopy(dict(stack if stack is not None else load_stack()))
     prefix = prefix or raw["prefix"]
     defaults = raw["defaults"]
+    if default_model is not None:
+        defaults["model"] = default_model
     variables: dict[str, Any] = {
         "prefix": prefix,
         "account_id": account_id,

@@ -81,9 +81,12 @@ def _close_cached_function_clients() -> None:
 class LocalStack:
     """inferpipe on moto, in this process. See the module docstring for an example."""
 
-    def __init__(self, prefix: str | None = None, region: str = DEFAULT_REGION, definition: str | None = None) -> None:
-        """``definition`` replaces the text of the state machine file (tests only)."""
-        self.resources: Resources = render_resources(prefix, DEFAULT_ACCOUNT_ID, region)
+    def __init__(
+        self, prefix: str | None = None, region: str = DEFAULT_REGION, definition: str | None = None, *, default_model: str | None = None
+    ) -> None:
+        """``definition`` replaces the text of the state machine file (tests only); ``default_model``
+        the deployment's default model, as Terraform's variable of that name does."""
+        self.resources: Resources = render_resources(prefix, DEFAULT_ACCOUNT_ID, region, default_model=default_model)
         self._definition = definition
         self._server: Any = None
         self._port: int | None = None

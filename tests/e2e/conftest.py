@@ -38,8 +38,11 @@ def stack(demo_model: Manifest) -> Iterator[Any]:
     from inferpipe.models import publish
 
     # Module scope: moto's state is process-wide, and a unit test's mock_aws() would wipe a stack
-    # left running across modules.
-    local = LocalStack()
+    # left running across modules. The deployment default is the real ImageNet model; these tests
+    # exercise the pipeline with the tiny shapes model instead (known labels, synthetic images),
+    # set as the default as Terraform's default_model variable would. tests/e2e/test_real_model.py
+    # runs the stack with its real defaults.
+    local = LocalStack(default_model="demo")
     local.start()
     try:
         published = publish(local.client("s3"), local.resources.buckets["models"], DEMO_MODEL_DIR, name="demo", alias="prod")

@@ -95,7 +95,8 @@ def test_console_script_starts_the_local_stack_and_leaves_nothing_behind(tmp_pat
         published = run("model", "publish", str(DEMO_MODEL_DIR), "--name", "demo", "--alias", "prod")
         assert published.returncode == 0, published.stderr
         assert "published demo version" in published.stdout
-        classified = run("classify", str(files["good"]), "--json")
+        # the daemon runs the deployment's real defaults (default model efficientnet_lite0): name the shapes model
+        classified = run("classify", str(files["good"]), "--json", "--model", "demo")
         assert classified.returncode == 0, classified.stderr
         assert json.loads(classified.stdout)[0]["top_k"][0]["label"] == "triangle"
         status = run("local", "status")
