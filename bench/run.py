@@ -642,7 +642,7 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo") -
         from inferpipe.demo import MODEL_NAME, default_model_package
         from inferpipe.pretrained.photos import augmented, demo_photos
 
-        model_dir, name = ROOT / "build" / "models" / MODEL_NAME, MODEL_NAME
+        model_dir, model_name = ROOT / "build" / "models" / MODEL_NAME, MODEL_NAME
         default_model_package(model_dir)
         views = [image for _, image in augmented(demo_photos(), 30, seed=77)]
 
@@ -653,7 +653,7 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo") -
     else:
         from inferpipe.demo_model.shapes import CLASSES, render
 
-        model_dir, name = ROOT / "build" / "demo-model", "demo"
+        model_dir, model_name = ROOT / "build" / "demo-model", "demo"
         if quick or not (model_dir / MANIFEST_FILE).exists():
             model_dir = CACHE_DIR / "demo" / "int8"
         rng = np.random.default_rng(11)
@@ -663,10 +663,10 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo") -
             render(CLASSES[i % len(CLASSES)], rng, size=(640, 480)).save(buf, format="JPEG", quality=90)
             return buf.getvalue()
 
-    with LocalStack(default_model=name) as stack:
+    with LocalStack(default_model=model_name) as stack:
         s3, sfn = stack.client("s3"), stack.client("stepfunctions")
         bucket = stack.resources.buckets["input"]
-        published = publish(s3, stack.resources.buckets["models"], model_dir, name=name, alias="prod")
+        published = publish(s3, stack.resources.buckets["models"], model_dir, name=model_name, alias="prod")
 
         def executions() -> dict[str, dict[str, Any]]:
             found = {}
@@ -730,7 +730,7 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo") -
     warm = per_image[1:]
     keys = ("upload_to_start_ms", "execution_ms", "preprocess_ms", "inference_ms", "sinks_state_ms", "orchestration_ms")
     return {
-        "model": {"name": name, "dir": str(model_dir.relative_to(ROOT)), "version": published.version, "inference_mode": published.inference_mode},
+        "model": {"name": model_name, "dir": str(model_dir.relative_to(ROOT)), "version": published.version, "inference_mode": published.inference_mode},
         "first": per_image[0],
         "median": {k: statistics.median(r[k] for r in warm) for k in keys},
         "images": len(warm),
