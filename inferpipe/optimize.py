@@ -355,10 +355,9 @@ def install_mode(dirs: Mapping[str, Path], manifests: Mapping[str, Manifest], ch
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if Path(dirs[chosen]).resolve() != out_dir.resolve():
-        for path in out_dir.iterdir():
-            path.unlink()
-        for path in Path(dirs[chosen]).iterdir():
-            shutil.copy2(path, out_dir / path.name)
+        (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # never an old manifest beside new files
+        for name in PACKAGE_FILES.values():  # only the package's own files: --out may hold others
+            shutil.copy2(Path(dirs[chosen]) / name, out_dir / name)
     manifest = replace(manifests[chosen], metrics={**manifests[chosen].metrics, **decision})
     (out_dir / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
