@@ -363,6 +363,11 @@ def install_mode(dirs: Mapping[str, Path], manifests: Mapping[str, Manifest], ch
     return manifest
 
 
+def mode_selection(rule: str, chosen: str, candidates: Mapping[str, Any], heldout_images: int) -> dict[str, Any]:
+    """The ``metrics.mode_selection`` record of a package: the rule, the choice, every candidate measured."""
+    return {"rule": rule, "chosen": chosen, "candidates": dict(candidates), "heldout_images": int(heldout_images)}
+
+
 def median_latency_ms(models: Mapping[str, LoadedModel], rounds: int = 30) -> dict[str, float]:
     """Median batch-1 forward time of each model, measured round by round (interleaved)."""
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -397,6 +402,7 @@ __all__ = [
     "install_mode",
     "load_images",
     "median_latency_ms",
+    "mode_selection",
     "optimize_package",
     "quantize_block",
     "quantized_nodes",

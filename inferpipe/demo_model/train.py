@@ -131,7 +131,7 @@ def select_mode(fp32_dir: Path, out_dir: Path, seed: int, config: TrainConfig, t
     import tempfile
 
     from functions.inference.core import load_model
-    from inferpipe.optimize import choose_mode, install_mode, median_latency_ms, optimize_package, read_package
+    from inferpipe.optimize import choose_mode, install_mode, median_latency_ms, mode_selection, optimize_package, read_package
 
     calibration, _ = make_dataset(8, np.random.default_rng(seed + 2 * _HELDOUT_SEED_OFFSET), config)
     x_held, y_held = make_dataset(config.heldout_per_class, np.random.default_rng(seed + _HELDOUT_SEED_OFFSET), config)
@@ -153,12 +153,7 @@ def select_mode(fp32_dir: Path, out_dir: Path, seed: int, config: TrainConfig, t
         }
         chosen = choose_mode(candidates, tolerance_pp)
         decision = {
-            "mode_selection": {
-                "rule": f"fastest batch-1 mode with held-out top-1 within {tolerance_pp} pp of fp32",
-                "chosen": chosen,
-                "candidates": candidates,
-                "heldout_images": int(len(y_held)),
-            },
+            "mode_selection": mode_selection(f"fastest batch-1 mode with held-out top-1 within {tolerance_pp} pp of fp32", chosen, candidates, len(y_held)),
             "top1_heldout_fp32": fp32_top1,
         }
         return install_mode(dirs, manifests, chosen, decision, Path(out_dir))

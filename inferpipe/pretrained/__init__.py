@@ -89,7 +89,7 @@ def import_pretrained(
     and the decision are in ``metrics.mode_selection``. Any other mode writes that mode.
     """
     from functions.inference.core import load_model
-    from inferpipe.optimize import install_mode, median_latency_ms, optimize_package, read_package
+    from inferpipe.optimize import install_mode, median_latency_ms, mode_selection, optimize_package, read_package
 
     if mode != "auto" and mode not in INFERENCE_MODES:
         raise InvalidRequestError(f"mode {mode!r} is not 'auto' or one of {INFERENCE_MODES}")
@@ -128,14 +128,8 @@ def import_pretrained(
         }
         eligible = [m for m, c in candidates.items() if c["agreement_top1_vs_fp32"] >= MIN_AGREEMENT]
         chosen = min(eligible, key=lambda m: candidates[m]["median_ms"])
-        decision = {
-            "mode_selection": {
-                "rule": f"fastest batch-1 mode whose top-1 agrees with fp32 on >= {MIN_AGREEMENT:.0%} of the held-out photos",
-                "chosen": chosen,
-                "candidates": candidates,
-                "heldout_images": int(len(heldout)),
-            }
-        }
+        rule = f"fastest batch-1 mode whose top-1 agrees with fp32 on >= {MIN_AGREEMENT:.0%} of the held-out photos"
+        decision = {"mode_selection": mode_selection(rule, chosen, candidates, len(heldout))}
         if log:
             shown = ", ".join(f"{m} {c['median_ms']:.1f} ms" for m, c in candidates.items())
             print(f"inference mode: {chosen} ({shown})", file=sys.stderr)
