@@ -11,10 +11,11 @@ from typing import Any, NoReturn
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from functions.common.config import invocation_credentials
-from functions.common.errors import TransientError
+from functions.common.errors import ConfigurationError, TransientError
 
 _CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 3},
@@ -24,28 +25,52 @@ _CONFIG = Config(
 _clients: dict[Any, Any] = {}
 _lock = threading.Lock()
 
-#: Error codes that mean "try again later" whatever the service.
+#: Error codes that mean "try again later". The union of botocore's standard retry mode lists
+#: (botocore/retries/standard.py: ThrottledRetryableChecker, TransientRetryableChecker) and the
+#: throttling errors the service models of what we call declare under their own names: SNS
+#: ``Throttled`` (HTTP 429) and ``KMSThrottling``, SQS ``KmsThrottled`` (``KMS.ThrottlingException``
+#: in its query-compatible form), Step Functions ``KmsThrottlingException``, KMS
+#: ``KMSThrottlingException``; plus 5xx codes. tests/unit/test_aws_errors.py checks the list
+#: against botocore's models and lists, so a new modelled throttle cannot be missed.
 TRANSIENT_CODES = frozenset(
     {
+        # botocore standard retry mode: throttling
         "Throttling",
         "ThrottlingException",
         "ThrottledException",
-        "RequestLimitExceeded",
+        "RequestThrottledException",
         "TooManyRequestsException",
         "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
         "RequestThrottled",
-        "RequestThrottledException",
         "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+        # botocore standard retry mode: transient
+        "RequestTimeout",
+        "RequestTimeoutException",
+        # service models: throttling under the service's own name
+        "Throttled",
+        "KMSThrottling",
+        "KmsThrottled",
+        "KMS.ThrottlingException",
+        "KmsThrottlingException",
+        "KMSThrottlingException",
+        # server side
         "ServiceUnavailable",
         "InternalError",
         "InternalFailure",
         "InternalServerError",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "KMSThrottlingException",
         "TransactionConflictException",
     }
 )
+#: SDK failures of the network, worth a retry: no connection, connect or read timeout, a closed
+#: connection (botocore's ConnectionError and HTTPClientError families, which its own standard
+#: retry mode retries). Every other BotoCoreError is raised before anything is sent.
+TRANSIENT_SDK_ERRORS: tuple[type[BotoCoreError], ...] = (BotocoreConnectionError, HTTPClientError)
 #: Error codes S3 answers a read of a key that does not exist with (a HEAD has no body: "404").
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 
@@ -85,16 +110,21 @@ def is_not_found(exc: ClientError) -> bool:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for throttling, timeouts, connection problems and 5xx answers."""
+    """True for throttling (any service's code, or HTTP 429), 5xx answers, connection problems and timeouts."""
     if isinstance(exc, ClientError):
-        return error_code(exc) in TRANSIENT_CODES or http_status(exc) >= 500
-    return isinstance(exc, BotoCoreError)  # endpoint/connection/read-timeout errors
+        status = http_status(exc)
+        return error_code(exc) in TRANSIENT_CODES or status == 429 or status >= 500
+    return isinstance(exc, TRANSIENT_SDK_ERRORS)
 
 
 def raise_transient(exc: BaseException, what: str) -> NoReturn:
-    """Re-raise an AWS failure as TransientError when retrying can help; otherwise as it is."""
+    """Re-raise an AWS failure as TransientError when retrying can help, as ConfigurationError
+    when the SDK refused the call before sending it (ParamValidationError, NoCredentialsError,
+    NoRegionError, …), and as it is otherwise."""
     if is_transient(exc):
         raise TransientError(f"{what}: {exc}") from exc
+    if isinstance(exc, BotoCoreError):
+        raise ConfigurationError(f"{what}: {type(exc).__name__}: {exc}") from exc
     raise exc
 
 

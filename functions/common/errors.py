@@ -64,6 +64,11 @@ class SinkUnavailableError(PermanentError):
     """
 
 
+class ConfigurationError(PermanentError):
+    """The function is misconfigured: the SDK refused a call before sending it (invalid parameters,
+    no credentials, no region). Retrying cannot help until the deployment is fixed."""
+
+
 #: The names the state machine retries. Kept here so a test can compare them with the ASL.
 TRANSIENT_ERROR_NAMES: tuple[str, ...] = (TransientError.__name__,)
 

@@ -424,8 +424,8 @@ def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]
         if dest.table and source is not None:
             written["dynamodb"] = _failure_item(record, dest.table)
     except (ClientError, BotoCoreError) as exc:
-        if is_transient(exc):
-            raise TransientError(f"recording the failure: {exc}") from exc
+        if isinstance(exc, BotoCoreError) or is_transient(exc):
+            raise_transient(exc, "recording the failure")
         raise
     return written
 

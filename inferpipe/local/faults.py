@@ -42,12 +42,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-#: What each service answers by default: (HTTP status, error code).
+#: What each service answers by default when throttling: (HTTP status, error code), each as the
+#: service's botocore model names it (SNS ``Throttled`` is modelled with HTTP 429, SQS's own
+#: throttle is ``RequestThrottled``), so the classifier is tested against codes AWS really sends.
 DEFAULT_ERRORS: dict[str, tuple[int, str]] = {
     "s3": (503, "SlowDown"),
     "dynamodb": (400, "ProvisionedThroughputExceededException"),
-    "sns": (400, "Throttling"),
-    "sqs": (400, "ThrottlingException"),
+    "sns": (429, "Throttled"),
+    "sqs": (400, "RequestThrottled"),
     "events": (400, "ThrottlingException"),
     "states": (400, "ThrottlingException"),
 }
