@@ -1,0 +1,60 @@
+"""Preprocess stays well inside its function's memory on hostile images under the pixel limit.
+
+Each image is made and preprocessed in a fresh process, whose peak RSS (ru_maxrss) is the figure
+Lambda would kill the function on. Before the strip-wise conversions (measured, 6000×6600):
+16-bit greyscale PNG 1337 MB, RGBA PNG 808 MB, for a 1024 MB function; now about 320 and 370 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inferpipe.local.spec import render_resources
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZE = (6000, 6600)  # 39.6 MP, under MAX_IMAGE_PIXELS (40 MP)
+
+MAKE = """
+import sys, numpy as np
+from PIL import Image
+w, h = {w}, {h}
+kind, path = sys.argv[1], sys.argv[2]
+if kind == "grey16":
+    row = (np.arange(w, dtype=np.uint32) * 10 % 65536).astype(np.uint16)
+    Image.fromarray(np.ascontiguousarray(np.broadcast_to(row, (h, w)))).save(path)
+elif kind == "rgba":
+    Image.new("RGBA", (w, h), (10, 200, 30, 128)).save(path)
+elif kind == "palette":
+    Image.new("P", (w, h), 3).save(path)
+"""
+
+MEASURE = """
+import json, resource, sys
+from functions.common.config import ImageLimits
+from functions.common.manifest import InputSpec
+from functions.preprocess.core import preprocess
+data = open(sys.argv[1], "rb").read()
+tensor = preprocess(data, ImageLimits(), InputSpec(224, 224, 256, "bicubic", (0.5,) * 3, (0.5,) * 3), name="hostile")
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "shape": list(tensor.shape)}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["grey16", "rgba", "palette"])
+def test_a_39_megapixel_image_preprocesses_within_half_the_function_memory(tmp_path: Path, kind: str) -> None:
+    # GIVEN a hostile image just under the pixel limit (a small file that decodes to a huge one)
+    path = tmp_path / f"{kind}.png"
+    subprocess.run([sys.executable, "-c", MAKE.format(w=SIZE[0], h=SIZE[1]), kind, str(path)], check=True, cwd=ROOT, timeout=120)
+    assert path.stat().st_size < 1_000_000
+    # WHEN preprocess runs it in a fresh process
+    proc = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # THEN it succeeds with a tensor, its peak well inside the function's configured memory
+    memory_mb = render_resources().functions["preprocess"].memory_mb
+    assert result["shape"] == [1, 3, 224, 224]
+    assert result["peak_mb"] < memory_mb / 2, f"{kind}: peak {result['peak_mb']:.0f} MB of {memory_mb} MB"
