@@ -1,6 +1,6 @@
 """Preprocess stays well inside its function's memory on hostile images under the pixel limit.
 
-Each image is made and preprocessed in a fresh process, whose peak RSS (ru_maxrss) is the figure
+Each image is made and preprocessed in a fresh process, whose peak RSS (VmHWM) is the figure
 Lambda would kill the function on. Before the strip-wise conversions (measured, 6000×6600):
 16-bit greyscale PNG 1337 MB, RGBA PNG 808 MB, for a 1024 MB function; now about 320 and 370 MB.
 """
@@ -34,13 +34,16 @@ elif kind == "palette":
 """
 
 MEASURE = """
-import json, resource, sys
+import json, sys
 from functions.common.config import ImageLimits
 from functions.common.manifest import InputSpec
 from functions.preprocess.core import preprocess
 data = open(sys.argv[1], "rb").read()
 tensor = preprocess(data, ImageLimits(), InputSpec(224, 224, 256, "bicubic", (0.5,) * 3, (0.5,) * 3), name="hostile")
-print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "shape": list(tensor.shape)}))
+# VmHWM, this process's own peak: ru_maxrss would also count the parent's RSS at fork (Linux keeps
+# it across exec), which made every image read as the test runner's 1.5 GB.
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"peak_mb": peak_kb / 1024, "shape": list(tensor.shape)}))
 """
 
 
