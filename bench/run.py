@@ -646,10 +646,8 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo") -
         default_model_package(model_dir)
         views = [image for _, image in augmented(demo_photos(), 30, seed=77)]
 
-        def jpeg(i: int) -> bytes:
-            buf = io.BytesIO()
-            views[i % len(views)].save(buf, format="JPEG", quality=90)
-            return buf.getvalue()
+        def image_for(i: int) -> Any:
+            return views[i % len(views)]
     else:
         from inferpipe.demo_model.shapes import CLASSES, render
 
@@ -658,10 +656,13 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo") -
             model_dir = CACHE_DIR / "demo" / "int8"
         rng = np.random.default_rng(11)
 
-        def jpeg(i: int) -> bytes:
-            buf = io.BytesIO()
-            render(CLASSES[i % len(CLASSES)], rng, size=(640, 480)).save(buf, format="JPEG", quality=90)
-            return buf.getvalue()
+        def image_for(i: int) -> Any:
+            return render(CLASSES[i % len(CLASSES)], rng, size=(640, 480))
+
+    def jpeg(i: int) -> bytes:
+        buf = io.BytesIO()
+        image_for(i).save(buf, format="JPEG", quality=90)
+        return buf.getvalue()
 
     with LocalStack(default_model=model_name) as stack:
         s3, sfn = stack.client("s3"), stack.client("stepfunctions")
@@ -931,6 +932,8 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
 
 def _lite0_ratios(results: dict[str, Any], batches: list[int]) -> None:
     """The Lite0 ratios: modes vs the hybridized baseline, the best MXNet mode vs ONNX Runtime, int8 agreement."""
+    from inferpipe.pretrained import MIN_AGREEMENT
+
     r = results["ratios"]
     prepared = results["prepare"][LITE0]
     for batch in batches:
@@ -939,8 +942,6 @@ def _lite0_ratios(results: dict[str, Any], batches: list[int]) -> None:
             if fast in v and slow in v:
                 r[f"lite0.{fast}_vs_{slow}_b{batch}"] = v[slow]["median_ms"] / v[fast]["median_ms"]
         # best MXNet mode among those the import would serve (int8 only if its agreement holds)
-        from inferpipe.pretrained import MIN_AGREEMENT
-
         servable = ["fused"] + (["int8"] if prepared["int8"]["agreement_top1_vs_fp32"] >= MIN_AGREEMENT else [])
         best = min(servable, key=lambda m: v[m]["median_ms"])
         if "onnxruntime" in v:

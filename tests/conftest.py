@@ -12,11 +12,15 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 
 
-import pytest  # noqa: E402  (after the environment above, on purpose)
+from pathlib import Path  # noqa: E402  (after the environment above, on purpose)
+
+import pytest  # noqa: E402
+
+from functions.common.manifest import Manifest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def lite0_package():  # type: ignore[no-untyped-def]
+def lite0_package() -> tuple[Path, Manifest]:
     """The default model's package (pretrained EfficientNet-Lite0, the mode its import chose),
     built once into build/models/efficientnet_lite0 (about 30 s) and reused while it exists,
     exactly as `make demo` builds it."""

@@ -102,9 +102,12 @@ def import_pretrained(
         spec = manifests["fp32"].input
         heldout = heldout_tensors(spec)
         wanted = ("fused", "int8") if mode == "auto" else (mode,)
+        calibration = calibration_tensors(spec) if "int8" in wanted else None
         for m in wanted:
-            calibration = calibration_tensors(spec) if m == "int8" else None
-            manifests[m] = optimize_package(dirs["fp32"], dirs[m], m, calibration=calibration, heldout=heldout, max_calibration=len(calibration) if calibration is not None else 64)
+            manifests[m] = optimize_package(
+                dirs["fp32"], dirs[m], m, calibration=calibration if m == "int8" else None, heldout=heldout,
+                max_calibration=len(calibration) if calibration is not None else 0,
+            )
             if log:
                 metrics = manifests[m].metrics
                 print(
