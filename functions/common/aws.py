@@ -2,11 +2,19 @@
 
 Clients are created once per process (a warm Lambda reuses them) and honour the standard
 settings, including ``AWS_ENDPOINT_URL``, which is how the local stack points them at itself.
+
+Inside an invocation (:func:`invocation_deadline`, entered by every handler) a client's timeouts
+and retries fit the time the invocation has left: a slow AWS call fails as a retryable
+``TransientError`` before Lambda kills the function for overrunning its timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
+import time
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import boto3
@@ -17,13 +25,51 @@ from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from functions.common.config import invocation_credentials
 from functions.common.errors import ConfigurationError, TransientError
 
-_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 3},
-    connect_timeout=5,
-    read_timeout=20,
-)
+#: (connect timeout s, read timeout s, attempts), most patient first. The first is used outside
+#: an invocation; inside one, the most patient whose worst case fits the time left.
+TIMEOUT_TIERS: tuple[tuple[int, int, int], ...] = ((5, 20, 3), (3, 10, 3), (2, 5, 3), (1, 3, 2), (1, 2, 2), (1, 1, 1))
+#: Kept back from the time left: to raise, log and answer the runtime before Lambda's deadline.
+DEADLINE_MARGIN_S = 1.0
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("inferpipe_invocation_deadline", default=None)
 _clients: dict[Any, Any] = {}
 _lock = threading.Lock()
+
+
+def worst_case_seconds(connect: float, read: float, attempts: int) -> float:
+    """The longest a call can take: every attempt times out, with botocore's standard back-off
+    between attempts (random, at most 2**(n-1) s before retry n; botocore/retries/standard.py).
+
+    >>> worst_case_seconds(1, 3, 2)
+    9.0
+    """
+    return attempts * (connect + read) + sum(2.0**n for n in range(attempts - 1))
+
+
+def timeout_tier(remaining_s: float | None) -> tuple[int, int, int]:
+    """The tier for an invocation with ``remaining_s`` left (None: not in an invocation)."""
+    if remaining_s is None:
+        return TIMEOUT_TIERS[0]
+    budget = remaining_s - DEADLINE_MARGIN_S
+    for tier in TIMEOUT_TIERS:
+        if worst_case_seconds(*tier) <= budget:
+            return tier
+    return TIMEOUT_TIERS[-1]
+
+
+@contextlib.contextmanager
+def invocation_deadline(context: Any) -> Iterator[None]:
+    """Bound this invocation's AWS calls by ``context.get_remaining_time_in_millis()``."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    token = _deadline.set(time.monotonic() + remaining() / 1000.0 if callable(remaining) else None)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def _remaining_s() -> float | None:
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
 
 #: Error codes that mean "try again later". The union of botocore's standard retry mode lists
 #: (botocore/retries/standard.py: ThrottledRetryableChecker, TransientRetryableChecker) and the
@@ -76,13 +122,15 @@ _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 
 
 def client(service: str) -> Any:
-    """A process-wide boto3 client for ``service`` (thread-safe to share).
+    """A process-wide boto3 client for ``service`` (thread-safe to share), whose timeouts and
+    retries fit the invocation's remaining time (see :func:`timeout_tier`): fetch it right before use.
 
-    Signed with boto3's default credentials (in Lambda: the function's role), or, on the local
-    stack, with the credentials of the invocation in progress (one client per role and service).
+    Signed with boto3's default credentials (in Lambda: the function's role), or, on the in-process
+    local stack, with the credentials of the invocation in progress (one client per role and service).
     """
     credentials = invocation_credentials()
-    key: Any = service if credentials is None else (service, credentials)
+    tier = timeout_tier(_remaining_s())
+    key: Any = (service, tier, credentials)
     existing = _clients.get(key)
     if existing is not None:
         return existing
@@ -92,7 +140,9 @@ def client(service: str) -> Any:
             if credentials is not None:
                 access_key, secret_key, token = credentials
                 explicit = {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key, "aws_session_token": token}
-            _clients[key] = boto3.session.Session().client(service, config=_CONFIG, **explicit)
+            connect, read, attempts = tier
+            config = Config(retries={"mode": "standard", "max_attempts": attempts}, connect_timeout=connect, read_timeout=read)
+            _clients[key] = boto3.session.Session().client(service, config=config, **explicit)
         return _clients[key]
 
 

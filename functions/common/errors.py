@@ -76,3 +76,28 @@ TRANSIENT_ERROR_NAMES: tuple[str, ...] = (TransientError.__name__,)
 PERMANENT_ERROR_NAMES: tuple[str, ...] = tuple(
     cls.__name__ for cls in PermanentError.__subclasses__()
 )
+
+# Errors the Lambda service itself reports when it ends an invocation; the state machine matches
+# these names too. What Lambda answers the caller (Step Functions included) with:
+#
+# * ``Sandbox.Timedout``: the invocation overran the function's timeout; the environment is
+#   stopped and the next invocation gets a fresh one. Message ``RequestId: <id> Error: Task timed
+#   out after <timeout>.00 seconds``. https://docs.aws.amazon.com/lambda/latest/dg/troubleshooting-invocation.html#troubleshooting-timeouts
+# * ``Runtime.OutOfMemory``: the environment used more memory than the function's MemorySize and
+#   was killed (message ``RequestId: <id> Error: Runtime exited with error: signal: killed``).
+# * ``Runtime.ExitError``: the runtime process exited during the invocation for another reason.
+#   https://repost.aws/knowledge-center/lambda-runtime-error
+#
+# Step Functions names unhandled function errors it cannot attribute ``Lambda.Unknown`` ("these
+# include out-of-memory errors and function timeouts"):
+# https://docs.aws.amazon.com/step-functions/latest/dg/bp-lambda-serviceexception.html
+LAMBDA_TIMEOUT = "Sandbox.Timedout"
+LAMBDA_OUT_OF_MEMORY = "Runtime.OutOfMemory"
+LAMBDA_EXIT_ERROR = "Runtime.ExitError"
+
+#: Platform errors worth one more attempt in a fresh environment: a timeout (the service called
+#: may be slow for a moment; every task is idempotent) or a crashed runtime.
+RETRIED_PLATFORM_ERRORS: tuple[str, ...] = (LAMBDA_TIMEOUT, LAMBDA_EXIT_ERROR)
+#: Platform errors retrying cannot help: the same input needs the same memory again. Caught, so
+#: the failure record names the memory limit instead of three paid runs ending as an unknown error.
+CAUGHT_PLATFORM_ERRORS: tuple[str, ...] = (LAMBDA_OUT_OF_MEMORY,)

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger
 
+from functions.common.aws import invocation_deadline
+
 logger = Logger(service="inferpipe")
 
 _BOUND_KEYS = ("execution_id", "object", "sink", "model")
@@ -27,7 +29,8 @@ def lambda_context(handler: _Handler) -> _Handler:
     local stack runs concurrent invocations in one process, where the decorator's shared keys gave
     every line the request id of whichever invocation started last. One Lambda process serves one
     invocation at a time, so there the two behave the same. ``cold_start`` is per handler module,
-    i.e. per function, as in Lambda.
+    i.e. per function, as in Lambda. It also bounds the invocation's AWS calls by its remaining
+    time (:func:`functions.common.aws.invocation_deadline`).
     """
     state = {"cold": True}
 
@@ -43,7 +46,8 @@ def lambda_context(handler: _Handler) -> _Handler:
             function_request_id=getattr(context, "aws_request_id", None),
         )
         try:
-            return handler(event, context)
+            with invocation_deadline(context):
+                return handler(event, context)
         finally:
             logger.thread_safe_clear_keys()
 

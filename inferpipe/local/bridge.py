@@ -99,6 +99,30 @@ class InvocationRecord:
     error_type: str | None  # None when the handler returned
     injected: bool  # True when an injected fault answered instead of the handler
     seconds: float
+    init_ms: float | None = None  # isolated mode: the Init Duration of a cold start
+    max_memory_mb: int | None = None  # isolated mode: the environment's peak memory
+    environment: str | None = None  # isolated mode: the environment's log stream
+
+
+#: How the bridge runs handlers: "isolated" (default: an execution environment per process, see
+#: :mod:`inferpipe.local.environments`) or "in-process" (threads of this process; fast, for unit
+#: level tests of the bridge itself: no memory limit, a timeout cannot stop the handler).
+LAMBDA_MODES = ("isolated", "in-process")
+_mode: dict[str, Any] = {"mode": "isolated", "pool": None}
+
+
+def set_lambda_mode(mode: str, pool: Any = None) -> None:
+    """Run handlers ``mode``-wise; "isolated" needs an :class:`~inferpipe.local.environments.EnvironmentPool`."""
+    if mode not in LAMBDA_MODES:
+        raise ValueError(f"unknown Lambda mode {mode!r}: expected one of {', '.join(LAMBDA_MODES)}")
+    if mode == "isolated" and pool is None:
+        raise ValueError("the isolated Lambda mode needs an EnvironmentPool")
+    with _lock:
+        _mode.update(mode=mode, pool=pool)
+
+
+def lambda_mode() -> str:
+    return str(_mode["mode"])
 
 
 @dataclass(frozen=True)
@@ -214,8 +238,87 @@ def _error_payload(error_type: str, message: str, request_id: str, tb: Any = Non
     ).encode("utf-8")
 
 
+def _function_config(fn: Any) -> Any:
+    from inferpipe.local.environments import FunctionConfig
+
+    reserved = getattr(fn, "reserved_concurrency", None)
+    return FunctionConfig(
+        name=fn.function_name,
+        arn=fn.function_arn,
+        region=fn.region,
+        handler=_handler_path(fn),
+        memory_mb=int(fn.memory_size),
+        timeout_s=float(fn.timeout),
+        variables=dict(fn.environment_vars or {}),
+        role_arn=fn.role,
+        reserved_concurrency=None if reserved in (None, "") else int(reserved),
+    )
+
+
+def _run_isolated(fn: Any, body: Any, request_id: str) -> tuple[bool, bytes]:
+    from inferpipe.local.environments import PoolClosed, Throttled
+
+    started = time.monotonic()
+    error_type: str | None = None
+    result = None
+    try:
+        try:
+            config = _function_config(fn)
+        except _RuntimeError as exc:
+            error_type = exc.error_type
+            return True, _error_payload(exc.error_type, str(exc), request_id)
+        raw = body if isinstance(body, bytes) else (body or "").encode("utf-8")
+        try:
+            result = _mode["pool"].invoke(config, request_id, raw or b"{}")
+        except Throttled as exc:
+            error_type = THROTTLED
+            raise _throttle_error(str(exc)) from None
+        except PoolClosed as exc:
+            error_type = "Lambda.ServiceException"
+            return True, _error_payload("ServiceException", str(exc), request_id)
+        error_type = result.error_type if result.failed else None
+        if result.failed:
+            _LOG.info("%s failed: %s", fn.function_name, error_type)
+        return result.failed, result.payload
+    finally:
+        with _lock:
+            _invocations.append(
+                InvocationRecord(
+                    fn.function_name,
+                    request_id,
+                    error_type,
+                    False,
+                    time.monotonic() - started,
+                    init_ms=result.init_ms if result else None,
+                    max_memory_mb=result.max_memory_mb if result else None,
+                    environment=result.environment if result else None,
+                )
+            )
+
+
+def _throttle_error(message: str) -> Exception:
+    """Lambda's answer beyond a function's reserved concurrency: HTTP 429 TooManyRequestsException.
+
+    https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html#API_Invoke_Errors
+    """
+    from moto.awslambda.exceptions import LambdaClientError
+
+    class TooManyRequestsException(LambdaClientError):
+        code = 429
+
+    error = TooManyRequestsException("TooManyRequestsException", message)
+    return error
+
+
 def _run(fn: Any, body: Any, request_id: str, fault: InjectedFault | None) -> tuple[bool, bytes]:
     """Invoke the function once: (failed, payload)."""
+    if fault is None and _mode["mode"] == "isolated":
+        return _run_isolated(fn, body, request_id)
+    return _run_in_process(fn, body, request_id, fault)
+
+
+def _run_in_process(fn: Any, body: Any, request_id: str, fault: InjectedFault | None) -> tuple[bool, bytes]:
+    """Invoke the function once in this process (faults, and the "in-process" mode): (failed, payload)."""
     from functions.common.config import invocation_environment  # lazily: the functions package is the product
 
     started = time.monotonic()
@@ -319,6 +422,8 @@ def _run_async(fn: Any, body: Any, request_id: str) -> None:
         failed, payload = _run(fn, body, request_id, None)
         if failed:
             _LOG.warning("asynchronous invocation of %s failed: %s", fn.function_name, payload.decode("utf-8", "replace"))
+    except Exception as exc:  # a throttle: Lambda would queue and retry the event; here it is reported
+        _LOG.warning("asynchronous invocation of %s not run: %s", fn.function_name, exc)
     finally:
         with _lock:
             _async_threads.discard(threading.current_thread())
@@ -461,6 +566,11 @@ def _stack_client(service: str, region: str, credentials: Mapping[str, str], con
                 config=Config(**config) if config else None,
             )
         return existing
+
+
+def platform_client(service: str, region: str, role_arn: str) -> Any:
+    """A client at the stack signed as ``role_arn`` (what Lambda's platform writes logs with)."""
+    return _stack_client(service, region, role_credentials(role_arn, region), _PLATFORM_LOG_CLIENT_CONFIG)
 
 
 def _arn(response: Any, service: str, resource: str) -> str:
@@ -719,6 +829,28 @@ def _bridged_send_to_targets(self: Any, original_event: Any, transform_input: bo
 
 
 # --------------------------------------------------------------------------------------------
+# Step Functions: a Lambda API error is named Lambda.<code>
+# --------------------------------------------------------------------------------------------
+
+
+def _lambda_task_error(self: Any, env: Any, ex: Exception) -> Any:
+    """``StateTaskLambda._from_error`` amended: an Invoke answered with an HTTP error (a throttle's
+    429, a 5xx) is ``Lambda.<error code>``, as Step Functions names it ("Lambda errors are reported
+    as Lambda.ErrorName", https://docs.aws.amazon.com/step-functions/latest/dg/bp-lambda-serviceexception.html);
+    moto names every such error ``Exception``, which no Retry of ours matches."""
+    from botocore.exceptions import ClientError
+    from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
+
+    failure = _originals["lambda_from_error"](self, env, ex)
+    if isinstance(ex, ClientError):
+        name = f"Lambda.{ex.response.get('Error', {}).get('Code') or 'Unknown'}"
+        failure.error_name = CustomErrorName(name)
+        for details in (failure.event_details or {}).values():
+            details["error"] = name
+    return failure
+
+
+# --------------------------------------------------------------------------------------------
 # install / uninstall
 # --------------------------------------------------------------------------------------------
 
@@ -744,6 +876,10 @@ def install() -> None:
         IAMRequestBase.__init__ = _iam_request_init  # type: ignore[method-assign]
         _originals["boto_client_for"] = lambda_eval_utils.boto_client_for
         lambda_eval_utils.boto_client_for = _sfn_client_for
+        from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_lambda import StateTaskLambda
+
+        _originals["lambda_from_error"] = StateTaskLambda.__dict__["_from_error"]
+        StateTaskLambda._from_error = _lambda_task_error  # type: ignore[method-assign]
         for service, (cls, resolver) in _response_classes().items():
             if "_determine_resource" in cls.__dict__:
                 raise RuntimeError(f"moto now resolves {service} resources itself: drop the bridge's resolver")
@@ -782,6 +918,11 @@ def uninstall() -> None:
             from moto import backends
 
             backends.list_of_moto_modules = _originals.pop("list_of_moto_modules")
+        if "lambda_from_error" in _originals:
+            from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_lambda import StateTaskLambda
+
+            StateTaskLambda._from_error = _originals.pop("lambda_from_error")  # type: ignore[method-assign]
+        _mode.update(mode="isolated", pool=None)
         for existing in _stack_clients.values():
             existing.close()
         _stack_clients.clear()
@@ -810,6 +951,9 @@ __all__ = [
     "install",
     "installed",
     "invocations",
+    "lambda_mode",
+    "platform_client",
+    "set_lambda_mode",
     "role_credentials",
     "set_iam_enforcement",
     "uninstall",

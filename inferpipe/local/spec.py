@@ -140,6 +140,14 @@ class Defaults:
 
 
 @dataclass(frozen=True)
+class LocalLambda:
+    """How the local stack runs Lambda on this machine (stack.json ``local``; not deployed)."""
+
+    max_environments: Mapping[str, int]  # per function key, when it has no reserved concurrency
+    idle_environment_seconds: float  # a warm environment unused this long is stopped
+
+
+@dataclass(frozen=True)
 class Resources:
     """Every resource name of one rendered stack (same names Terraform creates)."""
 
@@ -161,6 +169,7 @@ class Resources:
     defaults: Defaults
     local_sns_tap: str  # local observer queue subscribed to the topic (not in the product)
     local_events_tap: str  # local observer queue + rule on the predictions bus (not in the product)
+    local_lambda: LocalLambda
 
     @property
     def trigger_pattern(self) -> dict[str, Any]:
@@ -268,6 +277,18 @@ def render_resources(
         ),
         local_sns_tap=render_template(LOCAL_SNS_TAP, variables),
         local_events_tap=render_template(LOCAL_EVENTS_TAP, variables),
+        local_lambda=_local_lambda(raw.get("local", {}), functions),
+    )
+
+
+def _local_lambda(raw: Mapping[str, Any], functions: Mapping[str, FunctionSpec]) -> LocalLambda:
+    limits = {key: int(raw.get("max_environments", {}).get(key, 2)) for key in functions}
+    bad = [f"{key}={value}" for key, value in limits.items() if value < 1]
+    if bad:
+        raise ValueError(f"stack.json local.max_environments must be >= 1: {', '.join(bad)}")
+    return LocalLambda(
+        max_environments=MappingProxyType(limits),
+        idle_environment_seconds=float(raw.get("idle_environment_seconds", 300)),
     )
 
 
@@ -319,6 +340,7 @@ __all__ = [
     "DEFAULT_REGION",
     "Defaults",
     "FunctionSpec",
+    "LocalLambda",
     "Resources",
     "TemplateError",
     "asl_values",

@@ -8,7 +8,10 @@ Example::
         stack.client("stepfunctions").list_executions(stateMachineArn=stack.state_machine_arn)
 
 While it runs, this process's environment points every AWS SDK at it (``AWS_ENDPOINT_URL``, dummy
-credentials, region), so the functions it runs in process reach the same stack. ``stop()``
+credentials, region). Lambda functions run in execution environments of their own (worker
+processes under ``python -m awslambdaric``, see :mod:`inferpipe.local.environments`), which reach
+the stack through the same endpoint; ``lambda_mode="in-process"`` runs them in threads of this
+process instead (fast, for tests of the bridge itself; no memory limit, timeouts cannot kill). ``stop()``
 restores the environment and moto's configuration and waits for every thread it started.
 Only one local stack per process: moto keeps its state (and ``MOTO_PORT``) process-wide.
 """
@@ -82,10 +85,21 @@ class LocalStack:
     """inferpipe on moto, in this process. See the module docstring for an example."""
 
     def __init__(
-        self, prefix: str | None = None, region: str = DEFAULT_REGION, definition: str | None = None, *, default_model: str | None = None
+        self,
+        prefix: str | None = None,
+        region: str = DEFAULT_REGION,
+        definition: str | None = None,
+        *,
+        default_model: str | None = None,
+        lambda_mode: str = "isolated",
     ) -> None:
         """``definition`` replaces the text of the state machine file (tests only); ``default_model``
-        the deployment's default model, as Terraform's variable of that name does."""
+        the deployment's default model, as Terraform's variable of that name does; ``lambda_mode``
+        "isolated" (execution environments, the default) or "in-process"."""
+        if lambda_mode not in bridge.LAMBDA_MODES:
+            raise LocalStackError(f"unknown lambda_mode {lambda_mode!r}: expected one of {', '.join(bridge.LAMBDA_MODES)}")
+        self.lambda_mode = lambda_mode
+        self._pool: Any = None
         self.resources: Resources = render_resources(prefix, DEFAULT_ACCOUNT_ID, region, default_model=default_model)
         self._definition = definition
         self._server: Any = None
@@ -145,6 +159,7 @@ class LocalStack:
             _post_json(f"{self.endpoint_url}/moto-api/reset")
             _post_json(f"{self.endpoint_url}/moto-api/config", MOTO_CONFIG)
             bridge.install()
+            self._start_lambda()
             _close_cached_function_clients()
             self._provisioned = provision(self.client, self.resources, self._definition)
         except BaseException:
@@ -162,6 +177,8 @@ class LocalStack:
             if self._server is not None:
                 self._stop_executions()
                 bridge.wait_for_async_invocations(timeout)
+                if self._pool is not None:
+                    self._pool.close(timeout)
                 for client in self._clients.values():
                     client.close()
                 self._clients.clear()
@@ -175,6 +192,7 @@ class LocalStack:
                     server.server_close()
         finally:
             self._server = None
+            self._pool = None
             self.aws_faults.clear()
             bridge.uninstall()
             self._restore_config()
@@ -261,7 +279,49 @@ class LocalStack:
         name = self.resources.functions[function_key].name if function_key else None
         return bridge.invocations(name)
 
+    def environments(self, function_key: str | None = None) -> list[Any]:
+        """The idle warm execution environments (of one function): log stream, pid, invocations, init."""
+        if self._pool is None:
+            return []
+        name = self.resources.functions[function_key].name if function_key else None
+        return list(self._pool.environments(name))
+
+    def stop_environments(self, function_key: str | None = None) -> int:
+        """Stop the idle environments (of one function): the next invocations are cold starts."""
+        if self._pool is None:
+            return 0
+        name = self.resources.functions[function_key].name if function_key else None
+        return int(self._pool.stop_idle(name))
+
+    def flush_logs(self) -> None:
+        """Return once every log line the functions wrote so far is in the stack's CloudWatch Logs."""
+        if self._pool is not None:
+            self._pool.logs.flush()
+
     # -- internals -------------------------------------------------------------------------
+
+    def _start_lambda(self) -> None:
+        """Run functions as configured: an execution environment pool, or in this process."""
+        if self.lambda_mode == "in-process":
+            bridge.set_lambda_mode("in-process")
+            return
+        from inferpipe.local.environments import EnvironmentPool
+
+        local = self.resources.local_lambda
+        limits = {spec.name: local.max_environments[key] for key, spec in self.resources.functions.items()}
+        default_limit = min(limits.values()) if limits else 2
+
+        def logs_client(region: str, role_arn: str) -> Any:
+            return bridge.platform_client("logs", region, role_arn)
+
+        self._pool = EnvironmentPool(
+            credentials_for=bridge.role_credentials,
+            logs_client_for=logs_client,
+            endpoint_url=lambda: self.endpoint_url,
+            max_environments=lambda name: limits.get(name, default_limit),
+            idle_seconds=local.idle_environment_seconds,
+        )
+        bridge.set_lambda_mode("isolated", self._pool)
 
     def _stop_executions(self) -> None:
         """Stop RUNNING executions, so their interpreter threads end before the server does."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -68,6 +69,8 @@ def test_functions(stack: LocalStack) -> dict[str, dict[str, Any]]:
         "b": ("report", {"COLOUR": "blue"}),
         "fails": ("not_an_image", {}),
         "slow": ("sleep", {}),
+        "overruns": ("sleep_once_then_write", {}),
+        "allocates": ("allocate", {}),
     }
     functions = {}
     for key, (handler, variables) in specs.items():
@@ -78,7 +81,7 @@ def test_functions(stack: LocalStack) -> dict[str, dict[str, Any]]:
             ImageConfig={"Command": [f"{HANDLERS}.{handler}"]},
             Role=role,
             MemorySize=128,
-            Timeout=1 if key == "slow" else 7,
+            Timeout=1 if key in ("slow", "overruns") else 7,
             Environment={"Variables": variables},
         )
         functions[key] = {"name": created["FunctionName"], "arn": created["FunctionArn"], "environment": variables}
@@ -356,10 +359,11 @@ def test_a_rule_with_a_state_machine_and_a_queue_target_delivers_to_both(
 # -- the Lambda bridge -------------------------------------------------------------------------
 
 
-def test_the_bridge_runs_each_handler_with_exactly_its_own_environment(
-    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+def test_each_function_runs_in_environments_of_its_own_with_exactly_its_variables(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     awslambda = stack.client("lambda")
+    monkeypatch.setenv("ONLY_IN_THE_TEST_PROCESS", "leaked")  # must not reach any function
 
     def invoke(key: str) -> tuple[str, dict[str, Any]]:
         answer = awslambda.invoke(FunctionName=test_functions[key]["name"], Payload=json.dumps({"asked": key}))
@@ -369,19 +373,32 @@ def test_the_bridge_runs_each_handler_with_exactly_its_own_environment(
     # WHEN two functions with different environments are invoked concurrently, several times
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(invoke, ["a", "b"] * 6))
-    # THEN each invocation saw exactly its function's variables (plus, as in Lambda, its role's
-    # credentials), event and context
-    credential_keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    # THEN each invocation saw its function's variables, Lambda's own and its role's credentials,
+    # and nothing of this process's environment; its event and context
     for key, result in results:
-        environment = dict(result["environment"])
-        assert all(environment.pop(name) for name in credential_keys)
-        assert environment == test_functions[key]["environment"]
+        environment = result["environment"]
+        assert {name: environment.get(name) for name in test_functions[key]["environment"]} == test_functions[key]["environment"]
+        assert all(environment.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"))
+        assert environment["AWS_ACCESS_KEY_ID"] != os.environ["AWS_ACCESS_KEY_ID"]  # the role's, not ours
+        assert environment["AWS_LAMBDA_FUNCTION_NAME"] == test_functions[key]["name"]
+        assert environment["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "128"
+        assert environment["AWS_LAMBDA_LOG_GROUP_NAME"] == f"/aws/lambda/{test_functions[key]['name']}"
+        assert "ONLY_IN_THE_TEST_PROCESS" not in environment
         assert result["event"] == {"asked": key}
         assert result["function_name"] == test_functions[key]["name"]
         assert result["invoked_function_arn"] == test_functions[key]["arn"]
-        assert result["memory_limit_in_mb"] == 128 and 0 < result["remaining_ms"] <= 7000
-    # AND the module stayed loaded between invocations (warm container)
-    assert max(result["warm_calls"] for _, result in results) >= len(results)
+        assert int(result["memory_limit_in_mb"]) == 128 and 0 < result["remaining_ms"] <= 7000  # a str, as in Lambda
+    assert "ONLY_IN_A" not in {name for key, result in results if key == "b" for name in result["environment"]}
+    # AND each function ran in processes of its own, at most as many as the local limit allows
+    pids = {key: {result["pid"] for k, result in results if k == key} for key in ("a", "b")}
+    assert not pids["a"] & pids["b"] and os.getpid() not in pids["a"] | pids["b"]
+    assert all(1 <= len(found) <= 2 for found in pids.values()), pids
+    # AND module state lived per environment: each process counted exactly its own invocations,
+    # one after another, none of the other function's nor of its other environment's
+    for key in ("a", "b"):
+        for pid in pids[key]:
+            counts = sorted(r["warm_calls"] for k, r in results if k == key and r["pid"] == pid)
+            assert counts == list(range(counts[-1] - len(counts) + 1, counts[-1] + 1)), (key, pid, counts)
 
 
 def test_an_exception_comes_back_as_an_unhandled_function_error(
@@ -436,7 +453,150 @@ def test_a_handler_that_outlives_its_function_timeout_times_out_as_in_lambda(
     assert answer["FunctionError"] == "Unhandled"
     payload = json.loads(answer["Payload"].read())
     assert payload["errorType"] == "Sandbox.Timedout"
-    assert payload["errorMessage"].endswith("Task timed out after 1.00 seconds")
+    assert re.fullmatch(r"RequestId: [0-9a-f-]{36} Error: Task timed out after 1\.00 seconds", payload["errorMessage"])
+
+
+def test_a_timed_out_handler_is_killed_before_its_late_write_and_retried_in_a_fresh_environment(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    function = test_functions["overruns"]
+    bucket, key = stack.resources.buckets["work"], f"overrun-{uuid.uuid4().hex[:8]}"
+    machine = _machine_with_pipeline_policies(stack, function["arn"])
+    # WHEN the state machine calls a 1 s function whose first attempt sleeps 2.5 s, then writes
+    described = _run(stack, machine, {"bucket": bucket, "key": key, "seconds": 2.5})
+    # THEN the first attempt timed out as in Lambda, the Retry ran a second one, which succeeded
+    assert described["status"] == "SUCCEEDED", described
+    events = _history(stack, described["executionArn"])
+    failed = [e["lambdaFunctionFailedEventDetails"]["error"] for e in events if e["type"] == "LambdaFunctionFailed"]
+    assert failed == ["Sandbox.Timedout"]
+    assert json.loads(described["output"])["attempt"] == "retry"
+    # AND the retry ran in another environment (the timed-out one was stopped with its process)
+    runs = bridge.invocations(function["name"])[-2:]
+    assert [r.error_type for r in runs] == ["Sandbox.Timedout", None]
+    assert runs[0].environment != runs[1].environment
+    killed_pid = int(stack.client("s3").get_object(Bucket=bucket, Key=f"marker/{key}")["Body"].read())
+    assert not Path(f"/proc/{killed_pid}").exists()
+    # AND the killed attempt's late write never happens
+    time.sleep(2.0)
+    listed = stack.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"late/{key}")
+    assert listed.get("KeyCount", 0) == 0
+
+
+def test_an_environment_over_its_memory_size_is_killed_as_out_of_memory(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    awslambda = stack.client("lambda")
+    name = test_functions["allocates"]["name"]
+    # GIVEN a 128 MB function holds 16 MB: fine
+    fine = awslambda.invoke(FunctionName=name, Payload=json.dumps({"mb": 16}))
+    assert "FunctionError" not in fine, fine["Payload"].read()
+    # WHEN it tries to hold 300 MB
+    answer = awslambda.invoke(FunctionName=name, Payload=json.dumps({"mb": 300}))
+    # THEN Lambda's out-of-memory answer comes back, and the next invocation gets a fresh environment
+    assert answer["FunctionError"] == "Unhandled"
+    payload = json.loads(answer["Payload"].read())
+    assert payload["errorType"] == "Runtime.OutOfMemory"
+    assert payload["errorMessage"].endswith("Error: Runtime exited with error: signal: killed")
+    again = awslambda.invoke(FunctionName=name, Payload=json.dumps({"mb": 16}))
+    assert json.loads(again["Payload"].read())["held_mb"] == 16
+    runs = bridge.invocations(name)[-3:]
+    assert [r.error_type for r in runs] == [None, "Runtime.OutOfMemory", None]
+    assert runs[1].max_memory_mb is not None and runs[1].max_memory_mb > 128
+    assert runs[0].environment == runs[1].environment != runs[2].environment
+    assert runs[2].init_ms is not None  # a cold start
+    # AND the REPORT line says so, as Lambda's does
+    stack.flush_logs()
+    reports = _log_messages(stack, name, "REPORT")
+    oom = next(line for line in reports if runs[1].request_id in line)
+    assert "\tStatus: error\tError Type: Runtime.OutOfMemory" in oom
+
+
+def test_a_function_at_its_reserved_concurrency_is_throttled_and_the_state_machine_retries_it(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    import boto3
+    from botocore.config import Config
+
+    from inferpipe.local.stack import DUMMY_CREDENTIALS
+
+    stack.client("lambda").put_function_concurrency(FunctionName=test_functions["slow"]["name"], ReservedConcurrentExecutions=1)
+    awslambda = boto3.client(  # no SDK retries: see Lambda's answer itself
+        "lambda",
+        endpoint_url=stack.endpoint_url,
+        region_name=stack.resources.region,
+        config=Config(retries={"total_max_attempts": 1}),
+        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=DUMMY_CREDENTIALS["AWS_SESSION_TOKEN"],
+    )
+    function = test_functions["slow"]
+    awslambda.put_function_concurrency(FunctionName=function["name"], ReservedConcurrentExecutions=1)
+    try:
+        # WHEN two invocations of a function with a reserved concurrency of 1 overlap
+        def invoke(_: int) -> str:
+            try:
+                answer = awslambda.invoke(FunctionName=function["name"], Payload=json.dumps({"seconds": 0.6}))
+                return "ran" if "FunctionError" not in answer else "failed"
+            except awslambda.exceptions.TooManyRequestsException:
+                return "throttled"
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            outcomes = sorted(pool.map(invoke, range(2)))
+        # THEN one ran and the other got Lambda's 429
+        assert outcomes == ["ran", "throttled"]
+        # AND a state machine sees the throttle as Lambda.TooManyRequestsException, which it retries
+        machine = _machine_with_pipeline_policies(stack, function["arn"])
+        sfn = stack.client("stepfunctions")
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            arns = list(pool.map(
+                lambda _: sfn.start_execution(stateMachineArn=machine, name=uuid.uuid4().hex, input=json.dumps({"seconds": 0.4}))["executionArn"],
+                range(3),
+            ))
+        finals = [_wait(stack, arn, 60) for arn in arns]
+        assert [f["status"] for f in finals] == ["SUCCEEDED"] * 3, finals
+        errors = [
+            e["lambdaFunctionFailedEventDetails"]["error"]
+            for arn in arns
+            for e in _history(stack, arn)
+            if e["type"] == "LambdaFunctionFailed"
+        ]
+        assert errors and set(errors) == {"Lambda.TooManyRequestsException"}
+    finally:
+        awslambda.delete_function_concurrency(FunctionName=function["name"])
+        awslambda.close()
+
+
+def _log_messages(stack: LocalStack, function_name: str, prefix: str = "") -> list[str]:
+    logs = stack.client("logs")
+    pages = logs.get_paginator("filter_log_events").paginate(logGroupName=f"/aws/lambda/{function_name}")
+    return [e["message"] for page in pages for e in page["events"] if e["message"].startswith(prefix)]
+
+
+def test_every_invocation_writes_lambdas_report_line_to_its_environments_log_stream(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    awslambda = stack.client("lambda")
+    name = test_functions["b"]["name"]
+    for n in range(3):
+        awslambda.invoke(FunctionName=name, Payload=json.dumps({"n": n}))
+    stack.flush_logs()
+    runs = [r for r in bridge.invocations(name) if not r.injected]
+    logs = stack.client("logs")
+    streams = {s["logStreamName"] for s in logs.describe_log_streams(logGroupName=f"/aws/lambda/{name}")["logStreams"]}
+    assert {r.environment for r in runs} <= streams
+    report = re.compile(
+        r"REPORT RequestId: (?P<id>[0-9a-f-]{36})\tDuration: \d+\.\d\d ms\tBilled Duration: \d+ ms\t"
+        r"Memory Size: 128 MB\tMax Memory Used: \d+ MB\t(?P<init>Init Duration: \d+\.\d\d ms\t)?"
+    )
+    for run in runs:
+        events = logs.filter_log_events(logGroupName=f"/aws/lambda/{name}", logStreamNames=[run.environment])["events"]
+        mine = [e["message"] for e in events if run.request_id in e["message"]]
+        assert mine[0] == f"START RequestId: {run.request_id} Version: $LATEST"
+        assert mine[-2] == f"END RequestId: {run.request_id}"
+        matched = report.fullmatch(mine[-1])
+        assert matched, mine[-1]
+        assert bool(matched.group("init")) == (run.init_ms is not None)  # Init Duration exactly on cold starts
+    assert any(r.init_ms is not None for r in runs)
 
 
 def test_an_asynchronous_invocation_runs_in_the_background(

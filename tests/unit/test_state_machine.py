@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 
-from functions.common.errors import PERMANENT_ERROR_NAMES, TRANSIENT_ERROR_NAMES
+from functions.common.errors import (
+    CAUGHT_PLATFORM_ERRORS,
+    PERMANENT_ERROR_NAMES,
+    RETRIED_PLATFORM_ERRORS,
+    TRANSIENT_ERROR_NAMES,
+)
 from inferpipe.local.spec import render_asl
 from inferpipe.paths import REPO_ROOT, STACK_FILE
 
@@ -66,6 +71,10 @@ def test_tasks_retry_exactly_the_transient_errors_and_catch_the_permanent_ones()
         # A timed-out attempt may still have finished its writes; every task is idempotent, so a
         # timeout is retried (with back-off: it usually means the service is overloaded).
         assert {"States.Timeout", "Sandbox.Timedout"} <= retried, name
+        # Lambda's own ends: a timeout or a crashed runtime gets a fresh environment; running out
+        # of memory would again on the same input, so it is caught, never retried.
+        assert set(RETRIED_PLATFORM_ERRORS) <= retried, name
+        assert not retried & set(CAUGHT_PLATFORM_ERRORS), f"{name} retries an out-of-memory kill"
         for rule in task["Retry"]:
             if "TransientError" in rule["ErrorEquals"] or "States.Timeout" in rule["ErrorEquals"]:
                 assert rule["BackoffRate"] > 1 and rule.get("JitterStrategy") == "FULL"
@@ -73,6 +82,7 @@ def test_tasks_retry_exactly_the_transient_errors_and_catch_the_permanent_ones()
     for name in ("Preprocess", "Inference", "FanOut"):
         caught = {error for rule in definition["States"][name]["Catch"] for error in rule["ErrorEquals"]}
         assert set(PERMANENT_ERROR_NAMES) <= caught, name
+        assert set(CAUGHT_PLATFORM_ERRORS) <= caught, name
         assert definition["States"][name]["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
 
 

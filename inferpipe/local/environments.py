@@ -1,0 +1,805 @@
+"""Lambda execution environments for the local stack: one worker process per environment.
+
+Each environment is what Lambda runs a function in, reproduced on this machine:
+
+* **A process of its own**, ``python -m awslambdaric <CMD>`` (the container image's entrypoint),
+  started with exactly the function's configured variables plus the ones Lambda sets
+  (``AWS_LAMBDA_FUNCTION_NAME``, ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``, the log group and stream,
+  the execution role's credentials, ``AWS_REGION``, ``_HANDLER``, ``TZ``), the image's own ``ENV``
+  and a private ``TMPDIR``. Module state (caches, clients, the loaded model) is the process's:
+  no other function or environment sees it.
+* **A Runtime API of its own**: :class:`RuntimeApi` serves ``/2018-06-01/runtime/invocation/next``,
+  ``…/response``, ``…/error`` and ``/init/error`` to that process, one invocation at a time.
+  https://docs.aws.amazon.com/lambda/latest/dg/runtimes-api.html
+* **Cold starts are real**: the first invocation waits for the runtime's init (importing the
+  handler module) and its REPORT line carries ``Init Duration``; later ones reuse the warm process.
+* **Limits as Lambda enforces them**: an invocation still running at its timeout is killed with
+  its environment and answered ``Sandbox.Timedout``; an environment whose peak resident memory
+  exceeds the function's ``MemorySize`` is killed and answered ``Runtime.OutOfMemory``; a runtime
+  that exits mid-invocation is ``Runtime.ExitError``; a failed init is the runtime's own error
+  (``Runtime.ImportModuleError``…). The next invocation gets a fresh environment. Names and
+  messages: :mod:`functions.common.errors`.
+* **Logs like CloudWatch**: everything the process writes to stdout/stderr, plus Lambda's
+  START / END / REPORT lines, goes to log group ``/aws/lambda/<function>``, one stream per
+  environment, written under the function's own role (a role that may not write loses its logs,
+  as in Lambda).
+
+:class:`EnvironmentPool` keeps a pool per function: an idle warm environment is reused, a new one
+is started while the function is below its limit, environments idle for
+``local.idle_environment_seconds`` (config/stack.json) are stopped. The limit is the function's
+reserved concurrency when it has one (beyond it Lambda throttles: :class:`Throttled`), otherwise
+``local.max_environments`` for this machine (beyond it an invocation waits for a free environment,
+since on AWS it would have got one).
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import termios
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from functions.common.errors import LAMBDA_EXIT_ERROR, LAMBDA_OUT_OF_MEMORY, LAMBDA_TIMEOUT
+
+_LOG = logging.getLogger("inferpipe.local.environments")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+RUNTIME_API = "/2018-06-01/runtime"
+#: Lambda's limit on an on-demand function's init phase (the handler module's import).
+#: https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtime-environment.html
+INIT_TIMEOUT_S = 10.0
+#: How often a running invocation's memory, process and clock are checked.
+_WATCH_INTERVAL_S = 0.01
+
+
+class Throttled(Exception):
+    """The function is at its reserved concurrency: Lambda answers 429 TooManyRequestsException."""
+
+    reason = "ReservedFunctionConcurrentInvocationLimitExceeded"
+
+
+class PoolClosed(Exception):
+    """The local stack is stopping: no new invocation starts."""
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    """What an environment is made from: a function's configuration as Lambda holds it."""
+
+    name: str
+    arn: str
+    region: str
+    handler: str  # the image's CMD (ImageConfig.Command[0]) or a zip function's Handler
+    memory_mb: int
+    timeout_s: float
+    variables: Mapping[str, str]  # the function's configured environment variables
+    role_arn: str
+    reserved_concurrency: int | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever a new environment is needed (code, handler, memory, timeout, variables, role)."""
+        material = json.dumps(
+            [self.arn, self.handler, self.memory_mb, self.timeout_s, sorted(self.variables.items()), self.role_arn]
+        )
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+    @property
+    def log_group(self) -> str:
+        return f"/aws/lambda/{self.name}"
+
+
+@dataclass(frozen=True)
+class InvocationResult:
+    """One invocation's outcome, as the caller and the REPORT line see it."""
+
+    request_id: str
+    failed: bool
+    payload: bytes  # the function's response, or Lambda's error document
+    error_type: str | None
+    duration_ms: float
+    billed_ms: int
+    init_ms: float | None  # set on a cold start
+    max_memory_mb: int
+    environment: str  # the log stream of the environment that ran it
+
+
+def image_environment(dockerfile: Path = DOCKERFILE) -> dict[str, str]:
+    """The image's ``ENV`` values that are not paths inside the image (those are this checkout here).
+
+    >>> "MXNET_CUDNN_AUTOTUNE_DEFAULT" in image_environment()
+    True
+    """
+    text = dockerfile.read_text(encoding="utf-8").replace("\\\n", " ")
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for name, value in re.findall(r"(\w+)=(\S+)", line[4:]):
+                values[name] = value
+    return {name: value for name, value in values.items() if not value.startswith("/")}
+
+
+def report_line(result: InvocationResult, memory_mb: int) -> str:
+    """Lambda's REPORT line: tab-separated fields, ``Init Duration`` after a cold start, a trailing tab.
+
+    >>> r = InvocationResult("r-1", False, b"", None, 12.3, 13, 250.0, 80, "s")
+    >>> report_line(r, 256).split("\\t")[1:6]
+    ['Duration: 12.30 ms', 'Billed Duration: 13 ms', 'Memory Size: 256 MB', 'Max Memory Used: 80 MB', 'Init Duration: 250.00 ms']
+    """
+    fields = [
+        f"REPORT RequestId: {result.request_id}",
+        f"Duration: {result.duration_ms:.2f} ms",
+        f"Billed Duration: {result.billed_ms} ms",
+        f"Memory Size: {memory_mb} MB",
+        f"Max Memory Used: {result.max_memory_mb} MB",
+    ]
+    if result.init_ms is not None:
+        fields.append(f"Init Duration: {result.init_ms:.2f} ms")
+    if result.error_type == LAMBDA_TIMEOUT:
+        fields.append("Status: timeout")
+    elif result.error_type in (LAMBDA_OUT_OF_MEMORY, LAMBDA_EXIT_ERROR):
+        fields += ["Status: error", f"Error Type: {result.error_type}"]
+    return "\t".join(fields) + "\t"
+
+
+def _error_document(error_type: str, message: str, request_id: str) -> bytes:
+    return json.dumps({"errorType": error_type, "errorMessage": message, "requestId": request_id, "stackTrace": []}).encode()
+
+
+def _peak_rss_mb(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in MB (MiB, as Lambda counts); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return math.ceil(int(line.split()[1]) / 1024)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --------------------------------------------------------------------------------------------
+# Logs
+# --------------------------------------------------------------------------------------------
+
+
+class LogShipper:
+    """Writes environments' log events to CloudWatch Logs from one background thread, in order.
+
+    ``client_for(region, role_arn)`` returns a Logs client signed as that role.
+    """
+
+    def __init__(self, client_for: Callable[[str, str], Any]) -> None:
+        self._client_for = client_for
+        self._queue: queue.Queue[tuple[FunctionConfig, str, list[tuple[int, str]]] | None] = queue.Queue()
+        self._streams: set[tuple[str, str]] = set()
+        self._thread = threading.Thread(target=self._run, name="lambda-log-shipper", daemon=True)
+        self._thread.start()
+
+    def ship(self, config: FunctionConfig, stream: str, events: list[tuple[int, str]]) -> None:
+        if events:
+            self._queue.put((config, stream, events))
+
+    def flush(self) -> None:
+        """Return once every event shipped so far is in CloudWatch Logs (or was refused)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(10)
+
+    @staticmethod
+    def _create_stream(logs: Any, group: str, stream: str) -> None:
+        """The environment's stream; the group too when it is missing, as Lambda tries (the role may refuse)."""
+        from botocore.exceptions import ClientError
+
+        def code(exc: ClientError) -> str:
+            return str(exc.response.get("Error", {}).get("Code", ""))
+
+        try:
+            logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        except ClientError as exc:
+            if code(exc) == "ResourceAlreadyExistsException":
+                return
+            if code(exc) != "ResourceNotFoundException":
+                raise
+            try:
+                logs.create_log_group(logGroupName=group)
+            except ClientError as again:
+                if code(again) != "ResourceAlreadyExistsException":
+                    raise
+            logs.create_log_stream(logGroupName=group, logStreamName=stream)
+
+    def _run(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                config, stream, events = item
+                try:
+                    logs = self._client_for(config.region, config.role_arn)
+                    if (config.log_group, stream) not in self._streams:
+                        self._create_stream(logs, config.log_group, stream)
+                        self._streams.add((config.log_group, stream))
+                    ordered = sorted(events, key=lambda event: event[0])
+                    for start in range(0, len(ordered), 5000):  # PutLogEvents: at most 10,000 events
+                        logs.put_log_events(
+                            logGroupName=config.log_group,
+                            logStreamName=stream,
+                            logEvents=[{"timestamp": ts, "message": message} for ts, message in ordered[start : start + 5000]],
+                        )
+                except (BotoCoreError, ClientError, KeyError) as exc:  # Lambda drops logs its role may not write
+                    _LOG.debug("%s: %d log events not written: %s", config.name, len(events), exc)
+            finally:
+                self._queue.task_done()
+
+
+# --------------------------------------------------------------------------------------------
+# One environment
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Invocation:
+    request_id: str
+    body: bytes
+    timeout_s: float
+    function_arn: str
+    taken: threading.Event = field(default_factory=threading.Event)  # the runtime asked for it
+    done: threading.Event = field(default_factory=threading.Event)
+    started: float = 0.0  # monotonic, when the runtime took it
+    started_ms: int = 0  # epoch ms, the same moment
+    outcome: tuple[str, bytes] | None = None  # ("response" | "error", body)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # the environment's process was stopped mid-request: expected
+        super().handle_error(request, client_address)
+
+
+class RuntimeApi:
+    """The Lambda Runtime API one environment's runtime talks to (loopback, a port of its own)."""
+
+    def __init__(self, environment: ExecutionEnvironment) -> None:
+        env = environment
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # the runtime's client keeps its connection open
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: bytes = b"", headers: Mapping[str, str] | None = None) -> None:
+                self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path != f"{RUNTIME_API}/invocation/next":
+                    self._answer(404)
+                    return
+                invocation = env._next_invocation()
+                if invocation is None:  # the environment is shutting down
+                    self._answer(410)
+                    return
+                deadline_ms = _now_ms() + int(invocation.timeout_s * 1000)
+                self._answer(
+                    200,
+                    invocation.body,
+                    {
+                        "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
+                        "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
+                        "Lambda-Runtime-Invoked-Function-Arn": invocation.function_arn,
+                        "Lambda-Runtime-Trace-Id": f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Sampled=0",
+                        "Content-Type": "application/json",
+                    },
+                )
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                parts = self.path[len(RUNTIME_API) :].strip("/").split("/")
+                if parts == ["init", "error"]:
+                    env._init_failed(body)
+                    self._answer(202, b'{"status":"OK"}')
+                elif len(parts) == 3 and parts[0] == "invocation" and parts[2] in ("response", "error"):
+                    accepted = env._complete(parts[1], parts[2], body)
+                    self._answer(202 if accepted else 400, b'{"status":"OK"}' if accepted else b"")
+                else:
+                    self._answer(404)
+
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name=f"runtime-api-{self.address}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ExecutionEnvironment:
+    """One warm-able environment of one function (see the module docstring)."""
+
+    def __init__(self, config: FunctionConfig, credentials: Mapping[str, str], endpoint_url: str, logs: LogShipper) -> None:
+        self.config = config
+        self.id = uuid.uuid4().hex
+        self.log_stream = f"{datetime.now(timezone.utc):%Y/%m/%d}/[$LATEST]{self.id}"
+        self._logs = logs
+        self._lock = threading.Lock()
+        self._events: list[tuple[int, str]] = []
+        self._pending: queue.Queue[_Invocation | None] = queue.Queue()
+        self._current: _Invocation | None = None
+        self._init_error: bytes | None = None
+        self._initialised = threading.Event()
+        self._reader_idle = threading.Event()
+        self.init_ms: float | None = None
+        self.invocations = 0
+        self.dead = False
+        self._stopped = False
+        self.last_used = time.monotonic()
+        self._tmp = tempfile.mkdtemp(prefix=f"lambda-{config.name}-")
+        self._api = RuntimeApi(self)
+        self._spawned = time.monotonic()
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and the image's entrypoint
+            [sys.executable, "-m", "awslambdaric", config.handler],
+            env=self._environment(credentials, endpoint_url),
+            cwd=str(REPO_ROOT),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a kill takes everything it started
+        )
+        assert self.process.stdout is not None
+        self._stdout_fd = self.process.stdout.fileno()
+        self._reader = threading.Thread(target=self._read_output, name=f"lambda-out-{config.name}-{self.id[:6]}", daemon=True)
+        self._reader.start()
+
+    # -- the process ---------------------------------------------------------------------------
+
+    def _environment(self, credentials: Mapping[str, str], endpoint_url: str) -> dict[str, str]:
+        """What Lambda puts in a function's environment, the function's own variables on top.
+
+        https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html#configuration-envvars-runtime
+        """
+        config = self.config
+        passthrough = {name: os.environ[name] for name in ("PATH", "LANG", "LD_LIBRARY_PATH") if name in os.environ}
+        return {
+            **passthrough,
+            **image_environment(),
+            "LAMBDA_TASK_ROOT": str(REPO_ROOT),
+            "PYTHONPATH": str(REPO_ROOT),
+            "TMPDIR": self._tmp,  # /tmp is per environment
+            "TZ": ":UTC",
+            "_HANDLER": config.handler,
+            "AWS_LAMBDA_RUNTIME_API": self._api.address,
+            "AWS_LAMBDA_FUNCTION_NAME": config.name,
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(config.memory_mb),
+            "AWS_LAMBDA_LOG_GROUP_NAME": config.log_group,
+            "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream,
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_REGION": config.region,
+            "AWS_DEFAULT_REGION": config.region,
+            "AWS_ENDPOINT_URL": endpoint_url,  # the local stack (not in Lambda: there the SDK's default)
+            **credentials,
+            **config.variables,
+        }
+
+    def _read_output(self) -> None:
+        """Every line the process writes becomes a log event (the runtime joins a traceback's lines with \\r)."""
+        partial = b""
+        while True:
+            self._reader_idle.set()
+            try:
+                chunk = os.read(self._stdout_fd, 65536)
+            except OSError:
+                chunk = b""
+            self._reader_idle.clear()
+            if not chunk:
+                break
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            stamp = _now_ms()
+            with self._lock:
+                self._events.extend((stamp, line.decode("utf-8", "replace")) for line in lines if line.strip())
+        if partial.strip():
+            with self._lock:
+                self._events.append((_now_ms(), partial.decode("utf-8", "replace")))
+        self._reader_idle.set()
+
+    def _drain_output(self, limit_s: float = 0.25) -> None:
+        """Wait (briefly) until everything written before the runtime answered is read."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            try:
+                pending = int.from_bytes(fcntl.ioctl(self._stdout_fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+            except OSError:
+                return
+            if pending == 0 and self._reader_idle.is_set():
+                return
+            time.sleep(0.001)
+
+    def _log(self, message: str) -> None:
+        with self._lock:
+            self._events.append((_now_ms(), message))
+
+    def _ship_logs(self) -> None:
+        with self._lock:
+            events, self._events = self._events, []
+        self._logs.ship(self.config, self.log_stream, events)
+
+    def peak_memory_mb(self) -> int:
+        return _peak_rss_mb(self.process.pid)
+
+    def kill(self) -> None:
+        """Stop the environment at once (SIGKILL to its process group), as Lambda does."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self.dead = True
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._pending.put(None)
+        self._finish()
+
+    def close(self) -> None:
+        """Shut an idle environment down (what Lambda does to environments it no longer needs)."""
+        self.kill()
+
+    def _finish(self) -> None:
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            _LOG.warning("environment %s of %s did not exit", self.id, self.config.name)
+        self._reader.join(2)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._api.close()
+        self._ship_logs()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    # -- the Runtime API's side ----------------------------------------------------------------
+
+    def _next_invocation(self) -> _Invocation | None:
+        if not self._initialised.is_set():
+            self.init_ms = (time.monotonic() - self._spawned) * 1000
+            self._initialised.set()
+        invocation = self._pending.get()
+        if invocation is not None:
+            invocation.started = time.monotonic()
+            invocation.started_ms = _now_ms()
+            invocation.taken.set()
+        return invocation
+
+    def _complete(self, request_id: str, kind: str, body: bytes) -> bool:
+        invocation = self._current
+        if invocation is None or invocation.request_id != request_id or invocation.done.is_set():
+            return False
+        invocation.outcome = (kind, body)
+        invocation.done.set()
+        return True
+
+    def _init_failed(self, body: bytes) -> None:
+        self._init_error = body or b"{}"
+        self._initialised.set()
+        invocation = self._current
+        if invocation is not None:
+            invocation.done.set()
+
+    # -- the caller's side ---------------------------------------------------------------------
+
+    def invoke(self, request_id: str, body: bytes) -> InvocationResult:
+        """Run one invocation in this environment (one at a time); the environment may die doing it."""
+        config = self.config
+        cold = self.invocations == 0
+        self.invocations += 1
+        invocation = _Invocation(request_id, body, float(config.timeout_s), config.arn)
+        self._current = invocation
+        self._pending.put(invocation)
+        error: tuple[str, str] | None = None  # (errorType, errorMessage) Lambda reports itself
+        while not invocation.done.wait(_WATCH_INTERVAL_S):
+            now = time.monotonic()
+            if self._init_error is not None:
+                break
+            if self.peak_memory_mb() > config.memory_mb:
+                error = (LAMBDA_OUT_OF_MEMORY, f"RequestId: {request_id} Error: Runtime exited with error: signal: killed")
+                break
+            code = self.process.poll()
+            if code is not None and not invocation.done.is_set():
+                how = f"signal: {signal.Signals(-code).name.lower().removeprefix('sig')}" if code < 0 else f"exit status {code}"
+                error = (LAMBDA_EXIT_ERROR, f"RequestId: {request_id} Error: Runtime exited with error: {how}")
+                break
+            started = invocation.started if invocation.taken.is_set() else None
+            if started is None and now - self._spawned > INIT_TIMEOUT_S + config.timeout_s:
+                error = (LAMBDA_TIMEOUT, f"RequestId: {request_id} Error: Task timed out after {config.timeout_s:.2f} seconds")
+                break
+            if started is not None and now - started > config.timeout_s:
+                error = (LAMBDA_TIMEOUT, f"RequestId: {request_id} Error: Task timed out after {config.timeout_s:.2f} seconds")
+                break
+        ended = time.monotonic()
+        began = invocation.started if invocation.taken.is_set() else ended
+        max_memory = self.peak_memory_mb()
+        init_ms = self.init_ms if cold else None
+        if cold and not invocation.taken.is_set():  # died in init: all of it was init
+            init_ms = (ended - self._spawned) * 1000
+        if error is None and self._init_error is not None and invocation.outcome is None:
+            document = json.loads(self._init_error or b"{}")
+            error_type = str(document.get("errorType") or "Runtime.Unknown")
+            payload = json.dumps({**document, "requestId": request_id}).encode()
+            failed = True
+        elif error is not None:
+            error_type, message = error
+            payload = _error_document(error_type, message, request_id)
+            failed = True
+        else:
+            assert invocation.outcome is not None
+            kind, payload = invocation.outcome
+            failed = kind == "error"
+            error_type = None
+            if failed:
+                try:
+                    error_type = str(json.loads(payload or b"{}").get("errorType") or "Unhandled")
+                except ValueError:
+                    error_type = "Unhandled"
+        if error is not None or self._init_error is not None:
+            if error is not None:
+                max_memory = max(max_memory, self.peak_memory_mb())
+                if error[0] == LAMBDA_TIMEOUT:
+                    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                    self._log(f"{stamp} {request_id} Task timed out after {ended - began:.2f} seconds")
+                else:
+                    self._log(f"{error[1]}\r{error[0]}")
+            self.dead = True
+        else:
+            self._drain_output()
+        duration_ms = (ended - began) * 1000
+        billed = math.ceil(duration_ms + (init_ms or 0.0))  # container images: init is billed
+        result = InvocationResult(
+            request_id=request_id,
+            failed=failed,
+            payload=payload,
+            error_type=error_type,
+            duration_ms=duration_ms,
+            billed_ms=billed,
+            init_ms=init_ms,
+            max_memory_mb=max_memory,
+            environment=self.log_stream,
+        )
+        with self._lock:  # START first: the runtime's lines of this invocation were read after it
+            start_ms = invocation.started_ms or _now_ms()
+            self._events.insert(0, (start_ms, f"START RequestId: {request_id} Version: $LATEST"))
+            self._events.append((_now_ms(), f"END RequestId: {request_id}"))
+            self._events.append((_now_ms(), report_line(result, config.memory_mb)))
+        self._current = None
+        self.last_used = time.monotonic()
+        if self.dead:
+            self.kill()
+        else:
+            self._ship_logs()
+        return result
+
+
+# --------------------------------------------------------------------------------------------
+# The pool
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _FunctionPool:
+    limit: int
+    throttles: bool  # the limit is the function's reserved concurrency
+    idle: list[ExecutionEnvironment] = field(default_factory=list)
+    busy: int = 0
+    started: int = 0
+
+
+@dataclass(frozen=True)
+class EnvironmentInfo:
+    function_name: str
+    log_stream: str
+    pid: int
+    invocations: int
+    init_ms: float | None
+    busy: bool
+
+
+class EnvironmentPool:
+    """Every function's execution environments (see the module docstring)."""
+
+    def __init__(
+        self,
+        credentials_for: Callable[[str, str], Mapping[str, str]],
+        logs_client_for: Callable[[str, str], Any],
+        endpoint_url: Callable[[], str],
+        max_environments: Callable[[str], int],
+        idle_seconds: float,
+    ) -> None:
+        self._credentials_for = credentials_for
+        self._endpoint_url = endpoint_url
+        self._max_environments = max_environments
+        self._idle_seconds = idle_seconds
+        self._cond = threading.Condition()
+        self._pools: dict[str, _FunctionPool] = {}
+        self._closed = False
+        self.logs = LogShipper(logs_client_for)
+        self.results: collections.deque[tuple[str, InvocationResult]] = collections.deque(maxlen=5000)
+        self._reaper = threading.Thread(target=self._reap, name="lambda-environment-reaper", daemon=True)
+        self._reaper.start()
+
+    def invoke(self, config: FunctionConfig, request_id: str, body: bytes) -> InvocationResult:
+        """Run an invocation in a warm environment of the function, or a new one (may raise :class:`Throttled`)."""
+        environment = self._acquire(config)
+        try:
+            result = environment.invoke(request_id, body)
+        finally:
+            self._release(config, environment)
+        self.results.append((config.name, result))
+        return result
+
+    def _key(self, config: FunctionConfig) -> str:
+        return f"{config.arn}#{config.fingerprint}"
+
+    def _acquire(self, config: FunctionConfig) -> ExecutionEnvironment:
+        key = self._key(config)
+        with self._cond:
+            self._retire_stale(config, key)
+            while True:
+                if self._closed:
+                    raise PoolClosed("the local stack is stopping")
+                pool = self._pools.get(key)
+                reserved = config.reserved_concurrency
+                limit = reserved if reserved is not None else self._max_environments(config.name)
+                if pool is None:
+                    pool = self._pools[key] = _FunctionPool(limit, reserved is not None)
+                pool.limit, pool.throttles = limit, reserved is not None
+                while pool.idle:
+                    environment = pool.idle.pop()  # the most recently used: the warmest
+                    if not environment.dead and environment.process.poll() is None:
+                        pool.busy += 1
+                        return environment
+                if pool.busy < pool.limit:
+                    pool.busy += 1
+                    pool.started += 1
+                    break
+                if pool.throttles:
+                    raise Throttled(f"Rate Exceeded. {config.name} is at its reserved concurrency of {pool.limit}")
+                self._cond.wait(1.0)
+        try:
+            credentials = self._credentials_for(config.role_arn, config.region)
+            return ExecutionEnvironment(config, credentials, self._endpoint_url(), self.logs)
+        except BaseException:
+            with self._cond:
+                pool.busy -= 1
+                self._cond.notify_all()
+            raise
+
+    def _release(self, config: FunctionConfig, environment: ExecutionEnvironment) -> None:
+        with self._cond:
+            pool = self._pools[self._key(config)]
+            pool.busy -= 1
+            keep = not environment.dead and not self._closed
+            if keep:
+                pool.idle.append(environment)
+            self._cond.notify_all()
+        if not keep:
+            environment.close()
+
+    def _retire_stale(self, config: FunctionConfig, key: str) -> None:
+        """A changed configuration (variables, memory, timeout, code) gets new environments, as in Lambda."""
+        for other_key, pool in list(self._pools.items()):
+            if other_key.split("#", 1)[0] == config.arn and other_key != key:
+                stale, pool.idle = pool.idle, []
+                for environment in stale:
+                    threading.Thread(target=environment.close, daemon=True).start()
+                if pool.busy == 0:
+                    del self._pools[other_key]
+
+    def _reap(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                expired = []
+                for pool in self._pools.values():
+                    keep = [e for e in pool.idle if now - e.last_used < self._idle_seconds and not e.dead]
+                    expired += [e for e in pool.idle if e not in keep]
+                    pool.idle = keep
+                self._cond.wait(min(5.0, self._idle_seconds))
+            for environment in expired:
+                environment.close()
+
+    def environments(self, function_name: str | None = None) -> list[EnvironmentInfo]:
+        """The live environments (idle ones; busy ones are counted in :meth:`busy`)."""
+        with self._cond:
+            return [
+                EnvironmentInfo(e.config.name, e.log_stream, e.process.pid, e.invocations, e.init_ms, False)
+                for pool in self._pools.values()
+                for e in pool.idle
+                if function_name is None or e.config.name == function_name
+            ]
+
+    def busy(self, function_name: str) -> int:
+        with self._cond:
+            return sum(pool.busy for key, pool in self._pools.items() if key.split("#", 1)[0].endswith(f":function:{function_name}"))
+
+    def stop_idle(self, function_name: str | None = None) -> int:
+        """Stop idle environments (of one function, or all): the next invocations start cold."""
+        with self._cond:
+            stopping = []
+            for pool in self._pools.values():
+                keep = [e for e in pool.idle if function_name is not None and e.config.name != function_name]
+                stopping += [e for e in pool.idle if e not in keep]
+                pool.idle = keep
+        for environment in stopping:
+            environment.close()
+        return len(stopping)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop every environment (busy ones after their invocation), then the log shipper."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while any(pool.busy for pool in self._pools.values()) and time.monotonic() < deadline:
+                self._cond.wait(0.2)
+        self.stop_idle()
+        self._reaper.join(6)
+        self.logs.flush()
+        self.logs.close()
+
+
+__all__ = [
+    "EnvironmentInfo",
+    "EnvironmentPool",
+    "ExecutionEnvironment",
+    "FunctionConfig",
+    "INIT_TIMEOUT_S",
+    "InvocationResult",
+    "LogShipper",
+    "PoolClosed",
+    "RuntimeApi",
+    "Throttled",
+    "image_environment",
+    "report_line",
+]
