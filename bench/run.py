@@ -620,8 +620,12 @@ def worker_preprocess(rounds: int, quick: bool) -> dict[str, Any]:
     return results
 
 
-def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo") -> dict[str, Any]:
-    """Per-image time through the local stack (in process) and the throughput of a burst of uploads.
+def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo", lambda_mode: str = "isolated") -> dict[str, Any]:
+    """Per-image time through the local stack and the throughput of a burst of uploads.
+
+    ``lambda_mode``: "isolated" (the default stack: an execution environment per worker process)
+    or "in-process" (handlers in threads of the stack's process, as before issue 11). Isolated
+    runs also report each function's Init Duration and where an invocation's time goes.
 
     ``demo``: the int8 shapes model on 640×480 shape images; ``lite0``: the deployment default,
     the pretrained EfficientNet-Lite0 in the mode its import chose, on real photos (the held-out
@@ -664,7 +668,7 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo") -
         image_for(i).save(buf, format="JPEG", quality=90)
         return buf.getvalue()
 
-    with LocalStack(default_model=model_name) as stack:
+    with LocalStack(default_model=model_name, lambda_mode=lambda_mode) as stack:
         s3, sfn = stack.client("s3"), stack.client("stepfunctions")
         bucket = stack.resources.buckets["input"]
         published = publish(s3, stack.resources.buckets["models"], model_dir, name=model_name, alias="prod")
@@ -686,7 +690,10 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo") -
             raise TimeoutError(f"{count} executions not finished after {timeout} s")
 
         per_image = []
+        invocations_before_warm = 0
         for i in range(images + 1):  # the first is the cold one (model load), reported apart
+            if i == 1:
+                invocations_before_warm = len(stack.invocations())
             before = set(executions())
             t_upload = time.time()
             s3.put_object(Bucket=bucket, Key=f"bench/{uuid.uuid4().hex}.jpg", Body=jpeg(i))
@@ -728,6 +735,18 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo") -
         done = wait(burst, before, timeout=600.0)
         last = max(sfn.describe_execution(executionArn=e["executionArn"])["stopDate"].timestamp() for e in done)
         succeeded = sum(1 for e in done if e["status"] == "SUCCEEDED")
+        records = stack.invocations()
+        names = {spec.name: key for key, spec in stack.resources.functions.items()}
+        warm_records = records[invocations_before_warm : invocations_before_warm + 7 * images]
+        lambda_figures = {
+            key: {
+                # the bridge's whole call: the Runtime API hand-over, the handler, the REPORT
+                "invocation_ms_median": statistics.median(r.seconds * 1000 for r in warm_records if names.get(r.function_name) == key),
+                "init_ms": sorted(round(r.init_ms, 1) for r in records if names.get(r.function_name) == key and r.init_ms is not None),
+                "max_memory_mb": max((r.max_memory_mb or 0 for r in records if names.get(r.function_name) == key), default=0),
+            }
+            for key in stack.resources.functions
+        }
     warm = per_image[1:]
     keys = ("upload_to_start_ms", "execution_ms", "preprocess_ms", "inference_ms", "sinks_state_ms", "orchestration_ms")
     return {
@@ -736,6 +755,8 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo") -
         "median": {k: statistics.median(r[k] for r in warm) for k in keys},
         "images": len(warm),
         "burst": {"uploads": burst, "succeeded": succeeded, "seconds": last - t0, "images_per_second": burst / (last - t0)},
+        "lambda_mode": lambda_mode,
+        "functions": lambda_figures,
     }
 
 
@@ -868,11 +889,12 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
         results["cold"][f"{model}_{mode}"] = _cold_summary([_run_worker(["cold", model, mode]) for _ in range(repeats)])
     print("preprocess…", file=sys.stderr)
     results["preprocess"] = _run_worker(["preprocess", str(3 if quick else 15), "1" if quick else "0"])
-    print("local pipeline…", file=sys.stderr)
-    try:
-        results["pipeline"] = _run_worker(["pipeline", str(1 if quick else 20), str(3 if quick else 100), "1" if quick else "0", "demo"], timeout=1800)
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:  # the inference figures above stand on their own
-        results["pipeline"] = {"error": str(exc)[-1500:]}
+    for key, mode in (("pipeline", "isolated"), ("pipeline_in_process", "in-process")):
+        print(f"local pipeline, {mode} Lambda…", file=sys.stderr)
+        try:
+            results[key] = _run_worker(["pipeline", str(1 if quick else 20), str(3 if quick else 100), "1" if quick else "0", "demo", mode], timeout=1800)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # the inference figures above stand on their own
+            results[key] = {"error": str(exc)[-1500:]}
     if not quick:
         print("local pipeline, real model…", file=sys.stderr)
         try:
@@ -901,11 +923,15 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
     r[f"preprocess.{big}_progressive_draft_speedup"] = pre[f"{big}_progressive"]["full_ms"] / pre[f"{big}_progressive"]["draft_ms"]
     cold_key = next(iter(results["cold"]))  # resnet50_v1_int8 (demo_int8 in the quick run)
     r["cold.first_vs_warm"] = results["cold"][cold_key]["first_vs_warm"]
+    isolated, in_process = results.get("pipeline", {}), results.get("pipeline_in_process", {})
+    if "median" in isolated and "median" in in_process:  # same model, same images, one run
+        r["pipeline.isolated_vs_in_process_per_image"] = isolated["median"]["execution_ms"] / in_process["median"]["execution_ms"]
+        r["pipeline.in_process_vs_isolated_burst"] = in_process["burst"]["images_per_second"] / isolated["burst"]["images_per_second"]
     results["warnings"] = _sanity(results)
     results["targets"] = {
         "resnet50.int8_vs_hybridized_b1": ">= 4", "resnet50.int8_fraction_of_peak_b1": ">= 0.70",
         "resnet50.fused_vs_hybridized_b1": ">= 1.2", "preprocess.jpeg12mp_draft_speedup": ">= 3",
-        "cold.first_vs_warm": "<= 1.5",
+        "cold.first_vs_warm": "<= 1.5", "pipeline.isolated_vs_in_process_per_image": "<= 1.5",
         "lite0.best_vs_onnxruntime_b1": ">= 1.0", "lite0.int8_top1_agreement": ">= 0.95 (if int8 is the default)",
     }
     results["notes"] = {
@@ -985,7 +1011,7 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", "| preprocess to 224×224 (ms) | size | full decode | serving path (draft) |", "|---|---|---|---|"]
     for key, p in results["preprocess"].items():
         lines.append(f"| {key} | {p['size'][0]}×{p['size'][1]} | {p['full_ms']:.1f} | {p['draft_ms']:.1f} |")
-    for key in ("pipeline", "pipeline_lite0"):
+    for key in ("pipeline", "pipeline_in_process", "pipeline_lite0"):
         pipe = results.get(key)
         if pipe is None:
             continue
@@ -1014,7 +1040,14 @@ def _pipeline_lines(pipe: dict[str, Any]) -> list[str]:
     lines += ["", f"local pipeline ({pipe['model']['inference_mode']} {pipe['model'].get('name', 'demo')} model, median of {pipe['images']} images, ms): "
               f"upload→start {m['upload_to_start_ms']:.0f}, execution {m['execution_ms']:.0f} = preprocess {m['preprocess_ms']:.1f} + inference {m['inference_ms']:.1f} "
               f"+ sinks {m['sinks_state_ms']:.0f} + orchestration {m['orchestration_ms']:.0f}",
-              f"burst: {pipe['burst']['uploads']} uploads in {pipe['burst']['seconds']:.1f} s = {pipe['burst']['images_per_second']:.1f} images/s ({pipe['burst']['succeeded']} succeeded)", ""]
+              f"burst: {pipe['burst']['uploads']} uploads in {pipe['burst']['seconds']:.1f} s = {pipe['burst']['images_per_second']:.1f} images/s ({pipe['burst']['succeeded']} succeeded)"]
+    mode = pipe.get("lambda_mode", "in-process")
+    lines[-2] = lines[-2].replace("local pipeline (", f"local pipeline, {mode} Lambda (")
+    if mode == "isolated":
+        lines.append("functions (median invocation ms; Init Duration ms of each cold start; peak MB): " + "; ".join(
+            f"{key} {f['invocation_ms_median']:.0f}, init {', '.join(f'{x:.0f}' for x in f['init_ms']) or '-'}, {f['max_memory_mb']} MB"
+            for key, f in pipe["functions"].items()))
+    lines.append("")
     return lines
 
 
@@ -1058,7 +1091,7 @@ def main(argv: list[str] | None = None) -> int:
         elif kind == "preprocess":
             _emit(worker_preprocess(int(rest[0]), rest[1] == "1"))
         elif kind == "pipeline":
-            _emit(worker_pipeline(int(rest[0]), int(rest[1]), rest[2] == "1", rest[3] if len(rest) > 3 else "demo"))
+            _emit(worker_pipeline(int(rest[0]), int(rest[1]), rest[2] == "1", rest[3] if len(rest) > 3 else "demo", rest[4] if len(rest) > 4 else "isolated"))
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (demo model only, few rounds): the smoke test")

@@ -7,6 +7,7 @@ Examples::
     inferpipe local up | status | down
     inferpipe model publish build/demo-model --name demo --alias prod
     inferpipe replay --since 24h --dry-run
+    inferpipe logs sink --since 10m --follow
     inferpipe demo
 """
 
@@ -162,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the replays (default 600)")
     _add_target_options(replay)
 
+    logs = commands.add_parser(
+        "logs",
+        help="a function's CloudWatch Logs (its own lines and Lambda's START/END/REPORT), oldest first",
+    )
+    logs.add_argument("function", help="preprocess, inference, sink, or a function's full name")
+    logs.add_argument("--since", default="10m", help="from this long ago (e.g. 90s, 10m, 24h; default 10m)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until interrupted")
+    _add_target_options(logs)
+
     demo = commands.add_parser("demo", help="build the demo model if missing, start the local stack, classify samples")
     _add_target_options(demo)
     return parser
@@ -188,6 +198,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _model(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "logs":
+        return _logs(args)
     if args.command == "demo":
         from inferpipe.demo import run_demo
 
@@ -266,6 +278,25 @@ def _replay(args: argparse.Namespace) -> int:
     )
     print(replay.format_summary(summary, dry_run=args.dry_run))
     return 1 if summary.still_failing else 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from inferpipe import logs
+    from inferpipe.replay import parse_duration
+
+    try:
+        since = parse_duration(args.since)
+    except ValueError as bad:
+        print(f"inferpipe: error: --since: {bad}", file=sys.stderr)
+        return 2
+    target = _target(args, quiet=True)
+    try:
+        group = logs.log_group(target.resources, args.function)
+        logs.tail(target.client("logs"), group, since, follow=args.follow)
+    except ValueError as bad:
+        print(f"inferpipe: error: {bad}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _local(args: argparse.Namespace) -> int:

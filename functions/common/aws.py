@@ -141,7 +141,7 @@ def client(service: str) -> Any:
                 access_key, secret_key, token = credentials
                 explicit = {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key, "aws_session_token": token}
             connect, read, attempts = tier
-            config = Config(retries={"mode": "standard", "max_attempts": attempts}, connect_timeout=connect, read_timeout=read)
+            config = Config(retries={"mode": "standard", "total_max_attempts": attempts}, connect_timeout=connect, read_timeout=read)
             _clients[key] = boto3.session.Session().client(service, config=config, **explicit)
         return _clients[key]
 

@@ -90,23 +90,60 @@ def positive_int(name: str, default: int) -> int:
     return value
 
 
+#: Set by Lambda in every function's environment: its MemorySize in MB.
+LAMBDA_MEMORY_SIZE = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"
+#: Peak bytes per decoded pixel of the hungriest mode preprocess converts (RGBA, composited strip
+#: by strip: 372 MB for 39.6 MP including the process's own ~55 MB, i.e. 8.0 B/px), rounded up.
+#: tests/unit/test_preprocess_memory.py measures every mode against it.
+DECODE_BYTES_PER_PIXEL = 10
+#: What a preprocess environment holds before any image (runtime, Pillow, numpy, boto3: 72 MB measured), rounded up.
+DECODE_BASELINE_MB = 128
+#: The share of the function's memory an image may use: the rest is headroom.
+DECODE_MEMORY_SHARE = 0.75
+
+
+def pixels_for_memory(memory_mb: int) -> int:
+    """The most pixels preprocess decodes safely in a function of ``memory_mb``.
+
+    >>> pixels_for_memory(1024), pixels_for_memory(512)
+    (67108864, 26843545)
+    """
+    usable_mb = memory_mb * DECODE_MEMORY_SHARE - DECODE_BASELINE_MB
+    return max(0, int(usable_mb * 1024 * 1024 / DECODE_BYTES_PER_PIXEL))
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """Guards applied before and while decoding an image."""
 
     max_object_bytes: int = 50 * 1024 * 1024  # refuse to download more than this
     max_image_pixels: int = 40_000_000  # refuse to decode more pixels than this (≈ 7300×5500)
+    memory_mb: int | None = None  # set when the limit above is the function's memory's, not MAX_IMAGE_PIXELS
+
+    @property
+    def pixel_limit_source(self) -> str:
+        """What set ``max_image_pixels``, for error messages."""
+        if self.memory_mb is not None:
+            return f"the most a {self.memory_mb} MB function decodes safely"
+        return "MAX_IMAGE_PIXELS"
 
     @classmethod
     def from_env(cls) -> ImageLimits:
+        """MAX_OBJECT_BYTES, and the smaller of MAX_IMAGE_PIXELS and what the function's memory allows."""
+        configured = positive_int(MAX_IMAGE_PIXELS, cls.max_image_pixels)
+        memory = environ().get(LAMBDA_MEMORY_SIZE)
+        by_memory = pixels_for_memory(int(memory)) if memory and memory.isdigit() else None
         return cls(
             max_object_bytes=positive_int(MAX_OBJECT_BYTES, cls.max_object_bytes),
-            max_image_pixels=positive_int(MAX_IMAGE_PIXELS, cls.max_image_pixels),
+            max_image_pixels=configured if by_memory is None or configured <= by_memory else by_memory,
+            memory_mb=None if by_memory is None or configured <= by_memory else int(memory or 0),
         )
 
 
 __all__ = [
+    "DECODE_BYTES_PER_PIXEL",
     "ImageLimits",
+    "pixels_for_memory",
     "environ",
     "invocation_credentials",
     "invocation_environment",

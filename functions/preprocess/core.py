@@ -201,14 +201,14 @@ def _check_pixels(size: tuple[int, int], limits: ImageLimits, name: str) -> None
     if pixels > limits.max_image_pixels:
         raise DecompressionBombError(
             f"{name} is {width}x{height} = {pixels} pixels, more than the limit of "
-            f"{limits.max_image_pixels} pixels (MAX_IMAGE_PIXELS); it was not decoded"
+            f"{limits.max_image_pixels} pixels ({limits.pixel_limit_source}); it was not decoded"
         )
 
 
 def _bomb(name: str, limits: ImageLimits, exc: BaseException) -> DecompressionBombError:
     return DecompressionBombError(
         f"{name} has more pixels than Pillow's decompression-bomb limit ({exc}); the pipeline's limit "
-        f"(MAX_IMAGE_PIXELS) is {limits.max_image_pixels}; it was not decoded"
+        f"({limits.pixel_limit_source}) is {limits.max_image_pixels}; it was not decoded"
     )
 
 

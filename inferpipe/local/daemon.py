@@ -202,6 +202,12 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
         "state_machine": resources.state_machine_arn,
         "trigger_rule": resources.trigger_rule,
         "functions": {key: spec.name for key, spec in resources.functions.items()},
+        "log_groups": {key: f"/aws/lambda/{spec.name}" for key, spec in resources.functions.items()},
+    }
+    report["lambda"] = {
+        "mode": "isolated",  # execution environments: one awslambdaric worker process each
+        "max_environments": dict(resources.local_lambda.max_environments),
+        "idle_environment_seconds": resources.local_lambda.idle_environment_seconds,
     }
     return report
 

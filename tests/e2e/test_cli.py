@@ -107,3 +107,30 @@ def test_console_script_starts_the_local_stack_and_leaves_nothing_behind(tmp_pat
     pid_file = tmp_path / "state" / "local.json"
     assert not pid_file.exists()
     assert run("local", "status").returncode == 3
+
+
+def test_logs_prints_a_functions_lines_with_its_report_lines(stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a file went through the pipeline
+    assert main(["classify", str(files["good"]), "--json", "--endpoint-url", stack.endpoint_url]) == 0
+    stack.flush_logs()
+    capsys.readouterr()
+    # WHEN the sink's logs of the last 10 minutes are asked for
+    code = main(["logs", "sink", "--since", "10m", "--endpoint-url", stack.endpoint_url])
+    out = capsys.readouterr().out.splitlines()
+    # THEN they hold the handler's JSON lines and Lambda's START/END/REPORT, oldest first
+    assert code == 0
+    messages = [line.split("  ", 2)[2] for line in out]
+    assert any(m.startswith("START RequestId: ") for m in messages)
+    reports = [m for m in messages if m.startswith("REPORT RequestId: ")]
+    assert reports and all("\tBilled Duration: " in m and "\tMemory Size: 256 MB\t" in m for m in reports)
+    assert any('"message":"prediction delivered"' in m for m in messages)
+    stamps = [line.split("  ", 1)[0] for line in out]
+    assert stamps == sorted(stamps)
+
+
+def test_logs_of_an_unknown_function_is_a_usage_error_naming_the_known_ones(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["logs", "postprocess", "--endpoint-url", stack.endpoint_url])
+    err = capsys.readouterr().err
+    assert code == 2 and "no function 'postprocess'" in err and "sink" in err
+    assert main(["logs", "sink", "--since", "soon", "--endpoint-url", stack.endpoint_url]) == 2
+    assert "'soon' is not a duration" in capsys.readouterr().err

@@ -74,7 +74,7 @@ class Admin:
         self._session = boto3.session.Session(
             aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"], region_name=stack.resources.region
         )
-        self._stack = stack
+        self._stack = self.stack = stack
         self._clients: dict[str, Any] = {}
         # What the e2e helpers need of a stack, with this user's clients.
         self.view = SimpleNamespace(
@@ -112,18 +112,14 @@ def deployed_policies(stack: Any) -> dict[str, dict[str, dict[str, Any]]]:
     return policies
 
 
-def _cold_start() -> None:
-    """Forget what warm containers keep (models, manifests), so the next calls go to S3 again."""
-    import functions.inference.handler as inference
-
-    with inference._lock:
-        inference._stores.clear()
-        inference._cache = None
+def _cold_start(admin: Admin) -> None:
+    """Stop the warm environments (and what they keep: models, manifests), so the next calls go to S3 again."""
+    admin.stack.stop_environments()
 
 
 def _pipeline(admin: Admin) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """Upload an image (the trigger starts the execution); the execution and every sink's records."""
-    _cold_start()
+    _cold_start(admin)
     view = admin.view
     bucket = view.resources.buckets["input"]
     key = f"iam/{uuid.uuid4().hex[:8]}.jpg"
@@ -157,12 +153,13 @@ def _logs_ok(admin: Admin, key: str) -> bool:
 
     before = starts()
     admin.client("lambda").invoke(FunctionName=admin.view.resources.functions[key].name, Payload=b"{}")
+    admin.stack.flush_logs()  # the environment's lines are shipped in the background, as Lambda does
     return starts() > before
 
 
 def _warm_up_ok(admin: Admin) -> bool:
     """The keep-warm ping loads the default model, looked up by alias (a missing version key must be a 404)."""
-    _cold_start()
+    _cold_start(admin)
     answer = _invoke(admin, "inference", {"warmup": True})
     return answer["error"] is None
 

@@ -15,6 +15,7 @@ from botocore.exceptions import (
 )
 from botocore.retries.standard import ThrottledRetryableChecker, TransientRetryableChecker
 
+from functions.common import aws
 from functions.common.aws import TRANSIENT_CODES, is_transient, raise_transient
 from functions.common.errors import ConfigurationError, TransientError
 from inferpipe.local.faults import DEFAULT_ERRORS
@@ -94,3 +95,35 @@ def test_the_fault_injector_throttles_with_codes_the_services_really_send() -> N
         assert code in modelled, service
         assert is_transient(_client_error(code, status)), service
     assert DEFAULT_ERRORS["sns"] == (429, "Throttled")
+
+
+class _Context:
+    def __init__(self, remaining_ms: int) -> None:
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+@pytest.mark.parametrize("timeout_s", [3, 15, 30, 60, 900])
+def test_sdk_timeouts_and_retries_fit_in_what_the_invocation_has_left(timeout_s: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # GIVEN an invocation with its whole timeout left
+    with aws.invocation_deadline(_Context(timeout_s * 1000)):
+        client = aws.client("sns")
+    # THEN a call that times out on every attempt, with botocore's back-off, still ends (as a
+    # retryable error) before Lambda would kill the function
+    config = client.meta.config
+    attempts = config.retries["total_max_attempts"]
+    worst = aws.worst_case_seconds(config.connect_timeout, config.read_timeout, attempts)
+    assert worst <= timeout_s - aws.DEADLINE_MARGIN_S or (config.connect_timeout, config.read_timeout, attempts) == aws.TIMEOUT_TIERS[-1]
+    assert config.retries["mode"] == "standard"
+    # AND the 15 s sink no longer gets the SDK defaults (5 s + 20 s, 3 attempts) that outlived it
+    if timeout_s == 15:
+        assert (config.connect_timeout, config.read_timeout, attempts) == (1, 3, 2)
+
+
+def test_outside_an_invocation_the_patient_timeouts_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    config = aws.client("s3").meta.config
+    assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == aws.TIMEOUT_TIERS[0]

@@ -43,6 +43,11 @@ def test_quick_benchmark_prints_the_table_and_writes_results_and_chart(tmp_path:
     assert cold["processes"] == len(cold["first_vs_warm_per_process"]) >= 3
     assert ratios["cold.first_vs_warm"] == cold["first_vs_warm"] == statistics.median(cold["first_vs_warm_per_process"])
     assert results["pipeline"]["burst"]["succeeded"] == results["pipeline"]["burst"]["uploads"]
+    # AND the pipeline ran with isolated Lambda environments beside the in-process mode, with Init Durations
+    assert results["pipeline"]["lambda_mode"] == "isolated" and results["pipeline_in_process"]["lambda_mode"] == "in-process"
+    assert results["pipeline_in_process"]["burst"]["succeeded"] == results["pipeline_in_process"]["burst"]["uploads"]
+    assert all(f["init_ms"] and f["max_memory_mb"] > 0 for f in results["pipeline"]["functions"].values())
+    assert ratios["pipeline.isolated_vs_in_process_per_image"] > 0
     assert results["prepare"]["demo"]["int8"]["fused_nodes"] > 0
     # AND the chart when matplotlib is installed (the bench extra)
     try:
