@@ -1,14 +1,17 @@
-"""Bridges over two gaps of moto 5.2 as the local AWS, installed by patching moto in this process.
+"""Bridges over the gaps of moto 5.2 as the local AWS, installed by patching moto in this process.
 
 1. **Lambda runs our code.** Without Docker, moto's Lambda returns a canned payload. The bridge
    replaces ``LambdaSimpleBackend.invoke``: the function's handler (``ImageConfig.Command[0]``
-   for an image, ``Handler`` for a zip) is imported once per process (warm-container semantics:
-   module-level caches persist) and called with the function's configured environment, through
-   :func:`functions.common.config.invocation_environment`, and a :class:`LambdaContext`. An
-   exception comes back as real Lambda reports it: header ``x-amz-function-error: Unhandled`` and
-   payload ``{"errorType", "errorMessage", "requestId", "stackTrace"}``, so the state machine's
-   Retry and Catch match on ``errorType``. The function's timeout is enforced (``Sandbox.Timedout``);
-   import failures are ``Runtime.ImportModuleError``, as in Lambda.
+   for an image, ``Handler`` for a zip) runs in an execution environment of its own
+   (:mod:`inferpipe.local.environments`: an ``awslambdaric`` worker process, timeout and memory
+   enforced, logs and REPORT lines in CloudWatch Logs), or, in the "in-process" mode
+   (:func:`set_lambda_mode`), in a thread of this process with the function's environment
+   through :func:`functions.common.config.invocation_environment`. An exception comes back as
+   real Lambda reports it: header ``x-amz-function-error: Unhandled`` and payload
+   ``{"errorType", "errorMessage", "requestId", "stackTrace"}``, so the state machine's Retry and
+   Catch match on ``errorType``. A function at its reserved concurrency answers HTTP 429
+   ``TooManyRequestsException``, which Step Functions names ``Lambda.TooManyRequestsException``
+   (moto named every HTTP error of a Lambda task ``Exception``: :func:`_lambda_task_error`).
 2. **EventBridge starts state machines.** moto's ``Rule.send_to_targets`` raises
    NotImplementedError for a ``states`` target (and S3 swallows that silently). The bridge starts an
    execution for such targets (input: the event, or the target's Input/InputPath/InputTransformer)
@@ -18,9 +21,9 @@
 3. **Everything acts under its own IAM role.** Each invocation gets the credentials of the
    function's execution role (assumed through moto's STS, cached per role like a warm Lambda's)
    in its environment, as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``,
-   exactly as Lambda provides them; :func:`functions.common.aws.client` signs with them. The
-   bridge writes each invocation's START/END/REPORT lines to the function's log group under that
-   role, as Lambda does. The state machine's Lambda tasks are signed with its execution role's
+   exactly as Lambda provides them; :func:`functions.common.aws.client` signs with them. Each
+   invocation's START/END/REPORT lines go to the function's log group under that role, as
+   Lambda writes them. The state machine's Lambda tasks are signed with its execution role's
    credentials, and the trigger rule's target role must allow ``states:StartExecution``. moto
    only checks a request's Resource for S3 and SQS (everything else is checked against ``*``,
    which no least-privilege statement matches); the bridge names the resource of DynamoDB, SNS,
@@ -67,7 +70,7 @@ _originals: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------------------------
-# Lambda: run the handler in process
+# Lambda: run the handler (in an execution environment, or in this process)
 # --------------------------------------------------------------------------------------------
 
 
@@ -503,10 +506,17 @@ def _write_platform_log(fn: Any, context: LambdaContext, environment: Mapping[st
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
+        import math
+        import os
+
+        from inferpipe.local.environments import InvocationResult, peak_rss_mb, report_line
+
         logs = _stack_client("logs", fn.region, environment, _PLATFORM_LOG_CLIENT_CONFIG)
         request_id = context.aws_request_id
         now = int(time.time() * 1000)
         elapsed = (time.monotonic() - started) * 1000
+        # in process, "the environment" is this whole process: its peak memory is shared by all
+        result = InvocationResult(request_id, False, b"", None, elapsed, math.ceil(elapsed), None, peak_rss_mb(os.getpid()), "")
         logs.create_log_stream(logGroupName=context.log_group_name, logStreamName=context.log_stream_name)
         logs.put_log_events(
             logGroupName=context.log_group_name,
@@ -514,7 +524,7 @@ def _write_platform_log(fn: Any, context: LambdaContext, environment: Mapping[st
             logEvents=[
                 {"timestamp": now, "message": f"START RequestId: {request_id} Version: $LATEST"},
                 {"timestamp": now, "message": f"END RequestId: {request_id}"},
-                {"timestamp": now, "message": f"REPORT RequestId: {request_id}\tDuration: {elapsed:.2f} ms"},
+                {"timestamp": now, "message": report_line(result, int(fn.memory_size))},
             ],
         )
     except (BotoCoreError, ClientError, KeyError) as exc:  # Lambda drops logs it may not write

@@ -34,8 +34,8 @@ since on AWS it would have got one).
 
 from __future__ import annotations
 
-import collections
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from functions.common.errors import LAMBDA_EXIT_ERROR, LAMBDA_OUT_OF_MEMORY, LAMBDA_TIMEOUT
+from inferpipe.local.guard import refusal
 
 _LOG = logging.getLogger("inferpipe.local.environments")
 
@@ -125,6 +126,7 @@ class InvocationResult:
     environment: str  # the log stream of the environment that ran it
 
 
+@functools.lru_cache(maxsize=4)
 def image_environment(dockerfile: Path = DOCKERFILE) -> dict[str, str]:
     """The image's ``ENV`` values that are not paths inside the image (those are this checkout here).
 
@@ -167,7 +169,7 @@ def _error_document(error_type: str, message: str, request_id: str) -> bytes:
     return json.dumps({"errorType": error_type, "errorMessage": message, "requestId": request_id, "stackTrace": []}).encode()
 
 
-def _peak_rss_mb(pid: int) -> int:
+def peak_rss_mb(pid: int) -> int:
     """The process's peak resident set (VmHWM), in MB (MiB, as Lambda counts); 0 once it is gone."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as status:
@@ -309,7 +311,15 @@ class RuntimeApi:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _refused(self) -> bool:
+                why = refusal(self.headers.get)
+                if why is not None:
+                    self._answer(403, why.encode())
+                return why is not None
+
             def do_GET(self) -> None:
+                if self._refused():
+                    return
                 if self.path != f"{RUNTIME_API}/invocation/next":
                     self._answer(404)
                     return
@@ -331,6 +341,8 @@ class RuntimeApi:
                 )
 
             def do_POST(self) -> None:
+                if self._refused():
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 parts = self.path[len(RUNTIME_API) :].strip("/").split("/")
@@ -401,10 +413,13 @@ class ExecutionEnvironment:
         passthrough = {name: os.environ[name] for name in ("PATH", "LANG", "LD_LIBRARY_PATH") if name in os.environ}
         return {
             **passthrough,
-            **image_environment(),
+            **dict(image_environment()),
             "LAMBDA_TASK_ROOT": str(REPO_ROOT),
             "PYTHONPATH": str(REPO_ROOT),
             "TMPDIR": self._tmp,  # /tmp is per environment
+            # no ~/.aws of this machine's user: credentials and region come from the variables, as in Lambda
+            "AWS_CONFIG_FILE": os.path.join(self._tmp, "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": os.path.join(self._tmp, "no-aws-credentials"),
             "TZ": ":UTC",
             "_HANDLER": config.handler,
             "AWS_LAMBDA_RUNTIME_API": self._api.address,
@@ -465,7 +480,7 @@ class ExecutionEnvironment:
         self._logs.ship(self.config, self.log_stream, events)
 
     def peak_memory_mb(self) -> int:
-        return _peak_rss_mb(self.process.pid)
+        return peak_rss_mb(self.process.pid)
 
     def kill(self) -> None:
         """Stop the environment at once (SIGKILL to its process group), as Lambda does."""
@@ -661,7 +676,6 @@ class EnvironmentPool:
         self._pools: dict[str, _FunctionPool] = {}
         self._closed = False
         self.logs = LogShipper(logs_client_for)
-        self.results: collections.deque[tuple[str, InvocationResult]] = collections.deque(maxlen=5000)
         self._reaper = threading.Thread(target=self._reap, name="lambda-environment-reaper", daemon=True)
         self._reaper.start()
 
@@ -672,7 +686,6 @@ class EnvironmentPool:
             result = environment.invoke(request_id, body)
         finally:
             self._release(config, environment)
-        self.results.append((config.name, result))
         return result
 
     def _key(self, config: FunctionConfig) -> str:
@@ -801,5 +814,6 @@ __all__ = [
     "RuntimeApi",
     "Throttled",
     "image_environment",
+    "peak_rss_mb",
     "report_line",
 ]

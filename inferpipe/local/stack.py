@@ -35,6 +35,7 @@ from botocore.config import Config
 
 from inferpipe.local import bridge
 from inferpipe.local.faults import AwsFaultInjector, FaultMiddleware
+from inferpipe.local.guard import BrowserGuard
 from inferpipe.local.provision import Provisioned, provision
 from inferpipe.local.spec import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
 
@@ -144,7 +145,7 @@ class LocalStack:
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
             self._server.start()
             wsgi = self._server._server  # werkzeug's server: every request goes through its .app
-            wsgi.app = FaultMiddleware(wsgi.app, self.aws_faults)
+            wsgi.app = BrowserGuard(FaultMiddleware(wsgi.app, self.aws_faults))
             self._port = int(self._server.get_host_and_port()[1])
             os.environ.update(
                 {

@@ -1,7 +1,8 @@
 """End-to-end fixtures: the demo model and the local stack, running in this process.
 
 The stack is the same one ``inferpipe local up`` serves: moto's S3, EventBridge, Step Functions
-(executing state_machine/pipeline.asl.json), DynamoDB, SNS, SQS, with our handlers run in process.
+(executing state_machine/pipeline.asl.json), DynamoDB, SNS, SQS, with our handlers run in
+execution environments of their own (awslambdaric worker processes), as in Lambda.
 """
 
 from __future__ import annotations

@@ -647,3 +647,35 @@ def test_daemon_up_status_down_round_trip_leaves_no_process(tmp_path: Path) -> N
     assert daemon.down(tmp_path) is False
     log = (tmp_path / daemon.LOG_FILE).read_text()
     assert "signal SIGTERM: stopping" in log and log.rstrip().endswith("stopped")
+
+
+# -- loopback endpoints are not open to web pages ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://pages.example"},  # a page's cross-site form POST (no CORS preflight)
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"},
+        {"Host": "rebound.example:4599"},  # DNS rebinding: the page's own name, resolved to 127.0.0.1
+    ],
+)
+def test_a_request_from_a_web_page_is_refused_and_changes_nothing(stack: LocalStack, headers: dict[str, str]) -> None:
+    import urllib.error
+    import urllib.request
+
+    name = f"from-a-page-{uuid.uuid4().hex[:6]}"
+    body = f"Action=CreateQueue&QueueName={name}".encode()
+    request = urllib.request.Request(
+        f"{stack.endpoint_url}/", data=body, headers={"Content-Type": "application/x-www-form-urlencoded", **headers}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)  # noqa: S310 - loopback
+    assert refused.value.code == 403
+    assert name not in json.dumps(stack.client("sqs").list_queues().get("QueueUrls", []))
+    # AND a request without browser headers, naming the loopback host, still passes
+    plain = urllib.request.Request(
+        f"{stack.endpoint_url}/", data=b"Action=ListQueues", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    with urllib.request.urlopen(plain, timeout=10) as answer:  # noqa: S310 - loopback
+        assert answer.status == 200

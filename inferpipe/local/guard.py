@@ -1,0 +1,53 @@
+"""Keep web pages out of the local stack's loopback endpoints.
+
+The local stack (moto's server, each environment's Runtime API) listens on 127.0.0.1 and, like
+AWS's own local tools, checks no signature unless IAM enforcement is on. A page open in a
+browser on the same machine could still reach it: a "simple" cross-site POST needs no CORS
+preflight, and SQS/SNS take form-encoded bodies; a DNS-rebinding page could even read answers.
+AWS SDKs and the CLI never send ``Origin`` or ``Sec-Fetch-*`` headers and always name the
+loopback host, browsers always do one or the other, so a request is refused when it carries
+``Origin``, comes from another site (``Sec-Fetch-Site``), or names a host that is not loopback.
+https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Sec-Fetch-Site
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def refusal(header: Callable[[str], str | None]) -> str | None:
+    """Why a request must be refused (None when it may pass); ``header(name)`` reads one header."""
+    if header("Origin") is not None:
+        return "requests from web pages (an Origin header) are refused"
+    if (header("Sec-Fetch-Site") or "none") not in ("none", "same-origin"):
+        return "cross-site browser requests are refused"
+    host = (header("Host") or "").lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if host and not (name in _LOOPBACK_HOSTS or name.endswith(".localhost")):
+        return f"host {host!r} is not a loopback name"
+    return None
+
+
+class BrowserGuard:
+    """WSGI middleware: 403 for what :func:`refusal` refuses, everything else to ``app``."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+
+    def __call__(self, environ: Mapping[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def header(name: str) -> str | None:
+            value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+            return None if value is None else str(value)
+
+        why = refusal(header)
+        if why is None:
+            return self.app(environ, start_response)
+        body = f"inferpipe local stack: {why}\n".encode()
+        start_response("403 Forbidden", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+__all__ = ["BrowserGuard", "refusal"]
