@@ -43,6 +43,7 @@ import math
 import os
 import queue
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -379,7 +380,7 @@ class ExecutionEnvironment:
         self._current: _Invocation | None = None
         self._init_error: bytes | None = None
         self._initialised = threading.Event()
-        self._reader_idle = threading.Event()
+        self._read_lock = threading.Lock()
         self.init_ms: float | None = None
         self.invocations = 0
         self.dead = False
@@ -437,36 +438,40 @@ class ExecutionEnvironment:
         }
 
     def _read_output(self) -> None:
-        """Every line the process writes becomes a log event (the runtime joins a traceback's lines with \\r)."""
+        """Every line the process writes becomes a log event (the runtime joins a traceback's lines with \\r).
+
+        A chunk is read and split under ``_read_lock``, so that :meth:`_drain_output` can tell
+        "nothing left in the pipe" from "read but not yet recorded".
+        """
         partial = b""
         while True:
-            self._reader_idle.set()
-            try:
-                chunk = os.read(self._stdout_fd, 65536)
-            except OSError:
-                chunk = b""
-            self._reader_idle.clear()
-            if not chunk:
-                break
-            lines = (partial + chunk).split(b"\n")
-            partial = lines.pop()
-            stamp = _now_ms()
-            with self._lock:
-                self._events.extend((stamp, line.decode("utf-8", "replace")) for line in lines if line.strip())
+            select.select([self._stdout_fd], [], [])
+            with self._read_lock:
+                try:
+                    chunk = os.read(self._stdout_fd, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    break
+                lines = (partial + chunk).split(b"\n")
+                partial = lines.pop()
+                stamp = _now_ms()
+                with self._lock:
+                    self._events.extend((stamp, line.decode("utf-8", "replace")) for line in lines if line.strip())
         if partial.strip():
             with self._lock:
                 self._events.append((_now_ms(), partial.decode("utf-8", "replace")))
-        self._reader_idle.set()
 
     def _drain_output(self, limit_s: float = 0.25) -> None:
-        """Wait (briefly) until everything written before the runtime answered is read."""
+        """Wait (briefly) until everything written before the runtime answered is recorded."""
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
-            try:
-                pending = int.from_bytes(fcntl.ioctl(self._stdout_fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
-            except OSError:
-                return
-            if pending == 0 and self._reader_idle.is_set():
+            with self._read_lock:
+                try:
+                    pending = int.from_bytes(fcntl.ioctl(self._stdout_fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+                except OSError:
+                    return
+            if pending == 0:
                 return
             time.sleep(0.001)
 
@@ -549,6 +554,7 @@ class ExecutionEnvironment:
         self.invocations += 1
         invocation = _Invocation(request_id, body, float(config.timeout_s), config.arn)
         self._current = invocation
+        queued = time.monotonic()
         self._pending.put(invocation)
         error: tuple[str, str] | None = None  # (errorType, errorMessage) Lambda reports itself
         while not invocation.done.wait(_WATCH_INTERVAL_S):
@@ -563,11 +569,16 @@ class ExecutionEnvironment:
                 how = f"signal: {signal.Signals(-code).name.lower().removeprefix('sig')}" if code < 0 else f"exit status {code}"
                 error = (LAMBDA_EXIT_ERROR, f"RequestId: {request_id} Error: Runtime exited with error: {how}")
                 break
-            started = invocation.started if invocation.taken.is_set() else None
-            if started is None and now - self._spawned > INIT_TIMEOUT_S + config.timeout_s:
-                error = (LAMBDA_TIMEOUT, f"RequestId: {request_id} Error: Task timed out after {config.timeout_s:.2f} seconds")
-                break
-            if started is not None and now - started > config.timeout_s:
+            # the clock runs from the hand-over to the runtime; before it, from the init's start (a
+            # cold environment: Lambda's init limit, then the timeout) or from the queueing (a warm
+            # runtime that has not asked for its next event yet)
+            if invocation.taken.is_set():
+                started = invocation.started
+            elif self._initialised.is_set():
+                started = queued
+            else:
+                started = self._spawned + INIT_TIMEOUT_S
+            if now - started > config.timeout_s:
                 error = (LAMBDA_TIMEOUT, f"RequestId: {request_id} Error: Task timed out after {config.timeout_s:.2f} seconds")
                 break
         ended = time.monotonic()
