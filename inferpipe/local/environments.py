@@ -550,28 +550,19 @@ class ExecutionEnvironment:
 
     # -- the caller's side ---------------------------------------------------------------------
 
-    def invoke(self, request_id: str, body: bytes) -> InvocationResult:
-        """Run one invocation in this environment (one at a time); the environment may die doing it."""
-        config = self.config
-        cold = self.invocations == 0
-        self.invocations += 1
-        invocation = _Invocation(request_id, body, float(config.timeout_s), config.arn)
-        self._current = invocation
-        queued = time.monotonic()
-        self._pending.put(invocation)
-        error: tuple[str, str] | None = None  # (errorType, errorMessage) Lambda reports itself
+    def _watch(self, invocation: _Invocation, queued: float) -> tuple[str, str] | None:
+        """Wait for the runtime's answer, enforcing memory, the runtime's life and the timeout."""
+        config, request_id = self.config, invocation.request_id
+        out_of_memory = (LAMBDA_OUT_OF_MEMORY, f"RequestId: {request_id} Error: Runtime exited with error: signal: killed")
         while not invocation.done.wait(_WATCH_INTERVAL_S):
-            now = time.monotonic()
             if self._init_error is not None:
-                break
+                return None
             if self.peak_memory_mb() > config.memory_mb:
-                error = (LAMBDA_OUT_OF_MEMORY, f"RequestId: {request_id} Error: Runtime exited with error: signal: killed")
-                break
+                return out_of_memory
             code = self.process.poll()
             if code is not None and not invocation.done.is_set():
                 how = f"signal: {signal.Signals(-code).name.lower().removeprefix('sig')}" if code < 0 else f"exit status {code}"
-                error = (LAMBDA_EXIT_ERROR, f"RequestId: {request_id} Error: Runtime exited with error: {how}")
-                break
+                return (LAMBDA_EXIT_ERROR, f"RequestId: {request_id} Error: Runtime exited with error: {how}")
             # the clock runs from the hand-over to the runtime; before it, from the init's start (a
             # cold environment: Lambda's init limit, then the timeout) or from the queueing (a warm
             # runtime that has not asked for its next event yet)
@@ -581,9 +572,22 @@ class ExecutionEnvironment:
                 started = queued
             else:
                 started = self._spawned + INIT_TIMEOUT_S
-            if now - started > config.timeout_s:
-                error = (LAMBDA_TIMEOUT, f"RequestId: {request_id} Error: Task timed out after {config.timeout_s:.2f} seconds")
-                break
+            if time.monotonic() - started > config.timeout_s:
+                return (LAMBDA_TIMEOUT, f"RequestId: {request_id} Error: Task timed out after {config.timeout_s:.2f} seconds")
+        if self.peak_memory_mb() > config.memory_mb:  # a spike between two polls: Lambda would have killed it
+            return out_of_memory
+        return None
+
+    def invoke(self, request_id: str, body: bytes) -> InvocationResult:
+        """Run one invocation in this environment (one at a time); the environment may die doing it."""
+        config = self.config
+        cold = self.invocations == 0
+        self.invocations += 1
+        invocation = _Invocation(request_id, body, float(config.timeout_s), config.arn)
+        self._current = invocation
+        queued = time.monotonic()
+        self._pending.put(invocation)
+        error = self._watch(invocation, queued)  # (errorType, errorMessage) when Lambda ends it
         ended = time.monotonic()
         began = invocation.started if invocation.taken.is_set() else ended
         max_memory = self.peak_memory_mb()
