@@ -775,9 +775,11 @@ class EnvironmentPool:
                     keep = [e for e in pool.idle if now - e.last_used < self._idle_seconds and not e.dead]
                     expired += [e for e in pool.idle if e not in keep]
                     pool.idle = keep
-                self._cond.wait(min(5.0, self._idle_seconds))
             for environment in expired:
                 environment.close()
+            with self._cond:
+                if not self._closed:
+                    self._cond.wait(min(5.0, self._idle_seconds / 2))
 
     def environments(self, function_name: str | None = None) -> list[EnvironmentInfo]:
         """The live environments (idle ones; busy ones are counted in :meth:`busy`)."""

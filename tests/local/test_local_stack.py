@@ -679,3 +679,36 @@ def test_a_request_from_a_web_page_is_refused_and_changes_nothing(stack: LocalSt
     )
     with urllib.request.urlopen(plain, timeout=10) as answer:  # noqa: S310 - loopback
         assert answer.status == 200
+
+
+def test_an_idle_environment_is_stopped_after_its_idle_time(stack: LocalStack, test_functions: dict[str, dict[str, Any]]) -> None:
+    from inferpipe.local.environments import EnvironmentPool, FunctionConfig
+
+    function = test_functions["a"]
+    config = FunctionConfig(
+        name=function["name"], arn=function["arn"], region=stack.resources.region,
+        handler=f"{HANDLERS}.report", memory_mb=128, timeout_s=7, variables=function["environment"],
+        role_arn=stack.client("lambda").get_function(FunctionName=function["name"])["Configuration"]["Role"],
+    )
+    # GIVEN a pool whose environments may idle 1 s
+    pool = EnvironmentPool(
+        credentials_for=bridge.role_credentials,
+        logs_client_for=lambda region, role: bridge.platform_client("logs", region, role),
+        endpoint_url=lambda: stack.endpoint_url,
+        max_environments=lambda name: 1,
+        idle_seconds=1.0,
+    )
+    try:
+        # WHEN one invocation ran and nothing else comes
+        result = pool.invoke(config, str(uuid.uuid4()), b"{}")
+        pid = json.loads(result.payload)["pid"]
+        assert [e.pid for e in pool.environments()] == [pid]
+        deadline = time.monotonic() + 10
+        while pool.environments() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # THEN the environment and its process are gone
+        assert pool.environments() == []
+        time.sleep(0.2)
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    finally:
+        pool.close()
