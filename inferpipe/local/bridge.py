@@ -108,8 +108,8 @@ class InvocationRecord:
 
 
 #: How the bridge runs handlers: "isolated" (default: an execution environment per process, see
-#: :mod:`inferpipe.local.environments`) or "in-process" (threads of this process; fast, for unit
-#: level tests of the bridge itself: no memory limit, a timeout cannot stop the handler).
+#: :mod:`inferpipe.local.environments`) or "in-process" (threads of this process, no memory
+#: limit, a timeout cannot stop the handler; the benchmark uses it to show what isolation costs).
 LAMBDA_MODES = ("isolated", "in-process")
 _mode: dict[str, Any] = {"mode": "isolated", "pool": None}
 
@@ -309,8 +309,7 @@ def _throttle_error(message: str) -> Exception:
     class TooManyRequestsException(LambdaClientError):
         code = 429
 
-    error = TooManyRequestsException("TooManyRequestsException", message)
-    return error
+    return TooManyRequestsException("TooManyRequestsException", message)
 
 
 def _run(fn: Any, body: Any, request_id: str, fault: InjectedFault | None) -> tuple[bool, bytes]:
