@@ -8,6 +8,7 @@ Examples::
     inferpipe model publish build/demo-model --name demo --alias prod
     inferpipe replay --since 24h --dry-run
     inferpipe logs sink --since 10m --follow
+    inferpipe cost --since 1h
     inferpipe demo
 """
 
@@ -172,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until interrupted")
     _add_target_options(logs)
 
+    cost = commands.add_parser(
+        "cost",
+        help="what the local stack's recent work would cost on AWS at list prices (config/prices.json)",
+    )
+    cost.add_argument("--since", default="1h", help="the work of this long ago until now (e.g. 10m, 1h; default 1h)")
+    cost.add_argument("--json", action="store_true", help="print only a JSON object: images, usd_total, usd_per_million_images, by_service, lines")
+    _add_target_options(cost)
+
     demo = commands.add_parser("demo", help="build the demo model if missing, start the local stack, classify samples")
     _add_target_options(demo)
     return parser
@@ -200,6 +209,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _replay(args)
     if args.command == "logs":
         return _logs(args)
+    if args.command == "cost":
+        return _cost(args)
     if args.command == "demo":
         from inferpipe.demo import run_demo
 
@@ -296,6 +307,25 @@ def _logs(args: argparse.Namespace) -> int:
     except ValueError as bad:
         print(f"inferpipe: error: {bad}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _cost(args: argparse.Namespace) -> int:
+    from inferpipe import cost
+    from inferpipe.replay import parse_duration
+
+    try:
+        since = cost.since_epoch(parse_duration(args.since).total_seconds())
+    except ValueError as bad:
+        print(f"inferpipe: error: --since: {bad}", file=sys.stderr)
+        return 2
+    target = _target(args, quiet=True)
+    try:
+        estimate = cost.price(cost.measure(target, since))
+    except ValueError as bad:
+        print(f"inferpipe: error: {bad}", file=sys.stderr)
+        return 2
+    print(json.dumps(estimate.to_json(), indent=2) if args.json else cost.format_table(estimate))
     return 0
 
 

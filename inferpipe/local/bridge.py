@@ -478,6 +478,15 @@ def role_credentials(role_arn: str, region: str) -> dict[str, str]:
         return dict(cached)
 
 
+def role_of_access_key(access_key_id: str) -> str | None:
+    """The name of the role whose assumed credentials carry ``access_key_id`` (None: not a role's)."""
+    with _lock:
+        for role_arn, credentials in _role_credentials.items():
+            if credentials["AWS_ACCESS_KEY_ID"] == access_key_id:
+                return role_arn.rsplit("/", 1)[-1]
+    return None
+
+
 def iam_enforced() -> bool:
     """True when moto checks every request against IAM (see :func:`set_iam_enforcement`)."""
     from moto import settings
@@ -962,6 +971,7 @@ __all__ = [
     "invocations",
     "lambda_mode",
     "platform_client",
+    "role_of_access_key",
     "set_lambda_mode",
     "role_credentials",
     "set_iam_enforcement",

@@ -123,6 +123,42 @@ class AwsFaultInjector:
             self._fired.clear()
 
 
+@dataclass(frozen=True)
+class ApiCall:
+    """What an HTTP request to the stack is, as AWS would bill or fault it."""
+
+    service: str  # the signing name: s3, dynamodb, sns, sqs, events, states, lambda, logs…
+    protocol: str  # rest-xml (S3), json (X-Amz-Target), query (Action=)
+    operation: str  # "" when not identified
+    body: bytes  # peeked (non-S3 requests up to 1 MiB); the WSGI input is handed on unchanged
+    path: str
+    query: str
+    content_length: int
+
+
+def identify(environ: dict[str, Any]) -> ApiCall:
+    """The service and operation of a request (reading, then restoring, a small non-S3 body)."""
+    service = _service(environ)
+    method = environ.get("REQUEST_METHOD", "GET")
+    path = urllib.parse.unquote(environ.get("PATH_INFO", ""))
+    query = environ.get("QUERY_STRING", "")
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = b""
+    if service == "s3":
+        protocol, operation = "rest-xml", _s3_operation(method, path, query)
+    else:
+        if 0 < length <= _MAX_BODY_PEEK:  # peek, then hand the same bytes on
+            body = environ["wsgi.input"].read(length)
+            environ["wsgi.input"] = io.BytesIO(body)
+        if target:
+            protocol, operation = "json", target.rsplit(".", 1)[-1]
+        else:
+            form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+            protocol, operation = "query", (form.get("Action") or [""])[0]
+    return ApiCall(service, protocol, operation, body, path, query, length)
+
+
 def _service(environ: dict[str, Any]) -> str:
     found = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
     return found.group(1) if found else ""
@@ -130,7 +166,10 @@ def _service(environ: dict[str, Any]) -> str:
 
 def _s3_operation(method: str, path: str, query: str) -> str:
     parts = [p for p in path.split("/") if p]
-    if len(parts) < 2 or any(q.split("=")[0] in ("uploads", "uploadId", "tagging", "acl", "retention") for q in query.split("&") if q):
+    names = {q.split("=")[0] for q in query.split("&") if q}
+    if len(parts) == 1 and method == "GET" and not names & {"versioning", "notification", "policy", "encryption", "location"}:
+        return "ListObjects"  # ListObjects(V2) and ListObjectVersions: priced as LIST
+    if len(parts) < 2 or names & {"uploads", "uploadId", "tagging", "acl", "retention"}:
         return ""
     return {"GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject"}.get(method, "")
 
@@ -165,24 +204,9 @@ class FaultMiddleware:
         return self.app(environ, start_response)
 
     def _maybe_fail(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes] | None:
-        service = _service(environ)
-        method = environ.get("REQUEST_METHOD", "GET")
-        path = urllib.parse.unquote(environ.get("PATH_INFO", ""))
-        query = environ.get("QUERY_STRING", "")
-        target = environ.get("HTTP_X_AMZ_TARGET", "")
-        body = b""
-        if service == "s3":
-            protocol, operation = "rest-xml", _s3_operation(method, path, query)
-        else:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            if 0 < length <= _MAX_BODY_PEEK:  # peek, then hand the same bytes on
-                body = environ["wsgi.input"].read(length)
-                environ["wsgi.input"] = io.BytesIO(body)
-            if target:
-                protocol, operation = "json", target.rsplit(".", 1)[-1]
-            else:
-                form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
-                protocol, operation = "query", (form.get("Action") or [""])[0]
+        call = identify(environ)
+        service, protocol, operation, body = call.service, call.protocol, call.operation, call.body
+        path, query = call.path, call.query
         if not operation:
             return None
 
@@ -204,4 +228,4 @@ class FaultMiddleware:
         return [payload]  # the server sends no body for HEAD
 
 
-__all__ = ["DEFAULT_ERRORS", "AwsFaultInjector", "FaultMiddleware", "FaultRule"]
+__all__ = ["DEFAULT_ERRORS", "ApiCall", "AwsFaultInjector", "FaultMiddleware", "FaultRule", "identify"]

@@ -36,6 +36,7 @@ from botocore.config import Config
 from inferpipe.local import bridge
 from inferpipe.local.faults import AwsFaultInjector, FaultMiddleware
 from inferpipe.local.guard import BrowserGuard
+from inferpipe.local.usage import UsageMeter
 from inferpipe.local.provision import Provisioned, provision
 from inferpipe.local.spec import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
 
@@ -114,6 +115,8 @@ class LocalStack:
         self._werkzeug_level: int | None = None
         #: Faults at the AWS edge (see :mod:`inferpipe.local.faults`); also :meth:`inject_aws_faults`.
         self.aws_faults = AwsFaultInjector()
+        #: Every request that reached moto, counted as AWS bills it (see :mod:`inferpipe.local.usage`).
+        self.usage_meter = UsageMeter(caller_of=bridge.role_of_access_key)
 
     @classmethod
     def active(cls) -> LocalStack | None:
@@ -145,7 +148,7 @@ class LocalStack:
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
             self._server.start()
             wsgi = self._server._server  # werkzeug's server: every request goes through its .app
-            wsgi.app = BrowserGuard(FaultMiddleware(wsgi.app, self.aws_faults))
+            wsgi.app = BrowserGuard(FaultMiddleware(self.usage_meter.wrap(wsgi.app), self.aws_faults))
             self._port = int(self._server.get_host_and_port()[1])
             os.environ.update(
                 {

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -134,3 +135,31 @@ def test_logs_of_an_unknown_function_is_a_usage_error_naming_the_known_ones(stac
     assert code == 2 and "no function 'postprocess'" in err and "sink" in err
     assert main(["logs", "sink", "--since", "soon", "--endpoint-url", stack.endpoint_url]) == 2
     assert "'soon' is not a duration" in capsys.readouterr().err
+
+
+def test_cost_prices_one_images_measured_work(stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    import time as _time
+
+    from inferpipe import cost
+
+    # GIVEN nothing else runs, and one image goes through the pipeline
+    _time.sleep(1.0)
+    since = _time.time()
+    assert main(["classify", str(files["good"]), "--json", "--endpoint-url", stack.endpoint_url]) == 0
+    stack.flush_logs()
+    capsys.readouterr()
+    # WHEN its work is measured and priced
+    target = SimpleNamespace(endpoint_url=stack.endpoint_url, client=stack.client, resources=stack.resources, state_machine_arn=stack.state_machine_arn)
+    usage = cost.measure(target, since)
+    # THEN the usage is what one execution does: 7 invocations (preprocess, inference, five sinks),
+    # every transition of its history, one S3 event, and none of the client's own requests
+    assert usage.images == 1 and usage.s3_events == 1
+    assert usage.lambda_requests == 7 and usage.lambda_gb_seconds > 0
+    assert usage.transitions >= 16
+    assert usage.units("sns") >= 1 and usage.units("sqs") >= 1 and usage.units("events", frozenset({"PutEvents"})) >= 1
+    assert usage.units("s3", cost.S3_PUT_CLASS) >= 3  # the tensor, the S3 record, ledger entries
+    # AND the command prints the same figures as JSON
+    assert main(["cost", "--since", "10m", "--json", "--endpoint-url", stack.endpoint_url]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] >= 1 and summary["usd_total"] > 0 and summary["usd_per_million_images"] > 0
+    assert {"Step Functions", "Lambda", "S3", "DynamoDB", "SNS", "SQS", "EventBridge"} <= set(summary["by_service"])

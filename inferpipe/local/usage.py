@@ -1,0 +1,119 @@
+"""What the local stack was asked to do, counted at its HTTP edge as AWS would bill it.
+
+:class:`UsageMeter` is WSGI middleware in front of moto's server. For every request it notes the
+time, the service (the request's signing name), the operation, and the billing units AWS would
+count: one per request, except where a service bills by size (SNS, SQS and EventBridge count
+each 64 KB chunk of payload; EventBridge each entry of a PutEvents; a DynamoDB write each KB of
+its item). ``GET /_inferpipe/usage?since=<epoch seconds>`` answers the totals since then, by
+caller, service and operation, as JSON (loopback only, behind
+:class:`~inferpipe.local.guard.BrowserGuard`). The caller is the IAM role whose credentials
+signed the request (the functions', the state machine's), or ``client`` for anything else (a
+CLI, a test, an upload). :mod:`inferpipe.cost` prices the roles' requests: the pipeline's work.
+
+Lambda, Step Functions and CloudWatch Logs are billed from what they record (REPORT lines,
+execution histories, log bytes), not from requests; their requests are counted here all the same.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from inferpipe.local.faults import ApiCall, identify
+
+USAGE_PATH = "/_inferpipe/usage"
+#: At most this many requests are remembered (oldest forgotten first): hours of a busy stack.
+MAX_RECORDS = 2_000_000
+_CHUNK = 64 * 1024
+_ACCESS_KEY = re.compile(r"Credential=([^/,\s]+)/")
+CLIENT = "client"
+
+
+def billing_units(call: ApiCall) -> int:
+    """How many units AWS bills for this request (see the module docstring)."""
+    size = max(len(call.body), call.content_length)
+    if call.service in ("sns", "sqs"):
+        return max(1, math.ceil(size / _CHUNK))
+    if call.service == "events" and call.operation == "PutEvents":
+        try:
+            entries = json.loads(call.body or b"{}").get("Entries") or []
+        except (ValueError, AttributeError):
+            entries = []
+        return sum(max(1, math.ceil(len(json.dumps(entry)) / _CHUNK)) for entry in entries) or 1
+    if call.service == "dynamodb" and call.operation in ("PutItem", "UpdateItem", "DeleteItem"):
+        return max(1, math.ceil(size / 1024))  # the request's size bounds the item's
+    return 1
+
+
+class UsageMeter:
+    """Counts every request of the app it wraps (:meth:`wrap`), and serves the counts at :data:`USAGE_PATH`."""
+
+    def __init__(self, caller_of: Callable[[str], str | None] = lambda key: None) -> None:
+        """``caller_of(access key id)`` names the role a key belongs to (None: not a role's)."""
+        self._caller_of = caller_of
+        self._callers: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._times: list[float] = []
+        self._records: list[tuple[str, str, str, int]] = []
+
+    def wrap(self, app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+        """``app`` with every request counted (a stack restarted on a new server keeps its meter)."""
+
+        def metered(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") == USAGE_PATH and environ.get("REQUEST_METHOD") == "GET":
+                return self._answer(environ, start_response)
+            call = identify(environ)
+            if call.service:
+                key = _ACCESS_KEY.search(environ.get("HTTP_AUTHORIZATION", ""))
+                self.record(self._caller(key.group(1) if key else ""), call.service, call.operation or "?", billing_units(call))
+            return app(environ, start_response)
+
+        return metered
+
+    def _caller(self, access_key: str) -> str:
+        known = self._callers.get(access_key)
+        if known is None:
+            known = self._callers[access_key] = (self._caller_of(access_key) if access_key else None) or CLIENT
+        return known
+
+    def record(self, caller: str, service: str, operation: str, units: int = 1) -> None:
+        with self._lock:
+            self._times.append(time.time())
+            self._records.append((caller, service, operation, units))
+            if len(self._records) > MAX_RECORDS:
+                del self._times[: MAX_RECORDS // 10]
+                del self._records[: MAX_RECORDS // 10]
+
+    def totals(self, since: float = 0.0) -> dict[str, dict[str, dict[str, dict[str, int]]]]:
+        """``{caller: {service: {operation: {"requests": n, "units": u}}}}`` of the requests at or after ``since``."""
+        with self._lock:
+            start = bisect.bisect_left(self._times, since)
+            records = self._records[start:]
+        totals: dict[str, dict[str, dict[str, dict[str, int]]]] = {}
+        for caller, service, operation, units in records:
+            entry = totals.setdefault(caller, {}).setdefault(service, {}).setdefault(operation, {"requests": 0, "units": 0})
+            entry["requests"] += 1
+            entry["units"] += units
+        return totals
+
+    def _answer(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        try:
+            since = float((query.get("since") or ["0"])[0])
+        except ValueError:
+            body = b'{"error": "since must be a number of seconds since the epoch"}'
+            start_response("400 Bad Request", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        body = json.dumps({"since": since, "usage": self.totals(since)}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+__all__ = ["CLIENT", "MAX_RECORDS", "USAGE_PATH", "UsageMeter", "billing_units"]
