@@ -517,7 +517,8 @@ def _write_platform_log(fn: Any, context: LambdaContext, environment: Mapping[st
         import math
         import os
 
-        from inferpipe.local.environments import InvocationResult, peak_rss_mb, report_line
+        from inferpipe.local.environments import InvocationResult, peak_rss_mb
+        from inferpipe.local.lambda_logs import report_line
 
         logs = _stack_client("logs", fn.region, environment, _PLATFORM_LOG_CLIENT_CONFIG)
         request_id = context.aws_request_id

@@ -8,7 +8,7 @@ Each environment is what Lambda runs a function in, reproduced on this machine:
   the execution role's credentials, ``AWS_REGION``, ``_HANDLER``, ``TZ``), the image's own ``ENV``
   and a private ``TMPDIR``. Module state (caches, clients, the loaded model) is the process's:
   no other function or environment sees it.
-* **A Runtime API of its own**: :class:`RuntimeApi` serves ``/2018-06-01/runtime/invocation/next``,
+* **A Runtime API of its own**: :class:`~inferpipe.local.runtime_api.RuntimeApi` serves ``/2018-06-01/runtime/invocation/next``,
   ``…/response``, ``…/error`` and ``/init/error`` to that process, one invocation at a time.
   https://docs.aws.amazon.com/lambda/latest/dg/runtimes-api.html
 * **Cold starts are real**: the first invocation waits for the runtime's init (importing the
@@ -22,7 +22,7 @@ Each environment is what Lambda runs a function in, reproduced on this machine:
 * **Logs like CloudWatch**: everything the process writes to stdout/stderr, plus Lambda's
   START / END / REPORT lines, goes to log group ``/aws/lambda/<function>``, one stream per
   environment, written under the function's own role (a role that may not write loses its logs,
-  as in Lambda).
+  as in Lambda; :mod:`inferpipe.local.lambda_logs`).
 
 :class:`EnvironmentPool` keeps a pool per function: an idle warm environment is reused, a new one
 is started while the function is below its limit, environments idle for
@@ -56,18 +56,17 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from functions.common.errors import LAMBDA_EXIT_ERROR, LAMBDA_OUT_OF_MEMORY, LAMBDA_TIMEOUT
-from inferpipe.local.guard import refusal
+from inferpipe.local.lambda_logs import LogShipper, report_line
+from inferpipe.local.runtime_api import Invocation, RuntimeApi
 
 _LOG = logging.getLogger("inferpipe.local.environments")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-RUNTIME_API = "/2018-06-01/runtime"
 #: Lambda's limit on an on-demand function's init phase (the handler module's import).
 #: https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtime-environment.html
 INIT_TIMEOUT_S = 10.0
@@ -143,29 +142,6 @@ def image_environment(dockerfile: Path = DOCKERFILE) -> dict[str, str]:
     return {name: value for name, value in values.items() if not value.startswith("/")}
 
 
-def report_line(result: InvocationResult, memory_mb: int) -> str:
-    """Lambda's REPORT line: tab-separated fields, ``Init Duration`` after a cold start, a trailing tab.
-
-    >>> r = InvocationResult("r-1", False, b"", None, 12.3, 13, 250.0, 80, "s")
-    >>> report_line(r, 256).split("\\t")[1:6]
-    ['Duration: 12.30 ms', 'Billed Duration: 13 ms', 'Memory Size: 256 MB', 'Max Memory Used: 80 MB', 'Init Duration: 250.00 ms']
-    """
-    fields = [
-        f"REPORT RequestId: {result.request_id}",
-        f"Duration: {result.duration_ms:.2f} ms",
-        f"Billed Duration: {result.billed_ms} ms",
-        f"Memory Size: {memory_mb} MB",
-        f"Max Memory Used: {result.max_memory_mb} MB",
-    ]
-    if result.init_ms is not None:
-        fields.append(f"Init Duration: {result.init_ms:.2f} ms")
-    if result.error_type == LAMBDA_TIMEOUT:
-        fields.append("Status: timeout")
-    elif result.error_type in (LAMBDA_OUT_OF_MEMORY, LAMBDA_EXIT_ERROR):
-        fields += ["Status: error", f"Error Type: {result.error_type}"]
-    return "\t".join(fields) + "\t"
-
-
 def _error_document(error_type: str, message: str, request_id: str) -> bytes:
     return json.dumps({"errorType": error_type, "errorMessage": message, "requestId": request_id, "stackTrace": []}).encode()
 
@@ -187,186 +163,8 @@ def _now_ms() -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Logs
-# --------------------------------------------------------------------------------------------
-
-
-class LogShipper:
-    """Writes environments' log events to CloudWatch Logs from one background thread, in order.
-
-    ``client_for(region, role_arn)`` returns a Logs client signed as that role.
-    """
-
-    def __init__(self, client_for: Callable[[str, str], Any]) -> None:
-        self._client_for = client_for
-        self._queue: queue.Queue[tuple[FunctionConfig, str, list[tuple[int, str]]] | None] = queue.Queue()
-        self._streams: set[tuple[str, str]] = set()
-        self._thread = threading.Thread(target=self._run, name="lambda-log-shipper", daemon=True)
-        self._thread.start()
-
-    def ship(self, config: FunctionConfig, stream: str, events: list[tuple[int, str]]) -> None:
-        if events:
-            self._queue.put((config, stream, events))
-
-    def flush(self) -> None:
-        """Return once every event shipped so far is in CloudWatch Logs (or was refused)."""
-        self._queue.join()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(10)
-
-    @staticmethod
-    def _create_stream(logs: Any, group: str, stream: str) -> None:
-        """The environment's stream; the group too when it is missing, as Lambda tries (the role may refuse)."""
-        from botocore.exceptions import ClientError
-
-        def code(exc: ClientError) -> str:
-            return str(exc.response.get("Error", {}).get("Code", ""))
-
-        try:
-            logs.create_log_stream(logGroupName=group, logStreamName=stream)
-        except ClientError as exc:
-            if code(exc) == "ResourceAlreadyExistsException":
-                return
-            if code(exc) != "ResourceNotFoundException":
-                raise
-            try:
-                logs.create_log_group(logGroupName=group)
-            except ClientError as again:
-                if code(again) != "ResourceAlreadyExistsException":
-                    raise
-            logs.create_log_stream(logGroupName=group, logStreamName=stream)
-
-    def _run(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                config, stream, events = item
-                try:
-                    logs = self._client_for(config.region, config.role_arn)
-                    if (config.log_group, stream) not in self._streams:
-                        self._create_stream(logs, config.log_group, stream)
-                        self._streams.add((config.log_group, stream))
-                    ordered = sorted(events, key=lambda event: event[0])
-                    for start in range(0, len(ordered), 5000):  # PutLogEvents: at most 10,000 events
-                        logs.put_log_events(
-                            logGroupName=config.log_group,
-                            logStreamName=stream,
-                            logEvents=[{"timestamp": ts, "message": message} for ts, message in ordered[start : start + 5000]],
-                        )
-                except (BotoCoreError, ClientError, KeyError) as exc:  # Lambda drops logs its role may not write
-                    _LOG.debug("%s: %d log events not written: %s", config.name, len(events), exc)
-            finally:
-                self._queue.task_done()
-
-
-# --------------------------------------------------------------------------------------------
 # One environment
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Invocation:
-    request_id: str
-    body: bytes
-    timeout_s: float
-    function_arn: str
-    taken: threading.Event = field(default_factory=threading.Event)  # the runtime asked for it
-    done: threading.Event = field(default_factory=threading.Event)
-    started: float = 0.0  # monotonic, when the runtime took it
-    started_ms: int = 0  # epoch ms, the same moment
-    outcome: tuple[str, bytes] | None = None  # ("response" | "error", body)
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # the environment's process was stopped mid-request: expected
-        super().handle_error(request, client_address)
-
-
-class RuntimeApi:
-    """The Lambda Runtime API one environment's runtime talks to (loopback, a port of its own)."""
-
-    def __init__(self, environment: ExecutionEnvironment) -> None:
-        env = environment
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # the runtime's client keeps its connection open
-            # TCP_NODELAY: with Nagle's algorithm the body (written after the headers) waited for
-            # the runtime's delayed ACK of the headers, ~40 ms on every invocation.
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _answer(self, status: int, body: bytes = b"", headers: Mapping[str, str] | None = None) -> None:
-                self.send_response(status)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _refused(self) -> bool:
-                why = refusal(self.headers.get)
-                if why is not None:
-                    self._answer(403, why.encode())
-                return why is not None
-
-            def do_GET(self) -> None:
-                if self._refused():
-                    return
-                if self.path != f"{RUNTIME_API}/invocation/next":
-                    self._answer(404)
-                    return
-                invocation = env._next_invocation()
-                if invocation is None:  # the environment is shutting down
-                    self._answer(410)
-                    return
-                deadline_ms = _now_ms() + int(invocation.timeout_s * 1000)
-                self._answer(
-                    200,
-                    invocation.body,
-                    {
-                        "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
-                        "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
-                        "Lambda-Runtime-Invoked-Function-Arn": invocation.function_arn,
-                        "Lambda-Runtime-Trace-Id": f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Sampled=0",
-                        "Content-Type": "application/json",
-                    },
-                )
-
-            def do_POST(self) -> None:
-                if self._refused():
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                parts = self.path[len(RUNTIME_API) :].strip("/").split("/")
-                if parts == ["init", "error"]:
-                    env._init_failed(body)
-                    self._answer(202, b'{"status":"OK"}')
-                elif len(parts) == 3 and parts[0] == "invocation" and parts[2] in ("response", "error"):
-                    accepted = env._complete(parts[1], parts[2], body)
-                    self._answer(202 if accepted else 400, b'{"status":"OK"}' if accepted else b"")
-                else:
-                    self._answer(404)
-
-        self.server = _QuietServer(("127.0.0.1", 0), Handler)
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name=f"runtime-api-{self.address}", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class ExecutionEnvironment:
@@ -379,8 +177,8 @@ class ExecutionEnvironment:
         self._logs = logs
         self._lock = threading.Lock()
         self._events: list[tuple[int, str]] = []
-        self._pending: queue.Queue[_Invocation | None] = queue.Queue()
-        self._current: _Invocation | None = None
+        self._pending: queue.Queue[Invocation | None] = queue.Queue()
+        self._current: Invocation | None = None
         self._init_error: bytes | None = None
         self._initialised = threading.Event()
         self._read_lock = threading.Lock()
@@ -520,9 +318,9 @@ class ExecutionEnvironment:
         self._ship_logs()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    # -- the Runtime API's side ----------------------------------------------------------------
+    # -- the Runtime API's side (inferpipe.local.runtime_api.RuntimeSide) -------------------------
 
-    def _next_invocation(self) -> _Invocation | None:
+    def next_invocation(self) -> Invocation | None:
         if not self._initialised.is_set():
             self.init_ms = (time.monotonic() - self._spawned) * 1000
             self._initialised.set()
@@ -533,7 +331,7 @@ class ExecutionEnvironment:
             invocation.taken.set()
         return invocation
 
-    def _complete(self, request_id: str, kind: str, body: bytes) -> bool:
+    def complete(self, request_id: str, kind: str, body: bytes) -> bool:
         invocation = self._current
         if invocation is None or invocation.request_id != request_id or invocation.done.is_set():
             return False
@@ -541,7 +339,7 @@ class ExecutionEnvironment:
         invocation.done.set()
         return True
 
-    def _init_failed(self, body: bytes) -> None:
+    def init_failed(self, body: bytes) -> None:
         self._init_error = body or b"{}"
         self._initialised.set()
         invocation = self._current
@@ -550,7 +348,7 @@ class ExecutionEnvironment:
 
     # -- the caller's side ---------------------------------------------------------------------
 
-    def _watch(self, invocation: _Invocation, queued: float) -> tuple[str, str] | None:
+    def _watch(self, invocation: Invocation, queued: float) -> tuple[str, str] | None:
         """Wait for the runtime's answer, enforcing memory, the runtime's life and the timeout."""
         config, request_id = self.config, invocation.request_id
         out_of_memory = (LAMBDA_OUT_OF_MEMORY, f"RequestId: {request_id} Error: Runtime exited with error: signal: killed")
@@ -583,7 +381,7 @@ class ExecutionEnvironment:
         config = self.config
         cold = self.invocations == 0
         self.invocations += 1
-        invocation = _Invocation(request_id, body, float(config.timeout_s), config.arn)
+        invocation = Invocation(request_id, body, float(config.timeout_s), config.arn)
         self._current = invocation
         queued = time.monotonic()
         self._pending.put(invocation)
@@ -672,7 +470,6 @@ class EnvironmentInfo:
     pid: int
     invocations: int
     init_ms: float | None
-    busy: bool
 
 
 class EnvironmentPool:
@@ -782,18 +579,14 @@ class EnvironmentPool:
                     self._cond.wait(min(5.0, self._idle_seconds / 2))
 
     def environments(self, function_name: str | None = None) -> list[EnvironmentInfo]:
-        """The live environments (idle ones; busy ones are counted in :meth:`busy`)."""
+        """The warm environments waiting for an invocation (of one function)."""
         with self._cond:
             return [
-                EnvironmentInfo(e.config.name, e.log_stream, e.process.pid, e.invocations, e.init_ms, False)
+                EnvironmentInfo(e.config.name, e.log_stream, e.process.pid, e.invocations, e.init_ms)
                 for pool in self._pools.values()
                 for e in pool.idle
                 if function_name is None or e.config.name == function_name
             ]
-
-    def busy(self, function_name: str) -> int:
-        with self._cond:
-            return sum(pool.busy for key, pool in self._pools.items() if key.split("#", 1)[0].endswith(f":function:{function_name}"))
 
     def stop_idle(self, function_name: str | None = None) -> int:
         """Stop idle environments (of one function, or all): the next invocations start cold."""
@@ -829,11 +622,8 @@ __all__ = [
     "FunctionConfig",
     "INIT_TIMEOUT_S",
     "InvocationResult",
-    "LogShipper",
     "PoolClosed",
-    "RuntimeApi",
     "Throttled",
     "image_environment",
     "peak_rss_mb",
-    "report_line",
 ]
