@@ -29,8 +29,9 @@ from typing import Any
 from inferpipe.local.faults import ApiCall, identify
 
 USAGE_PATH = "/_inferpipe/usage"
-#: At most this many requests are remembered (oldest forgotten first): hours of a busy stack.
-MAX_RECORDS = 2_000_000
+#: At most this many requests are remembered, oldest forgotten first (~25 requests an image: the
+#: last ~20,000 images; ~110 bytes each, ~55 MB at most).
+MAX_RECORDS = 500_000
 _CHUNK = 64 * 1024
 _ACCESS_KEY = re.compile(r"Credential=([^/,\s]+)/")
 CLIENT = "client"
