@@ -747,6 +747,12 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo", l
             }
             for key in stack.resources.functions
         }
+        burst_cost = None
+        if lambda_mode == "isolated":  # the burst (a flood) at list prices, from its measured usage
+            from inferpipe import cost
+
+            stack.flush_logs()
+            burst_cost = cost.price(cost.measure(stack, t0)).to_json()
     warm = per_image[1:]
     keys = ("upload_to_start_ms", "execution_ms", "preprocess_ms", "inference_ms", "sinks_state_ms", "orchestration_ms")
     return {
@@ -757,6 +763,7 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo", l
         "burst": {"uploads": burst, "succeeded": succeeded, "seconds": last - t0, "images_per_second": burst / (last - t0)},
         "lambda_mode": lambda_mode,
         "functions": lambda_figures,
+        "burst_cost": burst_cost,
     }
 
 
@@ -927,6 +934,9 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
     if "median" in isolated and "median" in in_process:  # same model, same images, one run
         r["pipeline.isolated_vs_in_process_per_image"] = isolated["median"]["execution_ms"] / in_process["median"]["execution_ms"]
         r["pipeline.in_process_vs_isolated_burst"] = in_process["burst"]["images_per_second"] / isolated["burst"]["images_per_second"]
+    if (isolated.get("burst_cost") or {}).get("usd_per_million_images"):  # today's direct trigger, one image an execution
+        r["cost.direct_usd_per_million_images"] = isolated["burst_cost"]["usd_per_million_images"]
+        r["cost.direct_orchestration_share"] = isolated["burst_cost"]["orchestration_share"]
     results["warnings"] = _sanity(results)
     results["targets"] = {
         "resnet50.int8_vs_hybridized_b1": ">= 4", "resnet50.int8_fraction_of_peak_b1": ">= 0.70",
@@ -1043,6 +1053,10 @@ def _pipeline_lines(pipe: dict[str, Any]) -> list[str]:
               f"burst: {pipe['burst']['uploads']} uploads in {pipe['burst']['seconds']:.1f} s = {pipe['burst']['images_per_second']:.1f} images/s ({pipe['burst']['succeeded']} succeeded)"]
     mode = pipe.get("lambda_mode", "in-process")
     lines[-2] = lines[-2].replace("local pipeline (", f"local pipeline, {mode} Lambda (")
+    if pipe.get("burst_cost"):
+        c = pipe["burst_cost"]
+        lines.append(f"the burst at us-east-1 list prices (inferpipe cost): ${c['usd_per_million_images']:,.2f} per million images, "
+                     f"Step Functions {c['orchestration_share']:.0%}; " + ", ".join(f"{k} ${v * 1e6 / c['images']:,.2f}" for k, v in sorted(c["by_service"].items(), key=lambda kv: -kv[1])) + " per million")
     if mode == "isolated":
         lines.append("functions (median invocation ms; Init Duration ms of each cold start; peak MB): " + "; ".join(
             f"{key} {f['invocation_ms_median']:.0f}, init {', '.join(f'{x:.0f}' for x in f['init_ms']) or '-'}, {f['max_memory_mb']} MB"

@@ -173,7 +173,11 @@ def _history_transitions(events: list[dict[str, Any]]) -> int:
 
 
 def measure(target: Any, since: float) -> Usage:
-    """The pipeline's usage on the local stack ``target`` since ``since`` (seconds since the epoch)."""
+    """The pipeline's usage on the local stack since ``since`` (seconds since the epoch).
+
+    ``target``: a :class:`~inferpipe.local.stack.LocalStack`, or a :class:`~inferpipe.target.Target`
+    at one (anything with ``endpoint_url``, ``client(service)``, ``resources``, ``state_machine_arn``).
+    """
     if getattr(target, "endpoint_url", None) is None:
         raise ValueError("inferpipe cost prices the local stack's work; on AWS, read Cost Explorer or the CUR")
     usage = Usage(since=since)

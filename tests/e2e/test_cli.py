@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -149,8 +148,7 @@ def test_cost_prices_one_images_measured_work(stack: Any, files: dict[str, Path]
     stack.flush_logs()
     capsys.readouterr()
     # WHEN its work is measured and priced
-    target = SimpleNamespace(endpoint_url=stack.endpoint_url, client=stack.client, resources=stack.resources, state_machine_arn=stack.state_machine_arn)
-    usage = cost.measure(target, since)
+    usage = cost.measure(stack, since)
     # THEN the usage is what one execution does: 7 invocations (preprocess, inference, five sinks),
     # every transition of its history, one S3 event, and none of the client's own requests
     assert usage.images == 1 and usage.s3_events == 1

@@ -48,6 +48,11 @@ def test_quick_benchmark_prints_the_table_and_writes_results_and_chart(tmp_path:
     assert results["pipeline_in_process"]["burst"]["succeeded"] == results["pipeline_in_process"]["burst"]["uploads"]
     assert all(f["init_ms"] and f["max_memory_mb"] > 0 for f in results["pipeline"]["functions"].values())
     assert ratios["pipeline.isolated_vs_in_process_per_image"] > 0
+    # AND the burst is priced from its measured usage (inferpipe cost)
+    burst_cost = results["pipeline"]["burst_cost"]
+    assert burst_cost["images"] == results["pipeline"]["burst"]["uploads"]
+    assert ratios["cost.direct_usd_per_million_images"] == burst_cost["usd_per_million_images"] > 0
+    assert 0 < ratios["cost.direct_orchestration_share"] < 1
     assert results["prepare"]["demo"]["int8"]["fused_nodes"] > 0
     # AND the chart when matplotlib is installed (the bench extra)
     try:
