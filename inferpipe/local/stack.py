@@ -11,7 +11,8 @@ While it runs, this process's environment points every AWS SDK at it (``AWS_ENDP
 credentials, region). Lambda functions run in execution environments of their own (worker
 processes under ``python -m awslambdaric``, see :mod:`inferpipe.local.environments`), which reach
 the stack through the same endpoint; ``lambda_mode="in-process"`` runs them in threads of this
-process instead (fast, for tests of the bridge itself; no memory limit, timeouts cannot kill). ``stop()``
+process instead (no memory limit, timeouts cannot kill; the benchmark uses it to show what
+isolation costs). ``stop()``
 restores the environment and moto's configuration and waits for every thread it started.
 Only one local stack per process: moto keeps its state (and ``MOTO_PORT``) process-wide.
 """
