@@ -3,9 +3,9 @@
 Every variable a function reads is named here once. ``config/stack.json`` lists which variables
 each function receives; Terraform and the local stack both set exactly those.
 
-The local stack runs all three functions in one process, each with its own environment: a
-function therefore reads its variables through :func:`environ`, which returns the mapping of the
-invocation in progress (set by the local stack) or, in a real Lambda, ``os.environ``.
+A function reads its variables through :func:`environ`: ``os.environ`` in Lambda and in the local
+stack's execution environments, or the mapping of the invocation in progress when the local stack
+runs handlers in one process (its "in-process" mode, used by the benchmark).
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def invocation_credentials() -> tuple[str, str, str | None] | None:
     """The AWS credentials the local stack gave the invocation in progress, else None.
 
     In Lambda this is always None: clients use boto3's default chain, i.e. the execution role's
-    credentials Lambda puts in ``os.environ``. The local stack runs every function in one process,
-    so it passes each function's role credentials in the invocation's environment instead.
+    credentials Lambda puts in ``os.environ`` (the local stack's environments do the same). Its
+    in-process mode runs every function in one process, so it passes each role's credentials in
+    the invocation's environment instead.
     """
     override = _invocation_environ.get()
     if override is None or not override.get("AWS_ACCESS_KEY_ID"):

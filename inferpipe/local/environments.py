@@ -77,8 +77,6 @@ _WATCH_INTERVAL_S = 0.01
 class Throttled(Exception):
     """The function is at its reserved concurrency: Lambda answers 429 TooManyRequestsException."""
 
-    reason = "ReservedFunctionConcurrentInvocationLimitExceeded"
-
 
 class PoolClosed(Exception):
     """The local stack is stopping: no new invocation starts."""
@@ -460,7 +458,6 @@ class _FunctionPool:
     throttles: bool  # the limit is the function's reserved concurrency
     idle: list[ExecutionEnvironment] = field(default_factory=list)
     busy: int = 0
-    started: int = 0
 
 
 @dataclass(frozen=True)
@@ -526,7 +523,6 @@ class EnvironmentPool:
                         return environment
                 if pool.busy < pool.limit:
                     pool.busy += 1
-                    pool.started += 1
                     break
                 if pool.throttles:
                     raise Throttled(f"Rate Exceeded. {config.name} is at its reserved concurrency of {pool.limit}")

@@ -3,8 +3,9 @@
 A WSGI middleware in front of moto's server answers matching requests with the error AWS itself
 would send (throttling or a 5xx), in the wire format of the service's protocol, *before* moto sees
 them. Every AWS SDK call of every function goes through it, so the functions' real error handling
-runs: botocore's own retries first (the functions' clients: standard mode, ``max_attempts=3``
-retries, i.e. 4 requests), then our mapping onto
+runs: botocore's own retries first (the functions' clients: standard mode, 1 to 3 requests a
+call, as many as fit in the invocation's remaining time: ``functions.common.aws.timeout_tier``),
+then our mapping onto
 ``TransientError``, then the state machine's Retry. Nothing in ``functions/`` is patched.
 
 Example::
@@ -16,8 +17,8 @@ Example::
     stack.aws_faults.pending()      # faults not yet used
     stack.aws_faults.fired()        # (service, operation, code) of every fault answered so far
 
-``count`` is a number of HTTP requests, so with the functions' 4 requests per call ``count<=3`` is
-absorbed by the SDK and ``count>=4`` surfaces as an error of the call (a TransientError for a
+``count`` is a number of HTTP requests, so a count below a call's attempts (3 in preprocess and
+inference, 2 in the 15 s sink) is absorbed by the SDK and a larger one surfaces as an error of the call (a TransientError for a
 throttle or 5xx, which the state machine retries). With ``delay`` a matching request is not failed but held for that many seconds and then served:
 a slow AWS call, which is how a function overruns its timeout while its write still happens.
 ``match`` narrows a rule to
