@@ -620,8 +620,14 @@ def worker_preprocess(rounds: int, quick: bool) -> dict[str, Any]:
     return results
 
 
-def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo", lambda_mode: str = "isolated") -> dict[str, Any]:
-    """Per-image time through the local stack and the throughput of a burst of uploads.
+def worker_pipeline(
+    images: int, burst: int, quick: bool, model: str = "demo", lambda_mode: str = "isolated", trigger: str = "direct"
+) -> dict[str, Any]:
+    """Per-image time through the local stack (a trickle: one upload at a time, each waited for)
+    and the throughput and cost of a burst of uploads (a flood).
+
+    ``trigger``: "direct" (one execution per upload) or "batched" (the buffer queue and pipe:
+    batches of one at a trickle, full batches in a flood).
 
     ``lambda_mode``: "isolated" (the default stack: an execution environment per worker process)
     or "in-process" (handlers in threads of the stack's process, as before issue 11). Isolated
@@ -668,26 +674,33 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo", l
         image_for(i).save(buf, format="JPEG", quality=90)
         return buf.getvalue()
 
-    with LocalStack(default_model=model_name, lambda_mode=lambda_mode) as stack:
+    from functions.common.batch import named_objects
+
+    with LocalStack(default_model=model_name, lambda_mode=lambda_mode, trigger=trigger) as stack:
         s3, sfn = stack.client("s3"), stack.client("stepfunctions")
         bucket = stack.resources.buckets["input"]
         published = publish(s3, stack.resources.buckets["models"], model_dir, name=model_name, alias="prod")
+        objects_of: dict[str, int] = {}
 
         def executions() -> dict[str, dict[str, Any]]:
             found = {}
             for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=stack.state_machine_arn):
                 for e in page["executions"]:
                     found[e["executionArn"]] = e
+                    if e["executionArn"] not in objects_of:
+                        described = sfn.describe_execution(executionArn=e["executionArn"])
+                        objects_of[e["executionArn"]] = len(named_objects(json.loads(described["input"])))
             return found
 
         def wait(count: int, before: set[str], timeout: float = 300.0) -> list[dict[str, Any]]:
+            """The new executions, once they hold ``count`` objects and have all ended."""
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 new = [e for arn, e in executions().items() if arn not in before]
-                if len(new) >= count and all(e["status"] != "RUNNING" for e in new):
+                if sum(objects_of[e["executionArn"]] for e in new) >= count and all(e["status"] != "RUNNING" for e in new):
                     return new
                 time.sleep(0.05)
-            raise TimeoutError(f"{count} executions not finished after {timeout} s")
+            raise TimeoutError(f"{count} objects not finished after {timeout} s")
 
         per_image = []
         invocations_before_warm = 0
@@ -703,10 +716,10 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo", l
             events = sfn.get_execution_history(executionArn=summary["executionArn"], maxResults=1000)["events"]
             spans: dict[str, float] = {}
             entered: dict[str, Any] = {}
-            job_timings: dict[str, float] = {}
+            inference: dict[str, Any] = {}
             for e in events:
-                if e["type"] == "TaskStateExited" and e["stateExitedEventDetails"]["name"] == "Preprocess":
-                    job_timings = json.loads(e["stateExitedEventDetails"]["output"])["job"]["timings_ms"]
+                if e["type"] == "TaskStateExited" and e["stateExitedEventDetails"]["name"] == "Inference":
+                    inference = json.loads(e["stateExitedEventDetails"]["output"])["inference"]
                 if e["type"].endswith("StateEntered"):
                     entered[e["stateEnteredEventDetails"]["name"]] = e["timestamp"]
                 elif e["type"].endswith("StateExited"):
@@ -716,14 +729,13 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo", l
             start, stop = described["startDate"].timestamp(), described["stopDate"].timestamp()
             row = {
                 "upload_to_start_ms": (start - t_upload) * 1000.0,
+                "upload_to_result_ms": (stop - t_upload) * 1000.0,
                 "execution_ms": (stop - start) * 1000.0,
-                "preprocess_ms": job_timings["total"],
-                "inference_ms": output["prediction"]["timings_ms"]["total"],
+                "preprocess_ms": spans.get("Preprocess", 0.0),
+                "inference_ms": spans.get("Inference", 0.0),
                 "sinks_state_ms": spans.get("FanOut", 0.0),
-                "preprocess_state_ms": spans.get("Preprocess", 0.0),
-                "inference_state_ms": spans.get("Inference", 0.0),
-                "preprocess_parts_ms": job_timings,
-                "inference_parts_ms": output["prediction"]["timings_ms"],
+                "inference_parts_ms": inference.get("timings_ms", {}),
+                "objects": output["objects"],
             }
             row["orchestration_ms"] = row["execution_ms"] - row["preprocess_ms"] - row["inference_ms"] - row["sinks_state_ms"]
             per_image.append(row)
@@ -734,7 +746,8 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo", l
             s3.put_object(Bucket=bucket, Key=f"burst/{i:04d}.jpg", Body=jpeg(i))
         done = wait(burst, before, timeout=600.0)
         last = max(sfn.describe_execution(executionArn=e["executionArn"])["stopDate"].timestamp() for e in done)
-        succeeded = sum(1 for e in done if e["status"] == "SUCCEEDED")
+        succeeded = sum(objects_of[e["executionArn"]] for e in done if e["status"] == "SUCCEEDED")
+        batch_sizes = sorted((objects_of[e["executionArn"]] for e in done), reverse=True)
         records = stack.invocations()
         names = {spec.name: key for key, spec in stack.resources.functions.items()}
         warm_records = records[invocations_before_warm : invocations_before_warm + 7 * images]
@@ -754,14 +767,16 @@ def worker_pipeline(images: int, burst: int, quick: bool, model: str = "demo", l
             stack.flush_logs()
             burst_cost = cost.price(cost.measure(stack, t0)).to_json()
     warm = per_image[1:]
-    keys = ("upload_to_start_ms", "execution_ms", "preprocess_ms", "inference_ms", "sinks_state_ms", "orchestration_ms")
+    keys = ("upload_to_start_ms", "upload_to_result_ms", "execution_ms", "preprocess_ms", "inference_ms", "sinks_state_ms", "orchestration_ms")
     return {
         "model": {"name": model_name, "dir": str(model_dir.relative_to(ROOT)), "version": published.version, "inference_mode": published.inference_mode},
         "first": per_image[0],
         "median": {k: statistics.median(r[k] for r in warm) for k in keys},
         "images": len(warm),
-        "burst": {"uploads": burst, "succeeded": succeeded, "seconds": last - t0, "images_per_second": burst / (last - t0)},
+        "burst": {"uploads": burst, "succeeded": succeeded, "seconds": last - t0, "images_per_second": burst / (last - t0),
+                  "executions": len(done), "batch_sizes": batch_sizes},
         "lambda_mode": lambda_mode,
+        "trigger": trigger,
         "functions": lambda_figures,
         "burst_cost": burst_cost,
     }
@@ -896,16 +911,18 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
         results["cold"][f"{model}_{mode}"] = _cold_summary([_run_worker(["cold", model, mode]) for _ in range(repeats)])
     print("preprocess…", file=sys.stderr)
     results["preprocess"] = _run_worker(["preprocess", str(3 if quick else 15), "1" if quick else "0"])
-    for key, mode in (("pipeline", "isolated"), ("pipeline_in_process", "in-process")):
-        print(f"local pipeline, {mode} Lambda…", file=sys.stderr)
+    for key, mode, trigger in (("pipeline", "isolated", "direct"), ("pipeline_batched", "isolated", "batched"),
+                               ("pipeline_in_process", "in-process", "direct")):
+        print(f"local pipeline, {mode} Lambda, {trigger} trigger…", file=sys.stderr)
+        uploads = str(3 if quick else (300 if trigger == "batched" else 100))
         try:
-            results[key] = _run_worker(["pipeline", str(1 if quick else 20), str(3 if quick else 100), "1" if quick else "0", "demo", mode], timeout=1800)
+            results[key] = _run_worker(["pipeline", str(1 if quick else 20), uploads, "1" if quick else "0", "demo", mode, trigger], timeout=1800)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:  # the inference figures above stand on their own
             results[key] = {"error": str(exc)[-1500:]}
     if not quick:
         print("local pipeline, real model…", file=sys.stderr)
         try:
-            results["pipeline_lite0"] = _run_worker(["pipeline", "20", "100", "0", LITE0], timeout=1800)
+            results["pipeline_lite0"] = _run_worker(["pipeline", "20", "300", "0", LITE0, "isolated", "batched"], timeout=1800)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             results["pipeline_lite0"] = {"error": str(exc)[-1500:]}
 
@@ -934,15 +951,31 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
     if "median" in isolated and "median" in in_process:  # same model, same images, one run
         r["pipeline.isolated_vs_in_process_per_image"] = isolated["median"]["execution_ms"] / in_process["median"]["execution_ms"]
         r["pipeline.in_process_vs_isolated_burst"] = in_process["burst"]["images_per_second"] / isolated["burst"]["images_per_second"]
-    if (isolated.get("burst_cost") or {}).get("usd_per_million_images"):  # today's direct trigger, one image an execution
+    if (isolated.get("burst_cost") or {}).get("usd_per_million_images"):  # the direct trigger, one image an execution
         r["cost.direct_usd_per_million_images"] = isolated["burst_cost"]["usd_per_million_images"]
         r["cost.direct_orchestration_share"] = isolated["burst_cost"]["orchestration_share"]
+    batched = results.get("pipeline_batched", {})
+    if (batched.get("burst_cost") or {}).get("usd_per_million_images"):  # the micro-batched trigger under a flood
+        r["cost.flood_usd_per_million_images"] = batched["burst_cost"]["usd_per_million_images"]
+        r["cost.flood_orchestration_share"] = batched["burst_cost"]["orchestration_share"]
+        r["cost.direct_vs_flood"] = r.get("cost.direct_usd_per_million_images", 0.0) / r["cost.flood_usd_per_million_images"]
+    if "median" in batched and "median" in isolated:  # a trickle: batches of one, each waited for the window
+        r["pipeline.trickle_added_latency_ms"] = batched["median"]["upload_to_result_ms"] - isolated["median"]["upload_to_result_ms"]
+        r["pipeline.burst_images_per_s"] = batched["burst"]["images_per_second"]
+        r["pipeline.batched_vs_direct_burst"] = batched["burst"]["images_per_second"] / isolated["burst"]["images_per_second"]
+    if not quick and "resnet50_v1_b8" in results["latency"]:
+        v1, v8 = results["latency"]["resnet50_v1_b1"]["variants"], results["latency"]["resnet50_v1_b8"]["variants"]
+        if "int8" in v1 and "int8" in v8:
+            r["resnet50.int8_b8_vs_b1_per_image"] = (v8["int8"]["median_ms"] / 8) / v1["int8"]["median_ms"]
     results["warnings"] = _sanity(results)
     results["targets"] = {
         "resnet50.int8_vs_hybridized_b1": ">= 4", "resnet50.int8_fraction_of_peak_b1": ">= 0.70",
         "resnet50.fused_vs_hybridized_b1": ">= 1.2", "preprocess.jpeg12mp_draft_speedup": ">= 3",
         "cold.first_vs_warm": "<= 1.5", "pipeline.isolated_vs_in_process_per_image": "<= 1.5",
         "lite0.best_vs_onnxruntime_b1": ">= 1.0", "lite0.int8_top1_agreement": ">= 0.95 (if int8 is the default)",
+        "cost.flood_usd_per_million_images": "<= 15", "cost.flood_orchestration_share": "<= 0.25",
+        "pipeline.trickle_added_latency_ms": "<= 1500", "pipeline.burst_images_per_s": ">= 31 (10 x 3.1)",
+        "resnet50.int8_b8_vs_b1_per_image": "<= 0.8",
     }
     results["notes"] = {
         "ratios": "median forward ms of the slower variant / the faster one, same process, variants interleaved round "
@@ -1021,7 +1054,7 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", "| preprocess to 224×224 (ms) | size | full decode | serving path (draft) |", "|---|---|---|---|"]
     for key, p in results["preprocess"].items():
         lines.append(f"| {key} | {p['size'][0]}×{p['size'][1]} | {p['full_ms']:.1f} | {p['draft_ms']:.1f} |")
-    for key in ("pipeline", "pipeline_in_process", "pipeline_lite0"):
+    for key in ("pipeline", "pipeline_batched", "pipeline_in_process", "pipeline_lite0"):
         pipe = results.get(key)
         if pipe is None:
             continue
@@ -1050,9 +1083,11 @@ def _pipeline_lines(pipe: dict[str, Any]) -> list[str]:
     lines += ["", f"local pipeline ({pipe['model']['inference_mode']} {pipe['model'].get('name', 'demo')} model, median of {pipe['images']} images, ms): "
               f"upload→start {m['upload_to_start_ms']:.0f}, execution {m['execution_ms']:.0f} = preprocess {m['preprocess_ms']:.1f} + inference {m['inference_ms']:.1f} "
               f"+ sinks {m['sinks_state_ms']:.0f} + orchestration {m['orchestration_ms']:.0f}",
-              f"burst: {pipe['burst']['uploads']} uploads in {pipe['burst']['seconds']:.1f} s = {pipe['burst']['images_per_second']:.1f} images/s ({pipe['burst']['succeeded']} succeeded)"]
+              f"burst: {pipe['burst']['uploads']} uploads in {pipe['burst']['seconds']:.1f} s = {pipe['burst']['images_per_second']:.1f} images/s "
+              f"({pipe['burst']['succeeded']} succeeded, {pipe['burst'].get('executions', '?')} executions)"]
     mode = pipe.get("lambda_mode", "in-process")
-    lines[-2] = lines[-2].replace("local pipeline (", f"local pipeline, {mode} Lambda (")
+    lines[-2] = lines[-2].replace("local pipeline (", f"local pipeline, {mode} Lambda, {pipe.get('trigger', 'direct')} trigger (")
+    lines[-2] += f"; upload→result {m['upload_to_result_ms']:.0f}"
     if pipe.get("burst_cost"):
         c = pipe["burst_cost"]
         lines.append(f"the burst at us-east-1 list prices (inferpipe cost): ${c['usd_per_million_images']:,.2f} per million images, "
@@ -1105,7 +1140,8 @@ def main(argv: list[str] | None = None) -> int:
         elif kind == "preprocess":
             _emit(worker_preprocess(int(rest[0]), rest[1] == "1"))
         elif kind == "pipeline":
-            _emit(worker_pipeline(int(rest[0]), int(rest[1]), rest[2] == "1", rest[3] if len(rest) > 3 else "demo", rest[4] if len(rest) > 4 else "isolated"))
+            _emit(worker_pipeline(int(rest[0]), int(rest[1]), rest[2] == "1", rest[3] if len(rest) > 3 else "demo",
+                                  rest[4] if len(rest) > 4 else "isolated", rest[5] if len(rest) > 5 else "direct"))
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (demo model only, few rounds): the smoke test")

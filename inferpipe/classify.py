@@ -20,7 +20,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from functions.common.batch import named_objects
 from functions.common.request import META_MODEL, META_MODEL_VERSION, META_TOP_K
+from functions.common.work import CLASSIFIED, PREPROCESSED, work_key
 from inferpipe.target import Target
 
 UPLOAD_PREFIX = "incoming/"
@@ -101,37 +105,102 @@ def upload(target: Target, path: Path, options: UploadOptions, result: FileResul
     return started
 
 
-def _execution_input_matches(execution_input: dict[str, Any], bucket: str, key: str, version_id: str | None) -> bool:
-    detail = execution_input.get("detail") or {}
-    obj = detail.get("object") or {}
-    if (detail.get("bucket") or {}).get("name") != bucket or obj.get("key") != key:
-        return False
-    return version_id is None or obj.get("version-id") == version_id
+def _names(execution_input: Any, bucket: str, key: str, version_id: str | None) -> bool:
+    """Whether an execution's input (any shape: an S3 event, a queued batch, a manual batch) names the object."""
+    return any(
+        obj["bucket"] == bucket and obj["key"] == key and (version_id is None or obj.get("version_id") in (None, version_id))
+        for obj in named_objects(execution_input)
+    )
 
 
-def _outcome(result: FileResult, described: dict[str, Any]) -> None:
+def execution_results(target: Target, execution_arn: str) -> list[dict[str, Any]]:
+    """The per-object entries of an execution's batch document (classified, else preprocessed); [] if none."""
+    s3 = target.client("s3")
+    bucket = target.resources.buckets["work"]
+    prefix = target.resources.settings["WORK_PREFIX"]
+    for name in (CLASSIFIED, PREPROCESSED):
+        try:
+            body = s3.get_object(Bucket=bucket, Key=work_key(prefix, execution_arn, name))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                continue
+            raise
+        return list(json.loads(body).get("items") or [])
+    return []
+
+
+def failed_delivery(target: Target, execution_arn: str) -> dict[str, str] | None:
+    """The first sink that failed in an execution, as ``{"type", "message"}`` (None: every sink delivered).
+
+    Read from the execution's history: the input of its RecordFailure task holds the deliveries.
+    """
+    sfn = target.client("stepfunctions")
+    for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn, reverseOrder=True):
+        for event in page["events"]:
+            if event["type"] != "LambdaFunctionScheduled":
+                continue
+            try:
+                scheduled = json.loads(event["lambdaFunctionScheduledEventDetails"].get("input") or "{}")
+            except ValueError:
+                continue
+            if not isinstance(scheduled, dict) or scheduled.get("mode") != "failure":
+                continue
+            for delivery in scheduled.get("deliveries") or []:
+                if isinstance(delivery, dict) and delivery.get("status") == "FAILED":
+                    return {"type": str(delivery.get("error")), "message": _cause_message(str(delivery.get("cause") or ""))}
+            return None
+    return None
+
+
+def _entry_for(entries: list[dict[str, Any]], result: FileResult) -> dict[str, Any] | None:
+    for entry in entries:
+        source = entry.get("source") or {}
+        if source.get("key") == result.key and (result.version_id is None or source.get("version_id") in (None, result.version_id)):
+            return entry
+    return None
+
+
+def _cause_message(cause: str) -> str:
+    try:
+        parsed = json.loads(cause)
+    except ValueError:
+        return cause
+    if isinstance(parsed, dict) and parsed.get("errorMessage"):
+        return str(parsed["errorMessage"])
+    return cause
+
+
+def _outcome(
+    result: FileResult,
+    described: dict[str, Any],
+    entries: list[dict[str, Any]],
+    failure_of: Callable[[str], dict[str, str] | None],
+) -> None:
+    """This file's outcome: its entry in the batch document, else the execution's error."""
     result.execution_arn = described["executionArn"]
     status = described["status"]
-    if status == "SUCCEEDED":
-        output = json.loads(described.get("output") or "{}")
-        prediction = output.get("prediction") or {}
-        result.status = "succeeded"
+    entry = _entry_for(entries, result)
+    if entry is not None and entry.get("status") == "CLASSIFIED":
+        failure = failure_of(result.execution_arn) if status != "SUCCEEDED" else None
+        prediction = entry.get("prediction") or {}
         result.top_k = list(prediction.get("top_k") or [])
         result.model = (prediction.get("model") or {}).get("name")
         result.model_version = (prediction.get("model") or {}).get("version")
-        result.deliveries = list(output.get("deliveries") or [])
-        result.error = None
+        if failure is None:
+            output = json.loads(described.get("output") or "{}") if status == "SUCCEEDED" else {}
+            result.status = "succeeded"
+            result.deliveries = list(output.get("deliveries") or [])
+            result.error = None
+            return
+        result.status = "failed"
+        result.error = _error(failure["type"], failure["message"])
         return
     result.status = "failed"
+    if entry is not None and entry.get("status") == "FAILED" and entry.get("error"):
+        result.error = _error(str(entry["error"].get("type")), str(entry["error"].get("message") or ""))
+        return
     error_type = described.get("error") or status
-    cause = described.get("cause") or ""
-    message = cause
-    try:
-        parsed = json.loads(cause)
-        if isinstance(parsed, dict) and parsed.get("errorMessage"):
-            message = str(parsed["errorMessage"])
-    except ValueError:
-        pass
+    message = _cause_message(described.get("cause") or "")
     result.error = _error(error_type, message or f"execution ended {status}")
 
 
@@ -154,9 +223,19 @@ def classify_files(
         if upload_time is not None:
             started[index] = upload_time
     pending = dict(started)
-    claimed: set[str] = set()
-    inputs: dict[str, dict[str, Any]] = {}
+    claimed: set[tuple[str, str, str | None]] = set()
+    inputs: dict[str, Any] = {}
+    entries: dict[str, list[dict[str, Any]]] = {}
     deadline = time.monotonic() + timeout
+
+    failures: dict[str, dict[str, str] | None] = {}
+
+    def failure_of(execution_arn: str) -> dict[str, str] | None:
+        """The sink that failed in this execution, if one did (then the file counts as failed)."""
+        if execution_arn not in failures:
+            failures[execution_arn] = failed_delivery(target, execution_arn)
+        return failures[execution_arn]
+
     while pending and time.monotonic() < deadline:
         executions = _recent_executions(sfn, target.state_machine_arn, since)
         for summary in executions:
@@ -167,18 +246,21 @@ def classify_files(
         for index in list(pending):
             result = results[index]
             if result.execution_arn is None:
-                for summary in executions:
+                for summary in reversed(executions):  # oldest first: a re-uploaded key finds its later execution next
                     arn = summary["executionArn"]
-                    if arn not in claimed and _execution_input_matches(inputs[arn], bucket, result.key or "", result.version_id):
+                    claim = (arn, result.key or "", result.version_id)
+                    if claim not in claimed and _names(inputs[arn], bucket, result.key or "", result.version_id):
                         result.execution_arn = arn
-                        claimed.add(arn)
+                        claimed.add(claim)
                         break
             if result.execution_arn is None:
                 continue
             described = sfn.describe_execution(executionArn=result.execution_arn)
             if described["status"] == "RUNNING":
                 continue
-            _outcome(result, described)
+            if result.execution_arn not in entries:
+                entries[result.execution_arn] = execution_results(target, result.execution_arn)
+            _outcome(result, described, entries[result.execution_arn], failure_of)
             result.seconds = round(time.monotonic() - pending.pop(index), 3)
             if on_progress:
                 on_progress(result)

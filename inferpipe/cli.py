@@ -4,7 +4,8 @@ Examples::
 
     inferpipe classify cat.jpg "holiday photo.png" --top-k 3
     inferpipe classify *.jpg --json > results.json
-    inferpipe local up | status | down
+    inferpipe local up [--trigger batched|direct] | status | down
+    inferpipe backfill s3://BUCKET/PREFIX [--batch-size N] [--dry-run] [--json]
     inferpipe model publish build/demo-model --name demo --alias prod
     inferpipe replay --since 24h --dry-run
     inferpipe logs sink --since 10m --follow
@@ -122,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("INFERPIPE_LOCAL_PORT", "4599")),
         help="port to serve on (default 4599, env INFERPIPE_LOCAL_PORT)",
     )
+    local.add_argument(
+        "--trigger",
+        choices=_trigger_modes(),
+        default=None,
+        help="up: how uploads start executions: batched (default: S3 events buffered in SQS, one execution "
+        "per batch of up to 100 within about a second) or direct (one execution per upload)",
+    )
 
     model = commands.add_parser("model", help="model packages in the versioned model bucket")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -173,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until interrupted")
     _add_target_options(logs)
 
+    backfill = commands.add_parser("backfill", help="classify every object already under an S3 prefix (a Distributed Map of batches)")
+    backfill.add_argument("uri", metavar="s3://BUCKET/PREFIX", help="the objects to classify")
+    backfill.add_argument("--batch-size", type=int, default=None, help="objects per execution (default and maximum: MAX_BATCH_OBJECTS, 100)")
+    backfill.add_argument("--model", help="model name (default: the deployment's)")
+    backfill.add_argument("--model-version", help="model version or alias (default: the deployment's)")
+    backfill.add_argument("--dry-run", action="store_true", help="list and count what would be classified; start nothing")
+    backfill.add_argument("--json", action="store_true", help="print only the summary, as one JSON object")
+    _add_target_options(backfill)
+
     cost = commands.add_parser(
         "cost",
         help="what the local stack's recent work would cost on AWS at list prices (config/prices.json)",
@@ -203,6 +220,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _classify(args)
     if args.command == "local":
         return _local(args)
+    if args.command == "backfill":
+        return _backfill(args)
     if args.command == "model":
         return _model(args)
     if args.command == "replay":
@@ -310,6 +329,27 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backfill(args: argparse.Namespace) -> int:
+    from inferpipe import backfill
+
+    target = _target(args, quiet=args.json)
+    progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        summary = backfill.backfill(
+            target, args.uri, batch_size=args.batch_size, model=args.model, model_version=args.model_version,
+            dry_run=args.dry_run, on_progress=progress,
+        )
+    except backfill.BackfillError as bad:
+        print(f"inferpipe: error: {bad}", file=sys.stderr)
+        return 2
+    if args.json:
+        data = summary.to_json()
+        print(json.dumps(data, indent=2))
+    else:
+        print(backfill.format_summary(summary))
+    return 0 if summary.status in ("SUCCEEDED", "DRY_RUN") and not summary.failed else 1
+
+
 def _cost(args: argparse.Namespace) -> int:
     from inferpipe import cost
     from inferpipe.replay import parse_duration
@@ -329,12 +369,18 @@ def _cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trigger_modes() -> tuple[str, ...]:
+    from inferpipe.local.spec import render_resources
+
+    return render_resources().trigger_buffer.modes
+
+
 def _local(args: argparse.Namespace) -> int:
     from inferpipe.local import daemon
 
     if args.action == "up":
-        info = daemon.up(port=args.port, state_dir=STATE_DIR)
-        print(f"local stack running at {info['endpoint_url']} (pid {info['pid']})")
+        info = daemon.up(port=args.port, state_dir=STATE_DIR, trigger=args.trigger)
+        print(f"local stack running at {info['endpoint_url']} (pid {info['pid']}, {info['trigger']['mode']} trigger)")
         return 0
     if args.action == "down":
         stopped = daemon.down(state_dir=STATE_DIR)

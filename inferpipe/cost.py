@@ -9,11 +9,14 @@ Usage is measured, never assumed:
 * **S3, DynamoDB, SNS, SQS, EventBridge**: the requests the pipeline's own roles made, counted at
   the stack's edge in billing units (:mod:`inferpipe.local.usage`); requests of clients (uploads,
   this CLI, tests) are not the pipeline's cost and are left out;
-* **EventBridge S3 events**: one per execution the trigger rule started;
+* **EventBridge S3 events**: one per object of each execution an S3 event started, directly or
+  through the trigger's buffer queue (then also one SQS SendMessage each, by EventBridge);
+* **EventBridge Pipes**: one request per 64 KB of each batch the pipe delivered;
 * **CloudWatch Logs**: the bytes of the functions' log events (+ 26 bytes each, as AWS counts).
 
 Prices are ``config/prices.json`` (us-east-1, each with its source and date; free tiers not
-applied). "Images" are the pipeline's executions in the window, one object each.
+applied). "Images" are the objects the pipeline's executions in the window named (a batch of N
+counts N), whatever the trigger.
 
 Example::
 
@@ -33,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from functions.common.batch import named_objects
 from inferpipe.local.usage import CLIENT, USAGE_PATH
 from inferpipe.paths import REPO_ROOT
 
@@ -75,6 +79,9 @@ class Usage:
     images: int = 0
     transitions: int = 0
     s3_events: int = 0
+    #: S3 events the rule sent to the trigger's buffer queue (the batched trigger)
+    queued_events: int = 0
+    executions: int = 0
     lambda_requests: int = 0
     lambda_gb_seconds: float = 0.0
     log_bytes: int = 0
@@ -126,6 +133,7 @@ class Estimate:
         return {
             "since": datetime.fromtimestamp(self.usage.since, tz=timezone.utc).isoformat(),
             "images": self.usage.images,
+            "executions": self.usage.executions,
             "usd_total": total,
             "usd_per_image": per_image,
             "usd_per_million_images": None if per_image is None else per_image * 1_000_000,
@@ -152,6 +160,8 @@ def price(usage: Usage, prices: Mapping[str, Price] | None = None) -> Estimate:
         Line("DynamoDB", "read request units", usage.units("dynamodb", DYNAMODB_READS), p["dynamodb.read_request_units"]),
         Line("SNS", "requests", usage.units("sns"), p["sns.requests"]),
         Line("SQS", "requests", usage.units("sqs"), p["sqs.requests"]),
+        Line("SQS", "trigger buffer SendMessage (by EventBridge)", usage.queued_events, p["sqs.requests"]),
+        Line("EventBridge Pipes", "requests (64 KB chunks of each batch)", usage.units("pipes"), p["pipes.requests"]),
         Line("EventBridge", "events put", usage.units("events", frozenset({"PutEvents"})), p["eventbridge.events"]),
         Line("EventBridge", "S3 events (trigger)", usage.s3_events, p["eventbridge.s3_events"]),
         Line("CloudWatch Logs", "GB ingested", usage.log_bytes / 2**30, p["logs.ingested_gb"]),
@@ -211,17 +221,24 @@ def measure(target: Any, since: float) -> Usage:
         for summary in page["executions"]:
             if summary["startDate"].timestamp() < since:
                 continue
-            usage.images += 1
             history = [e for hp in sfn.get_paginator("get_execution_history").paginate(executionArn=summary["executionArn"]) for e in hp["events"]]
             usage.transitions += _history_transitions(history)
             started = next((e for e in history if e["type"] == "ExecutionStarted"), None)
-            detail_type = None
-            if started is not None:
-                try:
-                    detail_type = json.loads(started["executionStartedEventDetails"].get("input") or "{}").get("detail-type")
-                except (ValueError, AttributeError):
-                    detail_type = None
-            usage.s3_events += detail_type == "Object Created"
+            try:
+                execution_input = json.loads(started["executionStartedEventDetails"].get("input") or "{}") if started else {}
+            except ValueError:
+                execution_input = None
+            objects = len(named_objects(execution_input))
+            usage.images += objects
+            usage.executions += 1
+            if isinstance(execution_input, list):
+                # Queued (the batched trigger): each object was an S3 event the rule sent to the
+                # buffer queue, one SendMessage each by EventBridge, which the stack does not see
+                # as a request (moto delivers rule targets internally).
+                usage.s3_events += objects
+                usage.queued_events += objects
+            elif isinstance(execution_input, dict) and execution_input.get("detail-type") == "Object Created":
+                usage.s3_events += 1
     return usage
 
 
@@ -236,7 +253,7 @@ def format_table(estimate: Estimate) -> str:
     text = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
     summary = estimate.to_json()
     text.append("")
-    text.append(f"images (executions): {estimate.usage.images}    total: ${estimate.usd_total:.6f}")
+    text.append(f"images: {estimate.usage.images} in {estimate.usage.executions} executions    total: ${estimate.usd_total:.6f}")
     if summary["usd_per_image"] is not None:
         text.append(f"per image: ${summary['usd_per_image']:.8f}    per million images: ${summary['usd_per_million_images']:,.2f}"
                     f"    Step Functions share: {summary['orchestration_share']:.0%}")

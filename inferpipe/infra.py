@@ -31,11 +31,17 @@ TEMPLATE_SUFFIX = ".json.tftpl"
 FUNCTION_ALIAS = "live"
 #: Sinks in the order terraform/locals.tf ``known_sinks`` lists them.
 KNOWN_SINKS = ("s3", "dynamodb", "sns", "sqs", "eventbridge")
-#: Role key -> the service that assumes it (terraform/iam.tf ``role_services``); functions add theirs.
+#: Role key -> the service that assumes it (terraform/locals.tf ``role_services``); functions add theirs.
 ORCHESTRATION_ROLE_SERVICES = {
     "state_machine": "states.amazonaws.com",
     "trigger": "events.amazonaws.com",
     "keep_warm": "scheduler.amazonaws.com",
+}
+#: Roles only some deployments have (terraform/locals.tf ``role_services``): the pipe's in the
+#: batched trigger mode, the backfill state machine's with the output bucket.
+OPTIONAL_ROLE_SERVICES = {
+    "pipe": "pipes.amazonaws.com",
+    "backfill": "states.amazonaws.com",
 }
 #: Placeholder of the log group ARN / function ARN of each function.
 _LOG_GROUP_PLACEHOLDERS = {"preprocess": "PreprocessLogGroupArn", "inference": "InferenceLogGroupArn", "sink": "SinkLogGroupArn"}
@@ -100,6 +106,13 @@ def policy_values(
         "EventBusArn": resources.event_bus_arn,
         "StateMachineArn": resources.state_machine_arn,
         "KmsKeyArn": kms_key_arn or "",
+        "Region": resources.region,
+        "AccountId": resources.account_id,
+        "StateMachineName": resources.state_machine,
+        "TriggerBufferQueueArn": resources.arn("sqs", resources.trigger_buffer.queue),
+        "BackfillStateMachineArn": resources.arn("states", f"stateMachine:{resources.backfill.state_machine}"),
+        "BackfillStateMachineName": resources.backfill.state_machine,
+        "BackfillResultsPrefix": resources.backfill.results_prefix,
     }
     for key, placeholder in _LOG_GROUP_PLACEHOLDERS.items():
         values[placeholder] = resources.arn("logs", f"log-group:{function_log_group(resources, key)}")
@@ -117,14 +130,23 @@ def role_policy_templates(
     xray: bool = True,
     kms: bool = False,
     keep_warm: bool = False,
+    trigger: bool = True,
+    pipe: bool = False,
+    backfill: bool = False,
 ) -> dict[str, list[str]]:
     """Role key -> the templates attached to it (terraform/locals.tf ``role_policy_templates``).
 
-    ``sinks`` defaults to the stack's default sinks, as Terraform's ``var.sinks`` does.
+    ``sinks`` defaults to the stack's default sinks, as Terraform's ``var.sinks`` does. ``trigger``
+    (the rule's target role) and ``pipe`` (the pipe's role) follow Terraform's ``trigger_mode``:
+    "direct" is ``trigger=True, pipe=False``, "batched" ``trigger=False, pipe=True``. ``backfill``:
+    the backfill state machine's role (Terraform creates it with the output bucket). ``trigger=False``
+    maps the trigger role to ``[]``; the pipe and backfill roles appear only when asked for, so the
+    defaults give what they always gave.
 
     Example::
 
         role_policy_templates(render_resources(), sinks=["sqs"], xray=False)["sink"]   # ['sink', 'sink-sqs']
+        role_policy_templates(render_resources(), trigger=False, pipe=True)["pipe"]    # ['pipe']
     """
     enabled = set(resources.defaults.sinks if sinks is None else sinks)
     unknown = enabled - set(KNOWN_SINKS)
@@ -136,21 +158,41 @@ def role_policy_templates(
         "inference": ["inference", *common],
         "sink": ["sink", *[f"sink-{sink}" for sink in KNOWN_SINKS if sink in enabled], *common],
         "state_machine": ["state-machine", *(["xray"] if xray else [])],
-        "trigger": ["trigger"],
+        "trigger": ["trigger"] if trigger else [],
         "keep_warm": ["keep-warm"] if keep_warm else [],
     }
+    # Roles only some deployments have appear only when asked for (Terraform maps them to [] otherwise).
+    if pipe:
+        templates["pipe"] = ["pipe", *(["kms"] if kms else [])]
+    if backfill:
+        templates["backfill"] = ["backfill", *(["xray"] if xray else []), *(["kms"] if kms else [])]
     missing = set(resources.functions) - set(templates)
     if missing:
         raise KeyError(f"no policy templates for function(s): {', '.join(sorted(missing))}")
     return templates
 
 
-def role_services(resources: Resources, *, keep_warm: bool = False) -> dict[str, str]:
-    """Role key -> the service principal that assumes it (terraform/iam.tf ``role_services``)."""
+def role_services(
+    resources: Resources,
+    *,
+    keep_warm: bool = False,
+    trigger: bool = True,
+    pipe: bool = False,
+    backfill: bool = False,
+) -> dict[str, str]:
+    """Role key -> the service principal that assumes it (terraform/locals.tf ``role_services``).
+
+    ``trigger``, ``pipe`` and ``backfill`` as in :func:`role_policy_templates`.
+    """
     services = {key: "lambda.amazonaws.com" for key in resources.functions}
     services.update(ORCHESTRATION_ROLE_SERVICES)
     if not keep_warm:
         del services["keep_warm"]
+    if not trigger:
+        del services["trigger"]
+    for key, wanted in (("pipe", pipe), ("backfill", backfill)):
+        if wanted:
+            services[key] = OPTIONAL_ROLE_SERVICES[key]
     return services
 
 
@@ -172,6 +214,9 @@ def role_policies(
     xray: bool = True,
     kms_key_arn: str | None = None,
     keep_warm: bool = False,
+    trigger: bool = True,
+    pipe: bool = False,
+    backfill: bool = False,
     function_arns: Mapping[str, str] | None = None,
     qualifier: str | None = None,
     directory: Path = POLICY_DIR,
@@ -179,19 +224,30 @@ def role_policies(
     """Role key -> template name -> policy document, as Terraform attaches them.
 
     For the local stack pass its function ARNs (unqualified); ``qualifier=FUNCTION_ALIAS`` gives the
-    documents of an AWS deployment.
+    documents of an AWS deployment. ``trigger``, ``pipe`` and ``backfill`` as in
+    :func:`role_policy_templates`.
     """
     texts = policy_templates(directory)
     values = policy_values(
         resources, partition=partition, function_arns=function_arns, qualifier=qualifier, kms_key_arn=kms_key_arn
     )
-    chosen = role_policy_templates(resources, sinks=sinks, xray=xray, kms=kms_key_arn is not None, keep_warm=keep_warm)
+    chosen = role_policy_templates(
+        resources,
+        sinks=sinks,
+        xray=xray,
+        kms=kms_key_arn is not None,
+        keep_warm=keep_warm,
+        trigger=trigger,
+        pipe=pipe,
+        backfill=backfill,
+    )
     return {role: {name: render_policy(texts[name], values) for name in names} for role, names in chosen.items()}
 
 
 __all__ = [
     "FUNCTION_ALIAS",
     "KNOWN_SINKS",
+    "OPTIONAL_ROLE_SERVICES",
     "POLICY_DIR",
     "function_log_group",
     "placeholders",

@@ -1,21 +1,27 @@
 ################################################################################
 # Trigger: the input bucket's "Object Created" events (stack.json's trigger_pattern, plus the
-# optional key filters) start one execution each, through a role. Events EventBridge cannot
-# deliver after its retries land in the trigger dead-letter queue.
+# optional key filters) go to the rule's one target, by var.trigger_mode:
+#   batched (default)  rule -> SQS buffer queue -> EventBridge Pipe -> one execution per batch
+#   direct             rule -> one execution per object, through the trigger role
+# Either way, events EventBridge cannot deliver after its retries land in the trigger dead-letter
+# queue; in batched mode, messages the pipe fails to hand over max_receive_count times land in the
+# buffer's own dead-letter queue.
 ################################################################################
 
 resource "aws_cloudwatch_event_rule" "this" {
   name          = local.names.trigger_rule
-  description   = "Start ${local.names.state_machine} for every object created in ${local.buckets.input}"
+  description   = local.trigger_batched ? "Buffer every object created in ${local.buckets.input} for ${local.names.state_machine}, started in batches by ${local.names.pipe}" : "Start ${local.names.state_machine} for every object created in ${local.buckets.input}"
   event_pattern = local.trigger_pattern_json
   state         = "ENABLED"
 }
 
+# One target whatever the mode, so switching modes updates it in place (never a moment with no
+# target). An SQS target takes no role: the buffer queue's policy lets this rule send.
 resource "aws_cloudwatch_event_target" "this" {
   rule      = aws_cloudwatch_event_rule.this.name
   target_id = "pipeline"
-  arn       = aws_sfn_state_machine.this.arn
-  role_arn  = aws_iam_role.this["trigger"].arn
+  arn       = local.trigger_batched ? aws_sqs_queue.trigger_buffer[0].arn : aws_sfn_state_machine.this.arn
+  role_arn  = local.trigger_batched ? null : aws_iam_role.this["trigger"].arn
 
   retry_policy {
     maximum_event_age_in_seconds = var.trigger_maximum_event_age_seconds
@@ -25,6 +31,9 @@ resource "aws_cloudwatch_event_target" "this" {
   dead_letter_config {
     arn = aws_sqs_queue.trigger_dlq.arn
   }
+
+  # The rule may send only once the queue policy allows it.
+  depends_on = [aws_sqs_queue_policy.trigger_buffer]
 }
 
 resource "aws_sqs_queue" "trigger_dlq" {
@@ -57,6 +66,166 @@ data "aws_iam_policy_document" "trigger_dlq" {
 resource "aws_sqs_queue_policy" "trigger_dlq" {
   queue_url = aws_sqs_queue.trigger_dlq.id
   policy    = data.aws_iam_policy_document.trigger_dlq.json
+}
+
+################################################################################
+# Micro-batched trigger (trigger_mode = "batched"): the buffer queue, its dead-letter queue and
+# the pipe that drains it into the state machine. None of these exist in direct mode.
+################################################################################
+
+resource "aws_sqs_queue" "trigger_buffer" {
+  count = local.trigger_batched ? 1 : 0
+
+  name = local.names.trigger_buffer
+  # Hidden this long while the pipe hands a batch to Step Functions; FIRE_AND_FORGET returns as
+  # soon as the execution has started, far within it.
+  visibility_timeout_seconds        = local.trigger.visibility_timeout_s
+  message_retention_seconds         = 345600 # 4 days
+  sqs_managed_sse_enabled           = var.kms_key_arn == null ? true : null
+  kms_master_key_id                 = var.kms_key_arn
+  kms_data_key_reuse_period_seconds = var.kms_key_arn != null ? 300 : null
+
+  # A message the pipe could not deliver max_receive_count times (e.g. StartExecution refused)
+  # moves to the buffer's dead-letter queue instead of being retried forever.
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.trigger_buffer_dlq[0].arn
+    maxReceiveCount     = local.trigger.max_receive_count
+  })
+}
+
+resource "aws_sqs_queue" "trigger_buffer_dlq" {
+  count = local.trigger_batched ? 1 : 0
+
+  name                              = local.names.trigger_buffer_dlq
+  message_retention_seconds         = 1209600 # 14 days, the maximum
+  sqs_managed_sse_enabled           = var.kms_key_arn == null ? true : null
+  kms_master_key_id                 = var.kms_key_arn
+  kms_data_key_reuse_period_seconds = var.kms_key_arn != null ? 300 : null
+}
+
+resource "aws_sqs_queue_redrive_allow_policy" "trigger_buffer_dlq" {
+  count = local.trigger_batched ? 1 : 0
+
+  queue_url = aws_sqs_queue.trigger_buffer_dlq[0].id
+  redrive_allow_policy = jsonencode({
+    redrivePermission = "byQueue"
+    sourceQueueArns   = [aws_sqs_queue.trigger_buffer[0].arn]
+  })
+}
+
+# Only the trigger rule may send to the buffer, and nobody may use it without TLS.
+data "aws_iam_policy_document" "trigger_buffer" {
+  count = local.trigger_batched ? 1 : 0
+
+  statement {
+    sid       = "TriggerRuleEvents"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.trigger_buffer[0].arn]
+
+    principals {
+      type        = "Service"
+      identifiers = ["events.amazonaws.com"]
+    }
+
+    condition {
+      test     = "ArnEquals"
+      variable = "aws:SourceArn"
+      values   = [aws_cloudwatch_event_rule.this.arn]
+    }
+  }
+
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["sqs:*"]
+    resources = [aws_sqs_queue.trigger_buffer[0].arn]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_sqs_queue_policy" "trigger_buffer" {
+  count = local.trigger_batched ? 1 : 0
+
+  queue_url = aws_sqs_queue.trigger_buffer[0].id
+  policy    = data.aws_iam_policy_document.trigger_buffer[0].json
+}
+
+data "aws_iam_policy_document" "trigger_buffer_dlq" {
+  count = local.trigger_batched ? 1 : 0
+
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["sqs:*"]
+    resources = [aws_sqs_queue.trigger_buffer_dlq[0].arn]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_sqs_queue_policy" "trigger_buffer_dlq" {
+  count = local.trigger_batched ? 1 : 0
+
+  queue_url = aws_sqs_queue.trigger_buffer_dlq[0].id
+  policy    = data.aws_iam_policy_document.trigger_buffer_dlq[0].json
+}
+
+# The pipe: SQS batches of up to local.trigger.batch_size messages, waiting at most
+# local.trigger.batching_window_s after the first
+# (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-pipes-sqs.html; AWS notes that on a
+# low-traffic queue with a batching window a batch may take up to 20 s). The input template is
+# applied to each message of a batch and Step Functions receives the whole batch as one JSON array,
+# even a batch of one (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-pipes-batching-concurrency.html):
+# [{"detail": {"bucket": {...}, "object": {...}}}, ...], the input pipeline.asl.json accepts. A
+# Standard workflow can only be started FIRE_AND_FORGET
+# (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-pipes-event-target.html). 100
+# elements of ~1 KB each stay well within StartExecution's 256 KB input limit.
+resource "aws_pipes_pipe" "trigger" {
+  count = local.trigger_batched ? 1 : 0
+
+  name          = local.names.pipe
+  description   = "Start ${local.names.state_machine} once per batch of objects created in ${local.buckets.input}"
+  role_arn      = aws_iam_role.this["pipe"].arn
+  source        = aws_sqs_queue.trigger_buffer[0].arn
+  target        = aws_sfn_state_machine.this.arn
+  desired_state = "RUNNING"
+
+  source_parameters {
+    sqs_queue_parameters {
+      batch_size                         = local.trigger.batch_size
+      maximum_batching_window_in_seconds = local.trigger.batching_window_s
+    }
+  }
+
+  target_parameters {
+    input_template = local.trigger.input_template
+
+    step_function_state_machine_parameters {
+      invocation_type = "FIRE_AND_FORGET"
+    }
+  }
+
+  # CreatePipe checks the role may read the queue and start the state machine.
+  depends_on = [aws_iam_role_policy.this]
 }
 
 ################################################################################

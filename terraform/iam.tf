@@ -1,23 +1,14 @@
 ################################################################################
-# IAM: one role per function, one for the state machine, one for the trigger rule's target and
-# one for the keep-warm schedule. Their inline policies are the templates in policies/, rendered
-# in locals.tf (local.role_policies) from names only; inferpipe/infra.py renders the very same
-# documents for the local stack. Least privilege: exact buckets and key prefixes, the table, topic,
-# queue, bus, functions and state machine; no "*" action. "Resource": "*" appears only where AWS
-# offers no narrower scope (policies/README.md says where and why).
+# IAM: one role per function, one for the state machine, one for the trigger (the rule's target
+# in direct mode, the pipe in batched mode), one for the backfill state machine and one for the
+# keep-warm schedule (local.role_services in locals.tf). Their inline policies are the templates in
+# policies/, rendered in locals.tf (local.role_policies) from names only; inferpipe/infra.py renders
+# the very same documents for the local stack. Least privilege: exact buckets and key prefixes, the
+# table, topic, queues, bus, functions and state machines; no "*" action. "Resource": "*" appears
+# only where AWS offers no narrower scope (policies/README.md says where and why).
 ################################################################################
 
 locals {
-  # Role => the service that assumes it.
-  role_services = merge(
-    { for key in keys(local.functions) : key => "lambda.amazonaws.com" },
-    {
-      state_machine = "states.amazonaws.com"
-      trigger       = "events.amazonaws.com"
-    },
-    var.keep_warm_enabled ? { keep_warm = "scheduler.amazonaws.com" } : {},
-  )
-
   role_policy_attachments = merge([
     for role in keys(local.role_services) : {
       for template, document in local.role_policies[role] : "${role}/${template}" => {
@@ -30,7 +21,7 @@ locals {
 }
 
 data "aws_iam_policy_document" "assume" {
-  for_each = toset(values(local.role_services))
+  for_each = local.role_services
 
   statement {
     actions = ["sts:AssumeRole"]
@@ -40,13 +31,13 @@ data "aws_iam_policy_document" "assume" {
       identifiers = [each.value]
     }
 
-    # Confused-deputy guard where the service sets aws:SourceAccount when it assumes the role.
+    # Confused-deputy guards (aws:SourceAccount, aws:SourceArn), chosen in locals.tf.
     dynamic "condition" {
-      for_each = contains(["states.amazonaws.com", "scheduler.amazonaws.com"], each.value) ? [local.account_id] : []
+      for_each = local.role_trust_conditions[each.key]
       content {
-        test     = "StringEquals"
-        variable = "aws:SourceAccount"
-        values   = [condition.value]
+        test     = condition.value.test
+        variable = condition.value.variable
+        values   = condition.value.values
       }
     }
   }
@@ -57,7 +48,7 @@ resource "aws_iam_role" "this" {
 
   name               = local.role_names[each.key]
   description        = "inferpipe ${replace(each.key, "_", " ")}"
-  assume_role_policy = data.aws_iam_policy_document.assume[each.value].json
+  assume_role_policy = data.aws_iam_policy_document.assume[each.key].json
 }
 
 resource "aws_iam_role_policy" "this" {
@@ -81,6 +72,9 @@ check "policy_arns_match_resources" {
       [for topic in aws_sns_topic.this : topic.arn == local.arns.topic],
       [for queue in aws_sqs_queue.this : queue.arn == local.arns.queue],
       [for bus in aws_cloudwatch_event_bus.this : bus.arn == local.arns.event_bus],
+      [for queue in aws_sqs_queue.trigger_buffer : queue.arn == local.arns.trigger_buffer],
+      [for pipe in aws_pipes_pipe.trigger : pipe.arn == local.arns.pipe],
+      [for machine in aws_sfn_state_machine.backfill : machine.arn == local.arns.backfill_state_machine],
     ))
     error_message = "An ARN built in locals.tf differs from the created resource's: the IAM policies would not grant what the functions need."
   }

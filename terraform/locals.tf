@@ -44,6 +44,11 @@ locals {
     trigger_rule     = templatestring(local.stack.trigger_rule, local.name_vars_with_buckets)
     trigger_dlq      = templatestring(local.stack.trigger_dlq, local.name_vars_with_buckets)
     image_repository = templatestring(local.stack.image_repository, local.name_vars_with_buckets)
+    # The micro-batched trigger (stack.json trigger_buffer) and the backfill state machine.
+    trigger_buffer         = templatestring(local.stack.trigger_buffer.queue, local.name_vars_with_buckets)
+    trigger_buffer_dlq     = templatestring(local.stack.trigger_buffer.dlq, local.name_vars_with_buckets)
+    pipe                   = templatestring(local.stack.trigger_buffer.pipe, local.name_vars_with_buckets)
+    backfill_state_machine = templatestring(local.stack.backfill.state_machine, local.name_vars_with_buckets)
   }
 
   settings = merge(
@@ -64,13 +69,35 @@ locals {
     }
   }
 
+  # ---------------------------------------------------------------- trigger mode
+
+  # "batched" (default): the rule sends to an SQS buffer queue an EventBridge Pipe drains, starting
+  # one execution per batch of up to batch_size objects; "direct": the rule starts one execution per
+  # object. The variables override stack.json's trigger_buffer (variables.tf validates them).
+  trigger = {
+    mode                 = var.trigger_mode != null ? var.trigger_mode : local.stack.trigger_buffer.default_mode
+    batch_size           = var.trigger_batch_size != null ? var.trigger_batch_size : tonumber(local.settings.MAX_BATCH_OBJECTS)
+    batching_window_s    = var.trigger_batching_window_s != null ? var.trigger_batching_window_s : local.stack.trigger_buffer.batching_window_s
+    visibility_timeout_s = local.stack.trigger_buffer.visibility_timeout_s
+    max_receive_count    = local.stack.trigger_buffer.max_receive_count
+    # Applied by the pipe to each SQS message of a batch, as the local stack's pipe applies it
+    # (inferpipe/local/pipes.py): the element the state machine reads, {"detail": {bucket, object}}.
+    input_template = local.stack.trigger_buffer.input_template
+  }
+  trigger_batched = local.trigger.mode == "batched"
+
+  # The backfill state machine writes its per-batch results (ResultWriter) to the output bucket,
+  # which exists only with the s3 sink: without it there is no backfill state machine.
+  backfill_enabled = local.sink_enabled.s3
+
   # Resources only Terraform creates (the local stack has no alarms or schedules), named after the
   # stack's names. Role names follow the local stack (inferpipe/local/provision.py role_names).
   derived_names = {
-    queue_dlq               = "${local.names.queue}-dlq"
-    alarm_topic             = "${local.prefix}-alarms"
-    keep_warm               = "${local.functions.inference.name}-keep-warm"
-    state_machine_log_group = "/aws/vendedlogs/states/${local.names.state_machine}"
+    queue_dlq                        = "${local.names.queue}-dlq"
+    alarm_topic                      = "${local.prefix}-alarms"
+    keep_warm                        = "${local.functions.inference.name}-keep-warm"
+    state_machine_log_group          = "/aws/vendedlogs/states/${local.names.state_machine}"
+    backfill_state_machine_log_group = "/aws/vendedlogs/states/${local.names.backfill_state_machine}"
   }
   role_names = merge(
     { for key, function in local.functions : key => "${function.name}-role" },
@@ -78,6 +105,8 @@ locals {
       state_machine = "${local.names.state_machine}-role"
       trigger       = "${local.names.trigger_rule}-role"
       keep_warm     = "${local.derived_names.keep_warm}-role"
+      pipe          = "${local.names.pipe}-role"
+      backfill      = "${local.names.backfill_state_machine}-role"
     },
   )
 
@@ -94,7 +123,7 @@ locals {
   # waits for their policies) and the same documents are rendered by tests/infra without AWS.
   # The check block in iam.tf compares them with the created resources' ARNs.
   arn_base = {
-    for service in ["dynamodb", "events", "lambda", "logs", "sns", "sqs", "states"] :
+    for service in ["dynamodb", "events", "lambda", "logs", "pipes", "sns", "sqs", "states"] :
     service => "arn:${local.partition}:${service}:${local.region}:${local.account_id}"
   }
   arns = {
@@ -108,6 +137,11 @@ locals {
     functions        = { for key, function in local.functions : key => "${local.arn_base.lambda}:function:${function.name}" }
     function_aliases = { for key, function in local.functions : key => "${local.arn_base.lambda}:function:${function.name}:${local.function_alias}" }
     log_groups       = { for key, name in local.function_log_groups : key => "${local.arn_base.logs}:log-group:${name}" }
+    # Built whether or not the trigger mode / output bucket creates them: the policies name them.
+    trigger_buffer         = "${local.arn_base.sqs}:${local.names.trigger_buffer}"
+    trigger_buffer_dlq     = "${local.arn_base.sqs}:${local.names.trigger_buffer_dlq}"
+    pipe                   = "${local.arn_base.pipes}:pipe/${local.names.pipe}"
+    backfill_state_machine = "${local.arn_base.states}:stateMachine:${local.names.backfill_state_machine}"
   }
 
   # The values of every placeholder of terraform/policies/*.json.tftpl (inferpipe/infra.py
@@ -133,6 +167,14 @@ locals {
     InferenceFunctionArn  = local.arns.function_aliases.inference
     SinkFunctionArn       = local.arns.function_aliases.sink
     KmsKeyArn             = var.kms_key_arn != null ? var.kms_key_arn : ""
+    # pipe and backfill templates
+    Region                   = local.region
+    AccountId                = local.account_id
+    StateMachineName         = local.names.state_machine
+    TriggerBufferQueueArn    = local.arns.trigger_buffer
+    BackfillStateMachineArn  = local.arns.backfill_state_machine
+    BackfillStateMachineName = local.names.backfill_state_machine
+    BackfillResultsPrefix    = local.stack.backfill.results_prefix
   }
 
   # The policy templates each role gets. inferpipe/infra.py role_policy_templates() makes the same
@@ -143,8 +185,12 @@ locals {
     inference     = concat(["inference"], local.function_common_policies)
     sink          = concat(["sink"], [for sink in local.known_sinks : "sink-${sink}" if local.sink_enabled[sink]], local.function_common_policies)
     state_machine = concat(["state-machine"], var.xray_tracing ? ["xray"] : [])
-    trigger       = ["trigger"]
-    keep_warm     = var.keep_warm_enabled ? ["keep-warm"] : []
+    # The rule's target role exists in direct mode only (an SQS target takes no role); the pipe's
+    # role in batched mode only, with the key when the buffer queue is encrypted with it.
+    trigger   = local.trigger_batched ? [] : ["trigger"]
+    pipe      = local.trigger_batched ? concat(["pipe"], var.kms_key_arn != null ? ["kms"] : []) : []
+    backfill  = local.backfill_enabled ? concat(["backfill"], var.xray_tracing ? ["xray"] : [], var.kms_key_arn != null ? ["kms"] : []) : []
+    keep_warm = var.keep_warm_enabled ? ["keep-warm"] : []
   }
   # role => template => policy document (JSON text), attached in iam.tf.
   role_policies = {
@@ -153,8 +199,42 @@ locals {
     }
   }
 
-  # The state machine definition named by stack.json, filled by templatefile() in orchestration.tf.
+  # Role => the service that assumes it (inferpipe/infra.py role_services() agrees). Only the roles
+  # this deployment uses: the trigger mode picks the rule target's or the pipe's, the output bucket
+  # brings the backfill's, keep_warm_enabled the schedule's.
+  role_services = merge(
+    { for key in keys(local.functions) : key => "lambda.amazonaws.com" },
+    { state_machine = "states.amazonaws.com" },
+    local.trigger_batched ? { pipe = "pipes.amazonaws.com" } : { trigger = "events.amazonaws.com" },
+    local.backfill_enabled ? { backfill = "states.amazonaws.com" } : {},
+    var.keep_warm_enabled ? { keep_warm = "scheduler.amazonaws.com" } : {},
+  )
+
+  # Confused-deputy guards of each role's trust policy (iam.tf): aws:SourceAccount where the service
+  # sets it when it assumes the role, and aws:SourceArn where the role serves one known resource.
+  #   Step Functions: ArnLike on the state machine (":*" and "/*" also cover its versions, aliases and
+  #   Distributed Map runs), as https://docs.aws.amazon.com/step-functions/latest/dg/procedure-create-iam-role.html
+  #   recommends. Pipes: StringEquals on the pipe's ARN, as
+  #   https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-pipes-permissions.html shows.
+  role_source_arns = {
+    state_machine = { test = "ArnLike", values = [local.arns.state_machine, "${local.arns.state_machine}:*", "${local.arns.state_machine}/*"] }
+    backfill      = { test = "ArnLike", values = [local.arns.backfill_state_machine, "${local.arns.backfill_state_machine}:*", "${local.arns.backfill_state_machine}/*"] }
+    pipe          = { test = "StringEquals", values = [local.arns.pipe] }
+  }
+  role_trust_conditions = {
+    for role, service in local.role_services : role => concat(
+      contains(["states.amazonaws.com", "scheduler.amazonaws.com", "pipes.amazonaws.com"], service) ? [
+        { test = "StringEquals", variable = "aws:SourceAccount", values = tolist([local.account_id]) }
+      ] : [],
+      contains(keys(local.role_source_arns), role) ? [
+        { test = local.role_source_arns[role].test, variable = "aws:SourceArn", values = tolist(local.role_source_arns[role].values) }
+      ] : [],
+    )
+  }
+
+  # The state machine definitions named by stack.json, filled by templatefile() in orchestration.tf.
   state_machine_definition_file = "${path.module}/../${local.stack.state_machine_definition}"
+  backfill_definition_file      = "${path.module}/../${local.stack.backfill.definition}"
 
   # Each function's task TimeoutSeconds in that definition (tasks at the top level or in a Map),
   # found by its ARN placeholder, e.g. "${PreprocessFunctionArn}" (spec.FUNCTION_ARN_PLACEHOLDERS).

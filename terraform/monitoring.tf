@@ -1,5 +1,6 @@
 ################################################################################
-# Alarms: failed and timed-out executions, function errors and throttles, dead letters. All
+# Alarms: failed and timed-out executions, function errors and throttles, dead letters (the
+# trigger's, the buffer's in batched mode, the predictions queue's). All
 # notify one SNS topic; subscribe to it with var.alarm_email or through the alarm_topic_arn output.
 ################################################################################
 
@@ -17,6 +18,7 @@ locals {
 
   dead_letter_queues = merge(
     { trigger = aws_sqs_queue.trigger_dlq.name },
+    local.trigger_batched ? { trigger-buffer = aws_sqs_queue.trigger_buffer_dlq[0].name } : {},
     local.sink_enabled.sqs ? { predictions = aws_sqs_queue.dlq[0].name } : {},
   )
 }

@@ -5,20 +5,24 @@
 output "inferpipe" {
   description = "Everything the inferpipe CLI needs to use this deployment with the usual AWS profile and region settings: names, ARNs and URLs (null for a sink that is not deployed), enabled sinks and defaults."
   value = {
-    prefix             = local.prefix
-    account_id         = local.account_id
-    region             = local.region
-    buckets            = { for key, bucket in local.buckets : key => try(aws_s3_bucket.this[key].bucket, null) }
-    table              = try(aws_dynamodb_table.this[0].name, null)
-    topic_arn          = try(aws_sns_topic.this[0].arn, null)
-    queue_url          = try(aws_sqs_queue.this[0].url, null)
-    event_bus          = try(aws_cloudwatch_event_bus.this[0].name, null)
-    state_machine_arn  = aws_sfn_state_machine.this.arn
-    state_machine_type = aws_sfn_state_machine.this.type
-    functions          = { for key, function in aws_lambda_function.this : key => function.function_name }
-    trigger_rule       = aws_cloudwatch_event_rule.this.name
-    trigger_dlq_url    = aws_sqs_queue.trigger_dlq.url
-    sinks              = local.defaults.sinks
+    prefix                     = local.prefix
+    account_id                 = local.account_id
+    region                     = local.region
+    buckets                    = { for key, bucket in local.buckets : key => try(aws_s3_bucket.this[key].bucket, null) }
+    table                      = try(aws_dynamodb_table.this[0].name, null)
+    topic_arn                  = try(aws_sns_topic.this[0].arn, null)
+    queue_url                  = try(aws_sqs_queue.this[0].url, null)
+    event_bus                  = try(aws_cloudwatch_event_bus.this[0].name, null)
+    state_machine_arn          = aws_sfn_state_machine.this.arn
+    state_machine_type         = aws_sfn_state_machine.this.type
+    functions                  = { for key, function in aws_lambda_function.this : key => function.function_name }
+    trigger_rule               = aws_cloudwatch_event_rule.this.name
+    trigger_dlq_url            = aws_sqs_queue.trigger_dlq.url
+    trigger_mode               = local.trigger.mode
+    trigger_buffer_url         = try(aws_sqs_queue.trigger_buffer[0].url, null)
+    pipe_name                  = try(aws_pipes_pipe.trigger[0].name, null)
+    backfill_state_machine_arn = try(aws_sfn_state_machine.backfill[0].arn, null)
+    sinks                      = local.defaults.sinks
     defaults = {
       top_k         = local.defaults.top_k
       model         = local.defaults.model
@@ -130,8 +134,33 @@ output "trigger_rule_name" {
 }
 
 output "trigger_dlq_url" {
-  description = "Dead-letter queue of trigger events EventBridge could not deliver to the state machine."
+  description = "Dead-letter queue of trigger events EventBridge could not deliver to the rule's target (the buffer queue, or in direct mode the state machine)."
   value       = aws_sqs_queue.trigger_dlq.url
+}
+
+output "trigger_mode" {
+  description = "How uploads start the state machine: batched (buffer queue and pipe, one execution per batch) or direct (one execution per upload)."
+  value       = local.trigger.mode
+}
+
+output "trigger_buffer_queue_url" {
+  description = "SQS queue buffering the trigger rule's events for the pipe; null in direct mode."
+  value       = try(aws_sqs_queue.trigger_buffer[0].url, null)
+}
+
+output "trigger_buffer_dlq_url" {
+  description = "Dead-letter queue of buffered events the pipe could not hand to the state machine; null in direct mode."
+  value       = try(aws_sqs_queue.trigger_buffer_dlq[0].url, null)
+}
+
+output "pipe_arn" {
+  description = "EventBridge Pipe starting one execution per batch from the buffer queue; null in direct mode."
+  value       = try(aws_pipes_pipe.trigger[0].arn, null)
+}
+
+output "backfill_state_machine_arn" {
+  description = "ARN of the backfill state machine (`inferpipe backfill s3://BUCKET/PREFIX` starts it); null without the s3 sink, whose output bucket receives its results."
+  value       = try(aws_sfn_state_machine.backfill[0].arn, null)
 }
 
 ################################################################################

@@ -276,8 +276,68 @@ variable "input_key_suffixes" {
   }
 }
 
+variable "trigger_mode" {
+  description = <<-EOT
+    How uploads start the state machine: one of stack.json's trigger_buffer.modes. null: its default_mode ("batched").
+      batched: the trigger rule sends each "Object Created" event to an SQS buffer queue; an EventBridge Pipe drains it and
+               starts one execution per batch of up to trigger_batch_size objects, waiting at most trigger_batching_window_s
+               after the first. A trickle gets batches of one within about a second, a flood full batches: far fewer
+               executions, state transitions and function invocations per image.
+      direct:  the rule starts one execution per upload (lowest latency per image, no queue or pipe).
+  EOT
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.trigger_mode == null || contains(local.stack.trigger_buffer.modes, coalesce(var.trigger_mode, "-"))
+    error_message = "trigger_mode must be one of ${join(", ", local.stack.trigger_buffer.modes)} (config/stack.json trigger_buffer.modes)."
+  }
+}
+
+variable "trigger_batch_size" {
+  description = "With trigger_mode = \"batched\": most objects per execution, the pipe's SQS batch size (1 to settings.MAX_BATCH_OBJECTS of stack.json, 100, the most the state machine classifies in one execution). Above 10 the batching window must be at least 1 s. null: MAX_BATCH_OBJECTS."
+  type        = number
+  default     = null
+
+  validation {
+    condition = var.trigger_batch_size == null || (
+      coalesce(var.trigger_batch_size, 1) >= 1 &&
+      coalesce(var.trigger_batch_size, 1) <= tonumber(local.stack.settings.MAX_BATCH_OBJECTS) &&
+      floor(coalesce(var.trigger_batch_size, 1)) == coalesce(var.trigger_batch_size, 1)
+    )
+    error_message = "trigger_batch_size must be a whole number from 1 to ${local.stack.settings.MAX_BATCH_OBJECTS} (settings.MAX_BATCH_OBJECTS in config/stack.json: the most objects one execution classifies)."
+  }
+}
+
+variable "trigger_batching_window_s" {
+  description = "With trigger_mode = \"batched\": how long the pipe may wait after the first message to fill a batch, 0-300 s (the pipe's maximum_batching_window_in_seconds). null: stack.json's trigger_buffer.batching_window_s (1). Must be >= 1 when the batch size is above 10."
+  type        = number
+  default     = null
+
+  validation {
+    condition = var.trigger_batching_window_s == null || (
+      coalesce(var.trigger_batching_window_s, 0) >= 0 &&
+      coalesce(var.trigger_batching_window_s, 0) <= 300 &&
+      floor(coalesce(var.trigger_batching_window_s, 0)) == coalesce(var.trigger_batching_window_s, 0)
+    )
+    error_message = "trigger_batching_window_s must be a whole number of seconds from 0 to 300."
+  }
+
+  # A standard SQS source with a batch size above 10 requires a batching window of at least 1 s
+  # (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-pipes-sqs.html); CreatePipe would
+  # refuse it at apply time, so refuse it at plan time.
+  validation {
+    condition = (
+      coalesce(var.trigger_mode, local.stack.trigger_buffer.default_mode) != "batched" ||
+      coalesce(var.trigger_batch_size, tonumber(local.stack.settings.MAX_BATCH_OBJECTS)) <= 10 ||
+      coalesce(var.trigger_batching_window_s, local.stack.trigger_buffer.batching_window_s) >= 1
+    )
+    error_message = "A trigger batch size above 10 needs trigger_batching_window_s >= 1 (an SQS source batching more than 10 messages requires a batching window): raise the window or set trigger_batch_size <= 10."
+  }
+}
+
 variable "trigger_maximum_event_age_seconds" {
-  description = "How long EventBridge keeps retrying to start an execution for an upload (60-86400 s) before sending the event to the trigger dead-letter queue."
+  description = "How long EventBridge keeps retrying to deliver an upload's event to the rule's target (the buffer queue, or in direct mode the state machine) (60-86400 s) before sending it to the trigger dead-letter queue."
   type        = number
   default     = 86400
 
@@ -288,7 +348,7 @@ variable "trigger_maximum_event_age_seconds" {
 }
 
 variable "trigger_maximum_retry_attempts" {
-  description = "How many times EventBridge retries starting an execution for an upload (0-185) before sending the event to the trigger dead-letter queue."
+  description = "How many times EventBridge retries delivering an upload's event to the rule's target (the buffer queue, or in direct mode the state machine) (0-185) before sending it to the trigger dead-letter queue."
   type        = number
   default     = 185
 
@@ -308,7 +368,7 @@ variable "kms_key_arn" {
     repository and the keep-warm schedule. null (default): AWS-managed or service-owned encryption (SSE-S3,
     SSE-SQS, alias/aws/sns, DynamoDB's AWS-owned key). The key must be in this region and its key policy must allow,
     besides this account's IAM principals (which the functions' roles are granted kms:Decrypt and kms:GenerateDataKey
-    through): logs.<region>.amazonaws.com (log groups), events.amazonaws.com (the trigger dead-letter queue) and
+    through): logs.<region>.amazonaws.com (log groups), events.amazonaws.com (the trigger dead-letter queue and buffer queue) and
     cloudwatch.amazonaws.com (alarms published to the alarm topic).
   EOT
   type        = string

@@ -28,6 +28,7 @@ PREDICTIONS_EVENT_BUS = "PREDICTIONS_EVENT_BUS"
 MAX_OBJECT_BYTES = "MAX_OBJECT_BYTES"
 MAX_IMAGE_PIXELS = "MAX_IMAGE_PIXELS"
 MODEL_CACHE_MB = "MODEL_CACHE_MB"
+MAX_BATCH_OBJECTS = "MAX_BATCH_OBJECTS"
 
 _invocation_environ: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
     "inferpipe_invocation_environ", default=None

@@ -24,6 +24,10 @@ class PermanentError(InferpipeError):
     """Retrying cannot help: the input, the object or the model is wrong."""
 
 
+class InvalidInputError(PermanentError):
+    """The execution's input names no object at all (not an S3 event, not a request, not a batch)."""
+
+
 class InvalidRequestError(PermanentError):
     """The execution input is not a request the pipeline understands."""
 

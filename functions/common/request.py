@@ -322,7 +322,7 @@ def _check_available(available_sinks: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class TensorRef:
-    """Where the preprocessed ``1×3×H×W`` float32 tensor was stored (an ``.npy`` object)."""
+    """Where a preprocessed ``n×3×H×W`` float32 tensor was stored (an ``.npy`` object, n >= 1)."""
 
     bucket: str
     key: str
@@ -337,10 +337,9 @@ class TensorRef:
             not isinstance(shape, tuple)
             or len(shape) != 4
             or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape)
-            or shape[0] != 1
             or shape[1] != 3
         ):
-            raise InvalidRequestError(f"tensor.shape={_describe(shape)} must be [1, 3, H, W] with H, W > 0")
+            raise InvalidRequestError(f"tensor.shape={_describe(shape)} must be [n, 3, H, W] with n, H, W > 0")
         if self.dtype != TENSOR_DTYPE:
             raise InvalidRequestError(f"tensor.dtype={_describe(self.dtype)} must be {TENSOR_DTYPE!r}")
 

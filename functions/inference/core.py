@@ -296,6 +296,60 @@ def predict(model: LoadedModel, tensor: np.ndarray, top_k: int) -> list[dict[str
     ]
 
 
+#: Batch sizes a forward pass runs at. A batch of n objects is cut greedily into these, so each
+#: process builds oneDNN primitives for three shapes only (a new shape costs a primitive build),
+#: and a trickle's batch of one runs at batch 1 without padding.
+FORWARD_BATCHES: tuple[int, ...] = (8, 4, 1)
+
+
+def forward_chunks(n: int, sizes: tuple[int, ...] = FORWARD_BATCHES) -> list[tuple[int, int]]:
+    """``[(start, size), ...]`` covering ``n`` rows with the largest sizes first.
+
+    Example::
+
+        forward_chunks(13)   # [(0, 8), (8, 4), (12, 1)]
+    """
+    chunks: list[tuple[int, int]] = []
+    start = 0
+    for size in sorted(sizes, reverse=True):
+        while n - start >= size:
+            chunks.append((start, size))
+            start += size
+    return chunks
+
+
+def predict_batch(model: LoadedModel, tensor: np.ndarray, top_ks: list[int]) -> list[list[dict[str, Any]]]:
+    """:func:`predict` for every row of an (n, 3, H, W) tensor, row ``i`` with ``top_ks[i]`` classes.
+
+    Example::
+
+        predict_batch(model, np.zeros((2, 3, 64, 64), np.float32), top_ks=[1, 2])
+        # [[{"label": "circle", ...}], [{"label": "circle", ...}, {"label": "ring", ...}]]
+    """
+    if not isinstance(tensor, np.ndarray) or tensor.ndim != 4 or tensor.shape[0] != len(top_ks) or not top_ks:
+        raise InvalidRequestError(f"expected an (n, 3, H, W) tensor with one top_k per row, got {getattr(tensor, 'shape', None)} and {len(top_ks)}")
+    for top_k in top_ks:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(model.labels):
+            raise InvalidRequestError(
+                f"top_k={top_k!r} must be between 1 and the {len(model.labels)} classes of model "
+                f"{model.manifest.name} version {model.manifest.version}"
+            )
+    one = model.input_shape[1:]
+    logits = np.empty((len(top_ks), len(model.labels)), np.float32)
+    for start, size in forward_chunks(len(top_ks)):
+        chunk = np.ascontiguousarray(tensor[start : start + size])
+        check_tensor(model, chunk[:1])  # shape, dtype of one row
+        if chunk.shape[1:] != one or not np.all(np.isfinite(chunk)):
+            raise InvalidRequestError(f"rows {start}..{start + size - 1} of the tensor are not finite {list(one)} float32 rows")
+        logits[start : start + size] = model.forward(chunk)
+    results = []
+    for row, top_k in zip(logits, top_ks):
+        probabilities = softmax(row)
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        results.append([{"label": model.labels[i], "index": int(i), "probability": float(probabilities[i])} for i in order])
+    return results
+
+
 CacheKey = tuple[str, str]  # (model name, exact version)
 
 

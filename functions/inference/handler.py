@@ -15,12 +15,13 @@ import numpy as np
 
 from functions.common import config
 from functions.common.aws import client, read_object
-from functions.common.errors import InvalidRequestError, ObjectNotFoundError
+from functions.common.errors import InvalidRequestError, ObjectNotFoundError, PermanentError
 from functions.common.log import bind, lambda_context, logger, object_uri
 from functions.common.manifest import Manifest
 from functions.common.model_store import ModelStore, cached_store
-from functions.common.request import Job, TensorRef
-from functions.inference.core import LoadedModel, ModelCache, load_model, predict, settle_garbage
+from functions.common.request import TensorRef
+from functions.common.work import CLASSIFIED, CLASSIFIED_STATUS, FAILED, check_ref, counts, get_document, item_error, put_document
+from functions.inference.core import LoadedModel, ModelCache, load_model, predict_batch, settle_garbage
 
 #: Milliseconds this module took to import (MXNet, oneDNN, boto3): the first part of a cold start.
 IMPORT_MS = (time.perf_counter() - _IMPORT_STARTED) * 1000.0
@@ -202,63 +203,74 @@ def _describe_model(manifest: Manifest) -> dict[str, str]:
     }
 
 
-@lambda_context
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Input ``{"job": Job, "execution_id"}`` (ASL state Inference) or a warm-up ping.
+def classify_batch(ref: Any, execution_id: str | None) -> dict[str, Any]:
+    """Classify every READY object of the batch document at ``ref``: one forward pass per model
+    (in :data:`~functions.inference.core.FORWARD_BATCHES` chunks). Writes ``classified.json``
+    beside it and returns ``{"batch": {bucket, key}, "objects", "succeeded", "failed", "timings_ms"}``.
 
-    Output ``{"model": {name, version, architecture, inference_mode}, "top_k": [{label, index,
-    probability}], "timings_ms": {fetch_tensor, fetch_model, load_model, forward, total},
-    "cold_start": bool}``, where ``cold_start`` means this invocation had to load the model; the
-    first invocation of a process also carries ``init_ms``: {import, fetch, load, first_forward
-    (, preloaded)}, the process's cold start in parts (see :func:`preload_default_model`).
+    A model that cannot be loaded fails its objects (ModelNotFoundError, ModelIntegrityError),
+    not the batch; a transient failure fails the invocation, which the state machine retries.
     """
     started = time.perf_counter()
+    s3 = client("s3")
+    document = get_document(s3, ref)
+    entries = {entry.get("index"): entry for entry in document["items"]}
+    timings: dict[str, float] = {"fetch_tensor": 0.0, "forward": 0.0}
+    hits: list[bool] = []
+    for group in document.get("groups") or []:
+        members = [entries[i] for i in group["items"]]
+        try:
+            model, hit = get_model(group["model"]["name"], group["model"]["version"], timings)
+        except PermanentError as exc:
+            for entry in members:
+                entry.update(status=FAILED, error=item_error(exc, state="Inference"))
+            logger.warning("model failed for its objects", extra={"error": type(exc).__name__, "reason": str(exc), "objects": len(members)})
+            continue
+        hits.append(hit)
+        t0 = time.perf_counter()
+        tensor = read_tensor(s3, TensorRef.from_dict(group["tensor"], "group.tensor"))
+        timings["fetch_tensor"] += (time.perf_counter() - t0) * 1000.0
+        t0 = time.perf_counter()
+        predictions = predict_batch(model, tensor, [int(entry["top_k"]) for entry in members])
+        timings["forward"] += (time.perf_counter() - t0) * 1000.0
+        described = _describe_model(model.manifest)
+        for entry, top_k in zip(members, predictions):
+            entry.update(status=CLASSIFIED_STATUS, prediction={"model": described, "top_k": top_k})
+    document.pop("groups", None)  # the tensors are not needed past this step
+    out = put_document(s3, ref["bucket"], ref["key"].rsplit("/", 1)[0] + "/" + CLASSIFIED, document)
+    timings["total"] = (time.perf_counter() - started) * 1000.0
+    summary: dict[str, Any] = {"batch": out, **counts(document["items"]), "timings_ms": _rounded(timings), "cold_start": not all(hits)}
+    init = _take_init_report()
+    if init is not None:  # the first invocation of this process: its cold start, in parts
+        summary["init_ms"] = init
+    logger.info(
+        "batch classified",
+        extra={
+            **({"init_ms": init} if init is not None else {}),
+            **{k: summary[k] for k in ("objects", "succeeded", "failed")},
+            "model_cache_hit": all(hits),
+            "timings_ms": summary["timings_ms"],
+        },
+    )
+    return summary
+
+
+@lambda_context
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Input ``{"batch": {bucket, key}, "execution_id"}`` (ASL state Inference) or a warm-up ping.
+
+    Output: see :func:`classify_batch`; ``cold_start`` means this invocation had to load a model;
+    the first invocation of a process also carries ``init_ms``: {import, fetch, load,
+    first_forward (, preloaded)}, the process's cold start in parts (see :func:`preload_default_model`).
+    """
     if is_warmup(event):
         bind()
         return warm_up()
-    if not isinstance(event, dict) or "job" not in event:
-        raise InvalidRequestError('inference input must be an object {"job": {...}, "execution_id": "..."} or {"warmup": true}')
-    execution_id = event.get("execution_id")
-    execution_id = execution_id if isinstance(execution_id, str) else None
+    if not isinstance(event, dict) or "batch" not in event:
+        raise InvalidRequestError('inference input must be an object {"batch": {"bucket", "key"}, "execution_id": "..."} or {"warmup": true}')
+    execution_id = event.get("execution_id") if isinstance(event.get("execution_id"), str) else None
     bind(execution_id=execution_id)
-    job = Job.from_dict(event["job"])
-    source = job.source
-    bind(
-        execution_id=execution_id,
-        object=object_uri(source.bucket, source.key, source.version_id),
-        model=f"{job.model.name}:{job.model.version}",
-    )
-
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    tensor = read_tensor(client("s3"), job.tensor)
-    timings["fetch_tensor"] = (time.perf_counter() - t0) * 1000.0
-    model, hit = get_model(job.model.name, job.model.version, timings)
-    t0 = time.perf_counter()
-    top_k = predict(model, tensor, job.top_k)
-    timings["forward"] = (time.perf_counter() - t0) * 1000.0
-    timings["total"] = (time.perf_counter() - started) * 1000.0
-
-    result = {
-        "model": _describe_model(model.manifest),
-        "top_k": top_k,
-        "timings_ms": _rounded(timings),
-        "cold_start": not hit,
-    }
-    init = _take_init_report()
-    if init is not None:  # the first invocation of this process: its cold start, in parts
-        result["init_ms"] = init
-    logger.info(
-        "image classified",
-        extra={
-            **({"init_ms": init} if init is not None else {}),
-            "top1": top_k[0]["label"],
-            "probability": round(top_k[0]["probability"], 4),
-            "model_cache_hit": hit,
-            "timings_ms": result["timings_ms"],
-        },
-    )
-    return result
+    return classify_batch(check_ref(event["batch"]), execution_id)
 
 
 settle_garbage()  # once per process, before any model is loaded: see its docstring

@@ -412,7 +412,8 @@ def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]
     source = record["source"]
     try:
         if dest.output_bucket:
-            key = failure_key(source, record["execution_name"] or "unknown")
+            name = record["execution_name"] or "unknown"
+            key = failure_key(source, f"{name}-{record['item']}" if source is None and "item" in record else name)
             client("s3").put_object(
                 Bucket=dest.output_bucket,
                 Key=key,

@@ -1,12 +1,14 @@
-"""Lambda handler of the sink task: deliver one prediction record to one sink, or record a failure.
+"""Lambda handler of the sink task: deliver a batch's predictions to one sink, or record its failures.
 
 Two modes, chosen by the input:
 
-* delivery (state ``Deliver``, one per sink in the FanOut Map): ``{"sink", "source", "prediction",
-  "execution_id"}`` -> ``{"sink", "location", "record_id", "status": "DELIVERED"}``.
+* delivery (state ``Deliver``, one per sink in the FanOut Map): ``{"sink", "batch": {bucket, key},
+  "execution_id"}`` -> ``{"sink", "status": "DELIVERED", "delivered": n, "location"}``; see
+  :func:`functions.sink.batch.deliver_batch`.
 * failure (state ``RecordFailure``): ``{"mode": "failure", "failure": {state, error, cause},
-  "context": <the execution's data>, "execution_id"}`` -> ``{"mode": "failure", "written": {...},
-  "error": ..., "failed_state": ...}``. See :func:`functions.sink.core.record_failure`.
+  "batch"?, "input", "defaults", "deliveries"?, "execution_id"}`` -> ``{"mode": "failure", "error",
+  "cause", "failed", ...}``: the error and cause the execution ends with. See
+  :func:`functions.sink.failures.record_batch_failures`.
 """
 
 from __future__ import annotations
@@ -14,43 +16,25 @@ from __future__ import annotations
 from typing import Any
 
 from functions.common.errors import InvalidRequestError
-from functions.common.log import bind, lambda_context, logger, object_uri
-from functions.sink.core import Destinations, build_failure, build_record, deliver, record_failure
-
-DELIVERED = "DELIVERED"
+from functions.common.log import bind, lambda_context, logger
+from functions.sink.batch import deliver_batch
+from functions.sink.core import Destinations
+from functions.sink.failures import record_batch_failures
 
 
 @lambda_context
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Deliver a prediction to one sink, or (``mode == "failure"``) write an execution's failure record."""
+    """Deliver a batch to one sink, or (``mode == "failure"``) write its failure records."""
+    execution_id = event.get("execution_id") if isinstance(event, dict) and isinstance(event.get("execution_id"), str) else None
     if isinstance(event, dict) and event.get("mode") == "failure":
-        return _record_failure(event)
-    if not isinstance(event, dict) or not isinstance(event.get("sink"), str):
-        raise InvalidRequestError("sink input must be an object with a 'sink' name, or {'mode': 'failure', ...}")
-    sink = event["sink"]
-    source = event.get("source") or {}
-    bind(
-        execution_id=event.get("execution_id"),
-        object=object_uri(source.get("bucket", "?"), source.get("key", "?"), source.get("version_id")),
-        sink=sink,
-    )
-    record = build_record(source, event.get("prediction") or {}, str(event.get("execution_id", "")))
-    location = deliver(sink, record, Destinations.from_env())
-    logger.info("prediction delivered", extra={"location": location, "label": record["top1"]["label"]})
-    return {"sink": sink, "location": location, "record_id": record["record_id"], "status": DELIVERED}
-
-
-def _record_failure(event: dict[str, Any]) -> dict[str, Any]:
-    record = build_failure(event)
-    source = record["source"]
-    bind(
-        execution_id=record["execution_id"] or None,
-        object=source["uri"] if source else None,
-        sink="failure-record",
-    )
-    written = record_failure(record, Destinations.from_env())
-    logger.warning(
-        "execution failed; failure recorded",
-        extra={"error": record["error"]["type"], "failed_state": record["failed_state"], "written": written},
-    )
-    return {"mode": "failure", "written": written, "error": record["error"]["type"], "failed_state": record["failed_state"]}
+        bind(execution_id=execution_id, sink="failure-record")
+        answer = record_batch_failures(event, Destinations.from_env())
+        logger.warning(
+            "execution failed; failures recorded",
+            extra={k: answer[k] for k in ("error", "failed", "objects", "written", "failed_state")},
+        )
+        return answer
+    if not isinstance(event, dict) or not isinstance(event.get("sink"), str) or "batch" not in event:
+        raise InvalidRequestError('sink input must be {"sink": name, "batch": {"bucket", "key"}, "execution_id"}, or {"mode": "failure", ...}')
+    bind(execution_id=execution_id, sink=event["sink"])
+    return deliver_batch(event["sink"], event["batch"], execution_id or "", Destinations.from_env())

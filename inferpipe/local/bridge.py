@@ -668,8 +668,17 @@ def _response_classes() -> dict[str, Any]:
     }
 
 
-#: API operations whose IAM action has another name (moto checks "<service>:<operation>").
-IAM_ACTION_NAMES = {"lambda:Invoke": "lambda:InvokeFunction"}
+#: API operations whose IAM action has another name (moto checks "<service>:<operation>"). The batch
+#: APIs are authorised by their single-message action: "The permission to call SendMessageBatch is
+#: sqs:SendMessage" (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-api-permissions-reference.html);
+#: the Service Authorization Reference lists no sns:PublishBatch, PublishBatch needs sns:Publish
+#: (https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonsns.html).
+IAM_ACTION_NAMES = {
+    "lambda:Invoke": "lambda:InvokeFunction",
+    "sns:PublishBatch": "sns:Publish",
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+}
 
 
 def _iam_request_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -870,6 +879,19 @@ def _lambda_task_error(self: Any, env: Any, ex: Exception) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+# Step Functions: an execution started without a name gets a UUID
+# --------------------------------------------------------------------------------------------
+
+
+def _named_start_execution(self: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any) -> Any:
+    """``StepFunctionsParserBackend.start_execution`` amended: "If you don't provide a name for the
+    execution, Step Functions automatically generates a universally unique identifier (UUID) as the
+    execution name" (https://docs.aws.amazon.com/step-functions/latest/apireference/API_StartExecution.html);
+    moto names every such execution ``None``, so the second one collides (ExecutionAlreadyExists)."""
+    return _originals["start_execution"](self, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
 # install / uninstall
 # --------------------------------------------------------------------------------------------
 
@@ -899,6 +921,10 @@ def install() -> None:
 
         _originals["lambda_from_error"] = StateTaskLambda.__dict__["_from_error"]
         StateTaskLambda._from_error = _lambda_task_error  # type: ignore[method-assign]
+        from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+        _originals["start_execution"] = StepFunctionsParserBackend.__dict__["start_execution"]
+        StepFunctionsParserBackend.start_execution = _named_start_execution  # type: ignore[method-assign]
         for service, (cls, resolver) in _response_classes().items():
             if "_determine_resource" in cls.__dict__:
                 raise RuntimeError(f"moto now resolves {service} resources itself: drop the bridge's resolver")
@@ -937,6 +963,10 @@ def uninstall() -> None:
             from moto import backends
 
             backends.list_of_moto_modules = _originals.pop("list_of_moto_modules")
+        if "start_execution" in _originals:
+            from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+            StepFunctionsParserBackend.start_execution = _originals.pop("start_execution")  # type: ignore[method-assign]
         if "lambda_from_error" in _originals:
             from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_lambda import StateTaskLambda
 

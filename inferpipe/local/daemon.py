@@ -204,6 +204,17 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
         "functions": {key: spec.name for key, spec in resources.functions.items()},
         "log_groups": {key: f"/aws/lambda/{spec.name}" for key, spec in resources.functions.items()},
     }
+    buffer = resources.trigger_buffer
+    mode = str(state.get("trigger") or buffer.default_mode)
+    report["trigger"] = {
+        "mode": mode,
+        "rule": resources.trigger_rule,
+        **(
+            {"buffer_queue": buffer.queue, "pipe": buffer.pipe, "batch_size": buffer.batch_size, "batching_window_s": buffer.batching_window_s}
+            if mode == "batched"
+            else {"target": resources.state_machine_arn}
+        ),
+    }
     report["lambda"] = {
         "mode": "isolated",  # execution environments: one awslambdaric worker process each
         "max_environments": dict(resources.local_lambda.max_environments),
@@ -212,8 +223,11 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
     return report
 
 
-def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 120.0) -> dict[str, Any]:
-    """Start the local stack in the background (or report the running one). Returns its status."""
+def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 120.0, trigger: str | None = None) -> dict[str, Any]:
+    """Start the local stack in the background (or report the running one). Returns its status.
+
+    ``trigger``: "batched" or "direct" (None: stack.json's default, or whatever the running stack
+    uses). Asking a running stack for another trigger is an error, not silently ignored."""
     from inferpipe.local.stack import _port_free
 
     state_dir = Path(state_dir or default_state_dir())
@@ -221,6 +235,12 @@ def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 
     with _locked(state_dir):
         current = status(state_dir)
         if current["running"]:
+            running_trigger = current["trigger"]["mode"]
+            if trigger is not None and trigger != running_trigger:
+                raise DaemonError(
+                    f"the local stack at {current['endpoint_url']} runs the {running_trigger} trigger; "
+                    f"run `inferpipe local down` first to start it with --trigger {trigger}"
+                )
             return {**current, "already_running": True}
         stale = _read_state(state_dir)
         if stale and _alive(stale["pid"]) and _is_daemon(stale["pid"]):
@@ -235,7 +255,7 @@ def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 
             log.write(f"--- {datetime.now(timezone.utc).isoformat()} starting on port {port}\n".encode())
             log.flush()
             process = subprocess.Popen(
-                [sys.executable, "-m", _MODULE, "serve", "--port", str(port)],
+                [sys.executable, "-m", _MODULE, "serve", "--port", str(port), *(["--trigger", trigger] if trigger else [])],
                 cwd=str(REPO_ROOT),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -267,6 +287,7 @@ def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 
             "endpoint_url": endpoint_url,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "log": str(log_path),
+            "trigger": trigger or render_resources().trigger_buffer.default_mode,
         }
         _write_state(state_dir, state)
         process.returncode = 0  # detached on purpose: do not warn that it "is still running"
@@ -300,7 +321,7 @@ def ensure_running(state_dir: Path | None = None, port: int | None = None) -> st
 # -- the server process ------------------------------------------------------------------------
 
 
-def serve(port: int) -> int:
+def serve(port: int, trigger: str | None = None) -> int:
     """Run the local stack in the foreground until SIGTERM or SIGINT; exit status 0 on a clean stop."""
     from inferpipe.local.stack import LocalStack
 
@@ -314,7 +335,7 @@ def serve(port: int) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    stack = LocalStack()
+    stack = LocalStack(trigger=trigger)
     try:
         stack.start(port)
         logging.getLogger(_MODULE).info("ready at %s (pid %d)", stack.endpoint_url, os.getpid())
@@ -331,16 +352,18 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run in the foreground (what `up` spawns)")
     serve_parser.add_argument("--port", type=int, default=default_port())
+    serve_parser.add_argument("--trigger", choices=render_resources().trigger_buffer.modes, default=None)
     for name in ("up", "down", "status"):
         command = commands.add_parser(name)
         command.add_argument("--state-dir", type=Path, default=None)
         if name == "up":
             command.add_argument("--port", type=int, default=default_port())
+            command.add_argument("--trigger", choices=render_resources().trigger_buffer.modes, default=None)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(args.port)
+        return serve(args.port, args.trigger)
     if args.command == "up":
-        print(json.dumps(up(args.port, args.state_dir), indent=2))
+        print(json.dumps(up(args.port, args.state_dir, trigger=args.trigger), indent=2))
         return 0
     if args.command == "down":
         print("stopped" if down(args.state_dir) else "not running")

@@ -48,6 +48,10 @@ class Provisioned:
     sns_tap_url: str
     events_tap_url: str
     image_uri: str
+    #: "batched" (rule -> buffer queue -> pipe) or "direct" (rule -> state machine)
+    trigger_mode: str = "direct"
+    trigger_buffer_url: str | None = None
+    pipe_name: str | None = None
 
 
 def _code(exc: ClientError) -> str:
@@ -68,6 +72,7 @@ def role_names(resources: Resources) -> dict[str, str]:
     names = {key: f"{spec.name}-role" for key, spec in resources.functions.items()}
     names["state_machine"] = f"{resources.state_machine}-role"
     names["trigger"] = f"{resources.trigger_rule}-role"
+    names["pipe"] = f"{resources.trigger_buffer.pipe}-role"
     return names
 
 
@@ -227,9 +232,52 @@ def image_uri(resources: Resources, tag: str = "local") -> str:
     return f"{resources.account_id}.dkr.ecr.{resources.region}.amazonaws.com/{resources.prefix}:{tag}"
 
 
-def provision(client: ClientFactory, resources: Resources, definition: str | None = None) -> Provisioned:
-    """Create (or converge) every resource; ``definition`` overrides the state machine file's text."""
+def _ensure_trigger_buffer(sqs: Any, r: Resources, rule_arn: str) -> tuple[str, str]:
+    """The buffer queue the rule sends to (with its dead-letter queue): (url, arn)."""
+    buffer = r.trigger_buffer
+    _, dlq_arn = _ensure_queue(sqs, buffer.dlq, r)
+    url, arn = _ensure_queue(sqs, buffer.queue, r, allow=("events.amazonaws.com", rule_arn))
+    sqs.set_queue_attributes(
+        QueueUrl=url,
+        Attributes={
+            "VisibilityTimeout": str(buffer.visibility_timeout_s),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(buffer.max_receive_count)}),
+        },
+    )
+    return url, arn
+
+
+def _ensure_pipe(pipes: Any, r: Resources, queue_arn: str, state_machine_arn: str, role_arn: str) -> str:
+    """The pipe, configured as terraform/ configures it (source batching, FIRE_AND_FORGET, input template)."""
+    buffer = r.trigger_buffer
+    config = {
+        "RoleArn": role_arn,
+        "SourceParameters": {
+            "SqsQueueParameters": {"BatchSize": buffer.batch_size, "MaximumBatchingWindowInSeconds": buffer.batching_window_s}
+        },
+        "Target": state_machine_arn,
+        "TargetParameters": {
+            "InputTemplate": buffer.input_template,
+            "StepFunctionStateMachineParameters": {"InvocationType": "FIRE_AND_FORGET"},
+        },
+        "DesiredState": "RUNNING",
+    }
+    try:
+        pipes.create_pipe(Name=buffer.pipe, Source=queue_arn, **config)
+    except ClientError as exc:
+        if _code(exc) != "ConflictException":
+            raise
+        pipes.update_pipe(Name=buffer.pipe, **{k: v for k, v in config.items() if k != "SourceParameters"})
+    return buffer.pipe
+
+
+def provision(client: ClientFactory, resources: Resources, definition: str | None = None, trigger: str | None = None) -> Provisioned:
+    """Create (or converge) every resource; ``definition`` overrides the state machine file's text;
+    ``trigger`` is "batched" or "direct" (default: stack.json ``trigger_buffer.default_mode``)."""
     r = resources
+    trigger = trigger or r.trigger_buffer.default_mode
+    if trigger not in r.trigger_buffer.modes:
+        raise ValueError(f"unknown trigger mode {trigger!r}: expected one of {', '.join(r.trigger_buffer.modes)}")
     s3, sqs, sns, events = client("s3"), client("sqs"), client("sns"), client("events")
 
     for name, bucket in r.buckets.items():
@@ -244,9 +292,12 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
 
     # The very documents Terraform attaches (terraform/policies/*.json.tftpl), with the functions'
     # unqualified ARNs: the local state machine invokes those, the deployed one their "live" alias.
-    policies = role_policies(r, sinks=KNOWN_SINKS)
-    services = role_services(r)
-    roles = {key: _ensure_role(client("iam"), name, services[key], policies[key]) for key, name in role_names(r).items()}
+    # The batched trigger has a pipe role and no trigger role (an SQS target takes none), as in Terraform.
+    batched = trigger == "batched"
+    policies = role_policies(r, sinks=KNOWN_SINKS, trigger=not batched, pipe=batched)
+    services = role_services(r, trigger=not batched, pipe=batched)
+    names = role_names(r)
+    roles = {key: _ensure_role(client("iam"), name, services[key], policies[key]) for key, name in names.items() if policies.get(key)}
 
     for key in r.functions:
         _ensure_log_group(client("logs"), function_log_group(r, key))
@@ -260,21 +311,15 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
 
     rule_arn = r.arn("events", f"rule/{r.trigger_rule}")
     dlq_url, dlq_arn = _ensure_queue(sqs, r.trigger_dlq, r, allow=("events.amazonaws.com", rule_arn))
-    _ensure_rule(
-        events,
-        r.trigger_rule,
-        "default",
-        r.trigger_pattern,
-        [
-            {
-                "Id": TRIGGER_TARGET_ID,
-                "Arn": state_machine_arn,
-                "RoleArn": roles["trigger"],
-                "RetryPolicy": TRIGGER_RETRY_POLICY,
-                "DeadLetterConfig": {"Arn": dlq_arn},
-            }
-        ],
-    )
+    target: dict[str, Any] = {"Id": TRIGGER_TARGET_ID, "RetryPolicy": TRIGGER_RETRY_POLICY, "DeadLetterConfig": {"Arn": dlq_arn}}
+    buffer_url = pipe_name = None
+    if trigger == "batched":
+        buffer_url, buffer_arn = _ensure_trigger_buffer(sqs, r, rule_arn)
+        pipe_name = _ensure_pipe(client("pipes"), r, buffer_arn, state_machine_arn, roles["pipe"])
+        target["Arn"] = buffer_arn  # SQS targets take no role: the queue policy lets the rule send
+    else:
+        target.update(Arn=state_machine_arn, RoleArn=roles["trigger"])
+    _ensure_rule(events, r.trigger_rule, "default", r.trigger_pattern, [target])
 
     # Local observers (not part of the product).
     sns_tap_url, sns_tap_arn = _ensure_queue(sqs, r.local_sns_tap, r, allow=("sns.amazonaws.com", topic_arn))
@@ -297,6 +342,9 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
         sns_tap_url=sns_tap_url,
         events_tap_url=events_tap_url,
         image_uri=uri,
+        trigger_mode=trigger,
+        trigger_buffer_url=buffer_url,
+        pipe_name=pipe_name,
     )
 
 

@@ -148,6 +148,33 @@ class LocalLambda:
 
 
 @dataclass(frozen=True)
+class TriggerBuffer:
+    """The micro-batched trigger (stack.json ``trigger_buffer``): rule -> SQS queue -> Pipe -> state machine."""
+
+    queue: str
+    dlq: str
+    pipe: str
+    default_mode: str
+    modes: tuple[str, ...]
+    batch_size: int  # settings.MAX_BATCH_OBJECTS
+    batching_window_s: int
+    visibility_timeout_s: int
+    max_receive_count: int
+    input_template: str
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """``inferpipe backfill`` (stack.json ``backfill``): a Distributed Map over a prefix."""
+
+    state_machine: str
+    definition_path: Path
+    max_concurrency: int
+    tolerated_failure_percentage: float
+    results_prefix: str
+
+
+@dataclass(frozen=True)
 class Resources:
     """Every resource name of one rendered stack (same names Terraform creates)."""
 
@@ -170,6 +197,8 @@ class Resources:
     local_sns_tap: str  # local observer queue subscribed to the topic (not in the product)
     local_events_tap: str  # local observer queue + rule on the predictions bus (not in the product)
     local_lambda: LocalLambda
+    trigger_buffer: TriggerBuffer
+    backfill: Backfill
 
     @property
     def trigger_pattern(self) -> dict[str, Any]:
@@ -278,6 +307,25 @@ def render_resources(
         local_sns_tap=render_template(LOCAL_SNS_TAP, variables),
         local_events_tap=render_template(LOCAL_EVENTS_TAP, variables),
         local_lambda=_local_lambda(raw.get("local", {}), functions),
+        trigger_buffer=TriggerBuffer(
+            queue=_render_value(raw["trigger_buffer"]["queue"], variables),
+            dlq=_render_value(raw["trigger_buffer"]["dlq"], variables),
+            pipe=_render_value(raw["trigger_buffer"]["pipe"], variables),
+            default_mode=str(raw["trigger_buffer"]["default_mode"]),
+            modes=tuple(raw["trigger_buffer"]["modes"]),
+            batch_size=int(raw["settings"]["MAX_BATCH_OBJECTS"]),
+            batching_window_s=int(raw["trigger_buffer"]["batching_window_s"]),
+            visibility_timeout_s=int(raw["trigger_buffer"]["visibility_timeout_s"]),
+            max_receive_count=int(raw["trigger_buffer"]["max_receive_count"]),
+            input_template=str(raw["trigger_buffer"]["input_template"]),
+        ),
+        backfill=Backfill(
+            state_machine=_render_value(raw["backfill"]["state_machine"], variables),
+            definition_path=REPO_ROOT / raw["backfill"]["definition"],
+            max_concurrency=int(raw["backfill"]["max_concurrency"]),
+            tolerated_failure_percentage=float(raw["backfill"]["tolerated_failure_percentage"]),
+            results_prefix=str(raw["backfill"]["results_prefix"]),
+        ),
     )
 
 
@@ -341,8 +389,10 @@ __all__ = [
     "Defaults",
     "FunctionSpec",
     "LocalLambda",
+    "Backfill",
     "Resources",
     "TemplateError",
+    "TriggerBuffer",
     "asl_values",
     "function_environment",
     "load_stack",

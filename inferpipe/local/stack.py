@@ -37,6 +37,7 @@ from botocore.config import Config
 from inferpipe.local import bridge
 from inferpipe.local.faults import AwsFaultInjector, FaultMiddleware
 from inferpipe.local.guard import BrowserGuard
+from inferpipe.local.pipes import PipeRunner
 from inferpipe.local.usage import UsageMeter
 from inferpipe.local.provision import Provisioned, provision
 from inferpipe.local.spec import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
@@ -95,15 +96,22 @@ class LocalStack:
         *,
         default_model: str | None = None,
         lambda_mode: str = "isolated",
+        trigger: str | None = None,
     ) -> None:
         """``definition`` replaces the text of the state machine file (tests only); ``default_model``
         the deployment's default model, as Terraform's variable of that name does; ``lambda_mode``
-        "isolated" (execution environments, the default) or "in-process"."""
+        "isolated" (execution environments, the default) or "in-process"; ``trigger`` "batched"
+        (S3 events buffered in SQS and drained by a pipe into batches; stack.json's default) or
+        "direct" (one execution per S3 event)."""
         if lambda_mode not in bridge.LAMBDA_MODES:
             raise LocalStackError(f"unknown lambda_mode {lambda_mode!r}: expected one of {', '.join(bridge.LAMBDA_MODES)}")
         self.lambda_mode = lambda_mode
         self._pool: Any = None
         self.resources: Resources = render_resources(prefix, DEFAULT_ACCOUNT_ID, region, default_model=default_model)
+        self.trigger = trigger or self.resources.trigger_buffer.default_mode
+        if self.trigger not in self.resources.trigger_buffer.modes:
+            raise LocalStackError(f"unknown trigger {self.trigger!r}: expected one of {', '.join(self.resources.trigger_buffer.modes)}")
+        self.pipe: PipeRunner | None = None
         self._definition = definition
         self._server: Any = None
         self._port: int | None = None
@@ -166,7 +174,9 @@ class LocalStack:
             bridge.install()
             self._start_lambda()
             _close_cached_function_clients()
-            self._provisioned = provision(self.client, self.resources, self._definition)
+            self._provisioned = provision(self.client, self.resources, self._definition, trigger=self.trigger)
+            if self._provisioned.pipe_name:
+                self._start_pipe(self._provisioned.pipe_name)
         except BaseException:
             self.stop()
             raise
@@ -179,6 +189,9 @@ class LocalStack:
         if _active is not self:
             return
         try:
+            if self.pipe is not None:
+                self.pipe.stop()
+                self.pipe = None
             if self._server is not None:
                 self._stop_executions()
                 bridge.wait_for_async_invocations(timeout)
@@ -304,6 +317,13 @@ class LocalStack:
             self._pool.logs.flush()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _start_pipe(self, name: str) -> None:
+        """Run the trigger's pipe (moto stores it, :class:`~inferpipe.local.pipes.PipeRunner` runs it)."""
+        described = self.client("pipes").describe_pipe(Name=name)
+        credentials = bridge.role_credentials(described["RoleArn"], self.resources.region)
+        self.pipe = PipeRunner(self.endpoint_url, self.resources.region, described, credentials, self.usage_meter,
+                               caller=described["RoleArn"].rsplit("/", 1)[-1]).start()
 
     def _start_lambda(self) -> None:
         """Run functions as configured: an execution environment pool, or in this process."""

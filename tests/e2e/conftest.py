@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from functions.common.batch import named_objects
 from functions.common.manifest import MANIFEST_FILE, Manifest
+from inferpipe.classify import execution_results
 from inferpipe.paths import BUILD_DIR
 
 DEMO_MODEL_DIR = BUILD_DIR / "demo-model"
@@ -33,8 +35,13 @@ def demo_model() -> Manifest:
 
 
 @pytest.fixture(scope="module")
-def stack(demo_model: Manifest) -> Iterator[Any]:
-    """GIVEN the local stack is up and the demo model is published with alias 'prod'."""
+def stack(demo_model: Manifest, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """GIVEN the local stack is up and the demo model is published with alias 'prod'.
+
+    A module's ``TRIGGER`` chooses how uploads start executions: most modules test the pipeline
+    with the direct trigger (one execution per upload, its input the S3 event itself);
+    test_batching.py uses "batched", a deployment's default.
+    """
     from inferpipe.local.stack import LocalStack
     from inferpipe.models import publish
 
@@ -43,7 +50,7 @@ def stack(demo_model: Manifest) -> Iterator[Any]:
     # exercise the pipeline with the tiny shapes model instead (known labels, synthetic images),
     # set as the default as Terraform's default_model variable would. tests/e2e/test_real_model.py
     # runs the stack with its real defaults.
-    local = LocalStack(default_model="demo")
+    local = LocalStack(default_model="demo", trigger=getattr(request.module, "TRIGGER", "direct"))
     local.start()
     try:
         published = publish(local.client("s3"), local.resources.buckets["models"], DEMO_MODEL_DIR, name="demo", alias="prod")
@@ -73,12 +80,18 @@ def executions_for_key(stack: Any, key: str, timeout: float = 30.0) -> list[dict
         for summary in sfn.list_executions(stateMachineArn=stack.state_machine_arn, maxResults=1000)["executions"]:
             described = sfn.describe_execution(executionArn=summary["executionArn"])
             parsed = json.loads(described["input"])  # any JSON: invalid inputs are executions too
-            detail = parsed.get("detail", {}) if isinstance(parsed, dict) else {}
-            if detail.get("object", {}).get("key") == key:
+            if any(obj["key"] == key for obj in named_objects(parsed)):
                 found.append(described)
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
+
+
+def batch_entry(stack: Any, execution_arn: str, key: str) -> dict[str, Any]:
+    """The object's entry in its execution's batch document (status, source, prediction or error)."""
+    entries = [e for e in execution_results(stack, execution_arn) if (e.get("source") or {}).get("key") == key]
+    assert len(entries) == 1, f"{execution_arn} has {len(entries)} entries for {key}"
+    return entries[0]
 
 
 def history(stack: Any, execution_arn: str) -> list[dict[str, Any]]:

@@ -123,7 +123,7 @@ def test_logs_prints_a_functions_lines_with_its_report_lines(stack: Any, files: 
     assert any(m.startswith("START RequestId: ") for m in messages)
     reports = [m for m in messages if m.startswith("REPORT RequestId: ")]
     assert reports and all("\tBilled Duration: " in m and "\tMemory Size: 256 MB\t" in m for m in reports)
-    assert any('"message":"prediction delivered"' in m for m in messages)
+    assert any('"message":"batch delivered"' in m for m in messages)
     stamps = [line.split("  ", 1)[0] for line in out]
     assert stamps == sorted(stamps)
 
@@ -149,13 +149,13 @@ def test_cost_prices_one_images_measured_work(stack: Any, files: dict[str, Path]
     capsys.readouterr()
     # WHEN its work is measured and priced
     usage = cost.measure(stack, since)
-    # THEN the usage is what one execution does: 7 invocations (preprocess, inference, five sinks),
+    # THEN the usage is what a batch of one does: 7 invocations (preprocess, inference, five sinks),
     # every transition of its history, one S3 event, and none of the client's own requests
     assert usage.images == 1 and usage.s3_events == 1
     assert usage.lambda_requests == 7 and usage.lambda_gb_seconds > 0
-    assert usage.transitions >= 16
+    assert usage.transitions == 11  # Preprocess, AnyReady, Inference, FanOut, 5 x Deliver, Outcome, Done
     assert usage.units("sns") >= 1 and usage.units("sqs") >= 1 and usage.units("events", frozenset({"PutEvents"})) >= 1
-    assert usage.units("s3", cost.S3_PUT_CLASS) >= 3  # the tensor, the S3 record, ledger entries
+    assert usage.units("s3", cost.S3_PUT_CLASS) >= 3  # the tensor, the batch documents, the S3 record, ledger entries
     # AND the command prints the same figures as JSON
     assert main(["cost", "--since", "10m", "--json", "--endpoint-url", stack.endpoint_url]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from functions.common.work import SCHEMA
 from inferpipe.local.environments import DOCKERFILE, image_environment
 from inferpipe.paths import REPO_ROOT
 
@@ -47,15 +48,14 @@ def test_inference_answers_a_warmup_ping(stack: Any) -> None:
 
 def test_sink_delivers_a_real_record(stack: Any) -> None:
     source = {"bucket": stack.resources.buckets["input"], "key": "ric/entry point.jpg", "version_id": None}
-    event = {
-        "sink": "s3",
-        "source": source,
-        "prediction": {"model": {"name": "demo", "version": stack.demo_version}, "top_k": [{"label": "ring", "index": 4, "probability": 0.9}]},
-        "execution_id": "arn:aws:states:us-east-1:123456789012:execution:inferpipe-pipeline:ric",
-    }
+    prediction = {"model": {"name": "demo", "version": stack.demo_version}, "top_k": [{"label": "ring", "index": 4, "probability": 0.9}]}
+    document = {"schema": SCHEMA, "items": [{"index": 0, "status": "CLASSIFIED", "source": source, "prediction": prediction}]}
+    ref = {"bucket": stack.resources.buckets["work"], "key": "tensors/batches/ric/classified.json"}
+    stack.client("s3").put_object(Bucket=ref["bucket"], Key=ref["key"], Body=json.dumps(document).encode())
+    event = {"sink": "s3", "batch": ref, "execution_id": "arn:aws:states:us-east-1:123456789012:execution:inferpipe-pipeline:ric"}
     kind, payload = _invoke(stack, "sink", event)
     assert kind == "response", payload
-    assert payload["sink"] == "s3" and payload["location"].endswith("ric/entry point.jpg.json")
+    assert payload["sink"] == "s3" and payload["delivered"] == 1 and payload["location"].endswith("ric/entry point.jpg.json")
     body = stack.client("s3").get_object(Bucket=stack.resources.buckets["output"], Key=payload["location"].split("/", 3)[3])["Body"].read()
     assert json.loads(body)["top1"]["label"] == "ring"
     # AND it ran in a process started as the container starts: the entrypoint and the function's CMD
@@ -65,7 +65,7 @@ def test_sink_delivers_a_real_record(stack: Any) -> None:
 
 def test_preprocess_reports_a_typed_error(stack: Any) -> None:
     kind, payload = _invoke(
-        stack, "preprocess", {"request": {"bucket": "b", "key": "k", "top_k": 0}, "available_sinks": ["s3"], "execution_id": "x"}
+        stack, "preprocess", {"input": ["not", "an", "event"], "defaults": {"sinks": "s3", "top_k": "5", "model": "demo", "model_version": "prod"}}
     )
     assert kind == "error"
-    assert payload["errorType"] == "InvalidRequestError" and "top_k" in payload["errorMessage"]
+    assert payload["errorType"] == "InvalidInputError" and "none of its 3 elements" in payload["errorMessage"]

@@ -171,7 +171,7 @@ def test_an_input_naming_no_object_is_recorded_under_invalid(stack: Any) -> None
     final = _start(stack, ["not", "an", "event"], name=name)
     assert final["status"] == "FAILED" and final["error"] == "InvalidInputError"
     record = failure_record(stack, None, None, execution_name=name)
-    assert record["input"] == ["not", "an", "event"] and record["failed_state"] == "DetectInput"
+    assert record["input"] == ["not", "an", "event"] and record["failed_state"] == "Preprocess"
 
 
 def test_a_later_success_for_the_key_resolves_its_failure_record(stack: Any, sinks: Any) -> None:
@@ -239,8 +239,8 @@ def test_transient_faults_everywhere_still_end_in_exactly_one_record_per_sink(st
     # 2 requests are absorbed by botocore
     stack.inject_aws_faults("s3", "GetObject", 4, match=key)
     stack.inject_aws_faults("dynamodb", "PutItem", 4, match=key)
-    stack.inject_aws_faults("sns", "Publish", 4, match=key)
-    stack.inject_aws_faults("sqs", "SendMessage", 4, match=key, status=500, code="InternalError")
+    stack.inject_aws_faults("sns", "PublishBatch", 4, match=key)
+    stack.inject_aws_faults("sqs", "SendMessageBatch", 4, match=key, status=500, code="InternalError")
     stack.inject_aws_faults("events", "PutEvents", 2, match=key)
     stack.inject_failures("inference", 2)
 
@@ -249,7 +249,7 @@ def test_transient_faults_everywhere_still_end_in_exactly_one_record_per_sink(st
     assert final["status"] == "SUCCEEDED", final.get("cause")
     assert stack.aws_faults.pending() == 0
     fired = {(service, operation) for service, operation, _ in stack.aws_faults.fired()}
-    assert {("s3", "GetObject"), ("dynamodb", "PutItem"), ("sns", "Publish"), ("sqs", "SendMessage"), ("events", "PutEvents")} <= fired
+    assert {("s3", "GetObject"), ("dynamodb", "PutItem"), ("sns", "PublishBatch"), ("sqs", "SendMessageBatch"), ("events", "PutEvents")} <= fired
     records = sinks.records(_input_bucket(stack), key)
     for sink in ALL_SINKS:
         assert len(records[sink]) == 1, f"{sink}: {len(records[sink])}"
@@ -263,7 +263,7 @@ def test_a_slow_aws_call_fails_as_a_retryable_error_before_the_function_times_ou
     # GIVEN the sink function may run 3 s, and this object's first SNS publish takes 6 s (AWS slow,
     # not failing): the SDK's timeouts, derived from the invocation's remaining time, give up first
     lam.update_function_configuration(FunctionName=sink_function, Timeout=3)
-    stack.inject_aws_faults("sns", "Publish", 1, match=key, delay=6.0)
+    stack.inject_aws_faults("sns", "PublishBatch", 1, match=key, delay=6.0)
     runs_before = len(stack.invocations("sink"))
     try:
         final = _run_upload(stack, key, image_bytes("triangle", seed=21))
@@ -275,7 +275,7 @@ def test_a_slow_aws_call_fails_as_a_retryable_error_before_the_function_times_ou
     assert final["status"] == "SUCCEEDED", final.get("cause")
     errors = [r.error_type for r in stack.invocations("sink")[runs_before:] if r.error_type]
     assert errors == ["TransientError"], errors
-    assert ("sns", "Publish", "delayed 6 s") in stack.aws_faults.fired()
+    assert ("sns", "PublishBatch", "delayed 6 s") in stack.aws_faults.fired()
     # AND once the abandoned publish lands, SNS holds two copies (the window
     # docs/operations.md describes) that carry one record id, for consumers to drop the repeat
     deadline = time.monotonic() + 15
@@ -294,7 +294,7 @@ def test_a_slow_aws_call_fails_as_a_retryable_error_before_the_function_times_ou
 def test_a_broken_sink_fails_the_execution_keeps_the_others_and_a_replay_completes_it(stack: Any, sinks: Any) -> None:
     key = f"broken-sink/{uuid.uuid4().hex[:8]}.jpg"
     # GIVEN the SQS queue refuses everything for good (as a deleted queue would)
-    stack.inject_aws_faults("sqs", "SendMessage", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue")
+    stack.inject_aws_faults("sqs", "SendMessageBatch", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue")
     final = _run_upload(stack, key, image_bytes("checkerboard", seed=3))
 
     # THEN the execution fails naming the sink; the other four sinks delivered

@@ -20,6 +20,7 @@ import pytest
 from functions.common.manifest import LABELS_FILE, MANIFEST_FILE, PARAMS_FILE, SYMBOL_FILE, Manifest
 from functions.common.model_store import version_prefix
 from functions.common.request import META_MODEL, META_MODEL_VERSION
+from inferpipe.classify import execution_results
 from inferpipe.cli import main
 from inferpipe.models import import_files
 from tests.e2e.conftest import DEMO_MODEL_DIR, executions_for_key, history, image_bytes, wait_for_execution
@@ -84,9 +85,10 @@ def _finish(stack: Any, key: str) -> dict[str, Any]:
     return wait_for_execution(stack, executions[0]["executionArn"])
 
 
-def _prediction(final: dict[str, Any]) -> dict[str, Any]:
+def _prediction(final: dict[str, Any], stack: Any) -> dict[str, Any]:
     assert final["status"] == "SUCCEEDED", final.get("cause")
-    return json.loads(final["output"])["prediction"]
+    (entry,) = execution_results(stack, final["executionArn"])
+    return entry["prediction"]
 
 
 def _task_attempts(events: list[dict[str, Any]], state: str) -> int:
@@ -125,7 +127,7 @@ def test_the_same_image_pinned_to_each_version_is_served_and_recorded_by_that_ve
     # THEN each execution ran the version it asked for, and the labels differ where the models differ
     expected_label = {alt.original: "circle", alt.relabelled: "round"}
     for version, final in finals.items():
-        prediction = _prediction(final)
+        prediction = _prediction(final, stack)
         assert prediction["model"] == {**prediction["model"], "name": ALT, "version": version}
         assert prediction["top_k"][0]["label"] == expected_label[version]
 
@@ -136,7 +138,7 @@ def test_the_same_image_pinned_to_each_version_is_served_and_recorded_by_that_ve
         assert item["model"]["S"] == ALT and item["model_version"]["S"] == version
         assert item["label"]["S"] == expected_label[version]
     # AND the scores are the same network's: only the label names changed
-    top = [_prediction(finals[v])["top_k"][0] for v in (alt.original, alt.relabelled)]
+    top = [_prediction(finals[v], stack)["top_k"][0] for v in (alt.original, alt.relabelled)]
     assert top[0]["index"] == top[1]["index"] and top[0]["probability"] == pytest.approx(top[1]["probability"])
 
 
@@ -148,7 +150,7 @@ def test_new_executions_follow_a_promoted_alias_while_pinned_ones_do_not(stack: 
     code, out, err = _run_cli("model", "promote", ALT, alt.original, "--alias", "stable", *url)
     assert code == 0, err
     assert f"alias stable -> {alt.original}" in out
-    before = _prediction(_finish(stack, _upload(stack, data, ALT, "stable", "alias-before")))
+    before = _prediction(_finish(stack, _upload(stack, data, ALT, "stable", "alias-before")), stack)
     assert before["model"]["version"] == alt.original and before["top_k"][0]["label"] == "circle"
 
     # WHEN the alias is promoted to the relabelled version
@@ -158,7 +160,7 @@ def test_new_executions_follow_a_promoted_alias_while_pinned_ones_do_not(stack: 
     # THEN a new execution asking for 'stable' runs the relabelled version, while one pinned to the original still runs it
     follows = _upload(stack, data, ALT, "stable", "alias-after")
     pinned = _upload(stack, data, ALT, alt.original, "alias-pinned")
-    after, still = _prediction(_finish(stack, follows)), _prediction(_finish(stack, pinned))
+    after, still = _prediction(_finish(stack, follows), stack), _prediction(_finish(stack, pinned), stack)
     assert after["model"]["version"] == alt.relabelled and after["top_k"][0]["label"] == "round"
     assert still["model"]["version"] == alt.original and still["top_k"][0]["label"] == "circle"
 
@@ -193,7 +195,7 @@ def test_a_corrupted_params_object_is_refused_with_model_integrity_error(stack: 
     # THEN the execution fails with ModelIntegrityError naming the params file, without retries
     assert final["status"] == "FAILED"
     assert final["error"] == "ModelIntegrityError"
-    message = json.loads(final["cause"])["errorMessage"]
+    message = final["cause"]
     assert "params" in message and corrupt.version in message and "sha256" in message
     assert _task_attempts(history(stack, final["executionArn"]), "Inference") == 1
     # AND the corrupt model was never cached, so it is never served
@@ -212,7 +214,7 @@ def test_a_half_published_version_is_never_picked_up(stack: Any, alt: AltVersion
 
     # THEN the version does not exist: ModelNotFoundError naming it, and the listing does not show it
     assert final["status"] == "FAILED" and final["error"] == "ModelNotFoundError"
-    assert half in json.loads(final["cause"])["errorMessage"]
+    assert half in final["cause"]
     code, out, _ = _run_cli("model", "list", ALT, "--endpoint-url", stack.endpoint_url)
     assert code == 0 and half not in out and alt.original in out
 
@@ -233,7 +235,7 @@ def test_an_unknown_model_version_or_alias_fails_fast_without_retries(
 
     # THEN the execution fails with ModelNotFoundError naming what was asked
     assert final["status"] == "FAILED" and final["error"] == "ModelNotFoundError"
-    assert named in json.loads(final["cause"])["errorMessage"]
+    assert named in final["cause"]
     # AND its history shows a single Preprocess attempt and no inference at all
     events = history(stack, final["executionArn"])
     assert _task_attempts(events, "Preprocess") == 1

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import DEMO_MODEL_DIR, direct_top1, executions_for_key, history, image_bytes, wait_for_execution
+from tests.e2e.conftest import DEMO_MODEL_DIR, batch_entry, direct_top1, executions_for_key, history, image_bytes, wait_for_execution
 
 ALL_SINKS = ("s3", "dynamodb", "sns", "sqs", "eventbridge")
 
@@ -43,9 +43,11 @@ def test_upload_is_classified_into_every_sink_once(stack: Any, sinks: Any, label
     final = wait_for_execution(stack, executions[0]["executionArn"])
     assert final["status"] == "SUCCEEDED", final.get("cause")
     output = json.loads(final["output"])
+    assert (output["objects"], output["succeeded"], output["failed"]) == (1, 1, 0)
+    prediction = batch_entry(stack, final["executionArn"], key)["prediction"]
     expected = direct_top1(DEMO_MODEL_DIR, data)
-    assert output["prediction"]["top_k"][0]["label"] == expected == label
-    assert output["prediction"]["model"]["version"] == stack.demo_version
+    assert prediction["top_k"][0]["label"] == expected == label
+    assert prediction["model"]["version"] == stack.demo_version
 
     # AND every configured sink holds exactly one record with that top-1, model version and object version
     records = sinks.records(stack.resources.buckets["input"], key)
@@ -92,8 +94,9 @@ def test_manual_input_with_options(stack: Any, sinks: Any) -> None:
     # THEN it succeeds with exactly two classes, delivered only to the chosen sinks
     assert final["status"] == "SUCCEEDED", final.get("cause")
     output = json.loads(final["output"])
-    assert [item["label"] for item in output["prediction"]["top_k"]][:1] == ["square"]
-    assert len(output["prediction"]["top_k"]) == 2
+    prediction = batch_entry(stack, final["executionArn"], key)["prediction"]
+    assert [item["label"] for item in prediction["top_k"]][:1] == ["square"]
+    assert len(prediction["top_k"]) == 2
     assert sorted(d["sink"] for d in output["deliveries"]) == ["dynamodb", "s3"]
 
 
@@ -108,7 +111,7 @@ def test_bad_upload_fails_fast_with_a_clear_error_and_no_records(stack: Any, sin
     final = wait_for_execution(stack, executions_for_key(stack, key)[0]["executionArn"])
     assert final["status"] == "FAILED"
     assert final["error"] == "NotAnImageError"
-    assert key in json.loads(final["cause"])["errorMessage"]
+    assert key in final["cause"]
     assert _task_attempts(history(stack, final["executionArn"]), "Preprocess") == 1
 
     # AND no success sink holds anything for it

@@ -37,6 +37,7 @@ hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is not installed (a dev d
 TERRAFORM_DIR = REPO_ROOT / "terraform"
 STACK: dict[str, Any] = json.loads(STACK_FILE.read_text(encoding="utf-8"))
 ASL_PATH = REPO_ROOT / STACK["state_machine_definition"]
+BACKFILL_ASL_PATH = REPO_ROOT / STACK["backfill"]["definition"]
 TF_FILES = sorted(path for path in TERRAFORM_DIR.rglob("*.tf") if ".terraform" not in path.parts)
 _HCL_OPTIONS = hcl2.SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
 _PLACEHOLDER = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -67,6 +68,17 @@ def resources_of(type_: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+def data_of(type_: str) -> dict[str, dict[str, Any]]:
+    """Every ``data "<type_>" "<name>"`` of the configuration: name -> attributes."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in TF_FILES:
+        for block in parsed(path.name).get("data", []):
+            for name, body in block.get(type_, {}).items():
+                assert name not in found, f"data.{type_}.{name} is declared twice"
+                found[name] = body
+    return found
+
+
 def locals_of(name: str) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for block in parsed(name).get("locals", []):
@@ -88,8 +100,8 @@ def object_keys(expression: str) -> set[str]:
     return set(re.findall(r"[{,]\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)", body))
 
 
-def asl_placeholders() -> set[str]:
-    return set(_PLACEHOLDER.findall(ASL_PATH.read_text(encoding="utf-8")))
+def asl_placeholders(path: Path = ASL_PATH) -> set[str]:
+    return set(_PLACEHOLDER.findall(path.read_text(encoding="utf-8")))
 
 
 def name_fragments() -> set[str]:
@@ -97,6 +109,8 @@ def name_fragments() -> set[str]:
     patterns = [
         *STACK["buckets"].values(),
         *(STACK[key] for key in ("table", "topic", "queue", "event_bus", "state_machine", "trigger_rule", "trigger_dlq")),
+        *(STACK["trigger_buffer"][key] for key in ("queue", "dlq", "pipe")),
+        STACK["backfill"]["state_machine"],
         *(spec["name"] for spec in STACK["functions"].values()),
     ]
     fragments = {part for pattern in patterns for part in _PLACEHOLDER.split(pattern)[::2]}
@@ -149,6 +163,16 @@ def test_the_cli_output_names_every_resource_it_needs() -> None:
     value = outputs()["inferpipe"]["value"]
     for key in ("region", "account_id", "prefix", "buckets", "table", "topic_arn", "queue_url", "event_bus", "state_machine_arn"):
         assert key in value, f"output inferpipe lacks {key}"
+    for key in ("trigger_mode", "trigger_buffer_url", "pipe_name", "backfill_state_machine_arn"):
+        assert key in value, f"output inferpipe lacks {key}"
+
+
+def test_the_trigger_and_backfill_outputs_exist_and_are_null_when_not_deployed() -> None:
+    values = {name: body["value"] for name, body in outputs().items()}
+    assert values["trigger_mode"] == "${local.trigger.mode}"
+    assert values["trigger_buffer_queue_url"] == "${try(aws_sqs_queue.trigger_buffer[0].url, null)}"
+    assert values["pipe_arn"] == "${try(aws_pipes_pipe.trigger[0].arn, null)}"
+    assert values["backfill_state_machine_arn"] == "${try(aws_sfn_state_machine.backfill[0].arn, null)}"
 
 
 def declared() -> dict[str, set[str]]:
@@ -196,6 +220,30 @@ def test_the_state_machine_is_the_stack_definition_with_every_placeholder_passed
     assert "log_destination" in machine["logging_configuration"][0]
 
 
+def test_the_backfill_state_machine_is_the_stack_definition_with_every_placeholder_passed_and_nothing_else() -> None:
+    # GIVEN the backfill state machine and the definition stack.json's backfill block names
+    machine = resources_of("aws_sfn_state_machine")["backfill"]
+    definition = machine["definition"]
+    # THEN it is templatefile() of that file with exactly its placeholders, the ones the local run
+    # of it fills too (inferpipe.backfill.BACKFILL_DEFINITION_VALUES)
+    assert definition.startswith("${templatefile(local.backfill_definition_file,")
+    assert locals_of("locals.tf")["backfill_definition_file"] == "${path.module}/../${local.stack.backfill.definition}"
+    placeholders = asl_placeholders(BACKFILL_ASL_PATH)
+    assert object_keys(definition) == placeholders
+    assert placeholders == set(importlib.import_module("inferpipe.backfill").BACKFILL_DEFINITION_VALUES)
+    assert "PipelineStateMachineArn = aws_sfn_state_machine.this.arn" in definition
+    assert "BackfillResultsPrefix = local.stack.backfill.results_prefix" in definition
+    assert 'OutputBucket = aws_s3_bucket.this["output"].bucket' in definition
+    # a Standard workflow (Distributed Map, .sync:2), logged and traced like the pipeline, with its own role
+    assert machine["type"] == "STANDARD"
+    assert machine["name"] == "${local.names.backfill_state_machine}"
+    assert machine["role_arn"] == '${aws_iam_role.this["backfill"].arn}'
+    assert machine["count"] == "${local.backfill_enabled ? 1 : 0}"
+    assert machine["tracing_configuration"][0]["enabled"] == "${var.xray_tracing}"
+    assert machine["logging_configuration"][0]["log_destination"] == "${aws_cloudwatch_log_group.backfill[0].arn}:*"
+    assert resources_of("aws_cloudwatch_log_group")["backfill"]["name"] == "${local.derived_names.backfill_state_machine_log_group}"
+
+
 def test_every_function_takes_its_handler_environment_and_name_from_stack_json() -> None:
     function = resources_of("aws_lambda_function")["this"]
     assert function["for_each"] == "${local.functions}"
@@ -233,6 +281,10 @@ def test_every_named_resource_takes_its_name_from_stack_json() -> None:
         ("aws_ecr_repository", "this", "name"): "${local.names.image_repository}",
         ("aws_lambda_function", "this", "function_name"): "${each.value.name}",
         ("aws_iam_role", "this", "name"): "${local.role_names[each.key]}",
+        ("aws_sqs_queue", "trigger_buffer", "name"): "${local.names.trigger_buffer}",
+        ("aws_sqs_queue", "trigger_buffer_dlq", "name"): "${local.names.trigger_buffer_dlq}",
+        ("aws_pipes_pipe", "trigger", "name"): "${local.names.pipe}",
+        ("aws_sfn_state_machine", "backfill", "name"): "${local.names.backfill_state_machine}",
     }
     for (type_, name, attribute), value in expected.items():
         assert resources_of(type_)[name][attribute] == value, f"{type_}.{name}.{attribute}"
@@ -242,27 +294,112 @@ def test_every_named_resource_takes_its_name_from_stack_json() -> None:
     names = locals_of("locals.tf")["names"]
     for key in ("table", "topic", "queue", "event_bus", "state_machine", "trigger_rule", "trigger_dlq", "image_repository"):
         assert names[key] == f"${{templatestring(local.stack.{key}, local.name_vars_with_buckets)}}", key
+    for key, path in {
+        "trigger_buffer": "trigger_buffer.queue",
+        "trigger_buffer_dlq": "trigger_buffer.dlq",
+        "pipe": "trigger_buffer.pipe",
+        "backfill_state_machine": "backfill.state_machine",
+    }.items():
+        assert names[key] == f"${{templatestring(local.stack.{path}, local.name_vars_with_buckets)}}", key
 
 
 def test_no_name_from_stack_json_is_spelled_out_in_terraform() -> None:
     fragments = name_fragments()
-    assert {"-predictions", "-pipeline", "-object-created", "-trigger-dlq", "-preprocess"} <= fragments
+    assert {"-predictions", "-pipeline", "-object-created", "-trigger-dlq", "-preprocess", "-trigger-buffer", "-batcher", "-backfill"} <= fragments
     for path in TF_FILES:
         for code in code_strings(parsed(path.name)):
             for fragment in fragments:
                 assert fragment not in code, f"{path.name} spells out {fragment!r} in {code!r}: derive it from stack.json (locals.tf)"
 
 
-def test_the_trigger_rule_uses_the_stack_pattern_and_targets_the_state_machine_with_retries_and_a_dlq() -> None:
+def test_the_trigger_rule_uses_the_stack_pattern_and_targets_the_buffer_or_the_state_machine_with_retries_and_a_dlq() -> None:
     rule = resources_of("aws_cloudwatch_event_rule")["this"]
     assert rule["event_pattern"] == "${local.trigger_pattern_json}"
     assert locals_of("locals.tf")["trigger_pattern_template"] == "${jsonencode(local.stack.trigger_pattern)}"
+    # one target: the buffer queue in batched mode (no role: the queue policy admits the rule), the
+    # state machine through the trigger role in direct mode; retries and the DLQ either way
     target = resources_of("aws_cloudwatch_event_target")["this"]
-    assert target["arn"] == "${aws_sfn_state_machine.this.arn}"
-    assert target["role_arn"] == '${aws_iam_role.this["trigger"].arn}'
+    assert target["arn"] == "${local.trigger_batched ? aws_sqs_queue.trigger_buffer[0].arn : aws_sfn_state_machine.this.arn}"
+    assert target["role_arn"] == '${local.trigger_batched ? null : aws_iam_role.this["trigger"].arn}'
     assert target["retry_policy"] and target["dead_letter_config"][0]["arn"] == "${aws_sqs_queue.trigger_dlq.arn}"
+    assert locals_of("locals.tf")["trigger_batched"] == '${local.trigger.mode == "batched"}'
     notification = resources_of("aws_s3_bucket_notification")["input"]
     assert notification["eventbridge"] is True
+
+
+_BATCHED_ONLY = "${local.trigger_batched ? 1 : 0}"
+
+
+def test_the_buffer_resources_exist_in_batched_mode_only() -> None:
+    batched = {
+        "aws_sqs_queue": ["trigger_buffer", "trigger_buffer_dlq"],
+        "aws_sqs_queue_policy": ["trigger_buffer", "trigger_buffer_dlq"],
+        "aws_sqs_queue_redrive_allow_policy": ["trigger_buffer_dlq"],
+        "aws_pipes_pipe": ["trigger"],
+    }
+    for type_, names in batched.items():
+        for name in names:
+            assert resources_of(type_)[name]["count"] == _BATCHED_ONLY, f"{type_}.{name}"
+    for name in ("trigger_buffer", "trigger_buffer_dlq"):
+        assert data_of("aws_iam_policy_document")[name]["count"] == _BATCHED_ONLY, name
+    # and a pipe is of no use without a queue to read, and vice versa
+    assert set(resources_of("aws_pipes_pipe")) == {"trigger"}
+
+
+def test_the_buffer_queue_is_encrypted_redrives_to_its_dlq_and_takes_stack_json_settings() -> None:
+    queues = resources_of("aws_sqs_queue")
+    for name in ("trigger_buffer", "trigger_buffer_dlq"):
+        queue = queues[name]
+        assert queue["sqs_managed_sse_enabled"] == "${var.kms_key_arn == null ? true : null}", name
+        assert queue["kms_master_key_id"] == "${var.kms_key_arn}", name
+    buffer = queues["trigger_buffer"]
+    assert buffer["visibility_timeout_seconds"] == "${local.trigger.visibility_timeout_s}"
+    assert buffer["redrive_policy"] == (
+        "${jsonencode({deadLetterTargetArn = aws_sqs_queue.trigger_buffer_dlq[0].arn, maxReceiveCount = local.trigger.max_receive_count})}"
+    )
+    trigger = locals_of("locals.tf")["trigger"]
+    assert trigger["visibility_timeout_s"] == "${local.stack.trigger_buffer.visibility_timeout_s}"
+    assert trigger["max_receive_count"] == "${local.stack.trigger_buffer.max_receive_count}"
+    redrive = resources_of("aws_sqs_queue_redrive_allow_policy")["trigger_buffer_dlq"]
+    assert "sourceQueueArns = [aws_sqs_queue.trigger_buffer[0].arn]" in redrive["redrive_allow_policy"]
+
+
+def test_only_the_trigger_rule_may_send_to_the_buffer_and_only_over_tls() -> None:
+    policy = resources_of("aws_sqs_queue_policy")["trigger_buffer"]
+    assert policy["queue_url"] == "${aws_sqs_queue.trigger_buffer[0].id}"
+    assert policy["policy"] == "${data.aws_iam_policy_document.trigger_buffer[0].json}"
+    statements = {statement["sid"]: statement for statement in data_of("aws_iam_policy_document")["trigger_buffer"]["statement"]}
+    assert set(statements) == {"TriggerRuleEvents", "DenyInsecureTransport"}
+    send = statements["TriggerRuleEvents"]
+    assert send.get("effect", "Allow") == "Allow" and send["actions"] == ["sqs:SendMessage"]
+    assert send["resources"] == ["${aws_sqs_queue.trigger_buffer[0].arn}"]
+    assert send["principals"] == [{"type": "Service", "identifiers": ["events.amazonaws.com"]}]
+    assert send["condition"] == [{"test": "ArnEquals", "variable": "aws:SourceArn", "values": ["${aws_cloudwatch_event_rule.this.arn}"]}]
+    for name in ("trigger_buffer", "trigger_buffer_dlq"):
+        deny = {s["sid"]: s for s in data_of("aws_iam_policy_document")[name]["statement"]}["DenyInsecureTransport"]
+        assert deny["effect"] == "Deny" and deny["actions"] == ["sqs:*"], name
+        assert deny["condition"] == [{"test": "Bool", "variable": "aws:SecureTransport", "values": ["false"]}], name
+
+
+def test_the_pipe_drains_the_buffer_into_the_state_machine_in_batches_fire_and_forget() -> None:
+    pipe = resources_of("aws_pipes_pipe")["trigger"]
+    assert pipe["source"] == "${aws_sqs_queue.trigger_buffer[0].arn}"
+    assert pipe["target"] == "${aws_sfn_state_machine.this.arn}"
+    assert pipe["role_arn"] == '${aws_iam_role.this["pipe"].arn}'
+    assert pipe["desired_state"] == "RUNNING"
+    sqs = pipe["source_parameters"][0]["sqs_queue_parameters"][0]
+    assert sqs == {"batch_size": "${local.trigger.batch_size}", "maximum_batching_window_in_seconds": "${local.trigger.batching_window_s}"}
+    target = pipe["target_parameters"][0]
+    # the only invocation type a Standard workflow allows; the pipeline state machine is Standard by default
+    assert target["step_function_state_machine_parameters"] == [{"invocation_type": "FIRE_AND_FORGET"}]
+    assert target["input_template"] == "${local.trigger.input_template}"
+    assert locals_of("locals.tf")["trigger"]["input_template"] == "${local.stack.trigger_buffer.input_template}"
+    assert "${aws_iam_role_policy.this}" in pipe["depends_on"]
+
+
+def test_the_dead_letter_alarms_watch_the_buffer_dlq_in_batched_mode() -> None:
+    queues = locals_of("monitoring.tf")["dead_letter_queues"]
+    assert "local.trigger_batched ? {trigger-buffer = aws_sqs_queue.trigger_buffer_dlq[0].name} : {}" in queues
 
 
 def test_terraform_knows_exactly_the_sinks_the_sink_function_writes() -> None:
@@ -338,7 +475,11 @@ def test_each_policy_is_valid_least_privilege_iam(name: str, document: dict[str,
                 assert set(actions) <= _STAR_RESOURCE_ACTIONS, f"{name}: {sorted(set(actions) - _STAR_RESOURCE_ACTIONS)} on '*'"
             else:
                 assert re.fullmatch(r"arn:aws:[a-z0-9-]+:[a-z0-9-]*:[0-9]*:.+", resource), f"{name}: {resource!r} is not an ARN"
-                assert "*" not in resource.split(":::")[-1].split("/")[0], f"{name}: wildcard bucket or resource name in {resource!r}"
+                # Step Functions executions are named at run time: "<execution:named state machine>[/<map run>]:*"
+                # is one state machine's executions (https://docs.aws.amazon.com/step-functions/latest/dg/stepfunctions-iam.html).
+                executions = re.fullmatch(r"(arn:aws:states:[a-z0-9-]+:[0-9]{12}:execution:[A-Za-z0-9_-]+)(/\*)?:\*", resource)
+                scoped = executions.group(1) if executions else resource
+                assert "*" not in scoped.split(":::")[-1].split("/")[0], f"{name}: wildcard bucket or resource name in {resource!r}"
 
 
 def test_preprocess_reads_only_under_the_input_key_prefix_when_one_is_set() -> None:
@@ -364,10 +505,54 @@ def test_the_policies_name_the_model_store_s3_layout() -> None:
 
 def test_python_chooses_a_policy_for_every_role_terraform_creates() -> None:
     resources = render_resources()
-    chosen = infra.role_policy_templates(resources, keep_warm=True, kms=True)
+    everything = {"keep_warm": True, "pipe": True, "backfill": True}
+    chosen = infra.role_policy_templates(resources, kms=True, **everything)
     templates = set(infra.policy_templates())
-    assert set(chosen) == set(infra.role_services(resources, keep_warm=True))
+    assert set(chosen) == set(infra.role_services(resources, **everything))
     assert {name for names in chosen.values() for name in names} == templates, "a template is never attached"
+    # the defaults are what they were before the pipe and backfill roles existed
+    assert set(infra.role_policy_templates(resources)) == {"preprocess", "inference", "sink", "state_machine", "trigger", "keep_warm"}
+    assert set(infra.role_services(resources)) == {"preprocess", "inference", "sink", "state_machine", "trigger"}
+
+
+def _statements(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {statement["Sid"]: statement for statement in document["Statement"]}
+
+
+def test_the_pipe_may_only_drain_its_queue_and_start_the_pipeline() -> None:
+    resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
+    document = infra.role_policies(resources, trigger=False, pipe=True)["pipe"]["pipe"]
+    statements = _statements(document)
+    assert set(statements) == {"ReadTriggerBuffer", "StartPipeline"}
+    assert sorted(_as_list(statements["ReadTriggerBuffer"]["Action"])) == ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
+    assert statements["ReadTriggerBuffer"]["Resource"] == f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{resources.trigger_buffer.queue}"
+    assert statements["StartPipeline"] == {"Sid": "StartPipeline", "Effect": "Allow", "Action": "states:StartExecution", "Resource": resources.state_machine_arn}
+
+
+def test_the_backfill_role_grants_what_a_distributed_map_with_sync_children_needs_and_no_more() -> None:
+    resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
+    statements = _statements(infra.role_policies(resources, backfill=True)["backfill"]["backfill"])
+    base = f"arn:aws:states:{REGION}:{ACCOUNT_ID}"
+    pipeline, backfill = resources.state_machine, resources.backfill.state_machine
+    granted = {(action, resource) for s in statements.values() for action in _as_list(s["Action"]) for resource in _as_list(s["Resource"])}
+    expected = {
+        # ItemReader listObjectsV2 over the input bucket
+        ("s3:ListBucket", f"arn:aws:s3:::{resources.buckets['input']}"),
+        # ResultWriter, under the results prefix only (no GetObject)
+        ("s3:PutObject", f"arn:aws:s3:::{resources.buckets['output']}/{resources.backfill.results_prefix}*"),
+        # startExecution.sync:2 on the pipeline
+        ("states:StartExecution", f"{base}:stateMachine:{pipeline}"),
+        ("states:DescribeExecution", f"{base}:execution:{pipeline}:*"),
+        ("states:StopExecution", f"{base}:execution:{pipeline}:*"),
+        *((action, f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/StepFunctionsGetEventsForStepFunctionsExecutionRule") for action in ("events:PutTargets", "events:PutRule", "events:DescribeRule")),
+        # the Distributed Map's own child executions
+        ("states:StartExecution", f"{base}:stateMachine:{backfill}"),
+        ("states:DescribeExecution", f"{base}:execution:{backfill}/*:*"),
+        ("states:StopExecution", f"{base}:execution:{backfill}/*:*"),
+    }
+    logs = {(action, "*") for action in _as_list(statements["DeliverExecutionLogs"]["Action"])}
+    assert logs == {(action, "*") for action in _as_list(_statements(infra.role_policies(resources)["state_machine"]["state-machine"])["DeliverExecutionLogs"]["Action"])}
+    assert granted == expected | logs
 
 
 # ----------------------------------------------------------------------------- Docker image
@@ -408,6 +593,11 @@ variable "test_asl_values" {{
   default = {{}}
 }}
 
+variable "test_backfill_asl_values" {{
+  type    = map(string)
+  default = {{}}
+}}
+
 output "evaluated" {{
   value = {{
     buckets              = local.buckets
@@ -419,7 +609,14 @@ output "evaluated" {{
     trigger_pattern_json = local.trigger_pattern_json
     image_repository_url = local.image_repository_url
     role_policies        = local.role_policies
+    role_services        = local.role_services
+    role_trust           = local.role_trust_conditions
+    trigger              = local.trigger
+    trigger_batched      = local.trigger_batched
+    backfill_enabled     = local.backfill_enabled
+    arns                 = local.arns
     asl                  = length(var.test_asl_values) > 0 ? templatefile(local.state_machine_definition_file, var.test_asl_values) : ""
+    backfill_asl         = length(var.test_backfill_asl_values) > 0 ? templatefile(local.backfill_definition_file, var.test_backfill_asl_values) : ""
   }}
 }}
 """
@@ -437,7 +634,7 @@ class Terraform:
             shutil.copy(TERRAFORM_DIR / name, self.module / name)
         (self.module / "policies").symlink_to(TERRAFORM_DIR / "policies")
         (self.module / "context_test.tf").write_text(_STUB_CONTEXT, encoding="utf-8")
-        for top in {Path(STACK["state_machine_definition"]).parts[0], STACK_FILE.parent.name}:
+        for top in {Path(STACK["state_machine_definition"]).parts[0], Path(STACK["backfill"]["definition"]).parts[0], STACK_FILE.parent.name}:
             (root / top).symlink_to(REPO_ROOT / top)
         self.command = TerraformCommand(str(self.module))
         result = self.command.init(check=False)
@@ -525,6 +722,12 @@ def test_terraform_renders_every_name_as_the_local_stack_does(terraform: Terrafo
             assert (function["memory_mb"], function["timeout_s"]) == (spec.memory_mb, spec.timeout_s)
         assert evaluated["settings"] == dict(expected.settings)
         assert json.loads(evaluated["trigger_pattern_json"]) == expected.trigger_pattern
+        assert (names["trigger_buffer"], names["trigger_buffer_dlq"], names["pipe"]) == (
+            expected.trigger_buffer.queue,
+            expected.trigger_buffer.dlq,
+            expected.trigger_buffer.pipe,
+        )
+        assert names["backfill_state_machine"] == expected.backfill.state_machine
         provision = importlib.import_module("inferpipe.local.provision")
         local_roles = provision.role_names(expected)
         assert {key: evaluated["role_names"][key] for key in local_roles} == local_roles
@@ -544,25 +747,121 @@ def test_terraform_adds_key_filters_to_the_stack_pattern(terraform: Terraform) -
         assert pattern == base
 
 
+def _roles_in_python(scenario: dict[str, Any]) -> dict[str, bool]:
+    """The role switches of inferpipe.infra for a Terraform scenario (its trigger mode and sinks)."""
+    batched = scenario.get("trigger_mode", STACK["trigger_buffer"]["default_mode"]) == "batched"
+    backfill = "s3" in scenario.get("sinks", STACK["defaults"]["sinks"])
+    return {"keep_warm": scenario.get("keep_warm_enabled", False), "trigger": not batched, "pipe": batched, "backfill": backfill}
+
+
 def test_terraform_and_python_render_the_same_iam_policies(terraform: Terraform) -> None:
     resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
     kms = f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/11111111-2222-3333-4444-555555555555"
-    scenarios = [
+    scenarios: list[dict[str, Any]] = [
         {},
+        {"trigger_mode": "direct"},
         {"sinks": ["sqs", "s3"], "kms_key_arn": kms, "keep_warm_enabled": True, "xray_tracing": False},
+        {"sinks": ["dynamodb"], "kms_key_arn": kms, "trigger_mode": "direct"},
     ]
     for scenario in scenarios:
-        evaluated = terraform.evaluate(image_tag="1", **scenario)["role_policies"]
-        in_terraform = {role: {name: json.loads(text) for name, text in documents.items()} for role, documents in evaluated.items()}
+        evaluated = terraform.evaluate(image_tag="1", **scenario)
+        # Terraform maps a role it does not create to no templates; Python leaves the optional ones out
+        in_terraform = {
+            role: {name: json.loads(text) for name, text in documents.items()}
+            for role, documents in evaluated["role_policies"].items()
+            if documents
+        }
+        roles = _roles_in_python(scenario)
         in_python = infra.role_policies(
             resources,
             sinks=scenario.get("sinks"),
             xray=scenario.get("xray_tracing", True),
             kms_key_arn=scenario.get("kms_key_arn"),
-            keep_warm=scenario.get("keep_warm_enabled", False),
             qualifier=infra.FUNCTION_ALIAS,
+            **roles,
         )
-        assert in_terraform == in_python, scenario
+        assert in_terraform == {role: documents for role, documents in in_python.items() if documents}, scenario
+        assert evaluated["role_services"] == infra.role_services(resources, **roles), scenario
+
+
+def test_the_trigger_mode_defaults_to_stack_json_and_decides_which_roles_exist(terraform: Terraform) -> None:
+    buffer = STACK["trigger_buffer"]
+    # GIVEN no trigger variables: stack.json's defaults, micro-batched
+    evaluated = terraform.evaluate(image_tag="1")
+    assert buffer["default_mode"] == "batched" and evaluated["trigger_batched"] is True
+    assert evaluated["trigger"] == {
+        "mode": "batched",
+        "batch_size": int(STACK["settings"]["MAX_BATCH_OBJECTS"]),
+        "batching_window_s": buffer["batching_window_s"],
+        "visibility_timeout_s": buffer["visibility_timeout_s"],
+        "max_receive_count": buffer["max_receive_count"],
+        # the pipe's input template is stack.json's, byte for byte (the local stack's pipe applies the same)
+        "input_template": buffer["input_template"],
+    }
+    assert evaluated["role_services"]["pipe"] == "pipes.amazonaws.com" and "trigger" not in evaluated["role_services"]
+    assert evaluated["role_policies"]["trigger"] == {}
+    # WHEN direct: the rule's target role, no pipe role
+    direct = terraform.evaluate(image_tag="1", trigger_mode="direct")
+    assert direct["trigger"]["mode"] == "direct" and direct["trigger_batched"] is False
+    assert direct["role_services"]["trigger"] == "events.amazonaws.com" and "pipe" not in direct["role_services"]
+    assert direct["role_policies"]["pipe"] == {}
+    # overrides within bounds are taken as they are
+    tuned = terraform.evaluate(image_tag="1", trigger_batch_size=10, trigger_batching_window_s=0)
+    assert (tuned["trigger"]["batch_size"], tuned["trigger"]["batching_window_s"]) == (10, 0)
+    tuned = terraform.evaluate(image_tag="1", trigger_batch_size=1, trigger_batching_window_s=300)
+    assert (tuned["trigger"]["batch_size"], tuned["trigger"]["batching_window_s"]) == (1, 300)
+
+
+def test_the_input_template_turns_an_sqs_message_into_what_the_state_machine_reads() -> None:
+    # GIVEN an S3 "Object Created" event as the rule delivers it to SQS (the message body)
+    detail = {"bucket": {"name": "in"}, "object": {"key": "a b/cat.jpg", "size": 3, "version-id": "v1"}}
+    event = {"version": "0", "source": "aws.s3", "detail-type": "Object Created", "detail": detail}
+    record = {"body": event}  # the pipe parses a JSON body before applying the template
+    # WHEN each <$.path> of the template is replaced by the JSON value at that path
+    template = STACK["trigger_buffer"]["input_template"]
+
+    def value(match: re.Match[str]) -> str:
+        node: Any = record
+        for part in match.group(1).split("."):
+            node = node[part]
+        return json.dumps(node)
+
+    rendered = json.loads(re.sub(r"<\$\.([A-Za-z0-9_.-]+)>", value, template))
+    # THEN the element is the {"detail": {bucket, object}} shape pipeline.asl.json accepts
+    assert rendered == {"detail": detail}
+
+
+def test_the_pipe_and_state_machine_roles_trust_only_their_own_resource(terraform: Terraform) -> None:
+    evaluated = terraform.evaluate(image_tag="1")
+    trust, arns = evaluated["role_trust"], evaluated["arns"]
+    pipe_arn = f"arn:aws:pipes:{REGION}:{ACCOUNT_ID}:pipe/{STACK['trigger_buffer']['pipe'].replace('${prefix}', STACK['prefix'])}"
+    assert arns["pipe"] == pipe_arn
+    # the pipe: this account and this pipe only (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-pipes-permissions.html)
+    assert trust["pipe"] == [
+        {"test": "StringEquals", "variable": "aws:SourceAccount", "values": [ACCOUNT_ID]},
+        {"test": "StringEquals", "variable": "aws:SourceArn", "values": [pipe_arn]},
+    ]
+    # the two state machines: this account and their own state machine (its versions, aliases, map runs)
+    for role, arn in (("state_machine", arns["state_machine"]), ("backfill", arns["backfill_state_machine"])):
+        assert trust[role] == [
+            {"test": "StringEquals", "variable": "aws:SourceAccount", "values": [ACCOUNT_ID]},
+            {"test": "ArnLike", "variable": "aws:SourceArn", "values": [arn, f"{arn}:*", f"{arn}/*"]},
+        ], role
+    assert arns["backfill_state_machine"] == render_resources(account_id=ACCOUNT_ID, region=REGION).arn(
+        "states", f"stateMachine:{render_resources().backfill.state_machine}"
+    )
+    # Lambda sets no source keys when it assumes a function's role: no conditions there
+    assert all(trust[key] == [] for key in STACK["functions"])
+    # direct mode: the trigger role as before (EventBridge), no pipe role to trust
+    direct = terraform.evaluate(image_tag="1", trigger_mode="direct")["role_trust"]
+    assert "pipe" not in direct and direct["trigger"] == []
+
+
+def test_the_backfill_state_machine_exists_with_the_output_bucket_only(terraform: Terraform) -> None:
+    assert terraform.evaluate(image_tag="1")["backfill_enabled"] is True
+    without_s3 = terraform.evaluate(image_tag="1", sinks=["dynamodb"])
+    assert without_s3["backfill_enabled"] is False
+    assert "backfill" not in without_s3["role_services"] and without_s3["role_policies"]["backfill"] == {}
 
 
 def test_terraform_templatefile_renders_the_asl_exactly_like_the_local_stack(terraform: Terraform) -> None:
@@ -570,6 +869,27 @@ def test_terraform_templatefile_renders_the_asl_exactly_like_the_local_stack(ter
     rendered = terraform.evaluate(image_tag="1", test_asl_values=values)["asl"]
     assert rendered == render_asl(ASL_PATH.read_text(encoding="utf-8"), values)
     assert "$$.Execution.Id" in rendered
+
+
+def test_terraform_templatefile_renders_the_backfill_asl_exactly_like_python(terraform: Terraform) -> None:
+    resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
+    # GIVEN the values orchestration.tf passes (the pipeline's ARN, the output bucket, stack.json's prefix)
+    values = {
+        "PipelineStateMachineArn": resources.state_machine_arn,
+        "OutputBucket": resources.buckets["output"],
+        "BackfillResultsPrefix": STACK["backfill"]["results_prefix"],
+    }
+    assert set(values) == asl_placeholders(BACKFILL_ASL_PATH)
+    rendered = terraform.evaluate(image_tag="1", test_backfill_asl_values=values)["backfill_asl"]
+    # THEN Terraform and Python agree, and the result is a definition with nothing left to fill
+    assert rendered == render_asl(BACKFILL_ASL_PATH.read_text(encoding="utf-8"), values)
+    definition = json.loads(rendered)
+    assert not _PLACEHOLDER.search(rendered)
+    task = definition["States"]["ClassifyPrefix"]["ItemProcessor"]["States"]["ClassifyBatch"]
+    assert task["Resource"] == "arn:aws:states:::states:startExecution.sync:2"
+    assert task["Parameters"]["StateMachineArn"] == resources.state_machine_arn
+    writer = definition["States"]["ClassifyPrefix"]["ResultWriter"]["Parameters"]
+    assert writer == {"Bucket": resources.buckets["output"], "Prefix": STACK["backfill"]["results_prefix"]}
 
 
 def test_terraform_accepts_the_example_tfvars(terraform: Terraform) -> None:
@@ -589,7 +909,24 @@ def test_terraform_accepts_the_example_tfvars(terraform: Terraform) -> None:
         ({"image_tag": "1", "prefix": "A-very-long-prefix-that-breaks-bucket-names"}, "prefix must be"),
         ({"image_tag": "1", "state_machine_type": "SYNC"}, "STANDARD or EXPRESS"),
         ({"image_tag": "1", "log_retention_days": 10}, "log_retention_days"),
+        ({"image_tag": "1", "trigger_mode": "queued"}, "trigger_mode must be one of batched, direct"),
+        ({"image_tag": "1", "trigger_batch_size": 0}, "trigger_batch_size must be a whole number from 1 to 100"),
+        ({"image_tag": "1", "trigger_batch_size": 101}, "trigger_batch_size must be a whole number from 1 to 100"),
+        ({"image_tag": "1", "trigger_batch_size": 2.5}, "trigger_batch_size must be a whole number from 1 to 100"),
+        ({"image_tag": "1", "trigger_batching_window_s": 301}, "trigger_batching_window_s must be a whole number"),
+        ({"image_tag": "1", "trigger_batching_window_s": -1}, "trigger_batching_window_s must be a whole number"),
+        # a batch above 10 from a standard queue needs a window of at least 1 s: the default size (100) ...
+        ({"image_tag": "1", "trigger_batching_window_s": 0}, "trigger_batching_window_s >= 1"),
+        # ... or any size above 10
+        ({"image_tag": "1", "trigger_batch_size": 11, "trigger_batching_window_s": 0}, "trigger_batching_window_s >= 1"),
     ],
 )
 def test_terraform_rejects_bad_variables_with_a_clear_message(terraform: Terraform, variables: dict[str, Any], message: str) -> None:
     assert message in terraform.error(**variables)
+
+
+def test_the_batching_window_rule_applies_to_the_batched_trigger_only(terraform: Terraform) -> None:
+    # direct mode has no pipe: its batch settings are not checked against each other
+    assert terraform.evaluate(image_tag="1", trigger_mode="direct", trigger_batching_window_s=0)["trigger"]["mode"] == "direct"
+    # batches of at most 10 may go without a window
+    assert terraform.evaluate(image_tag="1", trigger_batch_size=10, trigger_batching_window_s=0)["trigger"]["batching_window_s"] == 0

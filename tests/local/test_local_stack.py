@@ -49,7 +49,8 @@ def stack() -> Iterator[LocalStack]:
         yield existing
         return
     threads_before = set(threading.enumerate())
-    local = LocalStack().start()
+    # These tests drive the direct bridge (rule -> state machine); tests/e2e/test_batching.py the batched trigger.
+    local = LocalStack(trigger="direct").start()
     try:
         yield local
     finally:
@@ -96,6 +97,9 @@ def _machine_with_pipeline_policies(stack: LocalStack, function_arn: str) -> str
     # The pipeline's known errors (first Catch) and everything else (States.ALL, last Catch).
     def next_state(catch: dict[str, Any]) -> str:
         return "Unexpected" if catch["ErrorEquals"] == ["States.ALL"] else "Failed"
+
+    caught = preprocess["Catch"][0]["ResultPath"]  # where the error lands: "$" (Preprocess replaces its state)
+    error_at = "$" if caught == "$" else caught
     definition = {
         "StartAt": "Task",
         "States": {
@@ -106,8 +110,8 @@ def _machine_with_pipeline_policies(stack: LocalStack, function_arn: str) -> str
                 "Catch": [{**catch, "Next": next_state(catch)} for catch in preprocess["Catch"]],
                 "End": True,
             },
-            "Failed": {"Type": "Fail", "ErrorPath": "$.error.Error", "CausePath": "$.error.Cause"},
-            "Unexpected": {"Type": "Fail", "Error": "Unexpected", "CausePath": "$.error.Cause"},
+            "Failed": {"Type": "Fail", "ErrorPath": f"{error_at}.Error", "CausePath": f"{error_at}.Cause"},
+            "Unexpected": {"Type": "Fail", "Error": "Unexpected", "CausePath": f"{error_at}.Cause"},
         },
     }
     role = stack.client("iam").get_role(RoleName=role_names(stack.resources)["state_machine"])["Role"]["Arn"]
@@ -196,8 +200,13 @@ def test_render_asl_binds_every_placeholder_of_the_pipeline_and_keeps_context_pa
     assert states["Preprocess"]["Resource"] == resources.function_arn("preprocess")
     assert states["Inference"]["Resource"] == resources.function_arn("inference")
     assert states["FanOut"]["ItemProcessor"]["States"]["Deliver"]["Resource"] == resources.function_arn("sink")
-    assert states["LoadDefaults"]["Parameters"]["model"] == resources.defaults.model
-    assert "States.StringSplit('s3,dynamodb,sns,sqs,eventbridge', ',')" in rendered
+    assert states["Preprocess"]["Parameters"]["defaults"] == {
+        "sinks": "s3,dynamodb,sns,sqs,eventbridge",
+        "top_k": str(resources.defaults.top_k),
+        "model": resources.defaults.model,
+        "model_version": resources.defaults.model_version,
+    }
+    assert states["RecordFailure"]["Parameters"]["defaults"] == states["Preprocess"]["Parameters"]["defaults"]
     assert "$$.Execution.Id" in rendered and "$$.Map.Item.Value" in rendered
     assert "${" not in rendered
 
@@ -264,7 +273,7 @@ def test_provisioned_resources_have_the_names_and_settings_of_the_spec(stack: Lo
 
 def test_provisioning_again_converges(stack: LocalStack) -> None:
     # WHEN provisioning runs a second time against the running stack
-    again = provision(stack.client, stack.resources)
+    again = provision(stack.client, stack.resources, trigger=stack.trigger)
     # THEN nothing is duplicated and the ARNs are unchanged
     assert again == stack.provisioned
     r = stack.resources
@@ -712,3 +721,16 @@ def test_an_idle_environment_is_stopped_after_its_idle_time(stack: LocalStack, t
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     finally:
         pool.close()
+
+
+def test_executions_started_without_a_name_get_a_uuid_each(stack: LocalStack) -> None:
+    # GIVEN a state machine; WHEN two executions start without a name (as the console allows)
+    sfn = stack.client("stepfunctions")
+    role = stack.client("iam").get_role(RoleName=role_names(stack.resources)["state_machine"])["Role"]["Arn"]
+    machine = sfn.create_state_machine(
+        name=f"bridge-test-{uuid.uuid4().hex[:8]}", definition=json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}), roleArn=role
+    )["stateMachineArn"]
+    first, second = (sfn.start_execution(stateMachineArn=machine, input="{}")["executionArn"] for _ in range(2))
+    # THEN each is its own execution, named with a UUID, as Step Functions names them
+    assert first != second
+    assert all(uuid.UUID(arn.rsplit(":", 1)[-1]) for arn in (first, second))

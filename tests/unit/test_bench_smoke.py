@@ -45,6 +45,11 @@ def test_quick_benchmark_prints_the_table_and_writes_results_and_chart(tmp_path:
     assert results["pipeline"]["burst"]["succeeded"] == results["pipeline"]["burst"]["uploads"]
     # AND the pipeline ran with isolated Lambda environments beside the in-process mode, with Init Durations
     assert results["pipeline"]["lambda_mode"] == "isolated" and results["pipeline_in_process"]["lambda_mode"] == "in-process"
+    # AND the same images went through the micro-batched trigger, its flood priced and its trickle timed
+    batched = results["pipeline_batched"]
+    assert batched["trigger"] == "batched" and batched["burst"]["succeeded"] == batched["burst"]["uploads"]
+    assert ratios["cost.flood_usd_per_million_images"] == batched["burst_cost"]["usd_per_million_images"] > 0
+    assert "pipeline.trickle_added_latency_ms" in ratios and ratios["pipeline.burst_images_per_s"] > 0
     assert results["pipeline_in_process"]["burst"]["succeeded"] == results["pipeline_in_process"]["burst"]["uploads"]
     assert all(f["init_ms"] and f["max_memory_mb"] > 0 for f in results["pipeline"]["functions"].values())
     assert ratios["pipeline.isolated_vs_in_process_per_image"] > 0

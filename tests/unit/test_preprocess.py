@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import warnings
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +21,9 @@ from PIL import Image, ImageFile
 
 from functions.common.config import ImageLimits, invocation_environment
 from functions.common.errors import (
+    ConfigurationError,
     DecompressionBombError,
+    InvalidInputError,
     InvalidRequestError,
     NotAnImageError,
     ObjectNotFoundError,
@@ -33,7 +35,6 @@ from functions.common.request import ModelRef, SourceObject
 from functions.preprocess import core
 from functions.preprocess.transform import to_tensor
 
-EVENTS = Path(__file__).resolve().parents[1] / "events"
 LIMITS = ImageLimits()
 SPEC = InputSpec(height=64, width=64, resize_shorter=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 RESNET_SPEC = InputSpec(height=224, width=224, resize_shorter=256)
@@ -444,6 +445,11 @@ def test_tensor_key_changes_with_object_version_and_model_version() -> None:
 
 
 MODEL_VERSION = "0123456789ab"
+OTHER_VERSION = "fedcba987654"
+EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:inferpipe-pipeline:3f0c9a1e"
+ALL_SINKS = ["s3", "dynamodb", "sns", "sqs", "eventbridge"]
+#: What the ASL passes as the deployment's defaults: its placeholders, rendered as strings.
+DEFAULTS = {"sinks": ",".join(ALL_SINKS), "top_k": "5", "model": "demo", "model_version": "prod"}
 CONTEXT = SimpleNamespace(
     function_name="inferpipe-preprocess",
     memory_limit_in_mb=1024,
@@ -452,13 +458,19 @@ CONTEXT = SimpleNamespace(
 )
 
 
-def _manifest(num_classes: int = 8) -> Manifest:
+def _manifest(num_classes: int = 8, name: str = "demo", version: str = MODEL_VERSION, spec: InputSpec = SPEC) -> Manifest:
     files = {role: FileEntry(path=name, sha256="0" * 64, size=1) for role, name in
              {"symbol": "model-symbol.json", "params": "model-0000.params", "labels": "labels.txt"}.items()}
     return Manifest(
-        name="demo", version=MODEL_VERSION, architecture="resnet10_v1", num_classes=num_classes, input=SPEC,
+        name=name, version=version, architecture="resnet10_v1", num_classes=num_classes, input=spec,
         files=files, created="2026-11-29T04:00:00Z", source="test_preprocess",
     )
+
+
+def _publish(s3: Any, manifest: Manifest, alias: str = "prod") -> None:
+    prefix = f"models/{manifest.name}"
+    s3.put_object(Bucket="model-bucket", Key=f"{prefix}/versions/{manifest.version}/manifest.json", Body=manifest.to_json().encode())
+    s3.put_object(Bucket="model-bucket", Key=f"{prefix}/aliases/{alias}.json", Body=json.dumps({"version": manifest.version}).encode())
 
 
 @pytest.fixture
@@ -467,21 +479,63 @@ def stack(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     handler = pytest.importorskip("functions.preprocess.handler")
     monkeypatch.setattr(handler, "_stores", {})
     s3.create_bucket(Bucket="model-bucket")
-    s3.put_object(Bucket="model-bucket", Key=f"models/demo/versions/{MODEL_VERSION}/manifest.json", Body=_manifest().to_json().encode())
-    s3.put_object(Bucket="model-bucket", Key="models/demo/aliases/prod.json", Body=json.dumps({"version": MODEL_VERSION}).encode())
+    _publish(s3, _manifest())
     env = {"MODEL_BUCKET": "model-bucket", "WORK_BUCKET": "work-bucket", "WORK_PREFIX": "tensors/",
            "MAX_OBJECT_BYTES": "52428800", "MAX_IMAGE_PIXELS": "40000000"}
     with invocation_environment(env):
-        yield {"s3": s3, "handler": handler}
+        yield {"s3": s3, "handler": handler, "env": env}
 
 
-def _event(name: str = "preprocess_s3_event.json", **request: Any) -> dict[str, Any]:
-    event = json.loads((EVENTS / name).read_text(encoding="utf-8"))
-    event["request"].update(request)
-    return event
+def s3_event(key: str, version_id: str | None = None, bucket: str = "input-bucket") -> dict[str, Any]:
+    """The S3 'Object Created' event EventBridge starts the state machine with."""
+    obj: dict[str, Any] = {"key": key, "size": 1, "etag": "e"}
+    if version_id is not None:
+        obj["version-id"] = version_id
+    return {"version": "0", "detail-type": "Object Created", "source": "aws.s3", "account": "123456789012", "region": "us-east-1",
+            "resources": [f"arn:aws:s3:::{bucket}"], "detail": {"version": "0", "bucket": {"name": bucket}, "object": obj, "reason": "PutObject"}}
 
 
-def test_handler_turns_an_uploaded_photo_into_a_job(stack: dict[str, Any]) -> None:
+def sqs_record(event: dict[str, Any]) -> dict[str, Any]:
+    """One element of the array EventBridge Pipes starts the state machine with (body: the S3 event)."""
+    return {"messageId": "m-1", "body": json.dumps(event), "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:uploads"}
+
+
+def manual(key: str = "photos/cat.jpg", bucket: str = "input-bucket", **options: Any) -> dict[str, Any]:
+    """A manual request, as `aws stepfunctions start-execution` would pass it."""
+    return {"bucket": bucket, "key": key, "sinks": ["s3"], "top_k": 3, "model": "demo", "model_version": "prod", **options}
+
+
+def _run(handler: Any, raw: Any, execution: str = EXECUTION) -> dict[str, Any]:
+    """Preprocess's invocation, with the Parameters the ASL's Preprocess state passes."""
+    return handler.lambda_handler({"input": raw, "defaults": DEFAULTS, "execution_id": execution}, CONTEXT)
+
+
+def _document(s3: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    """The batch document the summary points to (preprocessed.json in the work bucket)."""
+    ref = summary["batch"]
+    return json.loads(s3.get_object(Bucket=ref["bucket"], Key=ref["key"])["Body"].read())
+
+
+def _tensor(s3: Any, group: dict[str, Any]) -> np.ndarray:
+    body = s3.get_object(Bucket=group["tensor"]["bucket"], Key=group["tensor"]["key"])["Body"].read()
+    return np.load(io.BytesIO(body), allow_pickle=False)
+
+
+def _work_keys(s3: Any) -> list[str]:
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket="work-bucket", Prefix="tensors/").get("Contents", []))
+
+
+def _only_failure(s3: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    """The one entry of a batch of one that failed; no tensor was stored for it."""
+    assert (summary["objects"], summary["succeeded"], summary["failed"]) == (1, 0, 1)
+    document = _document(s3, summary)
+    (entry,) = document["items"]
+    assert entry["status"] == "FAILED" and entry["error"]["state"] == "Preprocess"
+    assert document["groups"] == []
+    return entry
+
+
+def test_handler_turns_an_uploaded_photo_into_a_batch_document(stack: dict[str, Any]) -> None:
     s3, handler = stack["s3"], stack["handler"]
     # GIVEN a rotated photo uploaded under an awkward key
     key = "incoming/holiday photos/café+1%.jpg"
@@ -490,47 +544,95 @@ def test_handler_turns_an_uploaded_photo_into_a_job(stack: dict[str, Any]) -> No
     data = encode(noisy_photo(640, 480), "JPEG", exif=exif, quality=90)
     version = s3.put_object(Bucket="input-bucket", Key=key, Body=data)["VersionId"]
 
-    # WHEN the S3-triggered request runs through the handler (twice: a retry)
-    event = _event(bucket="input-bucket", key=key, version_id=version)
-    job = handler.lambda_handler(event, CONTEXT)
-    retry = handler.lambda_handler(event, CONTEXT)
+    # WHEN its S3 event runs through the handler (twice: a retry)
+    summary = _run(handler, s3_event(key, version))
+    retry = _run(handler, s3_event(key, version))
 
-    # THEN the job names the object version, the resolved model version and the stored tensor
-    assert job["source"] == {"bucket": "input-bucket", "key": key, "version_id": version,
-                             "etag": job["source"]["etag"], "size": len(data)}
-    assert job["model"] == {"name": "demo", "version": MODEL_VERSION}
-    assert job["sinks"] == ["s3", "dynamodb", "sns", "sqs", "eventbridge"] and job["top_k"] == 5
-    assert job["tensor"]["shape"] == [1, 3, 64, 64] and job["tensor"]["dtype"] == "float32"
-    assert set(job["timings_ms"]) == {"resolve_model", "fetch", "decode", "transform", "store", "total"}
+    # THEN the state machine gets a reference to the batch document and its counts, with the deployment's sinks
+    assert summary == {
+        "batch": {"bucket": "work-bucket", "key": "tensors/batches/3f0c9a1e/preprocessed.json"},
+        "sinks": ALL_SINKS, "objects": 1, "succeeded": 1, "failed": 0,
+    }
+    # AND the document names the object version, the resolved model version and the tensor row
+    document = _document(s3, summary)
+    assert document["schema"] == "inferpipe.batch/1" and document["execution_id"] == EXECUTION
+    assert document["trigger"] == "s3-event" and document["duplicates"] == 0
+    (entry,) = document["items"]
+    assert entry["status"] == "READY" and entry["trigger"] == "s3-event"
+    assert entry["source"] == {"bucket": "input-bucket", "key": key, "version_id": version, "etag": entry["source"]["etag"], "size": len(data)}
+    assert entry["model"] == {"name": "demo", "version": MODEL_VERSION}
+    assert entry["top_k"] == 5 and entry["tensor"] == {"group": 0, "row": 0}
+    width, height = entry["decoded_size"]
+    assert width < height  # upright: portrait (JPEG draft-decoded at a reduced scale)
+    assert set(entry["timings_ms"]) == {"fetch", "decode", "transform"}
+    (group,) = document["groups"]
+    assert group["model"] == {"name": "demo", "version": MODEL_VERSION} and group["items"] == [0]
+    assert group["tensor"]["shape"] == [1, 3, 64, 64] and group["tensor"]["dtype"] == "float32"
     # AND the stored tensor is exactly what the shared transform gives for the upright photo
-    body = s3.get_object(Bucket="work-bucket", Key=job["tensor"]["key"])["Body"].read()
-    np.testing.assert_array_equal(np.load(io.BytesIO(body)), core.preprocess(data, LIMITS, SPEC))
-    # AND the retry overwrote the same tensor instead of adding one
-    assert retry["tensor"] == job["tensor"]
-    assert s3.list_objects_v2(Bucket="work-bucket", Prefix="tensors/")["KeyCount"] == 1
+    np.testing.assert_array_equal(_tensor(s3, group), core.preprocess(data, LIMITS, SPEC))
+    # AND the retry rewrote the same document and tensor instead of adding any
+    assert retry == summary and _document(s3, retry)["groups"] == document["groups"]
+    assert _work_keys(s3) == ["tensors/batches/3f0c9a1e/preprocessed.json", "tensors/batches/3f0c9a1e/tensor-0.npy"]
 
 
-def test_handler_rejects_top_k_above_the_model_classes(stack: dict[str, Any]) -> None:
+def test_handler_fails_an_object_whose_top_k_is_above_the_model_classes(stack: dict[str, Any]) -> None:
     stack["s3"].put_object(Bucket="input-bucket", Key="photos/cat.jpg", Body=encode(noisy_photo(80, 60), "PNG"))
-    with pytest.raises(InvalidRequestError, match="top_k=9 is more than the 8 classes"):
-        stack["handler"].lambda_handler(_event("preprocess_manual.json", bucket="input-bucket", top_k=9), CONTEXT)
+    summary = _run(stack["handler"], manual(top_k=9))
+    entry = _only_failure(stack["s3"], summary)
+    assert entry["error"]["type"] == "InvalidRequestError"
+    assert "top_k=9 is more than the 8 classes" in entry["error"]["message"]
+    assert entry["source"]["key"] == "photos/cat.jpg" and entry["top_k"] == 9
 
 
 def test_handler_reports_a_non_image_with_its_uri(stack: dict[str, Any]) -> None:
     stack["s3"].put_object(Bucket="input-bucket", Key="photos/cat.jpg", Body=b"<html>Access denied</html>")
-    with pytest.raises(NotAnImageError, match=r"s3://input-bucket/photos/cat.jpg\?versionId="):
-        stack["handler"].lambda_handler(_event("preprocess_manual.json", bucket="input-bucket"), CONTEXT)
+    entry = _only_failure(stack["s3"], _run(stack["handler"], manual()))
+    assert entry["error"]["type"] == "NotAnImageError"
+    assert re.search(r"s3://input-bucket/photos/cat.jpg\?versionId=", entry["error"]["message"]), entry["error"]["message"]
 
 
-def test_handler_rejects_an_unknown_sink_before_touching_s3(stack: dict[str, Any]) -> None:
-    event = _event("preprocess_manual.json", bucket="input-bucket", sinks=["s3", "kafka"])
-    with pytest.raises(InvalidRequestError, match="unknown sink 'kafka'"):
-        stack["handler"].lambda_handler(event, CONTEXT)
+@pytest.fixture
+def s3_requests(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
+    """(operation, bucket) of every S3 request any client sends."""
+    from botocore.client import BaseClient
+
+    seen: list[tuple[str, str | None]] = []
+    original = BaseClient._make_api_call
+
+    def make_api_call(self: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if self.meta.service_model.service_name == "s3":
+            seen.append((operation, params.get("Bucket")))
+        return original(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", make_api_call)
+    return seen
+
+
+def test_handler_fails_an_unknown_sink_before_touching_the_object(stack: dict[str, Any], s3_requests: list[tuple[str, str | None]]) -> None:
+    summary = _run(stack["handler"], manual(sinks=["s3", "kafka"]))
+    # THEN the object fails with the reason, nothing was read from the input or model bucket
+    entry = _only_failure(stack["s3"], summary)
+    assert entry["error"]["type"] == "InvalidRequestError" and "unknown sink 'kafka'" in entry["error"]["message"]
+    assert entry["source"] == {"bucket": "input-bucket", "key": "photos/cat.jpg", "version_id": None}
+    assert [bucket for _, bucket in s3_requests if bucket in ("input-bucket", "model-bucket")] == []
+    assert summary["sinks"] == []  # no object to deliver
 
 
 def test_handler_rejects_a_malformed_event(stack: dict[str, Any]) -> None:
+    # the execution's input itself, not wrapped the way the Preprocess state wraps it
     with pytest.raises(InvalidRequestError, match="preprocess input"):
         stack["handler"].lambda_handler({"bucket": "input-bucket", "key": "k"}, CONTEXT)
+    # defaults the ASL did not render
+    with pytest.raises(InvalidRequestError, match="defaults.top_k must be an integer"):
+        stack["handler"].lambda_handler({"input": manual(), "defaults": {**DEFAULTS, "top_k": "${DefaultTopK}"}}, CONTEXT)
+
+
+def test_handler_rejects_an_input_naming_no_object_and_writes_nothing(stack: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInputError, match="none of its 3 elements is an SQS record of an S3 event"):
+        _run(stack["handler"], ["not", "an", "event"])
+    with pytest.raises(InvalidInputError, match="no object to classify"):
+        _run(stack["handler"], {"hello": "world"})
+    assert _work_keys(stack["s3"]) == []
 
 
 def test_handler_applies_the_uploaders_options_only_to_s3_triggered_runs(stack: dict[str, Any]) -> None:
@@ -541,18 +643,124 @@ def test_handler_applies_the_uploaders_options_only_to_s3_triggered_runs(stack: 
                   Metadata={"inferpipe-top-k": "2", "inferpipe-model-version": MODEL_VERSION})
 
     # WHEN the S3 event's run and a manual run (top_k 3) process it
-    from_upload = handler.lambda_handler(_event(bucket="input-bucket", key="photos/cat.jpg", version_id=None), CONTEXT)
-    manual = handler.lambda_handler(_event("preprocess_manual.json", bucket="input-bucket"), CONTEXT)
+    from_upload = _document(s3, _run(handler, s3_event("photos/cat.jpg"), EXECUTION + "-upload"))["items"][0]
+    by_hand = _document(s3, _run(handler, manual(), EXECUTION + "-manual"))["items"][0]
 
     # THEN only the S3-triggered run takes the uploader's options
     assert from_upload["top_k"] == 2 and from_upload["model"]["version"] == MODEL_VERSION
-    assert manual["top_k"] == 3
+    assert by_hand["top_k"] == 3 and by_hand["trigger"] == "manual"
 
 
 def test_handler_names_bad_object_metadata(stack: dict[str, Any]) -> None:
     stack["s3"].put_object(Bucket="input-bucket", Key="photos/cat.jpg", Body=b"x", Metadata={"inferpipe-top-k": "lots"})
-    with pytest.raises(InvalidRequestError, match="inferpipe-top-k='lots'"):
-        stack["handler"].lambda_handler(_event(bucket="input-bucket", key="photos/cat.jpg", version_id=None), CONTEXT)
+    entry = _only_failure(stack["s3"], _run(stack["handler"], s3_event("photos/cat.jpg")))
+    assert entry["error"]["type"] == "InvalidRequestError" and "inferpipe-top-k='lots'" in entry["error"]["message"]
+
+
+# --------------------------------------------------------------------------- a batch
+
+
+def test_a_bad_image_fails_alone_and_the_good_ones_share_one_tensor(stack: dict[str, Any]) -> None:
+    s3, handler = stack["s3"], stack["handler"]
+    # GIVEN two photos and, between them, an HTML error page saved as .jpg
+    first, second = encode(noisy_photo(80, 60, seed=1), "PNG"), encode(noisy_photo(120, 90, seed=2), "JPEG")
+    s3.put_object(Bucket="input-bucket", Key="batch/1.png", Body=first)
+    s3.put_object(Bucket="input-bucket", Key="batch/2.jpg", Body=b"<!DOCTYPE html><html>403</html>")
+    s3.put_object(Bucket="input-bucket", Key="batch/3.jpg", Body=second)
+
+    # WHEN a manual batch of the three is preprocessed
+    raw = {"objects": [{"bucket": "input-bucket", "key": k} for k in ("batch/1.png", "batch/2.jpg", "batch/3.jpg")], "top_k": 2}
+    summary = _run(handler, raw)
+
+    # THEN two objects are ready and one failed, in the input's order
+    assert (summary["objects"], summary["succeeded"], summary["failed"]) == (3, 2, 1)
+    assert summary["sinks"] == ALL_SINKS
+    document = _document(s3, summary)
+    assert document["trigger"] == "manual"
+    assert [(e["index"], e["source"]["key"], e["status"]) for e in document["items"]] == [
+        (0, "batch/1.png", "READY"), (1, "batch/2.jpg", "FAILED"), (2, "batch/3.jpg", "READY")
+    ]
+    bad = document["items"][1]
+    assert bad["error"]["type"] == "NotAnImageError" and "s3://input-bucket/batch/2.jpg" in bad["error"]["message"]
+    assert "tensor" not in bad and bad["top_k"] == 2
+    # AND the two good ones are the rows of one (2, 3, H, W) tensor, each exactly as a batch of one would be
+    (group,) = document["groups"]
+    assert group["items"] == [0, 2] and group["tensor"]["shape"] == [2, 3, 64, 64]
+    assert [document["items"][i]["tensor"] for i in (0, 2)] == [{"group": 0, "row": 0}, {"group": 0, "row": 1}]
+    stored = _tensor(s3, group)
+    assert stored.shape == (2, 3, 64, 64) and stored.dtype == np.float32
+    np.testing.assert_array_equal(stored[0], core.preprocess(first, LIMITS, SPEC)[0])
+    np.testing.assert_array_equal(stored[1], core.preprocess(second, LIMITS, SPEC)[0])
+
+
+def test_objects_asking_for_different_models_get_one_tensor_per_model(stack: dict[str, Any]) -> None:
+    s3, handler = stack["s3"], stack["handler"]
+    # GIVEN a second model with a larger input, and uploads asking for either, or for one that does not exist
+    other_spec = InputSpec(height=96, width=96, resize_shorter=96)
+    _publish(s3, _manifest(name="other", version=OTHER_VERSION, spec=other_spec))
+    asks = {"q/a.png": None, "q/b.png": "other", "q/c.png": None, "q/d.png": "nosuchmodel"}
+    for n, (key, model) in enumerate(asks.items()):
+        s3.put_object(Bucket="input-bucket", Key=key, Body=encode(noisy_photo(100, 80, seed=n), "PNG"),
+                      Metadata={"inferpipe-model": model} if model else {})
+
+    # WHEN their queued events are preprocessed as one batch
+    summary = _run(handler, [sqs_record(s3_event(key)) for key in asks])
+
+    # THEN each model has its own tensor of its own input size, and the unknown model fails its object alone
+    assert (summary["objects"], summary["succeeded"], summary["failed"]) == (4, 3, 1)
+    document = _document(s3, summary)
+    assert document["trigger"] == "queue"
+    groups = {g["model"]["name"]: g for g in document["groups"]}
+    assert groups["demo"]["model"]["version"] == MODEL_VERSION and groups["other"]["model"]["version"] == OTHER_VERSION
+    assert (groups["demo"]["items"], groups["demo"]["tensor"]["shape"]) == ([0, 2], [2, 3, 64, 64])
+    assert (groups["other"]["items"], groups["other"]["tensor"]["shape"]) == ([1], [1, 3, 96, 96])
+    failed = document["items"][3]
+    assert failed["status"] == "FAILED" and failed["error"]["type"] == "ModelNotFoundError" and "nosuchmodel" in failed["error"]["message"]
+    assert _tensor(s3, groups["other"]).shape == (1, 3, 96, 96)
+
+
+def test_the_same_upload_queued_twice_is_preprocessed_once(stack: dict[str, Any]) -> None:
+    s3, handler = stack["s3"], stack["handler"]
+    version = s3.put_object(Bucket="input-bucket", Key="twice.png", Body=encode(noisy_photo(80, 60), "PNG"))["VersionId"]
+    summary = _run(handler, [sqs_record(s3_event("twice.png", version)), sqs_record(s3_event("twice.png", version))])
+    document = _document(s3, summary)
+    assert (summary["objects"], summary["succeeded"], document["duplicates"]) == (1, 1, 1)
+    assert document["groups"][0]["tensor"]["shape"] == [1, 3, 64, 64]
+
+
+def test_an_object_outside_the_input_bucket_fails_alone(stack: dict[str, Any]) -> None:
+    s3, handler = stack["s3"], stack["handler"]
+    s3.put_object(Bucket="input-bucket", Key="mine.png", Body=encode(noisy_photo(80, 60), "PNG"))
+    s3.put_object(Bucket="work-bucket", Key="theirs.png", Body=encode(noisy_photo(80, 60), "PNG"))
+    with invocation_environment({**stack["env"], "INPUT_BUCKET": "input-bucket"}):
+        summary = _run(handler, {"objects": [{"bucket": "input-bucket", "key": "mine.png"}, {"bucket": "work-bucket", "key": "theirs.png"}]})
+    statuses = [(e["status"], e.get("error", {}).get("message", "")) for e in _document(s3, summary)["items"]]
+    assert statuses[0] == ("READY", "")
+    assert statuses[1][0] == "FAILED" and "bucket 'work-bucket' is not this pipeline's input bucket 'input-bucket'" in statuses[1][1]
+
+
+@pytest.mark.parametrize("error", [TransientError, ConfigurationError])
+def test_a_transient_or_configuration_error_fails_the_whole_invocation(
+    stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    # GIVEN a batch of two where reading the second object fails for a reason that is not the object's
+    s3, handler = stack["s3"], stack["handler"]
+    for key in ("ok.png", "slow.png"):
+        s3.put_object(Bucket="input-bucket", Key=key, Body=encode(noisy_photo(80, 60), "PNG"))
+    from functions.preprocess import batch as preprocess_batch
+
+    real_fetch = preprocess_batch.fetch_object
+
+    def fetch(client: Any, source: SourceObject, limits: ImageLimits) -> bytes:
+        if source.key == "slow.png":
+            raise error(f"GetObject {source.uri}: SlowDown")
+        return real_fetch(client, source, limits)
+
+    monkeypatch.setattr(preprocess_batch, "fetch_object", fetch)
+    # WHEN preprocessed, THEN the invocation fails (the state machine retries it or records it) and no document is left
+    with pytest.raises(error, match="slow.png"):
+        _run(handler, {"objects": [{"bucket": "input-bucket", "key": "ok.png"}, {"bucket": "input-bucket", "key": "slow.png"}]})
+    assert not any(key.endswith("preprocessed.json") for key in _work_keys(s3))
 
 
 # --------------------------------------------------------------------------- ownership

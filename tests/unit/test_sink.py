@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import boto3
 import pytest
+from botocore.client import BaseClient
 from moto import mock_aws
 
 from functions.common.config import invocation_environment
-from functions.common.errors import InvalidRequestError, SinkNotConfiguredError, TransientError
+from functions.common.errors import (
+    InvalidRequestError,
+    ObjectNotFoundError,
+    SinkNotConfiguredError,
+    SinkUnavailableError,
+    TransientError,
+)
+from functions.common.work import CLASSIFIED, CLASSIFIED_STATUS, FAILED, SCHEMA, work_key
+from functions.sink import batch as sink_batch
 from functions.sink import core
 from functions.sink.handler import lambda_handler
 
@@ -21,6 +31,7 @@ PREDICTION = {
     "top_k": [{"label": "circle", "index": 0, "probability": 0.9}, {"label": "ring", "index": 4, "probability": 0.05}],
 }
 EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:pipeline:abc"
+WORK_BUCKET = "work-bucket"
 CONTEXT = SimpleNamespace(function_name="sink", memory_limit_in_mb=256, invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:sink", aws_request_id="req-1")
 
 
@@ -30,6 +41,7 @@ def aws() -> Iterator[dict[str, str]]:
     with mock_aws():
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="out-bucket")
+        s3.create_bucket(Bucket=WORK_BUCKET)
         ddb = boto3.client("dynamodb")
         ddb.create_table(
             TableName="preds",
@@ -61,48 +73,156 @@ def aws() -> Iterator[dict[str, str]]:
             yield {**env, "sns_tap": tap, "events_tap": events_tap}
 
 
-def _deliver(sink: str) -> dict[str, str]:
-    return lambda_handler({"sink": sink, "source": SOURCE, "prediction": PREDICTION, "execution_id": EXECUTION}, CONTEXT)
+def classified(source: dict[str, Any] = SOURCE, prediction: dict[str, Any] = PREDICTION, index: int = 0) -> dict[str, Any]:
+    """A batch document entry as inference writes it: the object located, classified."""
+    model = prediction["model"]
+    return {"index": index, "status": CLASSIFIED_STATUS, "source": source, "model": {"name": model["name"], "version": model["version"]},
+            "top_k": len(prediction["top_k"]), "trigger": "s3-event", "prediction": prediction}
+
+
+def failed(source: dict[str, Any] | None, error: str, message: str, index: int = 0, state: str = "Preprocess") -> dict[str, Any]:
+    """A batch document entry of an object that failed alone."""
+    return {"index": index, "status": FAILED, "source": source, "error": {"type": error, "message": message, "state": state},
+            "model": {"name": "demo", "version": "prod", "resolved": False}, "top_k": 2, "trigger": "s3-event"}
+
+
+def put_batch(entries: list[dict[str, Any]], execution: str = EXECUTION, name: str = CLASSIFIED) -> dict[str, str]:
+    """GIVEN a batch document in the work bucket, where the pipeline's earlier tasks leave it."""
+    document = {"schema": SCHEMA, "execution_id": execution, "trigger": "s3-event", "sinks": list(core.SINKS), "duplicates": 0,
+                "items": entries}
+    key = work_key("tensors/", execution, name)
+    boto3.client("s3").put_object(Bucket=WORK_BUCKET, Key=key, Body=json.dumps(document).encode())
+    return {"bucket": WORK_BUCKET, "key": key}
+
+
+def many(n: int, prefix: str = "burst") -> list[dict[str, Any]]:
+    """``n`` classified objects of one batch, each its own key."""
+    return [classified({**SOURCE, "key": f"{prefix}/{i:03d}.jpg", "version_id": f"v{i}"}, index=i) for i in range(n)]
+
+
+def _deliver(sink: str, batch: dict[str, str] | None = None, execution: str = EXECUTION) -> dict[str, Any]:
+    ref = batch if batch is not None else put_batch([classified()])
+    return lambda_handler({"sink": sink, "batch": ref, "execution_id": execution}, CONTEXT)
 
 
 def _drain(queue_url: str) -> list[dict]:
-    messages = boto3.client("sqs").receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])
-    return messages.get("Messages", [])
+    """Every message waiting in the queue (10 a receive)."""
+    sqs = boto3.client("sqs")
+    drained: list[dict] = []
+    while True:
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]).get("Messages", [])
+        if not messages:
+            return drained
+        drained += messages
+
+
+Fault = Callable[[dict[str, Any], Callable[[dict[str, Any]], Any]], Any]
+
+
+class ApiCalls:
+    """Every AWS API call made (service, operation, entries in the request), with optional faults:
+    ``faults[(service, operation)](params, send)`` answers instead of AWS (``send`` makes the real call)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str, int]] = []
+        self.faults: dict[tuple[str, str], Fault] = {}
+
+    def of(self, service: str, operation: str) -> list[int]:
+        """Entries per request of each call of ``operation``."""
+        return [n for s, o, n in self.log if (s, o) == (service, operation)]
+
+    def publishes(self) -> list[tuple[str, str, int]]:
+        return [c for c in self.log if c[1] in PUBLISH_OPERATIONS.values()]
+
+
+#: The batch API each message sink publishes with.
+PUBLISH_OPERATIONS = {"sns": "PublishBatch", "sqs": "SendMessageBatch", "eventbridge": "PutEvents"}
+SERVICE_OF = {"sns": "sns", "sqs": "sqs", "eventbridge": "events"}
+
+
+@pytest.fixture
+def api_calls(monkeypatch: pytest.MonkeyPatch) -> ApiCalls:
+    """Counts the requests every boto3 client sends (the functions' own cached clients included)."""
+    calls = ApiCalls()
+    original = BaseClient._make_api_call
+
+    def make_api_call(self: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        service = self.meta.service_model.service_name
+        entries = params.get("Entries") or params.get("PublishBatchRequestEntries") or []
+        calls.log.append((service, operation, len(entries)))
+        fault = calls.faults.get((service, operation))
+        if fault is not None:
+            return fault(params, lambda p: original(self, operation, p))
+        return original(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", make_api_call)
+    return calls
+
+
+def _published(sink: str, aws: dict[str, str]) -> list[dict[str, Any]]:
+    """The records a message sink's consumers received (the queue itself, or a tap on the topic or bus)."""
+    if sink == "sqs":
+        return [json.loads(m["Body"]) for m in _drain(aws["PREDICTIONS_QUEUE_URL"])]
+    if sink == "sns":
+        return [json.loads(m["Body"]) for m in _drain(aws["sns_tap"])]
+    return [json.loads(m["Body"])["detail"] for m in _drain(aws["events_tap"])]
+
+
+def _ledger(sink: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    records = [core.build_record(e["source"], e["prediction"], EXECUTION) for e in entries]
+    body = boto3.client("s3").get_object(Bucket="out-bucket", Key=sink_batch.ledger_key(sink, records))["Body"].read()
+    return json.loads(body)
+
+
+def _record_id(entry: dict[str, Any]) -> str:
+    return core.record_id(entry["source"], entry["prediction"]["model"])
 
 
 def test_every_sink_holds_the_same_record(aws: dict[str, str]) -> None:
+    # GIVEN a classified batch of one
+    ref = put_batch([classified()])
     # WHEN the record is delivered to all five sinks
-    results = {sink: _deliver(sink) for sink in core.SINKS}
+    results = {sink: _deliver(sink, ref) for sink in core.SINKS}
 
-    # THEN each sink holds exactly one record with the same id, model version and top-1
-    record_ids = {result["record_id"] for result in results.values()}
-    assert len(record_ids) == 1
+    # THEN each sink reports one delivery, where it went
+    assert {sink: (r["status"], r["delivered"]) for sink, r in results.items()} == {sink: ("DELIVERED", 1) for sink in core.SINKS}
+    assert results["s3"]["location"] == "s3://out-bucket/predictions/in-bucket/holiday photos/café+1%.jpg.json"
+    assert results["dynamodb"]["location"] == "dynamodb://preds/s3://in-bucket/holiday photos/café+1%.jpg#v1"
+    assert (results["sqs"]["location"], results["sns"]["location"], results["eventbridge"]["location"]) == (
+        aws["PREDICTIONS_QUEUE_URL"], aws["PREDICTIONS_TOPIC_ARN"], "events://preds-bus"
+    )
+    # AND each sink holds exactly one record with the same id, model version and top-1
+    expected_id = core.record_id(SOURCE, PREDICTION["model"])
     body = boto3.client("s3").get_object(Bucket="out-bucket", Key="predictions/in-bucket/holiday photos/café+1%.jpg.json")["Body"].read()
     s3_record = json.loads(body)
+    assert s3_record["record_id"] == expected_id and s3_record["execution_id"] == EXECUTION
     assert s3_record["top1"]["label"] == "circle" and s3_record["model"]["version"] == "0123456789ab"
     assert s3_record["source"]["key"] == SOURCE["key"]
     items = boto3.client("dynamodb").scan(TableName="preds")["Items"]
-    assert [(i["object"]["S"], i["version"]["S"], i["label"]["S"]) for i in items] == [
-        ("s3://in-bucket/holiday photos/café+1%.jpg", "v1", "circle")
+    assert [(i["object"]["S"], i["version"]["S"], i["label"]["S"], i["record_id"]["S"]) for i in items] == [
+        ("s3://in-bucket/holiday photos/café+1%.jpg", "v1", "circle", expected_id)
     ]
     queued = _drain(aws["PREDICTIONS_QUEUE_URL"])
-    assert [json.loads(m["Body"])["record_id"] for m in queued] == list(record_ids)
-    assert queued[0]["MessageAttributes"]["record_id"]["StringValue"] in record_ids
+    assert [json.loads(m["Body"])["record_id"] for m in queued] == [expected_id]
+    assert queued[0]["MessageAttributes"]["record_id"]["StringValue"] == expected_id
+    assert queued[0]["MessageAttributes"]["label"]["StringValue"] == "circle"
     published = _drain(aws["sns_tap"])
-    assert [json.loads(m["Body"])["record_id"] for m in published] == list(record_ids)
+    assert [json.loads(m["Body"])["record_id"] for m in published] == [expected_id]
     emitted = _drain(aws["events_tap"])
     assert len(emitted) == 1
     event = json.loads(emitted[0]["Body"])
-    assert event["detail-type"] == "Image Classified" and event["detail"]["record_id"] in record_ids
+    assert event["detail-type"] == "Image Classified" and event["source"] == "inferpipe"
+    assert event["detail"]["record_id"] == expected_id and event["resources"] == [EXECUTION]
 
 
 def test_redelivery_overwrites_instead_of_duplicating_in_storage_sinks(aws: dict[str, str]) -> None:
-    # WHEN the same prediction is delivered twice (a retried Map branch)
-    first, second = _deliver("dynamodb"), _deliver("dynamodb")
-    _deliver("s3"), _deliver("s3")
+    # WHEN the same batch is delivered twice (a retried Map branch)
+    ref = put_batch([classified()])
+    first, second = _deliver("dynamodb", ref), _deliver("dynamodb", ref)
+    _deliver("s3", ref), _deliver("s3", ref)
 
-    # THEN storage sinks still hold one record, under the same id
-    assert first["record_id"] == second["record_id"]
+    # THEN storage sinks still hold one record, in the same place
+    assert first == second
     assert boto3.client("dynamodb").scan(TableName="preds")["Count"] == 1
     listed = boto3.client("s3").list_objects_v2(Bucket="out-bucket")["KeyCount"]
     assert listed == 1
@@ -114,16 +234,30 @@ def test_a_new_model_version_gets_a_new_record_id() -> None:
 
 
 def test_undeployed_sink_is_a_permanent_error_naming_the_variable(aws: dict[str, str]) -> None:
+    ref = put_batch([classified()])
     with invocation_environment({"OUTPUT_BUCKET": "out-bucket"}):
         with pytest.raises(SinkNotConfiguredError, match="PREDICTIONS_QUEUE_URL"):
-            _deliver("sqs")
+            _deliver("sqs", ref)
     with pytest.raises(SinkNotConfiguredError, match="unknown sink 'kafka'"):
-        _deliver("kafka")
+        _deliver("kafka", ref)
 
 
-def test_missing_prediction_is_rejected_clearly(aws: dict[str, str]) -> None:
-    with pytest.raises(InvalidRequestError, match="prediction"):
-        lambda_handler({"sink": "s3", "source": SOURCE, "execution_id": EXECUTION}, CONTEXT)
+def test_a_sink_input_without_a_readable_batch_is_rejected_clearly(aws: dict[str, str]) -> None:
+    # the old per-object input (no batch reference)
+    with pytest.raises(InvalidRequestError, match=r'sink input must be \{"sink": name, "batch"'):
+        lambda_handler({"sink": "s3", "source": SOURCE, "prediction": PREDICTION, "execution_id": EXECUTION}, CONTEXT)
+    with pytest.raises(InvalidRequestError, match="batch must be a reference {bucket, key}"):
+        lambda_handler({"sink": "s3", "batch": "tensors/batches/abc/classified.json", "execution_id": EXECUTION}, CONTEXT)
+    # a batch document that expired
+    with pytest.raises(ObjectNotFoundError, match=r"s3://work-bucket/tensors/batches/gone/classified.json does not exist"):
+        _deliver("s3", {"bucket": WORK_BUCKET, "key": "tensors/batches/gone/classified.json"})
+    # an object that is not a batch document
+    boto3.client("s3").put_object(Bucket=WORK_BUCKET, Key="tensors/other.json", Body=b'{"items": []}')
+    with pytest.raises(InvalidRequestError, match="is not a inferpipe.batch/1 document"):
+        _deliver("s3", {"bucket": WORK_BUCKET, "key": "tensors/other.json"})
+    # a classified entry whose prediction is empty
+    with pytest.raises(InvalidRequestError, match="empty prediction.top_k"):
+        _deliver("s3", put_batch([classified(prediction={**PREDICTION, "top_k": []})]))
 
 
 @pytest.mark.parametrize(
@@ -146,3 +280,179 @@ def test_aws_failures_are_retried_only_when_retrying_can_help(code: str, status:
     expected = TransientError if transient else ClientError
     with pytest.raises(expected):
         raise_transient(error, "delivering to sink 'dynamodb'")
+
+
+# --------------------------------------------------------------------------- a batch, many records
+
+
+@pytest.mark.parametrize("sink", ["sqs", "sns", "eventbridge"])
+def test_a_message_sink_publishes_25_records_in_3_requests_and_a_second_delivery_publishes_nothing(
+    aws: dict[str, str], api_calls: ApiCalls, sink: str
+) -> None:
+    # GIVEN a classified batch of 25 objects
+    entries = many(25)
+    ref = put_batch(entries)
+
+    # WHEN it is delivered to a message sink
+    answer = _deliver(sink, ref)
+
+    # THEN 25 records went out in 3 batch requests of at most 10 entries, one message per object
+    assert answer["status"] == "DELIVERED" and answer["delivered"] == 25
+    assert api_calls.publishes() == [(SERVICE_OF[sink], PUBLISH_OPERATIONS[sink], n) for n in (10, 10, 5)]
+    received = _published(sink, aws)
+    assert sorted(r["record_id"] for r in received) == sorted(_record_id(e) for e in entries)
+    assert {r["source"]["key"] for r in received} == {e["source"]["key"] for e in entries}
+    # AND the ledger lists every record delivered
+    ledger = _ledger(sink, entries)
+    assert ledger["sink"] == sink and ledger["delivered"] == sorted(_record_id(e) for e in entries)
+
+    # WHEN the same batch is delivered again (a retried branch, a redrive, a replay by another execution)
+    api_calls.log.clear()
+    again = _deliver(sink, ref, execution=EXECUTION + "-replay")
+
+    # THEN nothing is published the second time
+    assert again["status"] == "DELIVERED"
+    assert api_calls.publishes() == []
+    assert _published(sink, aws) == []
+
+
+def test_storage_sinks_write_one_record_per_classified_object_and_skip_failed_ones(aws: dict[str, str], api_calls: ApiCalls) -> None:
+    # GIVEN a batch of 25 classified objects and one that failed in preprocess
+    entries = many(25)
+    ref = put_batch([*entries, failed({**SOURCE, "key": "burst/bad.jpg"}, "NotAnImageError", "not an image", index=25)])
+    api_calls.log.clear()
+    # WHEN delivered to S3 and DynamoDB
+    to_s3, to_dynamodb = _deliver("s3", ref), _deliver("dynamodb", ref)
+    # THEN each holds the 25 predictions, one object / one item each, and nothing of the failed object
+    assert (to_s3["delivered"], to_dynamodb["delivered"]) == (25, 25)
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="out-bucket", Prefix="predictions/")["Contents"]]
+    assert sorted(keys) == sorted(f"predictions/in-bucket/{e['source']['key']}.json" for e in entries)
+    # AND the location reported is where they all went (their common prefix)
+    assert to_s3["location"].startswith("s3://out-bucket/predictions/in-bucket/burst/")
+    assert all(f"s3://out-bucket/{key}".startswith(to_s3["location"]) for key in keys)
+    items = boto3.client("dynamodb").scan(TableName="preds")["Items"]
+    assert sorted(i["record_id"]["S"] for i in items) == sorted(_record_id(e) for e in entries)
+    assert len(api_calls.of("s3", "PutObject")) == 25 and len(api_calls.of("dynamodb", "PutItem")) == 25
+
+
+def test_a_batch_with_no_classified_object_delivers_nothing(aws: dict[str, str], api_calls: ApiCalls) -> None:
+    ref = put_batch([failed(SOURCE, "NotAnImageError", "not an image")])
+    answer = _deliver("sqs", ref)
+    assert answer == {"sink": "sqs", "status": "DELIVERED", "delivered": 0, "location": None}
+    assert api_calls.publishes() == [] and _drain(aws["PREDICTIONS_QUEUE_URL"]) == []
+
+
+def _failing_entries(record_ids: set[str], sender_fault: bool, times: int | None = None) -> Fault:
+    """A SendMessageBatch / PublishBatch answer that fails the entries of ``record_ids`` (``times`` calls, or always)."""
+    left = {"times": times}
+
+    def fault(params: dict[str, Any], send: Callable[[dict[str, Any]], Any]) -> Any:
+        key = "Entries" if "Entries" in params else "PublishBatchRequestEntries"
+        bad = [e for e in params[key] if e["MessageAttributes"]["record_id"]["StringValue"] in record_ids]
+        if not bad or left["times"] == 0:
+            return send(params)
+        if left["times"] is not None:
+            left["times"] -= 1
+        good = [e for e in params[key] if e not in bad]
+        response = send({**params, key: good}) if good else {"Successful": [], "Failed": []}
+        response.setdefault("Failed", [])
+        response["Failed"] += [{"Id": e["Id"], "SenderFault": sender_fault, "Code": "KMS.DisabledException" if sender_fault else "InternalError",
+                                "Message": "refused"} for e in bad]
+        return response
+
+    return fault
+
+
+def test_an_entry_the_queue_refuses_fails_the_sink_and_a_retry_publishes_only_what_is_missing(
+    aws: dict[str, str], api_calls: ApiCalls
+) -> None:
+    # GIVEN 25 objects, and a queue that refuses (for good: a sender fault) the entry of the 4th
+    entries = many(25)
+    ref = put_batch(entries)
+    refused = _record_id(entries[3])
+    api_calls.faults[("sqs", "SendMessageBatch")] = _failing_entries({refused}, sender_fault=True)
+
+    # WHEN delivered
+    with pytest.raises(SinkUnavailableError, match=rf"sink 'sqs' refused 1 record\(s\), e.g. {refused}: KMS.DisabledException: refused"):
+        _deliver("sqs", ref)
+
+    # THEN what went out before the refusal is in the queue and in the ledger, the rest is not
+    sent_first = {r["record_id"] for r in _published("sqs", aws)}
+    assert sent_first == {_record_id(e) for e in entries[:10]} - {refused}
+    assert set(_ledger("sqs", entries)["delivered"]) == sent_first
+
+    # WHEN the operator fixes the queue and the delivery is retried (inferpipe replay)
+    del api_calls.faults[("sqs", "SendMessageBatch")]
+    api_calls.log.clear()
+    _deliver("sqs", ref)
+
+    # THEN only the 16 missing records are published: every object is in the queue exactly once
+    assert api_calls.of("sqs", "SendMessageBatch") == [10, 6]
+    sent_then = [r["record_id"] for r in _published("sqs", aws)]
+    assert len(sent_then) == 16 and sorted([*sent_first, *sent_then]) == sorted(_record_id(e) for e in entries)
+
+
+def test_entries_failing_on_the_service_side_are_retried_then_the_sink_is_transient(
+    aws: dict[str, str], api_calls: ApiCalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sink_batch.time, "sleep", lambda _s: None)
+    entries = many(25)
+    ref = put_batch(entries)
+    flaky = _record_id(entries[12])
+
+    # GIVEN the topic fails one entry once (not the sender's fault): it is published on the second attempt
+    api_calls.faults[("sns", "PublishBatch")] = _failing_entries({flaky}, sender_fault=False, times=1)
+    assert _deliver("sns", ref)["delivered"] == 25
+    assert api_calls.of("sns", "PublishBatch") == [10, 10, 5, 1]
+    assert sorted(r["record_id"] for r in _published("sns", aws)) == sorted(_record_id(e) for e in entries)
+
+    # GIVEN another batch, and a queue that keeps failing one entry on its side
+    others = many(25, prefix="again")
+    stuck = _record_id(others[0])
+    ref = put_batch(others, execution=EXECUTION + "-2")
+    api_calls.faults[("sqs", "SendMessageBatch")] = _failing_entries({stuck}, sender_fault=False)
+    # THEN after ENTRY_ATTEMPTS attempts the sink fails with a retryable error, the others delivered and in the ledger
+    with pytest.raises(TransientError, match=r"sink 'sqs': 1 record\(s\) still failing after 3 attempts"):
+        _deliver("sqs", ref)
+    assert api_calls.of("sqs", "SendMessageBatch") == [10, 10, 5, 1, 1]
+    delivered = {_record_id(e) for e in others} - {stuck}
+    assert {r["record_id"] for r in _published("sqs", aws)} == delivered
+    assert set(_ledger("sqs", others)["delivered"]) == delivered
+
+
+@pytest.mark.parametrize(
+    ("code", "expected", "message"),
+    [("ThrottlingException", TransientError, "still failing after 3 attempts"), ("MalformedDetail", SinkUnavailableError, "refused 1 record")],
+)
+def test_eventbridge_entry_errors_are_classified_by_their_code(
+    aws: dict[str, str], api_calls: ApiCalls, monkeypatch: pytest.MonkeyPatch, code: str, expected: type[Exception], message: str
+) -> None:
+    monkeypatch.setattr(sink_batch.time, "sleep", lambda _s: None)
+    entries = many(3)
+    ref = put_batch(entries)
+
+    def fault(params: dict[str, Any], send: Callable[[dict[str, Any]], Any]) -> Any:
+        # the bus refuses the first entry of every request
+        answer = send({**params, "Entries": params["Entries"][1:]}) if len(params["Entries"]) > 1 else {"Entries": []}
+        return {"FailedEntryCount": 1, "Entries": [{"ErrorCode": code, "ErrorMessage": "no"}, *answer["Entries"]]}
+
+    api_calls.faults[("events", "PutEvents")] = fault
+    with pytest.raises(expected, match=message):
+        _deliver("eventbridge", ref)
+    assert {r["record_id"] for r in _published("eventbridge", aws)} == {_record_id(e) for e in entries[1:]}
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [("AWS.SimpleQueueService.NonExistentQueue", 400, SinkUnavailableError), ("ThrottlingException", 400, TransientError),
+     ("InternalError", 500, TransientError)],
+)
+def test_a_refused_batch_request_is_typed(aws: dict[str, str], api_calls: ApiCalls, code: str, status: int, expected: type[Exception]) -> None:
+    from botocore.exceptions import ClientError
+
+    def refuse(params: dict[str, Any], send: Callable[[dict[str, Any]], Any]) -> Any:
+        raise ClientError({"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "SendMessageBatch")
+
+    api_calls.faults[("sqs", "SendMessageBatch")] = refuse
+    with pytest.raises(expected, match="sink 'sqs'"):
+        _deliver("sqs", put_batch(many(3)))

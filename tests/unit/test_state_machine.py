@@ -86,44 +86,87 @@ def test_tasks_retry_exactly_the_transient_errors_and_catch_the_permanent_ones()
         assert definition["States"][name]["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
 
 
-def _reachable(states: dict[str, Any], start: str) -> set[str]:
+def _successors(state: dict[str, Any]) -> list[str]:
+    """Every state control can pass to from ``state``: Next, a Choice's branches and Default, a Catch's Next."""
+    nexts = [state.get("Next"), state.get("Default")]
+    nexts += [rule.get("Next") for rule in state.get("Choices", []) + state.get("Catch", [])]
+    return [n for n in nexts if n]
+
+
+def _reachable(states: dict[str, Any], start: str, avoiding: frozenset[str] = frozenset()) -> set[str]:
+    """States reachable from ``start`` without passing through any of ``avoiding``."""
     seen: set[str] = set()
     todo = [start]
     while todo:
         name = todo.pop()
-        if name in seen:
+        if name in seen or name in avoiding:
             continue
         seen.add(name)
-        state = states[name]
-        nexts = [state.get("Next"), state.get("Default")]
-        nexts += [rule.get("Next") for rule in state.get("Choices", []) + state.get("Catch", [])]
-        todo += [n for n in nexts if n]
+        todo += _successors(states[name])
     return seen
+
+
+#: The Choice branches that lead away from success: every object failed in Preprocess; an object
+#: failed in Inference or a sink did.
+FAILURE_CHOICES = {"AnyReady": "NoteAllFailed", "Outcome": "NoteObjectFailures"}
 
 
 def test_every_failure_path_records_the_failure_then_fails_and_recording_never_loops() -> None:
     definition = json.loads(ASL_PATH.read_text())
     states = definition["States"]
-    # Every Catch of every top-level state, and the invalid-input branch, reaches RecordFailure.
-    starts = [rule["Next"] for state in states.values() for rule in state.get("Catch", []) if state.get("Type") != "Task" or rule["Next"] != "PipelineFailed"]
-    starts.append(states["DetectInput"]["Default"])
-    starts.append(next(rule["Next"] for rule in states["AllDelivered"]["Choices"]))
-    for start in starts:
-        if start == "PipelineFailed":
-            continue
-        assert "RecordFailure" in _reachable(states, start), start
-    # The only Fail state is reached only through RecordFailure (or its own Catch).
-    fails = [name for name, state in states.items() if state["Type"] == "Fail"]
-    assert fails == ["PipelineFailed"]
+    start = definition["StartAt"]
+    assert start == "Preprocess"
+    # Every state is reachable, and every Next names a state that exists.
+    assert _reachable(states, start) == set(states)
+    # The failure paths: every Catch of every top-level task or Map (but RecordFailure's own), and
+    # the Choice branches taken when objects failed.
+    catches = {rule["Next"] for name, state in states.items() if name != "RecordFailure" for rule in state.get("Catch", [])}
+    assert catches == {"PreprocessFailed", "PreprocessErrored", "InferenceFailed", "InferenceErrored", "FanOutFailed", "FanOutErrored"}
+    for choice, branch in FAILURE_CHOICES.items():
+        assert [rule["Next"] for rule in states[choice]["Choices"]] == [branch], choice
+    fails = {name for name, state in states.items() if state["Type"] == "Fail"}
+    assert fails == {"PipelineFailed", "FailedUnrecorded"}
+    for failure_start in sorted(catches | set(FAILURE_CHOICES.values())):
+        reachable = _reachable(states, failure_start)
+        # each one records the failure, and cannot end anywhere but in a Fail state
+        assert "RecordFailure" in reachable, failure_start
+        assert "Done" not in reachable, failure_start
+        ends = {name for name in reachable if states[name].get("End") or states[name]["Type"] in ("Fail", "Succeed")}
+        assert ends <= fails, failure_start
+        # AND every state that hands over to RecordFailure says what failed and which batch (or
+        # null): RecordFailure's Parameters read $.failure, $.batch and $.deliveries
+        for name in reachable:
+            if states[name].get("Next") == "RecordFailure":
+                params = states[name]["Parameters"]
+                assert {"failure", "batch", "deliveries"} <= {k.removesuffix(".$") for k in params}, name
+                assert {"state", "error", "cause"} <= {k.removesuffix(".$") for k in params["failure"]}, name
+    # No path from the start reaches a Fail state without passing through RecordFailure.
+    assert not _reachable(states, start, avoiding=frozenset({"RecordFailure"})) & fails
+    # The success path never records a failure: Done is reached from the start without RecordFailure.
+    assert "Done" in _reachable(states, start, avoiding=frozenset({"RecordFailure"}))
+    assert states["Done"].get("End") is True and states["Done"]["Type"] == "Pass"
+    # Recording never loops: from RecordFailure only the two Fail states follow.
     record = states["RecordFailure"]
+    assert _reachable(states, "RecordFailure") == {"RecordFailure", "PipelineFailed", "FailedUnrecorded"}
     assert record["Resource"] == "${SinkFunctionArn}" and record["Parameters"]["mode"] == "failure"
+    assert record["Parameters"]["input.$"] == "$$.Execution.Input"  # the objects, when no batch document exists
     assert record["Next"] == "PipelineFailed"
-    assert record["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure_record_error", "Next": "PipelineFailed"}]
+    assert record["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure_record_error", "Next": "FailedUnrecorded"}]
     assert {e for rule in record["Retry"] for e in rule["ErrorEquals"]} >= set(TRANSIENT_ERROR_NAMES)
-    assert states["PipelineFailed"]["ErrorPath"] == "$.failure.error"
+    # The execution ends with the error RecordFailure answers; if it could not answer, with the failure that led there.
+    assert record["ResultPath"] == "$.outcome"
+    assert (states["PipelineFailed"]["ErrorPath"], states["PipelineFailed"]["CausePath"]) == ("$.outcome.error", "$.outcome.cause")
+    assert (states["FailedUnrecorded"]["ErrorPath"], states["FailedUnrecorded"]["CausePath"]) == ("$.failure.error", "$.failure.cause")
+    # States.* errors (unexpected ones) are renamed before a Fail state could re-raise them.
+    for errored in ("PreprocessErrored", "InferenceErrored", "FanOutErrored"):
+        assert states[errored]["Next"] == "DescribeUnexpectedError", errored
+    assert states["DescribeUnexpectedError"]["Parameters"]["failure"]["error"] == "PipelineError"
     # Each Map branch catches its own failure, so one sink failing never stops the others.
-    deliver = states["FanOut"]["ItemProcessor"]["States"]["Deliver"]
-    assert deliver["Catch"][0]["ErrorEquals"] == ["States.ALL"]
+    branch = states["FanOut"]["ItemProcessor"]["States"]
+    deliver = branch["Deliver"]
+    assert deliver["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "SinkFailed"}]
+    assert branch["SinkFailed"]["Parameters"]["status"] == "FAILED" and branch["SinkFailed"].get("End") is True
+    assert "States.ArrayContains($[*].status, 'FAILED')" in states["FanOut"]["ResultSelector"]["any_failed.$"]
 
 
 def test_each_task_times_out_after_its_function_would() -> None:

@@ -1,0 +1,276 @@
+"""One sink, a whole batch: every classified object of an execution delivered in one invocation.
+
+* S3 and DynamoDB write one object / one item per image (that is what they store); the requests
+  run :data:`PARALLEL_WRITES` at a time.
+* SNS, SQS and EventBridge publish with their batch APIs, 10 entries a request (PublishBatch,
+  SendMessageBatch, PutEvents): SNS and SQS bill each request by 64 KB chunk, so ten small
+  records cost one request.
+* The delivery ledger of a message sink is one object per (sink, set of records):
+  ``deliveries/<sink>/<ledger id>.json`` lists the record ids published. It is read before and
+  written after publishing, and written with what did go out before a failure is raised, so a
+  retry, a redrive or a replay of the same batch publishes only what is missing.
+
+Example::
+
+    deliver_batch("sns", {"bucket": "work", "key": ".../classified.json"}, execution_id, Destinations.from_env())
+    # {"sink": "sns", "status": "DELIVERED", "delivered": 16, "location": "arn:aws:sns:..."}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from functions.common.aws import client, error_code, is_not_found, is_transient, raise_transient
+from functions.common.errors import ConfigurationError, InvalidRequestError, SinkNotConfiguredError, SinkUnavailableError, TransientError
+from functions.common.log import logger
+from functions.common.work import CLASSIFIED_STATUS, get_document
+from functions.sink import core
+from functions.sink.core import EVENT_DETAIL_TYPE, EVENT_SOURCE, LEDGER_PREFIX, MESSAGE_SINKS, SINKS, Destinations
+
+DELIVERED = "DELIVERED"
+#: Entries per request of PublishBatch, SendMessageBatch and PutEvents (each service's maximum).
+ENTRIES_PER_REQUEST = 10
+#: ... and at most this many bytes of messages per request (each service allows 256 KiB).
+BYTES_PER_REQUEST = 240 * 1024
+#: Concurrent PutObject / PutItem requests of the S3 and DynamoDB sinks.
+PARALLEL_WRITES = 8
+#: Attempts at entries a batch API answered as failed for a reason worth retrying.
+ENTRY_ATTEMPTS = 3
+#: EventBridge PutEvents entry error codes worth retrying (the others are the entry's fault):
+#: https://docs.aws.amazon.com/eventbridge/latest/APIReference/API_PutEventsResultEntry.html
+RETRIED_ENTRY_CODES = frozenset({"InternalFailure", "ThrottlingException", "ServiceUnavailable", "InternalException"})
+
+
+def records_of(document: Mapping[str, Any], execution_id: str) -> list[dict[str, Any]]:
+    """The prediction record of every classified object of a batch document, in batch order."""
+    records = []
+    for entry in document["items"]:
+        if entry.get("status") != CLASSIFIED_STATUS:
+            continue
+        if not isinstance(entry.get("source"), dict) or not isinstance(entry.get("prediction"), dict):
+            raise InvalidRequestError(f"batch entry {entry.get('index')!r} is CLASSIFIED without a source and a prediction")
+        records.append(core.build_record(entry["source"], entry["prediction"], execution_id))
+    return records
+
+
+def ledger_id(records: Sequence[Mapping[str, Any]]) -> str:
+    return hashlib.sha256("\n".join(sorted(r["record_id"] for r in records)).encode()).hexdigest()[:32]
+
+
+def ledger_key(sink: str, records: Sequence[Mapping[str, Any]]) -> str:
+    return f"{LEDGER_PREFIX}{sink}/{ledger_id(records)}.json"
+
+
+def _ledger_read(dest: Destinations, key: str) -> set[str]:
+    if not dest.output_bucket:
+        return set()  # no ledger without an output bucket: at-least-once
+    try:
+        body = client("s3").get_object(Bucket=dest.output_bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if is_not_found(exc):
+            return set()
+        if is_transient(exc):
+            raise_transient(exc, f"reading the delivery ledger s3://{dest.output_bucket}/{key}")
+        # An AccessDenied here must not read as "nothing published yet": that is duplicates.
+        raise SinkUnavailableError(f"cannot read the delivery ledger s3://{dest.output_bucket}/{key}: {error_code(exc)}") from exc
+    except BotoCoreError as exc:
+        raise_transient(exc, f"reading the delivery ledger s3://{dest.output_bucket}/{key}")
+    try:
+        return set(json.loads(body).get("delivered") or [])
+    except (ValueError, AttributeError):
+        logger.warning("unreadable delivery ledger; publishing everything again", extra={"key": key})
+        return set()
+
+
+def _ledger_write(dest: Destinations, key: str, sink: str, delivered: set[str], execution_id: str, location: str) -> None:
+    if not dest.output_bucket:
+        return
+    body = {"sink": sink, "location": location, "execution_id": execution_id, "delivered": sorted(delivered)}
+    try:
+        client("s3").put_object(Bucket=dest.output_bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json")
+    except (ClientError, BotoCoreError) as exc:
+        # Published already. Failing now would publish again on the retry; say it loudly instead.
+        logger.error("published, but could not write the delivery ledger", extra={"key": key, "reason": str(exc)})
+
+
+def _chunks(entries: list[tuple[str, dict[str, Any]]]) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Entries in requests of at most ENTRIES_PER_REQUEST entries and BYTES_PER_REQUEST bytes."""
+    chunk: list[tuple[str, dict[str, Any]]] = []
+    size = 0
+    for record_id, entry in entries:
+        entry_size = len(json.dumps(entry, ensure_ascii=False).encode())
+        if chunk and (len(chunk) == ENTRIES_PER_REQUEST or size + entry_size > BYTES_PER_REQUEST):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((record_id, entry))
+        size += entry_size
+    if chunk:
+        yield chunk
+
+
+_Answer = Callable[[Any, list[str]], tuple[list[str], list[str], str]]
+_Call = Callable[[list[dict[str, Any]]], Any]
+
+
+def _send(chunk: list[tuple[str, dict[str, Any]]], call: _Call, answer: _Answer) -> tuple[list[str], list[str], str]:
+    ids = [record_id for record_id, _ in chunk]
+    response = call([entry for _, entry in chunk])
+    return answer(response, ids)
+
+
+def _sns_call(dest: Destinations) -> tuple[str, _Call, _Answer]:
+    topic = core._need(dest.topic_arn, "sns", core.config.PREDICTIONS_TOPIC_ARN)
+
+    def call(entries: list[dict[str, Any]]) -> Any:
+        return client("sns").publish_batch(TopicArn=topic, PublishBatchRequestEntries=entries)
+
+    return topic, call, _sender_fault_answer
+
+
+def _sqs_call(dest: Destinations) -> tuple[str, _Call, _Answer]:
+    queue = core._need(dest.queue_url, "sqs", core.config.PREDICTIONS_QUEUE_URL)
+
+    def call(entries: list[dict[str, Any]]) -> Any:
+        return client("sqs").send_message_batch(QueueUrl=queue, Entries=entries)
+
+    return queue, call, _sender_fault_answer
+
+
+def _sender_fault_answer(response: Any, ids: list[str]) -> tuple[list[str], list[str], str]:
+    """(transient, permanent, detail) of a PublishBatch / SendMessageBatch answer: ``SenderFault``
+    entries are the request's fault (retrying cannot help), the others the service's."""
+    transient, permanent, detail = [], [], ""
+    by_entry = {f"e{i}": record_id for i, record_id in enumerate(ids)}
+    for failed in response.get("Failed") or []:
+        record_id = by_entry.get(str(failed.get("Id")), str(failed.get("Id")))
+        (permanent if failed.get("SenderFault") else transient).append(record_id)
+        detail = f"{failed.get('Code')}: {failed.get('Message')}"
+    return transient, permanent, detail
+
+
+def _events_call(dest: Destinations) -> tuple[str, _Call, _Answer]:
+    bus = core._need(dest.event_bus, "eventbridge", core.config.PREDICTIONS_EVENT_BUS)
+
+    def call(entries: list[dict[str, Any]]) -> Any:
+        return client("events").put_events(Entries=entries)
+
+    def answer(response: Any, ids: list[str]) -> tuple[list[str], list[str], str]:
+        transient, permanent, detail = [], [], ""
+        if not response.get("FailedEntryCount"):
+            return transient, permanent, detail
+        for record_id, entry in zip(ids, response.get("Entries") or []):
+            code = entry.get("ErrorCode")
+            if code:
+                (transient if code in RETRIED_ENTRY_CODES else permanent).append(record_id)
+                detail = f"{code}: {entry.get('ErrorMessage')}"
+        return transient, permanent, detail
+
+    return f"events://{bus}", call, answer
+
+
+def _entries(sink: str, records: list[dict[str, Any]], dest: Destinations) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for record in records:
+        body = json.dumps(record, ensure_ascii=False)
+        attributes = core._message_attributes(record)
+        # FIFO topics and queues: one message group per object, deduplicated by record id.
+        fifo = {"MessageGroupId": record["source"]["uri"][:128], "MessageDeduplicationId": record["record_id"]}
+        if sink == "sns":
+            entry: dict[str, Any] = {"Id": "", "Message": body, "MessageAttributes": attributes,
+                                     **(fifo if core._is_fifo(dest.topic_arn or "") else {})}
+        elif sink == "sqs":
+            entry = {"Id": "", "MessageBody": body, "MessageAttributes": attributes,
+                     **(fifo if core._is_fifo(dest.queue_url or "") else {})}
+        else:
+            entry = {"Source": EVENT_SOURCE, "DetailType": EVENT_DETAIL_TYPE, "Detail": body, "EventBusName": dest.event_bus,
+                     "Resources": [record["execution_id"]]}
+        out.append((record["record_id"], entry))
+    return out
+
+
+def _publish(sink: str, records: list[dict[str, Any]], dest: Destinations, execution_id: str) -> str:
+    location, call, answer = {"sns": _sns_call, "sqs": _sqs_call, "eventbridge": _events_call}[sink](dest)
+    key = ledger_key(sink, records)
+    delivered = _ledger_read(dest, key)
+    pending = [record for record in records if record["record_id"] not in delivered]
+    if not pending:
+        logger.info("batch already published to this sink; not publishing again", extra={"ledger": key})
+        return location
+    failure: Exception | None = None
+    try:
+        for attempt in range(ENTRY_ATTEMPTS):
+            retry: list[dict[str, Any]] = []
+            by_id = {record["record_id"]: record for record in pending}
+            entries = _entries(sink, pending, dest)
+            for chunk in _chunks(entries):
+                if sink != "eventbridge":  # ids unique within a request, as PublishBatch / SendMessageBatch require
+                    chunk = [(record_id, {**entry, "Id": f"e{j}"}) for j, (record_id, entry) in enumerate(chunk)]
+                transient, permanent, detail = _send(chunk, call, answer)
+                ok = {record_id for record_id, _ in chunk} - set(transient) - set(permanent)
+                delivered |= ok
+                if permanent:
+                    raise SinkUnavailableError(f"sink '{sink}' refused {len(permanent)} record(s), e.g. {permanent[0]}: {detail}")
+                retry.extend(by_id[record_id] for record_id in transient)
+            if not retry:
+                break
+            pending = retry
+            if attempt + 1 == ENTRY_ATTEMPTS:
+                raise TransientError(f"sink '{sink}': {len(retry)} record(s) still failing after {ENTRY_ATTEMPTS} attempts: {detail}")
+            time.sleep(0.2 * 2**attempt)
+    except (SinkUnavailableError, TransientError, ConfigurationError) as exc:
+        failure = exc
+    except ClientError as exc:
+        failure = TransientError(f"delivering to sink '{sink}': {exc}") if is_transient(exc) else SinkUnavailableError(
+            f"sink '{sink}' refused the batch: {error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": "))
+    except BotoCoreError as exc:  # a connection problem is transient, a missing region or credentials is not
+        try:
+            raise_transient(exc, f"delivering to sink '{sink}'")
+        except (TransientError, ConfigurationError) as classified:
+            failure = classified
+    _ledger_write(dest, key, sink, delivered, execution_id, location)
+    if failure is not None:
+        raise failure
+    return location
+
+
+def _write_each(sink: str, records: list[dict[str, Any]], dest: Destinations) -> str:
+    """One PutObject / PutItem per record, PARALLEL_WRITES at a time; where they went (their common prefix)."""
+
+    def one(record: dict[str, Any]) -> str:
+        return core.deliver(sink, record, dest)
+
+    if len(records) == 1:
+        return one(records[0])
+    with ThreadPoolExecutor(max_workers=PARALLEL_WRITES, thread_name_prefix=f"sink-{sink}") as pool:
+        locations = list(pool.map(one, records))
+    common = os.path.commonprefix(locations)
+    return common if common.endswith("/") else common.rsplit("/", 1)[0] + "/"
+
+
+def deliver_batch(sink: str, batch: Any, execution_id: str, dest: Destinations) -> dict[str, Any]:
+    """Deliver every classified record of the batch document ``batch`` to ``sink``."""
+    if sink not in SINKS:
+        raise SinkNotConfiguredError(f"unknown sink '{sink}'; known sinks: {', '.join(SINKS)}")
+    document = get_document(client("s3"), batch)
+    records = records_of(document, execution_id)
+    if not records:
+        return {"sink": sink, "status": DELIVERED, "delivered": 0, "location": None}
+    started = time.perf_counter()
+    if sink in MESSAGE_SINKS:
+        location = _publish(sink, records, dest, execution_id)
+    else:
+        location = _write_each(sink, records, dest)
+    logger.info("batch delivered", extra={"delivered": len(records), "location": location,
+                                          "ms": round((time.perf_counter() - started) * 1000.0, 1)})
+    return {"sink": sink, "status": DELIVERED, "delivered": len(records), "location": location}
+
+
+__all__ = ["DELIVERED", "ENTRIES_PER_REQUEST", "deliver_batch", "ledger_key", "records_of"]

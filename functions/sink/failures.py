@@ -1,0 +1,144 @@
+"""Failure records of a batch: one per object that did not get all its deliveries (state RecordFailure).
+
+What failed, by where the execution stopped:
+
+* objects that failed alone (``FAILED`` in the batch document: a bad image, a missing object, an
+  unknown model) get their own error;
+* when a whole task failed (its retries exhausted, a timeout, an invalid input), every object not
+  already failed gets that task's error; with no batch document yet, the objects are read from
+  the execution's input itself;
+* when a sink failed, every classified object gets the sink's error, with ``delivered_sinks`` and
+  ``failed_sinks``.
+
+Each record is written as before (:func:`functions.sink.core.record_failure`:
+``failures/<bucket>/<key>.json`` and a FAILED item, never over a SUCCEEDED one). The answer names
+the error the execution ends with: the one error type all the failed objects share, or
+``BatchItemsFailed`` when they differ, and a cause that counts them.
+
+Example::
+
+    record_batch_failures({"mode": "failure", "failure": {...}, "batch": ref, "input": ..., "defaults": {...},
+                           "deliveries": [...], "execution_id": arn}, Destinations.from_env())
+    # {"error": "NotAnImageError", "cause": "s3://in/a.png (12 bytes) is not a ... image", "failed": 1, ...}
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from functions.common.aws import client
+from functions.common.batch import Defaults, parse_input
+from functions.common.errors import InvalidInputError, InvalidRequestError, ObjectNotFoundError
+from functions.common.work import CLASSIFIED_STATUS, FAILED, get_document
+from functions.sink.core import Destinations, build_failure, record_failure
+
+#: ``failure.state`` of the note the state machine passes when only objects failed (no task did).
+ITEMS_FAILED_STATE = "Batch"
+MIXED_ERRORS = "BatchItemsFailed"
+PARALLEL_WRITES = 8
+
+
+def _items(event: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The batch's objects: from the newest batch document, else parsed from the execution's input."""
+    if isinstance(event.get("batch"), Mapping):
+        try:
+            return list(get_document(client("s3"), event["batch"])["items"])
+        except (ObjectNotFoundError, InvalidRequestError):
+            pass  # expired or unreadable (a TransientError propagates: RecordFailure retries it)
+    try:
+        defaults = Defaults.from_dict(event.get("defaults"))
+        batch = parse_input(event.get("input"), defaults)
+    except (InvalidInputError, InvalidRequestError):
+        return []
+    items = []
+    for item in batch.items:
+        entry: dict[str, Any] = {"index": item.index, "status": "READY", "source": item.named_source()}
+        if item.request is not None:
+            entry["model"] = {"name": item.request.model.name, "version": item.request.model.version, "resolved": False}
+        else:
+            entry.update(status=FAILED, error={"type": "InvalidRequestError", "message": item.problem or "", "state": "Preprocess"})
+        items.append(entry)
+    return items
+
+
+def _context(entry: Mapping[str, Any], deliveries: list[Any]) -> dict[str, Any]:
+    """What :func:`build_failure` reads for one object: its source and model, and the deliveries."""
+    source = entry.get("source") or {}
+    model = entry.get("model") or {}
+    context: dict[str, Any] = {"deliveries": deliveries}
+    if model.get("resolved", True) and model:
+        context["job"] = {"source": source, "model": {"name": model.get("name"), "version": model.get("version")}}
+    else:
+        context["request"] = {**source, "model": model.get("name"), "model_version": model.get("version")}
+    return context
+
+
+def record_batch_failures(event: Mapping[str, Any], dest: Destinations) -> dict[str, Any]:
+    failure = event.get("failure") if isinstance(event.get("failure"), Mapping) else {}
+    execution_id = str(event.get("execution_id") or "")
+    task_failed = failure.get("state") not in (None, ITEMS_FAILED_STATE)
+    raw_deliveries = event.get("deliveries")
+    deliveries = [d for d in raw_deliveries if isinstance(d, Mapping)] if isinstance(raw_deliveries, list) else []
+    failed_sink = next((d for d in deliveries if d.get("status") == FAILED), None)
+    items = _items(event)
+
+    records: list[dict[str, Any]] = []
+    for entry in items:
+        if entry.get("status") == FAILED:
+            error = entry.get("error") or {}
+            state, error_type, cause = error.get("state", "Preprocess"), error.get("type", "PipelineError"), error.get("message", "")
+        elif task_failed:
+            state, error_type, cause = failure.get("state"), failure.get("error"), failure.get("cause", "")
+        elif failed_sink is not None and entry.get("status") == CLASSIFIED_STATUS:
+            state, error_type, cause = "Deliver", failed_sink.get("error"), failed_sink.get("cause", "")
+        elif entry.get("status") != CLASSIFIED_STATUS:
+            # Not classified, and nothing says why (the batch document could not be read): the note's error.
+            state, error_type, cause = failure.get("state") or "Batch", failure.get("error") or "PipelineError", failure.get("cause", "")
+        else:
+            continue
+        if str(error_type).startswith("States."):  # a Fail state may not end with a States.* name
+            error_type, cause = "PipelineError", f"{error_type}: {cause}"
+        source = entry.get("source")
+        request_event = {
+            "failure": {"state": state, "error": str(error_type), "cause": cause, **({"input": entry.get("input")} if source is None else {})},
+            "context": _context(entry, list(deliveries) if state == "Deliver" else []),
+            "execution_id": execution_id,
+        }
+        record = build_failure(request_event)
+        if source is None and len(items) > 1:
+            record["item"] = entry.get("index")  # its own record under failures/_invalid/
+        records.append(record)
+    if not items:  # an input that names no object at all
+        records.append(build_failure({"failure": {**failure, "input": event.get("input")}, "context": {}, "execution_id": execution_id}))
+
+    with ThreadPoolExecutor(max_workers=PARALLEL_WRITES, thread_name_prefix="failure-records") as pool:
+        written = list(pool.map(lambda record: record_failure(record, dest), records))
+    types = Counter(record["error"]["type"] for record in records)
+    if not records:  # nothing failed after all (a note without failures): say so instead of crashing
+        error, cause = str(failure.get("error") or "PipelineError"), str(failure.get("cause") or "no object of the batch failed")
+    elif len(records) == 1 and len(items) <= 1:
+        error, cause = records[0]["error"]["type"], records[0]["error"]["message"]
+    else:
+        error = next(iter(types)) if len(types) == 1 else MIXED_ERRORS
+        first = records[0]
+        where = (first.get("source") or {}).get("uri", "an input")
+        cause = (
+            f"{len(records)} of {len(items) or len(records)} objects failed: "
+            + ", ".join(f"{name} x{count}" for name, count in types.most_common())
+            + f"; first: {where}: {first['error']['message']}"
+        )
+    return {
+        "mode": "failure",
+        "error": error,
+        "cause": cause[:32000],
+        "failed": len(records),
+        "objects": len(items),
+        "written": {"records": len(written), "s3": sum(1 for w in written if "s3" in w), "dynamodb": sum(1 for w in written if "dynamodb" in w)},
+        "failed_state": records[0]["failed_state"] if records else failure.get("state"),
+    }
+
+
+__all__ = ["ITEMS_FAILED_STATE", "MIXED_ERRORS", "record_batch_failures"]
