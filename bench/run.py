@@ -963,6 +963,7 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
         r["pipeline.trickle_added_latency_ms"] = batched["median"]["upload_to_result_ms"] - isolated["median"]["upload_to_result_ms"]
         r["pipeline.burst_images_per_s"] = batched["burst"]["images_per_second"]
         r["pipeline.batched_vs_direct_burst"] = batched["burst"]["images_per_second"] / isolated["burst"]["images_per_second"]
+    _sagemaker_comparison(results)
     if not quick and "resnet50_v1_b8" in results["latency"]:
         v1, v8 = results["latency"]["resnet50_v1_b1"]["variants"], results["latency"]["resnet50_v1_b8"]["variants"]
         if "int8" in v1 and "int8" in v8:
@@ -996,6 +997,29 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
     out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     _chart(results, chart)
     print(table(results))
+    return results
+
+
+def _sagemaker_comparison(results: dict[str, Any]) -> None:
+    """The flood's cost beside SageMaker Asynchronous Inference doing the same forward passes on one
+    busy ml.m5.xlarge, sized from the Lite0 int8 batch-8 time measured in this run (per image)."""
+    from inferpipe import cost
+
+    r = results["ratios"]
+    lite = results["latency"].get(f"{LITE0}_b8", {}).get("variants", {})
+    if "int8" not in lite or "cost.flood_usd_per_million_images" not in r:
+        return
+    estimate = cost.sagemaker_async(lite["int8"]["median_ms"] / 8)
+    results["sagemaker_async"] = estimate
+    r["cost.sagemaker_async_usd_per_million_images"] = estimate["usd_per_million_images"]
+    r["cost.flood_vs_sagemaker_async"] = r["cost.flood_usd_per_million_images"] / estimate["usd_per_million_images"]
+
+
+def reprice(path: Path) -> dict[str, Any]:
+    """Recompute the derived cost comparison of a finished run's results (``--reprice FILE``)."""
+    results = json.loads(path.read_text())
+    _sagemaker_comparison(results)
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results
 
 
@@ -1148,7 +1172,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results.json")
     parser.add_argument("--chart", type=Path, default=BENCH_DIR / "chart.png")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime control")
+    parser.add_argument("--reprice", type=Path, default=None, metavar="FILE",
+                        help="only recompute the SageMaker comparison of a finished run's results file")
     args = parser.parse_args(argv)
+    if args.reprice is not None:
+        ratios = reprice(args.reprice)["ratios"]
+        print(json.dumps({k: v for k, v in ratios.items() if k.startswith("cost.")}, indent=2))
+        return 0
     run(args.quick, args.out, args.chart, onnx=not args.no_onnx)
     return 0
 

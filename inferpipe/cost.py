@@ -169,6 +169,34 @@ def price(usage: Usage, prices: Mapping[str, Price] | None = None) -> Estimate:
     return Estimate(usage, tuple(line for line in candidates if line.quantity))
 
 
+def sagemaker_async(ms_per_image: float, prices: Mapping[str, Price] | None = None) -> dict[str, Any]:
+    """The same work on SageMaker Asynchronous Inference, one ml.m5.xlarge kept busy.
+
+    ``ms_per_image``: our measured forward time per image on 2 cores (the instance has 4 vCPU, so
+    this overstates its instance time, in SageMaker's favour: no preprocess, no queueing, no idle
+    time, no scale-to-zero cold starts are counted either). Per image it adds what the service
+    needs in S3 anyway: the endpoint's GET of the input and its PUT of the output object, and the
+    success notification on SNS; the invoker that calls InvokeEndpointAsync per upload is left out.
+    """
+    p = dict(prices or load_prices())
+    instance = p["sagemaker.ml_m5_xlarge_hour"]
+    per_image = {
+        "instance time": instance.of(ms_per_image / 1000.0 / 3600.0),
+        "S3 PUT of the output": p["s3.put_requests"].of(1),
+        "S3 GET of the input": p["s3.get_requests"].of(1),
+        "SNS success notification": p["sns.requests"].of(1),
+    }
+    return {
+        "instance": "ml.m5.xlarge",
+        "usd_per_hour": instance.usd,
+        "ms_per_image": ms_per_image,
+        "images_per_hour": 3_600_000.0 / ms_per_image,
+        "usd_per_million_images": sum(per_image.values()) * 1_000_000,
+        "by_item_per_million": {k: v * 1_000_000 for k, v in per_image.items()},
+        "price_source": instance.source,
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # measuring the local stack
 # --------------------------------------------------------------------------------------------
@@ -265,4 +293,4 @@ def since_epoch(duration_s: float, now: float | None = None) -> float:
     return (time.time() if now is None else now) - duration_s
 
 
-__all__ = ["Estimate", "Line", "PRICES_FILE", "Price", "Usage", "format_table", "load_prices", "measure", "price", "since_epoch"]
+__all__ = ["Estimate", "Line", "PRICES_FILE", "Price", "Usage", "format_table", "load_prices", "measure", "price", "sagemaker_async", "since_epoch"]
