@@ -256,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.WARNING)  # the functions' JSON logs would drown the report
     logging.getLogger("moto").setLevel(logging.CRITICAL)  # moto logs every failed execution at ERROR
     # The tiny shapes model, as the deployment default: its synthetic images and known labels are
-    # what the reconciliation checks (the e2e tests do the same; see tests/e2e/conftest.py).
-    with LocalStack(default_model="demo").start() as stack:
+    # what the reconciliation checks (the e2e tests do the same; see tests/e2e/conftest.py). The
+    # direct trigger: the reconciliation reads one execution per upload, its input the S3 event
+    # (tests/e2e/test_batching.py checks the batched trigger's deliveries object by object).
+    with LocalStack(default_model="demo", trigger="direct").start() as stack:
         publish(stack.client("s3"), stack.resources.buckets["models"], DEMO_MODEL_DIR, name="demo", alias="prod")
         report = run_load(stack, images=args.images, bad_share=args.bad, fault_share=args.faults, burst=args.burst, seed=args.seed)
     return 0 if report.ok else 1
