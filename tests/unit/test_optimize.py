@@ -193,7 +193,8 @@ def test_default_model_preload_reports_the_cold_start_in_parts(packages: SimpleN
         with invocation_environment(environment):
             report = handler.preload_default_model()
             assert report is not None and set(report) >= {"import", "fetch", "load", "first_forward", "preloaded"}
-            assert report["import"] > 0 and report["first_forward"] > 0
+            # import is this module's own import time: ~0 when an earlier test already imported MXNet
+            assert report["import"] >= 0 and report["first_forward"] > 0
             # THEN the model is cached: the first request does not load it
             assert ("tiny", published.version) in handler.model_cache()
         with invocation_environment({**environment, "DEFAULT_MODEL": "missing"}):
