@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferpipe.classify import execution_results, failed_delivery
+from inferpipe.classify import execution_results, failed_delivery, object_error
 
 BACKFILL_DEFINITION_VALUES = ("PipelineStateMachineArn", "OutputBucket", "BackfillResultsPrefix")
 
@@ -91,24 +91,28 @@ def backfill_input(target: Any, bucket: str, prefix: str, batch_size: int | None
 
 
 def _tally(summary: Summary, target: Any, status: str, execution_arn: str | None, objects: int, error: str | None) -> None:
-    """Add one batch's outcome, from its batch document when there is one."""
+    """Add one batch's outcome, object by object, as ``inferpipe classify`` decides it (:func:`object_error`)."""
     summary.batches += 1
     entries = execution_results(target, execution_arn) if execution_arn else []
     if execution_arn:
         summary.executions += 1
+    execution_error = {"type": error or status, "message": ""}
     if not entries:  # the batch never got as far as a document: all its objects failed with its error
-        summary.errors[error or status] += objects
+        summary.errors[execution_error["type"]] += objects
         return
-    # A batch's execution fails when any of its objects does; the others count as succeeded
-    # unless a sink failed for the whole batch.
-    sink_failure = failed_delivery(target, execution_arn) if execution_arn and status != "SUCCEEDED" else None
+    sink_failure: list[dict[str, str] | None] = []
+
+    def failed_sink() -> dict[str, str] | None:
+        if not sink_failure:  # one history read per batch, and only if a classified object needs it
+            sink_failure.append(failed_delivery(target, execution_arn) if execution_arn else None)
+        return sink_failure[0]
+
     for entry in entries:
-        if entry.get("status") == "CLASSIFIED" and sink_failure is None:
+        failed = object_error(entry, status == "SUCCEEDED", failed_sink, execution_error)
+        if failed is None:
             summary.succeeded += 1
-        elif entry.get("status") == "CLASSIFIED":
-            summary.errors[sink_failure["type"]] += 1
         else:
-            summary.errors[str((entry.get("error") or {}).get("type") or error or "PipelineError")] += 1
+            summary.errors[failed["type"]] += 1
 
 
 def backfill(

@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 
 from functions.common.batch import named_objects
 from functions.common.request import META_MODEL, META_MODEL_VERSION, META_TOP_K
-from functions.common.work import CLASSIFIED, PREPROCESSED, work_key
+from functions.common.work import CLASSIFIED, CLASSIFIED_STATUS, PREPROCESSED, work_key
 from inferpipe.target import Target
 
 UPLOAD_PREFIX = "incoming/"
@@ -170,6 +170,26 @@ def _cause_message(cause: str) -> str:
     return cause
 
 
+def object_error(
+    entry: dict[str, Any] | None,
+    execution_succeeded: bool,
+    sink_failure: Callable[[], dict[str, str] | None],
+    execution_error: dict[str, str],
+) -> dict[str, str] | None:
+    """Why one object of an execution did not get all its deliveries (None: it did), as ``{type, message}``.
+
+    A batch's execution fails when any of its objects does, so a classified object failed only if
+    a sink failed for the batch (``sink_failure()``, asked only then); an object the batch document
+    marks FAILED has its own error; an object with no entry (the batch never got a document) has
+    the execution's. ``inferpipe classify`` and ``inferpipe backfill`` both decide by this.
+    """
+    if entry is not None and entry.get("status") == CLASSIFIED_STATUS:
+        return None if execution_succeeded else sink_failure()
+    if entry is not None and entry.get("error"):
+        return _error(str(entry["error"].get("type") or execution_error["type"]), str(entry["error"].get("message") or ""))
+    return execution_error
+
+
 def _outcome(
     result: FileResult,
     described: dict[str, Any],
@@ -177,31 +197,19 @@ def _outcome(
     failure_of: Callable[[str], dict[str, str] | None],
 ) -> None:
     """This file's outcome: its entry in the batch document, else the execution's error."""
-    result.execution_arn = described["executionArn"]
+    arn = result.execution_arn = described["executionArn"]
     status = described["status"]
     entry = _entry_for(entries, result)
-    if entry is not None and entry.get("status") == "CLASSIFIED":
-        failure = failure_of(result.execution_arn) if status != "SUCCEEDED" else None
+    execution_error = _error(described.get("error") or status, _cause_message(described.get("cause") or "") or f"execution ended {status}")
+    result.error = object_error(entry, status == "SUCCEEDED", lambda: failure_of(arn), execution_error)
+    result.status = "failed" if result.error else "succeeded"
+    if entry is not None and entry.get("status") == CLASSIFIED_STATUS:
         prediction = entry.get("prediction") or {}
         result.top_k = list(prediction.get("top_k") or [])
         result.model = (prediction.get("model") or {}).get("name")
         result.model_version = (prediction.get("model") or {}).get("version")
-        if failure is None:
-            output = json.loads(described.get("output") or "{}") if status == "SUCCEEDED" else {}
-            result.status = "succeeded"
-            result.deliveries = list(output.get("deliveries") or [])
-            result.error = None
-            return
-        result.status = "failed"
-        result.error = _error(failure["type"], failure["message"])
-        return
-    result.status = "failed"
-    if entry is not None and entry.get("status") == "FAILED" and entry.get("error"):
-        result.error = _error(str(entry["error"].get("type")), str(entry["error"].get("message") or ""))
-        return
-    error_type = described.get("error") or status
-    message = _cause_message(described.get("cause") or "")
-    result.error = _error(error_type, message or f"execution ended {status}")
+    if status == "SUCCEEDED":
+        result.deliveries = list(json.loads(described.get("output") or "{}").get("deliveries") or [])
 
 
 def classify_files(
