@@ -24,6 +24,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from functions.common.batch import Defaults  # the deployment defaults, as the functions read them from the ASL
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK_FILE = REPO_ROOT / "config" / "stack.json"
 
@@ -127,16 +129,6 @@ class FunctionSpec:
     memory_mb: int
     timeout_s: int
     environment: tuple[str, ...]  # exactly the variables this function receives
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """Deployment defaults a manual request may override."""
-
-    sinks: tuple[str, ...]
-    top_k: int
-    model: str
-    model_version: str
 
 
 @dataclass(frozen=True)
