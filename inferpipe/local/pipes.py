@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -91,7 +92,8 @@ class PipeStats:
     messages: int = 0
     failed_starts: int = 0
     last_error: str | None = None
-    sizes: list[int] = field(default_factory=list)
+    #: the sizes of the last 1,000 batches (a long-running stack keeps no more)
+    sizes: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=1000))
 
 
 class PipeRunner:

@@ -12,7 +12,7 @@ from typing import Any
 from inferpipe.backfill import backfill
 from inferpipe.cli import main
 from inferpipe.target import Target
-from tests.e2e.conftest import DEMO_MODEL_DIR, batch_entry, direct_top1, executions_for_key, image_bytes, wait_for_execution
+from tests.e2e.conftest import DEMO_MODEL_DIR, batch_entry, direct_top1, image_bytes, wait_for_execution
 
 TRIGGER = "batched"  # the stack fixture of this module runs the deployment's default trigger
 ALL_SINKS = ("s3", "dynamodb", "sns", "sqs", "eventbridge")
@@ -181,7 +181,6 @@ def test_bad_backfill_arguments_are_refused_clearly(stack: Any, capsys: Any) -> 
 
 def test_the_cost_of_batches_counts_images_not_executions(stack: Any, tmp_path: Path, capsys: Any) -> None:
     # GIVEN ten uploads in a burst through the batched trigger
-    since = time.time()
     keys = set()
     for i in range(10):
         key = f"cost-{uuid.uuid4().hex[:6]}/{i}.jpg"
@@ -195,5 +194,4 @@ def test_the_cost_of_batches_counts_images_not_executions(stack: Any, tmp_path: 
     # THEN images are the objects, fewer executions ran them, and the pipe's and buffer's work is billed
     assert summary["images"] >= 10 and summary["executions"] < summary["images"]
     assert {"EventBridge Pipes", "SQS", "Step Functions"} <= set(summary["by_service"])
-    assert len(executions) < 10 and since > 0
-    assert executions_for_key(stack, next(iter(keys)))
+    assert len(executions) < 10
