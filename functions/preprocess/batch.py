@@ -1,5 +1,6 @@
 """The preprocess task over a batch: every object located, decoded and turned into a tensor row.
 
+Up to :data:`PARALLEL_FETCHES` objects are read at once (one GetObject each), decoded in batch order.
 An object that cannot be classified (missing, too large, not an image, a bomb, an unknown model,
 an invalid name) fails alone: its entry in ``preprocessed.json`` says why, and the others go on.
 A transient failure (S3 throttling or a timeout, after the SDK's own retries) fails the whole
@@ -15,8 +16,12 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import io
+import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +36,15 @@ from functions.common.log import logger, object_uri
 from functions.common.manifest import Manifest
 from functions.common.model_store import ModelStore
 from functions.common.work import FAILED, PREPROCESSED, READY, SCHEMA, counts, item_error, put_document, work_key
-from functions.preprocess.core import check_owned, decode_image, fetch_object, head_object
+from functions.preprocess.core import Fetched, check_owned, decode_image, fetch_object
 from functions.preprocess.transform import to_tensor
+
+#: GETs in flight while earlier objects decode: S3 answers each in tens of milliseconds, and a
+#: batch of 100 read one after another would spend most of its time waiting.
+PARALLEL_FETCHES = 8
+#: Most bytes of fetched objects waiting to be decoded (an object larger than this is read alone):
+#: small beside the memory the decoder is allowed (see ``functions.common.config.pixels_for_memory``).
+FETCH_BUFFER_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
@@ -44,27 +56,79 @@ class _Group:
     items: list[int] = field(default_factory=list)
 
 
-def _one(
-    item: Item, s3: Any, resolve: Any, limits: ImageLimits, ownership: tuple[str | None, str | None]
-) -> tuple[dict[str, Any], Manifest, np.ndarray]:
-    """Entry of one object and its tensor row; raises a PermanentError naming what was wrong."""
+class _Cancelled(Exception):
+    """The batch stopped (a transient or configuration error): fetches still waiting give up."""
+
+
+class _ByteBudget:
+    """At most ``limit`` bytes of fetched, not yet decoded objects held at once.
+
+    Reservations are granted in batch order: the object the decoder waits for always reserved
+    before any later one, so a later object can never hold the budget it needs (an object larger
+    than the whole budget waits until nothing else is held, then is read alone).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit, self._used, self._next = limit, 0, 0
+        self._held: dict[int, int] = {}
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def reserve(self, index: int, size: int) -> None:
+        size = min(size, self._limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or (self._next == index and (self._used == 0 or self._used + size <= self._limit)))
+            if self._closed:
+                raise _Cancelled()
+            self._used += size
+            self._held[index] = size
+            self._next += 1
+            self._cond.notify_all()
+
+    def done(self, index: int) -> None:
+        """Object ``index`` is decoded (or failed): its bytes are free, its turn is passed."""
+        with self._cond:
+            if index not in self._held:  # failed before reserving: pass its turn on once it comes
+                self._cond.wait_for(lambda: self._closed or self._next >= index)
+                self._next = max(self._next, index + 1)
+            self._used -= self._held.pop(index, 0)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _fetch(item: Item, s3: Any, limits: ImageLimits, ownership: tuple[str | None, str | None], budget: _ByteBudget, turn: int) -> tuple[Fetched, float]:
+    """One object's bytes (run in the fetch pool); raises a PermanentError naming what was wrong."""
     request = item.request
     assert request is not None
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    check_owned(request.source, *ownership)
-    source, metadata = head_object(s3, request.source, limits)
-    request = request.with_object_options(metadata)
+    try:
+        check_owned(request.source, *ownership)
+        fetched = fetch_object(s3, request.source, limits, reserve=lambda size: budget.reserve(turn, size))
+    except BaseException:
+        budget.done(turn)  # its bytes were never held; its turn passes on
+        raise
+    return fetched, (time.perf_counter() - t0) * 1000.0
+
+
+def _one(item: Item, fetched: Fetched, fetch_ms: float, resolve: Any, limits: ImageLimits) -> tuple[dict[str, Any], Manifest, np.ndarray]:
+    """Entry of one fetched object and its tensor row; raises a PermanentError naming what was wrong."""
+    request = item.request
+    assert request is not None
+    timings: dict[str, float] = {"fetch": fetch_ms}
+    source = fetched.source
+    request = request.with_object_options(fetched.metadata)
     manifest = resolve(request.model.name, request.model.version)
     if request.top_k > manifest.num_classes:
         raise InvalidRequestError(
             f"top_k={request.top_k} is more than the {manifest.num_classes} classes of model "
             f"{manifest.name} version {manifest.version}"
         )
-    data = fetch_object(s3, source, limits)
-    timings["fetch"] = (time.perf_counter() - t0) * 1000.0
     t0 = time.perf_counter()
-    image = decode_image(data, limits, target=manifest.input, name=source.uri)
+    image = decode_image(fetched.data, limits, target=manifest.input, name=source.uri)
     timings["decode"] = (time.perf_counter() - t0) * 1000.0
     t0 = time.perf_counter()
     row = to_tensor(image, manifest.input)
@@ -76,11 +140,40 @@ def _one(
         "model": {"name": manifest.name, "version": manifest.version},
         "top_k": request.top_k,
         "trigger": request.trigger,
-        "bytes": len(data),
+        "bytes": len(fetched.data),
         "decoded_size": list(image.size),
         "timings_ms": {k: round(v, 1) for k, v in timings.items()},
     }
     return entry, manifest, row
+
+
+def _fetched_in_order(
+    items: list[Item], s3: Any, limits: ImageLimits, ownership: tuple[str | None, str | None]
+) -> Iterator[tuple[Item, Callable[[], tuple[Fetched, float]]]]:
+    """Each object with its fetch result (a callable: it returns or raises what the fetch did), in
+    batch order, with up to :data:`PARALLEL_FETCHES` GETs in flight and at most
+    :data:`FETCH_BUFFER_BYTES` of fetched bytes waiting; an object's bytes count until the
+    consumer asks for the next one."""
+    budget = _ByteBudget(FETCH_BUFFER_BYTES)
+    pool = ThreadPoolExecutor(PARALLEL_FETCHES, thread_name_prefix="fetch")
+    window: collections.deque[tuple[Item, Future[tuple[Fetched, float]], int]] = collections.deque()
+    pending = iter(enumerate(items))
+    try:
+        def submit() -> None:
+            for turn, item in pending:
+                window.append((item, pool.submit(_fetch, item, s3, limits, ownership, budget, turn), turn))
+                return
+
+        for _ in range(PARALLEL_FETCHES):
+            submit()
+        while window:
+            item, future, turn = window.popleft()
+            submit()
+            yield item, future.result
+            budget.done(turn)
+    finally:
+        budget.close()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _failed_entry(item: Item, error: BaseException | str, message: str | None = None) -> dict[str, Any]:
@@ -136,12 +229,14 @@ def preprocess_batch(
             raise answer
         return answer
 
+    invalid = {item.index for item in batch.items if item.request is None}
     for item in batch.items:
-        if item.request is None:
+        if item.index in invalid:
             entries.append(_failed_entry(item, "InvalidRequestError", item.problem))
-            continue
+    for item, fetched in _fetched_in_order([item for item in batch.items if item.index not in invalid], s3, limits, ownership):
+        assert item.request is not None
         try:
-            entry, manifest, row = _one(item, s3, resolve, limits, ownership)
+            entry, manifest, row = _one(item, *fetched(), resolve, limits)
         except ConfigurationError:
             raise  # the deployment's fault, not this object's: the whole batch fails
         except PermanentError as exc:
@@ -157,6 +252,7 @@ def preprocess_batch(
         group.items.append(item.index)
         entries.append(entry)
         del row
+    entries.sort(key=lambda entry: entry["index"])
     tensors = []
     for number, group in enumerate(groups.values()):
         tensors.append({

@@ -4,9 +4,8 @@ Nothing here reads the environment or logs image bytes; the handler passes setti
 
 Example::
 
-    source = locate_object(s3, SourceObject("in-bucket", "photos/cat.jpg"), limits)
-    tensor = preprocess(fetch_object(s3, source, limits), limits, manifest.input)
-    ref = store_tensor(s3, "work-bucket", "tensors/", source, ModelRef("demo", "3f9a1c0b7d2e"), tensor)
+    fetched = fetch_object(s3, SourceObject("in-bucket", "photos/cat.jpg"), limits)
+    tensor = preprocess(fetched.data, limits, manifest.input)
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ import contextlib
 import hashlib
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -97,89 +97,63 @@ def _raise_s3_error(exc: ClientError, source: SourceObject, action: str) -> NoRe
         ) from exc
     if code in _WRONG_REGION_CODES or status == 301:
         raise InvalidRequestError(f"{where}: bucket {source.bucket!r} is in another region than the pipeline ({code})") from exc
-    if code in ("PreconditionFailed", "412"):
-        raise TransientError(f"{where} was replaced while it was being read; retrying reads the new object") from exc
     raise_transient(exc, f"{action} {where}")
 
 
-def head_object(s3: Any, source: SourceObject, limits: ImageLimits) -> tuple[SourceObject, dict[str, str]]:
-    """HEAD the object: check it exists and is not too large; pin its version, ETag and size.
+@dataclass(frozen=True)
+class Fetched:
+    """An object as one GET read it."""
 
-    Returns the located object and its user metadata (names lower-cased, as S3 returns them).
+    source: SourceObject  # pinned to what was read: its version, ETag and size
+    metadata: dict[str, str]  # user metadata, names lower-cased as S3 returns them
+    data: bytes
+
+
+def fetch_object(s3: Any, source: SourceObject, limits: ImageLimits, reserve: Callable[[int], None] | None = None) -> Fetched:
+    """One GetObject: the object's bytes, pinned version, ETag, size and user metadata.
+
+    The size limit is checked from the response's Content-Length before any of the body is read,
+    so nothing over ``limits.max_object_bytes`` is downloaded. A source naming a version reads
+    exactly that version; without one (an unversioned bucket, a manual input) the latest, and the
+    result names what was read, so it is never a mix of two objects. ``reserve(size)`` is called
+    between the headers and the body (a caller bounding how many bytes it buffers blocks there).
 
     Example::
 
-        located, metadata = head_object(s3, SourceObject("in-bucket", "cat.jpg"), ImageLimits())
-        located.etag, located.size, metadata   # '9b1a…', 183211, {'inferpipe-top-k': '3'}
+        fetched = fetch_object(s3, SourceObject("in-bucket", "cat.jpg"), ImageLimits())
+        fetched.source.version_id, fetched.metadata, len(fetched.data)   # '3HL4kqtJ…', {'inferpipe-top-k': '3'}, 183211
     """
     params: dict[str, str] = {"Bucket": source.bucket, "Key": source.key}
     if source.version_id:
         params["VersionId"] = source.version_id
-    try:
-        head = s3.head_object(**params)
-    except ClientError as exc:
-        _raise_s3_error(exc, source, "HeadObject")
-    except BotoCoreError as exc:
-        raise_transient(exc, f"HeadObject {_where(source)}")
-    size = int(head.get("ContentLength", 0))
-    if size > limits.max_object_bytes:
-        raise ObjectTooLargeError(
-            f"{_where(source)} is {size} bytes, more than the limit of {limits.max_object_bytes} bytes (MAX_OBJECT_BYTES)"
-        )
-    if head.get("StorageClass") in ("GLACIER", "DEEP_ARCHIVE") and 'ongoing-request="false"' not in str(head.get("Restore", "")):
-        raise InvalidRequestError(f"{_where(source)} is archived ({head['StorageClass']}) and must be restored before it can be read")
-    etag = str(head.get("ETag") or "").strip('"') or None  # unquoted, as S3 events carry it
-    metadata = {str(k).lower(): str(v) for k, v in (head.get("Metadata") or {}).items()}
-    return source.located(head.get("VersionId"), etag, size), metadata
-
-
-def locate_object(s3: Any, source: SourceObject, limits: ImageLimits) -> SourceObject:
-    """:func:`head_object` without the metadata.
-
-    Example::
-
-        located = locate_object(s3, SourceObject("in-bucket", "cat.jpg"), ImageLimits())
-    """
-    return head_object(s3, source, limits)[0]
-
-
-def fetch_object(s3: Any, source: SourceObject, limits: ImageLimits) -> bytes:
-    """The object's bytes; never downloads more than ``limits.max_object_bytes``.
-
-    A source not yet located (no ETag or size) is located first with :func:`locate_object`,
-    so the size limit is checked from ContentLength before any byte is downloaded. The GET is
-    pinned to the located version and ETag: an object replaced in between is a TransientError
-    (a retry reads the new object), never a mix of the two.
-
-    Example::
-
-        data = fetch_object(s3, SourceObject("in-bucket", "cat.jpg", version_id="3HL4kqtJ…"), ImageLimits())
-    """
-    if source.etag is None or source.size is None:
-        source = locate_object(s3, source, limits)
-    params: dict[str, str] = {"Bucket": source.bucket, "Key": source.key}
-    if source.version_id:
-        params["VersionId"] = source.version_id
-    if source.etag:
-        params["IfMatch"] = f'"{source.etag}"'
     try:
         response = s3.get_object(**params)
-        body = response["Body"]
-        try:
-            data: bytes = body.read(limits.max_object_bytes + 1)
-        finally:
-            body.close()
     except ClientError as exc:
         _raise_s3_error(exc, source, "GetObject")
     except BotoCoreError as exc:
         raise_transient(exc, f"GetObject {_where(source)}")
+    body = response["Body"]
+    try:
+        size = int(response.get("ContentLength", 0))
+        if size > limits.max_object_bytes:
+            raise ObjectTooLargeError(
+                f"{_where(source)} is {size} bytes, more than the limit of {limits.max_object_bytes} bytes (MAX_OBJECT_BYTES)"
+            )
+        if reserve is not None:
+            reserve(size)
+        try:
+            data: bytes = body.read(limits.max_object_bytes + 1)
+        except BotoCoreError as exc:
+            raise_transient(exc, f"GetObject {_where(source)}")
+    finally:
+        body.close()
     if len(data) > limits.max_object_bytes:
-        raise ObjectTooLargeError(
-            f"{_where(source)} is more than the limit of {limits.max_object_bytes} bytes (MAX_OBJECT_BYTES)"
-        )
-    if source.size is not None and len(data) != source.size:
-        raise TransientError(f"GetObject {_where(source)}: read {len(data)} of {source.size} bytes")
-    return data
+        raise ObjectTooLargeError(f"{_where(source)} is more than the limit of {limits.max_object_bytes} bytes (MAX_OBJECT_BYTES)")
+    if len(data) != size:
+        raise TransientError(f"GetObject {_where(source)}: read {len(data)} of {size} bytes")
+    etag = str(response.get("ETag") or "").strip('"') or None  # unquoted, as S3 events carry it
+    metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
+    return Fetched(source.located(response.get("VersionId"), etag, size), metadata, data)
 
 
 # --------------------------------------------------------------------------- decode
@@ -414,10 +388,9 @@ def store_tensor(
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "Fetched",
     "decode_image",
     "fetch_object",
-    "head_object",
-    "locate_object",
     "preprocess",
     "store_tensor",
     "tensor_key",

@@ -31,8 +31,9 @@
    on (:func:`set_iam_enforcement`) every call is checked against the role's statements.
 
 4. **Bursts don't stall.** Clients the bridge itself needs (Step Functions' Lambda tasks, platform
-   logs) are created once per role and reused, and the moto server's per-request listing of its
-   own package directory (done under its global routing lock) is computed once.
+   logs) are created once per role and reused, the moto server's per-request listing of its
+   own package directory (done under its global routing lock) is computed once, and a queue's
+   message counts (read on every SendMessage) read the clock once, not once per queued message.
 
 Also: moto delivers events through DISABLED rules; the bridge does not.
 
@@ -896,6 +897,21 @@ def _named_start_execution(self: Any, state_machine_arn: str, name: Any = None, 
 # --------------------------------------------------------------------------------------------
 
 
+def _now_ms() -> float:
+    from moto.core.utils import unix_time_millis
+
+    return float(unix_time_millis())
+
+
+#: moto's Queue counts (``Message.visible``: now > visible_at; ``delayed``: now < delayed_until),
+#: each computed with one reading of the clock.
+_QUEUE_COUNTS: dict[str, Callable[[Any], int]] = {
+    "approximate_number_of_messages_delayed": lambda q: (lambda now: sum(1 for m in q._messages if now < m.delayed_until))(_now_ms()),
+    "approximate_number_of_messages_not_visible": lambda q: (lambda now: sum(1 for m in q._messages if not now > m.visible_at))(_now_ms()),
+    "approximate_number_of_messages": lambda q: (lambda now: sum(1 for m in q._messages if now > m.visible_at and not now < m.delayed_until))(_now_ms()),
+}
+
+
 def install() -> None:
     """Patch moto (idempotent). Fails loudly when moto's internals are not the ones this targets."""
     from moto.awslambda_simple.models import LambdaSimpleBackend
@@ -936,6 +952,14 @@ def install() -> None:
         _originals["list_of_moto_modules"] = backends.list_of_moto_modules
         modules = tuple(backends.list_of_moto_modules())
         backends.list_of_moto_modules = lambda: modules
+        # moto reads all of a queue's attributes on every SendMessage (for ContentBasedDeduplication),
+        # and its three message counts read the clock once per queued message: a queue nobody drains
+        # (the results queue under a flood) made every send slower than the last. Same counts, one clock.
+        from moto.sqs.models import Queue
+
+        for name, count in _QUEUE_COUNTS.items():
+            _originals[f"queue.{name}"] = Queue.__dict__[name]
+            setattr(Queue, name, property(count))
 
 
 def uninstall() -> None:
@@ -963,6 +987,11 @@ def uninstall() -> None:
             from moto import backends
 
             backends.list_of_moto_modules = _originals.pop("list_of_moto_modules")
+        for name in _QUEUE_COUNTS:
+            if f"queue.{name}" in _originals:
+                from moto.sqs.models import Queue
+
+                setattr(Queue, name, _originals.pop(f"queue.{name}"))
         if "start_execution" in _originals:
             from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 

@@ -368,6 +368,21 @@ def test_a_rule_with_a_state_machine_and_a_queue_target_delivers_to_both(
 # -- the Lambda bridge -------------------------------------------------------------------------
 
 
+def test_queue_message_counts_are_what_sqs_reports(stack: LocalStack) -> None:
+    # GIVEN a queue with two visible messages, one delayed and one received (in flight)
+    sqs = stack.client("sqs")
+    url = sqs.create_queue(QueueName="counts-check")["QueueUrl"]
+    for body in ("a", "b", "c"):
+        sqs.send_message(QueueUrl=url, MessageBody=body)
+    sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=60)
+    sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, VisibilityTimeout=60)
+    # THEN the bridge's one-clock counts say so
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    assert {name: int(attributes[name]) for name in names} == dict(zip(names, (2, 1, 1)))  # in flight: only the received one
+    sqs.delete_queue(QueueUrl=url)
+
+
 def test_each_function_runs_in_environments_of_its_own_with_exactly_its_variables(
     stack: LocalStack, test_functions: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ import io
 import json
 import re
 import struct
+import time
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -324,39 +325,35 @@ def s3() -> Iterator[Any]:
         yield client
 
 
-def _count_calls(client: Any, operation: str) -> list[str]:
-    calls: list[str] = []
-    client.meta.events.register(f"before-call.s3.{operation}", lambda **_: calls.append(operation))
-    return calls
-
-
 @pytest.mark.parametrize("key", ODD_KEYS)
 def test_fetch_keeps_odd_keys_verbatim_and_pins_the_version(s3: Any, key: str) -> None:
     data = encode(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG")
     version = s3.put_object(Bucket="input-bucket", Key=key, Body=data)["VersionId"]
     s3.put_object(Bucket="input-bucket", Key=key, Body=b"a newer version")
 
-    located = core.locate_object(s3, SourceObject("input-bucket", key, version), LIMITS)
+    fetched = core.fetch_object(s3, SourceObject("input-bucket", key, version), LIMITS)
+    located = fetched.source
     assert (located.key, located.version_id, located.size) == (key, version, len(data))
     assert located.etag and not located.etag.startswith('"')
-    assert core.fetch_object(s3, located, LIMITS) == data
+    assert fetched.data == data
+    assert core.fetch_object(s3, located, LIMITS).data == data  # pinned to that version
 
 
 def test_fetch_without_version_reads_and_reports_the_latest(s3: Any) -> None:
     s3.put_object(Bucket="input-bucket", Key="cat.jpg", Body=b"old")
     latest = s3.put_object(Bucket="input-bucket", Key="cat.jpg", Body=b"new!")["VersionId"]
-    located = core.locate_object(s3, SourceObject("input-bucket", "cat.jpg"), LIMITS)
-    assert located.version_id == latest and located.size == 4
-    assert core.fetch_object(s3, SourceObject("input-bucket", "cat.jpg"), LIMITS) == b"new!"
+    fetched = core.fetch_object(s3, SourceObject("input-bucket", "cat.jpg"), LIMITS)
+    assert fetched.source.version_id == latest and fetched.source.size == 4
+    assert fetched.data == b"new!"
 
 
-def test_object_over_the_limit_is_refused_without_downloading(s3: Any) -> None:
+def test_object_over_the_limit_is_refused_before_its_body_is_read(s3: Any) -> None:
     s3.put_object(Bucket="input-bucket", Key="huge.jpg", Body=b"\xff" * 2048)
-    gets = _count_calls(s3, "GetObject")
+    reserved: list[int] = []
     with pytest.raises(ObjectTooLargeError) as caught:
-        core.fetch_object(s3, SourceObject("input-bucket", "huge.jpg"), ImageLimits(max_object_bytes=1024))
+        core.fetch_object(s3, SourceObject("input-bucket", "huge.jpg"), ImageLimits(max_object_bytes=1024), reserve=reserved.append)
     assert "2048" in str(caught.value) and "1024" in str(caught.value)
-    assert gets == []
+    assert reserved == []  # refused from Content-Length: the body was never asked for
 
 
 def test_missing_object_names_the_uri(s3: Any) -> None:
@@ -379,29 +376,20 @@ def test_deleted_object_and_missing_bucket_are_not_found(s3: Any) -> None:
         core.fetch_object(s3, SourceObject("no-such-bucket", "cat.jpg"), LIMITS)
 
 
-def test_object_replaced_between_head_and_get_is_retried(s3: Any) -> None:
-    unversioned = "work-bucket"
-    s3.put_object(Bucket=unversioned, Key="cat.jpg", Body=b"first")
-    located = core.locate_object(s3, SourceObject(unversioned, "cat.jpg"), LIMITS)
-    s3.put_object(Bucket=unversioned, Key="cat.jpg", Body=b"second")
-    with pytest.raises(TransientError, match="replaced"):
-        core.fetch_object(s3, located, LIMITS)
-
-
 @pytest.mark.parametrize(
     ("code", "status", "expected", "message"),
     [
         ("403", 403, ObjectNotFoundError, "cannot be read by the pipeline"),
         ("AccessDenied", 403, ObjectNotFoundError, "cannot be read by the pipeline"),
-        ("SlowDown", 503, TransientError, "HeadObject s3://other-bucket/cat.jpg"),
-        ("InternalError", 500, TransientError, "HeadObject"),
+        ("SlowDown", 503, TransientError, "GetObject s3://other-bucket/cat.jpg"),
+        ("InternalError", 500, TransientError, "GetObject"),
         ("PermanentRedirect", 301, InvalidRequestError, "another region"),
     ],
 )
 def test_s3_failures_map_onto_the_error_taxonomy(code: str, status: int, expected: type[Exception], message: str) -> None:
     client = boto3.client("s3", region_name="us-east-1")
     with Stubber(client) as stub:
-        stub.add_client_error("head_object", service_error_code=code, http_status_code=status)
+        stub.add_client_error("get_object", service_error_code=code, http_status_code=status)
         with pytest.raises(expected, match=message):
             core.fetch_object(client, SourceObject("other-bucket", "cat.jpg"), LIMITS)
 
@@ -728,6 +716,43 @@ def test_the_same_upload_queued_twice_is_preprocessed_once(stack: dict[str, Any]
     assert document["groups"][0]["tensor"]["shape"] == [1, 3, 64, 64]
 
 
+def test_a_batch_reads_each_object_once_and_keeps_its_order_whatever_the_fetch_order(
+    stack: dict[str, Any], s3_requests: list[tuple[str, str | None]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3, handler = stack["s3"], stack["handler"]
+    from functions.preprocess import batch as preprocess_batch
+
+    # GIVEN 20 photos, the fourth larger than the whole fetch buffer and the second a bad one,
+    # with the early objects answering slowest (so fetches finish out of order)
+    monkeypatch.setattr(preprocess_batch, "FETCH_BUFFER_BYTES", 20_000)
+    keys = [f"many/{i:02d}.png" for i in range(20)]
+    bodies = {key: encode(noisy_photo(80 if i != 3 else 400, 60 if i != 3 else 300, seed=i), "PNG") for i, key in enumerate(keys)}
+    bodies[keys[1]] = b"not an image"
+    assert len(bodies[keys[3]]) > 20_000
+    for key, body in bodies.items():
+        s3.put_object(Bucket="input-bucket", Key=key, Body=body)
+    real_fetch = preprocess_batch.fetch_object
+
+    def slow_first(client: Any, source: SourceObject, limits: ImageLimits, reserve: Any = None) -> Any:
+        time.sleep(max(0, 5 - keys.index(source.key)) * 0.02)
+        return real_fetch(client, source, limits, reserve)
+
+    monkeypatch.setattr(preprocess_batch, "fetch_object", slow_first)
+    s3_requests.clear()
+    # WHEN preprocessed as one batch
+    summary = _run(handler, {"objects": [{"bucket": "input-bucket", "key": key} for key in keys]})
+    # THEN every object was read with one GetObject (no HEAD), and the document keeps the input's order
+    reads = [op for op, bucket in s3_requests if bucket == "input-bucket"]
+    assert reads == ["GetObject"] * 20
+    document = _document(s3, summary)
+    assert [(e["index"], e["source"]["key"]) for e in document["items"]] == list(enumerate(keys))
+    assert (summary["succeeded"], summary["failed"]) == (19, 1) and document["items"][1]["error"]["type"] == "NotAnImageError"
+    (group,) = document["groups"]
+    rows = _tensor(s3, group)
+    for row, index in enumerate(group["items"]):
+        np.testing.assert_array_equal(rows[row], core.preprocess(bodies[keys[index]], LIMITS, SPEC)[0])
+
+
 def test_an_object_outside_the_input_bucket_fails_alone(stack: dict[str, Any]) -> None:
     s3, handler = stack["s3"], stack["handler"]
     s3.put_object(Bucket="input-bucket", Key="mine.png", Body=encode(noisy_photo(80, 60), "PNG"))
@@ -751,10 +776,10 @@ def test_a_transient_or_configuration_error_fails_the_whole_invocation(
 
     real_fetch = preprocess_batch.fetch_object
 
-    def fetch(client: Any, source: SourceObject, limits: ImageLimits) -> bytes:
+    def fetch(client: Any, source: SourceObject, limits: ImageLimits, reserve: Any = None) -> Any:
         if source.key == "slow.png":
             raise error(f"GetObject {source.uri}: SlowDown")
-        return real_fetch(client, source, limits)
+        return real_fetch(client, source, limits, reserve)
 
     monkeypatch.setattr(preprocess_batch, "fetch_object", fetch)
     # WHEN preprocessed, THEN the invocation fails (the state machine retries it or records it) and no document is left
