@@ -158,12 +158,13 @@ def _fetched_in_order(
     pool = ThreadPoolExecutor(PARALLEL_FETCHES, thread_name_prefix="fetch")
     window: collections.deque[tuple[Item, Future[tuple[Fetched, float]], int]] = collections.deque()
     pending = iter(enumerate(items))
-    try:
-        def submit() -> None:
-            for turn, item in pending:
-                window.append((item, pool.submit(_fetch, item, s3, limits, ownership, budget, turn), turn))
-                return
 
+    def submit() -> None:
+        turn, item = next(pending, (None, None))
+        if item is not None:
+            window.append((item, pool.submit(_fetch, item, s3, limits, ownership, budget, turn), turn))
+
+    try:
         for _ in range(PARALLEL_FETCHES):
             submit()
         while window:

@@ -897,18 +897,33 @@ def _named_start_execution(self: Any, state_machine_arn: str, name: Any = None, 
 # --------------------------------------------------------------------------------------------
 
 
+def _visible(queue: Any) -> int:
+    now = _now_ms()
+    return sum(1 for m in queue._messages if now > m.visible_at and not now < m.delayed_until)
+
+
+def _not_visible(queue: Any) -> int:
+    now = _now_ms()
+    return sum(1 for m in queue._messages if not now > m.visible_at)
+
+
+def _delayed(queue: Any) -> int:
+    now = _now_ms()
+    return sum(1 for m in queue._messages if now < m.delayed_until)
+
+
 def _now_ms() -> float:
     from moto.core.utils import unix_time_millis
 
     return float(unix_time_millis())
 
 
-#: moto's Queue counts (``Message.visible``: now > visible_at; ``delayed``: now < delayed_until),
-#: each computed with one reading of the clock.
+#: moto's Queue counts, as its ``Message.visible`` (now > visible_at) and ``delayed``
+#: (now < delayed_until) define them, each with one reading of the clock.
 _QUEUE_COUNTS: dict[str, Callable[[Any], int]] = {
-    "approximate_number_of_messages_delayed": lambda q: (lambda now: sum(1 for m in q._messages if now < m.delayed_until))(_now_ms()),
-    "approximate_number_of_messages_not_visible": lambda q: (lambda now: sum(1 for m in q._messages if not now > m.visible_at))(_now_ms()),
-    "approximate_number_of_messages": lambda q: (lambda now: sum(1 for m in q._messages if now > m.visible_at and not now < m.delayed_until))(_now_ms()),
+    "approximate_number_of_messages": _visible,
+    "approximate_number_of_messages_not_visible": _not_visible,
+    "approximate_number_of_messages_delayed": _delayed,
 }
 
 
