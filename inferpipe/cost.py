@@ -84,6 +84,8 @@ class Usage:
     executions: int = 0
     lambda_requests: int = 0
     lambda_gb_seconds: float = 0.0
+    #: the same GB-seconds by function (the key in config/stack.json), where they were measured
+    lambda_gb_seconds_by_function: dict[str, float] = field(default_factory=dict)
     log_bytes: int = 0
     #: the pipeline roles' requests: {service: {operation: {"requests", "units"}}}
     requests: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
@@ -153,7 +155,12 @@ def price(usage: Usage, prices: Mapping[str, Price] | None = None) -> Estimate:
     candidates = [
         Line("Step Functions", "state transitions (Standard)", usage.transitions, p["stepfunctions.standard_transitions"]),
         Line("Lambda", "requests", usage.lambda_requests, p["lambda.requests"]),
-        Line("Lambda", "GB-seconds", usage.lambda_gb_seconds, p["lambda.gb_seconds"]),
+        *(
+            [Line("Lambda", f"GB-seconds ({name})", gb_s, p["lambda.gb_seconds"])
+             for name, gb_s in sorted(usage.lambda_gb_seconds_by_function.items())]
+            if usage.lambda_gb_seconds_by_function
+            else [Line("Lambda", "GB-seconds", usage.lambda_gb_seconds, p["lambda.gb_seconds"])]
+        ),
         Line("S3", "PUT/COPY/POST/LIST requests", usage.units("s3", S3_PUT_CLASS), p["s3.put_requests"]),
         Line("S3", "GET/HEAD requests", usage.units("s3", S3_GET_CLASS), p["s3.get_requests"]),
         Line("DynamoDB", "write request units", usage.units("dynamodb", DYNAMODB_WRITES), p["dynamodb.write_request_units"]),
@@ -230,7 +237,7 @@ def measure(target: Any, since: float) -> Usage:
                 merged["requests"] += entry["requests"]
                 merged["units"] += entry["units"]
     logs = target.client("logs")
-    for spec in target.resources.functions.values():
+    for function, spec in target.resources.functions.items():
         request = {"logGroupName": f"/aws/lambda/{spec.name}", "startTime": int(since * 1000)}
         try:
             pages = list(logs.get_paginator("filter_log_events").paginate(**request))
@@ -243,7 +250,9 @@ def measure(target: Any, since: float) -> Usage:
                 report = _REPORT.match(message)
                 if report:
                     usage.lambda_requests += 1
-                    usage.lambda_gb_seconds += int(report.group(1)) / 1000 * int(report.group(2)) / 1024
+                    gb_s = int(report.group(1)) / 1000 * int(report.group(2)) / 1024
+                    usage.lambda_gb_seconds += gb_s
+                    usage.lambda_gb_seconds_by_function[function] = usage.lambda_gb_seconds_by_function.get(function, 0.0) + gb_s
     sfn = target.client("stepfunctions")
     for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=target.state_machine_arn):
         for summary in page["executions"]:

@@ -171,7 +171,7 @@ def _to_dynamodb(record: dict[str, Any], dest: Destinations) -> str:
         "model_version": {"S": record["model"]["version"]},
         "label": {"S": str(record["top1"]["label"])},
         "probability": {"N": str(Decimal(str(round(float(record["top1"]["probability"]), 6))))},
-        "top_k": {"S": json.dumps(record["top_k"], ensure_ascii=False)},
+        "top_k": {"S": json.dumps(record["top_k"], ensure_ascii=False, separators=(",", ":"))},  # compact: billed by the KB
         "execution_id": {"S": record["execution_id"]},
         "recorded_at": {"S": record["recorded_at"]},
     }

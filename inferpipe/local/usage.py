@@ -4,7 +4,8 @@
 time, the service (the request's signing name), the operation, and the billing units AWS would
 count: one per request, except where a service bills by size (SNS, SQS and EventBridge count
 each 64 KB chunk of payload; EventBridge each entry of a PutEvents; a DynamoDB write each KB of
-its item). ``GET /_inferpipe/usage?since=<epoch seconds>`` answers the totals since then, by
+the item it writes, sized by DynamoDB's rules: :func:`dynamodb_item_bytes`).
+``GET /_inferpipe/usage?since=<epoch seconds>`` answers the totals since then, by
 caller, service and operation, as JSON (loopback only, behind
 :class:`~inferpipe.local.guard.BrowserGuard`). The caller is the IAM role whose credentials
 signed the request (the functions', the state machine's), or ``client`` for anything else (a
@@ -48,9 +49,96 @@ def billing_units(call: ApiCall) -> int:
         except (ValueError, AttributeError):
             entries = []
         return sum(max(1, math.ceil(len(json.dumps(entry)) / _CHUNK)) for entry in entries) or 1
-    if call.service == "dynamodb" and call.operation in ("PutItem", "UpdateItem", "DeleteItem"):
-        return max(1, math.ceil(size / 1024))  # the request's size bounds the item's
+    if call.service == "dynamodb" and call.operation in _DYNAMODB_WRITE_UNITS:
+        return _DYNAMODB_WRITE_UNITS[call.operation](_json_body(call), size)
     return 1
+
+
+def _json_body(call: ApiCall) -> dict[str, Any]:
+    try:
+        body = json.loads(call.body or b"{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def dynamodb_item_bytes(item: Any) -> int:
+    """An item's size as DynamoDB counts it for capacity: the UTF-8 bytes of each attribute's name
+    plus its value's size (strings their UTF-8 bytes, numbers 1 byte per 2 significant digits + 1,
+    binaries their raw bytes, null and booleans 1, lists and maps 3 + 1 per element + the elements).
+    https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/CapacityUnitCalculations.html
+    """
+    if not isinstance(item, dict):
+        return 0
+    return sum(len(str(name).encode()) + _value_bytes(value) for name, value in item.items())
+
+
+def _value_bytes(value: Any) -> int:
+    if not isinstance(value, dict) or len(value) != 1:
+        return len(json.dumps(value).encode())  # not an AttributeValue: bound it by its JSON
+    kind, data = next(iter(value.items()))
+    if kind == "S":
+        return len(str(data).encode())
+    if kind == "N":
+        return _number_bytes(str(data))
+    if kind == "B":
+        return len(data) * 3 // 4  # base64 on the wire; DynamoDB counts the raw bytes
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "SS":
+        return sum(len(str(v).encode()) for v in data)
+    if kind == "NS":
+        return sum(_number_bytes(str(v)) for v in data)
+    if kind == "BS":
+        return sum(len(v) * 3 // 4 for v in data)
+    if kind == "L":
+        return 3 + sum(1 + _value_bytes(v) for v in data)
+    if kind == "M":
+        return 3 + sum(1 + len(str(k).encode()) + _value_bytes(v) for k, v in data.items())
+    return len(json.dumps(data).encode())
+
+
+def _number_bytes(text: str) -> int:
+    digits = text.lstrip("+-").lower().split("e")[0].replace(".", "").strip("0")
+    return (len(digits) + 1) // 2 + 1
+
+
+def _write_units(item_bytes: int) -> int:
+    """Write request units for an item of this size: one per 1 KB, at least one."""
+    return max(1, math.ceil(item_bytes / 1024))
+
+
+def _put_units(body: dict[str, Any], size: int) -> int:
+    # A replaced item bills the larger of the old and the new; the edge sees only the new one.
+    return _write_units(dynamodb_item_bytes(body["Item"])) if "Item" in body else _write_units(size)
+
+
+def _batch_write_units(body: dict[str, Any], size: int) -> int:
+    requests = [r for table in (body.get("RequestItems") or {}).values() for r in table if isinstance(r, dict)]
+    if not requests:
+        return _write_units(size)
+    # A DeleteRequest bills the deleted item, which the edge cannot see: one unit (items of ≤ 1 KB).
+    return sum(_write_units(dynamodb_item_bytes((r.get("PutRequest") or {}).get("Item"))) for r in requests)
+
+
+def _transact_write_units(body: dict[str, Any], size: int) -> int:
+    items = [i for i in body.get("TransactItems") or [] if isinstance(i, dict)]
+    if not items:
+        return 2 * _write_units(size)
+    # Two units per KB of each item written; a check, update or delete, whose item the edge cannot see: two.
+    return sum(2 * _write_units(dynamodb_item_bytes((i.get("Put") or {}).get("Item"))) for i in items)
+
+
+#: How each DynamoDB write is billed, from its request body (and its size, when the body says nothing).
+#: UpdateItem and DeleteItem bill the item as it is stored, which the edge cannot see: the request's
+#: size bounds it (an update's new values plus its key; a delete's key).
+_DYNAMODB_WRITE_UNITS: dict[str, Callable[[dict[str, Any], int], int]] = {
+    "PutItem": _put_units,
+    "UpdateItem": lambda body, size: _write_units(size),
+    "DeleteItem": lambda body, size: _write_units(size),
+    "BatchWriteItem": _batch_write_units,
+    "TransactWriteItems": _transact_write_units,
+}
 
 
 class UsageMeter:
@@ -117,4 +205,4 @@ class UsageMeter:
         return [body]
 
 
-__all__ = ["CLIENT", "MAX_RECORDS", "USAGE_PATH", "UsageMeter", "billing_units"]
+__all__ = ["CLIENT", "MAX_RECORDS", "USAGE_PATH", "UsageMeter", "billing_units", "dynamodb_item_bytes"]

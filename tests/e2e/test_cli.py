@@ -153,6 +153,8 @@ def test_cost_prices_one_images_measured_work(stack: Any, files: dict[str, Path]
     # every transition of its history, one S3 event, and none of the client's own requests
     assert usage.images == 1 and usage.s3_events == 1
     assert usage.lambda_requests == 7 and usage.lambda_gb_seconds > 0
+    assert set(usage.lambda_gb_seconds_by_function) == {"preprocess", "inference", "sink"}  # where the compute went
+    assert sum(usage.lambda_gb_seconds_by_function.values()) == pytest.approx(usage.lambda_gb_seconds)
     assert usage.transitions == 11  # Preprocess, AnyReady, Inference, FanOut, 5 x Deliver, Outcome, Done
     assert usage.units("sns") >= 1 and usage.units("sqs") >= 1 and usage.units("events", frozenset({"PutEvents"})) >= 1
     assert usage.units("s3", cost.S3_PUT_CLASS) >= 3  # the tensor, the batch documents, the S3 record, ledger entries

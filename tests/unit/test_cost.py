@@ -7,6 +7,8 @@ import json
 import pytest
 
 from inferpipe.cost import PRICES_FILE, Usage, _history_transitions, load_prices, price
+from inferpipe.local.faults import ApiCall
+from inferpipe.local.usage import billing_units, dynamodb_item_bytes
 
 
 def test_every_price_has_a_source_a_date_and_a_positive_rate() -> None:
@@ -57,3 +59,33 @@ def test_transitions_count_every_state_entered_and_every_task_retry() -> None:
                                      "LambdaFunctionFailed", "LambdaFunctionScheduled", "LambdaFunctionSucceeded",
                                      "TaskStateExited", "SucceedStateEntered", "ExecutionSucceeded"]]
     assert _history_transitions(events) == 3 + 1  # three states entered, one retry
+
+
+def _dynamodb_call(operation: str, body: dict) -> ApiCall:
+    raw = json.dumps(body).encode()
+    return ApiCall("dynamodb", "json", operation, raw, "/", "", len(raw))
+
+
+def test_item_sizes_follow_dynamodb_rules() -> None:
+    # names + UTF-8 values; numbers 1 byte per 2 significant digits + 1; lists/maps 3 + 1 per element
+    assert dynamodb_item_bytes({"id": {"S": "abc"}}) == 2 + 3
+    assert dynamodb_item_bytes({"p": {"N": "0.912300"}}) == 1 + (2 + 1)  # digits 9123
+    assert dynamodb_item_bytes({"ok": {"BOOL": True}, "é": {"S": "é"}}) == (2 + 1) + (2 + 2)
+    assert dynamodb_item_bytes({"l": {"L": [{"S": "ab"}, {"N": "7"}]}}) == 1 + 3 + (1 + 2) + (1 + 2)
+
+
+def test_a_write_is_billed_by_its_items_size_not_by_its_requests() -> None:
+    # GIVEN an item of ~600 bytes put with a condition and expression attributes: a request over 1 KB
+    item = {"object": {"S": "s3://bucket/" + "k" * 500}, "status": {"S": "SUCCEEDED"}, "record_id": {"S": "r" * 64}}
+    body = {"TableName": "t" * 200, "Item": item, "ConditionExpression": "attribute_not_exists(#o) OR #s <> :s " * 10,
+            "ExpressionAttributeNames": {"#o": "object", "#s": "status"}, "ExpressionAttributeValues": {":s": {"S": "SUCCEEDED"}}}
+    assert len(json.dumps(body)) > 1024 > dynamodb_item_bytes(item)
+    # THEN it is one write unit; the same item grown past 1 KB is two
+    assert billing_units(_dynamodb_call("PutItem", body)) == 1
+    item["object"] = {"S": "s3://bucket/" + "k" * 1000}
+    assert billing_units(_dynamodb_call("PutItem", body)) == 2
+    # AND a batch write is billed per item written, a transaction twice per item
+    small = {"id": {"S": "a"}}
+    batch = {"RequestItems": {"t": [{"PutRequest": {"Item": small}}] * 3 + [{"PutRequest": {"Item": item}}]}}
+    assert billing_units(_dynamodb_call("BatchWriteItem", batch)) == 3 + 2
+    assert billing_units(_dynamodb_call("TransactWriteItems", {"TransactItems": [{"Put": {"Item": small}}] * 2})) == 4
