@@ -383,6 +383,27 @@ def test_queue_message_counts_are_what_sqs_reports(stack: LocalStack) -> None:
     sqs.delete_queue(QueueUrl=url)
 
 
+def test_eventbridge_renders_each_event_through_its_targets_input_transformer(stack: LocalStack) -> None:
+    # GIVEN a rule whose SQS target reshapes events with an InputTransformer (compiled once by the bridge)
+    events, sqs = stack.client("events"), stack.client("sqs")
+    url = sqs.create_queue(QueueName="transformed-check")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="transformed-check", EventPattern=json.dumps({"source": ["inferpipe.check"]}))
+    events.put_targets(Rule="transformed-check", Targets=[{
+        "Id": "q", "Arn": arn,
+        "InputTransformer": {"InputPathsMap": {"k": "$.detail.key", "n": "$.detail.n"}, "InputTemplate": '{"key": "<k>", "n": <n>}'},
+    }])
+    # WHEN two different events match it
+    for key, n in (("a.jpg", 1), ("b.jpg", 2)):
+        events.put_events(Entries=[{"Source": "inferpipe.check", "DetailType": "check", "Detail": json.dumps({"key": key, "n": n})}])
+    # THEN each arrives rendered from its own values
+    bodies = [json.loads(m["Body"]) for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]]
+    assert sorted(bodies, key=lambda b: b["n"]) == [{"key": "a.jpg", "n": 1}, {"key": "b.jpg", "n": 2}]
+    events.remove_targets(Rule="transformed-check", Ids=["q"])
+    events.delete_rule(Name="transformed-check")
+    sqs.delete_queue(QueueUrl=url)
+
+
 def test_each_function_runs_in_environments_of_its_own_with_exactly_its_variables(
     stack: LocalStack, test_functions: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
