@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -72,6 +73,7 @@ def test_item_sizes_follow_dynamodb_rules() -> None:
     assert dynamodb_item_bytes({"p": {"N": "0.912300"}}) == 1 + (2 + 1)  # digits 9123
     assert dynamodb_item_bytes({"ok": {"BOOL": True}, "é": {"S": "é"}}) == (2 + 1) + (2 + 2)
     assert dynamodb_item_bytes({"l": {"L": [{"S": "ab"}, {"N": "7"}]}}) == 1 + 3 + (1 + 2) + (1 + 2)
+    assert dynamodb_item_bytes({"b": {"B": base64.b64encode(b"abcd").decode()}}) == 1 + 4  # raw bytes, not base64
 
 
 def test_a_write_is_billed_by_its_items_size_not_by_its_requests() -> None:
