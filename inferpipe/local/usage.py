@@ -44,10 +44,7 @@ def billing_units(call: ApiCall) -> int:
     if call.service in ("sns", "sqs"):
         return max(1, math.ceil(size / _CHUNK))
     if call.service == "events" and call.operation == "PutEvents":
-        try:
-            entries = json.loads(call.body or b"{}").get("Entries") or []
-        except (ValueError, AttributeError):
-            entries = []
+        entries = _json_body(call).get("Entries") or []
         return sum(max(1, math.ceil(len(json.dumps(entry)) / _CHUNK)) for entry in entries) or 1
     if call.service == "dynamodb" and call.operation in _DYNAMODB_WRITE_UNITS:
         return _DYNAMODB_WRITE_UNITS[call.operation](_json_body(call), size)
