@@ -101,6 +101,7 @@ def policy_values(
         "OutputBucket": resources.buckets["output"],
         "OutputPrefix": resources.settings["OUTPUT_PREFIX"],
         "TableArn": resources.table_arn,
+        "ClaimsTableArn": resources.claims_table_arn,
         "TopicArn": resources.topic_arn,
         "QueueArn": resources.queue_arn,
         "EventBusArn": resources.event_bus_arn,

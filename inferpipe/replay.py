@@ -35,14 +35,14 @@ from typing import Any, TextIO
 
 from botocore.exceptions import ClientError
 
+from functions.common.work import GROUP_CHARS, split_replay_name
+
 FAILED_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
 ALL_STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED", "PENDING_REDRIVE")
 MODES = ("restart", "redrive")
 MAX_NAME = 80
 #: Characters Step Functions refuses in an execution name (plus whitespace and control characters).
 _BAD_NAME_CHARS = re.compile(r"[\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f\x7f-\x9f]")
-_REPLAY_SUFFIX = re.compile(r"^(?P<stem>.+)-r(?P<n>[0-9]{1,6})$")
-_GROUP_CHARS = 70  # names are compared on this many characters, so truncated replay names still group
 _DURATION = re.compile(r"([0-9]+)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -82,14 +82,8 @@ def replay_name(original: str, n: int) -> str:
     return stem + suffix
 
 
-def split_replay_name(name: str) -> tuple[str, int]:
-    """``(root name, n)``: ``("abc", 2)`` for ``abc-r2``; ``(name, 0)`` for an original."""
-    found = _REPLAY_SUFFIX.match(name)
-    return (found.group("stem"), int(found.group("n"))) if found else (name, 0)
-
-
 def _group_key(name: str) -> str:
-    return split_replay_name(name)[0][:_GROUP_CHARS]
+    return split_replay_name(name)[0][:GROUP_CHARS]
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,8 @@ def resources_from_output(output: Mapping[str, Any]) -> Resources:
     changes["state_machine"] = state_machine
     if output.get("table"):
         changes["table"] = str(output["table"])
+    if output.get("claims_table"):
+        changes["claims"] = dataclasses.replace(resources.claims, table=str(output["claims_table"]))
     if output.get("topic_arn"):
         changes["topic"] = str(output["topic_arn"]).rsplit(":", 1)[-1]
     if output.get("queue_url"):

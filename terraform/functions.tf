@@ -18,6 +18,7 @@ locals {
     WORK_BUCKET           = aws_s3_bucket.this["work"].bucket
     OUTPUT_BUCKET         = try(aws_s3_bucket.this["output"].bucket, "")
     PREDICTIONS_TABLE     = try(aws_dynamodb_table.this[0].name, "")
+    CLAIMS_TABLE          = aws_dynamodb_table.claims.name
     PREDICTIONS_TOPIC_ARN = try(aws_sns_topic.this[0].arn, "")
     PREDICTIONS_QUEUE_URL = try(aws_sqs_queue.this[0].url, "")
     PREDICTIONS_EVENT_BUS = try(aws_cloudwatch_event_bus.this[0].name, "")

@@ -69,6 +69,7 @@ check "policy_arns_match_resources" {
       [for key, group in aws_cloudwatch_log_group.function : group.arn == local.arns.log_groups[key]],
       [for key, bucket in aws_s3_bucket.this : bucket.arn == local.arns.buckets[key]],
       [for table in aws_dynamodb_table.this : table.arn == local.arns.table],
+      [aws_dynamodb_table.claims.arn == local.arns.claims_table],
       [for topic in aws_sns_topic.this : topic.arn == local.arns.topic],
       [for queue in aws_sqs_queue.this : queue.arn == local.arns.queue],
       [for bus in aws_cloudwatch_event_bus.this : bus.arn == local.arns.event_bus],

@@ -37,6 +37,7 @@ locals {
 
   names = {
     table            = templatestring(local.stack.table, local.name_vars_with_buckets)
+    claims_table     = templatestring(local.stack.claims.table, local.name_vars_with_buckets)
     topic            = templatestring(local.stack.topic, local.name_vars_with_buckets)
     queue            = templatestring(local.stack.queue, local.name_vars_with_buckets)
     event_bus        = templatestring(local.stack.event_bus, local.name_vars_with_buckets)
@@ -129,6 +130,7 @@ locals {
   arns = {
     buckets          = { for key, bucket in local.buckets : key => "arn:${local.partition}:s3:::${bucket}" }
     table            = "${local.arn_base.dynamodb}:table/${local.names.table}"
+    claims_table     = "${local.arn_base.dynamodb}:table/${local.names.claims_table}"
     topic            = "${local.arn_base.sns}:${local.names.topic}"
     queue            = "${local.arn_base.sqs}:${local.names.queue}"
     event_bus        = "${local.arn_base.events}:event-bus/${local.names.event_bus}"
@@ -156,6 +158,7 @@ locals {
     OutputBucket          = local.buckets.output
     OutputPrefix          = local.settings.OUTPUT_PREFIX
     TableArn              = local.arns.table
+    ClaimsTableArn        = local.arns.claims_table
     TopicArn              = local.arns.topic
     QueueArn              = local.arns.queue
     EventBusArn           = local.arns.event_bus

@@ -10,6 +10,7 @@ output "inferpipe" {
     region                     = local.region
     buckets                    = { for key, bucket in local.buckets : key => try(aws_s3_bucket.this[key].bucket, null) }
     table                      = try(aws_dynamodb_table.this[0].name, null)
+    claims_table               = aws_dynamodb_table.claims.name
     topic_arn                  = try(aws_sns_topic.this[0].arn, null)
     queue_url                  = try(aws_sqs_queue.this[0].url, null)
     event_bus                  = try(aws_cloudwatch_event_bus.this[0].name, null)

@@ -198,3 +198,38 @@ resource "aws_s3_bucket_notification" "input" {
   bucket      = aws_s3_bucket.this["input"].id
   eventbridge = true
 }
+
+################################################################################
+# Claims (stack.json claims): one item per object version an S3 event names, written by
+# Preprocess with a conditional PutItem, so that an event delivered twice (EventBridge and SQS
+# deliver at least once) is classified and published once (functions/preprocess/claims.py).
+# Items expire by TTL after settings.CLAIM_TTL_S.
+################################################################################
+
+resource "aws_dynamodb_table" "claims" {
+  name                        = local.names.claims_table
+  billing_mode                = "PAY_PER_REQUEST"
+  hash_key                    = local.stack.claims.key_attribute
+  deletion_protection_enabled = !var.force_destroy
+
+  attribute {
+    name = local.stack.claims.key_attribute
+    type = "S"
+  }
+
+  ttl {
+    enabled        = true
+    attribute_name = local.stack.claims.ttl_attribute
+  }
+
+  # A few hundred bytes per upload kept for days: restoring costs next to nothing and keeps the
+  # duplicate guard across an accidental delete.
+  point_in_time_recovery {
+    enabled = true
+  }
+
+  server_side_encryption {
+    enabled     = true
+    kms_key_arn = var.kms_key_arn
+  }
+}

@@ -98,6 +98,9 @@ class Item:
     problem: str | None = None
     #: what the input said, for a record of an object that could not be parsed
     named: Mapping[str, Any] | None = None
+    #: the S3 event's ``detail.object.sequencer``, when an event named this object: with the
+    #: version id, it tells this upload from any other of the same key (functions/preprocess/claims.py)
+    sequencer: str | None = None
 
     @property
     def source(self) -> SourceObject | None:
@@ -145,7 +148,7 @@ def _s3_event_object(event: Mapping[str, Any]) -> dict[str, Any] | None:
     obj = detail.get("object") if isinstance(detail.get("object"), Mapping) else None
     if not isinstance(bucket, str) or obj is None or not isinstance(obj.get("key"), str):
         return None
-    return {"bucket": bucket, "key": obj["key"], "version_id": obj.get("version-id")}
+    return {"bucket": bucket, "key": obj["key"], "version_id": obj.get("version-id"), "sequencer": _str_or_none(obj.get("sequencer"))}
 
 
 def _queued_object(record: Any) -> dict[str, Any] | None:
@@ -167,9 +170,11 @@ def _queued_object(record: Any) -> dict[str, Any] | None:
 
 def _item(index: int, fields: Mapping[str, Any], defaults: Defaults) -> Item:
     named = {k: fields.get(k) for k in OBJECT_KEYS}
+    sequencer = fields.get("sequencer")
+    fields = {k: v for k, v in fields.items() if k != "sequencer"}
     try:
         merged = {**defaults.request_fields(), **{k: v for k, v in fields.items() if v is not None or k != "version_id"}}
-        return Item(index=index, request=Request.parse(merged, defaults.sinks), named=named)
+        return Item(index=index, request=Request.parse(merged, defaults.sinks), named=named, sequencer=sequencer)
     except InvalidRequestError as problem:
         return Item(index=index, request=None, problem=str(problem), named=named)
 

@@ -29,6 +29,8 @@ MAX_OBJECT_BYTES = "MAX_OBJECT_BYTES"
 MAX_IMAGE_PIXELS = "MAX_IMAGE_PIXELS"
 MODEL_CACHE_MB = "MODEL_CACHE_MB"
 MAX_BATCH_OBJECTS = "MAX_BATCH_OBJECTS"
+CLAIMS_TABLE = "CLAIMS_TABLE"
+CLAIM_TTL_S = "CLAIM_TTL_S"
 
 _invocation_environ: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
     "inferpipe_invocation_environ", default=None

@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +46,33 @@ def execution_name(execution_id: str | None) -> str:
     if isinstance(execution_id, str) and execution_id:
         return execution_id.rsplit(":", 1)[-1]
     return f"direct-{uuid.uuid4().hex}"
+
+
+#: ``inferpipe replay`` names the n-th replay of execution ``<name>`` ``<name>-r<n>``
+#: (inferpipe/replay.py replay_name, truncating ``<name>`` to fit Step Functions' 80 characters).
+_REPLAY_SUFFIX = re.compile(r"^(?P<stem>.+)-r(?P<n>[0-9]{1,6})$")
+#: An execution and its replays are one group: names compared on this many characters of the
+#: stem, so that truncated replay names still group.
+GROUP_CHARS = 70
+
+
+def split_replay_name(name: str) -> tuple[str, int]:
+    """``(root name, n)``: ``("abc", 2)`` for ``abc-r2``; ``(name, 0)`` for an original."""
+    found = _REPLAY_SUFFIX.match(name)
+    return (found.group("stem"), int(found.group("n"))) if found else (name, 0)
+
+
+def execution_group(execution_id: str) -> str:
+    """What an execution shares with its replays and redrives: its state machine and root name.
+
+    A redrive keeps the execution's ARN; a replay is a new execution named after the original.
+
+    >>> execution_group("arn:aws:states:eu-west-1:123456789012:execution:inferpipe-pipeline:5f0c2e-r2")
+    'arn:aws:states:eu-west-1:123456789012:execution:inferpipe-pipeline:5f0c2e'
+    """
+    machine, _, name = execution_id.rpartition(":")
+    stem = split_replay_name(name)[0][:GROUP_CHARS]
+    return f"{machine}:{stem}" if machine else stem
 
 
 def work_key(prefix: str, execution_id: str | None, name: str) -> str:
@@ -104,9 +132,12 @@ __all__ = [
     "SCHEMA",
     "check_ref",
     "counts",
+    "GROUP_CHARS",
+    "execution_group",
     "execution_name",
     "get_document",
     "item_error",
     "put_document",
+    "split_replay_name",
     "work_key",
 ]

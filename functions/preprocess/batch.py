@@ -11,7 +11,7 @@ Example::
     summary = preprocess_batch(batch, execution_id, s3=client("s3"), store=store, limits=ImageLimits(),
                                work_bucket="work", work_prefix="tensors/", ownership=(None, None))
     # {"batch": {"bucket": "work", "key": "tensors/batches/<name>/preprocessed.json"},
-    #  "sinks": ["s3", ...], "objects": 3, "failed": 1, "succeeded": 2}
+    #  "sinks": ["s3", ...], "objects": 3, "failed": 1, "succeeded": 2, "duplicates": 0}
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from functions.common.log import logger, object_uri
 from functions.common.manifest import Manifest
 from functions.common.model_store import ModelStore
 from functions.common.work import FAILED, PREPROCESSED, READY, SCHEMA, counts, item_error, put_document, work_key
+from functions.preprocess.claims import Claims, log_duplicates
 from functions.preprocess.core import Fetched, check_owned, decode_image, fetch_object
 from functions.preprocess.transform import to_tensor
 
@@ -211,9 +212,17 @@ def preprocess_batch(
     work_bucket: str,
     work_prefix: str,
     ownership: tuple[str | None, str | None] = (None, None),
+    claims: Claims | None = None,
 ) -> dict[str, Any]:
-    """Preprocess every object of ``batch``; write ``preprocessed.json`` and the tensors; return the summary."""
+    """Preprocess every object of ``batch``; write ``preprocessed.json`` and the tensors; return the summary.
+
+    With ``claims``, an object version an S3 event names is first claimed for this execution; one
+    another execution claimed is left out (``claimed_elsewhere`` in the document, counted in
+    ``duplicates``): see :mod:`functions.preprocess.claims`.
+    """
     started = time.perf_counter()
+    owners = claims.claim_all(batch.items, execution_id) if claims is not None and execution_id else {}
+    log_duplicates(batch.items, owners)
     entries: list[dict[str, Any]] = []
     groups: dict[tuple[str, str, tuple[int, ...]], _Group] = {}
     resolved: dict[tuple[str, str], Manifest | PermanentError] = {}
@@ -234,7 +243,8 @@ def preprocess_batch(
     for item in batch.items:
         if item.index in invalid:
             entries.append(_failed_entry(item, "InvalidRequestError", item.problem))
-    for item, fetched in _fetched_in_order([item for item in batch.items if item.index not in invalid], s3, limits, ownership):
+    wanted = [item for item in batch.items if item.index not in invalid and item.index not in owners]
+    for item, fetched in _fetched_in_order(wanted, s3, limits, ownership):
         assert item.request is not None
         try:
             entry, manifest, row = _one(item, *fetched(), resolve, limits)
@@ -266,17 +276,19 @@ def preprocess_batch(
         "execution_id": execution_id,
         "trigger": batch.trigger,
         "sinks": list(batch.sinks),
-        "duplicates": batch.duplicates,
+        "duplicates": batch.duplicates + len(owners),
+        "claimed_elsewhere": [
+            {"index": item.index, "source": item.named_source(), "owner": owners[item.index]} for item in batch.items if item.index in owners
+        ],
         "items": entries,
         "groups": tensors,
     }
     ref = put_document(s3, work_bucket, work_key(work_prefix, execution_id, PREPROCESSED), document)
-    summary = {"batch": ref, "sinks": list(batch.sinks), **counts(entries)}
+    summary = {"batch": ref, "sinks": list(batch.sinks), **counts(entries), "duplicates": document["duplicates"]}
     logger.info(
         "batch preprocessed",
         extra={
-            **{k: summary[k] for k in ("objects", "failed", "succeeded")},
-            "duplicates": batch.duplicates,
+            **{k: summary[k] for k in ("objects", "failed", "succeeded", "duplicates")},
             "trigger": batch.trigger,
             "first_object": next((object_uri(e["source"]["bucket"], e["source"]["key"], e["source"].get("version_id"))
                                   for e in entries if e.get("source")), None),

@@ -12,6 +12,7 @@ from functions.common.errors import InferpipeError, InvalidRequestError
 from functions.common.log import bind, lambda_context, logger
 from functions.common.model_store import ModelStore, cached_store
 from functions.preprocess.batch import preprocess_batch
+from functions.preprocess.claims import Claims
 
 DEFAULT_WORK_PREFIX = "tensors/"
 
@@ -22,7 +23,7 @@ _stores: dict[str, ModelStore] = {}
 @lambda_context
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Input ``{"input": <the execution's input>, "defaults": {...}, "execution_id"}`` (ASL state
-    Preprocess); output ``{"batch": {bucket, key}, "sinks", "objects", "succeeded", "failed"}``."""
+    Preprocess); output ``{"batch": {bucket, key}, "sinks", "objects", "succeeded", "failed", "duplicates"}``."""
     if not isinstance(event, dict) or "input" not in event:
         raise InvalidRequestError('preprocess input must be an object {"input": ..., "defaults": {...}, "execution_id": "..."}')
     execution_id = event.get("execution_id") if isinstance(event.get("execution_id"), str) else None
@@ -38,6 +39,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             work_bucket=config.require(config.WORK_BUCKET),
             work_prefix=config.optional(config.WORK_PREFIX) or DEFAULT_WORK_PREFIX,
             ownership=(config.optional(config.INPUT_BUCKET), config.optional(config.INPUT_KEY_PREFIX)),
+            claims=Claims.from_env(client("dynamodb")),
         )
     except InferpipeError as exc:
         # The state machine records the error too; this line makes it findable in the logs.

@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from inferpipe.infra import KNOWN_SINKS, function_log_group, role_policies, role_services
-from inferpipe.local.spec import Resources, asl_values, function_environment, render_asl
+from inferpipe.local.spec import Claims, Resources, asl_values, function_environment, render_asl
 
 _LOG = logging.getLogger("inferpipe.local.provision")
 
@@ -158,6 +158,24 @@ def _ensure_table(ddb: Any, name: str) -> None:
     ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100})
 
 
+def _ensure_claims_table(ddb: Any, claims: Claims) -> None:
+    """The claims table, as terraform/orchestration.tf makes it: a partition key and a TTL attribute."""
+    try:
+        ddb.create_table(
+            TableName=claims.table,
+            KeySchema=[{"AttributeName": claims.key_attribute, "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": claims.key_attribute, "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    except ClientError as exc:
+        if _code(exc) != "ResourceInUseException":
+            raise
+    ddb.get_waiter("table_exists").wait(TableName=claims.table, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100})
+    # Enabling TTL twice is a ValidationException on AWS: only when it is off.
+    if ddb.describe_time_to_live(TableName=claims.table)["TimeToLiveDescription"].get("TimeToLiveStatus") != "ENABLED":
+        ddb.update_time_to_live(TableName=claims.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": claims.ttl_attribute})
+
+
 def _ensure_log_group(logs: Any, name: str, retention_days: int = 14) -> None:
     """A function's log group, created ahead of it as Terraform does (its role may only write to it)."""
     try:
@@ -286,6 +304,7 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
         Bucket=r.buckets["input"], NotificationConfiguration={"EventBridgeConfiguration": {}}
     )
     _ensure_table(client("dynamodb"), r.table)
+    _ensure_claims_table(client("dynamodb"), r.claims)
     topic_arn = sns.create_topic(Name=r.topic)["TopicArn"]
     queue_url, _ = _ensure_queue(sqs, r.queue, r)
     _ensure_event_bus(events, r.event_bus)

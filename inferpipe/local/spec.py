@@ -167,6 +167,15 @@ class Backfill:
 
 
 @dataclass(frozen=True)
+class Claims:
+    """stack.json ``claims``: the table Preprocess claims event-named object versions in."""
+
+    table: str
+    key_attribute: str
+    ttl_attribute: str
+
+
+@dataclass(frozen=True)
 class Resources:
     """Every resource name of one rendered stack (same names Terraform creates)."""
 
@@ -175,6 +184,7 @@ class Resources:
     region: str
     buckets: Mapping[str, str]  # input, models, work, output
     table: str
+    claims: Claims
     topic: str
     queue: str
     event_bus: str
@@ -220,6 +230,10 @@ class Resources:
     @property
     def table_arn(self) -> str:
         return self.arn("dynamodb", f"table/{self.table}")
+
+    @property
+    def claims_table_arn(self) -> str:
+        return self.arn("dynamodb", f"table/{self.claims.table}")
 
     @property
     def state_machine_arn(self) -> str:
@@ -280,6 +294,11 @@ def render_resources(
         region=region,
         buckets=MappingProxyType(dict(buckets)),
         table=_render_value(raw["table"], variables),
+        claims=Claims(
+            table=_render_value(raw["claims"]["table"], variables),
+            key_attribute=str(raw["claims"]["key_attribute"]),
+            ttl_attribute=str(raw["claims"]["ttl_attribute"]),
+        ),
         topic=_render_value(raw["topic"], variables),
         queue=_render_value(raw["queue"], variables),
         event_bus=_render_value(raw["event_bus"], variables),
@@ -347,6 +366,7 @@ def function_environment(resources: Resources, function_key: str, *, queue_url: 
         "WORK_BUCKET": resources.buckets["work"],
         "OUTPUT_BUCKET": resources.buckets["output"],
         "PREDICTIONS_TABLE": resources.table,
+        "CLAIMS_TABLE": resources.claims.table,
         "PREDICTIONS_TOPIC_ARN": resources.topic_arn,
         "PREDICTIONS_QUEUE_URL": queue_url or resources.queue_url,
         "PREDICTIONS_EVENT_BUS": resources.event_bus,
@@ -382,6 +402,7 @@ __all__ = [
     "FunctionSpec",
     "LocalLambda",
     "Backfill",
+    "Claims",
     "Resources",
     "TemplateError",
     "TriggerBuffer",

@@ -83,6 +83,37 @@ def test_a_burst_becomes_a_few_batches_and_every_object_is_delivered_once(stack:
     assert all("objects failed" in e["cause"] for e in failed if len(json.loads(e["input"])) > 1)
 
 
+def test_an_upload_the_buffer_delivers_twice_is_published_once(stack: Any, sinks: Any) -> None:
+    # GIVEN an upload the micro-batched trigger classified
+    run = uuid.uuid4().hex[:6]
+    s3, sqs = stack.client("s3"), stack.client("sqs")
+    bucket = stack.resources.buckets["input"]
+    key = f"twice-{run}/a.jpg"
+    s3.put_object(Bucket=bucket, Key=key, Body=image_bytes("square", seed=3))
+    (first,) = _finished_executions(stack, {key})
+    assert first["status"] == "SUCCEEDED", first.get("cause")
+
+    # WHEN the buffer queue hands the same S3 event to the pipe again (an SQS redelivery), in a
+    # batch with a new upload's
+    (element,) = json.loads(first["input"])
+    buffer = sqs.get_queue_url(QueueName=stack.resources.trigger_buffer.queue)["QueueUrl"]
+    sqs.send_message(QueueUrl=buffer, MessageBody=json.dumps({"source": "aws.s3", "detail-type": "Object Created", **element}))
+    fresh = f"twice-{run}/b.jpg"
+    s3.put_object(Bucket=bucket, Key=fresh, Body=image_bytes("circle", seed=4))
+    later = [e for e in _finished_executions(stack, {key, fresh}) if e["executionArn"] != first["executionArn"]]
+
+    # THEN the new upload is classified, and the old one is skipped as a duplicate wherever it landed
+    outputs = [json.loads(e["output"]) for e in later if e["status"] == "SUCCEEDED"]
+    assert len(outputs) == len(later), [e.get("cause") for e in later]
+    assert sum(o["duplicates"] for o in outputs) == 1 and sum(o["succeeded"] for o in outputs) == 1
+    # AND every sink holds exactly one record of each, the old one's from the first execution
+    for name in (key, fresh):
+        records = sinks.records(bucket, name)
+        for sink in ALL_SINKS:
+            assert len(records[sink]) == 1, f"{sink} holds {len(records[sink])} records for {name}"
+    assert sinks.records(bucket, key)["sqs"][0]["execution_id"] == first["executionArn"]
+
+
 def test_a_manual_batch_with_a_bad_object_delivers_the_others(stack: Any, sinks: Any) -> None:
     # GIVEN three objects already in the bucket, one of them missing by the time it runs
     bucket = stack.resources.buckets["input"]

@@ -129,22 +129,40 @@ def test_an_object_over_the_size_limit_is_refused_before_download(stack: Any) ->
 
 
 def test_an_object_deleted_between_event_and_processing_is_not_found(stack: Any) -> None:
-    # GIVEN an object's "Object Created" event, and the object version deleted since
+    # GIVEN an upload whose Preprocess is slow to start reading (its claim held for 3 s)
     key = f"gone/deleted {uuid.uuid4().hex[:4]}.jpg"
+    stack.inject_aws_faults("dynamodb", "PutItem", count=1, match=key, delay=3.0)
+    version = _upload(stack, key, image_bytes("square", seed=9))
+
+    # WHEN the object version is deleted meanwhile
+    stack.client("s3").delete_object(Bucket=_input_bucket(stack), Key=key, VersionId=version)
+    (execution,) = executions_for_key(stack, key)
+    final = wait_for_execution(stack, execution["executionArn"], timeout=90)
+
+    # THEN ObjectNotFoundError, recorded against that version
+    assert stack.aws_faults.pending() == 0  # the claim was held, then written
+    assert final["status"] == "FAILED" and final["error"] == "ObjectNotFoundError", final.get("cause")
+    record = failure_record(stack, _input_bucket(stack), key)
+    assert record["error"]["type"] == "ObjectNotFoundError" and "does not exist" in record["error"]["message"]
+    assert record["source"]["version_id"] == version
+
+
+def test_a_late_copy_of_a_classified_objects_event_changes_nothing_even_once_the_object_is_gone(stack: Any) -> None:
+    # GIVEN an object's "Object Created" event that was classified, and the object version deleted since
+    key = f"gone/late {uuid.uuid4().hex[:4]}.jpg"
     first = _run_upload(stack, key, image_bytes("square", seed=9))
     assert first["status"] == "SUCCEEDED"
     event = json.loads(first["input"])
     stack.client("s3").delete_object(Bucket=_input_bucket(stack), Key=key, VersionId=event["detail"]["object"]["version-id"])
 
-    # WHEN the event is processed (a late or duplicate delivery)
+    # WHEN the same event is delivered again (EventBridge delivers at least once)
     final = _start(stack, event)
 
-    # THEN ObjectNotFoundError, recorded against that version; the earlier success is not overwritten
-    assert final["status"] == "FAILED" and final["error"] == "ObjectNotFoundError"
-    record = failure_record(stack, _input_bucket(stack), key)
-    assert record["error"]["type"] == "ObjectNotFoundError" and "does not exist" in record["error"]["message"]
+    # THEN it is a duplicate of the first execution: nothing read, nothing failed, nothing recorded
+    assert final["status"] == "SUCCEEDED" and json.loads(final["output"])["duplicates"] == 1
+    assert failure_record(stack, _input_bucket(stack), key) is None
     (item,) = table_items(stack, _input_bucket(stack), key)
-    assert item["status"]["S"] == "SUCCEEDED"
+    assert item["status"]["S"] == "SUCCEEDED" and item["execution_id"]["S"] == first["executionArn"]
 
 
 def test_a_foreign_bucket_is_a_clear_permanent_error_and_its_events_start_nothing(stack: Any) -> None:

@@ -63,6 +63,33 @@ def test_upload_is_classified_into_every_sink_once(stack: Any, sinks: Any, label
     assert item["label"]["S"] == expected and item["version"]["S"] == version_id
 
 
+def test_an_s3_event_delivered_twice_is_classified_and_published_once(stack: Any, sinks: Any) -> None:
+    # GIVEN an upload whose execution succeeded
+    key = f"e2e/twice {uuid.uuid4().hex[:6]}.jpg"
+    version_id = _upload(stack, key, image_bytes("ring", seed=12))
+    (first,) = executions_for_key(stack, key)
+    first = wait_for_execution(stack, first["executionArn"])
+    assert first["status"] == "SUCCEEDED", first.get("cause")
+
+    # WHEN EventBridge delivers the same event again (at-least-once): a second execution with that input
+    sfn = stack.client("stepfunctions")
+    second = sfn.start_execution(stateMachineArn=stack.state_machine_arn, input=first["input"])["executionArn"]
+    second = wait_for_execution(stack, second)
+
+    # THEN it succeeds with nothing to do, counting the object as a duplicate
+    assert second["status"] == "SUCCEEDED", second.get("cause")
+    output = json.loads(second["output"])
+    assert (output["objects"], output["succeeded"], output["failed"], output["duplicates"]) == (0, 0, 0, 1)
+    entered = [e["stateEnteredEventDetails"]["name"] for e in history(stack, second["executionArn"]) if e["type"].endswith("StateEntered")]
+    assert entered == ["Preprocess", "AnyReady", "AllDuplicates"]
+    # AND every sink still holds exactly one record, the first execution's
+    records = sinks.records(stack.resources.buckets["input"], key)
+    for sink in ALL_SINKS:
+        assert len(records[sink]) == 1, f"{sink} holds {len(records[sink])} records for {key}"
+    assert records["sns"][0]["execution_id"] == first["executionArn"]
+    assert records["sns"][0]["source"]["version_id"] == version_id
+
+
 def test_state_payloads_carry_references_not_pixels(stack: Any) -> None:
     # GIVEN a large photo-sized upload
     data = image_bytes("ring", size=(2400, 1800), seed=3)

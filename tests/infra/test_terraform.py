@@ -411,6 +411,19 @@ def test_terraform_knows_exactly_the_sinks_the_sink_function_writes() -> None:
     assert set(STACK["defaults"]["sinks"]) <= writers
 
 
+def test_the_claims_table_has_the_key_and_ttl_attributes_preprocess_writes() -> None:
+    claims = importlib.import_module("functions.preprocess.claims")
+    # stack.json names them for Terraform and the local stack; the function writes them
+    assert (STACK["claims"]["key_attribute"], STACK["claims"]["ttl_attribute"]) == (claims.KEY_ATTRIBUTE, claims.TTL_ATTRIBUTE)
+    table = resources_of("aws_dynamodb_table")["claims"]
+    assert table["hash_key"] == table["attribute"][0]["name"] == "${local.stack.claims.key_attribute}"
+    assert table["ttl"] == [{"enabled": True, "attribute_name": "${local.stack.claims.ttl_attribute}"}]
+    assert table["billing_mode"] == "PAY_PER_REQUEST" and table["server_side_encryption"][0]["enabled"] is True
+    # and its TTL outlasts the longest a duplicate can come late: the buffer DLQ's retention
+    retention = int(resources_of("aws_sqs_queue")["trigger_buffer_dlq"]["message_retention_seconds"])
+    assert int(STACK["settings"]["CLAIM_TTL_S"]) > retention
+
+
 def test_the_function_alias_is_the_same_in_terraform_and_python() -> None:
     assert locals_of("locals.tf")["function_alias"] == infra.FUNCTION_ALIAS
 

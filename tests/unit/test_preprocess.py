@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -474,11 +475,13 @@ def stack(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         yield {"s3": s3, "handler": handler, "env": env}
 
 
-def s3_event(key: str, version_id: str | None = None, bucket: str = "input-bucket") -> dict[str, Any]:
+def s3_event(key: str, version_id: str | None = None, bucket: str = "input-bucket", sequencer: str | None = None) -> dict[str, Any]:
     """The S3 'Object Created' event EventBridge starts the state machine with."""
     obj: dict[str, Any] = {"key": key, "size": 1, "etag": "e"}
     if version_id is not None:
         obj["version-id"] = version_id
+    if sequencer is not None:
+        obj["sequencer"] = sequencer
     return {"version": "0", "detail-type": "Object Created", "source": "aws.s3", "account": "123456789012", "region": "us-east-1",
             "resources": [f"arn:aws:s3:::{bucket}"], "detail": {"version": "0", "bucket": {"name": bucket}, "object": obj, "reason": "PutObject"}}
 
@@ -539,7 +542,7 @@ def test_handler_turns_an_uploaded_photo_into_a_batch_document(stack: dict[str, 
     # THEN the state machine gets a reference to the batch document and its counts, with the deployment's sinks
     assert summary == {
         "batch": {"bucket": "work-bucket", "key": "tensors/batches/3f0c9a1e/preprocessed.json"},
-        "sinks": ALL_SINKS, "objects": 1, "succeeded": 1, "failed": 0,
+        "sinks": ALL_SINKS, "objects": 1, "succeeded": 1, "failed": 0, "duplicates": 0,
     }
     # AND the document names the object version, the resolved model version and the tensor row
     document = _document(s3, summary)
@@ -714,6 +717,122 @@ def test_the_same_upload_queued_twice_is_preprocessed_once(stack: dict[str, Any]
     document = _document(s3, summary)
     assert (summary["objects"], summary["succeeded"], document["duplicates"]) == (1, 1, 1)
     assert document["groups"][0]["tensor"]["shape"] == [1, 3, 64, 64]
+
+
+# --------------------------------------------------------------------------- claims (duplicate events)
+
+OTHER_EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:inferpipe-pipeline:7d1e44b0"
+
+
+@pytest.fixture
+def claims_stack(stack: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """GIVEN the preprocess stack with a claims table, made as the local stack makes it."""
+    from inferpipe.local.provision import _ensure_claims_table
+    from inferpipe.local.spec import render_resources
+
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    claims = dataclasses.replace(render_resources().claims, table="claims-table")
+    _ensure_claims_table(ddb, claims)
+    with invocation_environment({**stack["env"], "CLAIMS_TABLE": "claims-table", "CLAIM_TTL_S": "1296000"}):
+        yield {**stack, "ddb": ddb}
+
+
+def _upload(s3: Any, key: str, seed: int = 0) -> str:
+    return str(s3.put_object(Bucket="input-bucket", Key=key, Body=encode(noisy_photo(80, 60, seed=seed), "PNG"))["VersionId"])
+
+
+def test_an_upload_another_execution_claimed_is_skipped_naming_that_execution(claims_stack: dict[str, Any], s3_requests: list[tuple[str, str | None]]) -> None:
+    s3, handler = claims_stack["s3"], claims_stack["handler"]
+    # GIVEN two uploads whose events one execution preprocessed
+    a, b = _upload(s3, "dup/a.png", 1), _upload(s3, "dup/b.png", 2)
+    first = _run(handler, [sqs_record(s3_event("dup/a.png", a, sequencer="0A1")), sqs_record(s3_event("dup/b.png", b, sequencer="0B1"))])
+    assert (first["objects"], first["succeeded"], first["duplicates"]) == (2, 2, 0)
+
+    # WHEN b's event arrives again in another execution's batch, next to a new upload's
+    c = _upload(s3, "dup/c.png", 3)
+    s3_requests.clear()
+    second = _run(handler, [sqs_record(s3_event("dup/b.png", b, sequencer="0B1")), sqs_record(s3_event("dup/c.png", c, sequencer="0C1"))],
+                  execution=OTHER_EXECUTION)
+
+    # THEN only the new upload is preprocessed (b is not even read), and the document names b's owner
+    assert (second["objects"], second["succeeded"], second["failed"], second["duplicates"]) == (1, 1, 0, 1)
+    document = _document(s3, second)
+    assert [entry["source"]["key"] for entry in document["items"]] == ["dup/c.png"]
+    assert document["claimed_elsewhere"] == [
+        {"index": 0, "source": {"bucket": "input-bucket", "key": "dup/b.png", "version_id": b}, "owner": EXECUTION}
+    ]
+    assert [op for op, bucket in s3_requests if bucket == "input-bucket"] == ["GetObject"]  # c's only
+
+
+def test_a_retry_redrive_or_replay_of_the_claiming_execution_preprocesses_its_objects_again(claims_stack: dict[str, Any]) -> None:
+    s3, handler = claims_stack["s3"], claims_stack["handler"]
+    version = _upload(s3, "dup/again.png")
+    event = [sqs_record(s3_event("dup/again.png", version, sequencer="0D1"))]
+    _run(handler, event)
+    # WHEN the same execution runs Preprocess again (a retry, or a redrive: same ARN), then a replay of it
+    retry = _run(handler, event)
+    replay = _run(handler, event, execution=EXECUTION + "-r1")
+    # THEN neither is a duplicate
+    assert (retry["succeeded"], retry["duplicates"]) == (1, 0)
+    assert (replay["succeeded"], replay["duplicates"]) == (1, 0)
+
+
+def test_manual_inputs_and_events_without_an_upload_identity_never_claim(claims_stack: dict[str, Any]) -> None:
+    s3, handler, ddb = claims_stack["s3"], claims_stack["handler"], claims_stack["ddb"]
+    version = _upload(s3, "dup/manual.png")
+    _run(handler, s3_event("dup/manual.png", version, sequencer="0E1"))
+    # WHEN a user asks for the same version by hand from another execution
+    again = _run(handler, {"bucket": "input-bucket", "key": "dup/manual.png", "version_id": version}, execution=OTHER_EXECUTION)
+    # THEN it is classified: asking again is what a manual input means
+    assert (again["succeeded"], again["duplicates"]) == (1, 0)
+    # AND an event typed by hand with neither a version id nor a sequencer is not claimed
+    _run(handler, s3_event("dup/manual.png"), execution=OTHER_EXECUTION)
+    assert ddb.scan(TableName="claims-table")["Count"] == 1
+
+
+def test_a_batch_of_nothing_but_duplicates_preprocesses_nothing(claims_stack: dict[str, Any]) -> None:
+    s3, handler = claims_stack["s3"], claims_stack["handler"]
+    version = _upload(s3, "dup/only.png")
+    event = s3_event("dup/only.png", version, sequencer="0F1")
+    _run(handler, event)
+    keys_before = _work_keys(s3)
+    # WHEN the same event starts a second execution (the direct trigger, delivered twice)
+    second = _run(handler, event, execution=OTHER_EXECUTION)
+    # THEN it has no object to classify, and no tensor is written for it
+    assert (second["objects"], second["succeeded"], second["failed"], second["duplicates"]) == (0, 0, 0, 1)
+    assert _document(s3, second)["items"] == [] and _document(s3, second)["groups"] == []
+    assert [key for key in _work_keys(s3) if key not in keys_before] == ["tensors/batches/7d1e44b0/preprocessed.json"]
+
+
+def test_an_expired_claim_is_taken_over_even_before_ttl_deletes_it(claims_stack: dict[str, Any]) -> None:
+    from functions.common.batch import Defaults, parse_input
+    from functions.preprocess.claims import Claims
+
+    claims = Claims(claims_stack["ddb"], "claims-table", ttl_s=60)
+    (item,) = parse_input(s3_event("dup/old.png", "v1", sequencer="0G1"), Defaults(("s3",), 5, "demo", "prod")).items
+    assert claims.claim(item, EXECUTION, now=1_000) is None
+    assert claims.claim(item, OTHER_EXECUTION, now=1_059) == EXECUTION  # still held
+    assert claims.claim(item, OTHER_EXECUTION, now=1_061) is None  # expired: taken over
+
+
+def test_a_missing_claims_table_fails_the_batch_as_a_configuration_error(claims_stack: dict[str, Any]) -> None:
+    s3, handler = claims_stack["s3"], claims_stack["handler"]
+    version = _upload(s3, "dup/nowhere.png")
+    with invocation_environment({**claims_stack["env"], "CLAIMS_TABLE": "no-such-table", "CLAIM_TTL_S": "60"}):
+        with pytest.raises(ConfigurationError, match="no-such-table.*ResourceNotFoundException"):
+            _run(handler, s3_event("dup/nowhere.png", version, sequencer="0H1"))
+
+
+def test_a_throttled_claim_fails_the_invocation_as_transient_so_the_state_machine_retries_it(claims_stack: dict[str, Any]) -> None:
+    from functions.common.batch import Defaults, parse_input
+    from functions.preprocess.claims import Claims
+
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    (item,) = parse_input(s3_event("dup/busy.png", "v1", sequencer="0I1"), Defaults(("s3",), 5, "demo", "prod")).items
+    with Stubber(ddb) as stub:
+        stub.add_client_error("put_item", service_error_code="ProvisionedThroughputExceededException", http_status_code=400)
+        with pytest.raises(TransientError, match="claims-table"):
+            Claims(ddb, "claims-table", ttl_s=60).claim(item, EXECUTION)
 
 
 def test_a_batch_reads_each_object_once_and_keeps_its_order_whatever_the_fetch_order(

@@ -109,6 +109,8 @@ def _reachable(states: dict[str, Any], start: str, avoiding: frozenset[str] = fr
 #: The Choice branches that lead away from success: every object failed in Preprocess; an object
 #: failed in Inference or a sink did.
 FAILURE_CHOICES = {"AnyReady": "NoteAllFailed", "Outcome": "NoteObjectFailures"}
+#: Choice rules ahead of those that end the execution successfully: every object was a duplicate.
+EARLY_SUCCESSES = {"AnyReady": ["AllDuplicates"], "Outcome": []}
 
 
 def test_every_failure_path_records_the_failure_then_fails_and_recording_never_loops() -> None:
@@ -123,7 +125,9 @@ def test_every_failure_path_records_the_failure_then_fails_and_recording_never_l
     catches = {rule["Next"] for name, state in states.items() if name != "RecordFailure" for rule in state.get("Catch", [])}
     assert catches == {"PreprocessFailed", "PreprocessErrored", "InferenceFailed", "InferenceErrored", "FanOutFailed", "FanOutErrored"}
     for choice, branch in FAILURE_CHOICES.items():
-        assert [rule["Next"] for rule in states[choice]["Choices"]] == [branch], choice
+        assert [rule["Next"] for rule in states[choice]["Choices"]] == EARLY_SUCCESSES[choice] + [branch], choice
+        for success in EARLY_SUCCESSES[choice]:
+            assert states[success]["Type"] == "Pass" and states[success].get("End") is True, success
     fails = {name for name, state in states.items() if state["Type"] == "Fail"}
     assert fails == {"PipelineFailed", "FailedUnrecorded"}
     for failure_start in sorted(catches | set(FAILURE_CHOICES.values())):
