@@ -34,7 +34,8 @@
    logs) are created once per role and reused, the moto server's per-request listing of its
    own package directory (done under its global routing lock) is computed once, a queue's
    message counts (read on every SendMessage) read the clock once, not once per queued message,
-   and the JSONPath expressions EventBridge renders each event with are compiled once, not per event.
+   the JSONPath expressions EventBridge renders each event with are compiled once, not per event,
+   and a state machine's definition is parsed once, not per execution (:func:`_parsed_program`).
 
 Also: moto delivers events through DISABLED rules; the bridge does not.
 
@@ -894,6 +895,45 @@ def _named_start_execution(self: Any, state_machine_arn: str, name: Any = None, 
     return _originals["start_execution"](self, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
 
 
+@functools.lru_cache(maxsize=32)
+def _parsed_program(definition: str) -> Any:
+    """The evaluation entry point of a state machine definition, parsed once per definition text.
+
+    moto parses the ASL with antlr for every execution (``ExecutionWorker._get_evaluation_entrypoint``):
+    ~0.1 s of this process's CPU per execution, the whole cost of a batch of one. The parsed
+    program is a tree of declarations: every value an execution changes lives in its own
+    ``Environment`` (moto already runs one program tree in many concurrent Map iterations), and the
+    retry counters are kept in that environment's heap under each declaration's ``heap_key``,
+    which moto draws lazily; drawn here once, so that no two threads can draw two keys for one
+    declaration.
+    """
+    from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    program = AmazonStateLanguageParser.parse(definition)[0]
+    seen: set[int] = set()
+    todo: list[Any] = [program]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen or isinstance(node, (str, bytes, int, float, bool)) or node is None:
+            continue
+        seen.add(id(node))
+        if isinstance(node, EvalComponent):
+            node.heap_key  # noqa: B018 (drawn now, once)
+        if isinstance(node, dict):
+            todo.extend(node.values())
+        elif isinstance(node, (list, tuple, set, frozenset)):
+            todo.extend(node)
+        elif hasattr(node, "__dict__") and type(node).__module__.startswith("moto.stepfunctions.parser.asl.component"):
+            todo.extend(vars(node).values())
+    return program
+
+
+def _cached_entrypoint(self: Any) -> Any:
+    """``ExecutionWorker._get_evaluation_entrypoint``, from :func:`_parsed_program`."""
+    return _parsed_program(self._evaluation_details.state_machine_details.definition)
+
+
 # --------------------------------------------------------------------------------------------
 # install / uninstall
 # --------------------------------------------------------------------------------------------
@@ -985,6 +1025,11 @@ def install() -> None:
 
         _originals["jsonpath_parse"] = jsonpath_ng.ext.parse
         jsonpath_ng.ext.parse = functools.lru_cache(maxsize=1024)(jsonpath_ng.ext.parse)
+        # moto parses a state machine's ASL anew for every execution: once per definition instead.
+        from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+        _originals["evaluation_entrypoint"] = ExecutionWorker.__dict__["_get_evaluation_entrypoint"]
+        ExecutionWorker._get_evaluation_entrypoint = _cached_entrypoint  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
@@ -1021,6 +1066,11 @@ def uninstall() -> None:
             import jsonpath_ng.ext
 
             jsonpath_ng.ext.parse = _originals.pop("jsonpath_parse")
+        if "evaluation_entrypoint" in _originals:
+            from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+            ExecutionWorker._get_evaluation_entrypoint = _originals.pop("evaluation_entrypoint")  # type: ignore[method-assign]
+            _parsed_program.cache_clear()
         if "start_execution" in _originals:
             from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 

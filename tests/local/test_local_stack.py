@@ -491,6 +491,27 @@ def test_injected_throttles_are_retried_by_the_pipelines_retry_policy(
     assert sum(r.injected for r in bridge.invocations(function["name"])) == injected_before + 2
 
 
+def test_executions_of_one_definition_share_its_parse_but_count_their_retries_apart(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    function = test_functions["a"]
+    machine = _machine_with_pipeline_policies(stack, function["arn"])
+    parsed_before = bridge._parsed_program.cache_info()
+    # GIVEN one execution that used two of its retries on throttles
+    bridge.inject_failures(function["name"], count=2)
+    assert _run(stack, machine, {"n": 1})["status"] == "SUCCEEDED"
+    # WHEN a second execution of the same definition is throttled four times (its Retry allows four)
+    bridge.inject_failures(function["name"], count=4)
+    second = _run(stack, machine, {"n": 2})
+    # THEN it retried all four: retry counts belong to the execution, not to the shared program
+    assert second["status"] == "SUCCEEDED", second
+    assert [e["type"] for e in _history(stack, second["executionArn"])].count("LambdaFunctionScheduled") == 5
+    # AND the definition was parsed at most once for both (once already, if an earlier test ran it)
+    parsed = bridge._parsed_program.cache_info()
+    misses, hits = parsed.misses - parsed_before.misses, parsed.hits - parsed_before.hits
+    assert misses + hits == 2 and hits >= 1
+
+
 def test_a_handler_that_outlives_its_function_timeout_times_out_as_in_lambda(
     stack: LocalStack, test_functions: dict[str, dict[str, Any]]
 ) -> None:
