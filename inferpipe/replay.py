@@ -10,8 +10,8 @@ Step Functions calls. Two modes:
   days, ``redriveStatus == REDRIVABLE``). Redrive re-runs the execution from the state that failed;
   for an execution that ended in our ``PipelineFailed`` state that is the Fail state itself, so
   such executions are NOT_REDRIVABLE-in-effect: when the API says an execution cannot be
-  redriven (or the endpoint lacks the API, as the local stack does), it is restarted instead and
-  the summary says why.
+  redriven (or the endpoint lacks the API), it is restarted instead and the summary says why. The
+  local stack redrives as AWS does (:mod:`inferpipe.local.redrive`).
 
 An execution is grouped with its replays by name. A group is skipped when one of its replays
 succeeded (no duplicates), or one is still running; otherwise the original input is replayed once.

@@ -37,6 +37,9 @@
    the JSONPath expressions EventBridge renders each event with are compiled once, not per event,
    and a state machine's definition is parsed once, not per execution (:func:`_parsed_program`).
 
+5. **Failed executions can be redriven.** moto has no RedriveExecution: :mod:`inferpipe.local.redrive`
+   adds it, with DescribeExecution's redrive fields, under AWS's documented rules.
+
 Also: moto delivers events through DISABLED rules; the bridge does not.
 
 Fault injection for tests::
@@ -1030,6 +1033,10 @@ def install() -> None:
 
         _originals["evaluation_entrypoint"] = ExecutionWorker.__dict__["_get_evaluation_entrypoint"]
         ExecutionWorker._get_evaluation_entrypoint = _cached_entrypoint  # type: ignore[method-assign]
+        # moto has no RedriveExecution.
+        from inferpipe.local import redrive
+
+        redrive.install()
 
 
 def uninstall() -> None:
@@ -1066,6 +1073,9 @@ def uninstall() -> None:
             import jsonpath_ng.ext
 
             jsonpath_ng.ext.parse = _originals.pop("jsonpath_parse")
+        from inferpipe.local import redrive
+
+        redrive.uninstall()
         if "evaluation_entrypoint" in _originals:
             from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 

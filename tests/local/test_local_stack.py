@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from inferpipe.local import bridge, daemon
 from inferpipe.local.provision import image_uri, provision, role_names
@@ -510,6 +511,88 @@ def test_executions_of_one_definition_share_its_parse_but_count_their_retries_ap
     parsed = bridge._parsed_program.cache_info()
     misses, hits = parsed.misses - parsed_before.misses, parsed.hits - parsed_before.hits
     assert misses + hits == 2 and hits >= 1
+
+
+def _machine(stack: LocalStack, definition: dict[str, Any]) -> str:
+    role = stack.client("iam").get_role(RoleName=role_names(stack.resources)["state_machine"])["Role"]["Arn"]
+    return stack.client("stepfunctions").create_state_machine(
+        name=f"bridge-test-{uuid.uuid4().hex[:8]}", definition=json.dumps(definition), roleArn=role
+    )["stateMachineArn"]
+
+
+def test_a_failed_execution_is_redriven_from_the_step_that_failed_as_step_functions_does(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    sfn = stack.client("stepfunctions")
+    function = test_functions["a"]
+    # GIVEN an execution that failed at its second step (no Retry: the error ends it)
+    machine = _machine(stack, {"StartAt": "First", "States": {
+        "First": {"Type": "Pass", "Result": {"done": True}, "ResultPath": "$.first", "Next": "Work"},
+        "Work": {"Type": "Task", "Resource": function["arn"], "ResultPath": "$.work", "Next": "After"},
+        "After": {"Type": "Pass", "End": True},
+    }})
+    bridge.inject_failures(function["name"], count=1, error_type="TransientError", message="down for a moment")
+    failed = _run(stack, machine, {"n": 7})
+    assert failed["status"] == "FAILED" and failed["error"] == "TransientError"
+    assert (failed["redriveCount"], failed["redriveStatus"]) == (0, "REDRIVABLE")
+
+    # WHEN it is redriven (twice with the same client token: one redrive)
+    first = sfn.redrive_execution(executionArn=failed["executionArn"], clientToken="t-1")["redriveDate"]
+    again = sfn.redrive_execution(executionArn=failed["executionArn"], clientToken="t-1")["redriveDate"]
+    final = _wait(stack, failed["executionArn"])
+
+    # THEN the same execution succeeds, resuming at Work with the input it failed with
+    assert first == again
+    assert final["status"] == "SUCCEEDED", final
+    assert (final["redriveCount"], final["redriveDate"]) == (1, first)
+    assert (final["redriveStatus"], final["redriveStatusReason"]) == ("NOT_REDRIVABLE", "Execution is SUCCEEDED and cannot be redriven.")
+    output = json.loads(final["output"])
+    assert output["first"] == {"done": True} and output["work"]["event"] == {"n": 7, "first": {"done": True}}
+    # AND the history goes on from the failure: First ran once, Work twice, one ExecutionRedriven between
+    events = _history(stack, failed["executionArn"])
+    kinds = [e["type"] for e in events]
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    assert kinds.count("ExecutionRedriven") == 1 and kinds.index("ExecutionFailed") < kinds.index("ExecutionRedriven")
+    entered = [e["stateEnteredEventDetails"]["name"] for e in events if e["type"].endswith("StateEntered")]
+    assert entered == ["First", "Work", "Work", "After"]
+    assert kinds[-1] == "ExecutionSucceeded"
+    # AND a succeeded execution cannot be redriven: AWS's error, with its reason
+    with pytest.raises(ClientError) as refused:
+        sfn.redrive_execution(executionArn=failed["executionArn"])
+    assert refused.value.response["Error"]["Code"] == "ExecutionNotRedrivable"
+    assert "SUCCEEDED" in refused.value.response["Error"]["Message"]
+
+
+def test_redrive_refuses_running_and_unknown_executions(stack: LocalStack, test_functions: dict[str, dict[str, Any]]) -> None:
+    sfn = stack.client("stepfunctions")
+    machine = _machine(stack, {"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 3, "End": True}}})
+    running = sfn.start_execution(stateMachineArn=machine, input="{}")["executionArn"]
+    described = sfn.describe_execution(executionArn=running)
+    assert (described["redriveStatus"], described["redriveStatusReason"]) == ("NOT_REDRIVABLE", "Execution is RUNNING and cannot be redriven.")
+    with pytest.raises(ClientError) as refused:
+        sfn.redrive_execution(executionArn=running)
+    assert refused.value.response["Error"]["Code"] == "ExecutionNotRedrivable"
+    with pytest.raises(ClientError) as unknown:
+        sfn.redrive_execution(executionArn=running.rsplit(":", 1)[0] + ":no-such-execution")
+    assert unknown.value.response["Error"]["Code"] == "ExecutionDoesNotExist"
+
+
+def test_resume_point_skips_states_inside_a_map_and_starts_over_when_nothing_was_entered() -> None:
+    from inferpipe.local.redrive import resume_point
+
+    definition = {"StartAt": "A", "States": {"A": {}, "Fan": {}, "Z": {}}}
+
+    def entered(name: str, value: Any) -> dict[str, Any]:
+        return {"type": "TaskStateEntered", "stateEnteredEventDetails": {"name": name, "input": json.dumps(value)}}
+
+    def exited(name: str) -> dict[str, Any]:
+        return {"type": "TaskStateExited", "stateExitedEventDetails": {"name": name}}
+
+    # a Map whose iterations ran a state named like a top-level one ("A") and one of them failed
+    events = [entered("A", 1), exited("A"), {**entered("Fan", {"x": 2}), "type": "MapStateEntered"},
+              entered("A", 3), exited("A"), entered("Deliver", 4)]
+    assert resume_point(definition, events, {"in": 0}) == ("Fan", {"x": 2})
+    assert resume_point(definition, [], {"in": 0}) == ("A", {"in": 0})
 
 
 def test_a_handler_that_outlives_its_function_timeout_times_out_as_in_lambda(
