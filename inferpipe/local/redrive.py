@@ -75,6 +75,16 @@ def _status(execution: Any) -> str:
     return str(getattr(status, "value", status))
 
 
+def _history_length(execution: Any) -> int:
+    """How many history events the execution has, without copying them (DescribeExecution asks often)."""
+    env = getattr(execution.exec_worker, "env", None)
+    if env is None:
+        return 0
+    manager = env.event_manager
+    with manager._mutex:
+        return len(manager._history_event_list)
+
+
 def redrive_status(execution: Any, now: datetime.datetime | None = None) -> tuple[str, str | None]:
     """(REDRIVABLE or NOT_REDRIVABLE, the reason when not), as DescribeExecution reports it."""
     now = now or datetime.datetime.now(tz=datetime.timezone.utc)
@@ -89,7 +99,7 @@ def redrive_status(execution: Any, now: datetime.datetime | None = None) -> tupl
         return NOT_REDRIVABLE, "Execution of an EXPRESS state machine cannot be redriven."
     if execution.stop_date is not None and now - execution.stop_date > REDRIVABLE_PERIOD:
         return NOT_REDRIVABLE, "Execution redrivable period exceeded."
-    if len(execution.to_history_output()["events"]) >= HISTORY_EVENT_LIMIT:
+    if _history_length(execution) >= HISTORY_EVENT_LIMIT:
         return NOT_REDRIVABLE, "Execution history event limit exceeded."
     return REDRIVABLE, None
 
@@ -97,13 +107,16 @@ def redrive_status(execution: Any, now: datetime.datetime | None = None) -> tupl
 def resume_point(definition: Mapping[str, Any], events: Sequence[Mapping[str, Any]], execution_input: Any) -> tuple[str, Any]:
     """The unsuccessful step and the input it was entered with: the top-level state entered last and
     never exited (states of a Map or Parallel inside it are told apart by counting their own
-    entries and exits). The start state with the execution's input when no state was entered."""
+    entries and exits; an earlier redrive starts the count anew). The start state with the
+    execution's input when no state was entered."""
     top = set(definition["States"])
     current: tuple[str, Any] | None = None
     inner: Counter[str] = Counter()
     for event in events:
         kind = str(event.get("type", ""))
-        if kind.endswith("StateEntered"):
+        if kind == "ExecutionRedriven":  # an earlier redrive: its attempt enters the open state anew
+            current, inner = None, Counter()
+        elif kind.endswith("StateEntered"):
             details = event.get("stateEnteredEventDetails") or {}
             name = details.get("name")
             if current is None and name in top:

@@ -593,6 +593,10 @@ def test_resume_point_skips_states_inside_a_map_and_starts_over_when_nothing_was
               entered("A", 3), exited("A"), entered("Deliver", 4)]
     assert resume_point(definition, events, {"in": 0}) == ("Fan", {"x": 2})
     assert resume_point(definition, [], {"in": 0}) == ("A", {"in": 0})
+    # after an earlier redrive that got past Fan and failed at Z, Z is where a second one resumes
+    redriven = events + [{"type": "ExecutionRedriven"}, {**entered("Fan", {"x": 2}), "type": "MapStateEntered"},
+                         {**exited("Fan"), "type": "MapStateExited"}, entered("Z", 5)]
+    assert resume_point(definition, redriven, {"in": 0}) == ("Z", 5)
 
 
 def test_a_handler_that_outlives_its_function_timeout_times_out_as_in_lambda(
