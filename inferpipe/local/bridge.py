@@ -39,6 +39,8 @@
 
 5. **Failed executions can be redriven.** moto has no RedriveExecution: :mod:`inferpipe.local.redrive`
    adds it, with DescribeExecution's redrive fields, under AWS's documented rules.
+6. **Executions announce their status.** moto sends no "Step Functions Execution Status Change"
+   events: :mod:`inferpipe.local.status_events` sends them to the default bus's rules.
 
 Also: moto delivers events through DISABLED rules; the bridge does not.
 
@@ -1033,10 +1035,11 @@ def install() -> None:
 
         _originals["evaluation_entrypoint"] = ExecutionWorker.__dict__["_get_evaluation_entrypoint"]
         ExecutionWorker._get_evaluation_entrypoint = _cached_entrypoint  # type: ignore[method-assign]
-        # moto has no RedriveExecution.
-        from inferpipe.local import redrive
+        # moto has no RedriveExecution, and sends no execution status change events.
+        from inferpipe.local import redrive, status_events
 
         redrive.install()
+        status_events.install()
 
 
 def uninstall() -> None:
@@ -1073,9 +1076,10 @@ def uninstall() -> None:
             import jsonpath_ng.ext
 
             jsonpath_ng.ext.parse = _originals.pop("jsonpath_parse")
-        from inferpipe.local import redrive
+        from inferpipe.local import redrive, status_events
 
         redrive.uninstall()
+        status_events.uninstall()
         if "evaluation_entrypoint" in _originals:
             from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 

@@ -577,6 +577,43 @@ def test_redrive_refuses_running_and_unknown_executions(stack: LocalStack, test_
     assert unknown.value.response["Error"]["Code"] == "ExecutionDoesNotExist"
 
 
+def test_executions_send_their_status_changes_to_the_default_bus_as_step_functions_does(stack: LocalStack) -> None:
+    from inferpipe.local.status_events import DETAIL_TYPE
+
+    sfn, events, sqs = stack.client("stepfunctions"), stack.client("events"), stack.client("sqs")
+    machine = _machine(stack, {"StartAt": "Wait", "States": {
+        "Wait": {"Type": "Wait", "Seconds": 1, "Next": "Boom"}, "Boom": {"Type": "Fail", "Error": "Boom", "Cause": "on purpose"}}})
+    # GIVEN a rule on the default bus for this state machine's status changes, into a queue
+    name = f"status-{uuid.uuid4().hex[:8]}"
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name=name, EventPattern=json.dumps({"source": ["aws.states"], "detail-type": [DETAIL_TYPE],
+                                                       "detail": {"stateMachineArn": [machine]}}))
+    events.put_targets(Rule=name, Targets=[{"Id": "q", "Arn": queue_arn}])
+    # WHEN one execution fails and another is stopped
+    failed = _run(stack, machine, {"n": 1})
+    stopped = sfn.start_execution(stateMachineArn=machine, input='{"n": 2}')["executionArn"]
+    sfn.stop_execution(executionArn=stopped, error="Operator", cause="rehearsal")
+    _wait(stack, stopped)
+    # THEN the queue holds RUNNING then FAILED for the first, RUNNING then ABORTED for the second
+    received: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while len(received) < 4 and time.monotonic() < deadline:
+        for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+            received.append(json.loads(message["Body"]))
+    by_execution: dict[str, list[dict[str, Any]]] = {}
+    for event in received:
+        assert event["source"] == "aws.states" and event["detail-type"] == DETAIL_TYPE
+        assert event["resources"] == [event["detail"]["executionArn"]]
+        by_execution.setdefault(event["detail"]["executionArn"], []).append(event["detail"])
+    assert [d["status"] for d in by_execution[failed["executionArn"]]] == ["RUNNING", "FAILED"]
+    assert [d["status"] for d in by_execution[stopped]] == ["RUNNING", "ABORTED"]
+    end = by_execution[failed["executionArn"]][1]
+    assert (end["error"], end["cause"], end["output"], json.loads(end["input"])) == ("Boom", "on purpose", None, {"n": 1})
+    assert isinstance(end["startDate"], int) and end["stopDate"] >= end["startDate"]
+    assert by_execution[failed["executionArn"]][0]["stopDate"] is None
+
+
 def test_resume_point_skips_states_inside_a_map_and_starts_over_when_nothing_was_entered() -> None:
     from inferpipe.local.redrive import resume_point
 

@@ -1,0 +1,129 @@
+"""Step Functions' "Execution Status Change" events for the local stack (moto emits none).
+
+Step Functions sends one to the account's default event bus each time a Standard workflow's
+execution changes status: RUNNING (at the start, and again when it is redriven), then SUCCEEDED,
+FAILED, TIMED_OUT or ABORTED; Express workflows send none
+(https://docs.aws.amazon.com/step-functions/latest/dg/cw-events.html;
+https://docs.aws.amazon.com/eventbridge/latest/ref/events-ref-states.html: source ``aws.states``,
+detail-type ``Step Functions Execution Status Change``, delivered best effort). The detail holds
+the execution's ARN, its state machine's, its name and status, ``startDate`` and ``stopDate``
+(milliseconds since the epoch, ``stopDate`` null while running), ``input`` and ``output`` (JSON
+text, ``output`` null unless it succeeded), ``inputDetails``/``outputDetails``, and ``error`` and
+``cause`` (null unless it failed). Rules on the default bus match them as they match S3's events.
+
+Installed by the bridge: :func:`install` wraps moto's ``ExecutionWorker.start`` (RUNNING) and
+``BaseExecutionWorkerCommunication.terminated`` (the final status).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import logging
+import threading
+import uuid
+from typing import Any
+
+SOURCE = "aws.states"
+DETAIL_TYPE = "Step Functions Execution Status Change"
+
+_LOG = logging.getLogger("inferpipe.local.status_events")
+_lock = threading.Lock()
+_originals: dict[str, Any] = {}
+
+
+def _millis(when: datetime.datetime | None) -> int | None:
+    return None if when is None else int(when.timestamp() * 1000)
+
+
+def _status(execution: Any) -> str:
+    return str(getattr(execution.exec_status, "value", execution.exec_status))
+
+
+def event_of(execution: Any) -> dict[str, Any]:
+    """The status change event of ``execution`` as it is now."""
+    status = _status(execution)
+    detail = {
+        "executionArn": execution.exec_arn,
+        "stateMachineArn": execution.state_machine_arn,
+        "name": execution.name,
+        "status": status,
+        "startDate": _millis(execution.start_date),
+        "stopDate": None if status == "RUNNING" else _millis(execution.stop_date),
+        "input": json.dumps(execution.input_data, separators=(",", ":")),
+        "output": json.dumps(execution.output, separators=(",", ":")) if status == "SUCCEEDED" else None,
+        "inputDetails": {"included": True},
+        "outputDetails": {"included": True} if status == "SUCCEEDED" else None,
+        "error": execution.error if status != "SUCCEEDED" else None,
+        "cause": execution.cause if status != "SUCCEEDED" else None,
+    }
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": DETAIL_TYPE,
+        "source": SOURCE,
+        "account": execution.account_id,
+        "time": datetime.datetime.now(tz=datetime.timezone.utc).timestamp(),  # as moto keeps an event's time; its targets render it
+        "region": execution.region_name,
+        "resources": [execution.exec_arn],
+        "detail": detail,
+    }
+
+
+def emit(execution: Any) -> None:
+    """Send ``execution``'s status change to the rules of its account's default bus (never raises:
+    AWS delivers these best effort, and an execution never fails for its event)."""
+    if str(getattr(execution.sm_type, "value", execution.sm_type)) != "STANDARD":
+        return
+    try:
+        from moto.core.utils import unix_time
+        from moto.events.models import events_backends
+
+        bus = events_backends[execution.account_id][execution.region_name].event_buses.get("default")
+        if bus is None:
+            return
+        # moto's PutEvents stamps each event with its ingestion time (targets' InputTransformer may read it).
+        event = {**event_of(execution), "ingestion-time": unix_time()}
+        for rule in list(bus.rules.values()):
+            rule.send_to_targets(copy.deepcopy(event))
+    except Exception:  # noqa: BLE001 (best effort, as in AWS)
+        _LOG.exception("could not send the status change event of %s", getattr(execution, "exec_arn", "?"))
+
+
+def _start(self: Any) -> None:
+    _originals["start"](self)
+    execution = getattr(self._execution_communication, "execution", None)
+    if execution is not None:
+        emit(execution)
+
+
+def _terminated(self: Any) -> None:
+    _originals["terminated"](self)
+    emit(self.execution)
+
+
+def install() -> None:
+    from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    with _lock:
+        if _originals:
+            return
+        _originals["start"] = ExecutionWorker.__dict__["start"]
+        _originals["terminated"] = BaseExecutionWorkerCommunication.__dict__["terminated"]
+        ExecutionWorker.start = _start  # type: ignore[method-assign]
+        BaseExecutionWorkerCommunication.terminated = _terminated  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    with _lock:
+        if "start" in _originals:
+            ExecutionWorker.start = _originals.pop("start")  # type: ignore[method-assign]
+            BaseExecutionWorkerCommunication.terminated = _originals.pop("terminated")  # type: ignore[method-assign]
+
+
+__all__ = ["DETAIL_TYPE", "SOURCE", "emit", "event_of", "install", "uninstall"]
