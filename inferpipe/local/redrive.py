@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from inferpipe.local.patches import Patches
 
 #: Executions that stopped longer ago than this cannot be redriven.
 REDRIVABLE_PERIOD = datetime.timedelta(days=14)
@@ -57,17 +60,22 @@ class Redrives:
 
 _lock = threading.Lock()
 _redrives: dict[str, Redrives] = {}
-_originals: dict[str, Any] = {}
+_patches = Patches()
 
 
-def _not_redrivable(reason: str) -> Exception:
+@functools.cache
+def _not_redrivable_error() -> type[Exception]:
     from moto.core.exceptions import AWSError
 
     class ExecutionNotRedrivable(AWSError):
         TYPE = "ExecutionNotRedrivable"
         STATUS = 400
 
-    return ExecutionNotRedrivable(reason)
+    return ExecutionNotRedrivable
+
+
+def _not_redrivable(reason: str) -> Exception:
+    return _not_redrivable_error()(reason)
 
 
 def _status(execution: Any) -> str:
@@ -225,7 +233,9 @@ def _redrive_action(self: Any) -> Any:
 
 def _describe_with_redrive(self: Any) -> Any:
     """StepFunctionResponse.describe_execution, with the redrive fields."""
-    result = _originals["describe_execution"](self)
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    result = _patches.original(StepFunctionResponse, "describe_execution")(self)
     execution = self.stepfunction_backend.describe_execution(self._get_param("executionArn"))
     result.result.update(describe_fields(execution))  # ActionResult keeps the response dict
     return result
@@ -235,23 +245,17 @@ def install() -> None:
     from moto.stepfunctions.responses import StepFunctionResponse
 
     with _lock:
-        if _originals:
+        if _patches.applied:
             return
         if "redrive_execution" in StepFunctionResponse.__dict__:
             raise RuntimeError("moto now has RedriveExecution: drop inferpipe/local/redrive.py")
-        _originals["describe_execution"] = StepFunctionResponse.__dict__["describe_execution"]
-        StepFunctionResponse.redrive_execution = _redrive_action  # type: ignore[attr-defined]
-        StepFunctionResponse.describe_execution = _describe_with_redrive  # type: ignore[method-assign]
+        _patches.apply(StepFunctionResponse, "redrive_execution", _redrive_action)
+        _patches.apply(StepFunctionResponse, "describe_execution", _describe_with_redrive)
 
 
 def uninstall() -> None:
-    from moto.stepfunctions.responses import StepFunctionResponse
-
     with _lock:
-        if "describe_execution" in _originals:
-            StepFunctionResponse.describe_execution = _originals.pop("describe_execution")  # type: ignore[method-assign]
-            if "redrive_execution" in StepFunctionResponse.__dict__:
-                delattr(StepFunctionResponse, "redrive_execution")
+        _patches.undo()
         _redrives.clear()
 
 

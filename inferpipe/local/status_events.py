@@ -25,12 +25,14 @@ import threading
 import uuid
 from typing import Any
 
+from inferpipe.local.patches import Patches
+
 SOURCE = "aws.states"
 DETAIL_TYPE = "Step Functions Execution Status Change"
 
 _LOG = logging.getLogger("inferpipe.local.status_events")
 _lock = threading.Lock()
-_originals: dict[str, Any] = {}
+_patches = Patches()
 
 
 def _millis(when: datetime.datetime | None) -> int | None:
@@ -92,14 +94,18 @@ def emit(execution: Any) -> None:
 
 
 def _start(self: Any) -> None:
-    _originals["start"](self)
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    _patches.original(ExecutionWorker, "start")(self)
     execution = getattr(self._execution_communication, "execution", None)
     if execution is not None:
         emit(execution)
 
 
 def _terminated(self: Any) -> None:
-    _originals["terminated"](self)
+    from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+
+    _patches.original(BaseExecutionWorkerCommunication, "terminated")(self)
     emit(self.execution)
 
 
@@ -108,22 +114,14 @@ def install() -> None:
     from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 
     with _lock:
-        if _originals:
-            return
-        _originals["start"] = ExecutionWorker.__dict__["start"]
-        _originals["terminated"] = BaseExecutionWorkerCommunication.__dict__["terminated"]
-        ExecutionWorker.start = _start  # type: ignore[method-assign]
-        BaseExecutionWorkerCommunication.terminated = _terminated  # type: ignore[method-assign]
+        if not _patches.applied:
+            _patches.apply(ExecutionWorker, "start", _start)
+            _patches.apply(BaseExecutionWorkerCommunication, "terminated", _terminated)
 
 
 def uninstall() -> None:
-    from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
-    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
-
     with _lock:
-        if "start" in _originals:
-            ExecutionWorker.start = _originals.pop("start")  # type: ignore[method-assign]
-            BaseExecutionWorkerCommunication.terminated = _originals.pop("terminated")  # type: ignore[method-assign]
+        _patches.undo()
 
 
 __all__ = ["DETAIL_TYPE", "SOURCE", "emit", "event_of", "install", "uninstall"]
