@@ -256,3 +256,119 @@ resource "aws_scheduler_schedule" "keep_warm" {
     }
   }
 }
+
+################################################################################
+# Failure records for what no Catch sees: Step Functions sends an "Execution Status Change" event
+# to the default bus whenever a Standard execution ends
+# (https://docs.aws.amazon.com/step-functions/latest/dg/cw-events.html). This rule (stack.json
+# status_rule) sends the pipeline's FAILED, TIMED_OUT, ABORTED and SUCCEEDED ones to the sink
+# function's status recorder (functions/sink/status.py): it records executions that stopped at a
+# task (to be redriven), timed out or were stopped, and resolves those records when a redrive
+# succeeds. EventBridge invokes Lambda asynchronously; what it cannot deliver within the retry
+# policy lands in the dead-letter queue.
+################################################################################
+
+locals {
+  status_rule = {
+    name         = templatestring(local.stack.status_rule.rule, local.name_vars_with_buckets)
+    dlq          = templatestring(local.stack.status_rule.dlq, local.name_vars_with_buckets)
+    pattern_json = jsonencode(jsondecode(templatestring(jsonencode(local.stack.status_rule.pattern), merge(local.name_vars_with_buckets, { state_machine_arn = local.arns.state_machine }))))
+    # The same Default* values the state machine definition gets (orchestration.tf).
+    input_template = templatestring(local.stack.status_rule.input_template, {
+      DefaultSinks        = join(",", local.defaults.sinks)
+      DefaultTopK         = local.defaults.top_k
+      DefaultModel        = local.defaults.model
+      DefaultModelVersion = local.defaults.model_version
+    })
+  }
+}
+
+resource "aws_cloudwatch_event_rule" "status" {
+  name          = local.status_rule.name
+  description   = "Record the failures of ${local.names.state_machine} executions that end FAILED, TIMED_OUT or ABORTED, and resolve them when a redrive succeeds"
+  event_pattern = local.status_rule.pattern_json
+  state         = "ENABLED"
+}
+
+resource "aws_cloudwatch_event_target" "status" {
+  rule      = aws_cloudwatch_event_rule.status.name
+  target_id = local.stack.status_rule.target_id
+  arn       = aws_lambda_alias.this["sink"].arn
+
+  input_transformer {
+    input_paths    = local.stack.status_rule.input_paths
+    input_template = local.status_rule.input_template
+  }
+
+  retry_policy {
+    maximum_event_age_in_seconds = local.stack.status_rule.maximum_event_age_s
+    maximum_retry_attempts       = local.stack.status_rule.maximum_retry_attempts
+  }
+
+  dead_letter_config {
+    arn = aws_sqs_queue.status_dlq.arn
+  }
+
+  depends_on = [aws_lambda_permission.status]
+}
+
+# Only this rule may invoke the sink function from EventBridge.
+resource "aws_lambda_permission" "status" {
+  statement_id   = "StatusChangeEvents"
+  action         = "lambda:InvokeFunction"
+  function_name  = aws_lambda_alias.this["sink"].function_name
+  qualifier      = aws_lambda_alias.this["sink"].name
+  principal      = "events.amazonaws.com"
+  source_arn     = aws_cloudwatch_event_rule.status.arn
+  source_account = local.account_id
+}
+
+resource "aws_sqs_queue" "status_dlq" {
+  name                              = local.status_rule.dlq
+  message_retention_seconds         = 1209600 # 14 days, the maximum
+  sqs_managed_sse_enabled           = var.kms_key_arn == null ? true : null
+  kms_master_key_id                 = var.kms_key_arn
+  kms_data_key_reuse_period_seconds = var.kms_key_arn != null ? 300 : null
+}
+
+data "aws_iam_policy_document" "status_dlq" {
+  statement {
+    sid       = "EventBridgeDeadLetters"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.status_dlq.arn]
+
+    principals {
+      type        = "Service"
+      identifiers = ["events.amazonaws.com"]
+    }
+
+    condition {
+      test     = "ArnEquals"
+      variable = "aws:SourceArn"
+      values   = [aws_cloudwatch_event_rule.status.arn]
+    }
+  }
+
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["sqs:*"]
+    resources = [aws_sqs_queue.status_dlq.arn]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_sqs_queue_policy" "status_dlq" {
+  queue_url = aws_sqs_queue.status_dlq.id
+  policy    = data.aws_iam_policy_document.status_dlq.json
+}

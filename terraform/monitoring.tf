@@ -17,7 +17,7 @@ locals {
   ]...)
 
   dead_letter_queues = merge(
-    { trigger = aws_sqs_queue.trigger_dlq.name },
+    { trigger = aws_sqs_queue.trigger_dlq.name, execution-status = aws_sqs_queue.status_dlq.name },
     local.trigger_batched ? { trigger-buffer = aws_sqs_queue.trigger_buffer_dlq[0].name } : {},
     local.sink_enabled.sqs ? { predictions = aws_sqs_queue.dlq[0].name } : {},
   )

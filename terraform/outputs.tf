@@ -19,6 +19,8 @@ output "inferpipe" {
     functions                  = { for key, function in aws_lambda_function.this : key => function.function_name }
     trigger_rule               = aws_cloudwatch_event_rule.this.name
     trigger_dlq_url            = aws_sqs_queue.trigger_dlq.url
+    status_rule                = aws_cloudwatch_event_rule.status.name
+    status_dlq_url             = aws_sqs_queue.status_dlq.url
     trigger_mode               = local.trigger.mode
     trigger_buffer_url         = try(aws_sqs_queue.trigger_buffer[0].url, null)
     pipe_name                  = try(aws_pipes_pipe.trigger[0].name, null)

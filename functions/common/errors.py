@@ -5,11 +5,22 @@ Retry and Catch blocks match on those names. So the class names below are part o
 with ``state_machine/pipeline.asl.json``:
 
 * ``TransientError`` (and only it) is retried with back-off: throttling, timeouts, 5xx answers.
-* Every ``PermanentError`` subclass is caught and ends the execution in a ``Fail`` state whose
-  Error/Cause name what was wrong. Retrying cannot help, so it is never retried.
+* A ``PermanentError`` is never retried: retrying cannot help. What happens next depends on whether
+  a redrive could help (``redrivable``):
+
+  - the input's own errors (a bad image, a missing object, an unknown model or sink, and
+    ``PipelineError``, a bug of ours) are caught, recorded, and end the execution in the named
+    ``Fail`` state ``PipelineFailed``: redriving would fail the same way;
+  - errors an operator fixes outside the execution (a sink's resource refusing, a corrupt model
+    package, a misconfigured function) are *not* caught, like transient errors that exhausted their
+    retries and timeouts: the execution stops at the step that failed, so that a redrive
+    (RedriveExecution, the console's Redrive button) resumes there once it is fixed. Their failure
+    records come from the execution's status-change event (functions/sink/status.py).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class InferpipeError(Exception):
@@ -22,6 +33,9 @@ class TransientError(InferpipeError):
 
 class PermanentError(InferpipeError):
     """Retrying cannot help: the input, the object or the model is wrong."""
+
+    #: True when a redrive can succeed once an operator fixes something outside the execution.
+    redrivable: ClassVar[bool] = False
 
 
 class InvalidInputError(PermanentError):
@@ -55,6 +69,8 @@ class ModelNotFoundError(PermanentError):
 class ModelIntegrityError(PermanentError):
     """A model package's files do not match the sizes and checksums of its manifest."""
 
+    redrivable = True
+
 
 class SinkNotConfiguredError(PermanentError):
     """A sink was requested that this deployment does not have."""
@@ -67,18 +83,31 @@ class SinkUnavailableError(PermanentError):
     execution fails with a failure record naming the sink, and ``inferpipe replay`` completes it.
     """
 
+    redrivable = True
+
 
 class ConfigurationError(PermanentError):
     """The function is misconfigured: the SDK refused a call before sending it (invalid parameters,
     no credentials, no region). Retrying cannot help until the deployment is fixed."""
 
+    redrivable = True
+
+
+class PipelineError(PermanentError):
+    """An unexpected error in the pipeline's own code (a bug): the handler reports it under this
+    name, with the original type and message, and logs its stack trace (functions/common/log.py)."""
+
 
 #: The names the state machine retries. Kept here so a test can compare them with the ASL.
 TRANSIENT_ERROR_NAMES: tuple[str, ...] = (TransientError.__name__,)
 
-#: The names the state machine catches as permanent failures.
+#: Every permanent error's name: never retried.
 PERMANENT_ERROR_NAMES: tuple[str, ...] = tuple(
     cls.__name__ for cls in PermanentError.__subclasses__()
+)
+#: Permanent errors a redrive can get past once an operator fixed their cause: not caught.
+REDRIVABLE_ERROR_NAMES: tuple[str, ...] = tuple(
+    cls.__name__ for cls in PermanentError.__subclasses__() if cls.redrivable
 )
 
 # Errors the Lambda service itself reports when it ends an invocation; the state machine matches
@@ -105,3 +134,9 @@ RETRIED_PLATFORM_ERRORS: tuple[str, ...] = (LAMBDA_TIMEOUT, LAMBDA_EXIT_ERROR)
 #: Platform errors retrying cannot help: the same input needs the same memory again. Caught, so
 #: the failure record names the memory limit instead of three paid runs ending as an unknown error.
 CAUGHT_PLATFORM_ERRORS: tuple[str, ...] = (LAMBDA_OUT_OF_MEMORY,)
+
+#: What the state machine catches and records, ending in its named Fail state: the permanent errors
+#: a redrive cannot get past, and the platform errors retrying cannot help.
+RECORDED_ERROR_NAMES: tuple[str, ...] = (
+    tuple(name for name in PERMANENT_ERROR_NAMES if name not in REDRIVABLE_ERROR_NAMES) + CAUGHT_PLATFORM_ERRORS
+)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from aws_lambda_powertools import Logger
 
 from functions.common.aws import invocation_deadline
+from functions.common.errors import InferpipeError, PipelineError
 
 logger = Logger(service="inferpipe")
 
@@ -48,6 +49,13 @@ def lambda_context(handler: _Handler) -> _Handler:
         try:
             with invocation_deadline(context):
                 return handler(event, context)
+        except InferpipeError:
+            raise
+        except Exception as exc:
+            # A bug of ours (a KeyError, a TypeError): the stack trace goes to the log only, and
+            # the state machine sees PipelineError, which it records as a permanent failure.
+            logger.exception("unexpected error", extra={"error_type": type(exc).__name__})
+            raise PipelineError(f"{type(exc).__name__}: {exc}"[:2000]) from None
         finally:
             logger.thread_safe_clear_keys()
 

@@ -422,6 +422,7 @@ def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]
                 Metadata={"error-type": record["error"]["type"][:256], "failed-state": record["failed_state"][:256]},
             )
             written["s3"] = f"s3://{dest.output_bucket}/{key}"
+            written["s3_key"] = key
         if dest.table and source is not None:
             written["dynamodb"] = _failure_item(record, dest.table)
     except (ClientError, BotoCoreError) as exc:

@@ -76,7 +76,13 @@ def _context(entry: Mapping[str, Any], deliveries: list[Any]) -> dict[str, Any]:
     return context
 
 
-def record_batch_failures(event: Mapping[str, Any], dest: Destinations) -> dict[str, Any]:
+def record_batch_failures(event: Mapping[str, Any], dest: Destinations, keep_error_names: bool = False) -> dict[str, Any]:
+    """Write the failure records of one failed execution; the error and cause it ends with.
+
+    ``keep_error_names``: record ``States.*`` errors under their own name (the status recorder,
+    whose execution has ended already) instead of as ``PipelineError`` (RecordFailure, whose answer
+    a Fail state re-raises, and a Fail state may not raise a ``States.*`` name).
+    """
     failure = event.get("failure") if isinstance(event.get("failure"), Mapping) else {}
     execution_id = str(event.get("execution_id") or "")
     task_failed = failure.get("state") not in (None, ITEMS_FAILED_STATE)
@@ -99,7 +105,7 @@ def record_batch_failures(event: Mapping[str, Any], dest: Destinations) -> dict[
             state, error_type, cause = failure.get("state") or "Batch", failure.get("error") or "PipelineError", failure.get("cause", "")
         else:
             continue
-        if str(error_type).startswith("States."):  # a Fail state may not end with a States.* name
+        if str(error_type).startswith("States.") and not keep_error_names:  # a Fail state may not end with a States.* name
             error_type, cause = "PipelineError", f"{error_type}: {cause}"
         source = entry.get("source")
         request_event = {
@@ -137,6 +143,11 @@ def record_batch_failures(event: Mapping[str, Any], dest: Destinations) -> dict[
         "failed": len(records),
         "objects": len(items),
         "written": {"records": len(written), "s3": sum(1 for w in written if "s3" in w), "dynamodb": sum(1 for w in written if "dynamodb" in w)},
+        "keys": [
+            {"key": w["s3_key"], "version_id": (record.get("source") or {}).get("version_id")}
+            for record, w in zip(records, written)
+            if "s3_key" in w
+        ],
         "failed_state": records[0]["failed_state"] if records else failure.get("state"),
     }
 

@@ -838,17 +838,45 @@ def _record_failure(rule: Any, target: Mapping[str, Any], event: dict[str, Any],
         )
 
 
+def _is_function(arn: str) -> bool:
+    parts = arn.split(":")
+    return len(parts) in (7, 8) and parts[2] == "lambda" and parts[5] == "function"
+
+
+def _invoke_function(rule: Any, target: Mapping[str, Any], event: dict[str, Any]) -> None:
+    """A Lambda target: EventBridge invokes the function asynchronously
+    (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-targets.html), here through the
+    bridge's own asynchronous invoke."""
+    from moto.awslambda_simple.models import lambda_simple_backends
+
+    arn = target["Arn"]
+    parts = arn.split(":")
+    region, account, name = parts[3], parts[4], parts[6]
+    try:
+        fn = lambda_simple_backends[account][region].get_function(name, parts[7] if len(parts) == 8 else None)
+        body = json.dumps(_target_input(target, event)).encode("utf-8")
+    except Exception as exc:
+        _record_failure(rule, target, event, f"{type(exc).__name__}: {exc}")
+        return
+    request_id = str(uuid.uuid4())
+    thread = threading.Thread(target=_run_async, args=(fn, body, request_id), name=f"lambda-event-{request_id[:8]}")
+    with _lock:
+        _async_threads.add(thread)
+    thread.start()
+
+
 def _bridged_send_to_targets(self: Any, original_event: Any, transform_input: bool = True) -> None:
-    """``Rule.send_to_targets`` replaced: states targets start executions, the rest go to moto."""
+    """``Rule.send_to_targets`` replaced: states and Lambda targets run here, the rest go to moto."""
     if getattr(self, "state", "ENABLED") != "ENABLED":
         return  # moto 5.2 delivers through disabled rules; AWS does not
     original = _originals["send_to_targets"]
-    machines = [target for target in self.targets if _is_state_machine(target["Arn"])]
+    functions = [target for target in self.targets if _is_function(target["Arn"])]
+    machines = [target for target in self.targets if _is_state_machine(target["Arn"])] + functions
     if not machines:
         return original(self, original_event, transform_input)
     if not self.event_pattern.matches_event(original_event):
         return None
-    others = [target for target in self.targets if not _is_state_machine(target["Arn"])]
+    others = [target for target in self.targets if not _is_state_machine(target["Arn"]) and not _is_function(target["Arn"])]
     pending_error: BaseException | None = None
     if others:
         view = copy.copy(self)  # shallow: the shared rule's target list is never mutated
@@ -859,7 +887,10 @@ def _bridged_send_to_targets(self: Any, original_event: Any, transform_input: bo
             pending_error = exc
     event = _delivered_event(original_event)
     for target in machines:
-        _start_execution(self, target, event)
+        if _is_function(target["Arn"]):
+            _invoke_function(self, target, event)
+        else:
+            _start_execution(self, target, event)
     if pending_error is not None:
         raise pending_error
     return None

@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from inferpipe.infra import KNOWN_SINKS, function_log_group, role_policies, role_services
-from inferpipe.local.spec import Claims, Resources, asl_values, function_environment, render_asl
+from inferpipe.local.spec import Claims, Resources, asl_values, function_environment, render_asl, render_template
 
 _LOG = logging.getLogger("inferpipe.local.provision")
 
@@ -52,6 +52,8 @@ class Provisioned:
     trigger_mode: str = "direct"
     trigger_buffer_url: str | None = None
     pipe_name: str | None = None
+    #: where status change events the status recorder could not take end up
+    status_dlq_url: str | None = None
 
 
 def _code(exc: ClientError) -> str:
@@ -238,6 +240,39 @@ def _ensure_rule(events: Any, name: str, bus: str, pattern: dict[str, Any], targ
         raise RuntimeError(f"rule {name}: targets not accepted: {answer.get('FailedEntries')}")
 
 
+def _ensure_status_rule(events: Any, sqs: Any, awslambda: Any, r: Resources, sink_arn: str) -> str:
+    """stack.json ``status_rule``, as terraform/events.tf makes it: the status change events of the
+    pipeline state machine -> the sink function (mode status), with a dead-letter queue; only this
+    rule may invoke the function. The dead-letter queue's URL."""
+    status = r.status_rule
+    rule_arn = r.arn("events", f"rule/{status.rule}")
+    dlq_url, dlq_arn = _ensure_queue(sqs, status.dlq, r, allow=("events.amazonaws.com", rule_arn))
+    try:
+        awslambda.add_permission(
+            FunctionName=sink_arn,
+            StatementId="StatusChangeEvents",
+            Action="lambda:InvokeFunction",
+            Principal="events.amazonaws.com",
+            SourceArn=rule_arn,
+            SourceAccount=r.account_id,
+        )
+    except ClientError as exc:
+        if _code(exc) != "ResourceConflictException":  # there already
+            raise
+    target = {
+        "Id": status.target_id,
+        "Arn": sink_arn,
+        "InputTransformer": {
+            "InputPathsMap": dict(status.input_paths),
+            "InputTemplate": render_template(status.input_template, asl_values(r)),
+        },
+        "RetryPolicy": {"MaximumEventAgeInSeconds": status.maximum_event_age_s, "MaximumRetryAttempts": status.maximum_retry_attempts},
+        "DeadLetterConfig": {"Arn": dlq_arn},
+    }
+    _ensure_rule(events, status.rule, "default", status.pattern, [target])
+    return dlq_url
+
+
 def _ensure_subscription(sns: Any, topic_arn: str, queue_arn: str) -> None:
     for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn):
         if any(sub["Protocol"] == "sqs" and sub["Endpoint"] == queue_arn for sub in page["Subscriptions"]):
@@ -340,6 +375,8 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
         target.update(Arn=state_machine_arn, RoleArn=roles["trigger"])
     _ensure_rule(events, r.trigger_rule, "default", r.trigger_pattern, [target])
 
+    status_dlq_url = _ensure_status_rule(events, sqs, awslambda, r, function_arns["sink"])
+
     # Local observers (not part of the product).
     sns_tap_url, sns_tap_arn = _ensure_queue(sqs, r.local_sns_tap, r, allow=("sns.amazonaws.com", topic_arn))
     _ensure_subscription(sns, topic_arn, sns_tap_arn)
@@ -364,6 +401,7 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
         trigger_mode=trigger,
         trigger_buffer_url=buffer_url,
         pipe_name=pipe_name,
+        status_dlq_url=status_dlq_url,
     )
 
 

@@ -176,6 +176,25 @@ class Claims:
 
 
 @dataclass(frozen=True)
+class StatusRule:
+    """stack.json ``status_rule``: the pipeline's status change events -> the sink function's status recorder."""
+
+    rule: str
+    target_id: str
+    dlq: str
+    pattern_json: str
+    input_paths: Mapping[str, str]
+    #: still holds the ASL's Default* placeholders: render it with :func:`asl_values`
+    input_template: str
+    maximum_event_age_s: int
+    maximum_retry_attempts: int
+
+    @property
+    def pattern(self) -> dict[str, Any]:
+        return json.loads(self.pattern_json)
+
+
+@dataclass(frozen=True)
 class Resources:
     """Every resource name of one rendered stack (same names Terraform creates)."""
 
@@ -200,6 +219,7 @@ class Resources:
     local_events_tap: str  # local observer queue + rule on the predictions bus (not in the product)
     local_lambda: LocalLambda
     trigger_buffer: TriggerBuffer
+    status_rule: StatusRule
     backfill: Backfill
 
     @property
@@ -277,6 +297,9 @@ def render_resources(
     buckets = _render_value(raw["buckets"], variables)
     variables.update({f"{name}_bucket": bucket for name, bucket in buckets.items()})
     names = {key: _render_value(raw.get(key, fallback), variables) for key, fallback in _FALLBACK_NAMES.items()}
+    state_machine = _render_value(raw["state_machine"], variables)
+    status = raw["status_rule"]
+    status_vars = {**variables, "state_machine_arn": f"arn:aws:states:{region}:{account_id}:stateMachine:{state_machine}"}
     functions = {
         key: FunctionSpec(
             key=key,
@@ -302,7 +325,7 @@ def render_resources(
         topic=_render_value(raw["topic"], variables),
         queue=_render_value(raw["queue"], variables),
         event_bus=_render_value(raw["event_bus"], variables),
-        state_machine=_render_value(raw["state_machine"], variables),
+        state_machine=state_machine,
         definition_path=REPO_ROOT / raw["state_machine_definition"],
         trigger_rule=_render_value(raw["trigger_rule"], variables),
         trigger_dlq=names["trigger_dlq"],
@@ -329,6 +352,16 @@ def render_resources(
             visibility_timeout_s=int(raw["trigger_buffer"]["visibility_timeout_s"]),
             max_receive_count=int(raw["trigger_buffer"]["max_receive_count"]),
             input_template=str(raw["trigger_buffer"]["input_template"]),
+        ),
+        status_rule=StatusRule(
+            rule=_render_value(status["rule"], variables),
+            target_id=str(status["target_id"]),
+            dlq=_render_value(status["dlq"], variables),
+            pattern_json=json.dumps(_render_value(status["pattern"], status_vars), sort_keys=True),
+            input_paths=MappingProxyType(dict(status["input_paths"])),
+            input_template=str(status["input_template"]),
+            maximum_event_age_s=int(status["maximum_event_age_s"]),
+            maximum_retry_attempts=int(status["maximum_retry_attempts"]),
         ),
         backfill=Backfill(
             state_machine=_render_value(raw["backfill"]["state_machine"], variables),
@@ -404,6 +437,7 @@ __all__ = [
     "Backfill",
     "Claims",
     "Resources",
+    "StatusRule",
     "TemplateError",
     "TriggerBuffer",
     "asl_values",

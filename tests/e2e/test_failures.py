@@ -309,32 +309,115 @@ def test_a_slow_aws_call_fails_as_a_retryable_error_before_the_function_times_ou
     assert failure_record(stack, _input_bucket(stack), key) is None
 
 
-def test_a_broken_sink_fails_the_execution_keeps_the_others_and_a_replay_completes_it(stack: Any, sinks: Any) -> None:
+def _status_recorded(stack: Any) -> None:
+    """Wait for the status recorder (EventBridge invokes it asynchronously after the execution ends)."""
+    from inferpipe.local import bridge
+
+    assert bridge.wait_for_async_invocations(timeout=30)
+
+
+def _wait_redriven(stack: Any, arn: str, timeout: float = 90.0) -> dict[str, Any]:
+    sfn = stack.client("stepfunctions")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        described = sfn.describe_execution(executionArn=arn)
+        if described["status"] != "RUNNING":
+            return described
+        time.sleep(0.2)
+    raise AssertionError(f"{arn} still running after its redrive")
+
+
+def test_a_sink_that_stays_down_stops_the_execution_at_fanout_and_a_redrive_completes_it_once(stack: Any, sinks: Any) -> None:
     key = f"broken-sink/{uuid.uuid4().hex[:8]}.jpg"
     # GIVEN the SQS queue refuses everything for good (as a deleted queue would)
     stack.inject_aws_faults("sqs", "SendMessageBatch", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue")
     final = _run_upload(stack, key, image_bytes("checkerboard", seed=3))
 
-    # THEN the execution fails naming the sink; the other four sinks delivered
+    # THEN the execution stops at the step that failed, naming the sink: redrivable, not in a Fail state
     assert final["status"] == "FAILED" and final["error"] == "SinkUnavailableError", final.get("cause")
     assert "sink 'sqs'" in final["cause"]
+    sfn = stack.client("stepfunctions")
+    events = sfn.get_execution_history(executionArn=final["executionArn"])["events"]
+    assert not [e for e in events if e["type"] == "FailStateEntered"]
+    assert sfn.describe_execution(executionArn=final["executionArn"])["redriveStatus"] == "REDRIVABLE"
+    # AND the status recorder wrote its failure record
+    _status_recorded(stack)
     record = failure_record(stack, _input_bucket(stack), key)
-    assert record["failed_sinks"] == ["sqs"] and record["delivered_sinks"] == ["dynamodb", "eventbridge", "s3", "sns"]
-    before = sinks.records(_input_bucket(stack), key)
-    assert [len(before[s]) for s in ALL_SINKS] == [1, 1, 1, 0, 1]
+    assert record is not None and record["error"]["type"] == "SinkUnavailableError", record
+    assert record["failed_state"] == "Deliver" and record["execution_id"] == final["executionArn"]
+    assert "sink 'sqs'" in record["error"]["message"]
+    assert sinks.records(_input_bucket(stack), key)["sqs"] == []
 
-    # WHEN the queue is fixed and the execution replayed
+    # WHEN the queue is fixed and the execution redriven (the console's Redrive button)
     stack.aws_faults.clear()
-    out = io.StringIO()
-    summary = replay.replay(stack.client("stepfunctions"), stack.state_machine_arn, executions=[final["executionArn"]], out=out)
-    (done,) = summary.replayed
-    assert done.final_status == "SUCCEEDED" and done.arn.endswith(final["name"] + "-r1"), out.getvalue()
+    sink_runs = len(stack.invocations("sink"))
+    upstream_runs = len(stack.invocations("preprocess")) + len(stack.invocations("inference"))
+    sfn.redrive_execution(executionArn=final["executionArn"])
+    done = _wait_redriven(stack, final["executionArn"])
 
-    # THEN the missing sink is completed and nothing else is duplicated
+    # THEN it succeeds with the same ARN, without running Preprocess or Inference again
+    assert done["status"] == "SUCCEEDED", done.get("cause")
+    assert done["redriveCount"] == 1
+    assert len(stack.invocations("preprocess")) + len(stack.invocations("inference")) == upstream_runs
+    assert len(stack.invocations("sink")) > sink_runs
+    # AND every sink holds the record exactly once, and the failure record is resolved
     after = sinks.records(_input_bucket(stack), key)
-    assert [len(after[s]) for s in ALL_SINKS] == [1, 1, 1, 1, 1]
+    assert [len(after[s]) for s in ALL_SINKS] == [1, 1, 1, 1, 1], {s: len(after[s]) for s in ALL_SINKS}
+    _status_recorded(stack)
     assert failure_record(stack, _input_bucket(stack), key) is None
 
-    # AND replaying again does nothing: it already succeeded
-    again = replay.replay(stack.client("stepfunctions"), stack.state_machine_arn, executions=[final["executionArn"]], out=io.StringIO())
-    assert not again.replayed and "already replayed successfully" in again.skipped[0].note
+    # AND a replay now does nothing: the execution succeeded
+    again = replay.replay(sfn, stack.state_machine_arn, executions=[final["executionArn"]], out=io.StringIO())
+    assert not again.replayed
+
+
+def _hold_preprocess(stack: Any, key: str, seconds: float) -> None:
+    """Preprocess's reads of ``key`` take ``seconds`` (AWS slow, not failing)."""
+    for operation in ("GetObject", "HeadObject"):
+        stack.inject_aws_faults("s3", operation, 1, match=key, delay=seconds)
+
+
+def test_a_stopped_execution_gets_a_failure_record_naming_where_it_stopped(stack: Any) -> None:
+    key = f"aborted/{uuid.uuid4().hex[:8]}.jpg"
+    sfn = stack.client("stepfunctions")
+    _hold_preprocess(stack, key, 6.0)
+    try:
+        started = sfn.start_execution(stateMachineArn=stack.state_machine_arn, input=json.dumps({"bucket": _input_bucket(stack), "key": key}))
+        time.sleep(1.0)
+        # WHEN an operator stops it while Preprocess runs (no Catch sees this)
+        sfn.stop_execution(executionArn=started["executionArn"], error="Operator", cause="stopped for a rehearsal")
+        final = wait_for_execution(stack, started["executionArn"], timeout=30)
+        assert final["status"] == "ABORTED"
+        _status_recorded(stack)
+    finally:
+        stack.aws_faults.clear()
+    # THEN its object has a failure record from the status change event
+    record = failure_record(stack, _input_bucket(stack), key)
+    assert record is not None, "no failure record for an ABORTED execution"
+    assert record["execution_id"] == started["executionArn"] and record["failed_state"] == "Preprocess"
+    # (the stopped Lambda invocation still finishes, as in AWS: when its batch document lands first,
+    # the object's own error, here that it does not exist, is the more precise one and is kept)
+    assert record["error"]["type"] in ("Operator", "ExecutionAborted", "ObjectNotFoundError"), record["error"]
+
+
+def test_an_execution_over_the_state_machines_timeout_gets_a_failure_record(stack: Any) -> None:
+    key = f"timed-out/{uuid.uuid4().hex[:8]}.jpg"
+    sfn = stack.client("stepfunctions")
+    described = sfn.describe_state_machine(stateMachineArn=stack.state_machine_arn)
+    definition = json.loads(described["definition"])
+    # GIVEN the state machine times out after 2 s, and this object's Preprocess takes 6
+    sfn.update_state_machine(stateMachineArn=stack.state_machine_arn, definition=json.dumps({**definition, "TimeoutSeconds": 2}))
+    _hold_preprocess(stack, key, 6.0)
+    try:
+        started = sfn.start_execution(stateMachineArn=stack.state_machine_arn, input=json.dumps({"bucket": _input_bucket(stack), "key": key}))
+        final = wait_for_execution(stack, started["executionArn"], timeout=30)
+        assert final["status"] == "TIMED_OUT"
+        _status_recorded(stack)
+    finally:
+        sfn.update_state_machine(stateMachineArn=stack.state_machine_arn, definition=described["definition"])
+        stack.aws_faults.clear()
+    # THEN the object has a failure record saying so, and the execution can be redriven
+    record = failure_record(stack, _input_bucket(stack), key)
+    assert record is not None, "no failure record for a TIMED_OUT execution"
+    assert record["error"]["type"] == "States.Timeout" and record["failed_state"] == "Preprocess", record
+    assert sfn.describe_execution(executionArn=started["executionArn"])["redriveStatus"] == "REDRIVABLE"

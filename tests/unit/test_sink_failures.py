@@ -9,7 +9,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from functions.common.errors import SinkUnavailableError, TransientError
+from functions.common.errors import RECORDED_ERROR_NAMES, PipelineError, SinkUnavailableError, TransientError
 from functions.common.work import PREPROCESSED
 from functions.sink import core
 from functions.sink.failures import MIXED_ERRORS
@@ -279,3 +279,17 @@ def test_a_task_failing_with_a_states_error_is_recorded_as_a_pipeline_error(aws:
     assert a["error"] == {"type": "PipelineError", "message": "States.Timeout: the task timed out"} and a["failed_state"] == "Inference"
     assert b["error"]["type"] == "NotAnImageError" and b["failed_state"] == "Preprocess"
     assert answer["error"] == "BatchItemsFailed"
+
+
+def test_an_unexpected_error_in_a_handler_is_reported_as_pipeline_error_with_its_own_type_and_message() -> None:
+    from functions.common.log import lambda_context
+
+    @lambda_context
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        return event["missing"]  # a bug: a KeyError
+
+    # THEN the function reports PipelineError, which the state machine catches and records,
+    # naming the original KeyError (its stack trace goes to the log only)
+    with pytest.raises(PipelineError, match=r"^KeyError: 'missing'"):
+        handler({}, CONTEXT)
+    assert "PipelineError" in RECORDED_ERROR_NAMES

@@ -13,9 +13,12 @@ from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguagePa
 from functions.common.errors import (
     CAUGHT_PLATFORM_ERRORS,
     PERMANENT_ERROR_NAMES,
+    RECORDED_ERROR_NAMES,
+    REDRIVABLE_ERROR_NAMES,
     RETRIED_PLATFORM_ERRORS,
     TRANSIENT_ERROR_NAMES,
 )
+from functions.sink.status import RECORDED_FAIL_STATES
 from inferpipe.local.spec import render_asl
 from inferpipe.paths import REPO_ROOT, STACK_FILE
 
@@ -79,11 +82,20 @@ def test_tasks_retry_exactly_the_transient_errors_and_catch_the_permanent_ones()
             if "TransientError" in rule["ErrorEquals"] or "States.Timeout" in rule["ErrorEquals"]:
                 assert rule["BackoffRate"] > 1 and rule.get("JitterStrategy") == "FULL"
                 assert rule["MaxAttempts"] >= 2, name
-    for name in ("Preprocess", "Inference", "FanOut"):
-        caught = {error for rule in definition["States"][name]["Catch"] for error in rule["ErrorEquals"]}
-        assert set(PERMANENT_ERROR_NAMES) <= caught, name
-        assert set(CAUGHT_PLATFORM_ERRORS) <= caught, name
-        assert definition["States"][name]["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
+    # What the state machine catches: exactly the recorded errors (the input's own, a bug, an
+    # out-of-memory kill), never what a redrive can get past (transient errors beyond their retries,
+    # timeouts, a sink that stays down, a misconfiguration): those stop the execution at the task.
+    for name, task in tasks.items():
+        caught = [error for rule in task.get("Catch", []) for error in rule["ErrorEquals"]]
+        if name == "RecordFailure":
+            assert caught == [], "RecordFailure must stop where it failed, to be redriven"
+            continue
+        assert caught == list(RECORDED_ERROR_NAMES), name
+        assert not set(caught) & (set(REDRIVABLE_ERROR_NAMES) | set(TRANSIENT_ERROR_NAMES) | set(RETRIED_PLATFORM_ERRORS)), name
+        assert "States.ALL" not in caught and "States.Timeout" not in caught, name
+    assert set(CAUGHT_PLATFORM_ERRORS) <= set(RECORDED_ERROR_NAMES)
+    assert set(RECORDED_ERROR_NAMES) | set(REDRIVABLE_ERROR_NAMES) >= set(PERMANENT_ERROR_NAMES)
+    assert "FanOut" not in {n for n, s in definition["States"].items() if s.get("Catch")}, "a failed iteration must stop at FanOut"
 
 
 def _successors(state: dict[str, Any]) -> list[str]:
@@ -113,62 +125,50 @@ FAILURE_CHOICES = {"AnyReady": "NoteAllFailed", "Outcome": "NoteObjectFailures"}
 EARLY_SUCCESSES = {"AnyReady": ["AllDuplicates"], "Outcome": []}
 
 
-def test_every_failure_path_records_the_failure_then_fails_and_recording_never_loops() -> None:
+def test_every_caught_failure_is_recorded_then_ends_in_the_one_fail_state_and_recording_never_loops() -> None:
     definition = json.loads(ASL_PATH.read_text())
     states = definition["States"]
     start = definition["StartAt"]
     assert start == "Preprocess"
     # Every state is reachable, and every Next names a state that exists.
     assert _reachable(states, start) == set(states)
-    # The failure paths: every Catch of every top-level task or Map (but RecordFailure's own), and
-    # the Choice branches taken when objects failed.
-    catches = {rule["Next"] for name, state in states.items() if name != "RecordFailure" for rule in state.get("Catch", [])}
-    assert catches == {"PreprocessFailed", "PreprocessErrored", "InferenceFailed", "InferenceErrored", "FanOutFailed", "FanOutErrored"}
+    # The failure paths: every Catch of every top-level state, and the Choice branches taken when objects failed.
+    catches = {rule["Next"] for state in states.values() for rule in state.get("Catch", [])}
+    assert catches == {"PreprocessFailed", "InferenceFailed"}
     for choice, branch in FAILURE_CHOICES.items():
         assert [rule["Next"] for rule in states[choice]["Choices"]] == EARLY_SUCCESSES[choice] + [branch], choice
         for success in EARLY_SUCCESSES[choice]:
             assert states[success]["Type"] == "Pass" and states[success].get("End") is True, success
     fails = {name for name, state in states.items() if state["Type"] == "Fail"}
-    assert fails == {"PipelineFailed", "FailedUnrecorded"}
+    # The status recorder skips executions that ended in these: RecordFailure wrote their records.
+    assert fails == set(RECORDED_FAIL_STATES) == {"PipelineFailed"}
     for failure_start in sorted(catches | set(FAILURE_CHOICES.values())):
         reachable = _reachable(states, failure_start)
-        # each one records the failure, and cannot end anywhere but in a Fail state
         assert "RecordFailure" in reachable, failure_start
         assert "Done" not in reachable, failure_start
         ends = {name for name in reachable if states[name].get("End") or states[name]["Type"] in ("Fail", "Succeed")}
         assert ends <= fails, failure_start
-        # AND every state that hands over to RecordFailure says what failed and which batch (or
-        # null): RecordFailure's Parameters read $.failure, $.batch and $.deliveries
         for name in reachable:
             if states[name].get("Next") == "RecordFailure":
                 params = states[name]["Parameters"]
                 assert {"failure", "batch", "deliveries"} <= {k.removesuffix(".$") for k in params}, name
                 assert {"state", "error", "cause"} <= {k.removesuffix(".$") for k in params["failure"]}, name
-    # No path from the start reaches a Fail state without passing through RecordFailure.
+    # No path from the start reaches the Fail state without passing through RecordFailure.
     assert not _reachable(states, start, avoiding=frozenset({"RecordFailure"})) & fails
-    # The success path never records a failure: Done is reached from the start without RecordFailure.
     assert "Done" in _reachable(states, start, avoiding=frozenset({"RecordFailure"}))
     assert states["Done"].get("End") is True and states["Done"]["Type"] == "Pass"
-    # Recording never loops: from RecordFailure only the two Fail states follow.
+    # Recording never loops: from RecordFailure only the Fail state follows.
     record = states["RecordFailure"]
-    assert _reachable(states, "RecordFailure") == {"RecordFailure", "PipelineFailed", "FailedUnrecorded"}
+    assert _reachable(states, "RecordFailure") == {"RecordFailure", "PipelineFailed"}
     assert record["Resource"] == "${SinkFunctionArn}" and record["Parameters"]["mode"] == "failure"
-    assert record["Parameters"]["input.$"] == "$$.Execution.Input"  # the objects, when no batch document exists
-    assert record["Next"] == "PipelineFailed"
-    assert record["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure_record_error", "Next": "FailedUnrecorded"}]
+    assert record["Parameters"]["input.$"] == "$$.Execution.Input"
+    assert record["Next"] == "PipelineFailed" and "Catch" not in record
     assert {e for rule in record["Retry"] for e in rule["ErrorEquals"]} >= set(TRANSIENT_ERROR_NAMES)
-    # The execution ends with the error RecordFailure answers; if it could not answer, with the failure that led there.
     assert record["ResultPath"] == "$.outcome"
     assert (states["PipelineFailed"]["ErrorPath"], states["PipelineFailed"]["CausePath"]) == ("$.outcome.error", "$.outcome.cause")
-    assert (states["FailedUnrecorded"]["ErrorPath"], states["FailedUnrecorded"]["CausePath"]) == ("$.failure.error", "$.failure.cause")
-    # States.* errors (unexpected ones) are renamed before a Fail state could re-raise them.
-    for errored in ("PreprocessErrored", "InferenceErrored", "FanOutErrored"):
-        assert states[errored]["Next"] == "DescribeUnexpectedError", errored
-    assert states["DescribeUnexpectedError"]["Parameters"]["failure"]["error"] == "PipelineError"
-    # Each Map branch catches its own failure, so one sink failing never stops the others.
+    # A Map branch catches the recorded errors of its sink, so the other sinks still deliver.
     branch = states["FanOut"]["ItemProcessor"]["States"]
-    deliver = branch["Deliver"]
-    assert deliver["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "SinkFailed"}]
+    assert branch["Deliver"]["Catch"] == [{"ErrorEquals": list(RECORDED_ERROR_NAMES), "ResultPath": "$.error", "Next": "SinkFailed"}]
     assert branch["SinkFailed"]["Parameters"]["status"] == "FAILED" and branch["SinkFailed"].get("End") is True
     assert "States.ArrayContains($[*].status, 'FAILED')" in states["FanOut"]["ResultSelector"]["any_failed.$"]
 
