@@ -159,14 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser(
         "replay",
-        help="replay failed executions (restart with the original input, or redrive); never duplicates",
-        description="Replays executions that ended FAILED, TIMED_OUT or ABORTED. Restarted executions are named "
+        help="replay failed executions (redrive where that can succeed, else restart); never duplicates",
+        description="Replays executions that ended FAILED, TIMED_OUT or ABORTED. Redriven executions keep their ARN; restarted ones are named "
         "<original>-r<n>; an execution already replayed successfully, or with a replay still running, is skipped.",
     )
     replay.add_argument("--since", default="24h", help="only executions started this long ago or later (e.g. 30m, 24h, 7d; default 24h)")
     replay.add_argument("--status", default="FAILED,TIMED_OUT,ABORTED", help="comma-separated statuses to replay (default FAILED,TIMED_OUT,ABORTED)")
     replay.add_argument("--execution", action="append", default=[], metavar="ARN", help="replay this execution (repeatable); ignores --since and --status")
-    replay.add_argument("--mode", choices=["restart", "redrive"], default="restart", help="restart: new execution with the original input (default); redrive: RedriveExecution where allowed, else restart")
+    replay.add_argument(
+        "--mode", choices=["auto", "restart", "redrive"], default="auto",
+        help="auto (default): redrive an execution that stopped at a task, timed out or was stopped, restart one that "
+        "ended in PipelineFailed (its input is at fault), and say why; restart: always a new execution with the original "
+        "input; redrive: RedriveExecution wherever allowed, else restart",
+    )
     replay.add_argument("--dry-run", action="store_true", help="only list what would be replayed and what would be skipped")
     replay.add_argument("--no-wait", action="store_true", help="start the replays and return without waiting for their outcome")
     replay.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the replays (default 600)")

@@ -3,7 +3,8 @@
 Usage is measured, never assumed:
 
 * **Lambda**: requests and GB-seconds from every REPORT line the execution environments wrote
-  (``Billed Duration`` × ``Memory Size``; init is billed, as for every function since 2025-08-01);
+  (``Billed Duration`` × ``Memory Size``; init is billed, as for every function since 2025-08-01),
+  the status recorder's invocation after each execution included;
 * **Step Functions** (Standard): state transitions counted from each execution's history (every
   state entered, plus every retry of a task);
 * **S3, DynamoDB, SNS, SQS, EventBridge**: the requests the pipeline's own roles made, counted at
@@ -11,6 +12,11 @@ Usage is measured, never assumed:
   this CLI, tests) are not the pipeline's cost and are left out;
 * **EventBridge S3 events**: one per object of each execution an S3 event started, directly or
   through the trigger's buffer queue (then also one SQS SendMessage each, by EventBridge);
+* **Step Functions' status change events** (two per execution, the final one invokes the status
+  recorder) are not priced: they are AWS service events, which every account receives without
+  opting in, and the pricing page bills custom, partner and opt-in data events
+  (https://aws.amazon.com/eventbridge/pricing/). Were they billed like S3's events ($1.00 per
+  million, ``config/prices.json``), a million images in batches of one would cost $2.00 more;
 * **EventBridge Pipes**: one request per 64 KB of each batch the pipe delivered;
 * **CloudWatch Logs**: the bytes of the functions' log events (+ 26 bytes each, as AWS counts).
 

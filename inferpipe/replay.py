@@ -1,17 +1,23 @@
 """Replay failed executions of the pipeline: ``inferpipe replay``.
 
 Selection is pure (:func:`plan_replays`, unit-tested without AWS); :func:`run_replays` does the
-Step Functions calls. Two modes:
+Step Functions calls. Three modes:
 
-* ``restart`` (default): a new execution with the original input, named ``<original>-r<n>``
-  (the n-th replay; at most 80 characters, truncating the original name when needed). The sinks
-  are idempotent, so a replay completes what is missing without duplicating what was delivered.
-* ``redrive``: RedriveExecution, where Step Functions allows it (standard workflows, within 14
-  days, ``redriveStatus == REDRIVABLE``). Redrive re-runs the execution from the state that failed;
-  for an execution that ended in our ``PipelineFailed`` state that is the Fail state itself, so
-  such executions are NOT_REDRIVABLE-in-effect: when the API says an execution cannot be
-  redriven (or the endpoint lacks the API), it is restarted instead and the summary says why. The
-  local stack redrives as AWS does (:mod:`inferpipe.local.redrive`).
+* ``auto`` (default): redrive where a redrive can succeed, restart otherwise, and say why. An
+  execution that stopped at a task (retries exhausted, a timeout, a sink that stayed down: the
+  errors the state machine leaves uncaught), that timed out or was stopped is redriven, resuming
+  there without re-running what succeeded. One that ended in the ``PipelineFailed`` Fail state
+  failed for its input (or a bug): a redrive "continues the failed execution from the unsuccessful
+  step" (https://docs.aws.amazon.com/step-functions/latest/apireference/API_RedriveExecution.html),
+  which is the Fail state itself, so it would fail again at once; it is restarted. So is an
+  execution Step Functions reports NOT_REDRIVABLE (older than 14 days, at its history limit).
+* ``restart``: a new execution with the original input, named ``<original>-r<n>`` (the n-th
+  replay; at most 80 characters, truncating the original name when needed). The sinks are
+  idempotent, so a replay completes what is missing without duplicating what was delivered.
+* ``redrive``: RedriveExecution wherever Step Functions allows it (standard workflows, within 14
+  days, ``redriveStatus == REDRIVABLE``), even when it will fail again; when the API says an
+  execution cannot be redriven (or the endpoint lacks the API), it is restarted instead and the
+  summary says why. The local stack redrives as AWS does (:mod:`inferpipe.local.redrive`).
 
 An execution is grouped with its replays by name. A group is skipped when one of its replays
 succeeded (no duplicates), or one is still running; otherwise the original input is replayed once.
@@ -19,7 +25,7 @@ succeeded (no duplicates), or one is still running; otherwise the original input
 Example::
 
     decisions = plan_replays(executions, statuses={"FAILED"}, since=now - timedelta(hours=24))
-    summary = run_replays(target.client("stepfunctions"), target.state_machine_arn, decisions, mode="restart")
+    summary = run_replays(target.client("stepfunctions"), target.state_machine_arn, decisions, mode="auto")
 """
 
 from __future__ import annotations
@@ -36,10 +42,11 @@ from typing import Any, TextIO
 from botocore.exceptions import ClientError
 
 from functions.common.work import GROUP_CHARS, split_replay_name
+from functions.sink.status import RECORDED_FAIL_STATES
 
 FAILED_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
 ALL_STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED", "PENDING_REDRIVE")
-MODES = ("restart", "redrive")
+MODES = ("auto", "restart", "redrive")
 MAX_NAME = 80
 #: Characters Step Functions refuses in an execution name (plus whitespace and control characters).
 _BAD_NAME_CHARS = re.compile(r"[\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f\x7f-\x9f]")
@@ -192,6 +199,7 @@ class Outcome:
     how: str = ""  # "restarted" | "redriven" | "would replay" | "skipped"
     arn: str | None = None  # the execution now running the replay
     note: str = ""  # e.g. why redrive fell back to restart
+    plan: str = ""  # dry run: "redrive" | "restart"
     final_status: str | None = None
     error: str | None = None
 
@@ -254,12 +262,34 @@ def _redrive(sfn: Any, described: dict[str, Any]) -> tuple[bool, str]:
     return True, ""
 
 
+def _last_state(sfn: Any, execution_arn: str) -> str | None:
+    """The state the execution entered last (its history read in order: moto ignores ``reverseOrder``,
+    and a failed execution's history is a few dozen events)."""
+    last: str | None = None
+    for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn, PaginationConfig={"PageSize": 1000}):
+        for event in page.get("events", []):
+            if str(event.get("type", "")).endswith("StateEntered"):
+                last = str((event.get("stateEnteredEventDetails") or {}).get("name"))
+    return last
+
+
+def redrive_can_succeed(sfn: Any, described: dict[str, Any]) -> tuple[bool, str]:
+    """(whether a redrive can get the execution through, why): mode ``auto``'s choice."""
+    if described.get("redriveStatus") == "NOT_REDRIVABLE":
+        return False, f"not redrivable: {described.get('redriveStatusReason') or 'no reason given'}"
+    state = _last_state(sfn, described["executionArn"])
+    error = described.get("error") or described.get("status")
+    if state in RECORDED_FAIL_STATES:
+        return False, f"ended in {state} ({error}): the input is at fault, a redrive would fail again at once"
+    return True, f"stopped at {state} ({error})" if state else f"stopped before any state ({error})"
+
+
 def run_replays(
     sfn: Any,
     state_machine_arn: str,
     decisions: Sequence[Decision],
     *,
-    mode: str = "restart",
+    mode: str = "auto",
     dry_run: bool = False,
     wait: bool = True,
     timeout: float = 600.0,
@@ -276,17 +306,24 @@ def run_replays(
         if decision.action == "skip":
             summary.outcomes.append(Outcome(decision, "skipped", note=decision.reason))
     for index, decision in enumerate(todo, 1):
-        if dry_run:
-            summary.outcomes.append(Outcome(decision, "would replay"))
+        if dry_run and mode != "auto":
+            summary.outcomes.append(Outcome(decision, "would replay", plan="redrive" if mode == "redrive" else "restart"))
             continue
         described = sfn.describe_execution(executionArn=decision.execution.arn)
         outcome = Outcome(decision)
-        if mode == "redrive":
-            redriven, why = _redrive(sfn, described)
+        try_redrive, why = (True, "") if mode == "redrive" else (False, "")
+        if mode == "auto":
+            try_redrive, why = redrive_can_succeed(sfn, described)
+            outcome.note = why
+            if dry_run:
+                summary.outcomes.append(Outcome(decision, "would replay", note=why, plan="redrive" if try_redrive else "restart"))
+                continue
+        if try_redrive:
+            redriven, refused = _redrive(sfn, described)
             if redriven:
                 outcome.how, outcome.arn = "redriven", decision.execution.arn
             else:
-                outcome.note = f"{why}; restarted instead"
+                outcome.note = f"{refused}; restarted instead"
         if not outcome.how:
             outcome.arn = _restart(sfn, state_machine_arn, decision, described["input"])
             outcome.how = "restarted"
@@ -327,7 +364,12 @@ def format_summary(summary: Summary, dry_run: bool = False) -> str:
     if dry_run:
         would = [o for o in summary.outcomes if o.how == "would replay"]
         lines.append(f"would replay {len(would)} execution(s):")
-        lines += [f"  {o.decision.execution.name}  {o.decision.execution.status}  -> {o.decision.new_name}" for o in would]
+        lines += [
+            f"  {o.decision.execution.name}  {o.decision.execution.status}  -> "
+            + ("redrive (same execution)" if o.plan == "redrive" else f"restart as {o.decision.new_name}")
+            + (f"  ({o.note})" if o.note else "")
+            for o in would
+        ]
     else:
         lines.append(f"replayed {len(summary.replayed)} execution(s): {len(summary.succeeded)} succeeded, "
                      f"{len(summary.still_failing)} still failing, "
@@ -351,7 +393,7 @@ def replay(
     since: timedelta | None = timedelta(hours=24),
     statuses: Sequence[str] = FAILED_STATUSES,
     executions: Sequence[str] = (),
-    mode: str = "restart",
+    mode: str = "auto",
     dry_run: bool = False,
     wait: bool = True,
     timeout: float = 600.0,
@@ -378,6 +420,7 @@ __all__ = [
     "parse_duration",
     "parse_statuses",
     "plan_replays",
+    "redrive_can_succeed",
     "replay",
     "replay_name",
     "run_replays",

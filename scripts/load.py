@@ -166,7 +166,7 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
                         finished.setdefault(key, []).append(summary["status"])
                         if summary["status"] != "SUCCEEDED":
                             error = str(described.get("error"))
-                            if error == "PipelineError":  # the cause starts with the original States.* name
+                            if error == "PipelineError":  # the cause starts with the original exception type
                                 error += f" ({str(described.get('cause', '')).split(':', 1)[0]})"
                             errors[error] += 1
             if set(finished) == keys:

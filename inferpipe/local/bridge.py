@@ -441,8 +441,13 @@ def _run_async(fn: Any, body: Any, request_id: str) -> None:
 
 
 def wait_for_async_invocations(timeout: float = 30.0) -> bool:
-    """Wait for background (InvocationType=Event) invocations; True when none is left."""
+    """Wait for background (InvocationType=Event) invocations, including those the status change
+    events of executions that just ended are about to start; True when none is left."""
+    from inferpipe.local import status_events
+
     deadline = time.monotonic() + timeout
+    if not status_events.wait_until_sent(timeout):
+        return False
     while True:
         with _lock:
             threads = list(_async_threads)

@@ -20,8 +20,16 @@ What Step Functions documents, and what this module does the same way:
   (the errors botocore's model declares), and ``{"redriveDate"}``. A repeated ``clientToken`` does not
   redrive twice: the answer is the first call's.
 
-Not (yet) as AWS does: a redriven inline Map or Parallel state re-runs every iteration, where AWS
-re-runs only those that failed; ``$$.Execution.RedriveCount`` is not in the context object.
+* "For redrives of Inline Map states, Step Functions reschedules and redrives only the iterations
+  [...] that failed or aborted" (API_RedriveExecution): while a Map state runs, each iteration
+  that succeeds keeps its output (:func:`_eval_iteration`); when the execution is redriven into
+  that Map, an iteration with a kept output from an earlier attempt is not run again, it gives that
+  output, and only the others get ``MapIterationStarted`` events. The kept outputs are dropped when
+  their Map state completes (:func:`_eval_map`).
+
+Not as AWS does: Parallel branches re-run whole; iterations are told apart by their Map state's
+name and index, so a Map inside another Map's iterator re-runs whole too;
+``$$.Execution.RedriveCount`` is not in the context object.
 
 Reachable as ``aws stepfunctions redrive-execution --endpoint-url …`` and through boto3: it is an
 action of moto's Step Functions responses, installed by :func:`install` (the bridge calls it).
@@ -60,6 +68,9 @@ class Redrives:
 
 _lock = threading.Lock()
 _redrives: dict[str, Redrives] = {}
+#: Outputs of the Map iterations that succeeded: execution ARN -> (Map state, index) -> (the
+#: redrive count of the attempt that ran it, its output).
+_iterations: dict[str, dict[tuple[str, int], tuple[int, Any]]] = {}
 _patches = Patches()
 
 
@@ -185,6 +196,46 @@ def _worker(execution: Any, events: list[dict[str, Any]], state: str, state_inpu
     )
 
 
+def _execution_arn(env: Any) -> str | None:
+    try:
+        return str(env.states.context_object.context_object_data["Execution"]["Id"])
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+def _eval_iteration(self: Any, env: Any, job: Any) -> None:
+    """IterationWorker._eval_job: an iteration an earlier attempt completed gives its output again."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.iteration_worker import IterationWorker
+
+    arn = _execution_arn(env)
+    where = (str(self._work_name), int(job.job_index))
+    with _lock:
+        attempt = _redrives[arn].count if arn in _redrives else 0
+        kept = _iterations.get(arn or "", {}).get(where)
+    if kept is not None and kept[0] < attempt:
+        job.job_output = copy.deepcopy(kept[1])
+        return
+    _patches.original(IterationWorker, "_eval_job")(self, env, job)
+    if arn is not None and not isinstance(job.job_output, Exception):
+        with _lock:
+            _iterations.setdefault(arn, {})[where] = (attempt, copy.deepcopy(job.job_output))
+
+
+def _eval_map(self: Any, env: Any) -> None:
+    """StateMap._eval_execution: once the Map completes, its iterations' kept outputs are dropped."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.state_map import StateMap
+
+    _patches.original(StateMap, "_eval_execution")(self, env)
+    arn = _execution_arn(env)
+    with _lock:
+        kept = _iterations.get(arn or "")
+        if kept is not None:
+            for where in [w for w in kept if w[0] == self.name]:
+                del kept[where]
+            if not kept:
+                _iterations.pop(arn or "", None)
+
+
 def redrive(backend: Any, execution_arn: str, client_token: str | None = None) -> datetime.datetime:
     """Redrive one execution of ``backend`` (moto's Step Functions backend); its redriveDate."""
     execution = backend.describe_execution(execution_arn)  # ExecutionDoesNotExist, InvalidArn
@@ -242,6 +293,8 @@ def _describe_with_redrive(self: Any) -> Any:
 
 
 def install() -> None:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.iteration_worker import IterationWorker
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.state_map import StateMap
     from moto.stepfunctions.responses import StepFunctionResponse
 
     with _lock:
@@ -251,12 +304,15 @@ def install() -> None:
             raise RuntimeError("moto now has RedriveExecution: drop inferpipe/local/redrive.py")
         _patches.apply(StepFunctionResponse, "redrive_execution", _redrive_action)
         _patches.apply(StepFunctionResponse, "describe_execution", _describe_with_redrive)
+        _patches.apply(IterationWorker, "_eval_job", _eval_iteration)
+        _patches.apply(StateMap, "_eval_execution", _eval_map)
 
 
 def uninstall() -> None:
     with _lock:
         _patches.undo()
         _redrives.clear()
+        _iterations.clear()
 
 
 __all__ = ["HISTORY_EVENT_LIMIT", "REDRIVABLE_PERIOD", "Redrives", "describe_fields", "install", "redrive", "redrive_status", "resume_point", "uninstall"]

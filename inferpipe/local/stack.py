@@ -312,7 +312,10 @@ class LocalStack:
         return int(self._pool.stop_idle(name))
 
     def flush_logs(self) -> None:
-        """Return once every log line the functions wrote so far is in the stack's CloudWatch Logs."""
+        """Return once the asynchronous invocations already due have run (EventBridge's status
+        recorder after each execution) and every log line the functions wrote is in the stack's
+        CloudWatch Logs."""
+        bridge.wait_for_async_invocations()
         if self._pool is not None:
             self._pool.logs.flush()
 

@@ -33,6 +33,10 @@ DETAIL_TYPE = "Step Functions Execution Status Change"
 _LOG = logging.getLogger("inferpipe.local.status_events")
 _lock = threading.Lock()
 _patches = Patches()
+#: Executions between their final status and the end of its event's sending: a client can see the
+#: status before the event has reached its targets, so waiters (tests, ``flush_logs``) wait on this.
+_sending = threading.Condition()
+_in_flight = 0
 
 
 def _millis(when: datetime.datetime | None) -> int | None:
@@ -105,8 +109,22 @@ def _start(self: Any) -> None:
 def _terminated(self: Any) -> None:
     from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
 
-    _patches.original(BaseExecutionWorkerCommunication, "terminated")(self)
-    emit(self.execution)
+    global _in_flight
+    with _sending:
+        _in_flight += 1
+    try:
+        _patches.original(BaseExecutionWorkerCommunication, "terminated")(self)
+        emit(self.execution)
+    finally:
+        with _sending:
+            _in_flight -= 1
+            _sending.notify_all()
+
+
+def wait_until_sent(timeout: float) -> bool:
+    """Wait until every execution that has ended has sent its final status event; True if so."""
+    with _sending:
+        return _sending.wait_for(lambda: _in_flight == 0, timeout)
 
 
 def install() -> None:
@@ -124,4 +142,4 @@ def uninstall() -> None:
         _patches.undo()
 
 
-__all__ = ["DETAIL_TYPE", "SOURCE", "emit", "event_of", "install", "uninstall"]
+__all__ = ["DETAIL_TYPE", "SOURCE", "emit", "event_of", "install", "uninstall", "wait_until_sent"]

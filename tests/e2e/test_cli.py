@@ -149,10 +149,11 @@ def test_cost_prices_one_images_measured_work(stack: Any, files: dict[str, Path]
     capsys.readouterr()
     # WHEN its work is measured and priced
     usage = cost.measure(stack, since)
-    # THEN the usage is what a batch of one does: 7 invocations (preprocess, inference, five sinks),
-    # every transition of its history, one S3 event, and none of the client's own requests
+    # THEN the usage is what a batch of one does: 8 invocations (preprocess, inference, five sinks,
+    # and the status recorder EventBridge invokes when the execution ends), every transition of its
+    # history, one S3 event, and none of the client's own requests
     assert usage.images == 1 and usage.s3_events == 1
-    assert usage.lambda_requests == 7 and usage.lambda_gb_seconds > 0
+    assert usage.lambda_requests == 8 and usage.lambda_gb_seconds > 0
     assert set(usage.lambda_gb_seconds_by_function) == {"preprocess", "inference", "sink"}  # where the compute went
     assert sum(usage.lambda_gb_seconds_by_function.values()) == pytest.approx(usage.lambda_gb_seconds)
     assert usage.transitions == 11  # Preprocess, AnyReady, Inference, FanOut, 5 x Deliver, Outcome, Done

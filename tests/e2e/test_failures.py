@@ -329,8 +329,10 @@ def _wait_redriven(stack: Any, arn: str, timeout: float = 90.0) -> dict[str, Any
 
 def test_a_sink_that_stays_down_stops_the_execution_at_fanout_and_a_redrive_completes_it_once(stack: Any, sinks: Any) -> None:
     key = f"broken-sink/{uuid.uuid4().hex[:8]}.jpg"
-    # GIVEN the SQS queue refuses everything for good (as a deleted queue would)
+    # GIVEN the SQS queue refuses everything for good (as a deleted queue would), after a slow
+    # start (its ledger read), so that the other sinks' iterations have finished when it fails
     stack.inject_aws_faults("sqs", "SendMessageBatch", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue")
+    stack.inject_aws_faults("s3", "GetObject", 1, match="deliveries/sqs/", delay=3.0)
     final = _run_upload(stack, key, image_bytes("checkerboard", seed=3))
 
     # THEN the execution stops at the step that failed, naming the sink: redrivable, not in a Fail state
@@ -360,6 +362,16 @@ def test_a_sink_that_stays_down_stops_the_execution_at_fanout_and_a_redrive_comp
     assert done["redriveCount"] == 1
     assert len(stack.invocations("preprocess")) + len(stack.invocations("inference")) == upstream_runs
     assert len(stack.invocations("sink")) > sink_runs
+    # AND only the FanOut iterations that failed or were aborted ran again (AWS redrives only those
+    # of an inline Map): sqs, and none of the sinks that had delivered
+    history = sfn.get_execution_history(executionArn=final["executionArn"], maxResults=1000)["events"]
+    redriven_at = next(i for i, e in enumerate(history) if e["type"] == "ExecutionRedriven")
+    succeeded_before = {e["mapIterationSucceededEventDetails"]["index"] for e in history[:redriven_at] if e["type"] == "MapIterationSucceeded"}
+    rerun = [e["mapIterationStartedEventDetails"]["index"] for e in history[redriven_at:] if e["type"] == "MapIterationStarted"]
+    assert succeeded_before, "no sink had delivered before sqs failed: nothing to leave out"
+    assert sorted(rerun) == sorted(set(range(len(ALL_SINKS))) - succeeded_before), (rerun, succeeded_before)
+    scheduled = [json.loads(e["lambdaFunctionScheduledEventDetails"]["input"]) for e in history[redriven_at:] if e["type"] == "LambdaFunctionScheduled"]
+    assert "sqs" in {job.get("sink") for job in scheduled} and len(scheduled) == len(rerun), scheduled
     # AND every sink holds the record exactly once, and the failure record is resolved
     after = sinks.records(_input_bucket(stack), key)
     assert [len(after[s]) for s in ALL_SINKS] == [1, 1, 1, 1, 1], {s: len(after[s]) for s in ALL_SINKS}

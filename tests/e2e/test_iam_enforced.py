@@ -20,6 +20,7 @@ locally), the state machine's vended-log delivery actions (moto has no execution
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -51,7 +52,12 @@ UNEXERCISED = {
     },
 }
 #: Statements only a probe other than the pipeline's happy path needs (see the probes below).
-PROBES = {"WriteOwnLogs": "logs", "KeepDeliveryLedger": "ledger", "RecordFailures": "failure_record"}
+PROBES = {
+    "WriteOwnLogs": "logs",
+    "KeepDeliveryLedger": "ledger",
+    "RecordFailures": "failure_record",
+    "WhereFailedExecutionsStopped": "status_record",
+}
 
 
 def _all_statements(policies: dict[str, dict[str, dict[str, Any]]]) -> list[tuple[str, str, str]]:
@@ -216,6 +222,31 @@ def _failure_record_ok(admin: Admin) -> bool:
     return True
 
 
+def _status_record_ok(admin: Admin) -> bool:
+    """An execution stopped by an operator (no Catch sees it) still gets its failure record: the
+    status recorder reads where it stopped from the execution's history."""
+    view = admin.view
+    bucket = view.resources.buckets["input"]
+    key = f"iam/{uuid.uuid4().hex[:8]}.jpg"
+    sfn = admin.client("stepfunctions")
+    for operation in ("GetObject", "HeadObject"):  # Preprocess is slow to read it, so the stop lands during Preprocess
+        admin.stack.inject_aws_faults("s3", operation, 1, match=key, delay=4.0)
+    try:
+        started = sfn.start_execution(stateMachineArn=view.state_machine_arn, input=json.dumps({"bucket": bucket, "key": key}))
+        time.sleep(1.0)
+        sfn.stop_execution(executionArn=started["executionArn"], error="Operator", cause="IAM probe")
+        if wait_for_execution(view, started["executionArn"], timeout=30)["status"] != "ABORTED":
+            return False
+        bridge.wait_for_async_invocations(timeout=30)
+    finally:
+        admin.stack.aws_faults.clear()
+    try:
+        admin.client("s3").head_object(Bucket=view.resources.buckets["output"], Key=f"failures/{bucket}/{key}.json")
+    except admin.client("s3").exceptions.ClientError:
+        return False
+    return True
+
+
 def _probe(admin: Admin, role: str, sid: str) -> bool:
     probe = PROBES.get(sid) or PROBES.get((role, sid)) or "pipeline"
     if probe == "logs":
@@ -224,6 +255,8 @@ def _probe(admin: Admin, role: str, sid: str) -> bool:
         return _ledger_ok(admin)
     if probe == "failure_record":
         return _failure_record_ok(admin)
+    if probe == "status_record":
+        return _status_record_ok(admin)
     return _pipeline_ok(admin)
 
 
@@ -251,6 +284,7 @@ def test_the_pipeline_and_every_probe_succeed_under_the_deployed_policies(enforc
     assert _missing_tensor_ok(enforced)
     assert _ledger_ok(enforced)
     assert _failure_record_ok(enforced)
+    assert _status_record_ok(enforced)
 
 
 def test_every_statement_is_exercised_or_listed_as_not_exercisable(deployed_policies: dict[str, Any]) -> None:

@@ -36,28 +36,37 @@ def test_replay_dry_run_lists_then_replays_once_and_reports_what_still_fails(sta
     # WHEN an operator asks what would be replayed
     assert main(_cli(stack, "--dry-run", *ids)) == 0
     dry = capsys.readouterr().out
-    # THEN both are listed with the names their replays would get, and nothing was started
+    # THEN the plan says which is redriven (it stopped at Inference, out of retries) and which is
+    # restarted (it ended in PipelineFailed: the file is at fault), and why; nothing was started
     assert "would replay 2 execution(s)" in dry
-    assert f"{good['name']}-r1" in dry and f"{bad['name']}-r1" in dry
+    good_line = next(line for line in dry.splitlines() if good["name"] in line)
+    bad_line = next(line for line in dry.splitlines() if bad["name"] in line)
+    assert "redrive (same execution)" in good_line and "stopped at Inference (Lambda.TooManyRequestsException)" in good_line
+    assert f"restart as {bad['name']}-r1" in bad_line and "ended in PipelineFailed" in bad_line
     assert len(executions_for_key(stack, good_key)) == 1
 
     # WHEN they are replayed
     code = main(_cli(stack, *ids))
     captured = capsys.readouterr()
-    # THEN progress is shown, the transient one now succeeds and the bad one is reported as still failing
-    assert "[1/2] restarted" in captured.err and "[2/2] restarted" in captured.err
+    # THEN the transient one is redriven (same ARN) and succeeds; the bad one, restarted, still fails
+    assert f"redriven {good['name']} -> {good['name']}" in captured.err
+    assert f"restarted {bad['name']} -> {bad['name']}-r1" in captured.err
     assert "replayed 2 execution(s): 1 succeeded, 1 still failing" in captured.out
     assert "still failing:" in captured.out and "NotAnImageError" in captured.out
     assert code == 1
-    replays = {e["name"]: e for e in executions_for_key(stack, good_key)}
-    assert replays[f"{good['name']}-r1"]["input"] == good["input"]  # the original input, unchanged
-    assert wait_for_execution(stack, replays[f"{good['name']}-r1"]["executionArn"])["status"] == "SUCCEEDED"
+    described = stack.client("stepfunctions").describe_execution(executionArn=good["executionArn"])
+    assert described["status"] == "SUCCEEDED" and described["redriveCount"] == 1
+    assert len(executions_for_key(stack, good_key)) == 1  # no new execution for it
 
     # WHEN replayed again
     main(_cli(stack, "--dry-run", *ids))
     again = capsys.readouterr().out
-    # THEN the one that succeeded is skipped; the one still failing would be tried as -r2
-    assert "already replayed successfully" in again and f"{bad['name']}-r2" in again
+    # THEN the one that succeeded is skipped; the one still failing would be restarted as -r2
+    assert "succeeded" in again and f"{bad['name']}-r2" in again
+
+    # AND --mode restart still restarts whatever the cause
+    assert main(_cli(stack, "--mode", "restart", "--dry-run", "--execution", bad["executionArn"])) == 0
+    assert f"restart as {bad['name']}-r2" in capsys.readouterr().out
 
 
 def test_replay_by_time_window_only_considers_recent_failures(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,5 +75,5 @@ def test_replay_by_time_window_only_considers_recent_failures(stack: Any, capsys
     wait_for_execution(stack, started["executionArn"])
     assert main(_cli(stack, "--since", "10m", "--status", "FAILED", "--dry-run")) == 0
     out = capsys.readouterr().out
-    assert started["executionArn"].rsplit(":", 1)[-1] + "-r1" in out
+    assert started["executionArn"].rsplit(":", 1)[-1] + "-r1" in out and "ended in PipelineFailed" in out
     assert main(_cli(stack, "--since", "banana")) == 2

@@ -134,3 +134,42 @@ def test_an_execution_that_cannot_be_redriven_is_restarted_and_says_why(refusal:
     assert outcome.how == "restarted" and outcome.arn == new_arn
     expected = "older than 14 days" if refusal == "status" else "ExecutionNotRedrivable"
     assert expected in outcome.note and "restarted instead" in outcome.note
+
+
+def _entered(name: str, kind: str = "TaskStateEntered", event_id: int = 1) -> dict[str, object]:
+    return {"timestamp": NOW, "type": kind, "id": event_id, "stateEnteredEventDetails": {"name": name}}
+
+
+@pytest.mark.parametrize(
+    ("last_state", "kind", "expected"),
+    [
+        ("Deliver", "TaskStateEntered", "redriven"),  # a sink that stayed down: the execution stopped there
+        ("PipelineFailed", "FailStateEntered", "restarted"),  # the input is at fault: a redrive would fail again
+    ],
+)
+def test_auto_redrives_what_stopped_at_a_task_and_restarts_what_ended_in_pipeline_failed(last_state: str, kind: str, expected: str) -> None:
+    sfn = _sfn()
+    (decision,) = plan_replays([_ex("a", "FAILED", 5)])
+    arn = decision.execution.arn
+    described = {
+        "executionArn": arn, "stateMachineArn": MACHINE, "status": "FAILED", "startDate": NOW, "input": "{}",
+        "redriveStatus": "REDRIVABLE", "redriveCount": 0, "error": "SinkUnavailableError" if kind == "TaskStateEntered" else "NotAnImageError",
+    }
+    history = [_entered("Inference", event_id=5), _entered(last_state, kind, 8), {"timestamp": NOW, "type": "ExecutionFailed", "id": 9}]
+    with Stubber(sfn) as stub:
+        stub.add_response("describe_execution", described, {"executionArn": arn})
+        stub.add_response("get_execution_history", {"events": history}, {"executionArn": arn, "maxResults": 1000})
+        if expected == "redriven":
+            stub.add_response("redrive_execution", {"redriveDate": NOW}, {"executionArn": arn, "clientToken": client_token(arn, 0)})
+        else:
+            stub.add_response("start_execution", {"executionArn": arn + "-r1", "startDate": NOW}, {"stateMachineArn": MACHINE, "name": "a-r1", "input": "{}"})
+        out = io.StringIO()
+        summary = run_replays(sfn, MACHINE, [decision], wait=False, out=out)  # mode auto is the default
+        stub.assert_no_pending_responses()
+    (outcome,) = summary.replayed
+    assert outcome.how == expected
+    # AND the progress line says why
+    if expected == "redriven":
+        assert outcome.arn == arn and "stopped at Deliver (SinkUnavailableError)" in out.getvalue()
+    else:
+        assert outcome.arn == arn + "-r1" and "ended in PipelineFailed" in out.getvalue() and "would fail again" in outcome.note
