@@ -316,17 +316,6 @@ def _status_recorded(stack: Any) -> None:
     assert bridge.wait_for_async_invocations(timeout=30)
 
 
-def _wait_redriven(stack: Any, arn: str, timeout: float = 90.0) -> dict[str, Any]:
-    sfn = stack.client("stepfunctions")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        described = sfn.describe_execution(executionArn=arn)
-        if described["status"] != "RUNNING":
-            return described
-        time.sleep(0.2)
-    raise AssertionError(f"{arn} still running after its redrive")
-
-
 def test_a_sink_that_stays_down_stops_the_execution_at_fanout_and_a_redrive_completes_it_once(stack: Any, sinks: Any) -> None:
     key = f"broken-sink/{uuid.uuid4().hex[:8]}.jpg"
     # GIVEN the SQS queue refuses everything for good (as a deleted queue would), after a slow
@@ -355,7 +344,7 @@ def test_a_sink_that_stays_down_stops_the_execution_at_fanout_and_a_redrive_comp
     sink_runs = len(stack.invocations("sink"))
     upstream_runs = len(stack.invocations("preprocess")) + len(stack.invocations("inference"))
     sfn.redrive_execution(executionArn=final["executionArn"])
-    done = _wait_redriven(stack, final["executionArn"])
+    done = wait_for_execution(stack, final["executionArn"], timeout=90)
 
     # THEN it succeeds with the same ARN, without running Preprocess or Inference again
     assert done["status"] == "SUCCEEDED", done.get("cause")
