@@ -6,8 +6,9 @@ Layout of the model bucket (written by ``inferpipe.models.publish``)::
     models/{name}/versions/{version}/model-symbol.json, model-0000.params, labels.txt
     models/{name}/aliases/{alias}.json                 {"version": "3f9a1c0b7d2e", "updated": "2026-…Z"}
 
-Versions are content hashes, so a published version never changes: its manifest is cached in
-process. Aliases move, so they are read every time.
+Versions are content hashes, so a published version never changes: its manifest is checked
+against its version (the hash of the files it lists) when read, then cached in process. Aliases
+move, so they are read every time.
 
 Example::
 
@@ -29,7 +30,7 @@ from botocore.exceptions import ClientError
 from functions.common import aws
 from functions.common.aws import is_not_found, read_object  # is_not_found: for inferpipe.models too
 from functions.common.errors import InvalidRequestError, ModelIntegrityError, ModelNotFoundError
-from functions.common.manifest import MANIFEST_FILE, Manifest, verify_file
+from functions.common.manifest import MANIFEST_FILE, Manifest, content_version, verify_file
 
 ROOT = "models/"
 #: Model names, versions and aliases become S3 key segments: no '/', no leading dot.
@@ -119,6 +120,14 @@ class ModelStore:
             raise ModelIntegrityError(
                 f"s3://{self.bucket}/{manifest_key(name, version)} describes model {manifest.name} "
                 f"version {manifest.version}, not {name} version {version}"
+            )
+        # A version id is the hash of its files' hashes (and inference mode): a manifest overwritten
+        # with other files' hashes would serve other weights under an "immutable" version.
+        expected = content_version(manifest.files, manifest.inference_mode)
+        if expected != version:
+            raise ModelIntegrityError(
+                f"s3://{self.bucket}/{manifest_key(name, version)} lists files whose content hash is {expected}, "
+                f"not its version {version}: the manifest was changed after publishing; republish the package"
             )
         with self._lock:
             self._manifests[(name, version)] = manifest

@@ -71,6 +71,24 @@ def test_a_version_resolves_by_its_id_and_through_an_alias(s3: Any, package: Pat
     assert by_alias.num_classes == 2 and by_alias.input == TINY_SPEC
 
 
+def test_a_manifest_overwritten_with_other_files_is_refused_under_its_version(s3: Any, package: Path, other_package: Path) -> None:
+    # GIVEN a published version whose manifest someone overwrote with another package's files
+    # (both their files are in place, so every file would pass its own sha256 check)
+    published = publish(s3, BUCKET, package, name="tiny", alias="prod")
+    other = publish(s3, BUCKET, other_package, name="tiny")
+    forged = {**json.loads(other.to_json()), "version": published.version}
+    prefix = version_prefix("tiny", published.version)
+    for entry in forged["files"].values():  # the other package's files, copied beside the manifest
+        s3.copy_object(Bucket=BUCKET, Key=prefix + entry["path"],
+                       CopySource={"Bucket": BUCKET, "Key": version_prefix("tiny", other.version) + entry["path"]})
+    s3.put_object(Bucket=BUCKET, Key=manifest_key("tiny", published.version), Body=json.dumps(forged).encode())
+    # WHEN a fresh process resolves the version, or the alias pointing at it
+    # THEN it refuses, naming the hash the files really have
+    for wanted in (published.version, "prod"):
+        with pytest.raises(ModelIntegrityError, match=rf"content hash is {other.version}, not its version {published.version}"):
+            ModelStore(BUCKET, s3).resolve("tiny", wanted)
+
+
 def test_fetched_files_are_the_package_files(s3: Any, package: Path) -> None:
     published = publish(s3, BUCKET, package, name="tiny")
     files = ModelStore(BUCKET, s3).fetch_files(ModelStore(BUCKET, s3).resolve("tiny", published.version))

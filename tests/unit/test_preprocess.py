@@ -32,7 +32,7 @@ from functions.common.errors import (
     ObjectTooLargeError,
     TransientError,
 )
-from functions.common.manifest import FileEntry, InputSpec, Manifest
+from functions.common.manifest import FileEntry, InputSpec, Manifest, content_version
 from functions.common.request import ModelRef, SourceObject
 from functions.preprocess import core
 from functions.preprocess.transform import to_tensor
@@ -433,8 +433,14 @@ def test_tensor_key_changes_with_object_version_and_model_version() -> None:
 # --------------------------------------------------------------------------- handler, end to end on moto
 
 
-MODEL_VERSION = "0123456789ab"
-OTHER_VERSION = "fedcba987654"
+def _files(digit: str) -> dict[str, FileEntry]:
+    return {role: FileEntry(path=name, sha256=digit * 64, size=1) for role, name in
+            {"symbol": "model-symbol.json", "params": "model-0000.params", "labels": "labels.txt"}.items()}
+
+
+#: Versions are content hashes: the model store refuses a manifest whose files hash to another version.
+MODEL_VERSION = content_version(_files("0"), "fp32")
+OTHER_VERSION = content_version(_files("f"), "fp32")
 EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:inferpipe-pipeline:3f0c9a1e"
 ALL_SINKS = ["s3", "dynamodb", "sns", "sqs", "eventbridge"]
 #: What the ASL passes as the deployment's defaults: its placeholders, rendered as strings.
@@ -448,8 +454,7 @@ CONTEXT = SimpleNamespace(
 
 
 def _manifest(num_classes: int = 8, name: str = "demo", version: str = MODEL_VERSION, spec: InputSpec = SPEC) -> Manifest:
-    files = {role: FileEntry(path=name, sha256="0" * 64, size=1) for role, name in
-             {"symbol": "model-symbol.json", "params": "model-0000.params", "labels": "labels.txt"}.items()}
+    files = _files({MODEL_VERSION: "0", OTHER_VERSION: "f"}[version])
     return Manifest(
         name=name, version=version, architecture="resnet10_v1", num_classes=num_classes, input=spec,
         files=files, created="2026-11-29T04:00:00Z", source="test_preprocess",
