@@ -29,43 +29,11 @@ resource "aws_cloudwatch_event_target" "this" {
   }
 
   dead_letter_config {
-    arn = aws_sqs_queue.trigger_dlq.arn
+    arn = aws_sqs_queue.event_dlq["trigger"].arn
   }
 
   # The rule may send only once the queue policy allows it.
   depends_on = [aws_sqs_queue_policy.trigger_buffer]
-}
-
-resource "aws_sqs_queue" "trigger_dlq" {
-  name                              = local.names.trigger_dlq
-  message_retention_seconds         = 1209600 # 14 days, the maximum: time to notice, fix and redrive
-  sqs_managed_sse_enabled           = var.kms_key_arn == null ? true : null
-  kms_master_key_id                 = var.kms_key_arn
-  kms_data_key_reuse_period_seconds = var.kms_key_arn != null ? 300 : null
-}
-
-data "aws_iam_policy_document" "trigger_dlq" {
-  statement {
-    sid       = "EventBridgeDeadLetters"
-    actions   = ["sqs:SendMessage"]
-    resources = [aws_sqs_queue.trigger_dlq.arn]
-
-    principals {
-      type        = "Service"
-      identifiers = ["events.amazonaws.com"]
-    }
-
-    condition {
-      test     = "ArnEquals"
-      variable = "aws:SourceArn"
-      values   = [aws_cloudwatch_event_rule.this.arn]
-    }
-  }
-}
-
-resource "aws_sqs_queue_policy" "trigger_dlq" {
-  queue_url = aws_sqs_queue.trigger_dlq.id
-  policy    = data.aws_iam_policy_document.trigger_dlq.json
 }
 
 ################################################################################
@@ -113,9 +81,11 @@ resource "aws_sqs_queue_redrive_allow_policy" "trigger_buffer_dlq" {
   })
 }
 
-# Only the trigger rule may send to the buffer, and nobody may use it without TLS.
+# Only the trigger rule may send to the buffer (and, tls.tf, nobody may use it without TLS).
 data "aws_iam_policy_document" "trigger_buffer" {
   count = local.trigger_batched ? 1 : 0
+
+  source_policy_documents = [data.aws_iam_policy_document.tls_only["trigger_buffer"].json]
 
   statement {
     sid       = "TriggerRuleEvents"
@@ -133,24 +103,6 @@ data "aws_iam_policy_document" "trigger_buffer" {
       values   = [aws_cloudwatch_event_rule.this.arn]
     }
   }
-
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["sqs:*"]
-    resources = [aws_sqs_queue.trigger_buffer[0].arn]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
-  }
 }
 
 resource "aws_sqs_queue_policy" "trigger_buffer" {
@@ -160,33 +112,11 @@ resource "aws_sqs_queue_policy" "trigger_buffer" {
   policy    = data.aws_iam_policy_document.trigger_buffer[0].json
 }
 
-data "aws_iam_policy_document" "trigger_buffer_dlq" {
-  count = local.trigger_batched ? 1 : 0
-
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["sqs:*"]
-    resources = [aws_sqs_queue.trigger_buffer_dlq[0].arn]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
-  }
-}
-
 resource "aws_sqs_queue_policy" "trigger_buffer_dlq" {
   count = local.trigger_batched ? 1 : 0
 
   queue_url = aws_sqs_queue.trigger_buffer_dlq[0].id
-  policy    = data.aws_iam_policy_document.trigger_buffer_dlq[0].json
+  policy    = data.aws_iam_policy_document.tls_only["trigger_buffer_dlq"].json
 }
 
 # The pipe: SQS batches of up to local.trigger.batch_size messages, waiting at most
@@ -306,7 +236,7 @@ resource "aws_cloudwatch_event_target" "status" {
   }
 
   dead_letter_config {
-    arn = aws_sqs_queue.status_dlq.arn
+    arn = aws_sqs_queue.event_dlq["status"].arn
   }
 
   depends_on = [aws_lambda_permission.status]
@@ -323,19 +253,48 @@ resource "aws_lambda_permission" "status" {
   source_account = local.account_id
 }
 
-resource "aws_sqs_queue" "status_dlq" {
-  name                              = local.status_rule.dlq
-  message_retention_seconds         = 1209600 # 14 days, the maximum
+################################################################################
+# Dead-letter queues of the two EventBridge rules that start work (the trigger, the status
+# recorder): what EventBridge could not deliver within a rule's retry policy. Only that rule's
+# events may be sent (and, tls.tf, nobody may use a queue without TLS).
+################################################################################
+
+locals {
+  event_dlqs = {
+    trigger = { name = local.names.trigger_dlq, rule_arn = aws_cloudwatch_event_rule.this.arn }
+    status  = { name = local.status_rule.dlq, rule_arn = aws_cloudwatch_event_rule.status.arn }
+  }
+}
+
+resource "aws_sqs_queue" "event_dlq" {
+  for_each = local.event_dlqs
+
+  name                              = each.value.name
+  message_retention_seconds         = 1209600 # 14 days, the maximum: time to notice, fix and redrive
   sqs_managed_sse_enabled           = var.kms_key_arn == null ? true : null
   kms_master_key_id                 = var.kms_key_arn
   kms_data_key_reuse_period_seconds = var.kms_key_arn != null ? 300 : null
 }
 
-data "aws_iam_policy_document" "status_dlq" {
+moved {
+  from = aws_sqs_queue.trigger_dlq
+  to   = aws_sqs_queue.event_dlq["trigger"]
+}
+
+moved {
+  from = aws_sqs_queue.status_dlq
+  to   = aws_sqs_queue.event_dlq["status"]
+}
+
+data "aws_iam_policy_document" "event_dlq" {
+  for_each = local.event_dlqs
+
+  source_policy_documents = [data.aws_iam_policy_document.tls_only["event_dlq_${each.key}"].json]
+
   statement {
     sid       = "EventBridgeDeadLetters"
     actions   = ["sqs:SendMessage"]
-    resources = [aws_sqs_queue.status_dlq.arn]
+    resources = [aws_sqs_queue.event_dlq[each.key].arn]
 
     principals {
       type        = "Service"
@@ -345,30 +304,24 @@ data "aws_iam_policy_document" "status_dlq" {
     condition {
       test     = "ArnEquals"
       variable = "aws:SourceArn"
-      values   = [aws_cloudwatch_event_rule.status.arn]
-    }
-  }
-
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["sqs:*"]
-    resources = [aws_sqs_queue.status_dlq.arn]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
+      values   = [each.value.rule_arn]
     }
   }
 }
 
-resource "aws_sqs_queue_policy" "status_dlq" {
-  queue_url = aws_sqs_queue.status_dlq.id
-  policy    = data.aws_iam_policy_document.status_dlq.json
+resource "aws_sqs_queue_policy" "event_dlq" {
+  for_each = local.event_dlqs
+
+  queue_url = aws_sqs_queue.event_dlq[each.key].id
+  policy    = data.aws_iam_policy_document.event_dlq[each.key].json
+}
+
+moved {
+  from = aws_sqs_queue_policy.trigger_dlq
+  to   = aws_sqs_queue_policy.event_dlq["trigger"]
+}
+
+moved {
+  from = aws_sqs_queue_policy.status_dlq
+  to   = aws_sqs_queue_policy.event_dlq["status"]
 }

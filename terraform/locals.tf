@@ -52,6 +52,9 @@ locals {
     backfill_state_machine = templatestring(local.stack.backfill.state_machine, local.name_vars_with_buckets)
   }
 
+  # The message sinks' delivery ledger in the output bucket: functions/sink/core.py LEDGER_PREFIX.
+  ledger_prefix = "deliveries/"
+
   settings = merge(
     { for key, value in local.stack.settings : key => templatestring(value, local.name_vars_with_buckets) },
     var.log_level != null ? { POWERTOOLS_LOG_LEVEL = var.log_level } : {},

@@ -17,7 +17,7 @@ locals {
   ]...)
 
   dead_letter_queues = merge(
-    { trigger = aws_sqs_queue.trigger_dlq.name, execution-status = aws_sqs_queue.status_dlq.name },
+    { trigger = aws_sqs_queue.event_dlq["trigger"].name, execution-status = aws_sqs_queue.event_dlq["status"].name },
     local.trigger_batched ? { trigger-buffer = aws_sqs_queue.trigger_buffer_dlq[0].name } : {},
     local.sink_enabled.sqs ? { predictions = aws_sqs_queue.dlq[0].name } : {},
   )
@@ -27,6 +27,40 @@ resource "aws_sns_topic" "alarms" {
   #checkov:skip=CKV_AWS_26:CloudWatch cannot publish to a topic encrypted with the AWS-managed alias/aws/sns key (its key policy cannot grant cloudwatch.amazonaws.com), so without var.kms_key_arn the alarm topic stays unencrypted; alarm notifications carry metric names and thresholds only.
   name              = local.derived_names.alarm_topic
   kms_master_key_id = var.kms_key_arn
+}
+
+# The topic's policy replaces SNS's default one: this account's alarms may publish (and, tls.tf,
+# nothing may use the topic without TLS).
+data "aws_iam_policy_document" "alarms_topic" {
+  source_policy_documents = [data.aws_iam_policy_document.tls_only["alarms_topic"].json]
+
+  statement {
+    sid       = "CloudWatchAlarms"
+    actions   = ["sns:Publish"]
+    resources = [aws_sns_topic.alarms.arn]
+
+    principals {
+      type        = "Service"
+      identifiers = ["cloudwatch.amazonaws.com"]
+    }
+
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = ["arn:${local.partition}:cloudwatch:${local.region}:${local.account_id}:alarm:*"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+resource "aws_sns_topic_policy" "alarms" {
+  arn    = aws_sns_topic.alarms.arn
+  policy = data.aws_iam_policy_document.alarms_topic.json
 }
 
 resource "aws_sns_topic_subscription" "alarm_email" {

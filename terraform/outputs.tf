@@ -18,9 +18,9 @@ output "inferpipe" {
     state_machine_type         = aws_sfn_state_machine.this.type
     functions                  = { for key, function in aws_lambda_function.this : key => function.function_name }
     trigger_rule               = aws_cloudwatch_event_rule.this.name
-    trigger_dlq_url            = aws_sqs_queue.trigger_dlq.url
+    trigger_dlq_url            = aws_sqs_queue.event_dlq["trigger"].url
     status_rule                = aws_cloudwatch_event_rule.status.name
-    status_dlq_url             = aws_sqs_queue.status_dlq.url
+    status_dlq_url             = aws_sqs_queue.event_dlq["status"].url
     trigger_mode               = local.trigger.mode
     trigger_buffer_url         = try(aws_sqs_queue.trigger_buffer[0].url, null)
     pipe_name                  = try(aws_pipes_pipe.trigger[0].name, null)
@@ -138,7 +138,7 @@ output "trigger_rule_name" {
 
 output "trigger_dlq_url" {
   description = "Dead-letter queue of trigger events EventBridge could not deliver to the rule's target (the buffer queue, or in direct mode the state machine)."
-  value       = aws_sqs_queue.trigger_dlq.url
+  value       = aws_sqs_queue.event_dlq["trigger"].url
 }
 
 output "trigger_mode" {

@@ -79,6 +79,27 @@ resource "aws_sqs_queue_redrive_allow_policy" "dlq" {
 }
 
 # Prediction events: source "inferpipe", detail-type "Image Classified" (functions/sink/core.py).
+# TLS only (tls.tf): nobody may use the predictions queue, its dead-letter queue or the topic over
+# plain HTTP. The topic's policy replaces SNS's default one; same-account publishers and
+# subscribers are authorised by their IAM policies (the sink role's sink-sns policy).
+locals {
+  sink_queues = local.sink_enabled.sqs ? { sink_queue = aws_sqs_queue.this[0], sink_dlq = aws_sqs_queue.dlq[0] } : {}
+}
+
+resource "aws_sqs_queue_policy" "sink_queue" {
+  for_each = local.sink_queues
+
+  queue_url = each.value.id
+  policy    = data.aws_iam_policy_document.tls_only[each.key].json
+}
+
+resource "aws_sns_topic_policy" "sink_topic" {
+  count = local.sink_enabled.sns ? 1 : 0
+
+  arn    = aws_sns_topic.this[0].arn
+  policy = data.aws_iam_policy_document.tls_only["sink_topic"].json
+}
+
 resource "aws_cloudwatch_event_bus" "this" {
   count = local.sink_enabled.eventbridge ? 1 : 0
 

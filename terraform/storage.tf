@@ -13,7 +13,7 @@ locals {
   deployed_buckets = { for key, name in local.buckets : key => name if key != "output" || local.sink_enabled.s3 }
   # Tensors are rewritten under deterministic keys and expire within days: versioning would only
   # keep garbage around.
-  versioned_buckets = { for key, name in local.deployed_buckets : key => name if key != "work" }
+  versioned_buckets = { for key, name in local.deployed_buckets : key => name if !contains(local.stack.unversioned_buckets, key) }
 }
 
 resource "aws_s3_bucket" "this" {
@@ -127,6 +127,24 @@ resource "aws_s3_bucket_lifecycle_configuration" "versioned" {
 
     noncurrent_version_expiration {
       noncurrent_days = var.noncurrent_version_expiration_days
+    }
+  }
+
+  # The delivery ledger (functions/sink/batch.py) is needed only as long as a replay can come.
+  dynamic "rule" {
+    for_each = each.key == "output" ? [local.ledger_prefix] : []
+
+    content {
+      id     = "expire-delivery-ledger"
+      status = "Enabled"
+
+      filter {
+        prefix = rule.value
+      }
+
+      expiration {
+        days = var.ledger_expiration_days
+      }
     }
   }
 

@@ -402,6 +402,17 @@ variable "work_expiration_days" {
   }
 }
 
+variable "ledger_expiration_days" {
+  description = "Days before the message sinks' delivery ledger (deliveries/ in the output bucket) expires. A replay or redrive within this many days publishes nothing twice; executions are redrivable for 14 days."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.ledger_expiration_days >= 14 && floor(var.ledger_expiration_days) == var.ledger_expiration_days
+    error_message = "ledger_expiration_days must be a whole number >= 14 (a redrive within 14 days must find the ledger)."
+  }
+}
+
 variable "noncurrent_version_expiration_days" {
   description = "Days before replaced or deleted object versions in the versioned buckets (input, models, output) expire; current versions are kept. Set a large value (e.g. 36500) to keep history for good."
   type        = number

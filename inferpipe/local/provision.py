@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from inferpipe.infra import KNOWN_SINKS, function_log_group, role_policies, role_services
-from inferpipe.local.spec import Claims, Resources, asl_values, function_environment, render_asl, render_template
+from inferpipe.local.spec import Claims, Resources, asl_values, function_environment, load_stack, render_asl, render_template
 
 _LOG = logging.getLogger("inferpipe.local.provision")
 
@@ -334,7 +334,8 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
     s3, sqs, sns, events = client("s3"), client("sqs"), client("sns"), client("events")
 
     for name, bucket in r.buckets.items():
-        _ensure_bucket(s3, bucket, r.region, versioned=name in ("input", "models"))
+        # stack.json unversioned_buckets, as terraform/storage.tf: all but the work bucket's scratch tensors
+        _ensure_bucket(s3, bucket, r.region, versioned=name not in load_stack()["unversioned_buckets"])
     s3.put_bucket_notification_configuration(
         Bucket=r.buckets["input"], NotificationConfiguration={"EventBridgeConfiguration": {}}
     )

@@ -192,7 +192,8 @@ def test_every_reference_names_something_declared() -> None:
     # The account-free stand-in for `terraform validate`'s reference checks (which need the AWS provider).
     known = declared()
     for path in TF_FILES:
-        for code in code_strings(parsed(path.name)):
+        tree = {kind: blocks for kind, blocks in parsed(path.name).items() if kind != "moved"}  # moved names old addresses
+        for code in code_strings(tree):
             for name in re.findall(r"(?<![\w.])local\.([A-Za-z_][\w-]*)", code):
                 assert name in known["local"], f"{path.name}: local.{name} is not declared"
             for name in re.findall(r"(?<![\w.])var\.([A-Za-z_][\w-]*)", code):
@@ -274,7 +275,7 @@ def test_every_named_resource_takes_its_name_from_stack_json() -> None:
         ("aws_dynamodb_table", "this", "name"): "${local.names.table}",
         ("aws_sns_topic", "this", "name"): "${local.names.topic}",
         ("aws_sqs_queue", "this", "name"): "${local.names.queue}",
-        ("aws_sqs_queue", "trigger_dlq", "name"): "${local.names.trigger_dlq}",
+        ("aws_sqs_queue", "event_dlq", "name"): "${each.value.name}",  # local.event_dlqs: names.trigger_dlq, status_rule.dlq
         ("aws_cloudwatch_event_bus", "this", "name"): "${local.names.event_bus}",
         ("aws_sfn_state_machine", "this", "name"): "${local.names.state_machine}",
         ("aws_cloudwatch_event_rule", "this", "name"): "${local.names.trigger_rule}",
@@ -321,7 +322,7 @@ def test_the_trigger_rule_uses_the_stack_pattern_and_targets_the_buffer_or_the_s
     target = resources_of("aws_cloudwatch_event_target")["this"]
     assert target["arn"] == "${local.trigger_batched ? aws_sqs_queue.trigger_buffer[0].arn : aws_sfn_state_machine.this.arn}"
     assert target["role_arn"] == '${local.trigger_batched ? null : aws_iam_role.this["trigger"].arn}'
-    assert target["retry_policy"] and target["dead_letter_config"][0]["arn"] == "${aws_sqs_queue.trigger_dlq.arn}"
+    assert target["retry_policy"] and target["dead_letter_config"][0]["arn"] == '${aws_sqs_queue.event_dlq["trigger"].arn}'
     assert locals_of("locals.tf")["trigger_batched"] == '${local.trigger.mode == "batched"}'
     notification = resources_of("aws_s3_bucket_notification")["input"]
     assert notification["eventbridge"] is True
@@ -340,8 +341,7 @@ def test_the_buffer_resources_exist_in_batched_mode_only() -> None:
     for type_, names in batched.items():
         for name in names:
             assert resources_of(type_)[name]["count"] == _BATCHED_ONLY, f"{type_}.{name}"
-    for name in ("trigger_buffer", "trigger_buffer_dlq"):
-        assert data_of("aws_iam_policy_document")[name]["count"] == _BATCHED_ONLY, name
+    assert data_of("aws_iam_policy_document")["trigger_buffer"]["count"] == _BATCHED_ONLY  # the dlq's is tls.tf's
     # and a pipe is of no use without a queue to read, and vice versa
     assert set(resources_of("aws_pipes_pipe")) == {"trigger"}
 
@@ -369,16 +369,38 @@ def test_only_the_trigger_rule_may_send_to_the_buffer_and_only_over_tls() -> Non
     assert policy["queue_url"] == "${aws_sqs_queue.trigger_buffer[0].id}"
     assert policy["policy"] == "${data.aws_iam_policy_document.trigger_buffer[0].json}"
     statements = {statement["sid"]: statement for statement in data_of("aws_iam_policy_document")["trigger_buffer"]["statement"]}
-    assert set(statements) == {"TriggerRuleEvents", "DenyInsecureTransport"}
+    assert set(statements) == {"TriggerRuleEvents"}  # DenyInsecureTransport comes from tls.tf
     send = statements["TriggerRuleEvents"]
     assert send.get("effect", "Allow") == "Allow" and send["actions"] == ["sqs:SendMessage"]
     assert send["resources"] == ["${aws_sqs_queue.trigger_buffer[0].arn}"]
     assert send["principals"] == [{"type": "Service", "identifiers": ["events.amazonaws.com"]}]
     assert send["condition"] == [{"test": "ArnEquals", "variable": "aws:SourceArn", "values": ["${aws_cloudwatch_event_rule.this.arn}"]}]
-    for name in ("trigger_buffer", "trigger_buffer_dlq"):
-        deny = {s["sid"]: s for s in data_of("aws_iam_policy_document")[name]["statement"]}["DenyInsecureTransport"]
-        assert deny["effect"] == "Deny" and deny["actions"] == ["sqs:*"], name
-        assert deny["condition"] == [{"test": "Bool", "variable": "aws:SecureTransport", "values": ["false"]}], name
+    assert data_of("aws_iam_policy_document")["trigger_buffer"]["source_policy_documents"] == [
+        '${data.aws_iam_policy_document.tls_only["trigger_buffer"].json}'
+    ]
+
+
+def test_every_queue_and_topic_refuses_plain_http() -> None:
+    # one TLS-only statement (tls.tf), for every queue and topic the stack creates
+    (deny,) = _as_list(data_of("aws_iam_policy_document")["tls_only"]["statement"])
+    assert deny["sid"] == "DenyInsecureTransport" and deny["effect"] == "Deny"
+    assert deny["principals"] == [{"type": "*", "identifiers": ["*"]}]
+    assert deny["condition"] == [{"test": "Bool", "variable": "aws:SecureTransport", "values": ["false"]}]
+    tls = (TERRAFORM_DIR / "tls.tf").read_text(encoding="utf-8")
+    for kind in ("aws_sqs_queue", "aws_sns_topic"):
+        for name in resources_of(kind):
+            assert f"{kind}.{name}" in tls, f"{kind}.{name} is not in tls.tf's tls_only: a new queue or topic needs a TLS-only policy"
+    # and each queue's and topic's policy is, or includes, its tls_only document
+    policies = {**resources_of("aws_sqs_queue_policy"), **resources_of("aws_sns_topic_policy")}
+    documents = data_of("aws_iam_policy_document")
+    for name, policy in policies.items():
+        used = re.search(r"data\.aws_iam_policy_document\.(\w+)", policy["policy"]).group(1)  # type: ignore[union-attr]
+        sources = " ".join(documents[used].get("source_policy_documents", [])) if used != "tls_only" else "tls_only"
+        assert "tls_only" in sources, f"the policy {name} does not include the TLS-only statement"
+    assert set(policies) == {"trigger_buffer", "trigger_buffer_dlq", "event_dlq", "sink_queue", "sink_topic", "alarms"}
+    # the two EventBridge dead-letter queues are one for_each, moved from their old addresses
+    moved = {(m["from"], m["to"]) for m in parsed("events.tf").get("moved", [])}
+    assert len(moved) == 4 and all(old.split(".")[-1].rstrip("}") in ("trigger_dlq", "status_dlq") for old, _new in moved), moved
 
 
 def test_the_pipe_drains_the_buffer_into_the_state_machine_in_batches_fire_and_forget() -> None:
@@ -404,7 +426,8 @@ def test_the_dead_letter_alarms_watch_the_buffer_dlq_in_batched_mode() -> None:
 
 def test_terraform_knows_exactly_the_sinks_the_sink_function_writes() -> None:
     sink_core = importlib.import_module("functions.sink.core")
-    writers = set(getattr(sink_core, "_WRITERS"))
+    writers = set(sink_core.SINKS)
+    assert set(getattr(sink_core, "_WRITERS")) | set(sink_core.MESSAGE_SINKS) == writers  # each has a writer
     assert set(locals_of("locals.tf")["known_sinks"]) == writers
     assert set(infra.KNOWN_SINKS) == writers
     assert list(infra.KNOWN_SINKS) == locals_of("locals.tf")["known_sinks"]
@@ -514,6 +537,17 @@ def test_the_policies_name_the_model_store_s3_layout() -> None:
     for name in ("preprocess", "inference"):
         text = infra.policy_templates()[name]
         assert f"${{ModelBucket}}/{root}*" in text, f"{name} must read {root}* in the model bucket"
+
+
+def test_the_output_bucket_expires_the_delivery_ledger_the_sink_keeps() -> None:
+    core = importlib.import_module("functions.sink.core")
+    assert locals_of("locals.tf")["ledger_prefix"] == core.LEDGER_PREFIX
+    assert f"${{OutputBucket}}/{core.LEDGER_PREFIX}*" in infra.policy_templates()["sink"]
+    storage = (TERRAFORM_DIR / "storage.tf").read_text(encoding="utf-8")
+    rule = storage[storage.index('id     = "expire-delivery-ledger"'):]
+    assert "local.ledger_prefix" in storage[: storage.index('id     = "expire-delivery-ledger"')].rsplit("dynamic", 1)[-1]
+    assert "days = var.ledger_expiration_days" in rule[:400]
+    assert variables()["ledger_expiration_days"]["default"] >= 14  # executions stay redrivable for 14 days
 
 
 def test_python_chooses_a_policy_for_every_role_terraform_creates() -> None:
