@@ -8,6 +8,7 @@ Examples::
     inferpipe backfill s3://BUCKET/PREFIX [--batch-size N] [--dry-run] [--json]
     inferpipe model publish build/demo-model --name demo --alias prod
     inferpipe replay --since 24h --dry-run
+    inferpipe reconcile --since 24h [--prefix photos/] [--json]
     inferpipe logs sink --since 10m --follow
     inferpipe cost --since 1h
     inferpipe demo
@@ -177,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the replays (default 600)")
     _add_target_options(replay)
 
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="check every sink holds one current record per uploaded object version; exit 1 on missing, duplicated or stale records",
+        description="Compares the input bucket's object versions written within --since with each sink's records and the "
+        "failure records, and prints per sink: objects, records, missing, duplicates, stale, failed.",
+    )
+    reconcile.add_argument("--since", default="24h", help="object versions written this long ago or later (e.g. 30m, 24h, 7d; default 24h)")
+    reconcile.add_argument("--prefix", default="", help="only keys under this prefix of the input bucket")
+    reconcile.add_argument("--json", action="store_true", help="print one JSON object: bucket, since, sinks{sink: counts}, totals, examples")
+    _add_target_options(reconcile)
+
     logs = commands.add_parser(
         "logs",
         help="a function's CloudWatch Logs (its own lines and Lambda's START/END/REPORT), oldest first",
@@ -231,6 +243,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _model(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "reconcile":
+        return _reconcile(args)
     if args.command == "logs":
         return _logs(args)
     if args.command == "cost":
@@ -300,9 +314,11 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"inferpipe: error: {bad}", file=sys.stderr)
         return 2
     target = _target(args)
+    s3, output = target.client("s3"), target.resources.buckets["output"]
     summary = replay.replay(
         target.client("stepfunctions"),
         target.state_machine_arn,
+        supersession=lambda execution_input: replay.superseded(s3, output, target.resources.settings["OUTPUT_PREFIX"], execution_input),
         since=since,
         statuses=statuses,
         executions=args.execution,
@@ -313,6 +329,20 @@ def _replay(args: argparse.Namespace) -> int:
     )
     print(replay.format_summary(summary, dry_run=args.dry_run))
     return 1 if summary.still_failing else 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from inferpipe import reconcile
+    from inferpipe.replay import parse_duration
+
+    try:
+        since = parse_duration(args.since)
+    except ValueError as bad:
+        print(f"inferpipe: error: {bad}", file=sys.stderr)
+        return 2
+    report = reconcile.reconcile_target(_target(args), since, prefix=args.prefix)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else reconcile.format_report(report))
+    return 1 if report.problems else 0
 
 
 def _logs(args: argparse.Namespace) -> int:

@@ -21,6 +21,9 @@ Step Functions calls. Three modes:
 
 An execution is grouped with its replays by name. A group is skipped when one of its replays
 succeeded (no duplicates), or one is still running; otherwise the original input is replayed once.
+It is also skipped when every object its input names has a newer version that already succeeded
+(:func:`superseded`, from the key's latest prediction; an S3 event's ``sequencer`` orders them):
+the replay could only write that old version's own record.
 
 Example::
 
@@ -284,11 +287,37 @@ def redrive_can_succeed(sfn: Any, described: dict[str, Any]) -> tuple[bool, str]
     return True, f"stopped at {state} ({error})" if state else f"stopped before any state ({error})"
 
 
+def superseded(s3: Any, output_bucket: str, output_prefix: str, execution_input: str) -> str | None:
+    """Why replaying this input is pointless (every object it names has a newer version that
+    succeeded), or None. Objects the input names without a version (or that nothing orders
+    against the latest record) are never superseded: a replay reads their current version."""
+    import json
+
+    from functions.common.batch import named_objects
+    from functions.sink import records
+
+    try:
+        named = named_objects(json.loads(execution_input))
+    except ValueError:
+        return None
+    reasons = []
+    for source in named:
+        if not source.get("version_id"):
+            return None
+        mine = records.Version(source["version_id"], source.get("sequencer"))
+        latest = records.read_latest(s3, output_bucket, output_prefix, source)
+        if not latest or latest.get("status") != "SUCCEEDED" or records.compare(mine, records.Version.of(latest.get("source"))) != -1:
+            return None
+        reasons.append(f"s3://{source['bucket']}/{source['key']} has a newer version ({latest['source'].get('version_id')}) that succeeded")
+    return "; ".join(reasons) if reasons else None
+
+
 def run_replays(
     sfn: Any,
     state_machine_arn: str,
     decisions: Sequence[Decision],
     *,
+    supersession: Callable[[str], str | None] | None = None,
     mode: str = "auto",
     dry_run: bool = False,
     wait: bool = True,
@@ -296,7 +325,9 @@ def run_replays(
     poll: float = 1.0,
     out: TextIO | None = None,  # default: sys.stderr at call time
 ) -> Summary:
-    """Carry the decisions out, printing progress to ``out``; wait for the replays unless ``wait`` is False."""
+    """Carry the decisions out, printing progress to ``out``; wait for the replays unless ``wait`` is False.
+
+    ``supersession(execution input)``: why an execution is not worth replaying (:func:`superseded`), or None."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     out = out if out is not None else sys.stderr
@@ -306,10 +337,14 @@ def run_replays(
         if decision.action == "skip":
             summary.outcomes.append(Outcome(decision, "skipped", note=decision.reason))
     for index, decision in enumerate(todo, 1):
+        described = sfn.describe_execution(executionArn=decision.execution.arn)
+        stale = supersession(described.get("input") or "") if supersession is not None else None
+        if stale:
+            summary.outcomes.append(Outcome(decision, "skipped", note=stale))
+            continue
         if dry_run and mode != "auto":
             summary.outcomes.append(Outcome(decision, "would replay", plan="redrive" if mode == "redrive" else "restart"))
             continue
-        described = sfn.describe_execution(executionArn=decision.execution.arn)
         outcome = Outcome(decision)
         try_redrive, why = (True, "") if mode == "redrive" else (False, "")
         if mode == "auto":
@@ -399,13 +434,15 @@ def replay(
     timeout: float = 600.0,
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     out: TextIO | None = None,  # default: sys.stderr at call time
+    supersession: Callable[[str], str | None] | None = None,
 ) -> Summary:
     """List, plan and run: what ``inferpipe replay`` does."""
     cutoff = now() - since if since is not None else None
     listing_since = None if executions else cutoff  # explicit ARNs may be older than --since
     listed = list_executions(sfn, state_machine_arn, listing_since)
     decisions = plan_replays(listed, statuses=statuses, since=cutoff, only=executions or None)
-    return run_replays(sfn, state_machine_arn, decisions, mode=mode, dry_run=dry_run, wait=wait, timeout=timeout, out=out)
+    return run_replays(sfn, state_machine_arn, decisions, supersession=supersession, mode=mode, dry_run=dry_run, wait=wait,
+                       timeout=timeout, out=out)
 
 
 __all__ = [
@@ -425,4 +462,5 @@ __all__ = [
     "replay_name",
     "run_replays",
     "split_replay_name",
+    "superseded",
 ]

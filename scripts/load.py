@@ -183,14 +183,16 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
         for record in reader.drained[sink]:
             if record["source"]["key"].startswith(run + "/"):
                 per_sink[sink][record["source"]["key"]] += 1
+    from functions.sink import records
+
     output = stack.resources.buckets["output"]
     failures: Counter[str] = Counter()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=output, Prefix=f"predictions/{bucket}/{run}/"):
         for obj in page.get("Contents", []):
-            per_sink["s3"][obj["Key"][len(f"predictions/{bucket}/") : -len(".json")]] += 1
+            per_sink["s3"][records.decode_key(obj["Key"][len(f"predictions/{bucket}/") : -len(".json")])] += 1
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=output, Prefix=f"failures/{bucket}/{run}/"):
         for obj in page.get("Contents", []):
-            failures[obj["Key"][len(f"failures/{bucket}/") : -len(".json")]] += 1
+            failures[records.decode_key(obj["Key"][len(f"failures/{bucket}/") : -len(".json")])] += 1
     failed_items: Counter[str] = Counter()
     ddb = stack.client("dynamodb")
     for page in ddb.get_paginator("scan").paginate(TableName=stack.resources.table):

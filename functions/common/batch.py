@@ -110,13 +110,13 @@ class Item:
         """``{bucket, key, version_id}`` as named, when they are valid names (for failure records)."""
         if self.request is not None:
             s = self.request.source
-            return {"bucket": s.bucket, "key": s.key, "version_id": s.version_id}
+            return {"bucket": s.bucket, "key": s.key, "version_id": s.version_id, **({"sequencer": self.sequencer} if self.sequencer else {})}
         named = self.named or {}
         try:
             s = SourceObject(bucket=named.get("bucket"), key=named.get("key"), version_id=_str_or_none(named.get("version_id")))  # type: ignore[arg-type]
         except (InvalidRequestError, TypeError):
             return None
-        return {"bucket": s.bucket, "key": s.key, "version_id": s.version_id}
+        return {"bucket": s.bucket, "key": s.key, "version_id": s.version_id, **({"sequencer": self.sequencer} if self.sequencer else {})}
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,10 @@ class SourceObject:
     version_id: str | None = None
     etag: str | None = None
     size: int | None = None
+    #: when the version was written (GetObject's LastModified, ISO 8601) and the S3 event's
+    #: ``sequencer``: what tells which of two versions of a key is newer (functions/sink/records.py)
+    last_modified: str | None = None
+    sequencer: str | None = None
 
     def __post_init__(self) -> None:
         check_bucket(self.bucket, "source.bucket")
@@ -152,6 +156,8 @@ class SourceObject:
         _check_optional_str(self.version_id, "source.version_id")
         _check_optional_str(self.etag, "source.etag")
         _check_optional_size(self.size, "source.size")
+        _check_optional_str(self.last_modified, "source.last_modified")
+        _check_optional_str(self.sequencer, "source.sequencer")
 
     @property
     def uri(self) -> str:
@@ -159,12 +165,13 @@ class SourceObject:
         uri = f"s3://{self.bucket}/{self.key}"
         return f"{uri}?versionId={self.version_id}" if self.version_id else uri
 
-    def located(self, version_id: str | None, etag: str | None, size: int | None) -> SourceObject:
-        """This object pinned to what S3 reported (the version actually read, its ETag and size)."""
-        return replace(self, version_id=version_id or self.version_id, etag=etag, size=size)
+    def located(self, version_id: str | None, etag: str | None, size: int | None, last_modified: str | None = None) -> SourceObject:
+        """This object pinned to what S3 reported (the version actually read, its ETag, size and LastModified)."""
+        return replace(self, version_id=version_id or self.version_id, etag=etag, size=size, last_modified=last_modified)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id, "etag": self.etag, "size": self.size}
+        return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id, "etag": self.etag, "size": self.size,
+                "last_modified": self.last_modified, "sequencer": self.sequencer}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "source") -> SourceObject:
@@ -176,6 +183,8 @@ class SourceObject:
             version_id=_check_optional_str(data.get("version_id"), f"{where}.version_id"),
             etag=_check_optional_str(data.get("etag"), f"{where}.etag"),
             size=_check_optional_size(data.get("size"), f"{where}.size"),
+            last_modified=_check_optional_str(data.get("last_modified"), f"{where}.last_modified"),
+            sequencer=_check_optional_str(data.get("sequencer"), f"{where}.sequencer"),
         )
 
 

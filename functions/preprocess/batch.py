@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from functions.common.errors import ConfigurationError, InvalidRequestError, Per
 from functions.common.log import logger, object_uri
 from functions.common.manifest import Manifest
 from functions.common.model_store import ModelStore
+from functions.common.request import SourceObject
 from functions.common.work import FAILED, PREPROCESSED, READY, SCHEMA, counts, item_error, put_document, work_key
 from functions.preprocess.claims import Claims, log_duplicates
 from functions.preprocess.core import Fetched, check_owned, decode_image, fetch_object
@@ -120,7 +121,7 @@ def _one(item: Item, fetched: Fetched, fetch_ms: float, resolve: Any, limits: Im
     request = item.request
     assert request is not None
     timings: dict[str, float] = {"fetch": fetch_ms}
-    source = fetched.source
+    source = replace(fetched.source, sequencer=item.sequencer)
     request = request.with_object_options(fetched.metadata)
     manifest = resolve(request.model.name, request.model.version)
     if request.top_k > manifest.num_classes:
@@ -178,9 +179,12 @@ def _fetched_in_order(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _failed_entry(item: Item, error: BaseException | str, message: str | None = None) -> dict[str, Any]:
+def _failed_entry(item: Item, error: BaseException | str, message: str | None = None, located: SourceObject | None = None) -> dict[str, Any]:
+    """A FAILED entry; ``located``: the object as its GET read it, when the GET succeeded (its
+    version, ETag and LastModified tell its failure record's order)."""
     request = item.request
-    entry: dict[str, Any] = {"index": item.index, "status": FAILED, "source": item.named_source(), "error": item_error(error, message)}
+    source = located.to_dict() if located is not None else item.named_source()
+    entry: dict[str, Any] = {"index": item.index, "status": FAILED, "source": source, "error": item_error(error, message)}
     if request is not None:
         entry["model"] = {"name": request.model.name, "version": request.model.version, "resolved": False}
         entry["top_k"] = request.top_k
@@ -246,13 +250,16 @@ def preprocess_batch(
     wanted = [item for item in batch.items if item.index not in invalid and item.index not in owners]
     for item, fetched in _fetched_in_order(wanted, s3, limits, ownership):
         assert item.request is not None
+        located: SourceObject | None = None
         try:
-            entry, manifest, row = _one(item, *fetched(), resolve, limits)
+            got = fetched()
+            located = replace(got[0].source, sequencer=item.sequencer)
+            entry, manifest, row = _one(item, *got, resolve, limits)
         except ConfigurationError:
             raise  # the deployment's fault, not this object's: the whole batch fails
         except PermanentError as exc:
             logger.warning("object failed", extra={"object": item.request.source.uri, "error": type(exc).__name__, "reason": str(exc)})
-            entries.append(_failed_entry(item, exc))
+            entries.append(_failed_entry(item, exc, located=located))
             continue
         identity = (manifest.name, manifest.version, tuple(row.shape))
         if identity not in groups:

@@ -16,6 +16,7 @@ import io
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 import numpy as np
@@ -153,7 +154,9 @@ def fetch_object(s3: Any, source: SourceObject, limits: ImageLimits, reserve: Ca
         raise TransientError(f"GetObject {_where(source)}: read {len(data)} of {size} bytes")
     etag = str(response.get("ETag") or "").strip('"') or None  # unquoted, as S3 events carry it
     metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
-    return Fetched(source.located(response.get("VersionId"), etag, size), metadata, data)
+    modified = response.get("LastModified")
+    when = modified.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z") if isinstance(modified, datetime) else None
+    return Fetched(source.located(response.get("VersionId"), etag, size, when), metadata, data)
 
 
 # --------------------------------------------------------------------------- decode

@@ -6,9 +6,13 @@
   SendMessageBatch, PutEvents): SNS and SQS bill each request by 64 KB chunk, so ten small
   records cost one request.
 * The delivery ledger of a message sink is one object per (sink, set of records):
-  ``deliveries/<sink>/<ledger id>.json`` lists the record ids published. It is read before and
-  written after publishing, and written with what did go out before a failure is raised, so a
-  retry, a redrive or a replay of the same batch publishes only what is missing.
+  ``deliveries/<sink>/<ledger id>.json`` lists the record ids published. It is read first (a
+  refusal to read it is an error, never "nothing published yet"), written *before* publishing
+  with the records about to go out (so a ledger that cannot be written stops the delivery with
+  nothing published), and written after with what did go out, also before a failure is raised.
+  A retry, a redrive or a replay of the same batch publishes only what is missing; a record goes
+  out twice only if the process dies between a publish and the ledger write just after it.
+  The bucket's lifecycle rule expires the ledger after ``ledger_days`` (config/stack.json).
 
 Example::
 
@@ -49,6 +53,15 @@ ENTRY_ATTEMPTS = 3
 RETRIED_ENTRY_CODES = frozenset({"InternalFailure", "ThrottlingException", "ServiceUnavailable", "InternalException"})
 
 
+def _message_attributes(record: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """What a subscriber can filter on without parsing the body (SNS filter policies, SQS attributes)."""
+    return {
+        "record_id": {"DataType": "String", "StringValue": record["record_id"]},
+        "label": {"DataType": "String", "StringValue": str(record["top1"]["label"])},
+        "model_version": {"DataType": "String", "StringValue": record["model"]["version"]},
+    }
+
+
 def records_of(document: Mapping[str, Any], execution_id: str) -> list[dict[str, Any]]:
     """The prediction record of every classified object of a batch document, in batch order."""
     records = []
@@ -69,14 +82,15 @@ def ledger_key(sink: str, records: Sequence[Mapping[str, Any]]) -> str:
     return f"{LEDGER_PREFIX}{sink}/{ledger_id(records)}.json"
 
 
-def _ledger_read(dest: Destinations, key: str) -> set[str]:
+def _ledger_read(dest: Destinations, key: str) -> tuple[set[str], set[str]]:
+    """(record ids the ledger says went out, ids an earlier attempt was sending when it stopped)."""
     if not dest.output_bucket:
-        return set()  # no ledger without an output bucket: at-least-once
+        return set(), set()  # no ledger without an output bucket: at-least-once
     try:
         body = client("s3").get_object(Bucket=dest.output_bucket, Key=key)["Body"].read()
     except ClientError as exc:
         if is_not_found(exc):
-            return set()
+            return set(), set()
         if is_transient(exc):
             raise_transient(exc, f"reading the delivery ledger s3://{dest.output_bucket}/{key}")
         # An AccessDenied here must not read as "nothing published yet": that is duplicates.
@@ -84,21 +98,30 @@ def _ledger_read(dest: Destinations, key: str) -> set[str]:
     except BotoCoreError as exc:
         raise_transient(exc, f"reading the delivery ledger s3://{dest.output_bucket}/{key}")
     try:
-        return set(json.loads(body).get("delivered") or [])
+        ledger = json.loads(body)
+        return set(ledger.get("delivered") or []), set(ledger.get("sending") or [])
     except (ValueError, AttributeError):
         logger.warning("unreadable delivery ledger; publishing everything again", extra={"key": key})
-        return set()
+        return set(), set()
 
 
-def _ledger_write(dest: Destinations, key: str, sink: str, delivered: set[str], execution_id: str, location: str) -> None:
+def _ledger_write(dest: Destinations, key: str, sink: str, delivered: set[str], execution_id: str, location: str,
+                  sending: set[str] | None = None) -> None:
+    """Write the ledger; a refusal is SinkUnavailableError, never a silent "published" (that is duplicates)."""
     if not dest.output_bucket:
         return
-    body = {"sink": sink, "location": location, "execution_id": execution_id, "delivered": sorted(delivered)}
+    body = {"sink": sink, "location": location, "execution_id": execution_id, "delivered": sorted(delivered),
+            **({"sending": sorted(sending)} if sending else {})}
+    where = f"the delivery ledger s3://{dest.output_bucket}/{key}"
     try:
         client("s3").put_object(Bucket=dest.output_bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json")
-    except (ClientError, BotoCoreError) as exc:
-        # Published already. Failing now would publish again on the retry; say it loudly instead.
-        logger.error("published, but could not write the delivery ledger", extra={"key": key, "reason": str(exc)})
+    except ClientError as exc:
+        if is_transient(exc):
+            raise_transient(exc, f"writing {where}")
+        raise SinkUnavailableError(f"cannot write {where}: {error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}"
+                                   .rstrip(": ")) from exc
+    except BotoCoreError as exc:
+        raise_transient(exc, f"writing {where}")
 
 
 def _chunks(entries: list[tuple[str, dict[str, Any]]]) -> Iterator[list[tuple[str, dict[str, Any]]]]:
@@ -180,15 +203,10 @@ def _entries(sink: str, records: list[dict[str, Any]], dest: Destinations) -> li
     out = []
     for record in records:
         body = json.dumps(record, ensure_ascii=False)
-        attributes = core._message_attributes(record)
-        # FIFO topics and queues: one message group per object, deduplicated by record id.
-        fifo = {"MessageGroupId": record["source"]["uri"][:128], "MessageDeduplicationId": record["record_id"]}
         if sink == "sns":
-            entry: dict[str, Any] = {"Id": "", "Message": body, "MessageAttributes": attributes,
-                                     **(fifo if core._is_fifo(dest.topic_arn or "") else {})}
+            entry: dict[str, Any] = {"Id": "", "Message": body, "MessageAttributes": _message_attributes(record)}
         elif sink == "sqs":
-            entry = {"Id": "", "MessageBody": body, "MessageAttributes": attributes,
-                     **(fifo if core._is_fifo(dest.queue_url or "") else {})}
+            entry = {"Id": "", "MessageBody": body, "MessageAttributes": _message_attributes(record)}
         else:
             entry = {"Source": EVENT_SOURCE, "DetailType": EVENT_DETAIL_TYPE, "Detail": body, "EventBusName": dest.event_bus,
                      "Resources": [record["execution_id"]]}
@@ -199,11 +217,17 @@ def _entries(sink: str, records: list[dict[str, Any]], dest: Destinations) -> li
 def _publish(sink: str, records: list[dict[str, Any]], dest: Destinations, execution_id: str) -> str:
     location, call, answer = {"sns": _sns_call, "sqs": _sqs_call, "eventbridge": _events_call}[sink](dest)
     key = ledger_key(sink, records)
-    delivered = _ledger_read(dest, key)
+    delivered, interrupted = _ledger_read(dest, key)
     pending = [record for record in records if record["record_id"] not in delivered]
     if not pending:
         logger.info("batch already published to this sink; not publishing again", extra={"ledger": key})
         return location
+    if interrupted - delivered:
+        logger.warning("an earlier attempt stopped while publishing; those records go out again and may arrive twice",
+                       extra={"ledger": key, "records": len(interrupted - delivered)})
+    # Written before anything goes out: a ledger that cannot be written stops the delivery here,
+    # with nothing published, instead of publishing what a retry would publish again.
+    _ledger_write(dest, key, sink, delivered, execution_id, location, sending={r["record_id"] for r in pending})
     failure: Exception | None = None
     try:
         for attempt in range(ENTRY_ATTEMPTS):
@@ -235,7 +259,12 @@ def _publish(sink: str, records: list[dict[str, Any]], dest: Destinations, execu
             raise_transient(exc, f"delivering to sink '{sink}'")
         except (TransientError, ConfigurationError) as classified:
             failure = classified
-    _ledger_write(dest, key, sink, delivered, execution_id, location)
+    try:
+        _ledger_write(dest, key, sink, delivered, execution_id, location)
+    except (SinkUnavailableError, TransientError, ConfigurationError) as ledger_failure:
+        if failure is None:
+            raise  # published: the retry publishes again what the ledger could not note (at least once)
+        logger.error("could not note the delivery ledger after a failed publish", extra={"ledger": key, "reason": str(ledger_failure)})
     if failure is not None:
         raise failure
     return location

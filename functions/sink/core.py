@@ -1,20 +1,20 @@
-"""Build the prediction record and deliver it to one sink: S3, DynamoDB, SNS, SQS or EventBridge.
+"""Build the prediction record and deliver it to S3 or DynamoDB; write failure records.
 
 Every sink receives the same record, identified by ``record_id``: a hash of the source object
-version and the model version. Delivery is idempotent per (object version, model version):
+version, the model version and how many classes were asked for. Delivery is idempotent per record:
 
-* S3: one result object per source key (``predictions/<bucket>/<key>.json``), overwritten in place.
+* S3: one record per object version (``predictions/_versions/<bucket>/<key>/<version>.json``) and
+  the key's latest view (``predictions/<bucket>/<key>.json``), which never goes back to an older
+  version: see :mod:`functions.sink.records` (layout, key encoding, order).
 * DynamoDB: one item per object version, written with a condition so that a duplicate of a
-  delivered record is a no-op, while a record with a different model version *replaces* the item
-  (the table holds the current prediction of each object version) and a FAILED item is resolved.
-* SNS, SQS, EventBridge: every message carries ``record_id`` (FIFO: MessageDeduplicationId and a
-  message group per object). A delivery ledger in the output bucket (``deliveries/<record_id>/<sink>``)
-  is checked before publishing and written after, so a duplicate S3 event, a retried Map branch or
-  a replay does not publish the same record twice (at-least-once only if the process dies between
-  the publish and the ledger write, or when the stack has no output bucket).
+  delivered record is a no-op, while a different record of that version (another model version,
+  another ``top_k``) *replaces* the item and a FAILED item is resolved.
+* SNS, SQS, EventBridge publish a whole batch: :mod:`functions.sink.batch` (and its ledger).
+
+A manual re-run with other options (``top_k`` 3 after 5) is a new record: every sink gets it.
 
 Failures are recorded here too (:func:`record_failure`): the state machine's ``RecordFailure``
-state runs this function in ``failure`` mode; see docs/operations.md.
+state and the status recorder write them; see docs/operations.md.
 
 Example::
 
@@ -38,6 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from functions.common.aws import client, error_code, is_transient, raise_transient
 from functions.common.errors import InvalidRequestError, SinkNotConfiguredError, SinkUnavailableError, TransientError
 from functions.common.log import logger, object_uri
+from functions.sink import records as views
 
 SCHEMA = "inferpipe.prediction/1"
 EVENT_SOURCE = "inferpipe"
@@ -79,9 +80,9 @@ class Destinations:
         )
 
 
-def record_id(source: Mapping[str, Any], model: Mapping[str, Any]) -> str:
-    """Stable id of one (object version, model version) prediction."""
-    parts = [source["bucket"], source["key"], source.get("version_id") or "", model["name"], model["version"]]
+def record_id(source: Mapping[str, Any], model: Mapping[str, Any], top_k: int) -> str:
+    """Stable id of one prediction: (object version, model version, number of classes)."""
+    parts = [source["bucket"], source["key"], source.get("version_id") or "", model["name"], model["version"], str(top_k)]
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
@@ -100,7 +101,7 @@ def build_record(
     created = (now or datetime.now(timezone.utc)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return {
         "schema": SCHEMA,
-        "record_id": record_id(source, model),
+        "record_id": record_id(source, model, len(top_k)),
         "status": "SUCCEEDED",
         "source": {
             "bucket": bucket,
@@ -108,6 +109,8 @@ def build_record(
             "version_id": source.get("version_id"),
             "etag": source.get("etag"),
             "size": source.get("size"),
+            "last_modified": source.get("last_modified"),
+            "sequencer": source.get("sequencer"),
             "uri": object_uri(bucket, key, source.get("version_id")),
         },
         "model": {
@@ -123,40 +126,28 @@ def build_record(
     }
 
 
-def _is_fifo(name: str) -> bool:
-    return name.endswith(".fifo")
+def prefixes(dest: Destinations) -> dict[str, str]:
+    """Where each kind of record lives in the output bucket."""
+    return {views.PREDICTION: dest.output_prefix, views.FAILURE: FAILURE_PREFIX}
 
 
 def output_key(prefix: str, source: Mapping[str, Any]) -> str:
-    """``predictions/<source bucket>/<source key>.json``: one result object per input object."""
-    return f"{prefix}{source['bucket']}/{source['key']}.json"
+    """``predictions/<source bucket>/<encoded source key>.json``: the key's latest prediction."""
+    return views.latest_key(prefix, source["bucket"], source["key"])
 
 
 def failure_key(source: Mapping[str, Any] | None, execution_name: str) -> str:
-    """``failures/<bucket>/<key>.json``; ``failures/_invalid/<execution name>.json`` without an object."""
+    """``failures/<bucket>/<encoded key>.json``; ``failures/_invalid/<execution name>.json`` without an object."""
     if source is None:
         return f"{FAILURE_PREFIX}{INVALID_INPUT_FOLDER}/{execution_name}.json"
-    return f"{FAILURE_PREFIX}{source['bucket']}/{source['key']}.json"
+    return views.latest_key(FAILURE_PREFIX, source["bucket"], source["key"])
 
 
 def _to_s3(record: dict[str, Any], dest: Destinations) -> str:
     bucket = _need(dest.output_bucket, "s3", config.OUTPUT_BUCKET)
-    key = output_key(dest.output_prefix, record["source"])
-    s3 = client("s3")
-    s3.put_object(
-        Bucket=bucket,
-        Key=key,
-        Body=json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8"),
-        ContentType="application/json",
-        Metadata={"record-id": record["record_id"], "model-version": record["model"]["version"]},
-    )
-    # The key has a prediction now: its failure record (if any) is resolved.
-    stale = failure_key(record["source"], "")
-    try:
-        s3.delete_object(Bucket=bucket, Key=stale)
-    except (ClientError, BotoCoreError) as exc:  # the prediction is written; a stale record is not worth a retry
-        logger.warning("could not remove the resolved failure record", extra={"key": stale, "reason": str(exc)})
-    return f"s3://{bucket}/{key}"
+    metadata = {"record-id": record["record_id"], "model-version": record["model"]["version"]}
+    outcome = views.publish(client("s3"), bucket, views.PREDICTION, record, prefixes(dest), metadata)
+    return f"s3://{bucket}/{outcome.latest_key if outcome.view != 'kept' else outcome.version_key}"
 
 
 def _to_dynamodb(record: dict[str, Any], dest: Destinations) -> str:
@@ -193,55 +184,6 @@ def _to_dynamodb(record: dict[str, Any], dest: Destinations) -> str:
     return location
 
 
-def _message_attributes(record: dict[str, Any]) -> dict[str, dict[str, str]]:
-    return {
-        "record_id": {"DataType": "String", "StringValue": record["record_id"]},
-        "label": {"DataType": "String", "StringValue": str(record["top1"]["label"])},
-        "model_version": {"DataType": "String", "StringValue": record["model"]["version"]},
-    }
-
-
-def _to_sns(record: dict[str, Any], dest: Destinations) -> str:
-    topic = _need(dest.topic_arn, "sns", config.PREDICTIONS_TOPIC_ARN)
-    extra: dict[str, str] = {}
-    if _is_fifo(topic):
-        extra = {"MessageGroupId": record["source"]["uri"][:128], "MessageDeduplicationId": record["record_id"]}
-    client("sns").publish(
-        TopicArn=topic, Message=json.dumps(record, ensure_ascii=False), MessageAttributes=_message_attributes(record), **extra
-    )
-    return topic
-
-
-def _to_sqs(record: dict[str, Any], dest: Destinations) -> str:
-    queue = _need(dest.queue_url, "sqs", config.PREDICTIONS_QUEUE_URL)
-    extra: dict[str, str] = {}
-    if _is_fifo(queue):
-        extra = {"MessageGroupId": record["source"]["uri"][:128], "MessageDeduplicationId": record["record_id"]}
-    client("sqs").send_message(
-        QueueUrl=queue, MessageBody=json.dumps(record, ensure_ascii=False), MessageAttributes=_message_attributes(record), **extra
-    )
-    return queue
-
-
-def _to_eventbridge(record: dict[str, Any], dest: Destinations) -> str:
-    bus = _need(dest.event_bus, "eventbridge", config.PREDICTIONS_EVENT_BUS)
-    answer = client("events").put_events(
-        Entries=[
-            {
-                "Source": EVENT_SOURCE,
-                "DetailType": EVENT_DETAIL_TYPE,
-                "Detail": json.dumps(record, ensure_ascii=False),
-                "EventBusName": bus,
-                "Resources": [record["execution_id"]],
-            }
-        ]
-    )
-    if answer.get("FailedEntryCount"):
-        entry = answer["Entries"][0]
-        raise TransientError(f"EventBridge put_events to {bus} rejected the record: {entry.get('ErrorCode')} {entry.get('ErrorMessage')}")
-    return f"events://{bus}"
-
-
 def _need(value: str | None, sink: str, variable: str) -> str:
     if not value:
         raise SinkNotConfiguredError(f"sink '{sink}' is not deployed here ({variable} is not set)")
@@ -251,24 +193,16 @@ def _need(value: str | None, sink: str, variable: str) -> str:
 _WRITERS: dict[str, Callable[[dict[str, Any], Destinations], str]] = {
     "s3": _to_s3,
     "dynamodb": _to_dynamodb,
-    "sns": _to_sns,
-    "sqs": _to_sqs,
-    "eventbridge": _to_eventbridge,
 }
 
 
 def deliver(sink: str, record: dict[str, Any], dest: Destinations) -> str:
-    """Write ``record`` to ``sink``; returns where it went. Transient AWS failures raise TransientError."""
+    """Write ``record`` to the S3 or DynamoDB sink; returns where it went. Transient AWS failures raise TransientError."""
     writer = _WRITERS.get(sink)
     if writer is None:
-        raise SinkNotConfiguredError(f"unknown sink '{sink}'; known sinks: {', '.join(SINKS)}")
+        raise SinkNotConfiguredError(f"sink '{sink}' has no per-record writer; these do: {', '.join(_WRITERS)}")
     try:
-        if sink in MESSAGE_SINKS:
-            already = _ledger_lookup(sink, record, dest)
-            if already is not None:
-                logger.info("record already published to this sink; not publishing again", extra={"ledger": already})
-                return already
-        location = writer(record, dest)
+        return writer(record, dest)
     except (SinkNotConfiguredError, TransientError):
         raise
     except ClientError as exc:  # retry only what retrying can fix; the rest is the sink's resource saying no
@@ -280,44 +214,6 @@ def deliver(sink: str, record: dict[str, Any], dest: Destinations) -> str:
         ) from exc
     except BotoCoreError as exc:  # connection problems, timeouts
         raise_transient(exc, f"delivering to sink '{sink}'")
-    if sink in MESSAGE_SINKS:
-        _ledger_write(sink, record, dest, location)
-    return location
-
-
-def ledger_key(record_id: str, sink: str) -> str:
-    return f"{LEDGER_PREFIX}{record_id}/{sink}"
-
-
-def _ledger_lookup(sink: str, record: dict[str, Any], dest: Destinations) -> str | None:
-    """Where the record went if this sink already published it (per the ledger), else None."""
-    if not dest.output_bucket:
-        return None  # no ledger without an output bucket: at-least-once
-    try:
-        head = client("s3").head_object(Bucket=dest.output_bucket, Key=ledger_key(record["record_id"], sink))
-    except ClientError as exc:
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if status in (403, 404) or error_code(exc) in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied"):
-            return None
-        raise
-    return str((head.get("Metadata") or {}).get("location") or f"ledger:{sink}")
-
-
-def _ledger_write(sink: str, record: dict[str, Any], dest: Destinations, location: str) -> None:
-    if not dest.output_bucket:
-        return
-    key = ledger_key(record["record_id"], sink)
-    body = {"record_id": record["record_id"], "sink": sink, "location": location, "execution_id": record["execution_id"]}
-    try:
-        client("s3").put_object(
-            Bucket=dest.output_bucket,
-            Key=key,
-            Body=json.dumps(body).encode("utf-8"),
-            ContentType="application/json",
-            Metadata={"location": location[:1024]},
-        )
-    except (ClientError, BotoCoreError) as exc:  # published already: never fail (and re-publish) for the ledger
-        logger.warning("published, but could not write the delivery ledger", extra={"key": key, "reason": str(exc)})
 
 
 # --------------------------------------------------------------------------- failure records
@@ -336,7 +232,9 @@ def _error_message(cause: Any) -> str:
 
 
 def _valid_source(candidate: Any) -> dict[str, Any] | None:
-    """``{bucket, key, version_id}`` if ``candidate`` names an object by valid names, else None."""
+    """``{bucket, key, version_id, ...}`` if ``candidate`` names an object by valid names, else None.
+
+    What orders versions (``sequencer``, ``last_modified``, ``etag``) is kept when it is there."""
     from functions.common.request import check_bucket, check_key
 
     if not isinstance(candidate, Mapping):
@@ -345,8 +243,11 @@ def _valid_source(candidate: Any) -> dict[str, Any] | None:
         bucket, key = check_bucket(candidate.get("bucket")), check_key(candidate.get("key"))
     except InvalidRequestError:
         return None
-    version = candidate.get("version_id")
-    return {"bucket": bucket, "key": key, "version_id": version if isinstance(version, str) and version else None}
+    source: dict[str, Any] = {"bucket": bucket, "key": key}
+    for name in ("version_id", "etag", "last_modified", "sequencer"):
+        value = candidate.get(name)
+        source[name] = value if isinstance(value, str) and value else None
+    return source
 
 
 def build_failure(event: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
@@ -400,8 +301,10 @@ def build_failure(event: Mapping[str, Any], now: datetime | None = None) -> dict
 def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]:
     """Write the failure record where it is deployed; which writes happened, by sink.
 
-    * S3 ``failures/<bucket>/<key>.json`` (``failures/_invalid/<execution name>.json`` without an
-      object) in the output bucket, overwriting the key's previous failure record.
+    * S3: the object version's record ``failures/_versions/<bucket>/<key>/<version>.json`` (a later
+      failure of another version never erases it) and, unless a newer version of the key has an
+      outcome, the key's latest view ``failures/<bucket>/<key>.json`` (see
+      :mod:`functions.sink.records`); ``failures/_invalid/<execution name>.json`` without an object.
     * DynamoDB: the object version's item with ``status = FAILED`` -- never over a SUCCEEDED item
       (conditional write): a duplicate execution failing after another one succeeded does not
       hide the success.
@@ -411,18 +314,22 @@ def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]
     written: dict[str, str] = {}
     source = record["source"]
     try:
-        if dest.output_bucket:
+        if dest.output_bucket and source is None:
             name = record["execution_name"] or "unknown"
-            key = failure_key(source, f"{name}-{record['item']}" if source is None and "item" in record else name)
+            key = failure_key(None, f"{name}-{record['item']}" if "item" in record else name)
             client("s3").put_object(
                 Bucket=dest.output_bucket,
                 Key=key,
                 Body=json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8"),
                 ContentType="application/json",
-                Metadata={"error-type": record["error"]["type"][:256], "failed-state": record["failed_state"][:256]},
+                Metadata=_failure_metadata(record),
             )
-            written["s3"] = f"s3://{dest.output_bucket}/{key}"
-            written["s3_key"] = key
+            written.update(s3=f"s3://{dest.output_bucket}/{key}", s3_key=key)
+        elif dest.output_bucket:
+            outcome = views.publish(client("s3"), dest.output_bucket, views.FAILURE, record, prefixes(dest), _failure_metadata(record))
+            written.update(s3=f"s3://{dest.output_bucket}/{outcome.version_key}", s3_version_key=outcome.version_key, view=outcome.view)
+            if outcome.view != "kept":
+                written["s3_key"] = outcome.latest_key
         if dest.table and source is not None:
             written["dynamodb"] = _failure_item(record, dest.table)
     except (ClientError, BotoCoreError) as exc:
@@ -430,6 +337,10 @@ def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]
             raise_transient(exc, "recording the failure")
         raise
     return written
+
+
+def _failure_metadata(record: Mapping[str, Any]) -> dict[str, str]:
+    return {"error-type": record["error"]["type"][:256], "failed-state": record["failed_state"][:256]}
 
 
 def _failure_item(record: dict[str, Any], table: str) -> str:

@@ -10,8 +10,9 @@ What failed, by where the execution stopped:
 * when a sink failed, every classified object gets the sink's error, with ``delivered_sinks`` and
   ``failed_sinks``.
 
-Each record is written as before (:func:`functions.sink.core.record_failure`:
-``failures/<bucket>/<key>.json`` and a FAILED item, never over a SUCCEEDED one). The answer names
+Each record is written by :func:`functions.sink.core.record_failure`: the object version's
+record, the key's latest view unless a newer version has an outcome, and a FAILED item, never
+over a SUCCEEDED one. The answer names
 the error the execution ends with: the one error type all the failed objects share, or
 ``BatchItemsFailed`` when they differ, and a cause that counts them.
 
@@ -144,9 +145,9 @@ def record_batch_failures(event: Mapping[str, Any], dest: Destinations, keep_err
         "objects": len(items),
         "written": {"records": len(written), "s3": sum(1 for w in written if "s3" in w), "dynamodb": sum(1 for w in written if "dynamodb" in w)},
         "keys": [
-            {"key": w["s3_key"], "version_id": (record.get("source") or {}).get("version_id")}
+            {"key": w.get("s3_key"), "version_key": w.get("s3_version_key"), "version_id": (record.get("source") or {}).get("version_id")}
             for record, w in zip(records, written)
-            if "s3_key" in w
+            if "s3_key" in w or "s3_version_key" in w
         ],
         "failed_state": records[0]["failed_state"] if records else failure.get("state"),
     }

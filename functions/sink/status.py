@@ -15,8 +15,9 @@ sink function, asynchronously (EventBridge retries for 24 hours, then dead-lette
   (:func:`functions.sink.failures.record_batch_failures`), from the newest batch document of the
   execution (``classified.json``, else ``preprocessed.json``), else from its input. The names of
   the records written are kept in ``failures/_executions/<execution name>.json``.
-* **SUCCEEDED** (a redrive that got through): the failure records that file names are deleted
-  where they still describe the version that has now succeeded; then the file.
+* **SUCCEEDED** (a redrive that got through): the failure records that file names (the version's
+  record and the key's latest view) are deleted where they still describe this execution and
+  the version that has now succeeded; then the file.
 
 Each step can run twice (EventBridge delivers at least once): every write is an overwrite.
 
@@ -185,15 +186,17 @@ def _resolve(change: StatusChange, dest: Destinations) -> int:
     noted = json.loads(data)
     resolved = 0
     for entry in noted.get("records", []):
-        key, version = entry.get("key"), entry.get("version_id")
-        current = read_object(s3, dest.output_bucket, key, 1 << 20)
-        if current is None:
-            continue
-        record = json.loads(current)
-        # Only a record of this execution and version: a later failure of the key stays.
-        if record.get("execution_id") == change.execution_arn and (record.get("source") or {}).get("version_id") == version:
-            _delete(s3, dest.output_bucket, key)
-            resolved += 1
+        version, deleted = entry.get("version_id"), 0
+        for key in (entry.get("key"), entry.get("version_key")):
+            current = read_object(s3, dest.output_bucket, key, 1 << 20) if key else None
+            if current is None:
+                continue
+            record = json.loads(current)
+            # Only a record of this execution and version: a later failure of the key stays.
+            if record.get("execution_id") == change.execution_arn and (record.get("source") or {}).get("version_id") == version:
+                _delete(s3, dest.output_bucket, key)
+                deleted += 1
+        resolved += 1 if deleted else 0
     _delete(s3, dest.output_bucket, _marker_key(change.name))
     logger.info("redriven execution succeeded; its failure records resolved", extra={"resolved": resolved})
     return resolved

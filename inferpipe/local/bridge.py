@@ -870,8 +870,28 @@ def _invoke_function(rule: Any, target: Mapping[str, Any], event: dict[str, Any]
     thread.start()
 
 
+#: moto gives every S3 event this ``sequencer``; S3 gives each write of a key a greater one.
+_MOTO_SEQUENCER = "617f08299329d189"
+_sequencer_lock = threading.Lock()
+_last_sequence = [0]
+
+
+def _sequenced(event: Any) -> None:
+    """Give an S3 event moto built a sequencer greater than every earlier one, as S3 does per key
+    ("the event notification with the greater sequencer hexadecimal value is the event that occurred
+    later": https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html).
+    In place: moto hands the same event to every rule, so all of them see one value."""
+    obj = (event.get("detail") or {}).get("object") if isinstance(event, dict) and event.get("source") == "aws.s3" else None
+    if not isinstance(obj, dict) or obj.get("sequencer") != _MOTO_SEQUENCER:
+        return
+    with _sequencer_lock:
+        _last_sequence[0] = max(time.time_ns(), _last_sequence[0] + 1)
+        obj["sequencer"] = f"{_last_sequence[0]:018X}"  # 18 hex digits, like S3's
+
+
 def _bridged_send_to_targets(self: Any, original_event: Any, transform_input: bool = True) -> None:
     """``Rule.send_to_targets`` replaced: states and Lambda targets run here, the rest go to moto."""
+    _sequenced(original_event)
     if getattr(self, "state", "ENABLED") != "ENABLED":
         return  # moto 5.2 delivers through disabled rules; AWS does not
     original = _originals["send_to_targets"]

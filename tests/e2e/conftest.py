@@ -17,6 +17,7 @@ import pytest
 
 from functions.common.batch import named_objects
 from functions.common.manifest import MANIFEST_FILE, Manifest
+from functions.sink.core import output_key
 from inferpipe.classify import execution_results
 from inferpipe.paths import BUILD_DIR
 
@@ -171,7 +172,7 @@ class SinkReader:
         res = self.stack.resources
         s3 = self.stack.client("s3")
         try:
-            body = s3.get_object(Bucket=res.buckets["output"], Key=f"predictions/{bucket}/{key}.json")["Body"].read()
+            body = s3.get_object(Bucket=res.buckets["output"], Key=output_key(res.settings["OUTPUT_PREFIX"], {"bucket": bucket, "key": key}))["Body"].read()
             found["s3"] = [json.loads(body)]
         except s3.exceptions.NoSuchKey:
             found["s3"] = []

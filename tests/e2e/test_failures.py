@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from functions.sink.core import failure_key
 from inferpipe import replay
 from tests.e2e.conftest import DEMO_MODEL_DIR, executions_for_key, image_bytes, wait_for_execution
 
@@ -50,7 +51,7 @@ def _start(stack: Any, execution_input: Any, name: str | None = None) -> dict[st
 
 def failure_record(stack: Any, bucket: str | None, key: str | None, execution_name: str | None = None) -> dict[str, Any] | None:
     s3 = stack.client("s3")
-    path = f"failures/{bucket}/{key}.json" if bucket else f"failures/_invalid/{execution_name}.json"
+    path = failure_key({"bucket": bucket, "key": key} if bucket else None, execution_name or "")
     try:
         return json.loads(s3.get_object(Bucket=stack.resources.buckets["output"], Key=path)["Body"].read())
     except s3.exceptions.NoSuchKey:

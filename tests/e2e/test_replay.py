@@ -77,3 +77,106 @@ def test_replay_by_time_window_only_considers_recent_failures(stack: Any, capsys
     out = capsys.readouterr().out
     assert started["executionArn"].rsplit(":", 1)[-1] + "-r1" in out and "ended in PipelineFailed" in out
     assert main(_cli(stack, "--since", "banana")) == 2
+
+
+def test_an_old_versions_replay_and_its_late_event_never_regress_the_keys_records(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from functions.sink import records
+
+    s3, sfn = stack.client("s3"), stack.client("stepfunctions")
+    res = stack.resources
+    bucket, output = res.buckets["input"], res.buckets["output"]
+    key = f"regress/{uuid.uuid4().hex[:6]}/photo.jpg"
+    # GIVEN version 1 of a key failed transiently (inference throttled beyond its retries) ...
+    stack.inject_failures("inference", 5)
+    v1 = s3.put_object(Bucket=bucket, Key=key, Body=image_bytes("circle", seed=41))["VersionId"]
+    first = wait_for_execution(stack, executions_for_key(stack, key)[0]["executionArn"])
+    assert first["status"] == "FAILED"
+    # ... and version 2, uploaded after, succeeded
+    v2 = s3.put_object(Bucket=bucket, Key=key, Body=image_bytes("square", seed=42))["VersionId"]
+    second_arn = next(e["executionArn"] for e in executions_for_key(stack, key) if e["executionArn"] != first["executionArn"])
+    assert wait_for_execution(stack, second_arn)["status"] == "SUCCEEDED"
+
+    def latest(prefix: str) -> dict[str, Any] | None:
+        return records.read_latest(s3, output, prefix, {"bucket": bucket, "key": key})
+
+    assert latest("predictions/")["source"]["version_id"] == v2  # type: ignore[index]
+    assert latest("failures/") is None  # v1's failure view was retired by v2's success ...
+    assert s3.get_object(Bucket=output, Key=records.version_key("failures/", bucket, key, v1))  # ... its record kept
+
+    # WHEN the operator replays failures: v1's execution is skipped, saying why
+    assert main(_cli(stack, "--execution", first["executionArn"])) == 0
+    out = capsys.readouterr().out
+    assert f"s3://{bucket}/{key} has a newer version ({v2}) that succeeded" in out
+    assert len(executions_for_key(stack, key)) == 2  # nothing started
+
+    # WHEN someone presses Redrive on v1's execution anyway (the console, not our CLI)
+    sfn.redrive_execution(executionArn=first["executionArn"])
+    assert wait_for_execution(stack, first["executionArn"])["status"] == "SUCCEEDED"
+    stack.flush_logs()  # its status event (SUCCEEDED) has reached the status recorder
+    # THEN v1 gets its own records, and the key's latest views still describe v2
+    assert latest("predictions/")["source"]["version_id"] == v2  # type: ignore[index]
+    assert latest("failures/") is None
+    old = json.loads(s3.get_object(Bucket=output, Key=records.version_key("predictions/", bucket, key, v1))["Body"].read())
+    assert old["source"]["version_id"] == v1 and old["execution_id"] == first["executionArn"]
+    items = stack.client("dynamodb").query(
+        TableName=res.table, KeyConditionExpression="#o = :o", ExpressionAttributeNames={"#o": "object"},
+        ExpressionAttributeValues={":o": {"S": f"s3://{bucket}/{key}"}},
+    )["Items"]
+    assert sorted((i["version"]["S"], i["status"]["S"]) for i in items) == sorted([(v1, "SUCCEEDED"), (v2, "SUCCEEDED")])
+
+
+def test_reconcile_counts_each_sinks_records_and_fails_on_what_is_missing_duplicated_or_stale(
+    stack: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from functions.sink import records
+
+    s3 = stack.client("s3")
+    res = stack.resources
+    bucket, output = res.buckets["input"], res.buckets["output"]
+    prefix = f"reconcile/{uuid.uuid4().hex[:6]}/"
+    cli = ["reconcile", "--endpoint-url", stack.endpoint_url, "--prefix", prefix]
+    # GIVEN a good image, a bad one, and a key uploaded twice (two versions), all processed
+    uploads = [("good.jpg", image_bytes("circle", seed=51)), ("bad.png", b"not an image at all"),
+               ("twice.jpg", image_bytes("ring", seed=52)), ("twice.jpg", image_bytes("square", seed=53))]
+    versions = {}
+    for name, body in uploads:
+        versions[name] = s3.put_object(Bucket=bucket, Key=prefix + name, Body=body)["VersionId"]
+        for execution in executions_for_key(stack, prefix + name):
+            wait_for_execution(stack, execution["executionArn"])
+    for execution in executions_for_key(stack, prefix + "twice.jpg"):
+        wait_for_execution(stack, execution["executionArn"])
+    stack.flush_logs()
+
+    # WHEN reconciled
+    assert main([*cli, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # THEN every sink holds the three good versions, the bad one failed, nothing is off
+    expected = {"objects": 4, "records": 3, "missing": 0, "duplicates": 0, "stale": 0, "failed": 1}
+    assert report["sinks"] == dict.fromkeys(res.defaults.sinks, expected)
+    assert report["totals"]["missing"] == report["totals"]["duplicates"] == report["totals"]["stale"] == 0
+
+    # WHEN a DynamoDB item goes missing, a ledger is copied (a record published twice) and the
+    # key's latest view is put back to its older version
+    ddb = stack.client("dynamodb")
+    ddb.delete_item(TableName=res.table, Key={"object": {"S": f"s3://{bucket}/{prefix}good.jpg"}, "version": {"S": versions["good.jpg"]}})
+    newest = json.loads(s3.get_object(Bucket=output, Key=records.version_key("predictions/", bucket, prefix + "twice.jpg",
+                                                                              versions["twice.jpg"]))["Body"].read())
+    ledger = next(o["Key"] for o in s3.list_objects_v2(Bucket=output, Prefix="deliveries/sqs/")["Contents"]
+                  if newest["record_id"] in json.loads(s3.get_object(Bucket=output, Key=o["Key"])["Body"].read())["delivered"])
+    s3.copy_object(Bucket=output, Key="deliveries/sqs/copied.json", CopySource={"Bucket": output, "Key": ledger})
+    older = s3.list_object_versions(Bucket=bucket, Prefix=prefix + "twice.jpg")["Versions"][-1]["VersionId"]
+    assert older != versions["twice.jpg"]
+    old_record = s3.get_object(Bucket=output, Key=records.version_key("predictions/", bucket, prefix + "twice.jpg", older))["Body"].read()
+    s3.put_object(Bucket=output, Key=records.latest_key("predictions/", bucket, prefix + "twice.jpg"), Body=old_record)
+
+    # THEN reconcile says which, where, and exits 1
+    assert main(cli) == 1
+    text = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.split() and line.split()[0] in (*res.defaults.sinks, "total")}
+    assert rows["dynamodb"][:3] == ["4", "2", "1"]  # objects, records, missing
+    assert rows["s3"][4] == "1"  # stale: the latest view describes the older version
+    assert int(rows["sqs"][3]) >= 1  # duplicates: the copied ledger lists the newest version's record again
+    assert f"duplicates: sqs s3://{bucket}/{prefix}twice.jpg?versionId={versions['twice.jpg']}" in text
+    assert f"missing: dynamodb s3://{bucket}/{prefix}good.jpg?versionId={versions['good.jpg']}" in text
+    assert f"stale: s3 s3://{bucket}/{prefix}twice.jpg" in text and older in text
+    s3.delete_object(Bucket=output, Key="deliveries/sqs/copied.json")

@@ -255,8 +255,11 @@ def test_defaults_accept_the_asl_placeholders_as_strings() -> None:
 
 
 def test_named_objects_lists_what_any_input_was_about() -> None:
-    assert named_objects(s3_event("a.jpg", "v1")) == [{"bucket": BUCKET, "key": "a.jpg", "version_id": "v1"}]
-    assert named_objects([sqs_record(s3_event("b.jpg", None))]) == [{"bucket": BUCKET, "key": "b.jpg", "version_id": None}]
+    event = s3_event("a.jpg", "v1")
+    assert named_objects(event) == [{"bucket": BUCKET, "key": "a.jpg", "version_id": "v1", "sequencer": event["detail"]["object"]["sequencer"]}]
+    assert named_objects([sqs_record(s3_event("b.jpg", None))]) == [
+        {"bucket": BUCKET, "key": "b.jpg", "version_id": None, "sequencer": event["detail"]["object"]["sequencer"]}
+    ]
     # leniently: an object with options this deployment would refuse is still named, an invalid name is not
     assert named_objects({"objects": [{"bucket": BUCKET, "key": "c.jpg"}, {"bucket": BUCKET, "key": ""}], "sinks": ["kafka"]}) == [
         {"bucket": BUCKET, "key": "c.jpg", "version_id": None}

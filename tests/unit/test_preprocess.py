@@ -555,7 +555,10 @@ def test_handler_turns_an_uploaded_photo_into_a_batch_document(stack: dict[str, 
     assert document["trigger"] == "s3-event" and document["duplicates"] == 0
     (entry,) = document["items"]
     assert entry["status"] == "READY" and entry["trigger"] == "s3-event"
-    assert entry["source"] == {"bucket": "input-bucket", "key": key, "version_id": version, "etag": entry["source"]["etag"], "size": len(data)}
+    assert entry["source"] == {"bucket": "input-bucket", "key": key, "version_id": version, "etag": entry["source"]["etag"], "size": len(data),
+                               "last_modified": entry["source"]["last_modified"], "sequencer": None}
+    # (when the version was written, as GetObject said: what orders it against the key's other versions)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["source"]["last_modified"])
     assert entry["model"] == {"name": "demo", "version": MODEL_VERSION}
     assert entry["top_k"] == 5 and entry["tensor"] == {"group": 0, "row": 0}
     width, height = entry["decoded_size"]
@@ -764,7 +767,7 @@ def test_an_upload_another_execution_claimed_is_skipped_naming_that_execution(cl
     document = _document(s3, second)
     assert [entry["source"]["key"] for entry in document["items"]] == ["dup/c.png"]
     assert document["claimed_elsewhere"] == [
-        {"index": 0, "source": {"bucket": "input-bucket", "key": "dup/b.png", "version_id": b}, "owner": EXECUTION}
+        {"index": 0, "source": {"bucket": "input-bucket", "key": "dup/b.png", "version_id": b, "sequencer": "0B1"}, "owner": EXECUTION}
     ]
     assert [op for op, bucket in s3_requests if bucket == "input-bucket"] == ["GetObject"]  # c's only
 

@@ -173,3 +173,35 @@ def test_auto_redrives_what_stopped_at_a_task_and_restarts_what_ended_in_pipelin
         assert outcome.arn == arn and "stopped at Deliver (SinkUnavailableError)" in out.getvalue()
     else:
         assert outcome.arn == arn + "-r1" and "ended in PipelineFailed" in out.getvalue() and "would fail again" in outcome.note
+
+
+def _s3_event(version: str, sequencer: str) -> str:
+    import json
+
+    return json.dumps({"version": "0", "detail-type": "Object Created", "source": "aws.s3", "detail": {
+        "bucket": {"name": "in-bucket"}, "object": {"key": "a b.jpg", "version-id": version, "sequencer": sequencer, "size": 10}}})
+
+
+def test_an_execution_whose_object_has_a_newer_version_that_succeeded_is_superseded() -> None:
+    import json
+
+    from moto import mock_aws
+
+    from functions.sink.records import latest_key
+    from inferpipe.replay import superseded
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="out")
+        # GIVEN nothing recorded yet: nothing supersedes the execution
+        assert superseded(s3, "out", "predictions/", _s3_event("v1", "0A")) is None
+        # GIVEN the key's latest prediction is of version v2, whose event came after v1's
+        record = {"status": "SUCCEEDED", "source": {"bucket": "in-bucket", "key": "a b.jpg", "version_id": "v2", "sequencer": "0B"}}
+        s3.put_object(Bucket="out", Key=latest_key("predictions/", "in-bucket", "a b.jpg"), Body=json.dumps(record).encode())
+        # THEN v1's execution is superseded, saying by what; v2's and a later v3's are not
+        assert superseded(s3, "out", "predictions/", _s3_event("v1", "0A")) == "s3://in-bucket/a b.jpg has a newer version (v2) that succeeded"
+        assert superseded(s3, "out", "predictions/", _s3_event("v2", "0B")) is None
+        assert superseded(s3, "out", "predictions/", _s3_event("v3", "0C")) is None
+        # AND a hand-typed input without a version (it reads the current one) never is
+        assert superseded(s3, "out", "predictions/", json.dumps({"bucket": "in-bucket", "key": "a b.jpg"})) is None
+        assert superseded(s3, "out", "predictions/", "not json") is None

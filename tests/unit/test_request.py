@@ -180,7 +180,8 @@ def _job() -> Job:
 def test_job_has_exactly_the_documented_shape() -> None:
     data = _job().to_dict()
     assert data == {
-        "source": {"bucket": "in-bucket", "key": "a b+c%.jpg", "version_id": "v1", "etag": "9dd4e461268c8034f5c8564e155c67a6", "size": 1234},
+        "source": {"bucket": "in-bucket", "key": "a b+c%.jpg", "version_id": "v1", "etag": "9dd4e461268c8034f5c8564e155c67a6", "size": 1234,
+                   "last_modified": None, "sequencer": None},
         "model": {"name": "demo", "version": "0123456789ab"},
         "tensor": {"bucket": "work-bucket", "key": "tensors/abc.npy", "shape": [1, 3, 64, 64], "dtype": "float32"},
         "sinks": ["s3", "sqs"],

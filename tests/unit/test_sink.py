@@ -10,6 +10,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.client import BaseClient
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from functions.common.config import invocation_environment
@@ -175,7 +176,7 @@ def _ledger(sink: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _record_id(entry: dict[str, Any]) -> str:
-    return core.record_id(entry["source"], entry["prediction"]["model"])
+    return core.record_id(entry["source"], entry["prediction"]["model"], len(entry["prediction"]["top_k"]))
 
 
 def test_every_sink_holds_the_same_record(aws: dict[str, str]) -> None:
@@ -186,14 +187,15 @@ def test_every_sink_holds_the_same_record(aws: dict[str, str]) -> None:
 
     # THEN each sink reports one delivery, where it went
     assert {sink: (r["status"], r["delivered"]) for sink, r in results.items()} == {sink: ("DELIVERED", 1) for sink in core.SINKS}
-    assert results["s3"]["location"] == "s3://out-bucket/predictions/in-bucket/holiday photos/café+1%.jpg.json"
+    # ('%' is escaped in record paths, so that no two keys share one: functions/sink/records.py)
+    assert results["s3"]["location"] == "s3://out-bucket/predictions/in-bucket/holiday photos/café+1%25.jpg.json"
     assert results["dynamodb"]["location"] == "dynamodb://preds/s3://in-bucket/holiday photos/café+1%.jpg#v1"
     assert (results["sqs"]["location"], results["sns"]["location"], results["eventbridge"]["location"]) == (
         aws["PREDICTIONS_QUEUE_URL"], aws["PREDICTIONS_TOPIC_ARN"], "events://preds-bus"
     )
     # AND each sink holds exactly one record with the same id, model version and top-1
-    expected_id = core.record_id(SOURCE, PREDICTION["model"])
-    body = boto3.client("s3").get_object(Bucket="out-bucket", Key="predictions/in-bucket/holiday photos/café+1%.jpg.json")["Body"].read()
+    expected_id = core.record_id(SOURCE, PREDICTION["model"], len(PREDICTION["top_k"]))
+    body = boto3.client("s3").get_object(Bucket="out-bucket", Key="predictions/in-bucket/holiday photos/café+1%25.jpg.json")["Body"].read()
     s3_record = json.loads(body)
     assert s3_record["record_id"] == expected_id and s3_record["execution_id"] == EXECUTION
     assert s3_record["top1"]["label"] == "circle" and s3_record["model"]["version"] == "0123456789ab"
@@ -224,8 +226,8 @@ def test_redelivery_overwrites_instead_of_duplicating_in_storage_sinks(aws: dict
     # THEN storage sinks still hold one record, in the same place
     assert first == second
     assert boto3.client("dynamodb").scan(TableName="preds")["Count"] == 1
-    listed = boto3.client("s3").list_objects_v2(Bucket="out-bucket")["KeyCount"]
-    assert listed == 1
+    listed = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="out-bucket")["Contents"]]
+    assert len(listed) == 2  # the version's record and the key's latest view
 
 
 def test_a_new_model_version_gets_a_new_record_id() -> None:
@@ -325,14 +327,17 @@ def test_storage_sinks_write_one_record_per_classified_object_and_skip_failed_on
     to_s3, to_dynamodb = _deliver("s3", ref), _deliver("dynamodb", ref)
     # THEN each holds the 25 predictions, one object / one item each, and nothing of the failed object
     assert (to_s3["delivered"], to_dynamodb["delivered"]) == (25, 25)
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="out-bucket", Prefix="predictions/")["Contents"]]
+    listed = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="out-bucket", Prefix="predictions/")["Contents"]]
+    keys = [key for key in listed if not key.startswith("predictions/_versions/")]
     assert sorted(keys) == sorted(f"predictions/in-bucket/{e['source']['key']}.json" for e in entries)
+    assert len(listed) == 2 * len(entries)  # and each version's own record
     # AND the location reported is where they all went (their common prefix)
     assert to_s3["location"].startswith("s3://out-bucket/predictions/in-bucket/burst/")
     assert all(f"s3://out-bucket/{key}".startswith(to_s3["location"]) for key in keys)
     items = boto3.client("dynamodb").scan(TableName="preds")["Items"]
     assert sorted(i["record_id"]["S"] for i in items) == sorted(_record_id(e) for e in entries)
-    assert len(api_calls.of("s3", "PutObject")) == 25 and len(api_calls.of("dynamodb", "PutItem")) == 25
+    # two PUTs an object (its version's record, then the latest view, after reading both views)
+    assert len(api_calls.of("s3", "PutObject")) == 50 and len(api_calls.of("dynamodb", "PutItem")) == 25
 
 
 def test_a_batch_with_no_classified_object_delivers_nothing(aws: dict[str, str], api_calls: ApiCalls) -> None:
@@ -456,3 +461,55 @@ def test_a_refused_batch_request_is_typed(aws: dict[str, str], api_calls: ApiCal
     api_calls.faults[("sqs", "SendMessageBatch")] = refuse
     with pytest.raises(expected, match="sink 'sqs'"):
         _deliver("sqs", put_batch(many(3)))
+
+
+def _refuse(code: str, status: int, when: Callable[[dict[str, Any]], bool]) -> Fault:
+    def fault(params: dict[str, Any], send: Callable[[dict[str, Any]], Any]) -> Any:
+        if when(params):
+            raise ClientError({"Error": {"Code": code, "Message": "refused"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+        return send(params)
+    return fault
+
+
+@pytest.mark.parametrize("sink", ["sqs", "sns", "eventbridge"])
+def test_a_ledger_that_cannot_be_read_or_written_fails_loudly_with_nothing_published(
+    sink: str, aws: dict[str, str], api_calls: ApiCalls
+) -> None:
+    ref = put_batch(many(3))
+    # GIVEN the role may not read the ledger (AWS answers 403 AccessDenied, e.g. without s3:GetObject on deliveries/*)
+    api_calls.faults[("s3", "GetObject")] = _refuse("AccessDenied", 403, lambda p: p["Key"].startswith("deliveries/"))
+    # THEN the delivery fails naming the ledger, and nothing is published (a 403 is not "not published yet")
+    with pytest.raises(SinkUnavailableError, match=r"cannot read the delivery ledger .*deliveries/.*: AccessDenied"):
+        _deliver(sink, ref)
+    assert _published(sink, aws) == []
+
+    # GIVEN it may read but not write it
+    api_calls.faults = {("s3", "PutObject"): _refuse("AccessDenied", 403, lambda p: p["Key"].startswith("deliveries/"))}
+    with pytest.raises(SinkUnavailableError, match=r"cannot write the delivery ledger .*: AccessDenied"):
+        _deliver(sink, ref)
+    assert _published(sink, aws) == []
+
+    # WHEN the permission is fixed and the delivery retried: each record goes out exactly once
+    api_calls.faults = {}
+    assert _deliver(sink, ref)["delivered"] == 3 and len(_published(sink, aws)) == 3
+    assert _deliver(sink, ref)["delivered"] == 3 and _published(sink, aws) == []
+
+
+def test_a_rerun_with_other_options_updates_every_sink(aws: dict[str, str]) -> None:
+    # GIVEN an object classified with top_k 5 and delivered everywhere
+    five = {**PREDICTION, "top_k": [{"label": f"c{i}", "probability": 0.5 - i / 20} for i in range(5)]}
+    three = {**five, "top_k": five["top_k"][:3]}
+    for sink in core.SINKS:
+        _deliver(sink, put_batch([classified(prediction=five)]))
+    for sink in ("sqs", "sns", "eventbridge"):
+        assert len(_published(sink, aws)) == 1
+    # WHEN it is re-run by hand with top_k 3
+    for sink in core.SINKS:
+        _deliver(sink, put_batch([classified(prediction=three)], execution=EXECUTION + "-manual"), execution=EXECUTION + "-manual")
+    # THEN every sink holds (or received) the three-class record: none keeps five while another has three
+    body = boto3.client("s3").get_object(Bucket="out-bucket", Key=core.output_key("predictions/", SOURCE))["Body"].read()
+    assert len(json.loads(body)["top_k"]) == 3
+    (item,) = boto3.client("dynamodb").scan(TableName="preds")["Items"]
+    assert len(json.loads(item["top_k"]["S"])) == 3
+    for sink in ("sqs", "sns", "eventbridge"):
+        assert [len(r["top_k"]) for r in _published(sink, aws)] == [3]

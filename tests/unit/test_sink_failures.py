@@ -40,11 +40,13 @@ def _items() -> list[dict[str, Any]]:
     return boto3.client("dynamodb").scan(TableName="preds")["Items"]
 
 
-def _failure_records() -> dict[str, dict[str, Any]]:
-    """Every failure record in the output bucket, by key."""
+def _failure_records(history: bool = False) -> dict[str, dict[str, Any]]:
+    """Every failure record in the output bucket, by key: the keys' latest views, or (``history``)
+    the object versions' own records under failures/_versions/."""
     s3 = boto3.client("s3")
     listed = s3.list_objects_v2(Bucket="out-bucket", Prefix="failures/").get("Contents", [])
-    return {o["Key"]: json.loads(s3.get_object(Bucket="out-bucket", Key=o["Key"])["Body"].read()) for o in listed}
+    keys = [o["Key"] for o in listed if o["Key"].startswith("failures/_versions/") == history]
+    return {key: json.loads(s3.get_object(Bucket="out-bucket", Key=key)["Body"].read()) for key in keys}
 
 
 def _record_failure(
@@ -81,7 +83,9 @@ def test_a_duplicate_delivery_writes_nothing_new_and_publishes_nothing_new(aws: 
     assert len(_drain(aws["sns_tap"])) == 1
     assert len(_drain(aws["events_tap"])) == 1
     listed = boto3.client("s3").list_objects_v2(Bucket="out-bucket", Prefix="predictions/")["Contents"]
-    assert len(listed) == 1
+    assert [o["Key"] for o in listed] == [  # the version's record and the key's latest view, once each
+        "predictions/_versions/in-bucket/holiday photos/café+1%25.jpg/v1.json", "predictions/in-bucket/holiday photos/café+1%25.jpg.json"
+    ]
 
 
 def test_a_different_model_version_replaces_the_item_and_is_a_new_message(aws: dict[str, str]) -> None:
@@ -105,7 +109,7 @@ def test_a_failure_record_names_the_object_error_state_and_execution(aws: dict[s
     assert answer["failed"] == 1 and answer["objects"] == 1 and answer["failed_state"] == "Preprocess"
     assert answer["written"] == {"records": 1, "s3": 1, "dynamodb": 1}
     # AND the record names the object, the error, the state and the execution
-    record = _failure_records()[f"failures/in-bucket/{SOURCE['key']}.json"]
+    record = _failure_records()["failures/in-bucket/holiday photos/café+1%25.jpg.json"]
     assert record["error"] == {"type": "NotAnImageError", "message": NOT_AN_IMAGE}
     assert record["failed_state"] == "Preprocess" and record["execution_id"] == EXECUTION
     assert record["source"]["version_id"] == "v1" and record["execution_name"] == "abc"
@@ -164,21 +168,21 @@ def test_a_delivery_failure_lists_delivered_and_failed_sinks() -> None:
 
 def test_aws_refusals_are_typed_throttles_are_transient(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(code: str, status: int) -> Any:
-        def send(*args: Any, **kwargs: Any) -> None:
-            raise ClientError({"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "SendMessage")
-        return send
+        def put(*args: Any, **kwargs: Any) -> None:
+            raise ClientError({"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutItem")
+        return put
 
     record = core.build_record(SOURCE, PREDICTION, EXECUTION)
-    sqs = core.client("sqs")
-    monkeypatch.setattr(sqs, "send_message", refuse("AWS.SimpleQueueService.NonExistentQueue", 400))
-    with pytest.raises(SinkUnavailableError, match="sink 'sqs' refused"):
-        core.deliver("sqs", record, core.Destinations.from_env())
-    monkeypatch.setattr(sqs, "send_message", refuse("ThrottlingException", 400))
+    dynamodb = core.client("dynamodb")
+    monkeypatch.setattr(dynamodb, "put_item", refuse("ResourceNotFoundException", 400))
+    with pytest.raises(SinkUnavailableError, match="sink 'dynamodb' refused"):
+        core.deliver("dynamodb", record, core.Destinations.from_env())
+    monkeypatch.setattr(dynamodb, "put_item", refuse("ProvisionedThroughputExceededException", 400))
     with pytest.raises(TransientError):
-        core.deliver("sqs", record, core.Destinations.from_env())
-    monkeypatch.setattr(sqs, "send_message", refuse("InternalError", 500))
+        core.deliver("dynamodb", record, core.Destinations.from_env())
+    monkeypatch.setattr(dynamodb, "put_item", refuse("InternalServerError", 500))
     with pytest.raises(TransientError):
-        core.deliver("sqs", record, core.Destinations.from_env())
+        core.deliver("dynamodb", record, core.Destinations.from_env())
 
 
 # --------------------------------------------------------------------------- a batch's failures

@@ -1,0 +1,275 @@
+"""Where an object's prediction and failure records live, and which of two versions is newer.
+
+Layout in the output bucket (``<prefix>`` is ``predictions/`` or ``failures/``)::
+
+    <prefix><bucket>/<encoded key>.json                         the key's latest view
+    <prefix>_versions/<bucket>/<encoded key>/<version>.json     one record per object version
+
+Folders that start with ``_`` cannot be a bucket's name (bucket names start with a letter or a
+digit), so they never collide with an object's records.
+
+**Keys are encoded injectively and safely** (:func:`encode_key`, inverse :func:`decode_key`):
+``%``, control characters (NUL included) and ``\\`` become ``%XX``; a ``/`` that would make an empty
+segment (leading, trailing, doubled) becomes ``%2F``; a ``.`` or ``..`` segment becomes ``%2E`` /
+``%2E%2E``. So no record path holds a ``..``, ``.`` or empty segment (``aws s3 cp --recursive``
+cannot write outside its folder, and ``a/../b`` does not land on ``b``), and two keys never share
+a record. Ordinary keys (``photos/cat.jpg``) keep their name. A key too long for S3's 1,024-byte
+limit once prefixed is stored by its SHA-256 under ``_long/<bucket>/``.
+
+**Order** (:func:`compare`): S3 events carry a ``sequencer``; "the event notification with the
+greater sequencer hexadecimal value is the event that occurred later" for one key, and values of
+different lengths are compared after right-padding the shorter with zeros
+(https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html).
+Without two sequencers (a hand-typed input names no event), the versions' ``LastModified`` (from
+the GetObject that read them) decide. Two different versions that neither tells apart are not
+ordered: the view already written stays.
+
+**Latest views** (:func:`publish`): a key's prediction view and failure view never describe a
+version older than the newest version that has an outcome. A record of an older version updates
+only its ``_versions/`` entry; a newer one replaces the view and removes the other kind's view
+of an older version; a prediction also resolves the failure view of its own version. Each view
+is written with S3 conditional writes (``If-Match`` the ETag read, ``If-None-Match: *`` when
+there was none), so two executions racing on one key cannot both win:
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html
+
+Example::
+
+    encode_key("hostile/../photos/cat.jpg")      # 'hostile/%2E%2E/photos/cat.jpg'
+    latest_key("predictions/", "in", "a/b.jpg")  # 'predictions/in/a/b.jpg.json'
+    version_key("failures/", "in", "a/b.jpg", "3HL4kq")  # 'failures/_versions/in/a/b.jpg/3HL4kq.json'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, unquote
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from functions.common.aws import error_code, http_status, is_not_found, raise_transient
+from functions.common.errors import TransientError
+from functions.common.log import logger
+
+VERSIONS_FOLDER = "_versions"
+LONG_FOLDER = "_long"
+#: What S3 calls the version of an object in a bucket that never had versioning.
+NULL_VERSION = "null"
+MAX_KEY_BYTES = 1024
+#: A version id longer than this is named by its hash (real ones are 32 characters).
+MAX_VERSION_CHARS = 128
+#: Read-compare-write rounds before a key that keeps changing under us is a TransientError.
+WRITE_ATTEMPTS = 5
+#: What S3 answers a conditional write that lost: 412, or 409 for a concurrent conflicting one.
+CONDITION_LOST = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+PREDICTION = "prediction"
+FAILURE = "failure"
+
+
+def _escape(ch: str) -> str:
+    return "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
+
+
+def encode_key(key: str) -> str:
+    """The object key as a safe record path: see the module docstring; ``decode_key`` inverts it."""
+    out: list[str] = []
+    last = len(key) - 1
+    for i, ch in enumerate(key):
+        if ch == "/":
+            out.append("%2F" if i == 0 or i == last or key[i - 1] == "/" else "/")
+        elif ch in "%\\" or ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(_escape(ch))
+        else:
+            out.append(ch)
+    segments = "".join(out).split("/")
+    return "/".join(s.replace(".", "%2E") if s in (".", "..") else s for s in segments)
+
+
+def decode_key(path: str) -> str:
+    """The object key of an encoded record path (every ``%`` in it is an escape)."""
+    return unquote(path, errors="strict")
+
+
+def _version_name(version_id: str | None) -> str:
+    name = quote(version_id or NULL_VERSION, safe="")
+    # '%h' is never quote()'s output (it escapes every '%'), so a hashed name cannot be a real one's
+    return name if len(name) <= MAX_VERSION_CHARS else "%h" + hashlib.sha256(name.encode()).hexdigest()
+
+
+def _object_path(prefix: str, bucket: str, key: str) -> str:
+    path = f"{bucket}/{encode_key(key)}"
+    longest = f"{prefix}{VERSIONS_FOLDER}/{path}/{'v' * MAX_VERSION_CHARS}.json"  # the same for every version
+    if len(longest.encode("utf-8")) > MAX_KEY_BYTES:
+        path = f"{LONG_FOLDER}/{bucket}/{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
+    return path
+
+
+def latest_key(prefix: str, bucket: str, key: str) -> str:
+    """``<prefix><bucket>/<encoded key>.json``: the key's latest view."""
+    return f"{prefix}{_object_path(prefix, bucket, key)}.json"
+
+
+def version_key(prefix: str, bucket: str, key: str, version_id: str | None) -> str:
+    """``<prefix>_versions/<bucket>/<encoded key>/<version>.json``: one object version's record."""
+    return f"{prefix}{VERSIONS_FOLDER}/{_object_path(prefix, bucket, key)}/{_version_name(version_id)}.json"
+
+
+# --------------------------------------------------------------------------- order
+
+
+@dataclass(frozen=True)
+class Version:
+    """What tells one version of a key from another, and which is newer."""
+
+    version_id: str | None
+    sequencer: str | None = None
+    last_modified: str | None = None
+    etag: str | None = None
+
+    @classmethod
+    def of(cls, source: Mapping[str, Any] | None) -> Version:
+        source = source or {}
+
+        def text(name: str) -> str | None:
+            value = source.get(name)
+            return value if isinstance(value, str) and value else None
+
+        return cls(text("version_id"), text("sequencer"), text("last_modified"), text("etag"))
+
+
+def _when(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def compare(a: Version, b: Version) -> int | None:
+    """1 when ``a`` is the newer version, -1 the older, 0 the same version, None when nothing tells."""
+    versioned = a.version_id not in (None, NULL_VERSION) and b.version_id not in (None, NULL_VERSION)
+    if versioned and a.version_id == b.version_id:
+        return 0
+    if a.sequencer and b.sequencer:
+        width = max(len(a.sequencer), len(b.sequencer))
+        x, y = a.sequencer.upper().ljust(width, "0"), b.sequencer.upper().ljust(width, "0")
+        if x != y:
+            return 1 if x > y else -1
+        return 0  # the same event's upload
+    if not versioned and a.etag and a.etag == b.etag and a.last_modified == b.last_modified:
+        return 0  # an unversioned key's same upload
+    when_a, when_b = _when(a.last_modified or ""), _when(b.last_modified or "")
+    if when_a is not None and when_b is not None and when_a != when_b:
+        return 1 if when_a > when_b else -1
+    return None
+
+
+# --------------------------------------------------------------------------- latest views
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What :func:`publish` did with the latest view."""
+
+    view: str  # "written", "unchanged" or "kept"
+    latest_key: str
+    version_key: str
+    reason: str = ""
+
+
+def _read(s3: Any, bucket: str, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        answer = s3.get_object(Bucket=bucket, Key=key)
+        body = answer["Body"].read()
+    except ClientError as exc:
+        if is_not_found(exc):
+            return None, None
+        raise
+    try:
+        record = json.loads(body)
+    except ValueError:
+        record = {}
+    return (record if isinstance(record, dict) else {}), str(answer.get("ETag") or "")
+
+
+def _put(s3: Any, bucket: str, key: str, record: Mapping[str, Any], etag: str | None, metadata: Mapping[str, str]) -> bool:
+    """Write ``record`` at ``key`` if it still has ``etag`` (None: if there is nothing); False if it lost."""
+    condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+    try:
+        s3.put_object(
+            Bucket=bucket, Key=key, Body=json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8"),
+            ContentType="application/json", Metadata=dict(metadata), **condition,
+        )
+    except ClientError as exc:
+        # If-Match on a key deleted meanwhile answers 404 NoSuchKey: lost too, read again.
+        if error_code(exc) in CONDITION_LOST or http_status(exc) in (409, 412) or (etag and is_not_found(exc)):
+            return False
+        raise
+    return True
+
+
+def delete(s3: Any, bucket: str, key: str) -> None:
+    try:
+        s3.delete_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if not is_not_found(exc):
+            raise
+
+
+def publish(
+    s3: Any, bucket: str, kind: str, record: Mapping[str, Any], prefixes: Mapping[str, str], metadata: Mapping[str, str]
+) -> Outcome:
+    """Write ``record`` (``kind`` PREDICTION or FAILURE) to its version's entry and, unless a newer
+    version's record is there, to the key's latest view. S3 errors other than a lost condition propagate."""
+    source = record["source"]
+    other = FAILURE if kind == PREDICTION else PREDICTION
+    own_latest = latest_key(prefixes[kind], source["bucket"], source["key"])
+    other_latest = latest_key(prefixes[other], source["bucket"], source["key"])
+    history = version_key(prefixes[kind], source["bucket"], source["key"], source.get("version_id"))
+    s3.put_object(Bucket=bucket, Key=history, Body=json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8"),
+                  ContentType="application/json", Metadata=dict(metadata))
+    mine = Version.of(source)
+    for _ in range(WRITE_ATTEMPTS):
+        current, etag = _read(s3, bucket, own_latest)
+        rival, _rival_etag = _read(s3, bucket, other_latest)
+        for existing in (current, rival):
+            if existing is None:
+                continue
+            order = compare(mine, Version.of(existing.get("source")))
+            if order is None or order < 0:
+                theirs = (existing.get("source") or {}).get("version_id")
+                reason = f"the latest view holds version {theirs} ({'newer' if order else 'not ordered against this one'})"
+                logger.info("record of an older version: its version entry is written, the latest view kept",
+                            extra={"key": own_latest, "version_id": source.get("version_id"), "kept": theirs})
+                return Outcome("kept", own_latest, history, reason)
+        if current is not None and kind == PREDICTION and current.get("record_id") == record.get("record_id"):
+            view = "unchanged"  # a duplicate of what the view holds
+        elif _put(s3, bucket, own_latest, record, etag or None, metadata):
+            view = "written"
+        else:
+            continue  # another execution wrote the view since it was read: decide again
+        if rival is not None:
+            same = compare(mine, Version.of(rival.get("source"))) == 0
+            if kind == PREDICTION or not same:  # a prediction resolves its version's failure; a newer failure retires an older prediction
+                delete(s3, bucket, other_latest)
+        if kind == PREDICTION:
+            delete(s3, bucket, version_key(prefixes[FAILURE], source["bucket"], source["key"], source.get("version_id")))
+        return Outcome(view, own_latest, history)
+    raise TransientError(f"s3://{bucket}/{own_latest} changed under {WRITE_ATTEMPTS} attempts to write it")
+
+
+def read_latest(s3: Any, bucket: str, prefix: str, source: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The key's latest view under ``prefix`` (None when it has none); transient errors are TransientError."""
+    try:
+        return _read(s3, bucket, latest_key(prefix, source["bucket"], source["key"]))[0]
+    except (ClientError, BotoCoreError) as exc:
+        raise_transient(exc, f"reading the latest record of s3://{source['bucket']}/{source['key']}")
+
+
+__all__ = [
+    "FAILURE", "PREDICTION", "Outcome", "Version", "compare", "decode_key", "delete", "encode_key", "latest_key",
+    "publish", "read_latest", "version_key",
+]
