@@ -71,9 +71,9 @@ deploy:
 	    terraform -chdir=terraform apply -var-file=$(abspath $(TFVARS)) -var image_tag=$(TAG) -target=aws_ecr_repository.this; \
 	  else terraform -chdir=terraform apply -var-file=$(abspath $(TFVARS)) -var image_uri=$$repo:$(TAG); fi
 
-## load: 300 uploads in bursts with ~10% transient faults and ~5% bad inputs, then reconcile (~10 min)
+## load: 1000 uploads in bursts with ~10% faults, ~5% bad inputs, ~5% overwrites and killed environments; replay, then reconcile
 load: $(STAMP)
-	$(BIN)/python scripts/load.py --images 300
+	$(BIN)/python scripts/load.py --images 1000
 
 clean:
 	-$(BIN)/inferpipe local down 2>/dev/null

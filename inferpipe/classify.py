@@ -130,7 +130,9 @@ def execution_results(target: Target, execution_arn: str) -> list[dict[str, Any]
 
 
 def failed_delivery(target: Target, execution_arn: str) -> dict[str, str] | None:
-    """The first sink that failed in an execution, as ``{"type", "message"}`` (None: every sink delivered).
+    """The first sink that failed in an execution, as ``{"type", "message"}``; ``{}`` when its
+    RecordFailure ran and every sink delivered (other objects failed); None when it has no
+    RecordFailure (it stopped at a task: a sink that stayed down, a time-out, a stop).
 
     Read from the execution's history: the input of its RecordFailure task holds the deliveries.
     """
@@ -148,7 +150,7 @@ def failed_delivery(target: Target, execution_arn: str) -> dict[str, str] | None
             for delivery in scheduled.get("deliveries") or []:
                 if isinstance(delivery, dict) and delivery.get("status") == "FAILED":
                     return {"type": str(delivery.get("error")), "message": _cause_message(str(delivery.get("cause") or ""))}
-            return None
+            return {}
     return None
 
 
@@ -179,12 +181,20 @@ def object_error(
     """Why one object of an execution did not get all its deliveries (None: it did), as ``{type, message}``.
 
     A batch's execution fails when any of its objects does, so a classified object failed only if
-    a sink failed for the batch (``sink_failure()``, asked only then); an object the batch document
-    marks FAILED has its own error; an object with no entry (the batch never got a document) has
-    the execution's. ``inferpipe classify`` and ``inferpipe backfill`` both decide by this.
+    the execution did not succeed for another reason than other objects: a sink failed for the
+    batch (``sink_failure()``, asked only then: what RecordFailure noted), or, when nothing was
+    noted, the execution itself stopped after classifying (at Deliver, a sink that stayed down; a
+    time-out; a stop): its error. An object the batch document marks FAILED has its own error; an
+    object with no entry (the batch never got a document) has the execution's. ``inferpipe
+    classify`` and ``inferpipe backfill`` both decide by this.
     """
     if entry is not None and entry.get("status") == CLASSIFIED_STATUS:
-        return None if execution_succeeded else sink_failure()
+        if execution_succeeded:
+            return None
+        noted = sink_failure()
+        if noted is None:  # no RecordFailure: the execution stopped after classifying, at Deliver or later
+            return execution_error
+        return noted or None  # {}: RecordFailure ran for other objects, every sink delivered this one
     if entry is not None and entry.get("error"):
         return _error(str(entry["error"].get("type") or execution_error["type"]), str(entry["error"].get("message") or ""))
     return execution_error

@@ -5,6 +5,7 @@ Examples::
     inferpipe classify cat.jpg "holiday photo.png" --top-k 3
     inferpipe classify *.jpg --json > results.json
     inferpipe local up [--trigger batched|direct] | status | down
+    inferpipe local fault add s3:GetObject --count 3 | list | clear
     inferpipe backfill s3://BUCKET/PREFIX [--batch-size N] [--dry-run] [--json]
     inferpipe model publish build/demo-model --name demo --alias prod
     inferpipe replay --since 24h --dry-run
@@ -117,20 +118,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_options(classify)
 
     local = commands.add_parser("local", help="the embedded local AWS stack (loopback only)")
-    local.add_argument("action", choices=["up", "down", "status"])
-    local.add_argument(
+    local_commands = local.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = local_commands.add_parser("up", help="start the local stack in the background (or report the running one)")
+    up.add_argument(
         "--port",
         type=int,
         default=int(os.environ.get("INFERPIPE_LOCAL_PORT", "4599")),
         help="port to serve on (default 4599, env INFERPIPE_LOCAL_PORT)",
     )
-    local.add_argument(
+    up.add_argument(
         "--trigger",
         choices=_trigger_modes(),
         default=None,
-        help="up: how uploads start executions: batched (default: S3 events buffered in SQS, one execution "
+        help="how uploads start executions: batched (default: S3 events buffered in SQS, one execution "
         "per batch of up to 100 within about a second) or direct (one execution per upload)",
     )
+    local_commands.add_parser("down", help="stop the background local stack")
+    local_commands.add_parser("status", help="whether the local stack runs, where, and its resources (exit 3 when it does not)")
+    fault = local_commands.add_parser(
+        "fault", help="fail (or slow down) AWS requests at the running local stack's edge, to rehearse an outage",
+        description="Faults are answered in the service's own wire format before the emulator sees the request, so the "
+        "functions' real retries, error classes and the state machine's Retry/Catch all run. They last until `fault clear` "
+        "(or their --count is used up) and are lost when the stack stops.",
+    )
+    fault_commands = fault.add_subparsers(dest="fault_action", required=True, metavar="ACTION")
+    add = fault_commands.add_parser("add", help="the next matching requests fail (or are held, with --delay)")
+    add.add_argument("target", metavar="SERVICE[:OPERATION]",
+                     help="by signing name and API operation, e.g. s3:GetObject, dynamodb:PutItem, sqs:SendMessageBatch, "
+                     "sns:PublishBatch, events:PutEvents, states:StartExecution; SERVICE alone: every operation")
+    add.add_argument("--error", help="the error code to answer (default: the service's throttle, e.g. SlowDown for s3)")
+    add.add_argument("--status", type=int, help="its HTTP status (default: the service's throttle status, e.g. 503 for s3)")
+    how_many = add.add_mutually_exclusive_group()
+    how_many.add_argument("--count", type=int, help="fail the next N matching requests (default 1)")
+    how_many.add_argument("--rate", type=float, help="fail this share (0 < P <= 1) of the matching requests, until `fault clear`")
+    add.add_argument("--delay", type=float, default=0.0, help="hold each matching request this many seconds, then serve it (a slow service)")
+    add.add_argument("--match", help="only requests whose path, query or body contains this text (a key, table or queue name)")
+    fault_commands.add_parser("list", help="the fault rules, what is left of them and how often each fired")
+    fault_commands.add_parser("clear", help="remove every fault rule")
+    for parser_ in (add, *fault_commands.choices.values()):
+        if not any(a.dest == "endpoint_url" for a in parser_._actions):
+            parser_.add_argument("--endpoint-url", help="a local stack's endpoint (default: the one `inferpipe local up` started)")
 
     model = commands.add_parser("model", help="model packages in the versioned model bucket")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -413,6 +440,8 @@ def _trigger_modes() -> tuple[str, ...]:
 def _local(args: argparse.Namespace) -> int:
     from inferpipe.local import daemon
 
+    if args.action == "fault":
+        return _local_fault(args)
     if args.action == "up":
         info = daemon.up(port=args.port, state_dir=STATE_DIR, trigger=args.trigger)
         print(f"local stack running at {info['endpoint_url']} (pid {info['pid']}, {info['trigger']['mode']} trigger)")
@@ -424,6 +453,57 @@ def _local(args: argparse.Namespace) -> int:
     status = daemon.status(state_dir=STATE_DIR)
     print(json.dumps(status, indent=2, default=str))
     return 0 if status.get("running") else 3
+
+
+def _local_fault(args: argparse.Namespace) -> int:
+    """``inferpipe local fault add|list|clear``: the running stack's /_inferpipe/faults."""
+    import urllib.error
+    import urllib.request
+
+    from inferpipe.local import daemon
+    from inferpipe.local.guard import TOKEN_HEADER
+
+    endpoint = args.endpoint_url
+    if not endpoint:
+        status = daemon.status(state_dir=STATE_DIR)
+        endpoint = status.get("endpoint_url") if status.get("running") else None
+    token = daemon.control_token(STATE_DIR)
+    if not endpoint or not token:
+        print("inferpipe: error: no local stack is running here (start one with `inferpipe local up`)", file=sys.stderr)
+        return 2
+    body: bytes | None = None
+    method = {"add": "POST", "list": "GET", "clear": "DELETE"}[args.fault_action]
+    if args.fault_action == "add":
+        service, _, operation = args.target.partition(":")
+        spec = {"service": service, "operation": operation or None, "error": args.error, "status": args.status,
+                "count": args.count, "rate": args.rate, "delay": args.delay, "match": args.match}
+        if args.count is None and args.rate is None:
+            spec["count"] = 1
+        body = json.dumps({k: v for k, v in spec.items() if v is not None}).encode()
+    request = urllib.request.Request(f"{endpoint.rstrip('/')}/_inferpipe/faults", data=body, method=method,
+                                     headers={TOKEN_HEADER: token, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the local stack, on loopback
+            result = json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        detail = json.loads(refused.read() or b"{}").get("error", refused.reason)
+        print(f"inferpipe: error: the local stack refused the fault: {detail}", file=sys.stderr)
+        return 2
+    if args.fault_action == "add":
+        print(f"fault added: {_fault_line(result['rule'])}")
+    elif args.fault_action == "clear":
+        print(f"cleared {result['cleared']} fault rule(s)")
+    else:
+        print("\n".join(_fault_line(rule) for rule in result["rules"]) or "no fault rules")
+    return 0
+
+
+def _fault_line(rule: dict[str, Any]) -> str:
+    what = f"held {rule['delay']:g} s" if rule["delay"] else f"{rule['error']} (HTTP {rule['status']})"
+    how = f"{rule['rate']:.0%} of requests" if rule["rate"] is not None else "every request"
+    left = "until cleared" if rule["remaining"] is None else f"{rule['remaining']} left"
+    where = f" matching {rule['match']!r}" if rule["match"] else ""
+    return f"{rule['service']}:{rule['operation']}{where}: {what}, {how}, {left}, fired {rule['fired']}"
 
 
 def _model(args: argparse.Namespace) -> int:

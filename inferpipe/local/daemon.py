@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -39,6 +40,9 @@ DEFAULT_PORT = 4599
 PORT_ENV = "INFERPIPE_LOCAL_PORT"
 STATE_FILE = "local.json"
 LOG_FILE = "local.log"
+#: The running stack's control token (inferpipe.local.guard.ControlGuard), readable by its user only.
+TOKEN_FILE = "control-token"
+TOKEN_ENV = "INFERPIPE_LOCAL_TOKEN"
 LOCK_FILE = "local.lock"
 _MODULE = "inferpipe.local.daemon"
 
@@ -130,8 +134,31 @@ def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
 
 
 def _remove_state(state_dir: Path) -> None:
+    for name in (STATE_FILE, TOKEN_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / name).unlink()
+
+
+def _new_token(state_dir: Path) -> str:
+    """A fresh control token, written 0600 (created so: never readable by others, not even briefly)."""
+    token = secrets.token_urlsafe(32)
+    path = state_dir / TOKEN_FILE
     with contextlib.suppress(FileNotFoundError):
-        (state_dir / STATE_FILE).unlink()
+        path.unlink()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(token)
+    return token
+
+
+def control_token(state_dir: Path | None = None) -> str | None:
+    """The running stack's control token: ``INFERPIPE_LOCAL_TOKEN``, else its state folder's file."""
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    try:
+        return (Path(state_dir or default_state_dir()) / TOKEN_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
@@ -251,6 +278,7 @@ def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 
         log_path = state_dir / LOG_FILE
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env[TOKEN_ENV] = _new_token(state_dir)  # the server reads it once, at start
         with open(log_path, "ab") as log:
             log.write(f"--- {datetime.now(timezone.utc).isoformat()} starting on port {port}\n".encode())
             log.flush()
@@ -335,7 +363,7 @@ def serve(port: int, trigger: str | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    stack = LocalStack(trigger=trigger)
+    stack = LocalStack(trigger=trigger, control_token=os.environ.pop(TOKEN_ENV, None))
     try:
         stack.start(port)
         logging.getLogger(_MODULE).info("ready at %s (pid %d)", stack.endpoint_url, os.getpid())

@@ -460,6 +460,7 @@ class _FunctionPool:
     throttles: bool  # the limit is the function's reserved concurrency
     idle: list[ExecutionEnvironment] = field(default_factory=list)
     busy: int = 0
+    running: set[ExecutionEnvironment] = field(default_factory=set)  # the environments of ``busy`` that exist yet
 
 
 @dataclass(frozen=True)
@@ -496,11 +497,25 @@ class EnvironmentPool:
     def invoke(self, config: FunctionConfig, request_id: str, body: bytes) -> InvocationResult:
         """Run an invocation in a warm environment of the function, or a new one (may raise :class:`Throttled`)."""
         environment = self._acquire(config)
+        with self._cond:
+            self._pools[self._key(config)].running.add(environment)
         try:
             result = environment.invoke(request_id, body)
         finally:
+            with self._cond:
+                self._pools[self._key(config)].running.discard(environment)
             self._release(config, environment)
         return result
+
+    def kill_running(self, function_name: str | None = None) -> int:
+        """Kill the environments running an invocation right now (of one function), as a host
+        failure would: SIGKILL mid-invocation, which ends the invocation ``Runtime.ExitError``."""
+        with self._cond:
+            victims = [e for pool in self._pools.values() for e in pool.running
+                       if function_name is None or e.config.name == function_name]
+        for environment in victims:
+            environment.kill()
+        return len(victims)
 
     def _key(self, config: FunctionConfig) -> str:
         return f"{config.arn}#{config.fingerprint}"

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 import threading
 import time
@@ -58,24 +59,35 @@ _SCOPE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request")
 _MAX_BODY_PEEK = 1024 * 1024
 
 
+#: A rule's operation that matches every operation of its service.
+ANY_OPERATION = "*"
+
+
 @dataclass
 class FaultRule:
     service: str
-    operation: str
-    remaining: int
+    operation: str  # or ANY_OPERATION
+    remaining: int | None  # None: no limit (a ``rate`` rule until cleared)
     status: int
     code: str
     match: str | None = None
     delay: float = 0.0
+    rate: float | None = None  # fail this share of the matching requests (None: every one, ``remaining`` times)
+    fired: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"service": self.service, "operation": self.operation, "remaining": self.remaining, "status": self.status,
+                "error": self.code, "match": self.match, "delay": self.delay, "rate": self.rate, "fired": self.fired}
 
 
 class AwsFaultInjector:
     """Thread-safe rules: the next ``count`` requests of (service, operation[, match]) fail."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         self._rules: list[FaultRule] = []
         self._fired: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
+        self._random = random.Random(seed)
 
     def inject(
         self,
@@ -87,32 +99,52 @@ class AwsFaultInjector:
         code: str | None = None,
         match: str | None = None,
         delay: float = 0.0,
-    ) -> None:
-        if count < 1:
+        rate: float | None = None,
+    ) -> FaultRule:
+        """Add a rule. ``count=None`` with a ``rate``: no limit, until :meth:`clear`."""
+        if count is None and rate is None:
+            raise ValueError("a rule needs a count, a rate or both")
+        if count is not None and count < 1:
             raise ValueError("count must be at least 1")
+        if rate is not None and not 0.0 < rate <= 1.0:
+            raise ValueError("rate must be more than 0 and at most 1")
         if delay < 0:
             raise ValueError("delay must not be negative")
+        if status is not None and not 400 <= status <= 599:
+            raise ValueError("status must be an HTTP error status, 400 to 599")
         default_status, default_code = DEFAULT_ERRORS.get(service, (503, "ServiceUnavailable"))
-        rule = FaultRule(service, operation, count, status or default_status, code or default_code, match, delay)
+        rule = FaultRule(service, operation or ANY_OPERATION, count, status or default_status, code or default_code, match, delay, rate)
         with self._lock:
             self._rules.append(rule)
+        return rule
 
     def take(self, service: str, operation: str, haystack: Callable[[], str]) -> FaultRule | None:
         with self._lock:
-            candidates = [r for r in self._rules if r.remaining > 0 and r.service == service and r.operation == operation]
+            candidates = [r for r in self._rules if (r.remaining is None or r.remaining > 0) and r.service == service
+                          and r.operation in (operation, ANY_OPERATION)]
             if not candidates:
                 return None
             text = haystack() if any(r.match for r in candidates) else ""
             for rule in candidates:
-                if rule.match is None or rule.match in text:
+                if rule.match is not None and rule.match not in text:
+                    continue
+                if rule.rate is not None and self._random.random() >= rule.rate:
+                    continue
+                if rule.remaining is not None:
                     rule.remaining -= 1
-                    self._fired.append((service, operation, f"delayed {rule.delay:g} s" if rule.delay else rule.code))
-                    return rule
+                rule.fired += 1
+                self._fired.append((service, operation, f"delayed {rule.delay:g} s" if rule.delay else rule.code))
+                return rule
         return None
 
     def pending(self) -> int:
+        """Requests the rules will still fail (a rule without a limit counts as one)."""
         with self._lock:
-            return sum(r.remaining for r in self._rules)
+            return sum(1 if r.remaining is None else r.remaining for r in self._rules)
+
+    def rules(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [rule.to_dict() for rule in self._rules]
 
     def fired(self) -> list[tuple[str, str, str]]:
         with self._lock:
@@ -229,4 +261,34 @@ class FaultMiddleware:
         return [payload]  # the server sends no body for HEAD
 
 
-__all__ = ["DEFAULT_ERRORS", "ApiCall", "AwsFaultInjector", "FaultMiddleware", "FaultRule", "identify"]
+def control(injector: AwsFaultInjector, method: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """``/_inferpipe/faults`` of a running stack (``inferpipe local fault``): GET lists the rules,
+    POST adds one (``{"service", "operation"?, "error"?, "status"?, "count"?, "rate"?, "delay"?,
+    "match"?}``), DELETE clears them all. (HTTP status, JSON answer)."""
+    if method == "GET":
+        return 200, {"rules": injector.rules(), "fired": len(injector.fired())}
+    if method == "DELETE":
+        cleared = len(injector.rules())
+        injector.clear()
+        return 200, {"cleared": cleared}
+    if method != "POST":
+        return 405, {"error": f"{method} is not GET, POST or DELETE"}
+    try:
+        spec = json.loads(body or b"{}")
+        if not isinstance(spec, dict) or not isinstance(spec.get("service"), str) or not spec["service"]:
+            raise ValueError('a fault is {"service": "s3", "operation"?: "GetObject", "error"?, "status"?, "count"?, "rate"?, "delay"?, "match"?}')
+        unknown = set(spec) - {"service", "operation", "error", "status", "count", "rate", "delay", "match"}
+        if unknown:
+            raise ValueError(f"unknown fault field(s): {', '.join(sorted(unknown))}")
+        rule = injector.inject(
+            spec["service"], spec.get("operation") or ANY_OPERATION,
+            spec.get("count", 1 if spec.get("rate") is None else None),
+            status=spec.get("status"), code=spec.get("error"), match=spec.get("match"),
+            delay=float(spec.get("delay") or 0.0), rate=spec.get("rate"),
+        )
+    except (ValueError, TypeError) as bad:
+        return 400, {"error": str(bad)}
+    return 201, {"rule": rule.to_dict()}
+
+
+__all__ = ["ANY_OPERATION", "DEFAULT_ERRORS", "ApiCall", "AwsFaultInjector", "FaultMiddleware", "FaultRule", "control", "identify"]

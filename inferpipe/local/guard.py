@@ -12,6 +12,8 @@ https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Sec-Fetch-Site
 
 from __future__ import annotations
 
+import hmac
+import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -50,4 +52,43 @@ class BrowserGuard:
         return [body]
 
 
-__all__ = ["BrowserGuard", "refusal"]
+#: Paths that control the stack rather than emulate AWS: moto's own (``/moto-api/reset`` wipes
+#: every resource) and the local stack's (``/_inferpipe/faults``). They need the stack's token.
+CONTROL_PREFIXES = ("/moto-api", "/_inferpipe/")
+TOKEN_HEADER = "X-Inferpipe-Token"
+
+
+class ControlGuard:
+    """WSGI middleware: a control path answers only a request carrying the stack's token (a
+    per-stack secret in its state folder, readable by its user alone); ``handlers`` answer the
+    local stack's own control paths, moto's pass on to ``app``."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], token: str,
+                 handlers: Mapping[str, Callable[[str, bytes], tuple[int, Any]]]) -> None:
+        self.app, self.token, self.handlers = app, token, dict(handlers)
+
+    def __call__(self, environ: Mapping[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = str(environ.get("PATH_INFO", ""))
+        if not path.startswith(CONTROL_PREFIXES):
+            return self.app(environ, start_response)
+        given = str(environ.get("HTTP_" + TOKEN_HEADER.upper().replace("-", "_"), ""))
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            return _answer(start_response, 403, {"error": f"the local stack's control endpoints need its token ({TOKEN_HEADER}); "
+                                                          "`inferpipe local` commands send it"})
+        handler = self.handlers.get(path)
+        if handler is None:
+            return self.app(environ, start_response)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if 0 < length <= 1 << 20 else b""
+        status, answer = handler(str(environ.get("REQUEST_METHOD", "GET")), body)
+        return _answer(start_response, status, answer)
+
+
+def _answer(start_response: Callable[..., Any], status: int, answer: Any) -> list[bytes]:
+    body = (json.dumps(answer) + "\n").encode()
+    reason = {200: "OK", 201: "Created", 400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed"}.get(status, "Error")
+    start_response(f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+__all__ = ["CONTROL_PREFIXES", "TOKEN_HEADER", "BrowserGuard", "ControlGuard", "refusal"]

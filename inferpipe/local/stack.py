@@ -24,6 +24,7 @@ import gc
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -36,6 +37,8 @@ from botocore.config import Config
 
 from inferpipe.local import bridge
 from inferpipe.local.faults import AwsFaultInjector, FaultMiddleware
+from inferpipe.local.faults import control as fault_control
+from inferpipe.local.guard import TOKEN_HEADER, ControlGuard
 from inferpipe.local.guard import BrowserGuard
 from inferpipe.local.pipes import PipeRunner
 from inferpipe.local.usage import UsageMeter
@@ -68,9 +71,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _post_json(url: str, body: dict[str, Any] | None = None) -> Any:
+def _post_json(url: str, body: dict[str, Any] | None = None, token: str = "") -> Any:
     data = json.dumps(body or {}).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json", TOKEN_HEADER: token})
     with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback only
         raw = answer.read()
     return json.loads(raw) if raw else None
@@ -97,6 +100,7 @@ class LocalStack:
         default_model: str | None = None,
         lambda_mode: str = "isolated",
         trigger: str | None = None,
+        control_token: str | None = None,
     ) -> None:
         """``definition`` replaces the text of the state machine file (tests only); ``default_model``
         the deployment's default model, as Terraform's variable of that name does; ``lambda_mode``
@@ -124,6 +128,9 @@ class LocalStack:
         self._werkzeug_level: int | None = None
         #: Faults at the AWS edge (see :mod:`inferpipe.local.faults`); also :meth:`inject_aws_faults`.
         self.aws_faults = AwsFaultInjector()
+        #: The secret a request to the control endpoints (/moto-api/*, /_inferpipe/*) must carry
+        #: (:class:`inferpipe.local.guard.ControlGuard`); the daemon hands its own in, else a new one.
+        self.control_token = control_token or secrets.token_urlsafe(32)
         #: Every request that reached moto, counted as AWS bills it (see :mod:`inferpipe.local.usage`).
         self.usage_meter = UsageMeter(caller_of=bridge.role_of_access_key)
 
@@ -157,7 +164,9 @@ class LocalStack:
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
             self._server.start()
             wsgi = self._server._server  # werkzeug's server: every request goes through its .app
-            wsgi.app = BrowserGuard(FaultMiddleware(self.usage_meter.wrap(wsgi.app), self.aws_faults))
+            faults = FaultMiddleware(self.usage_meter.wrap(wsgi.app), self.aws_faults)
+            control = {"/_inferpipe/faults": lambda method, body: fault_control(self.aws_faults, method, body)}
+            wsgi.app = BrowserGuard(ControlGuard(faults, self.control_token, control))
             self._port = int(self._server.get_host_and_port()[1])
             os.environ.update(
                 {
@@ -169,8 +178,8 @@ class LocalStack:
                 }
             )
             os.environ.pop("AWS_PROFILE", None)
-            _post_json(f"{self.endpoint_url}/moto-api/reset")
-            _post_json(f"{self.endpoint_url}/moto-api/config", MOTO_CONFIG)
+            _post_json(f"{self.endpoint_url}/moto-api/reset", token=self.control_token)
+            _post_json(f"{self.endpoint_url}/moto-api/config", MOTO_CONFIG, token=self.control_token)
             bridge.install()
             self._start_lambda()
             _close_cached_function_clients()
@@ -310,6 +319,14 @@ class LocalStack:
             return 0
         name = self.resources.functions[function_key].name if function_key else None
         return int(self._pool.stop_idle(name))
+
+    def kill_environments(self, function_key: str | None = None) -> int:
+        """Kill the environments running an invocation now (of one function): how many. Each of
+        those invocations ends ``Runtime.ExitError``, which the state machine retries."""
+        if self._pool is None:
+            return 0
+        name = self.resources.functions[function_key].name if function_key else None
+        return int(self._pool.kill_running(name))
 
     def flush_logs(self) -> None:
         """Return once the asynchronous invocations already due have run (EventBridge's status

@@ -101,11 +101,18 @@ def test_console_script_starts_the_local_stack_and_leaves_nothing_behind(tmp_pat
         assert json.loads(classified.stdout)[0]["top_k"][0]["label"] == "triangle"
         status = run("local", "status")
         assert status.returncode == 0 and json.loads(status.stdout)["running"] is True
+        # the daemon's control token is in its state folder, for its user only, and never printed
+        token_file = tmp_path / "state" / "control-token"
+        assert token_file.stat().st_mode & 0o077 == 0 and token_file.read_text() not in status.stdout
+        added = run("local", "fault", "add", "sqs:SendMessageBatch", "--error", "KMS.DisabledException", "--status", "400", "--count", "2")
+        assert added.returncode == 0 and "sqs:SendMessageBatch: KMS.DisabledException (HTTP 400)" in added.stdout, added.stderr
+        assert "2 left, fired 0" in run("local", "fault", "list").stdout
+        assert "cleared 1 fault rule(s)" in run("local", "fault", "clear").stdout
     finally:
         down = run("local", "down")
     assert down.returncode == 0
     pid_file = tmp_path / "state" / "local.json"
-    assert not pid_file.exists()
+    assert not pid_file.exists() and not (tmp_path / "state" / "control-token").exists()
     assert run("local", "status").returncode == 3
 
 

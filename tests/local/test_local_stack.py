@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import boto3
 from botocore.exceptions import ClientError
 
 from inferpipe.local import bridge, daemon
@@ -869,6 +870,79 @@ def test_a_request_from_a_web_page_is_refused_and_changes_nothing(stack: LocalSt
     )
     with urllib.request.urlopen(plain, timeout=10) as answer:  # noqa: S310 - loopback
         assert answer.status == 200
+
+
+def _control(stack: LocalStack, path: str, method: str = "GET", token: str | None = None, data: bytes | None = None) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    from inferpipe.local.guard import TOKEN_HEADER
+
+    headers = {TOKEN_HEADER: token} if token is not None else {}
+    request = urllib.request.Request(f"{stack.endpoint_url}{path}", data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read()
+
+
+def test_the_control_endpoints_need_the_stacks_token(stack: LocalStack) -> None:
+    queue = f"survives-{uuid.uuid4().hex[:6]}"
+    stack.client("sqs").create_queue(QueueName=queue)
+    # WHEN a local process without the token asks moto to reset everything, or reads its state
+    for path, method in (("/moto-api/reset", "POST"), ("/moto-api/config", "GET"), ("/_inferpipe/faults", "DELETE")):
+        for token in (None, "guessed"):
+            status, body = _control(stack, path, method, token, data=b"" if method == "POST" else None)
+            # THEN it is refused, saying what is missing, and nothing changed
+            assert status == 403 and b"need its token" in body, (path, token)
+    assert queue in json.dumps(stack.client("sqs").list_queues().get("QueueUrls", []))
+    # AND with the token (what `inferpipe local` sends) moto's own endpoints answer
+    status, body = _control(stack, "/moto-api/config", token=stack.control_token)
+    assert status == 201 and "lambda" in json.loads(body)  # (moto answers its config with 201)
+
+
+def test_local_fault_commands_add_list_and_clear_faults_at_the_aws_edge(stack: LocalStack, monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from botocore.config import Config
+
+    from inferpipe.cli import main
+
+    monkeypatch.setenv("INFERPIPE_LOCAL_TOKEN", stack.control_token)
+    bucket = stack.resources.buckets["work"]
+    key = f"fault/{uuid.uuid4().hex[:6]}.bin"
+    s3 = stack.client("s3")
+    s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    once = boto3.session.Session().client(
+        "s3", endpoint_url=stack.endpoint_url, region_name=stack.resources.region, aws_access_key_id="local",
+        aws_secret_access_key="local", config=Config(retries={"total_max_attempts": 1}),
+    )
+    cli = ["local", "fault"]
+    at = ["--endpoint-url", stack.endpoint_url]
+    # WHEN an operator makes the next two GETs of that key fail as AWS throttles them
+    assert main([*cli, "add", "s3:GetObject", "--count", "2", "--match", key, *at]) == 0
+    assert "fault added: s3:GetObject matching" in capsys.readouterr().out
+    # THEN two GETs fail with S3's own SlowDown, the third is served
+    for _ in range(2):
+        with pytest.raises(ClientError) as throttled:
+            once.get_object(Bucket=bucket, Key=key)
+        assert throttled.value.response["Error"]["Code"] == "SlowDown" and throttled.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert once.get_object(Bucket=bucket, Key=key)["Body"].read() == b"x"
+    # WHEN a whole service answers a permanent error for every request, until cleared
+    assert main([*cli, "add", "s3", "--error", "AccessDenied", "--status", "403", "--rate", "1", *at]) == 0
+    capsys.readouterr()
+    with pytest.raises(ClientError) as denied:
+        once.head_object(Bucket=bucket, Key=key)
+    assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert main([*cli, "list", *at]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("s3:GetObject matching") and "0 left, fired 2" in line for line in listed), listed
+    assert any(line.startswith("s3:*: AccessDenied (HTTP 403), 100% of requests, until cleared") for line in listed), listed
+    assert main([*cli, "clear", *at]) == 0 and "cleared 2 fault rule(s)" in capsys.readouterr().out
+    assert once.head_object(Bucket=bucket, Key=key)["ContentLength"] == 1
+    # AND a bad rule is refused, naming what is wrong
+    assert main([*cli, "add", "s3:GetObject", "--rate", "2", *at]) == 2
+    assert "rate must be more than 0 and at most 1" in capsys.readouterr().err
 
 
 def test_an_idle_environment_is_stopped_after_its_idle_time(stack: LocalStack, test_functions: dict[str, dict[str, Any]]) -> None:

@@ -265,3 +265,20 @@ def test_named_objects_lists_what_any_input_was_about() -> None:
         {"bucket": BUCKET, "key": "c.jpg", "version_id": None}
     ]
     assert named_objects(["not", "an", "event"]) == [] and named_objects({"hello": "world"}) == []
+
+
+def test_a_captured_eventbridge_event_names_its_key_raw_as_stored() -> None:
+    # GIVEN an S3 event as EventBridge really delivered it (tests/events/, cited there): its key has
+    # ':' characters, which classic S3 notifications would have sent as '%3A'
+    import json
+    from pathlib import Path
+
+    event = json.loads((Path(__file__).parents[1] / "events" / "s3_eventbridge_object_created_captured.json").read_text())
+    # WHEN parsed as the pipeline's input
+    (item,) = parse_input(event, DEFAULTS).items
+    # THEN the object is exactly the stored key (never URL-decoded: '%2B' or '+' in a key stay what they are),
+    # pinned to the event's version, with the event's sequencer (what orders it against the key's other versions)
+    assert item.request is not None and item.problem is None
+    source = item.request.source
+    assert (source.bucket, source.key) == ("mxcd-magic-star-691-in", "raw/health-check/2023-08-08T14:03:40.532432.zip")
+    assert source.version_id == "uhggCJ2_B6gU2JaXWXebnXFDstO0ID6G" and item.sequencer == "0064D3901D00059242"
