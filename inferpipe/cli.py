@@ -458,6 +458,7 @@ def _local(args: argparse.Namespace) -> int:
 def _local_fault(args: argparse.Namespace) -> int:
     """``inferpipe local fault add|list|clear``: the running stack's /_inferpipe/faults."""
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     from inferpipe.local import daemon
@@ -467,9 +468,17 @@ def _local_fault(args: argparse.Namespace) -> int:
     if not endpoint:
         status = daemon.status(state_dir=STATE_DIR)
         endpoint = status.get("endpoint_url") if status.get("running") else None
+        if not endpoint:
+            print("inferpipe: error: no local stack is running (start one with `inferpipe local up`)", file=sys.stderr)
+            return 2
+    host = (urllib.parse.urlsplit(endpoint).hostname or "").lower()
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"inferpipe: error: {endpoint} is not a local stack: faults are injected on loopback only", file=sys.stderr)
+        return 2
     token = daemon.control_token(STATE_DIR)
-    if not endpoint or not token:
-        print("inferpipe: error: no local stack is running here (start one with `inferpipe local up`)", file=sys.stderr)
+    if not token:
+        print(f"inferpipe: error: no control token for {endpoint}: it is in the state folder of the `inferpipe local up` "
+              f"that started the stack ({STATE_DIR}), or in INFERPIPE_LOCAL_TOKEN", file=sys.stderr)
         return 2
     body: bytes | None = None
     method = {"add": "POST", "list": "GET", "clear": "DELETE"}[args.fault_action]
@@ -486,8 +495,15 @@ def _local_fault(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the local stack, on loopback
             result = json.loads(answer.read())
     except urllib.error.HTTPError as refused:
-        detail = json.loads(refused.read() or b"{}").get("error", refused.reason)
-        print(f"inferpipe: error: the local stack refused the fault: {detail}", file=sys.stderr)
+        raw = refused.read()
+        try:
+            detail = json.loads(raw or b"{}").get("error") or refused.reason
+        except ValueError:
+            detail = raw.decode("utf-8", "replace").strip() or refused.reason
+        print(f"inferpipe: error: the local stack at {endpoint} refused: HTTP {refused.code}: {detail}", file=sys.stderr)
+        return 2
+    except urllib.error.URLError as unreachable:
+        print(f"inferpipe: error: no local stack answers at {endpoint}: {unreachable.reason}", file=sys.stderr)
         return 2
     if args.fault_action == "add":
         print(f"fault added: {_fault_line(result['rule'])}")

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from functions.common.manifest import MANIFEST_FILE, Manifest
+from functions.sink.core import output_key
 from inferpipe.classify import FileResult, classify_files
 from inferpipe.paths import BUILD_DIR, STATE_DIR
 from inferpipe.target import Target
@@ -97,7 +98,7 @@ def _show_sinks(target: Target, results: list[FileResult]) -> None:
         return
     res = target.resources
     body = target.client("s3").get_object(
-        Bucket=res.buckets["output"], Key=f"predictions/{res.buckets['input']}/{first.key}.json"
+        Bucket=res.buckets["output"], Key=output_key(res.settings["OUTPUT_PREFIX"], {"bucket": res.buckets["input"], "key": first.key})
     )["Body"].read()
     record = json.loads(body)
     print(f"\nthe S3 record of {first.file}:")

@@ -21,7 +21,8 @@ missing     versions with neither a record in the sink nor a failure record: not
 duplicates  records beyond one per version: the same record id published in two ledgers
 stale       keys whose latest view (prediction or failure) describes an older version than the
             key's newest version that has an outcome (s3 only; the other sinks keep no view)
-failed      versions whose outcome is a failure record and that the sink holds no record of
+failed      versions the sink holds no record of, whose outcome is a failure record (S3's or a
+            FAILED item): they are accounted for, not missing
 ==========  ====================================================================================
 
 Example::
@@ -53,6 +54,7 @@ class ObjectVersion:
     key: str
     version_id: str
     last_modified: datetime
+    etag: str | None = None  # names the record of an upload to an unversioned bucket (functions/sink/records.py)
 
 
 @dataclass
@@ -88,7 +90,7 @@ def _pages(s3: Any, operation: str, key: str, **params: Any) -> Iterator[dict[st
 def input_versions(s3: Any, bucket: str, prefix: str, since: datetime | None) -> list[ObjectVersion]:
     """Every object version under ``prefix`` written at or after ``since``, newest first per key."""
     found = [
-        ObjectVersion(v["Key"], v.get("VersionId") or records.NULL_VERSION, v["LastModified"])
+        ObjectVersion(v["Key"], v.get("VersionId") or records.NULL_VERSION, v["LastModified"], str(v.get("ETag") or "").strip('"') or None)
         for v in _pages(s3, "list_object_versions", "Versions", Bucket=bucket, Prefix=prefix)
         if since is None or v["LastModified"] >= since
     ]
@@ -150,7 +152,7 @@ def reconcile(
     items = _items(ddb, table, input_bucket, keys) if ddb is not None and table else {}
 
     def has(kind: str, v: ObjectVersion) -> bool:
-        return records.version_key(prefixes[kind], input_bucket, v.key, v.version_id) in history[kind]
+        return records.version_key(prefixes[kind], input_bucket, v.key, v.version_id, v.etag) in history[kind]
 
     def succeeded_item(v: ObjectVersion) -> dict[str, Any] | None:
         item = items.get((v.key, v.version_id))
@@ -167,7 +169,7 @@ def reconcile(
             if item is not None and "record_id" in item:
                 record_ids[v] = item["record_id"]["S"]
             elif has(records.PREDICTION, v):
-                stored = _json(s3, output_bucket, records.version_key(output_prefix, input_bucket, v.key, v.version_id)) or {}
+                stored = _json(s3, output_bucket, records.version_key(output_prefix, input_bucket, v.key, v.version_id, v.etag)) or {}
                 if isinstance(stored.get("record_id"), str):
                     record_ids[v] = stored["record_id"]
 

@@ -128,6 +128,12 @@ resource "aws_s3_bucket_lifecycle_configuration" "versioned" {
     noncurrent_version_expiration {
       noncurrent_days = var.noncurrent_version_expiration_days
     }
+
+    # A delete marker left alone once the versions behind it expired (the ledger's, a deleted
+    # view's) is removed too.
+    expiration {
+      expired_object_delete_marker = true
+    }
   }
 
   # The delivery ledger (functions/sink/batch.py) is needed only as long as a replay can come.

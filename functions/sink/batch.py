@@ -216,6 +216,9 @@ def _entries(sink: str, records: list[dict[str, Any]], dest: Destinations) -> li
 
 def _publish(sink: str, records: list[dict[str, Any]], dest: Destinations, execution_id: str) -> str:
     location, call, answer = {"sns": _sns_call, "sqs": _sqs_call, "eventbridge": _events_call}[sink](dest)
+    if location.endswith(".fifo"):  # they need MessageGroupId; the pipeline deduplicates by its ledger instead
+        raise ConfigurationError(f"sink '{sink}' is a FIFO topic or queue ({location}): the pipeline publishes to standard ones; "
+                                 "point it at a standard topic or queue (Terraform creates standard ones)")
     key = ledger_key(sink, records)
     delivered, interrupted = _ledger_read(dest, key)
     pending = [record for record in records if record["record_id"] not in delivered]

@@ -94,7 +94,9 @@ def decode_key(path: str) -> str:
     return unquote(path, errors="strict")
 
 
-def _version_name(version_id: str | None) -> str:
+def _version_name(version_id: str | None, etag: str | None = None) -> str:
+    if version_id in (None, NULL_VERSION) and etag:
+        version_id = f"{NULL_VERSION}.{etag}"  # an unversioned key's every upload has its own record
     name = quote(version_id or NULL_VERSION, safe="")
     # '%h' is never quote()'s output (it escapes every '%'), so a hashed name cannot be a real one's
     return name if len(name) <= MAX_VERSION_CHARS else "%h" + hashlib.sha256(name.encode()).hexdigest()
@@ -113,9 +115,10 @@ def latest_key(prefix: str, bucket: str, key: str) -> str:
     return f"{prefix}{_object_path(prefix, bucket, key)}.json"
 
 
-def version_key(prefix: str, bucket: str, key: str, version_id: str | None) -> str:
-    """``<prefix>_versions/<bucket>/<encoded key>/<version>.json``: one object version's record."""
-    return f"{prefix}{VERSIONS_FOLDER}/{_object_path(prefix, bucket, key)}/{_version_name(version_id)}.json"
+def version_key(prefix: str, bucket: str, key: str, version_id: str | None, etag: str | None = None) -> str:
+    """``<prefix>_versions/<bucket>/<encoded key>/<version>.json``: one object version's record
+    (``null.<etag>`` for an upload to an unversioned bucket, whose versions are all "null")."""
+    return f"{prefix}{VERSIONS_FOLDER}/{_object_path(prefix, bucket, key)}/{_version_name(version_id, etag)}.json"
 
 
 # --------------------------------------------------------------------------- order
@@ -195,68 +198,97 @@ def _read(s3: Any, bucket: str, key: str) -> tuple[dict[str, Any] | None, str | 
     return (record if isinstance(record, dict) else {}), str(answer.get("ETag") or "")
 
 
-def _put(s3: Any, bucket: str, key: str, record: Mapping[str, Any], etag: str | None, metadata: Mapping[str, str]) -> bool:
-    """Write ``record`` at ``key`` if it still has ``etag`` (None: if there is nothing); False if it lost."""
+def _lost(exc: ClientError, conditional: bool) -> bool:
+    """A conditional request that lost: 412, 409, or (If-Match on a key deleted meanwhile) 404 NoSuchKey."""
+    return error_code(exc) in CONDITION_LOST or http_status(exc) in (409, 412) or (conditional and is_not_found(exc))
+
+
+def _put(s3: Any, bucket: str, key: str, record: Mapping[str, Any], etag: str | None, metadata: Mapping[str, str]) -> str | None:
+    """Write ``record`` at ``key`` if it still has ``etag`` (None: if there is nothing); the new
+    ETag, or None when the condition lost."""
     condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
     try:
-        s3.put_object(
+        answer = s3.put_object(
             Bucket=bucket, Key=key, Body=json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8"),
             ContentType="application/json", Metadata=dict(metadata), **condition,
         )
     except ClientError as exc:
-        # If-Match on a key deleted meanwhile answers 404 NoSuchKey: lost too, read again.
-        if error_code(exc) in CONDITION_LOST or http_status(exc) in (409, 412) or (etag and is_not_found(exc)):
+        if _lost(exc, True):
+            return None
+        raise
+    return str(answer.get("ETag") or "")
+
+
+def delete(s3: Any, bucket: str, key: str, etag: str | None = None) -> bool:
+    """Delete ``key`` (only while it still has ``etag``, when given: a conditional delete,
+    https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-deletes.html); False if it changed."""
+    try:
+        s3.delete_object(Bucket=bucket, Key=key, **({"IfMatch": etag} if etag else {}))
+    except ClientError as exc:
+        if is_not_found(exc):
+            return True  # gone already
+        if etag and _lost(exc, True):
             return False
         raise
     return True
 
 
-def delete(s3: Any, bucket: str, key: str) -> None:
-    try:
-        s3.delete_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if not is_not_found(exc):
-            raise
+def _order(mine: Version, existing: Mapping[str, Any]) -> int | None:
+    """:func:`compare` of a record with a view; a view that carries nothing to order it by (written
+    before views were ordered, or by a run that failed before reading the object) counts as older."""
+    theirs = Version.of(existing.get("source"))
+    order = compare(mine, theirs)
+    if order is None and not (theirs.sequencer or theirs.last_modified):
+        return 1
+    return order
 
 
 def publish(
     s3: Any, bucket: str, kind: str, record: Mapping[str, Any], prefixes: Mapping[str, str], metadata: Mapping[str, str]
 ) -> Outcome:
     """Write ``record`` (``kind`` PREDICTION or FAILURE) to its version's entry and, unless a newer
-    version's record is there, to the key's latest view. S3 errors other than a lost condition propagate."""
+    version's record is there, to the key's latest view. S3 errors other than a lost condition propagate.
+
+    Both views are changed only conditionally (the ETag read), and after writing its own view a
+    record checks the other kind's view again: two executions racing on one key (an older
+    version's prediction, a newer one's failure) end with the newer one's view alone."""
     source = record["source"]
+    where = (source["bucket"], source["key"])
     other = FAILURE if kind == PREDICTION else PREDICTION
-    own_latest = latest_key(prefixes[kind], source["bucket"], source["key"])
-    other_latest = latest_key(prefixes[other], source["bucket"], source["key"])
-    history = version_key(prefixes[kind], source["bucket"], source["key"], source.get("version_id"))
+    own_latest, other_latest = latest_key(prefixes[kind], *where), latest_key(prefixes[other], *where)
+    history = version_key(prefixes[kind], *where, source.get("version_id"), source.get("etag"))
     s3.put_object(Bucket=bucket, Key=history, Body=json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8"),
                   ContentType="application/json", Metadata=dict(metadata))
+    if kind == PREDICTION:  # the version succeeded: its own failure record is resolved
+        delete(s3, bucket, version_key(prefixes[FAILURE], *where, source.get("version_id"), source.get("etag")))
     mine = Version.of(source)
     for _ in range(WRITE_ATTEMPTS):
         current, etag = _read(s3, bucket, own_latest)
-        rival, _rival_etag = _read(s3, bucket, other_latest)
-        for existing in (current, rival):
-            if existing is None:
-                continue
-            order = compare(mine, Version.of(existing.get("source")))
-            if order is None or order < 0:
-                theirs = (existing.get("source") or {}).get("version_id")
-                reason = f"the latest view holds version {theirs} ({'newer' if order else 'not ordered against this one'})"
-                logger.info("record of an older version: its version entry is written, the latest view kept",
-                            extra={"key": own_latest, "version_id": source.get("version_id"), "kept": theirs})
+        rival, rival_etag = _read(s3, bucket, other_latest)
+        for name, existing in ((kind, current), (other, rival)):
+            order = None if existing is None else _order(mine, existing)
+            if existing is not None and (order is None or order < 0):
+                theirs = (existing.get("source") or {}).get("version_id") or NULL_VERSION
+                reason = (f"the latest {name} view holds version {theirs}, "
+                          + ("a newer one" if order else "which nothing orders against this one (kept)"))
+                logger.info("record of an older version: only its version's record is written", extra={
+                    "record": history, "version_id": source.get("version_id") or NULL_VERSION, "kept_view": theirs})
                 return Outcome("kept", own_latest, history, reason)
         if current is not None and kind == PREDICTION and current.get("record_id") == record.get("record_id"):
-            view = "unchanged"  # a duplicate of what the view holds
-        elif _put(s3, bucket, own_latest, record, etag or None, metadata):
-            view = "written"
+            view, written = "unchanged", etag  # a duplicate of what the view holds
         else:
-            continue  # another execution wrote the view since it was read: decide again
-        if rival is not None:
-            same = compare(mine, Version.of(rival.get("source"))) == 0
-            if kind == PREDICTION or not same:  # a prediction resolves its version's failure; a newer failure retires an older prediction
-                delete(s3, bucket, other_latest)
-        if kind == PREDICTION:
-            delete(s3, bucket, version_key(prefixes[FAILURE], source["bucket"], source["key"], source.get("version_id")))
+            written = _put(s3, bucket, own_latest, record, etag or None, metadata)
+            if written is None:
+                continue  # another execution wrote the view since it was read: decide again
+            view = "written"
+        # A prediction resolves its version's failure view; a newer record retires an older view.
+        if rival is not None and (kind == PREDICTION or _order(mine, rival) != 0):
+            if not delete(s3, bucket, other_latest, rival_etag or None):
+                continue  # it changed since it was read: decide again
+        again, _ = _read(s3, bucket, other_latest)
+        if again is not None and _order(mine, again) == -1:  # a newer version's view appeared meanwhile
+            delete(s3, bucket, own_latest, written or None)
+            return Outcome("kept", own_latest, history, f"a newer version's {other} view appeared while this one was written")
         return Outcome(view, own_latest, history)
     raise TransientError(f"s3://{bucket}/{own_latest} changed under {WRITE_ATTEMPTS} attempts to write it")
 

@@ -17,6 +17,8 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from inferpipe.local.usage import USAGE_PATH
+
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -55,6 +57,8 @@ class BrowserGuard:
 #: Paths that control the stack rather than emulate AWS: moto's own (``/moto-api/reset`` wipes
 #: every resource) and the local stack's (``/_inferpipe/faults``). They need the stack's token.
 CONTROL_PREFIXES = ("/moto-api", "/_inferpipe/")
+#: ... but for these, read-only and harmless: the request counts ``inferpipe cost`` prices.
+OPEN_PATHS = (USAGE_PATH,)
 TOKEN_HEADER = "X-Inferpipe-Token"
 
 
@@ -69,7 +73,7 @@ class ControlGuard:
 
     def __call__(self, environ: Mapping[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = str(environ.get("PATH_INFO", ""))
-        if not path.startswith(CONTROL_PREFIXES):
+        if not path.startswith(CONTROL_PREFIXES) or (path in OPEN_PATHS and environ.get("REQUEST_METHOD", "GET") == "GET"):
             return self.app(environ, start_response)
         given = str(environ.get("HTTP_" + TOKEN_HEADER.upper().replace("-", "_"), ""))
         if not hmac.compare_digest(given.encode(), self.token.encode()):

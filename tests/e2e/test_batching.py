@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from functions.sink.core import failure_key
 from inferpipe.backfill import backfill
 from inferpipe.cli import main
 from inferpipe.target import Target
@@ -22,7 +23,7 @@ LABELS = ("circle", "square", "triangle", "ring", "checkerboard")
 def _failure_record(stack: Any, key: str) -> dict[str, Any] | None:
     s3 = stack.client("s3")
     try:
-        body = s3.get_object(Bucket=stack.resources.buckets["output"], Key=f"failures/{stack.resources.buckets['input']}/{key}.json")["Body"]
+        body = s3.get_object(Bucket=stack.resources.buckets["output"], Key=failure_key({"bucket": stack.resources.buckets["input"], "key": key}, ""))["Body"]
     except s3.exceptions.NoSuchKey:
         return None
     return dict(json.loads(body.read()))

@@ -30,6 +30,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from functions.sink.core import failure_key
 from inferpipe.infra import KNOWN_SINKS, role_policies
 from inferpipe.local import bridge
 from inferpipe.local.provision import role_names
@@ -216,7 +217,7 @@ def _failure_record_ok(admin: Admin) -> bool:
     wait_for_execution(view, started[0]["executionArn"])
     s3 = admin.client("s3")
     try:
-        s3.head_object(Bucket=view.resources.buckets["output"], Key=f"failures/{bucket}/{key}.json")
+        s3.head_object(Bucket=view.resources.buckets["output"], Key=failure_key({"bucket": bucket, "key": key}, ""))
     except s3.exceptions.ClientError:
         return False
     return True
@@ -241,7 +242,7 @@ def _status_record_ok(admin: Admin) -> bool:
     finally:
         admin.stack.aws_faults.clear()
     try:
-        admin.client("s3").head_object(Bucket=view.resources.buckets["output"], Key=f"failures/{bucket}/{key}.json")
+        admin.client("s3").head_object(Bucket=view.resources.buckets["output"], Key=failure_key({"bucket": bucket, "key": key}, ""))
     except admin.client("s3").exceptions.ClientError:
         return False
     return True

@@ -20,6 +20,7 @@ import pytest
 from functions.common.manifest import LABELS_FILE, MANIFEST_FILE, PARAMS_FILE, SYMBOL_FILE, Manifest
 from functions.common.model_store import version_prefix
 from functions.common.request import META_MODEL, META_MODEL_VERSION
+from functions.sink.core import output_key
 from inferpipe.classify import execution_results
 from inferpipe.cli import main
 from inferpipe.models import import_files
@@ -105,7 +106,7 @@ def _records(stack: Any, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(S3 output record, DynamoDB item) for an input key."""
     res = stack.resources
     bucket = res.buckets["input"]
-    body = stack.client("s3").get_object(Bucket=res.buckets["output"], Key=f"predictions/{bucket}/{key}.json")["Body"].read()
+    body = stack.client("s3").get_object(Bucket=res.buckets["output"], Key=output_key(res.settings["OUTPUT_PREFIX"], {"bucket": bucket, "key": key}))["Body"].read()
     items = stack.client("dynamodb").query(
         TableName=res.table,
         KeyConditionExpression="#o = :o",

@@ -185,7 +185,35 @@ def test_a_view_changed_since_it_was_read_is_not_overwritten(s3: Any) -> None:
     stale = s3.head_object(Bucket=BUCKET, Key=key)["ETag"]
     s3.put_object(Bucket=BUCKET, Key=key, Body=b'{"changed": true}')
     # S3 refuses a write conditional on the ETag read before (412 PreconditionFailed) ...
-    assert records._put(s3, BUCKET, key, {"x": 1}, stale, {}) is False
+    assert records._put(s3, BUCKET, key, {"x": 1}, stale, {}) is None
     # ... and one conditional on there being nothing, once there is something
-    assert records._put(s3, BUCKET, key, {"x": 1}, None, {}) is False
+    assert records._put(s3, BUCKET, key, {"x": 1}, None, {}) is None
+    # ... and a delete conditional on the ETag read before
+    assert records.delete(s3, BUCKET, key, stale) is False
     assert _get(s3, key) == {"changed": True}
+
+
+def test_a_view_with_nothing_to_order_it_by_is_replaced(s3: Any) -> None:
+    # GIVEN a view written before views were ordered (no sequencer, no LastModified)
+    key = latest_key("predictions/", "in", "photos/cat.jpg")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps({"record_id": "old", "source": {"version_id": "v0"}}).encode())
+    # THEN a record that can be ordered replaces it instead of being blocked by it for good
+    assert _publish(s3, PREDICTION, "v1", "0A").view == "written" and _view(s3, PREDICTION) == "v1"
+
+
+def test_an_older_versions_late_success_resolves_its_own_failure_record(s3: Any) -> None:
+    _publish(s3, FAILURE, "v1", "0A")
+    _publish(s3, PREDICTION, "v2", "0B")
+    # WHEN v1 is redriven and succeeds after all
+    assert _publish(s3, PREDICTION, "v1", "0A").view == "kept"
+    # THEN its failure record is resolved, and the latest views still describe v2
+    assert _entry(s3, FAILURE, "v1") is None and _entry(s3, PREDICTION, "v1") is not None
+    assert (_view(s3, PREDICTION), _view(s3, FAILURE)) == ("v2", None)
+
+
+def test_each_upload_to_an_unversioned_bucket_keeps_its_own_record(s3: Any) -> None:
+    for etag, sequencer in (("e1", "0A"), ("e2", "0B")):
+        records.publish(s3, BUCKET, FAILURE, {**_record(FAILURE, "null", sequencer), "source": {
+            "bucket": "in", "key": "photos/cat.jpg", "version_id": None, "sequencer": sequencer, "etag": etag}}, PREFIXES, {})
+    assert {version_key("failures/", "in", "photos/cat.jpg", None, etag) for etag in ("e1", "e2")} <= {
+        o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="failures/_versions/")["Contents"]}
