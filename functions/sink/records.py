@@ -9,9 +9,9 @@ Folders that start with ``_`` cannot be a bucket's name (bucket names start with
 digit), so they never collide with an object's records.
 
 **Keys are encoded injectively and safely** (:func:`encode_key`, inverse :func:`decode_key`):
-``%``, control characters (NUL included) and ``\\`` become ``%XX``; a ``/`` that would make an empty
-segment (leading, trailing, doubled) becomes ``%2F``; a ``.`` or ``..`` segment becomes ``%2E`` /
-``%2E%2E``. So no record path holds a ``..``, ``.`` or empty segment (``aws s3 cp --recursive``
+``%``, control characters (C0 with NUL, DEL, C1) and ``\\`` become ``%XX``; a ``/`` that would
+make an empty segment (leading, trailing, doubled) becomes ``%2F``; a ``.`` or ``..`` segment
+becomes ``%2E`` / ``%2E%2E``. So no record path holds a ``..``, ``.`` or empty segment (``aws s3 cp --recursive``
 cannot write outside its folder, and ``a/../b`` does not land on ``b``), and two keys never share
 a record. Ordinary keys (``photos/cat.jpg``) keep their name. A key too long for S3's 1,024-byte
 limit once prefixed is stored by its SHA-256 under ``_long/<bucket>/``.
@@ -22,15 +22,19 @@ different lengths are compared after right-padding the shorter with zeros
 (https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html).
 Without two sequencers (a hand-typed input names no event), the versions' ``LastModified`` (from
 the GetObject that read them) decide. Two different versions that neither tells apart are not
-ordered: the view already written stays.
+ordered: the view already written stays. A view that carries nothing to order it by (written
+before views were ordered) counts as older. An upload to an unversioned bucket (every version
+"null") has its record under ``null.<etag>``.
 
 **Latest views** (:func:`publish`): a key's prediction view and failure view never describe a
 version older than the newest version that has an outcome. A record of an older version updates
 only its ``_versions/`` entry; a newer one replaces the view and removes the other kind's view
-of an older version; a prediction also resolves the failure view of its own version. Each view
-is written with S3 conditional writes (``If-Match`` the ETag read, ``If-None-Match: *`` when
-there was none), so two executions racing on one key cannot both win:
-https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html
+of an older version; a prediction also resolves the failure view and record of its own version.
+Each view is written with S3 conditional writes (``If-Match`` the ETag read, ``If-None-Match: *``
+when there was none: https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html),
+the other kind's view deleted only while unchanged (a conditional delete:
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-deletes.html) and checked again
+after the write, so two executions racing on one key cannot both win.
 
 Example::
 
@@ -81,7 +85,7 @@ def encode_key(key: str) -> str:
     for i, ch in enumerate(key):
         if ch == "/":
             out.append("%2F" if i == 0 or i == last or key[i - 1] == "/" else "/")
-        elif ch in "%\\" or ord(ch) < 0x20 or ord(ch) == 0x7F:
+        elif ch in "%\\" or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F:  # C0, DEL and C1 control characters
             out.append(_escape(ch))
         else:
             out.append(ch)

@@ -423,3 +423,40 @@ def test_an_execution_over_the_state_machines_timeout_gets_a_failure_record(stac
     assert record is not None, "no failure record for a TIMED_OUT execution"
     assert record["error"]["type"] == "States.Timeout" and record["failed_state"] == "Preprocess", record
     assert sfn.describe_execution(executionArn=started["executionArn"])["redriveStatus"] == "REDRIVABLE"
+
+
+def test_an_unexpected_error_in_a_sink_ends_as_pipeline_error_with_a_record(stack: Any) -> None:
+    """A bug's exception (here a KeyError on a corrupted batch document) is reported as
+    ``PipelineError`` naming it, caught, recorded, and the execution ends in PipelineFailed."""
+    from functions.common.work import CLASSIFIED, work_key
+
+    s3, sfn = stack.client("s3"), stack.client("stepfunctions")
+    work = stack.resources.buckets["work"]
+    key = f"unexpected/{uuid.uuid4().hex[:6]}.jpg"
+    # GIVEN every sink's read of the classified batch document is held for a moment ...
+    stack.inject_aws_faults("s3", "GetObject", count=5, match=f"/{CLASSIFIED}", delay=3.0)
+    _upload(stack, key, image_bytes("circle", seed=61))
+    arn = executions_for_key(stack, key)[0]["executionArn"]
+    document_key = work_key(stack.resources.settings["WORK_PREFIX"], arn, CLASSIFIED)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            document = json.loads(s3.get_object(Bucket=work, Key=document_key)["Body"].read())
+            break
+        except s3.exceptions.NoSuchKey:
+            time.sleep(0.05)
+    # ... while it is corrupted the way a bug would: a prediction whose model has no version
+    del document["items"][0]["prediction"]["model"]["version"]
+    s3.put_object(Bucket=work, Key=document_key, Body=json.dumps(document).encode())
+
+    final = wait_for_execution(stack, arn)
+    # THEN the execution ends in PipelineFailed with PipelineError, naming the exception
+    assert final["status"] == "FAILED" and final["error"] == "PipelineError", final
+    assert "KeyError" in final["cause"] and "'version'" in final["cause"]
+    history = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+    entered = [e["stateEnteredEventDetails"]["name"] for e in history if e["type"].endswith("StateEntered")]
+    assert "RecordFailure" in entered and entered[-1] == "PipelineFailed"
+    # AND the object has a failure record saying so
+    record = failure_record(stack, _input_bucket(stack), key)
+    assert record is not None and record["error"]["type"] == "PipelineError" and "KeyError" in record["error"]["message"]
+    stack.aws_faults.clear()

@@ -316,3 +316,41 @@ def test_dropping_the_statement_breaks_what_needs_it(
         assert not _probe(enforced, role, sid), f"{role}/{policy}/{sid} can be dropped: nothing needs it"
     finally:
         iam.put_role_policy(RoleName=role_name, PolicyName=policy, PolicyDocument=json.dumps(full))
+
+
+def test_a_prefix_scoped_preprocess_role_reads_only_under_its_prefix(stack: Any, enforced: Admin,
+                                                                     deployed_policies: dict[str, Any]) -> None:
+    """Terraform's ``input_key_prefix`` scopes the preprocess role's s3:GetObject to that prefix:
+    the very template, rendered with a prefix, run under IAM enforcement. The function's own
+    INPUT_KEY_PREFIX check is left off here, so only the policy stands between it and other keys."""
+    from inferpipe import infra
+
+    resources = stack.resources
+    role_name = role_names(resources)["preprocess"]
+    values = infra.policy_values(resources, function_arns={k: resources.function_arn(k) for k in resources.functions},
+                                 input_key_prefix="scoped/")
+    scoped = infra.render_policy(infra.policy_templates()["preprocess"], values)
+    bucket = resources.buckets["input"]
+    inside, outside = f"scoped/{uuid.uuid4().hex[:6]}.jpg", f"elsewhere/{uuid.uuid4().hex[:6]}.jpg"
+    s3 = enforced.client("s3")
+    for key in (inside, outside):
+        s3.put_object(Bucket=bucket, Key=key, Body=image_bytes("circle", seed=71))
+    iam = enforced.client("iam")
+    iam.put_role_policy(RoleName=role_name, PolicyName="preprocess", PolicyDocument=json.dumps(scoped))
+    try:
+        _cold_start(enforced)
+        defaults = {"sinks": ",".join(KNOWN_SINKS), "top_k": "5", "model": resources.defaults.model,
+                    "model_version": resources.defaults.model_version}
+        answer = _invoke(enforced, "preprocess", {
+            "input": {"objects": [{"bucket": bucket, "key": inside}, {"bucket": bucket, "key": outside}]},
+            "defaults": defaults, "execution_id": f"{resources.state_machine_arn.replace(':stateMachine:', ':execution:')}:scoped-{uuid.uuid4().hex[:6]}",
+        })
+        assert answer["error"] is None, answer
+        document = json.loads(s3.get_object(Bucket=answer["payload"]["batch"]["bucket"], Key=answer["payload"]["batch"]["key"])["Body"].read())
+        by_key = {entry["source"]["key"]: entry for entry in document["items"]}
+        # THEN the object under the prefix is read; the other one is refused by IAM (403), as a typed error
+        assert by_key[inside]["status"] == "READY"
+        assert by_key[outside]["status"] == "FAILED" and by_key[outside]["error"]["type"] == "ObjectNotFoundError"
+        assert "403" in by_key[outside]["error"]["message"]
+    finally:
+        iam.put_role_policy(RoleName=role_name, PolicyName="preprocess", PolicyDocument=json.dumps(deployed_policies["preprocess"]["preprocess"]))
