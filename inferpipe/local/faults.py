@@ -55,6 +55,8 @@ DEFAULT_ERRORS: dict[str, tuple[int, str]] = {
     "events": (400, "ThrottlingException"),
     "states": (400, "ThrottlingException"),
 }
+#: Services whose requests the local stack serves, by the signing name the middleware sees.
+FAULTABLE_SERVICES = ("s3", "dynamodb", "sns", "sqs", "events", "states", "logs", "lambda", "iam", "sts", "pipes")
 _SCOPE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request")
 _MAX_BODY_PEEK = 1024 * 1024
 
@@ -93,7 +95,7 @@ class AwsFaultInjector:
         self,
         service: str,
         operation: str,
-        count: int = 1,
+        count: int | None = 1,
         *,
         status: int | None = None,
         code: str | None = None,
@@ -280,6 +282,8 @@ def control(injector: AwsFaultInjector, method: str, body: bytes) -> tuple[int, 
         unknown = set(spec) - {"service", "operation", "error", "status", "count", "rate", "delay", "match"}
         if unknown:
             raise ValueError(f"unknown fault field(s): {', '.join(sorted(unknown))}")
+        if spec["service"] not in FAULTABLE_SERVICES:
+            raise ValueError(f"unknown service {spec['service']!r}: one of {', '.join(FAULTABLE_SERVICES)} (AWS signing names)")
         rule = injector.inject(
             spec["service"], spec.get("operation") or ANY_OPERATION,
             spec.get("count", 1 if spec.get("rate") is None else None),

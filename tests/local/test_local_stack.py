@@ -943,6 +943,8 @@ def test_local_fault_commands_add_list_and_clear_faults_at_the_aws_edge(stack: L
     # AND a bad rule is refused, naming what is wrong
     assert main([*cli, "add", "s3:GetObject", "--rate", "2", *at]) == 2
     assert "rate must be more than 0 and at most 1" in capsys.readouterr().err
+    assert main([*cli, "add", "dynamo:PutItem", *at]) == 2
+    assert "unknown service 'dynamo': one of s3, dynamodb" in capsys.readouterr().err
 
 
 def test_an_idle_environment_is_stopped_after_its_idle_time(stack: LocalStack, test_functions: dict[str, dict[str, Any]]) -> None:
