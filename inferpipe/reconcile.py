@@ -3,8 +3,9 @@
 It compares the input bucket's object versions written within ``--since`` with what each sink
 of the deployment holds, and with the failure records:
 
-* **s3**: each version's record ``predictions/_versions/<bucket>/<key>/<version>.json``, and the
-  key's latest view ``predictions/<bucket>/<key>.json`` (functions/sink/records.py);
+* **s3**: each version's record: the key's latest view ``predictions/<bucket>/<key>.json`` for the
+  newest version with an outcome, ``predictions/_versions/<bucket>/<key>/<version>.json`` for the
+  others (functions/sink/records.py);
 * **dynamodb**: the version's item with ``status = SUCCEEDED``;
 * **sns, sqs, eventbridge**: their messages cannot be read back without consuming them, so the
   delivery ledgers (``deliveries/<sink>/*.json``) say which record ids each sink published; a
@@ -149,10 +150,21 @@ def reconcile(
         kind: _listed(s3, output_bucket, [f"{p}{records.VERSIONS_FOLDER}/{input_bucket}/", f"{p}{records.VERSIONS_FOLDER}/{records.LONG_FOLDER}/{input_bucket}/"])
         for kind, p in prefixes.items()
     }
+    # The latest views, read once: each is the record of the version it stands for.
+    views = {kind: {key: _json(s3, output_bucket, records.latest_key(p, input_bucket, key)) for key in keys}
+             for kind, p in prefixes.items()}
     items = _items(ddb, table, input_bucket, keys) if ddb is not None and table else {}
 
+    def record_of(kind: str, v: ObjectVersion) -> dict[str, Any] | str | None:
+        """The version's record: the view's record when it is the view, the entry's key, or None."""
+        entry = records.version_key(prefixes[kind], input_bucket, v.key, v.version_id, v.etag)
+        view = views[kind][v.key]
+        if view is not None and records.entry_of(prefixes[kind], input_bucket, v.key, view) == entry:
+            return view
+        return entry if entry in history[kind] else None
+
     def has(kind: str, v: ObjectVersion) -> bool:
-        return records.version_key(prefixes[kind], input_bucket, v.key, v.version_id, v.etag) in history[kind]
+        return record_of(kind, v) is not None
 
     def succeeded_item(v: ObjectVersion) -> dict[str, Any] | None:
         item = items.get((v.key, v.version_id))
@@ -168,8 +180,8 @@ def reconcile(
             item = succeeded_item(v)
             if item is not None and "record_id" in item:
                 record_ids[v] = item["record_id"]["S"]
-            elif has(records.PREDICTION, v):
-                stored = _json(s3, output_bucket, records.version_key(output_prefix, input_bucket, v.key, v.version_id, v.etag)) or {}
+            elif (where := record_of(records.PREDICTION, v)) is not None:
+                stored = (_json(s3, output_bucket, where) if isinstance(where, str) else where) or {}
                 if isinstance(stored.get("record_id"), str):
                     record_ids[v] = stored["record_id"]
 
@@ -205,7 +217,7 @@ def reconcile(
                 note(sink, "missing", v, v.key)
         if sink == "s3":
             for key in keys:
-                stale = _stale(s3, output_bucket, prefixes, input_bucket, key, by_key[key], has)
+                stale = _stale({kind: views[kind][key] for kind in prefixes}, by_key[key], has)
                 if stale:
                     row["stale"] += 1
                     note(sink, "stale", None, key, stale)
@@ -213,14 +225,12 @@ def reconcile(
     return Report(bucket=input_bucket, since=since, sinks=report, examples=examples)
 
 
-def _stale(s3: Any, bucket: str, prefixes: Mapping[str, str], input_bucket: str, key: str, versions: Sequence[ObjectVersion],
-           has: Any) -> str:
+def _stale(views: Mapping[str, dict[str, Any] | None], versions: Sequence[ObjectVersion], has: Any) -> str:
     """Why the key's latest views do not describe its newest version with an outcome ('' if they do)."""
     newest = next((v for v in versions if has(records.PREDICTION, v) or has(records.FAILURE, v)), None)
     if newest is None:
         return ""
-    for kind, prefix in prefixes.items():
-        view = _json(s3, bucket, records.latest_key(prefix, input_bucket, key))
+    for kind, view in views.items():
         if view is None:
             if has(kind, newest) and not (kind == records.FAILURE and has(records.PREDICTION, newest)):
                 return f"no latest {kind} view, though version {newest.version_id} has a {kind} record"

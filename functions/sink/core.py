@@ -3,9 +3,10 @@
 Every sink receives the same record, identified by ``record_id``: a hash of the source object
 version, the model version and how many classes were asked for. Delivery is idempotent per record:
 
-* S3: one record per object version (``predictions/_versions/<bucket>/<key>/<version>.json``) and
-  the key's latest view (``predictions/<bucket>/<key>.json``), which never goes back to an older
-  version: see :mod:`functions.sink.records` (layout, key encoding, order).
+* S3: the key's latest view (``predictions/<bucket>/<key>.json``) is the newest version's record
+  and never goes back to an older version; every other version's record is its version's entry
+  (``predictions/_versions/<bucket>/<key>/<version>.json``): see :mod:`functions.sink.records`
+  (layout, key encoding, order).
 * DynamoDB: one item per object version, written with a condition so that a duplicate of a
   delivered record is a no-op, while a different record of that version (another model version,
   another ``top_k``) *replaces* the item and a FAILED item is resolved.
@@ -147,7 +148,7 @@ def _to_s3(record: dict[str, Any], dest: Destinations) -> str:
     bucket = _need(dest.output_bucket, "s3", config.OUTPUT_BUCKET)
     metadata = {"record-id": record["record_id"], "model-version": record["model"]["version"]}
     outcome = views.publish(client("s3"), bucket, views.PREDICTION, record, prefixes(dest), metadata)
-    return f"s3://{bucket}/{outcome.latest_key if outcome.view != 'kept' else outcome.version_key}"
+    return f"s3://{bucket}/{outcome.key}"
 
 
 def _to_dynamodb(record: dict[str, Any], dest: Destinations) -> str:
@@ -301,9 +302,9 @@ def build_failure(event: Mapping[str, Any], now: datetime | None = None) -> dict
 def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]:
     """Write the failure record where it is deployed; which writes happened, by sink.
 
-    * S3: the object version's record ``failures/_versions/<bucket>/<key>/<version>.json`` (a later
-      failure of another version never erases it) and, unless a newer version of the key has an
-      outcome, the key's latest view ``failures/<bucket>/<key>.json`` (see
+    * S3: the key's latest view ``failures/<bucket>/<key>.json`` unless a newer version of the key
+      has an outcome, else the version's entry ``failures/_versions/<bucket>/<key>/<version>.json``
+      (a later failure of another version moves this one there, never erases it: see
       :mod:`functions.sink.records`); ``failures/_invalid/<execution name>.json`` without an object.
     * DynamoDB: the object version's item with ``status = FAILED`` -- never over a SUCCEEDED item
       (conditional write): a duplicate execution failing after another one succeeded does not
@@ -327,7 +328,7 @@ def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]
             written.update(s3=f"s3://{dest.output_bucket}/{key}", s3_key=key)
         elif dest.output_bucket:
             outcome = views.publish(client("s3"), dest.output_bucket, views.FAILURE, record, prefixes(dest), _failure_metadata(record))
-            written.update(s3=f"s3://{dest.output_bucket}/{outcome.version_key}", s3_version_key=outcome.version_key, view=outcome.view)
+            written.update(s3=f"s3://{dest.output_bucket}/{outcome.key}", s3_version_key=outcome.version_key, view=outcome.view)
             if outcome.view != "kept":
                 written["s3_key"] = outcome.latest_key
         if dest.table and source is not None:

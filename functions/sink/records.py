@@ -2,8 +2,12 @@
 
 Layout in the output bucket (``<prefix>`` is ``predictions/`` or ``failures/``)::
 
-    <prefix><bucket>/<encoded key>.json                         the key's latest view
-    <prefix>_versions/<bucket>/<encoded key>/<version>.json     one record per object version
+    <prefix><bucket>/<encoded key>.json                         the key's latest view: the newest version's record
+    <prefix>_versions/<bucket>/<encoded key>/<version>.json     each other version's record
+
+Every version with an outcome has exactly one record of each kind it had, in one of the two places
+(:func:`find` looks in both); a record moves to its version's entry when a newer version's record
+replaces it as the view.
 
 Folders that start with ``_`` cannot be a bucket's name (bucket names start with a letter or a
 digit), so they never collide with an object's records.
@@ -27,14 +31,15 @@ before views were ordered) counts as older. An upload to an unversioned bucket (
 "null") has its record under ``null.<etag>``.
 
 **Latest views** (:func:`publish`): a key's prediction view and failure view never describe a
-version older than the newest version that has an outcome. A record of an older version updates
-only its ``_versions/`` entry; a newer one replaces the view and removes the other kind's view
-of an older version; a prediction also resolves the failure view and record of its own version.
-Each view is written with S3 conditional writes (``If-Match`` the ETag read, ``If-None-Match: *``
-when there was none: https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html),
-the other kind's view deleted only while unchanged (a conditional delete:
-https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-deletes.html) and checked again
-after the write, so two executions racing on one key cannot both win.
+version older than the newest version that has an outcome. A record of an older version goes to
+its version's entry; a newer one replaces the view (the record it replaces is archived to its own
+entry first) and retires the other kind's view of an older version the same way; a prediction
+also resolves the failure record of its own version. Views are written with S3 conditional writes
+(``If-None-Match: *`` first, then ``If-Match`` the ETag read:
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html) and the other
+kind's view deleted only while unchanged (a conditional delete:
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-deletes.html), so two executions
+racing on one key cannot both win. The first record of a key costs one PUT and one GET.
 
 Example::
 
@@ -179,27 +184,48 @@ def compare(a: Version, b: Version) -> int | None:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What :func:`publish` did with the latest view."""
+    """What :func:`publish` did: the record is the latest view (``written``, or ``unchanged`` when
+    the view already held it) or its version's entry (``kept``)."""
 
     view: str  # "written", "unchanged" or "kept"
     latest_key: str
     version_key: str
     reason: str = ""
 
+    @property
+    def key(self) -> str:
+        """Where the record is now."""
+        return self.version_key if self.view == "kept" else self.latest_key
 
-def _read(s3: Any, bucket: str, key: str) -> tuple[dict[str, Any] | None, str | None]:
+
+@dataclass(frozen=True)
+class _Stored:
+    """An object as read: its parsed record, and what it takes to write the same object elsewhere."""
+
+    record: dict[str, Any]
+    etag: str
+    body: bytes
+    metadata: dict[str, str]
+
+
+def _body(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8")
+
+
+def _read(s3: Any, bucket: str, key: str) -> _Stored | None:
     try:
         answer = s3.get_object(Bucket=bucket, Key=key)
         body = answer["Body"].read()
     except ClientError as exc:
         if is_not_found(exc):
-            return None, None
+            return None
         raise
     try:
         record = json.loads(body)
     except ValueError:
         record = {}
-    return (record if isinstance(record, dict) else {}), str(answer.get("ETag") or "")
+    return _Stored(record if isinstance(record, dict) else {}, str(answer.get("ETag") or ""), body,
+                   dict(answer.get("Metadata") or {}))
 
 
 def _lost(exc: ClientError, conditional: bool) -> bool:
@@ -212,10 +238,8 @@ def _put(s3: Any, bucket: str, key: str, record: Mapping[str, Any], etag: str | 
     ETag, or None when the condition lost."""
     condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
     try:
-        answer = s3.put_object(
-            Bucket=bucket, Key=key, Body=json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8"),
-            ContentType="application/json", Metadata=dict(metadata), **condition,
-        )
+        answer = s3.put_object(Bucket=bucket, Key=key, Body=_body(record), ContentType="application/json",
+                               Metadata=dict(metadata), **condition)
     except ClientError as exc:
         if _lost(exc, True):
             return None
@@ -247,65 +271,131 @@ def _order(mine: Version, existing: Mapping[str, Any]) -> int | None:
     return order
 
 
+def _archive(s3: Any, bucket: str, prefix: str, where: tuple[str, str], stored: _Stored) -> str:
+    """Write a view's record, byte for byte with its metadata, to its own version's entry (one PUT:
+    the bytes read, so a view that changes meanwhile cannot put another version's record there)."""
+    theirs = stored.record.get("source") or {}
+    key = version_key(prefix, *where, theirs.get("version_id"), theirs.get("etag"))
+    s3.put_object(Bucket=bucket, Key=key, Body=stored.body, ContentType="application/json", Metadata=stored.metadata)
+    return key
+
+
+def _keep(s3: Any, bucket: str, outcome: Outcome, record: Mapping[str, Any], metadata: Mapping[str, str]) -> Outcome:
+    s3.put_object(Bucket=bucket, Key=outcome.version_key, Body=_body(record), ContentType="application/json",
+                  Metadata=dict(metadata))
+    logger.info("record of an older version: written to its version's entry, not the latest view", extra={
+        "record": outcome.version_key, "version_id": (record.get("source") or {}).get("version_id") or NULL_VERSION,
+        "reason": outcome.reason})
+    return outcome
+
+
+def _held(stored: _Stored) -> str:
+    return (stored.record.get("source") or {}).get("version_id") or NULL_VERSION
+
+
 def publish(
     s3: Any, bucket: str, kind: str, record: Mapping[str, Any], prefixes: Mapping[str, str], metadata: Mapping[str, str]
 ) -> Outcome:
-    """Write ``record`` (``kind`` PREDICTION or FAILURE) to its version's entry and, unless a newer
-    version's record is there, to the key's latest view. S3 errors other than a lost condition propagate.
+    """Write ``record`` (``kind`` PREDICTION or FAILURE) as the key's latest view, or to its
+    version's entry when a newer version's record is the view. S3 errors other than a lost
+    condition propagate.
 
-    Both views are changed only conditionally (the ETag read), and after writing its own view a
-    record checks the other kind's view again: two executions racing on one key (an older
-    version's prediction, a newer one's failure) end with the newer one's view alone."""
+    The view *is* the newest version's record: a version's entry under ``_versions/`` is written
+    only for a record that is not (or no longer) the view -- an older version's record, or a view
+    that a newer version's record replaces (it is archived first, byte for byte). So the usual
+    case, the first record of a key, costs one PUT (``If-None-Match: *``) and one GET (of the
+    other kind's view, almost always absent).
+
+    Write first, then look at the other kind's view: two executions racing on one key each do
+    the same, and S3's strong read-after-write consistency means at least one of them sees the
+    other's view and settles which stays (an older version's prediction, a newer one's failure:
+    the failure). Views are changed only conditionally (the ETag read)."""
     source = record["source"]
     where = (source["bucket"], source["key"])
     other = FAILURE if kind == PREDICTION else PREDICTION
     own_latest, other_latest = latest_key(prefixes[kind], *where), latest_key(prefixes[other], *where)
     history = version_key(prefixes[kind], *where, source.get("version_id"), source.get("etag"))
-    s3.put_object(Bucket=bucket, Key=history, Body=json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8"),
-                  ContentType="application/json", Metadata=dict(metadata))
-    if kind == PREDICTION:  # the version succeeded: its own failure record is resolved
+    if kind == PREDICTION:  # the version succeeded: its own failure entry is resolved (DELETE requests are free)
         delete(s3, bucket, version_key(prefixes[FAILURE], *where, source.get("version_id"), source.get("etag")))
     mine = Version.of(source)
+    current: _Stored | None = None  # the view as last read; None before reading: try If-None-Match first
     for _ in range(WRITE_ATTEMPTS):
-        current, etag = _read(s3, bucket, own_latest)
-        rival, rival_etag = _read(s3, bucket, other_latest)
-        for name, existing in ((kind, current), (other, rival)):
-            order = None if existing is None else _order(mine, existing)
-            if existing is not None and (order is None or order < 0):
-                theirs = (existing.get("source") or {}).get("version_id") or NULL_VERSION
-                reason = (f"the latest {name} view holds version {theirs}, "
+        view, written = "written", None
+        if current is not None:
+            order = _order(mine, current.record)
+            if order is None or order < 0:
+                reason = (f"the latest {kind} view holds version {_held(current)}, "
                           + ("a newer one" if order else "which nothing orders against this one (kept)"))
-                logger.info("record of an older version: only its version's record is written", extra={
-                    "record": history, "version_id": source.get("version_id") or NULL_VERSION, "kept_view": theirs})
-                return Outcome("kept", own_latest, history, reason)
-        if current is not None and kind == PREDICTION and current.get("record_id") == record.get("record_id"):
-            view, written = "unchanged", etag  # a duplicate of what the view holds
-        else:
-            written = _put(s3, bucket, own_latest, record, etag or None, metadata)
-            if written is None:
-                continue  # another execution wrote the view since it was read: decide again
-            view = "written"
-        # A prediction resolves its version's failure view; a newer record retires an older view.
-        if rival is not None and (kind == PREDICTION or _order(mine, rival) != 0):
-            if not delete(s3, bucket, other_latest, rival_etag or None):
-                continue  # it changed since it was read: decide again
-        again, _ = _read(s3, bucket, other_latest)
-        if again is not None and _order(mine, again) == -1:  # a newer version's view appeared meanwhile
-            delete(s3, bucket, own_latest, written or None)
-            return Outcome("kept", own_latest, history, f"a newer version's {other} view appeared while this one was written")
-        return Outcome(view, own_latest, history)
+                return _keep(s3, bucket, Outcome("kept", own_latest, history, reason), record, metadata)
+            if order == 0 and kind == PREDICTION and current.record.get("record_id") == record.get("record_id"):
+                view, written = "unchanged", current.etag  # a duplicate of what the view holds
+            elif order > 0:
+                _archive(s3, bucket, prefixes[kind], where, current)  # the older version's record stays, as its entry
+        if view == "written":
+            written = _put(s3, bucket, own_latest, record, current.etag if current else None, metadata)
+            if written is None:  # there is a view (or it changed since it was read): read it and decide again
+                current = _read(s3, bucket, own_latest)
+                continue
+        settled = _settle(s3, bucket, kind, mine, prefixes[other], where, other_latest)
+        if settled is None:
+            return Outcome(view, own_latest, history)
+        # The other kind's view describes a newer version (or one nothing orders against this one):
+        # this record steps back to its version's entry.
+        _archive(s3, bucket, prefixes[kind], where, _Stored(dict(record), written or "", _body(record), dict(metadata)))
+        delete(s3, bucket, own_latest, written or None)
+        return Outcome("kept", own_latest, history, settled)
     raise TransientError(f"s3://{bucket}/{own_latest} changed under {WRITE_ATTEMPTS} attempts to write it")
+
+
+def _settle(s3: Any, bucket: str, kind: str, mine: Version, prefix: str, where: tuple[str, str], other_latest: str) -> str | None:
+    """After writing a view: retire the other kind's view if it describes an older version (archived
+    to its entry) or, for a prediction, this same version's failure (resolved). None when this
+    record's view stays; the reason when the other view wins."""
+    for _ in range(WRITE_ATTEMPTS):
+        rival = _read(s3, bucket, other_latest)
+        if rival is None:
+            return None
+        order = _order(mine, rival.record)
+        if order is None or order < 0:
+            return (f"the latest {FAILURE if kind == PREDICTION else PREDICTION} view holds version {_held(rival)}, "
+                    + ("a newer one" if order else "which nothing orders against this one"))
+        if order == 0 and kind == FAILURE:
+            return None  # a failure of a version that also succeeded is shown beside its prediction
+        if order > 0:
+            _archive(s3, bucket, prefix, where, rival)
+        if delete(s3, bucket, other_latest, rival.etag or None):
+            return None
+    raise TransientError(f"s3://{bucket}/{other_latest} changed under {WRITE_ATTEMPTS} attempts to settle it")
+
+
+def entry_of(prefix: str, bucket: str, key: str, record: Mapping[str, Any]) -> str:
+    """The version entry that ``record`` (a view of ``bucket``/``key``) stands for."""
+    source = record.get("source") or {}
+    return version_key(prefix, bucket, key, source.get("version_id"), source.get("etag"))
+
+
+def find(s3: Any, bucket: str, prefix: str, source_bucket: str, key: str, version_id: str | None,
+         etag: str | None = None) -> tuple[str, dict[str, Any]] | None:
+    """Where one object version's record under ``prefix`` is, and the record: its version's entry,
+    or the key's latest view when that is the version's record; None when it has none."""
+    entry = version_key(prefix, source_bucket, key, version_id, etag)
+    for where in (entry, latest_key(prefix, source_bucket, key)):
+        stored = _read(s3, bucket, where)
+        if stored is not None and (where == entry or entry_of(prefix, source_bucket, key, stored.record) == entry):
+            return where, stored.record
+    return None
 
 
 def read_latest(s3: Any, bucket: str, prefix: str, source: Mapping[str, Any]) -> dict[str, Any] | None:
     """The key's latest view under ``prefix`` (None when it has none); transient errors are TransientError."""
     try:
-        return _read(s3, bucket, latest_key(prefix, source["bucket"], source["key"]))[0]
+        stored = _read(s3, bucket, latest_key(prefix, source["bucket"], source["key"]))
+        return None if stored is None else stored.record
     except (ClientError, BotoCoreError) as exc:
         raise_transient(exc, f"reading the latest record of s3://{source['bucket']}/{source['key']}")
 
 
 __all__ = [
-    "FAILURE", "PREDICTION", "Outcome", "Version", "compare", "decode_key", "delete", "encode_key", "latest_key",
-    "publish", "read_latest", "version_key",
+    "FAILURE", "PREDICTION", "Outcome", "Version", "compare", "decode_key", "delete", "encode_key", "entry_of", "find",
+    "latest_key", "publish", "read_latest", "version_key",
 ]

@@ -159,15 +159,19 @@ def test_reconcile_counts_each_sinks_records_and_fails_on_what_is_missing_duplic
     # key's latest view is put back to its older version
     ddb = stack.client("dynamodb")
     ddb.delete_item(TableName=res.table, Key={"object": {"S": f"s3://{bucket}/{prefix}good.jpg"}, "version": {"S": versions["good.jpg"]}})
-    newest = json.loads(s3.get_object(Bucket=output, Key=records.version_key("predictions/", bucket, prefix + "twice.jpg",
-                                                                              versions["twice.jpg"]))["Body"].read())
+    found = records.find(s3, output, "predictions/", bucket, prefix + "twice.jpg", versions["twice.jpg"])
+    assert found is not None and found[0] == records.latest_key("predictions/", bucket, prefix + "twice.jpg")  # the newest is the view
+    newest = found[1]
     ledger = next(o["Key"] for o in s3.list_objects_v2(Bucket=output, Prefix="deliveries/sqs/")["Contents"]
                   if newest["record_id"] in json.loads(s3.get_object(Bucket=output, Key=o["Key"])["Body"].read())["delivered"])
     s3.copy_object(Bucket=output, Key="deliveries/sqs/copied.json", CopySource={"Bucket": output, "Key": ledger})
     older = s3.list_object_versions(Bucket=bucket, Prefix=prefix + "twice.jpg")["Versions"][-1]["VersionId"]
     assert older != versions["twice.jpg"]
     old_record = s3.get_object(Bucket=output, Key=records.version_key("predictions/", bucket, prefix + "twice.jpg", older))["Body"].read()
-    s3.put_object(Bucket=output, Key=records.latest_key("predictions/", bucket, prefix + "twice.jpg"), Body=old_record)
+    view = records.latest_key("predictions/", bucket, prefix + "twice.jpg")  # (the newest record kept as its entry)
+    s3.copy_object(Bucket=output, Key=records.version_key("predictions/", bucket, prefix + "twice.jpg", versions["twice.jpg"]),
+                   CopySource={"Bucket": output, "Key": view})
+    s3.put_object(Bucket=output, Key=view, Body=old_record)
 
     # THEN reconcile says which, where, and exits 1
     assert main(cli) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,7 +138,35 @@ def _view(s3: Any, kind: str) -> str | None:
 
 
 def _entry(s3: Any, kind: str, version: str) -> dict[str, Any] | None:
-    return _get(s3, version_key(PREFIXES[kind], "in", "photos/cat.jpg", version))
+    """The version's record of ``kind``, wherever it is (the latest view or its version's entry)."""
+    found = records.find(s3, BUCKET, PREFIXES[kind], "in", "photos/cat.jpg", version)
+    return None if found is None else found[1]
+
+
+def _requests(s3: Any) -> Counter[str]:
+    """The S3 operations the client sends from now on, counted by name."""
+    sent: Counter[str] = Counter()
+    s3.meta.events.register("before-call.s3.*", lambda model, **_: sent.update([model.name]))
+    return sent
+
+
+def test_the_first_record_of_a_key_costs_one_put_and_one_get(s3: Any) -> None:
+    sent = _requests(s3)
+    assert _publish(s3, PREDICTION, "v1", "0A").view == "written"
+    # the view is the version's record (no second copy), and the failure view is looked at once;
+    # DELETE (the version's failure entry, resolved) is free
+    assert sent == Counter({"PutObject": 1, "GetObject": 1, "DeleteObject": 1})
+    assert _get(s3, version_key("predictions/", "in", "photos/cat.jpg", "v1")) is None
+    assert _entry(s3, PREDICTION, "v1")["record_id"] == "rid-v1"  # type: ignore[index]
+
+
+def test_a_newer_record_moves_the_one_it_replaces_to_its_versions_entry_byte_for_byte(s3: Any) -> None:
+    records.publish(s3, BUCKET, PREDICTION, _record(PREDICTION, "v1", "0A"), PREFIXES, {"model-version": "m1"})
+    view = s3.get_object(Bucket=BUCKET, Key=latest_key("predictions/", "in", "photos/cat.jpg"))
+    _publish(s3, PREDICTION, "v2", "0B")
+    entry = s3.get_object(Bucket=BUCKET, Key=version_key("predictions/", "in", "photos/cat.jpg", "v1"))
+    assert entry["Body"].read() == view["Body"].read() and entry["Metadata"] == {"model-version": "m1"}
+    assert (_view(s3, PREDICTION), _entry(s3, PREDICTION, "v1")["record_id"]) == ("v2", "rid-v1")  # type: ignore[index]
 
 
 def test_a_late_record_of_an_older_version_updates_its_entry_but_never_the_latest_view(s3: Any) -> None:
@@ -163,6 +192,14 @@ def test_a_newer_failure_retires_the_older_prediction_from_the_latest_view_only(
     # and an older version's failure arriving late changes nothing either
     assert _publish(s3, FAILURE, "v0", "09").view == "kept"
     assert _view(s3, FAILURE) == "v2"
+
+
+def test_an_older_versions_prediction_after_a_newer_failure_steps_back_to_its_entry(s3: Any) -> None:
+    _publish(s3, FAILURE, "v2", "0B")
+    late = _publish(s3, PREDICTION, "v1", "0A")
+    assert late.view == "kept" and "v2" in late.reason and late.key == version_key("predictions/", "in", "photos/cat.jpg", "v1")
+    assert (_view(s3, PREDICTION), _view(s3, FAILURE)) == (None, "v2")
+    assert _entry(s3, PREDICTION, "v1")["record_id"] == "rid-v1"  # type: ignore[index]
 
 
 def test_a_prediction_resolves_its_own_versions_failure_and_a_failure_never_hides_a_success(s3: Any) -> None:
@@ -216,5 +253,7 @@ def test_each_upload_to_an_unversioned_bucket_keeps_its_own_record(s3: Any) -> N
     for etag, sequencer in (("e1", "0A"), ("e2", "0B")):
         records.publish(s3, BUCKET, FAILURE, {**_record(FAILURE, "null", sequencer), "source": {
             "bucket": "in", "key": "photos/cat.jpg", "version_id": None, "sequencer": sequencer, "etag": etag}}, PREFIXES, {})
-    assert {version_key("failures/", "in", "photos/cat.jpg", None, etag) for etag in ("e1", "e2")} <= {
-        o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="failures/_versions/")["Contents"]}
+    found = {etag: records.find(s3, BUCKET, "failures/", "in", "photos/cat.jpg", None, etag) for etag in ("e1", "e2")}
+    # the older upload's record moved to its entry; the newer one is the view
+    assert {etag: where for etag, (where, _) in found.items()} == {  # type: ignore[misc]
+        "e1": version_key("failures/", "in", "photos/cat.jpg", None, "e1"), "e2": latest_key("failures/", "in", "photos/cat.jpg")}

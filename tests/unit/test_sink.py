@@ -227,7 +227,7 @@ def test_redelivery_overwrites_instead_of_duplicating_in_storage_sinks(aws: dict
     assert first == second
     assert boto3.client("dynamodb").scan(TableName="preds")["Count"] == 1
     listed = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="out-bucket")["Contents"]]
-    assert len(listed) == 2  # the version's record and the key's latest view
+    assert len(listed) == 1  # the key's latest view, which is the version's record
 
 
 def test_a_new_model_version_gets_a_new_record_id() -> None:
@@ -330,14 +330,15 @@ def test_storage_sinks_write_one_record_per_classified_object_and_skip_failed_on
     listed = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="out-bucket", Prefix="predictions/")["Contents"]]
     keys = [key for key in listed if not key.startswith("predictions/_versions/")]
     assert sorted(keys) == sorted(f"predictions/in-bucket/{e['source']['key']}.json" for e in entries)
-    assert len(listed) == 2 * len(entries)  # and each version's own record
+    assert len(listed) == len(entries)  # each latest view is its version's record: no second copy
     # AND the location reported is where they all went (their common prefix)
     assert to_s3["location"].startswith("s3://out-bucket/predictions/in-bucket/burst/")
     assert all(f"s3://out-bucket/{key}".startswith(to_s3["location"]) for key in keys)
     items = boto3.client("dynamodb").scan(TableName="preds")["Items"]
     assert sorted(i["record_id"]["S"] for i in items) == sorted(_record_id(e) for e in entries)
-    # two PUTs an object (its version's record, then the latest view, after reading both views)
-    assert len(api_calls.of("s3", "PutObject")) == 50 and len(api_calls.of("dynamodb", "PutItem")) == 25
+    # one PUT and one GET an object (the latest view, then a look at the failure view)
+    assert len(api_calls.of("s3", "PutObject")) == 25 and len(api_calls.of("dynamodb", "PutItem")) == 25
+    assert len(api_calls.of("s3", "GetObject")) == 2 + 25  # the batch document (once per sink), then each failure view
 
 
 def test_a_batch_with_no_classified_object_delivers_nothing(aws: dict[str, str], api_calls: ApiCalls) -> None:

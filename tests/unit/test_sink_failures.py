@@ -83,9 +83,7 @@ def test_a_duplicate_delivery_writes_nothing_new_and_publishes_nothing_new(aws: 
     assert len(_drain(aws["sns_tap"])) == 1
     assert len(_drain(aws["events_tap"])) == 1
     listed = boto3.client("s3").list_objects_v2(Bucket="out-bucket", Prefix="predictions/")["Contents"]
-    assert [o["Key"] for o in listed] == [  # the version's record and the key's latest view, once each
-        "predictions/_versions/in-bucket/holiday photos/café+1%25.jpg/v1.json", "predictions/in-bucket/holiday photos/café+1%25.jpg.json"
-    ]
+    assert [o["Key"] for o in listed] == ["predictions/in-bucket/holiday photos/café+1%25.jpg.json"]  # the version's record, once
 
 
 def test_a_different_model_version_replaces_the_item_and_is_a_new_message(aws: dict[str, str]) -> None:
