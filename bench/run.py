@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -784,6 +785,12 @@ def worker_pipeline(
         done = wait(burst, before, timeout=600.0)
         last = max(sfn.describe_execution(executionArn=e["executionArn"])["stopDate"].timestamp() for e in done)
         succeeded = sum(objects_of[e["executionArn"]] for e in done if e["status"] == "SUCCEEDED")
+        # Why the others did not succeed: status, error and the start of the cause, counted.
+        unsuccessful: Counter[str] = Counter()
+        for e in done:
+            if e["status"] != "SUCCEEDED":
+                described = sfn.describe_execution(executionArn=e["executionArn"])
+                unsuccessful[f"{e['status']} {described.get('error', '')}: {str(described.get('cause', ''))[:160]}"] += 1
         batch_sizes = sorted((objects_of[e["executionArn"]] for e in done), reverse=True)
         measured = new_records()
         records = list(seen.values())
@@ -811,7 +818,7 @@ def worker_pipeline(
         "median": {k: statistics.median(r[k] for r in warm) for k in keys},
         "images": len(warm),
         "burst": {"uploads": burst, "succeeded": succeeded, "seconds": last - t0, "images_per_second": burst / (last - t0),
-                  "executions": len(done), "batch_sizes": batch_sizes,
+                  "executions": len(done), "batch_sizes": batch_sizes, "unsuccessful": dict(unsuccessful.most_common(5)),
                   "uploaders": UPLOADERS, "uploads_per_second": burst / upload_seconds, "warm_floods": warm_floods,
                   "cold_starts": sum(1 for r in measured if r.init_ms is not None)},
         "lambda_mode": lambda_mode,
@@ -1168,16 +1175,15 @@ def table(results: dict[str, Any]) -> str:
 
 
 def _pipeline_lines(pipe: dict[str, Any]) -> list[str]:
-    m = pipe["median"]
-    lines = []
-    lines += ["", f"local pipeline ({pipe['model']['inference_mode']} {pipe['model'].get('name', 'demo')} model, median of {pipe['images']} images, ms): "
-              f"upload→start {m['upload_to_start_ms']:.0f}, execution {m['execution_ms']:.0f} = preprocess {m['preprocess_ms']:.1f} + inference {m['inference_ms']:.1f} "
-              f"+ sinks {m['sinks_state_ms']:.0f} + orchestration {m['orchestration_ms']:.0f}",
-              f"burst: {pipe['burst']['uploads']} uploads in {pipe['burst']['seconds']:.1f} s = {pipe['burst']['images_per_second']:.1f} images/s "
-              f"({pipe['burst']['succeeded']} succeeded, {pipe['burst'].get('executions', '?')} executions)"]
+    m, burst = pipe["median"], pipe["burst"]
     mode = pipe.get("lambda_mode", "in-process")
-    lines[-2] = lines[-2].replace("local pipeline (", f"local pipeline, {mode} Lambda, {pipe.get('trigger', 'direct')} trigger (")
-    lines[-2] += f"; upload→result {m['upload_to_result_ms']:.0f}"
+    lines = ["", f"local pipeline, {mode} Lambda, {pipe.get('trigger', 'direct')} trigger ({pipe['model']['inference_mode']} "
+             f"{pipe['model'].get('name', 'demo')} model, median of {pipe['images']} images, ms): "
+             f"upload→start {m['upload_to_start_ms']:.0f}, execution {m['execution_ms']:.0f} = preprocess {m['preprocess_ms']:.1f} + inference {m['inference_ms']:.1f} "
+             f"+ sinks {m['sinks_state_ms']:.0f} + orchestration {m['orchestration_ms']:.0f}; upload→result {m['upload_to_result_ms']:.0f}",
+             f"burst: {burst['uploads']} uploads in {burst['seconds']:.1f} s = {burst['images_per_second']:.1f} images/s "
+             f"({burst['succeeded']} succeeded, {burst.get('executions', '?')} executions)"]
+    lines += [f"  not succeeded ({count}): {why}" for why, count in (burst.get("unsuccessful") or {}).items()]
     if pipe.get("burst_cost"):
         c = pipe["burst_cost"]
         lines.append(f"the burst at us-east-1 list prices (inferpipe cost): ${c['usd_per_million_images']:,.2f} per million images, "

@@ -37,11 +37,12 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.common import config
-from functions.common.aws import client, error_code, raise_transient, read_object
+from functions.common.aws import client, raise_transient, read_object
 from functions.common.errors import InvalidRequestError, ObjectNotFoundError
 from functions.common.log import logger
 from functions.common.work import CLASSIFIED, PREPROCESSED, execution_name, get_document, work_key
 from functions.sink.core import FAILURE_PREFIX, Destinations
+from functions.sink import records
 from functions.sink.failures import record_batch_failures
 
 #: Fail states that only RecordFailure leads to: an execution that ended there is recorded.
@@ -204,11 +205,8 @@ def _resolve(change: StatusChange, dest: Destinations) -> int:
 
 def _delete(s3: Any, bucket: str, key: str) -> None:
     try:
-        s3.delete_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if error_code(exc) not in ("NoSuchKey", "404"):
-            raise_transient(exc, f"DeleteObject s3://{bucket}/{key}")
-    except BotoCoreError as exc:
+        records.delete(s3, bucket, key)  # a key already gone counts as deleted
+    except (ClientError, BotoCoreError) as exc:
         raise_transient(exc, f"DeleteObject s3://{bucket}/{key}")
 
 
