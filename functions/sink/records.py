@@ -307,8 +307,9 @@ def publish(
     other kind's view, almost always absent).
 
     Write first, then look at the other kind's view: two executions racing on one key each do
-    the same, and S3's strong read-after-write consistency means at least one of them sees the
-    other's view and settles which stays (an older version's prediction, a newer one's failure:
+    the same, and S3's strong read-after-write consistency
+    (https://aws.amazon.com/blogs/aws/amazon-s3-update-strong-read-after-write-consistency/) means
+    at least one of them sees the other's view and settles which stays (an older version's prediction, a newer one's failure:
     the failure). Views are changed only conditionally (the ETag read)."""
     source = record["source"]
     where = (source["bucket"], source["key"])
