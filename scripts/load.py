@@ -228,6 +228,11 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
     if again:
         summary = replay.replay(sfn, stack.state_machine_arn, executions=again, wait=True, timeout=timeout, out=out)
         report.replayed = len(summary.replayed)
+        for arn in again:  # what a replay did not mend is a problem, with its cause (the stack is gone after the run)
+            described = sfn.describe_execution(executionArn=arn)
+            if described["status"] != "SUCCEEDED":
+                report.problems.append(f"{arn} still {described['status']} after its replay: {described.get('error', '')}: "
+                                       f"{str(described.get('cause', ''))[:400]}")
     stack.flush_logs()
     report.seconds = time.monotonic() - started
 
