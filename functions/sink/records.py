@@ -281,6 +281,7 @@ def _archive(s3: Any, bucket: str, prefix: str, where: tuple[str, str], stored: 
 
 
 def _keep(s3: Any, bucket: str, outcome: Outcome, record: Mapping[str, Any], metadata: Mapping[str, str]) -> Outcome:
+    """Write a record that is not (or no longer) the view to its version's entry."""
     s3.put_object(Bucket=bucket, Key=outcome.version_key, Body=_body(record), ContentType="application/json",
                   Metadata=dict(metadata))
     logger.info("record of an older version: written to its version's entry, not the latest view", extra={
@@ -342,9 +343,9 @@ def publish(
             return Outcome(view, own_latest, history)
         # The other kind's view describes a newer version (or one nothing orders against this one):
         # this record steps back to its version's entry.
-        _archive(s3, bucket, prefixes[kind], where, _Stored(dict(record), written or "", _body(record), dict(metadata)))
+        kept = _keep(s3, bucket, Outcome("kept", own_latest, history, settled), record, metadata)  # before the view goes
         delete(s3, bucket, own_latest, written or None)
-        return Outcome("kept", own_latest, history, settled)
+        return kept
     raise TransientError(f"s3://{bucket}/{own_latest} changed under {WRITE_ATTEMPTS} attempts to write it")
 
 
