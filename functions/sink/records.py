@@ -305,7 +305,8 @@ def publish(
     only for a record that is not (or no longer) the view -- an older version's record, or a view
     that a newer version's record replaces (it is archived first, byte for byte). So the usual
     case, the first record of a key, costs one PUT (``If-None-Match: *``) and one GET (of the
-    other kind's view, almost always absent).
+    other kind's view, almost always absent); a prediction of a key that had a view also deletes
+    its version's failure entry (resolved).
 
     Write first, then look at the other kind's view: two executions racing on one key each do
     the same, and S3's strong read-after-write consistency
@@ -317,8 +318,12 @@ def publish(
     other = FAILURE if kind == PREDICTION else PREDICTION
     own_latest, other_latest = latest_key(prefixes[kind], *where), latest_key(prefixes[other], *where)
     history = version_key(prefixes[kind], *where, source.get("version_id"), source.get("etag"))
-    if kind == PREDICTION:  # the version succeeded: its own failure entry is resolved (DELETE requests are free)
-        delete(s3, bucket, version_key(prefixes[FAILURE], *where, source.get("version_id"), source.get("etag")))
+
+    def resolve() -> None:
+        """A prediction: the version succeeded, so its own failure entry is resolved."""
+        if kind == PREDICTION:
+            delete(s3, bucket, version_key(prefixes[FAILURE], *where, source.get("version_id"), source.get("etag")))
+
     mine = Version.of(source)
     current: _Stored | None = None  # the view as last read; None before reading: try If-None-Match first
     for _ in range(WRITE_ATTEMPTS):
@@ -328,6 +333,7 @@ def publish(
             if order is None or order < 0:
                 reason = (f"the latest {kind} view holds version {_held(current)}, "
                           + ("a newer one" if order else "which nothing orders against this one (kept)"))
+                resolve()
                 return _keep(s3, bucket, Outcome("kept", own_latest, history, reason), record, metadata)
             if order == 0 and kind == PREDICTION and current.record.get("record_id") == record.get("record_id"):
                 view, written = "unchanged", current.etag  # a duplicate of what the view holds
@@ -338,7 +344,16 @@ def publish(
             if written is None:  # there is a view (or it changed since it was read): read it and decide again
                 current = _read(s3, bucket, own_latest)
                 continue
-        settled = _settle(s3, bucket, kind, mine, prefixes[other], where, other_latest)
+        settled, rival_seen = _settle(s3, bucket, kind, mine, prefixes[other], where, other_latest)
+        if current is not None or rival_seen:
+            resolve()
+        # else: the key had no view of either kind, so this version has no failure entry and there is
+        # nothing to resolve (the DELETE skipped: a third of a new key's requests). An entry is only
+        # written while a view of a newer version stands, and a view is only ever replaced or retired
+        # by one of a version at least as new (or deleted after this record's own view is written),
+        # so a key with an entry always has a view. The one window: a newer version's prediction
+        # replacing this view between its PUT and the failure view's GET, after a failure of this
+        # version and a newer one; the failure entry of this version then stays beside its prediction.
         if settled is None:
             return Outcome(view, own_latest, history)
         # The other kind's view describes a newer version (or one nothing orders against this one):
@@ -349,24 +364,25 @@ def publish(
     raise TransientError(f"s3://{bucket}/{own_latest} changed under {WRITE_ATTEMPTS} attempts to write it")
 
 
-def _settle(s3: Any, bucket: str, kind: str, mine: Version, prefix: str, where: tuple[str, str], other_latest: str) -> str | None:
+def _settle(s3: Any, bucket: str, kind: str, mine: Version, prefix: str, where: tuple[str, str],
+            other_latest: str) -> tuple[str | None, bool]:
     """After writing a view: retire the other kind's view if it describes an older version (archived
-    to its entry) or, for a prediction, this same version's failure (resolved). None when this
-    record's view stays; the reason when the other view wins."""
-    for _ in range(WRITE_ATTEMPTS):
+    to its entry) or, for a prediction, this same version's failure (resolved). Returns (None when
+    this record's view stays, else the reason the other view wins; whether there was one)."""
+    for attempt in range(WRITE_ATTEMPTS):
         rival = _read(s3, bucket, other_latest)
         if rival is None:
-            return None
+            return None, attempt > 0
         order = _order(mine, rival.record)
         if order is None or order < 0:
             return (f"the latest {FAILURE if kind == PREDICTION else PREDICTION} view holds version {_held(rival)}, "
-                    + ("a newer one" if order else "which nothing orders against this one"))
+                    + ("a newer one" if order else "which nothing orders against this one")), True
         if order == 0 and kind == FAILURE:
-            return None  # a failure of a version that also succeeded is shown beside its prediction
+            return None, True  # a failure of a version that also succeeded is shown beside its prediction
         if order > 0:
             _archive(s3, bucket, prefix, where, rival)
         if delete(s3, bucket, other_latest, rival.etag or None):
-            return None
+            return None, True
     raise TransientError(f"s3://{bucket}/{other_latest} changed under {WRITE_ATTEMPTS} attempts to settle it")
 
 

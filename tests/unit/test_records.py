@@ -154,8 +154,8 @@ def test_the_first_record_of_a_key_costs_one_put_and_one_get(s3: Any) -> None:
     sent = _requests(s3)
     assert _publish(s3, PREDICTION, "v1", "0A").view == "written"
     # the view is the version's record (no second copy), and the failure view is looked at once;
-    # DELETE (the version's failure entry, resolved) is free
-    assert sent == Counter({"PutObject": 1, "GetObject": 1, "DeleteObject": 1})
+    # a key without views has no failure entry to resolve, so nothing is deleted
+    assert sent == Counter({"PutObject": 1, "GetObject": 1})
     assert _get(s3, version_key("predictions/", "in", "photos/cat.jpg", "v1")) is None
     assert _entry(s3, PREDICTION, "v1")["record_id"] == "rid-v1"  # type: ignore[index]
 
@@ -209,6 +209,18 @@ def test_a_prediction_resolves_its_own_versions_failure_and_a_failure_never_hide
     # a failure of the same version afterwards (another sink failed) is shown beside the prediction
     _publish(s3, FAILURE, "v1", "0A")
     assert (_view(s3, PREDICTION), _view(s3, FAILURE)) == ("v1", "v1")
+
+
+def test_a_success_resolves_its_versions_failure_entry_while_a_newer_failure_is_the_view(s3: Any) -> None:
+    # GIVEN v1 failed, then v2 failed too (v1's failure moved to its entry), and no prediction view
+    _publish(s3, FAILURE, "v1", "0A")
+    _publish(s3, FAILURE, "v2", "0B")
+    assert _get(s3, version_key("failures/", "in", "photos/cat.jpg", "v1")) is not None
+    # WHEN v1 is redriven and succeeds: its prediction's PUT finds no prediction view
+    assert _publish(s3, PREDICTION, "v1", "0A").view == "kept"
+    # THEN v1's failure is resolved all the same; v2's stays the view
+    assert _entry(s3, FAILURE, "v1") is None and _entry(s3, PREDICTION, "v1") is not None
+    assert (_view(s3, PREDICTION), _view(s3, FAILURE)) == (None, "v2")
 
 
 def test_a_duplicate_prediction_leaves_the_view_unchanged(s3: Any) -> None:
