@@ -81,6 +81,8 @@ class Report:
     lambda_throttles: int = 0
     kills: int = 0
     replayed: int = 0
+    #: Why each replayed execution failed the first time: its error and cause, as described then.
+    first_failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     counts: dict[str, Any] = field(default_factory=dict)
     reconciliation: str = ""
@@ -107,6 +109,8 @@ class Report:
             f"wall time {self.seconds:.1f} s",
         ]
         lines += [f"  {name}: {value}" for name, value in self.counts.items()]
+        if self.first_failures:
+            lines += ["  replayed, because they first failed with:"] + [f"    {f}" for f in self.first_failures]
         lines += ["", self.reconciliation, ""]
         lines.append("RECONCILED: every object version accounted for exactly once" if self.ok else "MISMATCH:")
         lines += [f"  {p}" for p in self.problems[:50]]
@@ -225,6 +229,8 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
     # What failed for another reason than its input is replayed, as an operator would.
     named = set(BAD_ERRORS.values())
     again = [e["executionArn"] for e in executions.values() if e["status"] != "SUCCEEDED" and e.get("error") not in named]
+    report.first_failures = sorted(
+        f"{e['error']}: {str(e.get('cause', ''))[:300]}" for e in executions.values() if e["executionArn"] in set(again))
     if again:
         summary = replay.replay(sfn, stack.state_machine_arn, executions=again, wait=True, timeout=timeout, out=out)
         report.replayed = len(summary.replayed)
