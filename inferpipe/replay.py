@@ -266,14 +266,12 @@ def _redrive(sfn: Any, described: dict[str, Any]) -> tuple[bool, str]:
 
 
 def _last_state(sfn: Any, execution_arn: str) -> str | None:
-    """The state the execution entered last (its history read in order: moto ignores ``reverseOrder``,
-    and a failed execution's history is a few dozen events)."""
-    last: str | None = None
-    for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn, PaginationConfig={"PageSize": 1000}):
+    """The state the execution entered last (its history read newest first, usually one page)."""
+    for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn, reverseOrder=True):
         for event in page.get("events", []):
             if str(event.get("type", "")).endswith("StateEntered"):
-                last = str((event.get("stateEnteredEventDetails") or {}).get("name"))
-    return last
+                return str((event.get("stateEnteredEventDetails") or {}).get("name"))
+    return None
 
 
 def redrive_can_succeed(sfn: Any, described: dict[str, Any]) -> tuple[bool, str]:

@@ -1091,11 +1091,13 @@ def install() -> None:
 
         _originals["evaluation_entrypoint"] = ExecutionWorker.__dict__["_get_evaluation_entrypoint"]
         ExecutionWorker._get_evaluation_entrypoint = _cached_entrypoint  # type: ignore[method-assign]
-        # moto has no RedriveExecution, and sends no execution status change events.
-        from inferpipe.local import redrive, status_events
+        # moto has no RedriveExecution, sends no execution status change events, and neither pages
+        # execution histories nor renders StartExecution's InvalidExecutionInput.
+        from inferpipe.local import redrive, sfn_api, status_events
 
         redrive.install()
         status_events.install()
+        sfn_api.install()
 
 
 def uninstall() -> None:
@@ -1132,10 +1134,11 @@ def uninstall() -> None:
             import jsonpath_ng.ext
 
             jsonpath_ng.ext.parse = _originals.pop("jsonpath_parse")
-        from inferpipe.local import redrive, status_events
+        from inferpipe.local import redrive, sfn_api, status_events
 
         redrive.uninstall()
         status_events.uninstall()
+        sfn_api.uninstall()
         if "evaluation_entrypoint" in _originals:
             from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 

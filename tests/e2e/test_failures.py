@@ -329,7 +329,7 @@ def test_a_sink_that_stays_down_stops_the_execution_at_fanout_and_a_redrive_comp
     assert final["status"] == "FAILED" and final["error"] == "SinkUnavailableError", final.get("cause")
     assert "sink 'sqs'" in final["cause"]
     sfn = stack.client("stepfunctions")
-    events = sfn.get_execution_history(executionArn=final["executionArn"])["events"]
+    events = sfn.get_execution_history(executionArn=final["executionArn"], maxResults=1000)["events"]
     assert not [e for e in events if e["type"] == "FailStateEntered"]
     assert sfn.describe_execution(executionArn=final["executionArn"])["redriveStatus"] == "REDRIVABLE"
     # AND the status recorder wrote its failure record

@@ -991,3 +991,41 @@ def test_executions_started_without_a_name_get_a_uuid_each(stack: LocalStack) ->
     # THEN each is its own execution, named with a UUID, as Step Functions names them
     assert first != second
     assert all(uuid.UUID(arn.rsplit(":", 1)[-1]) for arn in (first, second))
+
+
+def test_execution_history_pages_and_reverses_as_step_functions_does(stack: LocalStack) -> None:
+    # GIVEN an execution with more history events than one small page (12 Pass states: 26 events)
+    sfn = stack.client("stepfunctions")
+    names = [f"P{i}" for i in range(12)]
+    states = {name: {"Type": "Pass", **({"Next": names[i + 1]} if i + 1 < len(names) else {"End": True})} for i, name in enumerate(names)}
+    done = _run(stack, _machine(stack, {"StartAt": names[0], "States": states}), {})
+    arn = done["executionArn"]
+    everything = _history(stack, arn)
+    assert len(everything) == 26 and everything[0]["type"] == "ExecutionStarted" and everything[-1]["type"] == "ExecutionSucceeded"
+
+    # WHEN it is read newest first, five events a page
+    pages = list(sfn.get_paginator("get_execution_history").paginate(executionArn=arn, reverseOrder=True, PaginationConfig={"PageSize": 5}))
+    # THEN the pages hold every event once, newest first, each at most five long
+    assert [len(p["events"]) for p in pages] == [5, 5, 5, 5, 5, 1]
+    assert [e["id"] for p in pages for e in p["events"]] == [e["id"] for e in reversed(everything)]
+    # AND the default page is 100 events (the CLI's --reverse-order shows the end first)
+    first = sfn.get_execution_history(executionArn=arn, reverseOrder=True)
+    assert first["events"][0]["type"] == "ExecutionSucceeded" and "nextToken" not in first
+    # AND a token of another call is refused with AWS's error
+    token = sfn.get_execution_history(executionArn=arn, maxResults=5)["nextToken"]
+    with pytest.raises(ClientError) as refused:
+        sfn.get_execution_history(executionArn=arn, maxResults=5, reverseOrder=True, nextToken=token)
+    assert refused.value.response["Error"]["Code"] == "InvalidToken"
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_an_execution_input_that_is_not_json_is_refused_with_invalid_execution_input(stack: LocalStack) -> None:
+    sfn = stack.client("stepfunctions")
+    before = len(sfn.list_executions(stateMachineArn=stack.state_machine_arn, maxResults=1000)["executions"])
+    with pytest.raises(ClientError) as refused:
+        sfn.start_execution(stateMachineArn=stack.state_machine_arn, input="not json")
+    error = refused.value.response["Error"]
+    assert error["Code"] == "InvalidExecutionInput" and "not JSON" in error["Message"]
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    # and nothing started
+    assert len(sfn.list_executions(stateMachineArn=stack.state_machine_arn, maxResults=1000)["executions"]) == before

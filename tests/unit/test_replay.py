@@ -155,10 +155,11 @@ def test_auto_redrives_what_stopped_at_a_task_and_restarts_what_ended_in_pipelin
         "executionArn": arn, "stateMachineArn": MACHINE, "status": "FAILED", "startDate": NOW, "input": "{}",
         "redriveStatus": "REDRIVABLE", "redriveCount": 0, "error": "SinkUnavailableError" if kind == "TaskStateEntered" else "NotAnImageError",
     }
-    history = [_entered("Inference", event_id=5), _entered(last_state, kind, 8), {"timestamp": NOW, "type": "ExecutionFailed", "id": 9}]
+    # its history newest first, as GetExecutionHistory answers reverseOrder
+    history = [{"timestamp": NOW, "type": "ExecutionFailed", "id": 9}, _entered(last_state, kind, 8), _entered("Inference", event_id=5)]
     with Stubber(sfn) as stub:
         stub.add_response("describe_execution", described, {"executionArn": arn})
-        stub.add_response("get_execution_history", {"events": history}, {"executionArn": arn, "maxResults": 1000})
+        stub.add_response("get_execution_history", {"events": history}, {"executionArn": arn, "reverseOrder": True})
         if expected == "redriven":
             stub.add_response("redrive_execution", {"redriveDate": NOW}, {"executionArn": arn, "clientToken": client_token(arn, 0)})
         else:
