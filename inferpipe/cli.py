@@ -11,6 +11,7 @@ Examples::
     inferpipe replay --since 24h --dry-run
     inferpipe reconcile --since 24h [--prefix photos/] [--json]
     inferpipe logs sink --since 10m --follow
+    inferpipe executions list --status FAILED --since 1h | show NAME_OR_ARN [--json]
     inferpipe cost --since 1h
     inferpipe demo
 """
@@ -225,6 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until interrupted")
     _add_target_options(logs)
 
+    executions = commands.add_parser("executions", help="look at executions: list them, or show one's path, error, records and log lines")
+    execution_commands = executions.add_subparsers(dest="executions_command", required=True)
+    listing_executions = execution_commands.add_parser("list", help="the newest executions, newest first, with their objects and errors")
+    listing_executions.add_argument("--status", default="", help="comma-separated statuses (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED); default all")
+    listing_executions.add_argument("--since", default=None, help="only executions started this long ago or later (e.g. 30m, 24h, 7d)")
+    listing_executions.add_argument("--key", default=None, help="only executions naming an object whose key contains this")
+    listing_executions.add_argument("--limit", type=_positive_int, default=50, help="at most this many (default 50)")
+    listing_executions.add_argument("--json", action="store_true", help="print a JSON array instead of the table")
+    _add_target_options(listing_executions)
+    showing = execution_commands.add_parser("show", help="one execution: objects, path through the states with durations, where it stopped, records, logs")
+    showing.add_argument("execution", metavar="NAME_OR_ARN", help="the execution's name (of the pipeline's state machine) or its ARN")
+    showing.add_argument("--no-logs", action="store_true", help="do not read the functions' log groups")
+    showing.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
+    _add_target_options(showing)
+
     backfill = commands.add_parser("backfill", help="classify every object already under an S3 prefix (a Distributed Map of batches)")
     backfill.add_argument("uri", metavar="s3://BUCKET/PREFIX", help="the objects to classify")
     backfill.add_argument("--batch-size", type=int, default=None, help="objects per execution (default and maximum: MAX_BATCH_OBJECTS, 100)")
@@ -276,6 +292,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _logs(args)
     if args.command == "cost":
         return _cost(args)
+    if args.command == "executions":
+        return _executions(args)
     if args.command == "demo":
         from inferpipe.demo import run_demo
 
@@ -388,6 +406,39 @@ def _logs(args: argparse.Namespace) -> int:
     except ValueError as bad:
         print(f"inferpipe: error: {bad}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _executions(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+    from datetime import datetime, timezone
+
+    from inferpipe import executions
+    from inferpipe.replay import ALL_STATUSES, parse_duration
+
+    if args.executions_command == "show":
+        target = _target(args, quiet=args.json)
+        try:
+            detail = executions.show(target, args.execution, with_logs=not args.no_logs)
+        except ValueError as bad:
+            print(f"inferpipe: error: {bad}", file=sys.stderr)
+            return 2
+        print(json.dumps(detail.to_dict(), ensure_ascii=False, indent=2) if args.json else executions.format_detail(detail))
+        return 0
+    try:
+        since = datetime.now(timezone.utc) - parse_duration(args.since) if args.since else None
+    except ValueError as bad:
+        print(f"inferpipe: error: --since: {bad}", file=sys.stderr)
+        return 2
+    statuses = [s.strip().upper() for s in args.status.split(",") if s.strip()]
+    unknown = [s for s in statuses if s not in ALL_STATUSES]
+    if unknown:
+        print(f"inferpipe: error: --status: unknown status {', '.join(unknown)}; expected some of {', '.join(ALL_STATUSES)}", file=sys.stderr)
+        return 2
+    target = _target(args, quiet=args.json)
+    rows = executions.list_rows(target.client("stepfunctions"), target.state_machine_arn, statuses=statuses, since=since,
+                                key=args.key, limit=args.limit)
+    print(json.dumps([asdict(row) for row in rows], ensure_ascii=False, indent=2) if args.json else executions.format_rows(rows))
     return 0
 
 
