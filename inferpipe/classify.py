@@ -222,6 +222,60 @@ def _outcome(
         result.deliveries = list(json.loads(described.get("output") or "{}").get("deliveries") or [])
 
 
+class NoModelError(RuntimeError):
+    """The stack has no version of the model an upload would use, and none could be published."""
+
+
+def _fix_command(name: str) -> str:
+    if name == "efficientnet_lite0":
+        return "inferpipe model import efficientnet_lite0 --pretrained --publish --alias prod   (or: make demo)"
+    if name == "demo":
+        return "inferpipe model build-demo --out build/demo-model && inferpipe model publish build/demo-model --name demo --alias prod"
+    return f"inferpipe model publish PACKAGE_DIR --name {name} --alias prod"
+
+
+def deployed_default_model(target: Target) -> str:
+    """The model an upload without options uses: the state machine's own ``defaults.model`` (what
+    its executions pass to Preprocess), which a deployment or a local stack may have set otherwise
+    than config/stack.json."""
+    try:
+        definition = json.loads(target.client("stepfunctions").describe_state_machine(
+            stateMachineArn=target.state_machine_arn)["definition"])
+        return str(definition["States"]["Preprocess"]["Parameters"]["defaults"]["model"])
+    except (ClientError, KeyError, TypeError, ValueError):
+        return str(target.resources.settings["DEFAULT_MODEL"])
+
+
+def ensure_model(target: Target, options: UploadOptions, say: Callable[[str], None] = lambda line: None) -> str | None:
+    """Make sure the model the uploads will use has a published version.
+
+    A local stack starts empty (after ``inferpipe local down``, a crash, or a first start): when the
+    model has no version at all and its package is built in ``build/models/<name>/`` (``make demo``
+    and ``model import`` write it there; ``build/demo-model`` for the shapes model), it is published
+    with alias ``prod``, and ``say`` tells which. On AWS nothing is published: a missing model is a
+    :class:`NoModelError` with the command that publishes one, as it is locally when no package is
+    built. Returns the version published, or None when the model already had one.
+    """
+    from functions.common.manifest import MANIFEST_FILE
+    from inferpipe import models
+    from inferpipe.paths import BUILD_DIR
+
+    name = options.model or deployed_default_model(target)
+    bucket = target.resources.buckets["models"]
+    s3 = target.client("s3")
+    if models.list_versions(s3, bucket, name):
+        return None
+    where = "the local stack" if target.endpoint_url else f"the model bucket {bucket}"
+    built = [d for d in (BUILD_DIR / "models" / name, *([BUILD_DIR / "demo-model"] if name == "demo" else [])) if (d / MANIFEST_FILE).exists()]
+    if not target.endpoint_url or not built or (options.model_version not in (None, "prod")):
+        why = " (a new local stack starts empty)" if target.endpoint_url else ""
+        raise NoModelError(f"{where} has no model {name!r} published{why}; publish one with:\n"
+                           f"  {_fix_command(name)}" + ("" if target.endpoint_url else "   (with --aws)"))
+    published = models.publish(s3, bucket, built[0], name=name, alias="prod")
+    say(f"{where} had no model {name!r}: published {built[0]} as version {published.version}, alias prod")
+    return str(published.version)
+
+
 def classify_files(
     target: Target,
     paths: Sequence[Path],

@@ -42,6 +42,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _duration(text: str) -> Any:
+    """``--since``: a duration such as 90s, 30m, 24h or 7d (a usage error otherwise)."""
+    from inferpipe.replay import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as bad:
+        raise argparse.ArgumentTypeError(str(bad)) from None
+
+
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoint-url",
@@ -124,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("INFERPIPE_LOCAL_PORT", "4599")),
-        help="port to serve on (default 4599, env INFERPIPE_LOCAL_PORT)",
+        default=None,
+        help="port to serve on (default 4599, env INFERPIPE_LOCAL_PORT); asking a running stack for another port is an error",
     )
     up.add_argument(
         "--trigger",
@@ -192,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replays executions that ended FAILED, TIMED_OUT or ABORTED. Redriven executions keep their ARN; restarted ones are named "
         "<original>-r<n>; an execution already replayed successfully, or with a replay still running, is skipped.",
     )
-    replay.add_argument("--since", default="24h", help="only executions started this long ago or later (e.g. 30m, 24h, 7d; default 24h)")
+    replay.add_argument("--since", type=_duration, default="24h", help="only executions started this long ago or later (e.g. 30m, 24h, 7d; default 24h)")
     replay.add_argument("--status", default="FAILED,TIMED_OUT,ABORTED", help="comma-separated statuses to replay (default FAILED,TIMED_OUT,ABORTED)")
     replay.add_argument("--execution", action="append", default=[], metavar="ARN", help="replay this execution (repeatable); ignores --since and --status")
     replay.add_argument(
@@ -212,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compares the input bucket's object versions written within --since with each sink's records and the "
         "failure records, and prints per sink: objects, records, missing, duplicates, stale, failed.",
     )
-    reconcile.add_argument("--since", default="24h", help="object versions written this long ago or later (e.g. 30m, 24h, 7d; default 24h)")
+    reconcile.add_argument("--since", type=_duration, default="24h", help="object versions written this long ago or later (e.g. 30m, 24h, 7d; default 24h)")
     reconcile.add_argument("--prefix", default="", help="only keys under this prefix of the input bucket")
     reconcile.add_argument("--json", action="store_true", help="print one JSON object: bucket, since, sinks{sink: counts}, totals, examples")
     _add_target_options(reconcile)
@@ -222,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a function's CloudWatch Logs (its own lines and Lambda's START/END/REPORT), oldest first",
     )
     logs.add_argument("function", help="preprocess, inference, sink, or a function's full name")
-    logs.add_argument("--since", default="10m", help="from this long ago (e.g. 90s, 10m, 24h; default 10m)")
+    logs.add_argument("--since", type=_duration, default="10m", help="from this long ago (e.g. 90s, 10m, 24h; default 10m)")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until interrupted")
     _add_target_options(logs)
 
@@ -230,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     execution_commands = executions.add_subparsers(dest="executions_command", required=True)
     listing_executions = execution_commands.add_parser("list", help="the newest executions, newest first, with their objects and errors")
     listing_executions.add_argument("--status", default="", help="comma-separated statuses (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED); default all")
-    listing_executions.add_argument("--since", default=None, help="only executions started this long ago or later (e.g. 30m, 24h, 7d)")
+    listing_executions.add_argument("--since", type=_duration, default=None, help="only executions started this long ago or later (e.g. 30m, 24h, 7d)")
     listing_executions.add_argument("--key", default=None, help="only executions naming an object whose key contains this")
     listing_executions.add_argument("--limit", type=_positive_int, default=50, help="at most this many (default 50)")
     listing_executions.add_argument("--json", action="store_true", help="print a JSON array instead of the table")
@@ -254,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cost",
         help="what the local stack's recent work would cost on AWS at list prices (config/prices.json)",
     )
-    cost.add_argument("--since", default="1h", help="the work of this long ago until now (e.g. 10m, 1h; default 1h)")
+    cost.add_argument("--since", type=_duration, default="1h", help="the work of this long ago until now (e.g. 10m, 1h; default 1h)")
     cost.add_argument("--json", action="store_true", help="print only a JSON object: images, usd_total, usd_per_million_images, by_service, lines")
     _add_target_options(cost)
 
@@ -315,10 +325,15 @@ def _target(args: argparse.Namespace, quiet: bool = False) -> Any:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from inferpipe.classify import UploadOptions, classify_files
+    from inferpipe.classify import NoModelError, UploadOptions, classify_files, ensure_model
 
     target = _target(args, quiet=args.json)
     options = UploadOptions(top_k=args.top_k, model=args.model, model_version=args.model_version)
+    try:
+        ensure_model(target, options, say=lambda line: print(line, file=sys.stderr))
+    except NoModelError as missing:
+        print(f"inferpipe: error: {missing}", file=sys.stderr)
+        return 2
     results = classify_files(target, args.paths, options=options, timeout=args.timeout)
     if args.json:
         print(json.dumps([result.to_json() for result in results], ensure_ascii=False, indent=2))
@@ -341,7 +356,7 @@ def print_table(results: Sequence[Any]) -> None:
                 result.model_version or "-",
                 f"{result.seconds:.2f}" if result.seconds is not None else "-",
                 result.status,
-                error if len(error) <= 100 else error[:97] + "...",
+                error,  # the last column, never cut: the useful part of a message is often at its end
             )
         )
     widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]) - 1)]
@@ -352,8 +367,8 @@ def print_table(results: Sequence[Any]) -> None:
 def _replay(args: argparse.Namespace) -> int:
     from inferpipe import replay
 
+    since = args.since
     try:
-        since = replay.parse_duration(args.since)
         statuses = replay.parse_statuses(args.status)
     except ValueError as bad:
         print(f"inferpipe: error: {bad}", file=sys.stderr)
@@ -378,31 +393,19 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _reconcile(args: argparse.Namespace) -> int:
     from inferpipe import reconcile
-    from inferpipe.replay import parse_duration
 
-    try:
-        since = parse_duration(args.since)
-    except ValueError as bad:
-        print(f"inferpipe: error: {bad}", file=sys.stderr)
-        return 2
-    report = reconcile.reconcile_target(_target(args), since, prefix=args.prefix)
+    report = reconcile.reconcile_target(_target(args), args.since, prefix=args.prefix)
     print(json.dumps(report.to_dict(), indent=2) if args.json else reconcile.format_report(report))
     return 1 if report.problems else 0
 
 
 def _logs(args: argparse.Namespace) -> int:
     from inferpipe import logs
-    from inferpipe.replay import parse_duration
 
-    try:
-        since = parse_duration(args.since)
-    except ValueError as bad:
-        print(f"inferpipe: error: --since: {bad}", file=sys.stderr)
-        return 2
     target = _target(args, quiet=True)
     try:
         group = logs.log_group(target.resources, args.function)
-        logs.tail(target.client("logs"), group, since, follow=args.follow)
+        logs.tail(target.client("logs"), group, args.since, follow=args.follow)
     except ValueError as bad:
         print(f"inferpipe: error: {bad}", file=sys.stderr)
         return 2
@@ -414,7 +417,7 @@ def _executions(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from inferpipe import executions
-    from inferpipe.replay import ALL_STATUSES, parse_duration
+    from inferpipe.replay import ALL_STATUSES
 
     if args.executions_command == "show":
         target = _target(args, quiet=args.json)
@@ -425,11 +428,7 @@ def _executions(args: argparse.Namespace) -> int:
             return 2
         print(json.dumps(detail.to_dict(), ensure_ascii=False, indent=2) if args.json else executions.format_detail(detail))
         return 0
-    try:
-        since = datetime.now(timezone.utc) - parse_duration(args.since) if args.since else None
-    except ValueError as bad:
-        print(f"inferpipe: error: --since: {bad}", file=sys.stderr)
-        return 2
+    since = datetime.now(timezone.utc) - args.since if args.since else None
     statuses = [s.strip().upper() for s in args.status.split(",") if s.strip()]
     unknown = [s for s in statuses if s not in ALL_STATUSES]
     if unknown:
@@ -465,10 +464,9 @@ def _backfill(args: argparse.Namespace) -> int:
 
 def _cost(args: argparse.Namespace) -> int:
     from inferpipe import cost
-    from inferpipe.replay import parse_duration
 
     try:
-        since = cost.since_epoch(parse_duration(args.since).total_seconds())
+        since = cost.since_epoch(args.since.total_seconds())
     except ValueError as bad:
         print(f"inferpipe: error: --since: {bad}", file=sys.stderr)
         return 2
@@ -503,6 +501,9 @@ def _local(args: argparse.Namespace) -> int:
         return 0
     status = daemon.status(state_dir=STATE_DIR)
     print(json.dumps(status, indent=2, default=str))
+    if not status.get("running"):
+        print(f"inferpipe: {status.get('problem', 'the local stack is not running')}; to start one: {status.get('fix', 'inferpipe local up')}",
+              file=sys.stderr)
     return 0 if status.get("running") else 3
 
 

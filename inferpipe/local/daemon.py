@@ -213,12 +213,23 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
         "log": str(state_dir / LOG_FILE),
     }
     if state is None:
+        report["problem"] = f"no local stack runs from {state_dir}"
+        report["fix"] = "inferpipe local up"
         return report
     report.update(state)
     pid = int(state["pid"])
-    report["running"] = _alive(pid) and _is_daemon(pid) and _answers(str(state.get("endpoint_url", "")))
+    alive = _alive(pid) and _is_daemon(pid)
+    report["running"] = alive and _answers(str(state.get("endpoint_url", "")))
     if not report["running"]:
         report["stale"] = True
+        report["problem"] = (
+            f"the local stack started {state.get('started')} (pid {pid}, {state.get('endpoint_url')}) "
+            + ("runs but does not answer: hung or still starting" if alive else "is gone: it exited or was killed")
+        )
+        report["last_log_lines"] = _log_tail(state_dir / LOG_FILE, lines=5).splitlines()
+        report["fix"] = ("inferpipe local down && inferpipe local up" if alive else "inferpipe local up") + (
+            "  (a new stack starts empty: `inferpipe classify` publishes the model's built package itself, "
+            "or run `make demo`)")
         return report
     report["resources"] = {
         "buckets": dict(resources.buckets),
@@ -258,10 +269,15 @@ def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 
     from inferpipe.local.stack import _port_free
 
     state_dir = Path(state_dir or default_state_dir())
-    port = default_port() if port is None else port
+    asked_port, port = port, default_port() if port is None else port
     with _locked(state_dir):
         current = status(state_dir)
         if current["running"]:
+            if asked_port is not None and int(current["port"]) != asked_port:
+                raise DaemonError(
+                    f"the local stack already runs at {current['endpoint_url']}, not on port {asked_port}; run "
+                    f"`inferpipe local down` first to move it (one stack per state folder, {state_dir})"
+                )
             running_trigger = current["trigger"]["mode"]
             if trigger is not None and trigger != running_trigger:
                 raise DaemonError(

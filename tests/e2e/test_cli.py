@@ -68,11 +68,49 @@ def test_unknown_model_version_fails_the_file_with_model_not_found(stack: Any, f
     assert result["error"]["type"] == "ModelNotFoundError" and "no-such-alias" in result["error"]["message"]
 
 
+def test_classify_on_a_stack_without_the_model_publishes_its_built_package_or_says_how(
+    stack: Any, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    import inferpipe.paths
+
+    # GIVEN a model the stack has never seen, whose package is built where `model import` writes it
+    build = tmp_path / "build"
+    shutil.copytree(DEMO_MODEL_DIR, build / "models" / "shapes-copy")
+    monkeypatch.setattr(inferpipe.paths, "BUILD_DIR", build)
+    # WHEN a file is classified with it
+    code = main(["classify", str(files["good"]), "--json", "--model", "shapes-copy", "--endpoint-url", stack.endpoint_url])
+    captured = capsys.readouterr()
+    # THEN the package is published (alias prod), the user is told so on stderr, and the file succeeds with it
+    (result,) = json.loads(captured.out)
+    assert code == 0 and result["status"] == "succeeded", result
+    assert "had no model 'shapes-copy': published" in captured.err and result["model_version"] in captured.err
+
+    # WHEN the model is neither published nor built
+    uploads_before = stack.client("s3").list_objects_v2(Bucket=stack.resources.buckets["input"]).get("KeyCount", 0)
+    code = main(["classify", str(files["good"]), "--model", "never-built", "--endpoint-url", stack.endpoint_url])
+    err = capsys.readouterr().err
+    # THEN nothing is uploaded, and the error gives the exact command that publishes one
+    assert code == 2 and "has no model 'never-built' published" in err
+    assert "inferpipe model publish PACKAGE_DIR --name never-built --alias prod" in err
+    assert stack.client("s3").list_objects_v2(Bucket=stack.resources.buckets["input"]).get("KeyCount", 0) == uploads_before
+
+
 def test_bad_arguments_get_a_usage_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["classify", "x.jpg", "--top-k", "zero"])
     assert exit_info.value.code == 2
     assert "not a whole number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["replay", "reconcile", "logs sink", "cost", "executions list"])
+def test_a_bad_since_is_a_usage_error_naming_the_accepted_form(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command.split(), "--since", "yesterday"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --since" in err and "yesterday" in err
 
 
 def _free_port() -> int:
@@ -139,8 +177,9 @@ def test_logs_of_an_unknown_function_is_a_usage_error_naming_the_known_ones(stac
     code = main(["logs", "postprocess", "--endpoint-url", stack.endpoint_url])
     err = capsys.readouterr().err
     assert code == 2 and "no function 'postprocess'" in err and "sink" in err
-    assert main(["logs", "sink", "--since", "soon", "--endpoint-url", stack.endpoint_url]) == 2
-    assert "'soon' is not a duration" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a usage error, as argparse reports one
+        main(["logs", "sink", "--since", "soon", "--endpoint-url", stack.endpoint_url])
+    assert exit_info.value.code == 2 and "'soon' is not a duration" in capsys.readouterr().err
 
 
 def test_cost_prices_one_images_measured_work(stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -811,6 +811,8 @@ def test_daemon_up_status_down_round_trip_leaves_no_process(tmp_path: Path) -> N
     (tmp_path / daemon.STATE_FILE).write_text(json.dumps({"pid": gone.pid, "port": 1, "endpoint_url": "http://127.0.0.1:1"}))
     stale = daemon.status(tmp_path)
     assert not stale["running"] and stale["stale"]
+    # THEN status says what happened and what to run
+    assert "is gone: it exited or was killed" in stale["problem"] and stale["fix"].startswith("inferpipe local up")
 
     # WHEN the stack is started in the background
     port = _free_port()
@@ -827,6 +829,9 @@ def test_daemon_up_status_down_round_trip_leaves_no_process(tmp_path: Path) -> N
         again = daemon.up(port=port, state_dir=tmp_path)
         assert again["already_running"] and again["pid"] == pid
         assert daemon.ensure_running(tmp_path, port) == started["endpoint_url"]
+        # AND asking it for another port is an error naming both, not silently the running one
+        with pytest.raises(daemon.DaemonError, match=f"already runs at http://127.0.0.1:{port}, not on port {port + 1}"):
+            daemon.up(port=port + 1, state_dir=tmp_path)
     finally:
         # WHEN it is stopped
         stopped = daemon.down(tmp_path)
