@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.common.batch import named_objects
 from functions.common.request import META_MODEL, META_MODEL_VERSION, META_TOP_K
@@ -283,17 +283,37 @@ def classify_files(
     timeout: float = 300.0,
     poll: float = 0.25,
     on_progress: Callable[[FileResult], None] | None = None,
+    on_upload: Callable[[FileResult], None] | None = None,
 ) -> list[FileResult]:
-    """Upload every file, wait for its execution, and return one result per path, in order."""
+    """Upload every file, wait for its execution, and return one result per path, in order.
+
+    ``on_upload`` is called after each file's upload (or failure to), ``on_progress`` when a file's
+    execution has finished. When the stack or the network fails mid-run (an AWS error or no answer
+    after the client's retries), the files already finished keep their results and every other one
+    gets that error: nothing already known is lost.
+    """
     sfn = target.client("stepfunctions")
     bucket = target.resources.buckets["input"]
     since = datetime.now(timezone.utc) - timedelta(seconds=5)
     results = [FileResult(file=str(path)) for path in paths]
     started: dict[int, float] = {}
+    broken: dict[str, str] | None = None  # the error that stopped the run, for every file not finished
     for index, path in enumerate(paths):
-        upload_time = upload(target, path, options, results[index])
-        if upload_time is not None:
-            started[index] = upload_time
+        if broken is None:
+            try:
+                upload_time = upload(target, path, options, results[index])
+            except ClientError as exc:  # this file refused (e.g. AccessDenied): the others may still go
+                results[index].error = _error(str(exc.response.get("Error", {}).get("Code") or "ClientError"), str(exc))
+                upload_time = None
+            except BotoCoreError as exc:  # no answer: the stack or the network is down
+                broken = _stopped(exc, "uploading")
+                upload_time = None
+            if upload_time is not None:
+                started[index] = upload_time
+        if broken is not None and results[index].error is None:
+            results[index].error = dict(broken)
+        if on_upload:
+            on_upload(results[index])
     pending = dict(started)
     claimed: set[tuple[str, str, str | None]] = set()
     inputs: dict[str, Any] = {}
@@ -308,7 +328,7 @@ def classify_files(
             failures[execution_arn] = failed_delivery(target, execution_arn)
         return failures[execution_arn]
 
-    while pending and time.monotonic() < deadline:
+    def _poll(pending: dict[int, float]) -> None:
         executions = _recent_executions(sfn, target.state_machine_arn, since)
         for summary in executions:
             arn = summary["executionArn"]
@@ -336,6 +356,15 @@ def classify_files(
             result.seconds = round(time.monotonic() - pending.pop(index), 3)
             if on_progress:
                 on_progress(result)
+
+    while pending and time.monotonic() < deadline:
+        try:
+            _poll(pending)
+        except (BotoCoreError, ClientError) as exc:
+            broken = _stopped(exc, "waiting for the executions")
+            for index in pending:
+                results[index].status, results[index].error = "failed", dict(broken)
+            return results
         if pending:
             time.sleep(poll)
     for index in pending:
@@ -349,6 +378,13 @@ def classify_files(
         else:
             result.error = _error("Timeout", f"execution still running after {timeout:.0f} s: {result.execution_arn}")
     return results
+
+
+def _stopped(exc: BaseException, doing: str) -> dict[str, str]:
+    """The error of every file not finished when the stack or the network failed."""
+    kind = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+    return _error(str(kind or type(exc).__name__),
+                  f"{exc} (while {doing}: the stack or the network failed; files already finished are reported)")
 
 
 def _recent_executions(sfn: Any, state_machine_arn: str, since: datetime) -> list[dict[str, Any]]:

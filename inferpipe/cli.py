@@ -334,12 +334,48 @@ def _classify(args: argparse.Namespace) -> int:
     except NoModelError as missing:
         print(f"inferpipe: error: {missing}", file=sys.stderr)
         return 2
-    results = classify_files(target, args.paths, options=options, timeout=args.timeout)
+    progress = _Progress(len(args.paths), sys.stderr, live=not args.json)
+    try:
+        results = classify_files(target, args.paths, options=options, timeout=args.timeout,
+                                 on_upload=progress.uploaded, on_progress=progress.finished)
+    finally:
+        progress.close()
     if args.json:
         print(json.dumps([result.to_json() for result in results], ensure_ascii=False, indent=2))
     else:
         print_table(results)
     return 0 if all(result.status == "succeeded" for result in results) else 1
+
+
+class _Progress:
+    """One status line on a terminal's stderr, rewritten in place: files uploaded, executions
+    finished, failures so far. Nothing when stderr is not a terminal (a pipe, a log) or with --json."""
+
+    def __init__(self, total: int, stream: Any, live: bool = True) -> None:
+        self.total, self.stream = total, stream
+        self.live = live and bool(getattr(stream, "isatty", lambda: False)())
+        self.sent = self.done = self.failed = 0
+
+    def uploaded(self, result: Any) -> None:
+        self.sent += 1
+        if result.error is not None:  # never started (no such file, refused): finished, failed
+            self.done, self.failed = self.done + 1, self.failed + 1
+        self._show()
+
+    def finished(self, result: Any) -> None:
+        self.done += 1
+        self.failed += result.status != "succeeded"
+        self._show()
+
+    def _show(self) -> None:
+        if self.live:
+            self.stream.write(f"\r{self.sent}/{self.total} uploaded · {self.done}/{self.total} finished · {self.failed} failed")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.live and (self.sent or self.done):
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def print_table(results: Sequence[Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -95,6 +96,62 @@ def test_classify_on_a_stack_without_the_model_publishes_its_built_package_or_sa
     assert code == 2 and "has no model 'never-built' published" in err
     assert "inferpipe model publish PACKAGE_DIR --name never-built --alias prod" in err
     assert stack.client("s3").list_objects_v2(Bucket=stack.resources.buckets["input"]).get("KeyCount", 0) == uploads_before
+
+
+def test_when_the_stack_fails_mid_run_finished_files_keep_their_results_and_the_rest_name_the_error(
+    stack: Any, tmp_path: Path
+) -> None:
+    from inferpipe.classify import classify_files
+    from inferpipe.target import Target
+
+    paths = []
+    for n in range(3):
+        path = tmp_path / f"mid-run {n}.jpg"
+        path.write_bytes(image_bytes("circle", seed=30 + n))
+        paths.append(path)
+    target = Target.connect(endpoint_url=stack.endpoint_url)
+
+    def stack_fails(result: Any) -> None:
+        # WHEN, once the first file has finished, Step Functions stops answering (503, beyond the client's retries)
+        stack.inject_aws_faults("states", "*", 10_000, status=503, code="ServiceUnavailable")
+
+    try:
+        results = classify_files(target, paths, timeout=120, on_progress=stack_fails)
+    finally:
+        stack.aws_faults.clear()
+    # THEN every file has a row, in order: the finished one with its prediction, the others with the error
+    assert [r.file for r in results] == [str(p) for p in paths]
+    finished = [r for r in results if r.status == "succeeded"]
+    stopped = [r for r in results if r.status != "succeeded"]
+    assert len(finished) >= 1 and finished[0].top_k and finished[0].top_k[0]["label"] == "circle"
+    assert stopped, "the fault came after every file had finished"
+    for result in stopped:
+        assert result.error["type"] == "ServiceUnavailable", result.error
+        assert "the stack or the network failed; files already finished are reported" in result.error["message"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_classify_shows_progress_on_a_terminal_and_nothing_extra_with_json(
+    stack: Any, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["classify", str(files["good"]), str(files["fake"]), str(files["missing"]), "--endpoint-url", stack.endpoint_url]) == 1
+    # THEN one status line, rewritten in place, ends with every file counted
+    lines = [line for line in terminal.getvalue().split("\r") if line]
+    # the missing file fails at its upload: finished (failed) at once
+    assert lines[:3] == ["1/3 uploaded · 0/3 finished · 0 failed", "2/3 uploaded · 0/3 finished · 0 failed",
+                         "3/3 uploaded · 1/3 finished · 1 failed"], lines
+    assert lines[-1].rstrip("\n").endswith("3/3 uploaded · 3/3 finished · 2 failed"), lines[-1]
+    capsys.readouterr()
+    # AND with --json, stderr has no progress at all
+    terminal.truncate(0), terminal.seek(0)
+    assert main(["classify", str(files["good"]), "--json", "--endpoint-url", stack.endpoint_url]) == 0
+    assert "uploaded" not in terminal.getvalue()
 
 
 def test_bad_arguments_get_a_usage_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
