@@ -529,7 +529,8 @@ def _local(args: argparse.Namespace) -> int:
         return _local_fault(args)
     if args.action == "up":
         info = daemon.up(port=args.port, state_dir=STATE_DIR, trigger=args.trigger)
-        print(f"local stack running at {info['endpoint_url']} (pid {info['pid']}, {info['trigger']['mode']} trigger)")
+        print(f"local stack running at {info['endpoint_url']} (pid {info['pid']}, {info['trigger']['mode']} trigger); "
+              f"console: {info['endpoint_url']}/console")
         return 0
     if args.action == "down":
         stopped = daemon.down(state_dir=STATE_DIR)

@@ -22,16 +22,29 @@ from inferpipe.local.usage import USAGE_PATH
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
-def refusal(header: Callable[[str], str | None]) -> str | None:
-    """Why a request must be refused (None when it may pass); ``header(name)`` reads one header."""
-    if header("Origin") is not None:
-        return "requests from web pages (an Origin header) are refused"
-    if (header("Sec-Fetch-Site") or "none") not in ("none", "same-origin"):
-        return "cross-site browser requests are refused"
+#: The stack's own page (inferpipe/local/console.py): the one place a browser's request may carry an
+#: Origin, when it is the stack's own origin and the browser says it is same-origin.
+CONSOLE_PREFIX = "/console"
+
+
+def refusal(header: Callable[[str], str | None], path: str = "") -> str | None:
+    """Why a request must be refused (None when it may pass); ``header(name)`` reads one header.
+
+    The console's page (``/console``) may call its own API (``/console/api/*``) from the stack's
+    origin: a browser sends ``Origin`` on such a POST, so for those paths an ``Origin`` equal to
+    ``http://<Host>`` with ``Sec-Fetch-Site: same-origin`` passes. Any other origin, and any origin
+    on every other path, is refused as before."""
     host = (header("Host") or "").lower()
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     if host and not (name in _LOOPBACK_HOSTS or name.endswith(".localhost")):
         return f"host {host!r} is not a loopback name"
+    origin = header("Origin")
+    console = path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
+    if origin is not None and not (console and host and origin.lower() == f"http://{host}"
+                                   and header("Sec-Fetch-Site") == "same-origin"):
+        return "requests from web pages (an Origin header) are refused"
+    if (header("Sec-Fetch-Site") or "none") not in ("none", "same-origin"):
+        return "cross-site browser requests are refused"
     return None
 
 
@@ -46,7 +59,7 @@ class BrowserGuard:
             value = environ.get("HTTP_" + name.upper().replace("-", "_"))
             return None if value is None else str(value)
 
-        why = refusal(header)
+        why = refusal(header, str(environ.get("PATH_INFO", "")))
         if why is None:
             return self.app(environ, start_response)
         body = f"inferpipe local stack: {why}\n".encode()

@@ -40,6 +40,7 @@ from inferpipe.local.faults import AwsFaultInjector, FaultMiddleware
 from inferpipe.local.faults import control as fault_control
 from inferpipe.local.guard import TOKEN_HEADER, ControlGuard
 from inferpipe.local.guard import BrowserGuard
+from inferpipe.local.console import PREFIX as CONSOLE_PREFIX, Console
 from inferpipe.local.pipes import PipeRunner
 from inferpipe.local.usage import UsageMeter
 from inferpipe.local.provision import Provisioned, provision
@@ -166,7 +167,8 @@ class LocalStack:
             wsgi = self._server._server  # werkzeug's server: every request goes through its .app
             faults = FaultMiddleware(self.usage_meter.wrap(wsgi.app), self.aws_faults)
             control = {"/_inferpipe/faults": lambda method, body: fault_control(self.aws_faults, method, body)}
-            wsgi.app = BrowserGuard(ControlGuard(faults, self.control_token, control))
+            # the console (its page and API: AWS calls any local process can make) sits outside the token guard
+            wsgi.app = BrowserGuard(Console(ControlGuard(faults, self.control_token, control), target=self._own_target))
             self._port = int(self._server.get_host_and_port()[1])
             os.environ.update(
                 {
@@ -189,8 +191,18 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
-        _LOG.info("local stack running at %s", self.endpoint_url)
+        _LOG.info("local stack running at %s (console: %s)", self.endpoint_url, self.console_url)
         return self
+
+    def _own_target(self) -> Any:
+        """A Target of this stack, for the console's answers."""
+        from inferpipe.target import Target
+
+        return Target(endpoint_url=self.endpoint_url, resources=self.resources)
+
+    @property
+    def console_url(self) -> str:
+        return f"{self.endpoint_url}{CONSOLE_PREFIX}"
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop executions and the server, undo every patch and environment change, join threads."""
