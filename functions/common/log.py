@@ -8,6 +8,7 @@ local stack runs several invocations at once in one process. Never log image byt
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -49,17 +50,38 @@ def lambda_context(handler: _Handler) -> _Handler:
         try:
             with invocation_deadline(context):
                 return handler(event, context)
-        except InferpipeError:
-            raise
+        except InferpipeError as exc:
+            raise _reported(exc) from None
         except Exception as exc:
             # A bug of ours (a KeyError, a TypeError): the stack trace goes to the log only, and
             # the state machine sees PipelineError, which it records as a permanent failure.
             logger.exception("unexpected error", extra={"error_type": type(exc).__name__})
-            raise PipelineError(f"{type(exc).__name__}: {exc}"[:2000]) from None
+            raise _reported(PipelineError(f"{type(exc).__name__}: {exc}"[:2000])) from None
         finally:
             logger.thread_safe_clear_keys()
 
     return wrapper  # type: ignore[return-value]
+
+
+def _reported(exc: InferpipeError) -> Exception:
+    """``exc`` as the Lambda runtime should report it: its type and message, no stack trace.
+
+    Lambda's error payload, which Step Functions makes the execution's ``Cause``, carries the
+    stack trace of whatever the handler raised: file paths and code lines in front of a user. An
+    error of ours is a decision, not a crash, so under the runtime interface client (Lambda sets
+    ``AWS_LAMBDA_RUNTIME_API``) it is raised as awslambdaric's ``FaultException``, which the client
+    reports with the same ``errorType`` and ``errorMessage`` (what Retry and Catch match) and an
+    empty ``stackTrace``. Called directly (tests, tools), the error is raised as it is.
+    """
+    if not os.environ.get("AWS_LAMBDA_RUNTIME_API"):
+        return exc
+    try:
+        from awslambdaric.lambda_runtime_exception import FaultException
+    except ImportError:
+        return exc
+    # the stack trace stays in the function's log (X-Ray sees the client's fault label for these)
+    logger.warning("invocation failed", exc_info=True, extra={"error_type": type(exc).__name__})
+    return FaultException(type(exc).__name__, str(exc))
 
 
 def bind(**keys: str | None) -> None:

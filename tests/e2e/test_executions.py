@@ -86,6 +86,10 @@ def test_show_names_where_a_failed_execution_stopped_its_input_and_a_clean_error
     # AND the error is its type and message, without Lambda's stack trace or file paths
     assert shown["error"]["type"] == "SinkUnavailableError" and "sink 'sqs'" in shown["error"]["message"]
     assert "stackTrace" not in shown["error"]["message"] and ".py" not in shown["error"]["message"]
+    # AND the execution's own Cause, as the Step Functions console shows it, has no stack trace
+    cause = json.loads(final["cause"])
+    assert cause["errorType"] == "SinkUnavailableError" and cause["stackTrace"] == [], cause
+    assert "sink 'sqs'" in cause["errorMessage"]
     # AND the failure record the status recorder wrote for it
     assert any(r["kind"] == "failure" and r["by_this_execution"] for r in shown["records"]), shown["records"]
 
