@@ -249,7 +249,7 @@ def deployed_default_model(target: Target) -> str:
 def ensure_model(target: Target, options: UploadOptions, say: Callable[[str], None] = lambda line: None) -> str | None:
     """Make sure the model the uploads will use has a published version.
 
-    A local stack starts empty (after ``inferpipe local down``, a crash, or a first start): when the
+    A new local stack starts empty (its first start, or ``inferpipe local up --fresh``): when the
     model has no version at all and its package is built in ``build/models/<name>/`` (``make demo``
     and ``model import`` write it there; ``build/demo-model`` for the shapes model), it is published
     with alias ``prod``, and ``say`` tells which. On AWS nothing is published: a missing model is a

@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="port to serve on (default 4599, env INFERPIPE_LOCAL_PORT); asking a running stack for another port is an error",
     )
+    up.add_argument("--fresh", action="store_true", help="start empty: forget the state kept in the state folder (models, objects, executions, …)")
     up.add_argument(
         "--trigger",
         choices=_trigger_modes(),
@@ -528,7 +529,14 @@ def _local(args: argparse.Namespace) -> int:
     if args.action == "fault":
         return _local_fault(args)
     if args.action == "up":
-        info = daemon.up(port=args.port, state_dir=STATE_DIR, trigger=args.trigger)
+        from inferpipe.local.persistence import SNAPSHOT_FILE
+
+        snapshot = STATE_DIR / SNAPSHOT_FILE
+        kept = snapshot.exists() and not args.fresh and not daemon.status(state_dir=STATE_DIR)["running"]
+        info = daemon.up(port=args.port, state_dir=STATE_DIR, trigger=args.trigger, fresh=args.fresh)
+        if not info.get("already_running"):
+            print(f"state: {'restored from ' + str(snapshot) if kept else 'empty (a new stack)'}; it is kept in {STATE_DIR} "
+                  "until `inferpipe local up --fresh`")
         print(f"local stack running at {info['endpoint_url']} (pid {info['pid']}, {info['trigger']['mode']} trigger); "
               f"console: {info['endpoint_url']}/console")
         return 0

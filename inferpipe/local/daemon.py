@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from inferpipe.local.persistence import SNAPSHOT_FILE
 from inferpipe.local.spec import REPO_ROOT, render_resources
 
 DEFAULT_PORT = 4599
@@ -228,8 +229,7 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
         )
         report["last_log_lines"] = _log_tail(state_dir / LOG_FILE, lines=5).splitlines()
         report["fix"] = ("inferpipe local down && inferpipe local up" if alive else "inferpipe local up") + (
-            "  (a new stack starts empty: `inferpipe classify` publishes the model's built package itself, "
-            "or run `make demo`)")
+            f"  (it comes back with the state kept in {state_dir}, at most a few seconds older than the crash)")
         return report
     report["resources"] = {
         "buckets": dict(resources.buckets),
@@ -261,8 +261,12 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
     return report
 
 
-def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 120.0, trigger: str | None = None) -> dict[str, Any]:
+def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 120.0, trigger: str | None = None,
+       fresh: bool = False) -> dict[str, Any]:
     """Start the local stack in the background (or report the running one). Returns its status.
+
+    The stack keeps its state in ``state_dir`` (:mod:`inferpipe.local.persistence`) and comes back
+    with it; ``fresh`` starts it empty (the snapshot is deleted; refused while a stack runs).
 
     ``trigger``: "batched" or "direct" (None: stack.json's default, or whatever the running stack
     uses). Asking a running stack for another trigger is an error, not silently ignored."""
@@ -273,6 +277,9 @@ def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 
     with _locked(state_dir):
         current = status(state_dir)
         if current["running"]:
+            if fresh:
+                raise DaemonError(f"the local stack at {current['endpoint_url']} is running: `inferpipe local down` first, "
+                                  "then `inferpipe local up --fresh`")
             if asked_port is not None and int(current["port"]) != asked_port:
                 raise DaemonError(
                     f"the local stack already runs at {current['endpoint_url']}, not on port {asked_port}; run "
@@ -289,6 +296,12 @@ def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 
         if stale and _alive(stale["pid"]) and _is_daemon(stale["pid"]):
             _terminate(stale["pid"], timeout=10.0)  # ours but not answering: hung or half started
         _remove_state(state_dir)
+        if fresh:
+            (state_dir / SNAPSHOT_FILE).unlink(missing_ok=True)
+        # after a crash, the dead stack's port can take a moment to be free (its sockets closing)
+        deadline = time.monotonic() + (10.0 if stale else 0.0)
+        while not _port_free(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
         if not _port_free(port):
             raise DaemonError(f"port {port} on 127.0.0.1 is in use by another program (set {PORT_ENV} or --port)")
         log_path = state_dir / LOG_FILE
@@ -299,7 +312,8 @@ def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 
             log.write(f"--- {datetime.now(timezone.utc).isoformat()} starting on port {port}\n".encode())
             log.flush()
             process = subprocess.Popen(
-                [sys.executable, "-m", _MODULE, "serve", "--port", str(port), *(["--trigger", trigger] if trigger else [])],
+                [sys.executable, "-m", _MODULE, "serve", "--port", str(port), "--state-dir", str(state_dir),
+                 *(["--trigger", trigger] if trigger else [])],
                 cwd=str(REPO_ROOT),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -365,7 +379,7 @@ def ensure_running(state_dir: Path | None = None, port: int | None = None) -> st
 # -- the server process ------------------------------------------------------------------------
 
 
-def serve(port: int, trigger: str | None = None) -> int:
+def serve(port: int, trigger: str | None = None, state_dir: Path | None = None) -> int:
     """Run the local stack in the foreground until SIGTERM or SIGINT; exit status 0 on a clean stop."""
     from inferpipe.local.stack import LocalStack
 
@@ -379,7 +393,7 @@ def serve(port: int, trigger: str | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    stack = LocalStack(trigger=trigger, control_token=os.environ.pop(TOKEN_ENV, None))
+    stack = LocalStack(trigger=trigger, control_token=os.environ.pop(TOKEN_ENV, None), state_dir=state_dir)
     try:
         stack.start(port)
         logging.getLogger(_MODULE).info("ready at %s (pid %d)", stack.endpoint_url, os.getpid())
@@ -397,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser = commands.add_parser("serve", help="run in the foreground (what `up` spawns)")
     serve_parser.add_argument("--port", type=int, default=default_port())
     serve_parser.add_argument("--trigger", choices=render_resources().trigger_buffer.modes, default=None)
+    serve_parser.add_argument("--state-dir", type=Path, default=None, help="keep the stack's state here (snapshot.pickle)")
     for name in ("up", "down", "status"):
         command = commands.add_parser(name)
         command.add_argument("--state-dir", type=Path, default=None)
@@ -405,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             command.add_argument("--trigger", choices=render_resources().trigger_buffer.modes, default=None)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(args.port, args.trigger)
+        return serve(args.port, args.trigger, args.state_dir)
     if args.command == "up":
         print(json.dumps(up(args.port, args.state_dir, trigger=args.trigger), indent=2))
         return 0

@@ -261,6 +261,27 @@ def redrive(backend: Any, execution_arn: str, client_token: str | None = None) -
         return record.date
 
 
+def record_of(execution_arn: str) -> dict[str, Any] | None:
+    """What is kept about an execution's redrives and its Map iterations that succeeded, as plain
+    data (for the state snapshot)."""
+    with _lock:
+        record = _redrives.get(execution_arn)
+        kept = _iterations.get(execution_arn)
+        if record is None and not kept:
+            return None
+        return {"count": record.count if record else 0, "date": record.date if record else None,
+                "token": record.token if record else None, "iterations": copy.deepcopy(kept or {})}
+
+
+def restore_record(execution_arn: str, saved: Mapping[str, Any] | None) -> None:
+    """Put back what :func:`record_of` gave (a restarted stack keeps redriveCount and redriveDate)."""
+    if saved:
+        with _lock:
+            _redrives[execution_arn] = Redrives(int(saved.get("count") or 0), saved.get("date"), saved.get("token"))
+            if saved.get("iterations"):  # the Map iterations that succeeded: a redrive does not run them again
+                _iterations[execution_arn] = dict(saved["iterations"])
+
+
 def describe_fields(execution: Any) -> dict[str, Any]:
     """The redrive fields DescribeExecution adds for ``execution``."""
     with _lock:
@@ -315,4 +336,5 @@ def uninstall() -> None:
         _iterations.clear()
 
 
-__all__ = ["HISTORY_EVENT_LIMIT", "REDRIVABLE_PERIOD", "Redrives", "describe_fields", "install", "redrive", "redrive_status", "resume_point", "uninstall"]
+__all__ = ["HISTORY_EVENT_LIMIT", "REDRIVABLE_PERIOD", "Redrives", "describe_fields", "install", "record_of", "redrive", "redrive_status",
+           "restore_record", "resume_point", "uninstall"]

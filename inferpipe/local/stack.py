@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -41,6 +42,8 @@ from inferpipe.local.faults import control as fault_control
 from inferpipe.local.guard import TOKEN_HEADER, ControlGuard
 from inferpipe.local.guard import BrowserGuard
 from inferpipe.local.console import PREFIX as CONSOLE_PREFIX, Console
+from inferpipe.local import persistence
+from inferpipe.local.persistence import Snapshotter
 from inferpipe.local.pipes import PipeRunner
 from inferpipe.local.usage import UsageMeter
 from inferpipe.local.provision import Provisioned, provision
@@ -102,12 +105,14 @@ class LocalStack:
         lambda_mode: str = "isolated",
         trigger: str | None = None,
         control_token: str | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         """``definition`` replaces the text of the state machine file (tests only); ``default_model``
         the deployment's default model, as Terraform's variable of that name does; ``lambda_mode``
         "isolated" (execution environments, the default) or "in-process"; ``trigger`` "batched"
         (S3 events buffered in SQS and drained by a pipe into batches; stack.json's default) or
-        "direct" (one execution per S3 event)."""
+        "direct" (one execution per S3 event); ``state_dir`` keeps the stack's state there across
+        restarts and crashes (:mod:`inferpipe.local.persistence`; None: the state lives until stop)."""
         if lambda_mode not in bridge.LAMBDA_MODES:
             raise LocalStackError(f"unknown lambda_mode {lambda_mode!r}: expected one of {', '.join(bridge.LAMBDA_MODES)}")
         self.lambda_mode = lambda_mode
@@ -134,6 +139,10 @@ class LocalStack:
         self.control_token = control_token or secrets.token_urlsafe(32)
         #: Every request that reached moto, counted as AWS bills it (see :mod:`inferpipe.local.usage`).
         self.usage_meter = UsageMeter(caller_of=bridge.role_of_access_key)
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self._snapshots: Snapshotter | None = None
+        #: What the last start restored from the state folder: executions, and the snapshot's time.
+        self.restored: dict[str, Any] = {}
 
     @classmethod
     def active(cls) -> LocalStack | None:
@@ -182,10 +191,20 @@ class LocalStack:
             os.environ.pop("AWS_PROFILE", None)
             _post_json(f"{self.endpoint_url}/moto-api/reset", token=self.control_token)
             _post_json(f"{self.endpoint_url}/moto-api/config", MOTO_CONFIG, token=self.control_token)
+            saved = persistence.load(self.state_dir / persistence.SNAPSHOT_FILE) if self.state_dir else None
+            if saved is not None:
+                persistence.restore_backends(saved)  # before provisioning, which converges the rest
             bridge.install()
             self._start_lambda()
             _close_cached_function_clients()
             self._provisioned = provision(self.client, self.resources, self._definition, trigger=self.trigger)
+            if saved is not None:
+                self.restored = {"executions": persistence.restore_executions(saved), "snapshot": saved["written"]}
+                _LOG.info("restored the state of %s: %d executions, snapshot of %s", self.state_dir,
+                          self.restored["executions"], saved["written"].isoformat(timespec="seconds"))
+            if self.state_dir is not None:
+                self._snapshots = persistence.Snapshotter(
+                    self.state_dir / persistence.SNAPSHOT_FILE, lambda: self.usage_meter.requests).start()
             if self._provisioned.pipe_name:
                 self._start_pipe(self._provisioned.pipe_name)
         except BaseException:
@@ -216,6 +235,9 @@ class LocalStack:
             if self._server is not None:
                 self._stop_executions()
                 bridge.wait_for_async_invocations(timeout)
+                if self._snapshots is not None:
+                    self._snapshots.stop()  # the last snapshot: what a clean stop leaves
+                    self._snapshots = None
                 if self._pool is not None:
                     self._pool.close(timeout)
                 for client in self._clients.values():

@@ -154,6 +154,8 @@ class UsageMeter:
         self._lock = threading.Lock()
         self._times: list[float] = []
         self._records: list[tuple[str, str, str, int]] = []
+        #: Requests counted since the meter was made (the state snapshots watch it for changes).
+        self.requests = 0
 
     def wrap(self, app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
         """``app`` with every request counted (a stack restarted on a new server keeps its meter)."""
@@ -177,6 +179,7 @@ class UsageMeter:
 
     def record(self, caller: str, service: str, operation: str, units: int = 1) -> None:
         with self._lock:
+            self.requests += 1
             self._times.append(time.time())
             self._records.append((caller, service, operation, units))
             if len(self._records) > MAX_RECORDS:
