@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv test demo model shapes-model bench lint load clean image push deploy
+.PHONY: venv test demo model shapes-model bench lint load screenshot clean image push deploy
 
 venv: $(STAMP)
 
@@ -74,6 +74,10 @@ deploy:
 ## load: 1000 uploads in bursts with ~10% faults, ~5% bad inputs, ~5% overwrites and killed environments; replay, then reconcile
 load: $(STAMP)
 	$(BIN)/python scripts/load.py --images 1000
+
+## screenshot: the console's screenshots in docs/ (headless Chromium: apt-get install chromium-headless-shell)
+screenshot: $(STAMP)
+	$(BIN)/python scripts/console_screenshot.py
 
 clean:
 	-$(BIN)/inferpipe local down 2>/dev/null

@@ -93,7 +93,8 @@ def backfill_input(target: Any, bucket: str, prefix: str, batch_size: int | None
 def _tally(summary: Summary, target: Any, status: str, execution_arn: str | None, objects: int, error: str | None) -> None:
     """Add one batch's outcome, object by object, as ``inferpipe classify`` decides it (:func:`object_error`)."""
     summary.batches += 1
-    entries = execution_results(target, execution_arn) if execution_arn else []
+    # ERROR: the batch's outcome is unknown (it could not start, or the stack failed while it ran)
+    entries = execution_results(target, execution_arn) if execution_arn and status != "ERROR" else []
     if execution_arn:
         summary.executions += 1
     execution_error = {"type": error or status, "message": ""}

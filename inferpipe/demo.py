@@ -75,6 +75,7 @@ def run_demo(endpoint_url: str | None = None, port: int | None = None) -> int:
     print(f"\n{correct}/{len(good)} photos classified correctly; {elapsed:.1f} s for {len(results)} files")
     _show_sinks(target, results)
     print("\nclassify your own photo: .venv/bin/inferpipe classify path/to/photo.jpg")
+    print(f"the local console (these executions, their graphs, Redrive): {target.endpoint_url}/console")
 
     bad = next(r for r in results if Path(r.file).name == BAD_SAMPLE)
     expected_failure = bad.status == "failed" and bad.error is not None and bad.error["type"] == "NotAnImageError"

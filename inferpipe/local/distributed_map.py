@@ -150,11 +150,16 @@ def run_distributed_map(
             arn = sfn.start_execution(stateMachineArn=machine, name=f"{run.name[:16]}-{number}", input=json.dumps(child_input))["executionArn"]
         except Exception as exc:  # the child could not run: counts against the tolerated failures
             return ChildResult(number, len(objects), "ERROR", error=type(exc).__name__, cause=str(exc))
-        while True:
-            described = sfn.describe_execution(executionArn=arn)
-            if described["status"] != "RUNNING":
-                break
-            time.sleep(poll_s)
+        try:
+            while True:
+                described = sfn.describe_execution(executionArn=arn)
+                if described["status"] != "RUNNING":
+                    break
+                time.sleep(poll_s)
+        except Exception as exc:  # the stack or the network failed while waiting: this batch's outcome is unknown
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+            return ChildResult(number, len(objects), "ERROR", arn, error=str(code or type(exc).__name__),
+                               cause=f"{exc} (while waiting for {arn}: the stack or the network failed)")
         if described["status"] == "SUCCEEDED":
             return ChildResult(number, len(objects), "SUCCEEDED", arn, output=json.loads(described.get("output") or "null"))
         return ChildResult(number, len(objects), "FAILED", arn, error=described.get("error") or described["status"], cause=described.get("cause"))

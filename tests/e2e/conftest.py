@@ -72,6 +72,25 @@ def wait_for_execution(stack: Any, execution_arn: str, timeout: float = 120.0) -
     raise TimeoutError(f"{execution_arn} still running after {timeout} s")
 
 
+def run_upload(stack: Any, key: str, data: bytes, sqs_down: bool = False) -> dict[str, Any]:
+    """Upload ``data`` as ``key`` and return its finished execution, once the status recorder and the
+    functions' log lines have caught up. With ``sqs_down``, SQS refuses that batch for good (a
+    deleted queue), so the execution stops at FanOut."""
+    from inferpipe.local import bridge
+
+    if sqs_down:
+        stack.inject_aws_faults("sqs", "SendMessageBatch", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue")
+    try:
+        stack.client("s3").put_object(Bucket=stack.resources.buckets["input"], Key=key, Body=data)
+        (execution,) = executions_for_key(stack, key)
+        final = wait_for_execution(stack, execution["executionArn"], timeout=90)
+    finally:
+        stack.aws_faults.clear()
+    assert bridge.wait_for_async_invocations(timeout=30)
+    stack.flush_logs()
+    return final
+
+
 def executions_for_key(stack: Any, key: str, timeout: float = 30.0) -> list[dict[str, Any]]:
     """The executions whose input is the S3 event for ``key`` (waits for at least one)."""
     sfn = stack.client("stepfunctions")

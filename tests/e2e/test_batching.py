@@ -204,6 +204,32 @@ def test_backfill_classifies_a_prefix_of_existing_objects(stack: Any, sinks: Any
     assert json.loads(manifest)["ResultFiles"]["SUCCEEDED"][0]["Size"] == 5
 
 
+def test_a_backfill_whose_stack_fails_mid_run_reports_the_finished_batches_and_names_the_error(stack: Any) -> None:
+    s3, events = stack.client("s3"), stack.client("events")
+    bucket, prefix = stack.resources.buckets["input"], f"backfill-down-{uuid.uuid4().hex[:6]}/"
+    events.disable_rule(Name=stack.resources.trigger_rule)  # objects already there: no trigger
+    try:
+        for i in range(6):
+            s3.put_object(Bucket=bucket, Key=f"{prefix}{i}.jpg", Body=image_bytes(LABELS[i % len(LABELS)], size=(96, 80), seed=70 + i))
+    finally:
+        events.enable_rule(Name=stack.resources.trigger_rule)
+    target = Target(endpoint_url=stack.endpoint_url, resources=stack.resources)
+    for i in range(1, 6):  # every batch but the first is still reading its object when the first finishes
+        stack.inject_aws_faults("s3", "GetObject", 1, match=f"{prefix}{i}.jpg", delay=8.0)
+
+    def stack_fails(line: str) -> None:
+        # WHEN, once a batch has finished, Step Functions stops answering (beyond the client's retries)
+        stack.inject_aws_faults("states", "DescribeExecution", 10_000, status=503, code="ServiceUnavailable")
+
+    try:
+        summary = backfill(target, f"s3://{bucket}/{prefix}", batch_size=1, on_progress=stack_fails)
+    finally:
+        stack.aws_faults.clear()
+    # THEN the summary has every object: the finished batches' as they ended, the others with the error
+    assert (summary.objects, summary.batches, summary.succeeded) == (6, 6, 1), summary.to_json()
+    assert summary.errors == {"ServiceUnavailable": 5} and summary.status == "FAILED", summary.to_json()
+
+
 def test_bad_backfill_arguments_are_refused_clearly(stack: Any, capsys: Any) -> None:
     assert main(["backfill", "photos/", "--endpoint-url", stack.endpoint_url]) == 2
     assert "not an S3 URI" in capsys.readouterr().err

@@ -10,8 +10,7 @@ import urllib.request
 import uuid
 from typing import Any
 
-from inferpipe.local import bridge
-from tests.e2e.conftest import executions_for_key, image_bytes, wait_for_execution
+from tests.e2e.conftest import image_bytes, run_upload, wait_for_execution
 
 
 def _request(stack: Any, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -43,15 +42,8 @@ def test_the_console_page_is_self_contained_and_locked_to_its_origin(stack: Any)
 def test_a_failed_execution_is_listed_shown_with_its_graph_data_and_redriven_from_the_console(stack: Any) -> None:
     key = f"console/{uuid.uuid4().hex[:8]}.jpg"
     # GIVEN an execution stopped at FanOut: SQS refused its batch for good
-    stack.inject_aws_faults("sqs", "SendMessageBatch", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue")
-    try:
-        stack.client("s3").put_object(Bucket=stack.resources.buckets["input"], Key=key, Body=image_bytes("triangle", seed=8))
-        (execution,) = executions_for_key(stack, key)
-        failed = wait_for_execution(stack, execution["executionArn"], timeout=90)
-    finally:
-        stack.aws_faults.clear()
+    failed = run_upload(stack, key, image_bytes("triangle", seed=8), sqs_down=True)
     assert failed["status"] == "FAILED"
-    assert bridge.wait_for_async_invocations(timeout=30)
 
     # WHEN the console lists failed executions, searching by the object's key
     status, _, body = _request(stack, f"/console/api/executions?status=FAILED&key={key.split('/')[1]}")

@@ -9,19 +9,9 @@ from typing import Any
 import pytest
 
 from inferpipe.cli import main
-from inferpipe.local import bridge
-from tests.e2e.conftest import executions_for_key, image_bytes, wait_for_execution
+from tests.e2e.conftest import image_bytes, run_upload
 
 SINKS = ("s3", "dynamodb", "sns", "sqs", "eventbridge")
-
-
-def _run(stack: Any, key: str, data: bytes) -> dict[str, Any]:
-    stack.client("s3").put_object(Bucket=stack.resources.buckets["input"], Key=key, Body=data)
-    (execution,) = executions_for_key(stack, key)
-    final = wait_for_execution(stack, execution["executionArn"], timeout=90)
-    assert bridge.wait_for_async_invocations(timeout=30)  # the status recorder, and the last log lines
-    stack.flush_logs()
-    return final
 
 
 def _show(stack: Any, name: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
@@ -31,7 +21,7 @@ def _show(stack: Any, name: str, capsys: pytest.CaptureFixture[str]) -> dict[str
 
 def test_show_gives_a_succeeded_executions_path_records_and_log_lines(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
     key = f"executions/{uuid.uuid4().hex[:8]} ok.jpg"
-    final = _run(stack, key, image_bytes("circle", seed=4))
+    final = run_upload(stack, key, image_bytes("circle", seed=4))
     assert final["status"] == "SUCCEEDED"
 
     # WHEN the operator shows it by name
@@ -69,11 +59,7 @@ def test_show_gives_a_succeeded_executions_path_records_and_log_lines(stack: Any
 def test_show_names_where_a_failed_execution_stopped_its_input_and_a_clean_error(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
     key = f"executions/{uuid.uuid4().hex[:8]} down.jpg"
     # GIVEN SQS refuses every send for this object for good (a deleted queue)
-    stack.inject_aws_faults("sqs", "SendMessageBatch", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue")
-    try:
-        final = _run(stack, key, image_bytes("square", seed=5))
-    finally:
-        stack.aws_faults.clear()
+    final = run_upload(stack, key, image_bytes("square", seed=5), sqs_down=True)
     assert final["status"] == "FAILED" and final["error"] == "SinkUnavailableError"
 
     shown = _show(stack, final["name"], capsys)
