@@ -18,8 +18,9 @@ last few seconds. The write is atomic: a temporary file, then ``os.replace``.
 **Executions that were running.** An execution still RUNNING when the stack stopped cannot go on:
 its Lambda invocations and timers died with the process. It comes back ABORTED, with the cause
 "the local stack stopped while it ran". Like any aborted execution, it can be redriven (Redrive
-in the console, or ``inferpipe replay``). A real Step Functions would have carried on; the local
-stack says so instead of pretending.
+in the console, or ``inferpipe replay``), and its status change event goes out, so the status
+recorder writes its failure records as for any other end. A real Step Functions would have
+carried on; the local stack says so instead of pretending.
 
 ``inferpipe local up --fresh`` deletes the snapshot first.
 """
@@ -148,7 +149,7 @@ def restore_executions(state: dict[str, Any]) -> int:
     from moto.stepfunctions.parser.backend.execution import Execution
     from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
-    from inferpipe.local import redrive
+    from inferpipe.local import redrive, status_events
 
     restored = 0
     for saved in state["executions"]:
@@ -178,6 +179,8 @@ def restore_executions(state: dict[str, Any]) -> int:
         machine.executions.append(execution)
         redrive.restore_record(saved["exec_arn"], saved.get("redrives"))
         restored += 1
+        if saved["status"] == "RUNNING":  # it ended now: its status change goes out, as any end does
+            status_events.emit(execution)
     return restored
 
 

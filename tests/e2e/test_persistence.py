@@ -144,6 +144,18 @@ def test_a_crashed_stack_comes_back_with_its_state_and_fresh_starts_empty(tmp_pa
         interrupted = sfn.describe_execution(executionArn=running[0]["executionArn"])
         assert interrupted["status"] == "ABORTED" and interrupted["cause"] == persistence.ABORTED_CAUSE
         assert interrupted["redriveStatus"] == "REDRIVABLE"
+        # (its end was announced like any other: the status recorder wrote its object's failure record)
+        failure_key = records.latest_key("failures/", target.resources.buckets["input"], held)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                record = json.loads(target.client("s3").get_object(Bucket=target.resources.buckets["output"], Key=failure_key)["Body"].read())
+                break
+            except target.client("s3").exceptions.NoSuchKey:
+                time.sleep(0.5)
+        else:
+            raise AssertionError(f"no failure record for {held}")
+        assert record["execution_id"] == running[0]["executionArn"]
         sfn.redrive_execution(executionArn=running[0]["executionArn"])
         assert _wait(sfn, running[0]["executionArn"])["status"] == "SUCCEEDED"
         assert [v["name"] for v in list_versions(target.client("s3"), target.resources.buckets["models"])] == ["efficientnet_lite0"]
