@@ -267,6 +267,15 @@ def log_lines(logs: Any, groups: Mapping[str, str], arn: str, start: datetime, e
     return sorted(found, key=lambda line: str(line["time"]))
 
 
+def _input(text: str | None) -> Any:
+    """An execution's input, parsed (any JSON: an S3 event, a manual request, a pipe's array of SQS
+    records); {} when it is not JSON."""
+    try:
+        return json.loads(text or "{}")
+    except ValueError:
+        return {}
+
+
 def _json(text: str) -> dict[str, Any] | None:
     if not text.lstrip().startswith("{"):
         return None
@@ -309,7 +318,7 @@ def show(target: Any, arn_or_name: str, with_logs: bool = True) -> Detail:
             raise ValueError(f"no execution {arn_or_name!r} of {target.state_machine_arn}") from None
         raise
     events = history(sfn, arn)
-    execution_input = _json(described.get("input") or "") or {}
+    execution_input = _input(described.get("input"))
     objects = named_objects(execution_input)
     status = described["status"]
     detail = Detail(
@@ -359,7 +368,7 @@ def list_rows(sfn: Any, state_machine_arn: str, *, statuses: Sequence[str] = (),
             if taken >= limit or (since is not None and (started if started.tzinfo else started.replace(tzinfo=timezone.utc)) < since):
                 break  # AWS lists newest first
             described = sfn.describe_execution(executionArn=summary["executionArn"])
-            objects = [f"s3://{o['bucket']}/{o['key']}" for o in named_objects(_json(described.get("input") or "") or {})]
+            objects = [f"s3://{o['bucket']}/{o['key']}" for o in named_objects(_input(described.get("input")))]
             if key and not any(key in o.split("/", 3)[-1] for o in objects):
                 continue
             failed = described["status"] not in ("SUCCEEDED", "RUNNING")

@@ -167,6 +167,16 @@ def test_classify_prints_one_row_per_file_in_order_under_batching(stack: Any, tm
     assert [row["status"] for row in rows] == ["succeeded", "succeeded", "failed", "succeeded", "succeeded", "succeeded"]
     assert rows[2]["error"]["type"] == "NotAnImageError"
     assert [row["top_k"][0]["label"] for row in rows if row["status"] == "succeeded"] == expected
+    # AND `inferpipe executions show` of a batch names every object of it (the input is the pipe's array of SQS records)
+    from inferpipe.executions import list_rows, show
+
+    target = Target(endpoint_url=stack.endpoint_url, resources=stack.resources)
+    arn = rows[0]["execution_arn"]
+    shown = show(target, arn, with_logs=False)
+    batch_keys = {o["key"] for o in shown.objects}
+    assert "incoming/0 circle.jpg" in batch_keys and len(batch_keys) == sum(1 for row in rows if row["execution_arn"] == arn)
+    (listed,) = [r for r in list_rows(target.client("stepfunctions"), target.state_machine_arn, limit=200) if r.arn == arn]
+    assert len(listed.objects) == len(batch_keys)
 
 
 def test_backfill_classifies_a_prefix_of_existing_objects(stack: Any, sinks: Any, capsys: Any) -> None:
