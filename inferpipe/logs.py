@@ -56,7 +56,7 @@ def tail(
     group: str,
     since: timedelta,
     follow: bool = False,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,  # default: sys.stdout at call time (not the stream of whoever imported this first)
     sleep: Callable[[float], None] = time.sleep,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> int:
@@ -66,6 +66,7 @@ def tail(
     """
     from botocore.exceptions import ClientError
 
+    out = out if out is not None else sys.stdout
     start = int((datetime.now(timezone.utc) - since).timestamp() * 1000)
     seen: dict[str, int] = {}  # events already printed, by id, while they can be read again
     printed = 0

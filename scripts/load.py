@@ -125,7 +125,7 @@ def _labels() -> list[str]:
 
 def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share: float = 0.10, burst: int = 30,
              seed: int = 1, timeout: float = 900.0, settle: int = 5, overwrite_share: float = 0.05,
-             kill_every: float | None = 2.0, out: Any = sys.stdout) -> Report:
+             kill_every: float | None = 2.0, out: Any = None) -> Report:
     """Upload ``images`` object versions, wait, replay what failed for other reasons than its
     input, and reconcile against ``stack`` (a running :class:`inferpipe.local.stack.LocalStack`).
 
@@ -133,6 +133,7 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
     executions are still running. Every ``kill_every`` seconds until all executions have ended, the
     environments of a preprocess or inference invocation running then are killed (SIGKILL).
     """
+    out = out if out is not None else sys.stdout
     from functions.sink import records
     from functions.sink.core import FAILURE_PREFIX
     from inferpipe import reconcile, replay

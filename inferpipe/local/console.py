@@ -88,9 +88,12 @@ class Console:
                 return _send(start_response, 415, {"error": "POST a JSON body (Content-Type: application/json)"})
             length = int(environ.get("CONTENT_LENGTH") or 0)
             try:
-                query.update(json.loads(environ["wsgi.input"].read(length) if 0 < length <= 1 << 16 else b"{}"))
+                body = json.loads(environ["wsgi.input"].read(length) if 0 < length <= 1 << 16 else b"{}")
             except ValueError:
-                return _send(start_response, 400, {"error": "the body is not JSON"})
+                body = None
+            if not isinstance(body, dict):
+                return _send(start_response, 400, {"error": 'the body must be a JSON object, e.g. {"id": NAME_OR_ARN}'})
+            query.update({k: str(v) for k, v in body.items()})
         try:
             status, answer = handler(self.target(), query)
         except ValueError as bad:

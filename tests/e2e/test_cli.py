@@ -221,9 +221,10 @@ def test_logs_prints_a_functions_lines_with_its_report_lines(stack: Any, files: 
     capsys.readouterr()
     # WHEN the sink's logs of the last 10 minutes are asked for
     code = main(["logs", "sink", "--since", "10m", "--endpoint-url", stack.endpoint_url])
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
     # THEN they hold the handler's JSON lines and Lambda's START/END/REPORT, oldest first
-    assert code == 0
+    assert code == 0, captured.err
     messages = [line.split("  ", 2)[2] for line in out]
     assert any(m.startswith("START RequestId: ") for m in messages)
     reports = [m for m in messages if m.startswith("REPORT RequestId: ")]

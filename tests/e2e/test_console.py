@@ -95,6 +95,9 @@ def test_pages_of_other_sites_cannot_use_the_console_or_borrow_its_exception(sta
                     {"Sec-Fetch-Site": "same-site", "Content-Type": "application/json"}):
         status, _, answer = _request(stack, "/console/api/redrive", body, headers)
         assert status == 403 and b"refused" in answer, (headers, answer)
+    # a body that is not a JSON object is refused, naming what is expected
+    status, _, answer = _request(stack, "/console/api/redrive", b"[1, 2]", _same_origin(stack))
+    assert status == 400 and b"JSON object" in answer
     # a form post (no preflight) is not JSON: refused before anything runs
     status, _, _ = _request(stack, "/console/api/redrive", b"id=x", {**_same_origin(stack), "Content-Type": "text/plain"})
     assert status == 415
