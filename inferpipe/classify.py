@@ -22,6 +22,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from functions.common.aws import error_name
 from functions.common.batch import named_objects
 from functions.common.request import META_MODEL, META_MODEL_VERSION, META_TOP_K
 from functions.common.work import CLASSIFIED, CLASSIFIED_STATUS, PREPROCESSED, work_key
@@ -303,7 +304,7 @@ def classify_files(
             try:
                 upload_time = upload(target, path, options, results[index])
             except ClientError as exc:  # this file refused (e.g. AccessDenied): the others may still go
-                results[index].error = _error(str(exc.response.get("Error", {}).get("Code") or "ClientError"), str(exc))
+                results[index].error = _error(error_name(exc), str(exc))
                 upload_time = None
             except BotoCoreError as exc:  # no answer: the stack or the network is down
                 broken = _stopped(exc, "uploading")
@@ -382,9 +383,7 @@ def classify_files(
 
 def _stopped(exc: BaseException, doing: str) -> dict[str, str]:
     """The error of every file not finished when the stack or the network failed."""
-    kind = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
-    return _error(str(kind or type(exc).__name__),
-                  f"{exc} (while {doing}: the stack or the network failed; files already finished are reported)")
+    return _error(error_name(exc), f"{exc} (while {doing}: the stack or the network failed; files already finished are reported)")
 
 
 def _recent_executions(sfn: Any, state_machine_arn: str, since: datetime) -> list[dict[str, Any]]:

@@ -150,6 +150,12 @@ def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def error_name(exc: BaseException) -> str:
+    """What to call an error of an AWS call: the service's error code, else the exception's class
+    (a botocore connection or read error, which carries none)."""
+    return (error_code(exc) if isinstance(exc, ClientError) else "") or type(exc).__name__
+
+
 def http_status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 

@@ -157,8 +157,9 @@ def run_distributed_map(
                     break
                 time.sleep(poll_s)
         except Exception as exc:  # the stack or the network failed while waiting: this batch's outcome is unknown
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
-            return ChildResult(number, len(objects), "ERROR", arn, error=str(code or type(exc).__name__),
+            from functions.common.aws import error_name
+
+            return ChildResult(number, len(objects), "ERROR", arn, error=error_name(exc),
                                cause=f"{exc} (while waiting for {arn}: the stack or the network failed)")
         if described["status"] == "SUCCEEDED":
             return ChildResult(number, len(objects), "SUCCEEDED", arn, output=json.loads(described.get("output") or "null"))
