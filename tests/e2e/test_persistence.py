@@ -20,7 +20,7 @@ from inferpipe.local.guard import TOKEN_HEADER
 from inferpipe.local.stack import LocalStack
 from inferpipe.models import list_versions, publish
 from inferpipe.target import Target
-from tests.e2e.conftest import DEMO_MODEL_DIR, image_bytes
+from tests.e2e.conftest import DEMO_MODEL_DIR, executions_for_key, image_bytes, wait_for_execution
 
 
 @pytest.fixture(autouse=True)
@@ -30,28 +30,11 @@ def _no_stack_in_this_process() -> None:
         pytest.skip("another module's local stack runs in this process")
 
 
-def _wait(client: Any, arn: str, timeout: float = 90.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        described = client.describe_execution(executionArn=arn)
-        if described["status"] != "RUNNING":
-            return described
-        time.sleep(0.2)
-    raise TimeoutError(arn)
-
-
 def _classify_one(target: Any, key: str, seed: int) -> tuple[str, dict[str, Any]]:
     """Upload one image; its version id and its (finished) execution."""
-    s3, sfn = target.client("s3"), target.client("stepfunctions")
-    version = s3.put_object(Bucket=target.resources.buckets["input"], Key=key, Body=image_bytes("circle", seed=seed))["VersionId"]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for summary in sfn.list_executions(stateMachineArn=target.state_machine_arn, maxResults=1000)["executions"]:
-            described = sfn.describe_execution(executionArn=summary["executionArn"])
-            if key in described["input"]:
-                return version, _wait(sfn, summary["executionArn"])
-        time.sleep(0.2)
-    raise AssertionError(f"no execution for {key}")
+    version = target.client("s3").put_object(Bucket=target.resources.buckets["input"], Key=key, Body=image_bytes("circle", seed=seed))["VersionId"]
+    (execution,) = executions_for_key(target, key)
+    return version, wait_for_execution(target, execution["executionArn"], timeout=90)
 
 
 def test_a_stopped_stack_starts_again_with_its_models_objects_records_and_executions(tmp_path: Path) -> None:
@@ -95,7 +78,7 @@ def test_a_stopped_stack_starts_again_with_its_models_objects_records_and_execut
         # AND the execution that stopped can be redriven: only its failed iteration runs again
         sink_runs = len(second.invocations("sink"))
         sfn.redrive_execution(executionArn=stopped["executionArn"])
-        redriven = _wait(sfn, stopped["executionArn"])
+        redriven = wait_for_execution(second, stopped["executionArn"], timeout=90)
         assert redriven["status"] == "SUCCEEDED" and redriven["redriveCount"] == 1, redriven.get("cause")
         assert len(second.invocations("sink")) - sink_runs <= 2  # sqs's delivery (and the status recorder), not all five
         # AND the pipeline works on: a new upload is classified with the restored model
@@ -157,7 +140,7 @@ def test_a_crashed_stack_comes_back_with_its_state_and_fresh_starts_empty(tmp_pa
             raise AssertionError(f"no failure record for {held}")
         assert record["execution_id"] == running[0]["executionArn"]
         sfn.redrive_execution(executionArn=running[0]["executionArn"])
-        assert _wait(sfn, running[0]["executionArn"])["status"] == "SUCCEEDED"
+        assert wait_for_execution(target, running[0]["executionArn"], timeout=90)["status"] == "SUCCEEDED"
         assert [v["name"] for v in list_versions(target.client("s3"), target.resources.buckets["models"])] == ["efficientnet_lite0"]
         assert back["pid"] != started["pid"]
     finally:
