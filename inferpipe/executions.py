@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from functions.common.aws import error_code
 from functions.common.batch import named_objects
 from functions.sink import records
 from functions.sink.core import FAILURE_PREFIX
@@ -248,7 +249,7 @@ def log_lines(logs: Any, groups: Mapping[str, str], arn: str, start: datetime, e
         try:
             lines = list(events(logs, group, start_ms, end_ms))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            if error_code(exc) == "ResourceNotFoundException":
                 continue
             raise
         requests: set[str] = set()
@@ -303,21 +304,38 @@ def _unsuccessful_step(definition: Mapping[str, Any], events: Sequence[Mapping[s
     return (state, state_input) if entered > exited else (None, None)
 
 
-def show(target: Any, arn_or_name: str, with_logs: bool = True) -> Detail:
-    """What one execution did (ExecutionDoesNotExist as a ValueError naming it)."""
-    from botocore.exceptions import ClientError
+@dataclass(frozen=True)
+class Recorded:
+    """What Step Functions keeps of one execution: DescribeExecution, its history, its state machine's ASL."""
 
-    from inferpipe.logs import log_group
+    described: dict[str, Any]
+    events: list[dict[str, Any]]
+    definition: dict[str, Any]
+
+
+def recorded(target: Any, arn_or_name: str) -> Recorded:
+    """Read one execution (ExecutionDoesNotExist as a ValueError naming it)."""
+    from botocore.exceptions import ClientError
 
     sfn = target.client("stepfunctions")
     arn = execution_arn(target.state_machine_arn, arn_or_name)
     try:
         described = sfn.describe_execution(executionArn=arn)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("ExecutionDoesNotExist", "InvalidArn"):
+        if error_code(exc) in ("ExecutionDoesNotExist", "InvalidArn"):
             raise ValueError(f"no execution {arn_or_name!r} of {target.state_machine_arn}") from None
         raise
-    events = history(sfn, arn)
+    machine = sfn.describe_state_machine(stateMachineArn=described["stateMachineArn"])
+    return Recorded(described, history(sfn, arn), json.loads(machine["definition"]))
+
+
+def show(target: Any, arn_or_name: str, with_logs: bool = True, read: Recorded | None = None) -> Detail:
+    """What one execution did, from :func:`recorded` (``read``, when the caller has it already)."""
+    from inferpipe.logs import log_group
+
+    read = read or recorded(target, arn_or_name)
+    described, events = read.described, read.events
+    arn = described["executionArn"]
     execution_input = _input(described.get("input"))
     objects = named_objects(execution_input)
     status = described["status"]
@@ -329,8 +347,7 @@ def show(target: Any, arn_or_name: str, with_logs: bool = True) -> Detail:
     if status != "SUCCEEDED":
         error, cause = (described.get("error"), described.get("cause")) if described.get("error") else _failure(events)
         detail.error = clean_error(error, cause)
-        machine = sfn.describe_state_machine(stateMachineArn=described["stateMachineArn"])
-        state, state_input = _unsuccessful_step(json.loads(machine["definition"]), events, execution_input)
+        state, state_input = _unsuccessful_step(read.definition, events, execution_input)
         inner = [s.name for s in detail.steps if s.outcome != "succeeded" and s.name != state]
         detail.failed_state = " > ".join([state, *inner[-1:]]) if state else None
         detail.failed_input = state_input
@@ -439,4 +456,4 @@ def _log_text(message: str) -> str:
     return f"{parsed.get('level', '')} {parsed.get('message', '')}" + (f"  {extra}" if extra else "")
 
 
-__all__ = ["Detail", "Row", "Step", "clean_error", "execution_arn", "format_detail", "format_rows", "history", "list_rows", "log_lines", "show", "steps"]
+__all__ = ["Detail", "Recorded", "Row", "Step", "recorded", "clean_error", "execution_arn", "format_detail", "format_rows", "history", "list_rows", "log_lines", "show", "steps"]

@@ -131,20 +131,16 @@ def executions_list(target: Any, query: Mapping[str, str]) -> tuple[int, Any]:
 
 
 def execution_detail(target: Any, query: Mapping[str, str]) -> tuple[int, Any]:
-    from inferpipe.executions import execution_arn, history, show
+    from inferpipe.executions import recorded, show
 
     wanted = query.get("id") or ""
     if not wanted:
         raise ValueError("name the execution: ?id=NAME_OR_ARN")
-    detail = show(target, wanted).to_dict()
-    sfn = target.client("stepfunctions")
-    arn = execution_arn(target.state_machine_arn, wanted)
-    described = sfn.describe_execution(executionArn=arn)
-    machine = sfn.describe_state_machine(stateMachineArn=described["stateMachineArn"])
-    detail["definition"] = json.loads(machine["definition"])
-    detail["history"] = history(sfn, arn)
-    detail["redrive_status"] = described.get("redriveStatus")
-    detail["redrive_status_reason"] = described.get("redriveStatusReason")
+    read = recorded(target, wanted)  # once: the detail, the graph and the history all come from it
+    detail = show(target, wanted, read=read).to_dict()
+    detail["definition"], detail["history"] = read.definition, read.events
+    detail["redrive_status"] = read.described.get("redriveStatus")
+    detail["redrive_status_reason"] = read.described.get("redriveStatusReason")
     return 200, detail
 
 
