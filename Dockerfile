@@ -32,6 +32,8 @@ ENV LAMBDA_TASK_ROOT=/var/task \
     MXNET_CUDNN_AUTOTUNE_DEFAULT=0
 COPY --from=build /opt/deps /opt/deps
 COPY functions/ /var/task/functions/
+# The rules the functions share with Terraform (sinks, settings defaults): functions/common/stack.py.
+COPY config/stack.json /var/task/config/stack.json
 # Lambda runs the image as a non-root user anyway; running as one here keeps local runs honest.
 RUN useradd --system --uid 10001 --no-create-home lambda
 USER 10001

@@ -23,14 +23,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from functions.common import stack
 from inferpipe.local.spec import REPO_ROOT, Resources, TemplateError, render_template
 
 POLICY_DIR = REPO_ROOT / "terraform" / "policies"
 TEMPLATE_SUFFIX = ".json.tftpl"
 #: The alias the state machine invokes in AWS (terraform/locals.tf ``function_alias``).
 FUNCTION_ALIAS = "live"
-#: Sinks in the order terraform/locals.tf ``known_sinks`` lists them.
-KNOWN_SINKS = ("s3", "dynamodb", "sns", "sqs", "eventbridge")
+#: Sinks in the order config/stack.json lists them (terraform/locals.tf ``known_sinks`` reads the same list).
+KNOWN_SINKS = stack.SINKS
 #: Role key -> the service that assumes it (terraform/locals.tf ``role_services``); functions add theirs.
 ORCHESTRATION_ROLE_SERVICES = {
     "state_machine": "states.amazonaws.com",

@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SINKS = ("s3", "dynamodb", "sns", "sqs", "eventbridge")
+from functions.common.stack import SINKS  # noqa: E402  (after the path above)
 #: (service, operation, requests failed, extra): transient faults beyond botocore's retries, on the
 #: APIs the functions really call (the message sinks publish with the batch APIs).
 FAULTS = (

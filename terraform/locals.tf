@@ -6,9 +6,9 @@
 locals {
   stack = jsondecode(file("${path.module}/../config/stack.json"))
 
-  # The sinks the sink function can write to (the keys of _WRITERS in functions/sink/core.py;
-  # tests/infra checks the two agree).
-  known_sinks = ["s3", "dynamodb", "sns", "sqs", "eventbridge"]
+  # The sinks the sink function can write to, in stack.json's order (functions/common/stack.py
+  # reads the same list; tests/infra checks the sink function has a writer for each).
+  known_sinks = [for sink in local.stack.sinks.known : sink.name]
 
   prefix = var.prefix != null ? var.prefix : local.stack.prefix
 

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from functions.common import config
+from functions.common import config, stack
 from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.common.aws import client, error_code, is_transient, raise_transient
@@ -44,9 +44,8 @@ from functions.sink import records as views
 SCHEMA = "inferpipe.prediction/1"
 EVENT_SOURCE = "inferpipe"
 EVENT_DETAIL_TYPE = "Image Classified"
-SINKS = ("s3", "dynamodb", "sns", "sqs", "eventbridge")
-#: Sinks that publish messages: a second publish would be a second message, so they use the ledger.
-MESSAGE_SINKS = ("sns", "sqs", "eventbridge")
+SINKS = stack.SINKS
+MESSAGE_SINKS = stack.MESSAGE_SINKS
 FAILURE_SCHEMA = "inferpipe.failure/1"
 #: Output-bucket prefixes (fixed, next to OUTPUT_PREFIX): failure records and the delivery ledger.
 FAILURE_PREFIX = "failures/"
