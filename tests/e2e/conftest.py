@@ -24,6 +24,14 @@ from inferpipe.paths import BUILD_DIR
 DEMO_MODEL_DIR = BUILD_DIR / "demo-model"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e is marked ``e2e`` (``pytest -m 'not e2e'`` runs the fast rest)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def demo_model() -> Manifest:
     """The offline demo model package, built once (about a minute) and reused while it exists."""
