@@ -16,7 +16,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,9 @@ def upload(target: Target, path: Path, options: UploadOptions, result: FileResul
 def _names(execution_input: Any, bucket: str, key: str, version_id: str | None) -> bool:
     """Whether an execution's input (any shape: an S3 event, a queued batch, a manual batch) names the object."""
     return any(
-        obj["bucket"] == bucket and obj["key"] == key and (version_id is None or obj.get("version_id") in (None, version_id))
+        obj["bucket"] == bucket
+        and obj["key"] == key
+        and (version_id is None or obj.get("version_id") in (None, version_id))
         for obj in named_objects(execution_input)
     )
 
@@ -150,7 +152,10 @@ def failed_delivery(target: Target, execution_arn: str) -> dict[str, str] | None
                 continue
             for delivery in scheduled.get("deliveries") or []:
                 if isinstance(delivery, dict) and delivery.get("status") == "FAILED":
-                    return {"type": str(delivery.get("error")), "message": _cause_message(str(delivery.get("cause") or ""))}
+                    return {
+                        "type": str(delivery.get("error")),
+                        "message": _cause_message(str(delivery.get("cause") or "")),
+                    }
             return {}
     return None
 
@@ -158,7 +163,9 @@ def failed_delivery(target: Target, execution_arn: str) -> dict[str, str] | None
 def _entry_for(entries: list[dict[str, Any]], result: FileResult) -> dict[str, Any] | None:
     for entry in entries:
         source = entry.get("source") or {}
-        if source.get("key") == result.key and (result.version_id is None or source.get("version_id") in (None, result.version_id)):
+        if source.get("key") == result.key and (
+            result.version_id is None or source.get("version_id") in (None, result.version_id)
+        ):
             return entry
     return None
 
@@ -197,7 +204,9 @@ def object_error(
             return execution_error
         return noted or None  # {}: RecordFailure ran for other objects, every sink delivered this one
     if entry is not None and entry.get("error"):
-        return _error(str(entry["error"].get("type") or execution_error["type"]), str(entry["error"].get("message") or ""))
+        return _error(
+            str(entry["error"].get("type") or execution_error["type"]), str(entry["error"].get("message") or "")
+        )
     return execution_error
 
 
@@ -211,7 +220,9 @@ def _outcome(
     arn = result.execution_arn = described["executionArn"]
     status = described["status"]
     entry = _entry_for(entries, result)
-    execution_error = _error(described.get("error") or status, _cause_message(described.get("cause") or "") or f"execution ended {status}")
+    execution_error = _error(
+        described.get("error") or status, _cause_message(described.get("cause") or "") or f"execution ended {status}"
+    )
     result.error = object_error(entry, status == "SUCCEEDED", lambda: failure_of(arn), execution_error)
     result.status = "failed" if result.error else "succeeded"
     if entry is not None and entry.get("status") == CLASSIFIED_STATUS:
@@ -240,8 +251,11 @@ def deployed_default_model(target: Target) -> str:
     its executions pass to Preprocess), which a deployment or a local stack may have set otherwise
     than config/stack.json."""
     try:
-        definition = json.loads(target.client("stepfunctions").describe_state_machine(
-            stateMachineArn=target.state_machine_arn)["definition"])
+        definition = json.loads(
+            target.client("stepfunctions").describe_state_machine(stateMachineArn=target.state_machine_arn)[
+                "definition"
+            ]
+        )
         return str(definition["States"]["Preprocess"]["Parameters"]["defaults"]["model"])
     except (ClientError, KeyError, TypeError, ValueError):
         return str(target.resources.settings["DEFAULT_MODEL"])
@@ -267,11 +281,17 @@ def ensure_model(target: Target, options: UploadOptions, say: Callable[[str], No
     if models.list_versions(s3, bucket, name):
         return None
     where = "the local stack" if target.endpoint_url else f"the model bucket {bucket}"
-    built = [d for d in (BUILD_DIR / "models" / name, *([BUILD_DIR / "demo-model"] if name == "demo" else [])) if (d / MANIFEST_FILE).exists()]
+    built = [
+        d
+        for d in (BUILD_DIR / "models" / name, *([BUILD_DIR / "demo-model"] if name == "demo" else []))
+        if (d / MANIFEST_FILE).exists()
+    ]
     if not target.endpoint_url or not built or (options.model_version not in (None, "prod")):
         why = " (a new local stack starts empty)" if target.endpoint_url else ""
-        raise NoModelError(f"{where} has no model {name!r} published{why}; publish one with:\n"
-                           f"  {_fix_command(name)}" + ("" if target.endpoint_url else "   (with --aws)"))
+        raise NoModelError(
+            f"{where} has no model {name!r} published{why}; publish one with:\n"
+            f"  {_fix_command(name)}" + ("" if target.endpoint_url else "   (with --aws)")
+        )
     published = models.publish(s3, bucket, built[0], name=name, alias="prod")
     say(f"{where} had no model {name!r}: published {built[0]} as version {published.version}, alias prod")
     return str(published.version)
@@ -295,7 +315,7 @@ def classify_files(
     """
     sfn = target.client("stepfunctions")
     bucket = target.resources.buckets["input"]
-    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    since = datetime.now(UTC) - timedelta(seconds=5)
     results = [FileResult(file=str(path)) for path in paths]
     started: dict[int, float] = {}
     broken: dict[str, str] | None = None  # the error that stopped the run, for every file not finished
@@ -383,7 +403,9 @@ def classify_files(
 
 def _stopped(exc: BaseException, doing: str) -> dict[str, str]:
     """The error of every file not finished when the stack or the network failed."""
-    return _error(error_name(exc), f"{exc} (while {doing}: the stack or the network failed; files already finished are reported)")
+    return _error(
+        error_name(exc), f"{exc} (while {doing}: the stack or the network failed; files already finished are reported)"
+    )
 
 
 def _recent_executions(sfn: Any, state_machine_arn: str, since: datetime) -> list[dict[str, Any]]:
@@ -396,7 +418,7 @@ def _recent_executions(sfn: Any, state_machine_arn: str, since: datetime) -> lis
         for summary in page["executions"]:
             start = summary["startDate"]
             if start.tzinfo is None:
-                start = start.replace(tzinfo=timezone.utc)
+                start = start.replace(tzinfo=UTC)
             if start >= since:
                 found.append(summary)
             else:

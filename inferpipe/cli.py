@@ -23,6 +23,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -90,24 +91,58 @@ def _add_import_parser(model_commands: Any) -> None:
         "--symbol, --params and --labels. The input options default to the ImageNet preprocessing "
         "(efficientnet_lite0 has its own and ignores them).",
     )
-    imp.add_argument("zoo_name", nargs="?", metavar="NETWORK", help="efficientnet_lite0, or a Gluon model-zoo network, e.g. resnet50_v1")
-    imp.add_argument("--pretrained", action="store_true", help="ImageNet weights: shipped offline for efficientnet_lite0, downloaded (internet) for the zoo")
     imp.add_argument(
-        "--optimize", default="auto", choices=["auto", "fp32", "fused", "int8"],
+        "zoo_name",
+        nargs="?",
+        metavar="NETWORK",
+        help="efficientnet_lite0, or a Gluon model-zoo network, e.g. resnet50_v1",
+    )
+    imp.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="ImageNet weights: shipped offline for efficientnet_lite0, downloaded (internet) for the zoo",
+    )
+    imp.add_argument(
+        "--optimize",
+        default="auto",
+        choices=["auto", "fp32", "fused", "int8"],
         help="efficientnet_lite0: the mode to write; auto (default) = the fastest whose top-1 agrees with fp32 on >= 95%% of held-out real photos",
     )
     imp.add_argument("--seed", type=int, default=0, help="seed of the random weights without --pretrained (default 0)")
     imp.add_argument("--symbol", type=Path, help="exported MXNet symbol JSON (its input named 'data')")
     imp.add_argument("--params", type=Path, help="exported MXNet params (arg:/aux: names)")
-    imp.add_argument("--labels", type=Path, help="class labels, one per line, line i = output i (zoo default: class_0 ...)")
+    imp.add_argument(
+        "--labels", type=Path, help="class labels, one per line, line i = output i (zoo default: class_0 ...)"
+    )
     imp.add_argument("--architecture", help="architecture recorded in the manifest (default: ZOO_NAME or 'custom')")
-    imp.add_argument("--inference-mode", default="fp32", choices=["fp32", "fused", "int8"], help="what the exported graph is (default fp32)")
+    imp.add_argument(
+        "--inference-mode",
+        default="fp32",
+        choices=["fp32", "fused", "int8"],
+        help="what the exported graph is (default fp32)",
+    )
     imp.add_argument("--height", type=_positive_int, default=224, help="input crop height (default 224)")
     imp.add_argument("--width", type=_positive_int, default=224, help="input crop width (default 224)")
-    imp.add_argument("--resize-shorter", type=_positive_int, default=256, help="resize the shorter side to this first (default 256)")
+    imp.add_argument(
+        "--resize-shorter", type=_positive_int, default=256, help="resize the shorter side to this first (default 256)"
+    )
     imp.add_argument("--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic", "lanczos"])
-    imp.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406], metavar=("R", "G", "B"), help="per-channel mean on [0, 1] pixels (default ImageNet)")
-    imp.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225], metavar=("R", "G", "B"), help="per-channel std (default ImageNet)")
+    imp.add_argument(
+        "--mean",
+        type=float,
+        nargs=3,
+        default=[0.485, 0.456, 0.406],
+        metavar=("R", "G", "B"),
+        help="per-channel mean on [0, 1] pixels (default ImageNet)",
+    )
+    imp.add_argument(
+        "--std",
+        type=float,
+        nargs=3,
+        default=[0.229, 0.224, 0.225],
+        metavar=("R", "G", "B"),
+        help="per-channel std (default ImageNet)",
+    )
     imp.add_argument("--name", help="model name (default: ZOO_NAME; required with --symbol)")
     imp.add_argument("--out", type=Path, help="package folder to write (default build/models/NAME)")
     imp.add_argument("--publish", action="store_true", help="also publish the package under --name")
@@ -125,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--top-k", type=_positive_int, help="how many classes to return (default: the deployment's)")
     classify.add_argument("--model", help="model name (default: the deployment's)")
     classify.add_argument("--model-version", help="model version or alias (default: the deployment's)")
-    classify.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for all executions (default 300)")
+    classify.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for all executions (default 300)"
+    )
     _add_target_options(classify)
 
     local = commands.add_parser("local", help="the embedded local AWS stack (loopback only)")
@@ -137,7 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="port to serve on (default 4599, env INFERPIPE_LOCAL_PORT); asking a running stack for another port is an error",
     )
-    up.add_argument("--fresh", action="store_true", help="start empty: forget the state kept in the state folder (models, objects, executions, …)")
+    up.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start empty: forget the state kept in the state folder (models, objects, executions, …)",
+    )
     up.add_argument(
         "--trigger",
         choices=_trigger_modes(),
@@ -146,30 +187,49 @@ def build_parser() -> argparse.ArgumentParser:
         "per batch of up to 100 within about a second) or direct (one execution per upload)",
     )
     local_commands.add_parser("down", help="stop the background local stack")
-    local_commands.add_parser("status", help="whether the local stack runs, where, and its resources (exit 3 when it does not)")
+    local_commands.add_parser(
+        "status", help="whether the local stack runs, where, and its resources (exit 3 when it does not)"
+    )
     fault = local_commands.add_parser(
-        "fault", help="fail (or slow down) AWS requests at the running local stack's edge, to rehearse an outage",
+        "fault",
+        help="fail (or slow down) AWS requests at the running local stack's edge, to rehearse an outage",
         description="Faults are answered in the service's own wire format before the emulator sees the request, so the "
         "functions' real retries, error classes and the state machine's Retry/Catch all run. They last until `fault clear` "
         "(or their --count is used up) and are lost when the stack stops.",
     )
     fault_commands = fault.add_subparsers(dest="fault_action", required=True, metavar="ACTION")
     add = fault_commands.add_parser("add", help="the next matching requests fail (or are held, with --delay)")
-    add.add_argument("target", metavar="SERVICE[:OPERATION]",
-                     help="by signing name and API operation, e.g. s3:GetObject, dynamodb:PutItem, sqs:SendMessageBatch, "
-                     "sns:PublishBatch, events:PutEvents, states:StartExecution; SERVICE alone: every operation")
+    add.add_argument(
+        "target",
+        metavar="SERVICE[:OPERATION]",
+        help="by signing name and API operation, e.g. s3:GetObject, dynamodb:PutItem, sqs:SendMessageBatch, "
+        "sns:PublishBatch, events:PutEvents, states:StartExecution; SERVICE alone: every operation",
+    )
     add.add_argument("--error", help="the error code to answer (default: the service's throttle, e.g. SlowDown for s3)")
-    add.add_argument("--status", type=int, help="its HTTP status (default: the service's throttle status, e.g. 503 for s3)")
+    add.add_argument(
+        "--status", type=int, help="its HTTP status (default: the service's throttle status, e.g. 503 for s3)"
+    )
     how_many = add.add_mutually_exclusive_group()
     how_many.add_argument("--count", type=int, help="fail the next N matching requests (default 1)")
-    how_many.add_argument("--rate", type=float, help="fail this share (0 < P <= 1) of the matching requests, until `fault clear`")
-    add.add_argument("--delay", type=float, default=0.0, help="hold each matching request this many seconds, then serve it (a slow service)")
-    add.add_argument("--match", help="only requests whose path, query or body contains this text (a key, table or queue name)")
+    how_many.add_argument(
+        "--rate", type=float, help="fail this share (0 < P <= 1) of the matching requests, until `fault clear`"
+    )
+    add.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        help="hold each matching request this many seconds, then serve it (a slow service)",
+    )
+    add.add_argument(
+        "--match", help="only requests whose path, query or body contains this text (a key, table or queue name)"
+    )
     fault_commands.add_parser("list", help="the fault rules, what is left of them and how often each fired")
     fault_commands.add_parser("clear", help="remove every fault rule")
     for parser_ in (add, *fault_commands.choices.values()):
         if not any(a.dest == "endpoint_url" for a in parser_._actions):
-            parser_.add_argument("--endpoint-url", help="a local stack's endpoint (default: the one `inferpipe local up` started)")
+            parser_.add_argument(
+                "--endpoint-url", help="a local stack's endpoint (default: the one `inferpipe local up` started)"
+            )
 
     model = commands.add_parser("model", help="model packages in the versioned model bucket")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -178,11 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--name", required=True)
     publish.add_argument("--alias", help="point this alias (e.g. prod) at the published version")
     publish.add_argument(
-        "--optimize", choices=["fp32", "fused", "int8"],
+        "--optimize",
+        choices=["fp32", "fused", "int8"],
         help="publish this inference mode of the fp32 package DIR as its own version (int8 needs --calibration)",
     )
-    publish.add_argument("--calibration", type=Path, metavar="IMAGES", help="folder of calibration images for --optimize int8")
-    publish.add_argument("--heldout", type=Path, metavar="IMAGES", help="folder of images to measure top-1 agreement with fp32 on (default: the calibration images)")
+    publish.add_argument(
+        "--calibration", type=Path, metavar="IMAGES", help="folder of calibration images for --optimize int8"
+    )
+    publish.add_argument(
+        "--heldout",
+        type=Path,
+        metavar="IMAGES",
+        help="folder of images to measure top-1 agreement with fp32 on (default: the calibration images)",
+    )
     _add_target_options(publish)
     listing = model_commands.add_parser("list", help="published versions, sizes and aliases")
     listing.add_argument("name", nargs="?")
@@ -193,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--alias", required=True)
     _add_target_options(promote)
     _add_import_parser(model_commands)
-    build = model_commands.add_parser("build-demo", help="train the tiny shapes model the tests and load runs use (about a minute)")
+    build = model_commands.add_parser(
+        "build-demo", help="train the tiny shapes model the tests and load runs use (about a minute)"
+    )
     build.add_argument("--out", type=Path, default=Path("build/demo-model"))
     build.add_argument("--seed", type=int, default=0)
 
@@ -203,17 +273,38 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replays executions that ended FAILED, TIMED_OUT or ABORTED. Redriven executions keep their ARN; restarted ones are named "
         "<original>-r<n>; an execution already replayed successfully, or with a replay still running, is skipped.",
     )
-    replay.add_argument("--since", type=_duration, default="24h", help="only executions started this long ago or later (e.g. 30m, 24h, 7d; default 24h)")
-    replay.add_argument("--status", default="FAILED,TIMED_OUT,ABORTED", help="comma-separated statuses to replay (default FAILED,TIMED_OUT,ABORTED)")
-    replay.add_argument("--execution", action="append", default=[], metavar="ARN", help="replay this execution (repeatable); ignores --since and --status")
     replay.add_argument(
-        "--mode", choices=["auto", "restart", "redrive"], default="auto",
+        "--since",
+        type=_duration,
+        default="24h",
+        help="only executions started this long ago or later (e.g. 30m, 24h, 7d; default 24h)",
+    )
+    replay.add_argument(
+        "--status",
+        default="FAILED,TIMED_OUT,ABORTED",
+        help="comma-separated statuses to replay (default FAILED,TIMED_OUT,ABORTED)",
+    )
+    replay.add_argument(
+        "--execution",
+        action="append",
+        default=[],
+        metavar="ARN",
+        help="replay this execution (repeatable); ignores --since and --status",
+    )
+    replay.add_argument(
+        "--mode",
+        choices=["auto", "restart", "redrive"],
+        default="auto",
         help="auto (default): redrive an execution that stopped at a task, timed out or was stopped, restart one that "
         "ended in PipelineFailed (its input is at fault), and say why; restart: always a new execution with the original "
         "input; redrive: RedriveExecution wherever allowed, else restart",
     )
-    replay.add_argument("--dry-run", action="store_true", help="only list what would be replayed and what would be skipped")
-    replay.add_argument("--no-wait", action="store_true", help="start the replays and return without waiting for their outcome")
+    replay.add_argument(
+        "--dry-run", action="store_true", help="only list what would be replayed and what would be skipped"
+    )
+    replay.add_argument(
+        "--no-wait", action="store_true", help="start the replays and return without waiting for their outcome"
+    )
     replay.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the replays (default 600)")
     _add_target_options(replay)
 
@@ -223,9 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compares the input bucket's object versions written within --since with each sink's records and the "
         "failure records, and prints per sink: objects, records, missing, duplicates, stale, failed.",
     )
-    reconcile.add_argument("--since", type=_duration, default="24h", help="object versions written this long ago or later (e.g. 30m, 24h, 7d; default 24h)")
+    reconcile.add_argument(
+        "--since",
+        type=_duration,
+        default="24h",
+        help="object versions written this long ago or later (e.g. 30m, 24h, 7d; default 24h)",
+    )
     reconcile.add_argument("--prefix", default="", help="only keys under this prefix of the input bucket")
-    reconcile.add_argument("--json", action="store_true", help="print one JSON object: bucket, since, sinks{sink: counts}, totals, examples")
+    reconcile.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: bucket, since, sinks{sink: counts}, totals, examples",
+    )
     _add_target_options(reconcile)
 
     logs = commands.add_parser(
@@ -233,31 +333,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="a function's CloudWatch Logs (its own lines and Lambda's START/END/REPORT), oldest first",
     )
     logs.add_argument("function", help="preprocess, inference, sink, or a function's full name")
-    logs.add_argument("--since", type=_duration, default="10m", help="from this long ago (e.g. 90s, 10m, 24h; default 10m)")
+    logs.add_argument(
+        "--since", type=_duration, default="10m", help="from this long ago (e.g. 90s, 10m, 24h; default 10m)"
+    )
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until interrupted")
     _add_target_options(logs)
 
-    executions = commands.add_parser("executions", help="look at executions: list them, or show one's path, error, records and log lines")
+    executions = commands.add_parser(
+        "executions", help="look at executions: list them, or show one's path, error, records and log lines"
+    )
     execution_commands = executions.add_subparsers(dest="executions_command", required=True)
-    listing_executions = execution_commands.add_parser("list", help="the newest executions, newest first, with their objects and errors")
-    listing_executions.add_argument("--status", default="", help="comma-separated statuses (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED); default all")
-    listing_executions.add_argument("--since", type=_duration, default=None, help="only executions started this long ago or later (e.g. 30m, 24h, 7d)")
-    listing_executions.add_argument("--key", default=None, help="only executions naming an object whose key contains this")
+    listing_executions = execution_commands.add_parser(
+        "list", help="the newest executions, newest first, with their objects and errors"
+    )
+    listing_executions.add_argument(
+        "--status",
+        default="",
+        help="comma-separated statuses (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED); default all",
+    )
+    listing_executions.add_argument(
+        "--since",
+        type=_duration,
+        default=None,
+        help="only executions started this long ago or later (e.g. 30m, 24h, 7d)",
+    )
+    listing_executions.add_argument(
+        "--key", default=None, help="only executions naming an object whose key contains this"
+    )
     listing_executions.add_argument("--limit", type=_positive_int, default=50, help="at most this many (default 50)")
     listing_executions.add_argument("--json", action="store_true", help="print a JSON array instead of the table")
     _add_target_options(listing_executions)
-    showing = execution_commands.add_parser("show", help="one execution: objects, path through the states with durations, where it stopped, records, logs")
-    showing.add_argument("execution", metavar="NAME_OR_ARN", help="the execution's name (of the pipeline's state machine) or its ARN")
+    showing = execution_commands.add_parser(
+        "show", help="one execution: objects, path through the states with durations, where it stopped, records, logs"
+    )
+    showing.add_argument(
+        "execution", metavar="NAME_OR_ARN", help="the execution's name (of the pipeline's state machine) or its ARN"
+    )
     showing.add_argument("--no-logs", action="store_true", help="do not read the functions' log groups")
     showing.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
     _add_target_options(showing)
 
-    backfill = commands.add_parser("backfill", help="classify every object already under an S3 prefix (a Distributed Map of batches)")
+    backfill = commands.add_parser(
+        "backfill", help="classify every object already under an S3 prefix (a Distributed Map of batches)"
+    )
     backfill.add_argument("uri", metavar="s3://BUCKET/PREFIX", help="the objects to classify")
-    backfill.add_argument("--batch-size", type=int, default=None, help="objects per execution (default and maximum: MAX_BATCH_OBJECTS, 100)")
+    backfill.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="objects per execution (default and maximum: MAX_BATCH_OBJECTS, 100)",
+    )
     backfill.add_argument("--model", help="model name (default: the deployment's)")
     backfill.add_argument("--model-version", help="model version or alias (default: the deployment's)")
-    backfill.add_argument("--dry-run", action="store_true", help="list and count what would be classified; start nothing")
+    backfill.add_argument(
+        "--dry-run", action="store_true", help="list and count what would be classified; start nothing"
+    )
     backfill.add_argument("--json", action="store_true", help="print only the summary, as one JSON object")
     _add_target_options(backfill)
 
@@ -265,8 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
         "cost",
         help="what the local stack's recent work would cost on AWS at list prices (config/prices.json)",
     )
-    cost.add_argument("--since", type=_duration, default="1h", help="the work of this long ago until now (e.g. 10m, 1h; default 1h)")
-    cost.add_argument("--json", action="store_true", help="print only a JSON object: images, usd_total, usd_per_million_images, by_service, lines")
+    cost.add_argument(
+        "--since", type=_duration, default="1h", help="the work of this long ago until now (e.g. 10m, 1h; default 1h)"
+    )
+    cost.add_argument(
+        "--json",
+        action="store_true",
+        help="print only a JSON object: images, usd_total, usd_per_million_images, by_service, lines",
+    )
     _add_target_options(cost)
 
     demo = commands.add_parser("demo", help="build the demo model if missing, start the local stack, classify samples")
@@ -337,8 +473,14 @@ def _classify(args: argparse.Namespace) -> int:
         return 2
     progress = _Progress(len(args.paths), sys.stderr, live=not args.json)
     try:
-        results = classify_files(target, args.paths, options=options, timeout=args.timeout,
-                                 on_upload=progress.uploaded, on_progress=progress.finished)
+        results = classify_files(
+            target,
+            args.paths,
+            options=options,
+            timeout=args.timeout,
+            on_upload=progress.uploaded,
+            on_progress=progress.finished,
+        )
     finally:
         progress.close()
     if args.json:
@@ -370,7 +512,9 @@ class _Progress:
 
     def _show(self) -> None:
         if self.live:
-            self.stream.write(f"\r{self.sent}/{self.total} uploaded · {self.done}/{self.total} finished · {self.failed} failed")
+            self.stream.write(
+                f"\r{self.sent}/{self.total} uploaded · {self.done}/{self.total} finished · {self.failed} failed"
+            )
             self.stream.flush()
 
     def close(self) -> None:
@@ -415,7 +559,9 @@ def _replay(args: argparse.Namespace) -> int:
     summary = replay.replay(
         target.client("stepfunctions"),
         target.state_machine_arn,
-        supersession=lambda execution_input: replay.superseded(s3, output, target.resources.settings["OUTPUT_PREFIX"], execution_input),
+        supersession=lambda execution_input: replay.superseded(
+            s3, output, target.resources.settings["OUTPUT_PREFIX"], execution_input
+        ),
         since=since,
         statuses=statuses,
         executions=args.execution,
@@ -451,7 +597,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 def _executions(args: argparse.Namespace) -> int:
     from dataclasses import asdict
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from inferpipe import executions
     from inferpipe.replay import ALL_STATUSES
@@ -463,18 +609,35 @@ def _executions(args: argparse.Namespace) -> int:
         except ValueError as bad:
             print(f"inferpipe: error: {bad}", file=sys.stderr)
             return 2
-        print(json.dumps(detail.to_dict(), ensure_ascii=False, indent=2) if args.json else executions.format_detail(detail))
+        print(
+            json.dumps(detail.to_dict(), ensure_ascii=False, indent=2)
+            if args.json
+            else executions.format_detail(detail)
+        )
         return 0
-    since = datetime.now(timezone.utc) - args.since if args.since else None
+    since = datetime.now(UTC) - args.since if args.since else None
     statuses = [s.strip().upper() for s in args.status.split(",") if s.strip()]
     unknown = [s for s in statuses if s not in ALL_STATUSES]
     if unknown:
-        print(f"inferpipe: error: --status: unknown status {', '.join(unknown)}; expected some of {', '.join(ALL_STATUSES)}", file=sys.stderr)
+        print(
+            f"inferpipe: error: --status: unknown status {', '.join(unknown)}; expected some of {', '.join(ALL_STATUSES)}",
+            file=sys.stderr,
+        )
         return 2
     target = _target(args, quiet=args.json)
-    rows = executions.list_rows(target.client("stepfunctions"), target.state_machine_arn, statuses=statuses, since=since,
-                                key=args.key, limit=args.limit)
-    print(json.dumps([asdict(row) for row in rows], ensure_ascii=False, indent=2) if args.json else executions.format_rows(rows))
+    rows = executions.list_rows(
+        target.client("stepfunctions"),
+        target.state_machine_arn,
+        statuses=statuses,
+        since=since,
+        key=args.key,
+        limit=args.limit,
+    )
+    print(
+        json.dumps([asdict(row) for row in rows], ensure_ascii=False, indent=2)
+        if args.json
+        else executions.format_rows(rows)
+    )
     return 0
 
 
@@ -485,8 +648,13 @@ def _backfill(args: argparse.Namespace) -> int:
     progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     try:
         summary = backfill.backfill(
-            target, args.uri, batch_size=args.batch_size, model=args.model, model_version=args.model_version,
-            dry_run=args.dry_run, on_progress=progress,
+            target,
+            args.uri,
+            batch_size=args.batch_size,
+            model=args.model,
+            model_version=args.model_version,
+            dry_run=args.dry_run,
+            on_progress=progress,
         )
     except backfill.BackfillError as bad:
         print(f"inferpipe: error: {bad}", file=sys.stderr)
@@ -535,10 +703,14 @@ def _local(args: argparse.Namespace) -> int:
         kept = snapshot.exists() and not args.fresh and not daemon.status(state_dir=STATE_DIR)["running"]
         info = daemon.up(port=args.port, state_dir=STATE_DIR, trigger=args.trigger, fresh=args.fresh)
         if not info.get("already_running"):
-            print(f"state: {'restored from ' + str(snapshot) if kept else 'empty (a new stack)'}; it is kept in {STATE_DIR} "
-                  "until `inferpipe local up --fresh`")
-        print(f"local stack running at {info['endpoint_url']} (pid {info['pid']}, {info['trigger']['mode']} trigger); "
-              f"console: {info['endpoint_url']}/console")
+            print(
+                f"state: {'restored from ' + str(snapshot) if kept else 'empty (a new stack)'}; it is kept in {STATE_DIR} "
+                "until `inferpipe local up --fresh`"
+            )
+        print(
+            f"local stack running at {info['endpoint_url']} (pid {info['pid']}, {info['trigger']['mode']} trigger); "
+            f"console: {info['endpoint_url']}/console"
+        )
         return 0
     if args.action == "down":
         stopped = daemon.down(state_dir=STATE_DIR)
@@ -547,8 +719,10 @@ def _local(args: argparse.Namespace) -> int:
     status = daemon.status(state_dir=STATE_DIR)
     print(json.dumps(status, indent=2, default=str))
     if not status.get("running"):
-        print(f"inferpipe: {status.get('problem', 'the local stack is not running')}; to start one: {status.get('fix', 'inferpipe local up')}",
-              file=sys.stderr)
+        print(
+            f"inferpipe: {status.get('problem', 'the local stack is not running')}; to start one: {status.get('fix', 'inferpipe local up')}",
+            file=sys.stderr,
+        )
     return 0 if status.get("running") else 3
 
 
@@ -570,26 +744,43 @@ def _local_fault(args: argparse.Namespace) -> int:
             return 2
     host = (urllib.parse.urlsplit(endpoint).hostname or "").lower()
     if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"inferpipe: error: {endpoint} is not a local stack: faults are injected on loopback only", file=sys.stderr)
+        print(
+            f"inferpipe: error: {endpoint} is not a local stack: faults are injected on loopback only", file=sys.stderr
+        )
         return 2
     token = daemon.control_token(STATE_DIR)
     if not token:
-        print(f"inferpipe: error: no control token for {endpoint}: it is in the state folder of the `inferpipe local up` "
-              f"that started the stack ({STATE_DIR}), or in INFERPIPE_LOCAL_TOKEN", file=sys.stderr)
+        print(
+            f"inferpipe: error: no control token for {endpoint}: it is in the state folder of the `inferpipe local up` "
+            f"that started the stack ({STATE_DIR}), or in INFERPIPE_LOCAL_TOKEN",
+            file=sys.stderr,
+        )
         return 2
     body: bytes | None = None
     method = {"add": "POST", "list": "GET", "clear": "DELETE"}[args.fault_action]
     if args.fault_action == "add":
         service, _, operation = args.target.partition(":")
-        spec = {"service": service, "operation": operation or None, "error": args.error, "status": args.status,
-                "count": args.count, "rate": args.rate, "delay": args.delay, "match": args.match}
+        spec = {
+            "service": service,
+            "operation": operation or None,
+            "error": args.error,
+            "status": args.status,
+            "count": args.count,
+            "rate": args.rate,
+            "delay": args.delay,
+            "match": args.match,
+        }
         if args.count is None and args.rate is None:
             spec["count"] = 1
         body = json.dumps({k: v for k, v in spec.items() if v is not None}).encode()
-    request = urllib.request.Request(f"{endpoint.rstrip('/')}/_inferpipe/faults", data=body, method=method,
-                                     headers={TOKEN_HEADER: token, "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{endpoint.rstrip('/')}/_inferpipe/faults",
+        data=body,
+        method=method,
+        headers={TOKEN_HEADER: token, "Content-Type": "application/json"},
+    )
     try:
-        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the local stack, on loopback
+        with urllib.request.urlopen(request, timeout=10) as answer:
             result = json.loads(answer.read())
     except urllib.error.HTTPError as refused:
         raw = refused.read()
@@ -597,7 +788,9 @@ def _local_fault(args: argparse.Namespace) -> int:
             detail = json.loads(raw or b"{}").get("error") or refused.reason
         except ValueError:
             detail = raw.decode("utf-8", "replace").strip() or refused.reason
-        print(f"inferpipe: error: the local stack at {endpoint} refused: HTTP {refused.code}: {detail}", file=sys.stderr)
+        print(
+            f"inferpipe: error: the local stack at {endpoint} refused: HTTP {refused.code}: {detail}", file=sys.stderr
+        )
         return 2
     except urllib.error.URLError as unreachable:
         print(f"inferpipe: error: no local stack answers at {endpoint}: {unreachable.reason}", file=sys.stderr)
@@ -645,13 +838,23 @@ def _model(args: argparse.Namespace) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 spec = read_package(args.package)[0].input
                 heldout = load_images(args.heldout, spec) if args.heldout else None
-                optimized = optimize_package(args.package, Path(tmp) / args.optimize, args.optimize, calibration=args.calibration, heldout=heldout)
+                optimized = optimize_package(
+                    args.package,
+                    Path(tmp) / args.optimize,
+                    args.optimize,
+                    calibration=args.calibration,
+                    heldout=heldout,
+                )
                 m = optimized.metrics
-                print(f"{args.optimize}: {m['fused_nodes']} fused conv nodes, top-1 agreement with fp32 "
-                      f"{m['agreement_top1_vs_fp32']:.2%} on {m['agreement_images']} {m['agreement_set']} images")
+                print(
+                    f"{args.optimize}: {m['fused_nodes']} fused conv nodes, top-1 agreement with fp32 "
+                    f"{m['agreement_top1_vs_fp32']:.2%} on {m['agreement_images']} {m['agreement_set']} images"
+                )
                 manifest = models.publish(s3, bucket, Path(tmp) / args.optimize, name=args.name, alias=args.alias)
         else:
-            result = models.publish_package(s3, bucket, args.package, name=args.name, alias=args.alias, validated=validated)
+            result = models.publish_package(
+                s3, bucket, args.package, name=args.name, alias=args.alias, validated=validated
+            )
             _print_published(result, bucket, args.alias)
             return 0
         alias = f", alias {args.alias} -> {manifest.version}" if args.alias else ""
@@ -666,10 +869,18 @@ def _model(args: argparse.Namespace) -> int:
         print("no models published" + (f" under the name {args.name}" if args.name else ""))
         return 0
     table = [("NAME", "VERSION", "PUBLISHED (UTC)", "SIZE", "ALIASES")]
-    table += [(r["name"], r["version"], r["created"], _human_size(r["size"]), ", ".join(r["aliases"]) or "-") for r in rows]
+    table += [
+        (r["name"], r["version"], r["created"], _human_size(r["size"]), ", ".join(r["aliases"]) or "-") for r in rows
+    ]
     widths = [max(len(row[col]) for row in table) for col in range(4)]
     for row in table:
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]), row[3].rjust(widths[3]), row[4]]
+        cells = [
+            row[0].ljust(widths[0]),
+            row[1].ljust(widths[1]),
+            row[2].ljust(widths[2]),
+            row[3].rjust(widths[3]),
+            row[4],
+        ]
         print("  ".join(cells))
     return 0
 
@@ -692,7 +903,9 @@ def _print_published(result: Any, bucket: str, alias: str | None) -> None:
     if result.created:
         print(f"published {manifest.name} version {manifest.version}: {where}")
     else:
-        print(f"{manifest.name} version {manifest.version} was already published (same content; nothing uploaded): {where}")
+        print(
+            f"{manifest.name} version {manifest.version} was already published (same content; nothing uploaded): {where}"
+        )
     if alias:
         print(f"{manifest.name}: alias {alias} -> {manifest.version}")
 
@@ -723,8 +936,12 @@ def _model_import(args: argparse.Namespace) -> int:
         print("inferpipe model import: --pretrained only applies to a model-zoo name", file=sys.stderr)
         return 2
     spec = InputSpec(
-        height=args.height, width=args.width, resize_shorter=args.resize_shorter, interpolation=args.interpolation,
-        mean=tuple(args.mean), std=tuple(args.std),  # type: ignore[arg-type]
+        height=args.height,
+        width=args.width,
+        resize_shorter=args.resize_shorter,
+        interpolation=args.interpolation,
+        mean=tuple(args.mean),
+        std=tuple(args.std),  # type: ignore[arg-type]
     )
     name = args.name or args.zoo_name
     out = args.out or Path("build/models") / name
@@ -732,14 +949,19 @@ def _model_import(args: argparse.Namespace) -> int:
 
     if args.zoo_name in PRETRAINED:
         if not args.pretrained:
-            print(f"inferpipe model import: {args.zoo_name} is packaged with its ImageNet weights only: add --pretrained", file=sys.stderr)
+            print(
+                f"inferpipe model import: {args.zoo_name} is packaged with its ImageNet weights only: add --pretrained",
+                file=sys.stderr,
+            )
             return 2
         manifest = import_pretrained(args.zoo_name, out, package_name=name, mode=args.optimize)
         weights = f"pretrained ImageNet weights, {manifest.inference_mode}"
     elif args.zoo_name:
         labels = parse_labels(args.labels.read_bytes()) if args.labels else None
         if args.pretrained:
-            print(f"downloading the pretrained weights of {args.zoo_name} from the MXNet model zoo ...", file=sys.stderr)
+            print(
+                f"downloading the pretrained weights of {args.zoo_name} from the MXNet model zoo ...", file=sys.stderr
+            )
         chatter = io.StringIO()  # MXNet prints every download attempt on stdout
         try:
             with contextlib.redirect_stdout(chatter):
@@ -756,17 +978,31 @@ def _model_import(args: argparse.Namespace) -> int:
             return 2
         if args.architecture:
             print("note: --architecture is ignored for a model-zoo import (the zoo name is recorded)", file=sys.stderr)
-        weights = "pretrained ImageNet weights" if args.pretrained else f"RANDOM weights (seed {args.seed}; predictions are meaningless)"
+        weights = (
+            "pretrained ImageNet weights"
+            if args.pretrained
+            else f"RANDOM weights (seed {args.seed}; predictions are meaningless)"
+        )
     else:
         manifest = models.import_files(
-            args.symbol, args.params, args.labels, out, name=name, spec=spec, architecture=args.architecture or "custom",
+            args.symbol,
+            args.params,
+            args.labels,
+            out,
+            name=name,
+            spec=spec,
+            architecture=args.architecture or "custom",
             inference_mode=args.inference_mode,
         )
         weights = "your weights"
-    print(f"package {manifest.name} version {manifest.version} ({manifest.architecture}, {manifest.num_classes} classes, {weights}) written to {out}")
+    print(
+        f"package {manifest.name} version {manifest.version} ({manifest.architecture}, {manifest.num_classes} classes, {weights}) written to {out}"
+    )
     if args.publish:
         target = _target(args)
-        result = models.publish_package(target.client("s3"), target.resources.buckets["models"], out, name=name, alias=args.alias)
+        result = models.publish_package(
+            target.client("s3"), target.resources.buckets["models"], out, name=name, alias=args.alias
+        )
         _print_published(result, target.resources.buckets["models"], args.alias)
     return 0
 

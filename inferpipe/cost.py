@@ -38,7 +38,7 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,9 @@ PRICES_FILE = REPO_ROOT / "config" / "prices.json"
 LOG_EVENT_OVERHEAD_BYTES = 26
 _REPORT = re.compile(r"^REPORT RequestId: \S+\tDuration: [\d.]+ ms\tBilled Duration: (\d+) ms\tMemory Size: (\d+) MB")
 #: S3 operations by price class (https://aws.amazon.com/s3/pricing/: PUT, COPY, POST, LIST / GET, SELECT, HEAD; DELETE free).
-S3_PUT_CLASS = frozenset({"PutObject", "CopyObject", "ListObjects", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"})
+S3_PUT_CLASS = frozenset(
+    {"PutObject", "CopyObject", "ListObjects", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"}
+)
 S3_GET_CLASS = frozenset({"GetObject", "HeadObject"})
 DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 DYNAMODB_READS = frozenset({"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"})
@@ -139,7 +141,7 @@ class Estimate:
         per_image = self.usd_per_image
         total = self.usd_total
         return {
-            "since": datetime.fromtimestamp(self.usage.since, tz=timezone.utc).isoformat(),
+            "since": datetime.fromtimestamp(self.usage.since, tz=UTC).isoformat(),
             "images": self.usage.images,
             "executions": self.usage.executions,
             "usd_total": total,
@@ -148,8 +150,15 @@ class Estimate:
             "by_service": self.by_service(),
             "orchestration_share": (self.by_service().get("Step Functions", 0.0) / total) if total else None,
             "lines": [
-                {"service": l.service, "item": l.item, "quantity": l.quantity, "unit": l.price.unit,
-                 "usd_per_unit": l.price.usd / l.price.per, "usd": l.usd, "price_source": l.price.source}
+                {
+                    "service": l.service,
+                    "item": l.item,
+                    "quantity": l.quantity,
+                    "unit": l.price.unit,
+                    "usd_per_unit": l.price.usd / l.price.per,
+                    "usd": l.usd,
+                    "price_source": l.price.source,
+                }
                 for l in self.lines
             ],
         }
@@ -159,18 +168,29 @@ def price(usage: Usage, prices: Mapping[str, Price] | None = None) -> Estimate:
     """The bill for ``usage``: one line per priced item, zero-quantity lines left out."""
     p = dict(prices or load_prices())
     candidates = [
-        Line("Step Functions", "state transitions (Standard)", usage.transitions, p["stepfunctions.standard_transitions"]),
+        Line(
+            "Step Functions", "state transitions (Standard)", usage.transitions, p["stepfunctions.standard_transitions"]
+        ),
         Line("Lambda", "requests", usage.lambda_requests, p["lambda.requests"]),
         *(
-            [Line("Lambda", f"GB-seconds ({name})", gb_s, p["lambda.gb_seconds"])
-             for name, gb_s in sorted(usage.lambda_gb_seconds_by_function.items())]
+            [
+                Line("Lambda", f"GB-seconds ({name})", gb_s, p["lambda.gb_seconds"])
+                for name, gb_s in sorted(usage.lambda_gb_seconds_by_function.items())
+            ]
             if usage.lambda_gb_seconds_by_function
             else [Line("Lambda", "GB-seconds", usage.lambda_gb_seconds, p["lambda.gb_seconds"])]
         ),
         Line("S3", "PUT/COPY/POST/LIST requests", usage.units("s3", S3_PUT_CLASS), p["s3.put_requests"]),
         Line("S3", "GET/HEAD requests", usage.units("s3", S3_GET_CLASS), p["s3.get_requests"]),
-        Line("DynamoDB", "write request units", usage.units("dynamodb", DYNAMODB_WRITES), p["dynamodb.write_request_units"]),
-        Line("DynamoDB", "read request units", usage.units("dynamodb", DYNAMODB_READS), p["dynamodb.read_request_units"]),
+        Line(
+            "DynamoDB",
+            "write request units",
+            usage.units("dynamodb", DYNAMODB_WRITES),
+            p["dynamodb.write_request_units"],
+        ),
+        Line(
+            "DynamoDB", "read request units", usage.units("dynamodb", DYNAMODB_READS), p["dynamodb.read_request_units"]
+        ),
         Line("SNS", "requests", usage.units("sns"), p["sns.requests"]),
         Line("SQS", "requests", usage.units("sqs"), p["sqs.requests"]),
         Line("SQS", "trigger buffer SendMessage (by EventBridge)", usage.queued_events, p["sqs.requests"]),
@@ -232,7 +252,7 @@ def measure(target: Any, since: float) -> Usage:
     if getattr(target, "endpoint_url", None) is None:
         raise ValueError("inferpipe cost prices the local stack's work; on AWS, read Cost Explorer or the CUR")
     usage = Usage(since=since)
-    with urllib.request.urlopen(f"{target.endpoint_url}{USAGE_PATH}?since={since}", timeout=30) as answer:  # noqa: S310 - loopback
+    with urllib.request.urlopen(f"{target.endpoint_url}{USAGE_PATH}?since={since}", timeout=30) as answer:
         by_caller = json.loads(answer.read())["usage"]
     for caller, services in by_caller.items():
         if caller == CLIENT:
@@ -258,17 +278,25 @@ def measure(target: Any, since: float) -> Usage:
                     usage.lambda_requests += 1
                     gb_s = int(report.group(1)) / 1000 * int(report.group(2)) / 1024
                     usage.lambda_gb_seconds += gb_s
-                    usage.lambda_gb_seconds_by_function[function] = usage.lambda_gb_seconds_by_function.get(function, 0.0) + gb_s
+                    usage.lambda_gb_seconds_by_function[function] = (
+                        usage.lambda_gb_seconds_by_function.get(function, 0.0) + gb_s
+                    )
     sfn = target.client("stepfunctions")
     for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=target.state_machine_arn):
         for summary in page["executions"]:
             if summary["startDate"].timestamp() < since:
                 continue
-            history = [e for hp in sfn.get_paginator("get_execution_history").paginate(executionArn=summary["executionArn"]) for e in hp["events"]]
+            history = [
+                e
+                for hp in sfn.get_paginator("get_execution_history").paginate(executionArn=summary["executionArn"])
+                for e in hp["events"]
+            ]
             usage.transitions += _history_transitions(history)
             started = next((e for e in history if e["type"] == "ExecutionStarted"), None)
             try:
-                execution_input = json.loads(started["executionStartedEventDetails"].get("input") or "{}") if started else {}
+                execution_input = (
+                    json.loads(started["executionStartedEventDetails"].get("input") or "{}") if started else {}
+                )
             except ValueError:
                 execution_input = None
             objects = len(named_objects(execution_input))
@@ -290,16 +318,35 @@ def format_table(estimate: Estimate) -> str:
     rows = [("SERVICE", "ITEM", "QUANTITY", "USD PER UNIT", "USD")]
     for line in estimate.lines:
         whole = float(line.quantity).is_integer()
-        quantity = f"{int(line.quantity):,}" if whole else (f"{line.quantity:,.3f}" if line.quantity >= 1 else f"{line.quantity:.3g}")
-        rows.append((line.service, line.item, quantity, f"{line.price.usd / line.price.per:.10f}".rstrip("0"), f"{line.usd:.8f}"))
+        quantity = (
+            f"{int(line.quantity):,}"
+            if whole
+            else (f"{line.quantity:,.3f}" if line.quantity >= 1 else f"{line.quantity:.3g}")
+        )
+        rows.append(
+            (
+                line.service,
+                line.item,
+                quantity,
+                f"{line.price.usd / line.price.per:.10f}".rstrip("0"),
+                f"{line.usd:.8f}",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    text = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    text = [
+        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
     summary = estimate.to_json()
     text.append("")
-    text.append(f"images: {estimate.usage.images} in {estimate.usage.executions} executions    total: ${estimate.usd_total:.6f}")
+    text.append(
+        f"images: {estimate.usage.images} in {estimate.usage.executions} executions    total: ${estimate.usd_total:.6f}"
+    )
     if summary["usd_per_image"] is not None:
-        text.append(f"per image: ${summary['usd_per_image']:.8f}    per million images: ${summary['usd_per_million_images']:,.2f}"
-                    f"    Step Functions share: {summary['orchestration_share']:.0%}")
+        text.append(
+            f"per image: ${summary['usd_per_image']:.8f}    per million images: ${summary['usd_per_million_images']:,.2f}"
+            f"    Step Functions share: {summary['orchestration_share']:.0%}"
+        )
     text.append("prices: config/prices.json (us-east-1 list prices, no free tier; sources in the file)")
     return "\n".join(text)
 
@@ -308,4 +355,16 @@ def since_epoch(duration_s: float, now: float | None = None) -> float:
     return (time.time() if now is None else now) - duration_s
 
 
-__all__ = ["Estimate", "Line", "PRICES_FILE", "Price", "Usage", "format_table", "load_prices", "measure", "price", "sagemaker_async", "since_epoch"]
+__all__ = [
+    "PRICES_FILE",
+    "Estimate",
+    "Line",
+    "Price",
+    "Usage",
+    "format_table",
+    "load_prices",
+    "measure",
+    "price",
+    "sagemaker_async",
+    "since_epoch",
+]

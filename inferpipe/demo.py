@@ -49,12 +49,16 @@ def run_demo(endpoint_url: str | None = None, port: int | None = None) -> int:
 
     manifest = default_model_package()
     selection = manifest.metrics.get("mode_selection", {})
-    print(f"model: {MODEL_DIR} ({manifest.architecture}, {manifest.inference_mode}; "
-          f"top-1 agreement with fp32 {manifest.metrics.get('agreement_top1_vs_fp32', 1.0):.1%} on "
-          f"{selection.get('heldout_images', '?')} held-out photo views)")
+    print(
+        f"model: {MODEL_DIR} ({manifest.architecture}, {manifest.inference_mode}; "
+        f"top-1 agreement with fp32 {manifest.metrics.get('agreement_top1_vs_fp32', 1.0):.1%} on "
+        f"{selection.get('heldout_images', '?')} held-out photo views)"
+    )
     target = Target.connect(endpoint_url=endpoint_url, port=port, state_dir=STATE_DIR)
     print(f"local stack: {target.endpoint_url}")
-    published = publish(target.client("s3"), target.resources.buckets["models"], MODEL_DIR, name=MODEL_NAME, alias="prod")
+    published = publish(
+        target.client("s3"), target.resources.buckets["models"], MODEL_DIR, name=MODEL_NAME, alias="prod"
+    )
     print(f"model {MODEL_NAME} version {published.version} published, alias prod (the deployment default)")
 
     paths, expected = _samples()
@@ -98,13 +102,26 @@ def _show_sinks(target: Target, results: list[FileResult]) -> None:
     if first is None:
         return
     res = target.resources
-    body = target.client("s3").get_object(
-        Bucket=res.buckets["output"], Key=output_key(res.settings["OUTPUT_PREFIX"], {"bucket": res.buckets["input"], "key": first.key})
-    )["Body"].read()
+    body = (
+        target.client("s3")
+        .get_object(
+            Bucket=res.buckets["output"],
+            Key=output_key(res.settings["OUTPUT_PREFIX"], {"bucket": res.buckets["input"], "key": first.key}),
+        )["Body"]
+        .read()
+    )
     record = json.loads(body)
     print(f"\nthe S3 record of {first.file}:")
-    print(json.dumps({k: record[k] for k in ("record_id", "source", "model", "top1", "execution_id")}, indent=2, ensure_ascii=False))
+    print(
+        json.dumps(
+            {k: record[k] for k in ("record_id", "source", "model", "top1", "execution_id")},
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
     items = target.client("dynamodb").scan(TableName=res.table, Select="COUNT")["Count"]
-    print(f"\nDynamoDB table {res.table}: {items} items. Read the rest with e.g.\n"
-          f"  aws --endpoint-url {target.endpoint_url} sqs receive-message --queue-url "
-          f"{target.client('sqs').get_queue_url(QueueName=res.queue)['QueueUrl']}")
+    print(
+        f"\nDynamoDB table {res.table}: {items} items. Read the rest with e.g.\n"
+        f"  aws --endpoint-url {target.endpoint_url} sqs receive-message --queue-url "
+        f"{target.client('sqs').get_queue_url(QueueName=res.queue)['QueueUrl']}"
+    )

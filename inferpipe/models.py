@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,18 @@ from functions.inference.core import load_model
 
 #: The preprocessing the Gluon model-zoo ImageNet networks were trained with.
 IMAGENET_SPEC = InputSpec(
-    height=224, width=224, resize_shorter=256, interpolation="bilinear",
-    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+    height=224,
+    width=224,
+    resize_shorter=256,
+    interpolation="bilinear",
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
 )
-_CONTENT_TYPES = {SYMBOL_FILE: "application/json", PARAMS_FILE: "application/octet-stream", LABELS_FILE: "text/plain; charset=utf-8"}
+_CONTENT_TYPES = {
+    SYMBOL_FILE: "application/json",
+    PARAMS_FILE: "application/octet-stream",
+    LABELS_FILE: "text/plain; charset=utf-8",
+}
 _EXPORT_PREFIX = "model"  # HybridBlock.export(prefix) writes model-symbol.json and model-0000.params
 
 
@@ -64,7 +72,7 @@ class PretrainedWeightsUnavailableError(RuntimeError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _entry(path: str, data: bytes) -> FileEntry:
@@ -142,7 +150,9 @@ def load_package_dir(path: Path) -> tuple[Manifest, dict[str, bytes]]:
         raise ModelIntegrityError(f"{path} is not a folder holding a model package")
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise ModelIntegrityError(f"{path} has no {MANIFEST_FILE}: not a model package (see functions/common/manifest.py)")
+        raise ModelIntegrityError(
+            f"{path} has no {MANIFEST_FILE}: not a model package (see functions/common/manifest.py)"
+        )
     manifest = Manifest.from_json(manifest_path.read_bytes())
     files: dict[str, bytes] = {}
     for role, entry in manifest.files.items():
@@ -154,7 +164,9 @@ def load_package_dir(path: Path) -> tuple[Manifest, dict[str, bytes]]:
         files[role] = data
     labels = parse_labels(files["labels"])
     if len(labels) != manifest.num_classes:
-        raise ModelIntegrityError(f"{path}: {LABELS_FILE} has {len(labels)} labels, manifest num_classes is {manifest.num_classes}")
+        raise ModelIntegrityError(
+            f"{path}: {LABELS_FILE} has {len(labels)} labels, manifest num_classes is {manifest.num_classes}"
+        )
     load_model(manifest, files)  # runs the symbol: output size == labels, a blank input gives finite scores
     return manifest, files
 
@@ -351,7 +363,9 @@ def list_versions(s3: Any, bucket: str, name: str | None = None) -> list[dict[st
                 key = (parts[0], parts[2])
                 sizes[key] = sizes.get(key, 0) + int(item["Size"])
                 if parts[3] == MANIFEST_FILE:
-                    published[key] = item["LastModified"].astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+                    published[key] = (
+                        item["LastModified"].astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+                    )
             elif len(parts) == 3 and parts[1] == "aliases" and parts[2].endswith(".json"):
                 alias_keys.append((parts[0], parts[2][: -len(".json")]))
     aliases: dict[tuple[str, str], list[str]] = {}
@@ -364,7 +378,13 @@ def list_versions(s3: Any, bucket: str, name: str | None = None) -> list[dict[st
         if target is not None:
             aliases.setdefault((model, target), []).append(alias)
     rows = [
-        {"name": model, "version": version, "created": created, "size": sizes[(model, version)], "aliases": sorted(aliases.get((model, version), []))}
+        {
+            "name": model,
+            "version": version,
+            "created": created,
+            "size": sizes[(model, version)],
+            "aliases": sorted(aliases.get((model, version), [])),
+        }
         for (model, version), created in published.items()
     ]
     return sorted(rows, key=lambda row: (row["name"], row["created"], row["version"]))

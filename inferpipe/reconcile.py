@@ -38,7 +38,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from functions.sink import records
@@ -91,7 +91,12 @@ def _pages(s3: Any, operation: str, key: str, **params: Any) -> Iterator[dict[st
 def input_versions(s3: Any, bucket: str, prefix: str, since: datetime | None) -> list[ObjectVersion]:
     """Every object version under ``prefix`` written at or after ``since``, newest first per key."""
     found = [
-        ObjectVersion(v["Key"], v.get("VersionId") or records.NULL_VERSION, v["LastModified"], str(v.get("ETag") or "").strip('"') or None)
+        ObjectVersion(
+            v["Key"],
+            v.get("VersionId") or records.NULL_VERSION,
+            v["LastModified"],
+            str(v.get("ETag") or "").strip('"') or None,
+        )
         for v in _pages(s3, "list_object_versions", "Versions", Bucket=bucket, Prefix=prefix)
         if since is None or v["LastModified"] >= since
     ]
@@ -101,7 +106,9 @@ def input_versions(s3: Any, bucket: str, prefix: str, since: datetime | None) ->
 
 
 def _listed(s3: Any, bucket: str, prefixes: Iterable[str]) -> set[str]:
-    return {o["Key"] for prefix in prefixes for o in _pages(s3, "list_objects_v2", "Contents", Bucket=bucket, Prefix=prefix)}
+    return {
+        o["Key"] for prefix in prefixes for o in _pages(s3, "list_objects_v2", "Contents", Bucket=bucket, Prefix=prefix)
+    }
 
 
 def _json(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
@@ -120,8 +127,12 @@ def _items(ddb: Any, table: str, bucket: str, keys: Iterable[str]) -> dict[tuple
     """(key, version) -> the table's item, for every key."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for key in keys:
-        params = {"TableName": table, "KeyConditionExpression": "#o = :o", "ExpressionAttributeNames": {"#o": "object"},
-                  "ExpressionAttributeValues": {":o": {"S": f"s3://{bucket}/{key}"}}}
+        params = {
+            "TableName": table,
+            "KeyConditionExpression": "#o = :o",
+            "ExpressionAttributeNames": {"#o": "object"},
+            "ExpressionAttributeValues": {":o": {"S": f"s3://{bucket}/{key}"}},
+        }
         for item in _pages(ddb, "query", "Items", **params):
             out[(key, item["version"]["S"])] = item
     return out
@@ -137,8 +148,16 @@ def _ledgers(s3: Any, bucket: str, sink: str) -> Counter[str]:
 
 
 def reconcile(
-    s3: Any, ddb: Any | None, *, input_bucket: str, input_prefix: str, output_bucket: str, output_prefix: str,
-    table: str | None, sinks: Sequence[str], since: datetime | None,
+    s3: Any,
+    ddb: Any | None,
+    *,
+    input_bucket: str,
+    input_prefix: str,
+    output_bucket: str,
+    output_prefix: str,
+    table: str | None,
+    sinks: Sequence[str],
+    since: datetime | None,
 ) -> Report:
     versions = input_versions(s3, input_bucket, input_prefix, since)
     keys = sorted({v.key for v in versions})
@@ -147,12 +166,21 @@ def reconcile(
         by_key[version.key].append(version)
     prefixes = {records.PREDICTION: output_prefix, records.FAILURE: FAILURE_PREFIX}
     history = {
-        kind: _listed(s3, output_bucket, [f"{p}{records.VERSIONS_FOLDER}/{input_bucket}/", f"{p}{records.VERSIONS_FOLDER}/{records.LONG_FOLDER}/{input_bucket}/"])
+        kind: _listed(
+            s3,
+            output_bucket,
+            [
+                f"{p}{records.VERSIONS_FOLDER}/{input_bucket}/",
+                f"{p}{records.VERSIONS_FOLDER}/{records.LONG_FOLDER}/{input_bucket}/",
+            ],
+        )
         for kind, p in prefixes.items()
     }
     # The latest views, read once: each is the record of the version it stands for.
-    views = {kind: {key: _json(s3, output_bucket, records.latest_key(p, input_bucket, key)) for key in keys}
-             for kind, p in prefixes.items()}
+    views = {
+        kind: {key: _json(s3, output_bucket, records.latest_key(p, input_bucket, key)) for key in keys}
+        for kind, p in prefixes.items()
+    }
     items = _items(ddb, table, input_bucket, keys) if ddb is not None and table else {}
 
     def record_of(kind: str, v: ObjectVersion) -> dict[str, Any] | str | None:
@@ -189,8 +217,15 @@ def reconcile(
 
     def note(sink: str, problem: str, v: ObjectVersion | None, key: str, detail: str = "") -> None:
         if len(examples) < MAX_EXAMPLES:
-            examples.append({"sink": sink, "problem": problem, "key": key, "version_id": v.version_id if v else "",
-                             **({"detail": detail} if detail else {})})
+            examples.append(
+                {
+                    "sink": sink,
+                    "problem": problem,
+                    "key": key,
+                    "version_id": v.version_id if v else "",
+                    **({"detail": detail} if detail else {}),
+                }
+            )
 
     report: dict[str, dict[str, int]] = {}
     for sink in sinks:
@@ -248,25 +283,39 @@ def format_report(report: Report) -> str:
         lines.append("  ".join([sink.ljust(width), *(str(row[c]).rjust(10) for c in COLUMNS)]))
     lines.append("  ".join(["total".ljust(width), *(str(report.totals[c]).rjust(10) for c in COLUMNS)]))
     window = f"since {report.to_dict()['since']}" if report.since else "all versions"
-    lines.append(f"s3://{report.bucket} ({window}): " + ("consistent" if not report.problems else
-                 f"{report.problems} problem(s): " + ", ".join(f"{report.totals[c]} {c}" for c in PROBLEMS if report.totals[c])))
+    lines.append(
+        f"s3://{report.bucket} ({window}): "
+        + (
+            "consistent"
+            if not report.problems
+            else f"{report.problems} problem(s): "
+            + ", ".join(f"{report.totals[c]} {c}" for c in PROBLEMS if report.totals[c])
+        )
+    )
     for example in report.examples:
-        lines.append(f"  {example['problem']}: {example['sink']} s3://{report.bucket}/{example['key']}"
-                     + (f"?versionId={example['version_id']}" if example["version_id"] else "")
-                     + (f" ({example['detail']})" if "detail" in example else ""))
+        lines.append(
+            f"  {example['problem']}: {example['sink']} s3://{report.bucket}/{example['key']}"
+            + (f"?versionId={example['version_id']}" if example["version_id"] else "")
+            + (f" ({example['detail']})" if "detail" in example else "")
+        )
     return "\n".join(lines)
 
 
 def reconcile_target(target: Any, since: timedelta | None, *, prefix: str = "", now: datetime | None = None) -> Report:
     """What ``inferpipe reconcile`` runs: the deployment's buckets, table and sinks (keys under ``prefix``)."""
     res = target.resources
-    cutoff = (now or datetime.now(timezone.utc)) - since if since is not None else None
+    cutoff = (now or datetime.now(UTC)) - since if since is not None else None
     sinks = tuple(res.defaults.sinks)
     return reconcile(
-        target.client("s3"), target.client("dynamodb") if "dynamodb" in sinks or res.table else None,
-        input_bucket=res.buckets["input"], input_prefix=prefix,
-        output_bucket=res.buckets["output"], output_prefix=res.settings["OUTPUT_PREFIX"],
-        table=res.table if "dynamodb" in sinks else None, sinks=sinks, since=cutoff,
+        target.client("s3"),
+        target.client("dynamodb") if "dynamodb" in sinks or res.table else None,
+        input_bucket=res.buckets["input"],
+        input_prefix=prefix,
+        output_bucket=res.buckets["output"],
+        output_prefix=res.settings["OUTPUT_PREFIX"],
+        table=res.table if "dynamodb" in sinks else None,
+        sinks=sinks,
+        since=cutoff,
     )
 
 

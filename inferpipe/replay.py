@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from botocore.exceptions import ClientError
@@ -145,7 +145,13 @@ def plan_replays(
     by_arn = {e.arn: e for e in executions}
     if only_arns is not None:
         for arn in sorted(only_arns - set(by_arn)):
-            decisions.append(Decision(Execution(arn, arn.rsplit(":", 1)[-1], "UNKNOWN", datetime.now(timezone.utc)), "skip", "no such execution of this state machine"))
+            decisions.append(
+                Decision(
+                    Execution(arn, arn.rsplit(":", 1)[-1], "UNKNOWN", datetime.now(UTC)),
+                    "skip",
+                    "no such execution of this state machine",
+                )
+            )
     for execution in sorted(executions, key=lambda e: e.start):
         if only_arns is not None:
             if execution.arn not in only_arns:
@@ -162,7 +168,9 @@ def plan_replays(
         succeeded = [m for m in members if m.status == "SUCCEEDED"]
         running = [m for m in members if m.status in ("RUNNING", "PENDING_REDRIVE")]
         if only_arns is not None and execution.status not in FAILED_STATUSES and not succeeded and not running:
-            decisions.append(Decision(execution, "skip", f"status {execution.status} is not one replay handles", group=names))
+            decisions.append(
+                Decision(execution, "skip", f"status {execution.status} is not one replay handles", group=names)
+            )
             continue
         if succeeded:
             what = "succeeded" if succeeded[-1] is original else "already replayed successfully"
@@ -193,7 +201,7 @@ def list_executions(sfn: Any, state_machine_arn: str, since: datetime | None) ->
 
 
 def _aware(when: datetime) -> datetime:
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -239,7 +247,11 @@ def client_token(execution_arn: str, redrive_count: int) -> str:
 def _restart(sfn: Any, state_machine_arn: str, decision: Decision, execution_input: str) -> str:
     assert decision.new_name is not None
     try:
-        return str(sfn.start_execution(stateMachineArn=state_machine_arn, name=decision.new_name, input=execution_input)["executionArn"])
+        return str(
+            sfn.start_execution(stateMachineArn=state_machine_arn, name=decision.new_name, input=execution_input)[
+                "executionArn"
+            ]
+        )
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") == "ExecutionAlreadyExists":  # a concurrent replay won the name
             return f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{decision.new_name}"
@@ -257,7 +269,9 @@ def _redrive(sfn: Any, described: dict[str, Any]) -> tuple[bool, str]:
     except ClientError as exc:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
-        if code in ("ExecutionNotRedrivable", "ValidationException") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (404, 501):
+        if code in ("ExecutionNotRedrivable", "ValidationException") or exc.response.get("ResponseMetadata", {}).get(
+            "HTTPStatusCode"
+        ) in (404, 501):
             return False, f"RedriveExecution refused: {code} {error.get('Message', '')}".strip()
         raise
     except Exception as exc:  # an endpoint without the API (the local stack): say so, restart
@@ -304,9 +318,15 @@ def superseded(s3: Any, output_bucket: str, output_prefix: str, execution_input:
             return None
         mine = records.Version(source["version_id"], source.get("sequencer"))
         latest = records.read_latest(s3, output_bucket, output_prefix, source)
-        if not latest or latest.get("status") != "SUCCEEDED" or records.compare(mine, records.Version.of(latest.get("source"))) != -1:
+        if (
+            not latest
+            or latest.get("status") != "SUCCEEDED"
+            or records.compare(mine, records.Version.of(latest.get("source"))) != -1
+        ):
             return None
-        reasons.append(f"s3://{source['bucket']}/{source['key']} has a newer version ({latest['source'].get('version_id')}) that succeeded")
+        reasons.append(
+            f"s3://{source['bucket']}/{source['key']} has a newer version ({latest['source'].get('version_id')}) that succeeded"
+        )
     return "; ".join(reasons) if reasons else None
 
 
@@ -341,7 +361,9 @@ def run_replays(
             summary.outcomes.append(Outcome(decision, "skipped", note=stale))
             continue
         if dry_run and mode != "auto":
-            summary.outcomes.append(Outcome(decision, "would replay", plan="redrive" if mode == "redrive" else "restart"))
+            summary.outcomes.append(
+                Outcome(decision, "would replay", plan="redrive" if mode == "redrive" else "restart")
+            )
             continue
         outcome = Outcome(decision)
         try_redrive, why = (True, "") if mode == "redrive" else (False, "")
@@ -349,7 +371,9 @@ def run_replays(
             try_redrive, why = redrive_can_succeed(sfn, described)
             outcome.note = why
             if dry_run:
-                summary.outcomes.append(Outcome(decision, "would replay", note=why, plan="redrive" if try_redrive else "restart"))
+                summary.outcomes.append(
+                    Outcome(decision, "would replay", note=why, plan="redrive" if try_redrive else "restart")
+                )
                 continue
         if try_redrive:
             redriven, refused = _redrive(sfn, described)
@@ -361,8 +385,12 @@ def run_replays(
             outcome.arn = _restart(sfn, state_machine_arn, decision, described["input"])
             outcome.how = "restarted"
         summary.outcomes.append(outcome)
-        print(f"[{index}/{len(todo)}] {outcome.how} {decision.execution.name} -> {outcome.arn.rsplit(':', 1)[-1]}"
-              + (f" ({outcome.note})" if outcome.note else ""), file=out, flush=True)
+        print(
+            f"[{index}/{len(todo)}] {outcome.how} {decision.execution.name} -> {outcome.arn.rsplit(':', 1)[-1]}"
+            + (f" ({outcome.note})" if outcome.note else ""),
+            file=out,
+            flush=True,
+        )
     if wait and not dry_run:
         _wait(sfn, summary.replayed, timeout, poll, out)
     return summary
@@ -404,12 +432,16 @@ def format_summary(summary: Summary, dry_run: bool = False) -> str:
             for o in would
         ]
     else:
-        lines.append(f"replayed {len(summary.replayed)} execution(s): {len(summary.succeeded)} succeeded, "
-                     f"{len(summary.still_failing)} still failing, "
-                     f"{sum(1 for o in summary.replayed if o.final_status in (None, 'RUNNING'))} not finished")
+        lines.append(
+            f"replayed {len(summary.replayed)} execution(s): {len(summary.succeeded)} succeeded, "
+            f"{len(summary.still_failing)} still failing, "
+            f"{sum(1 for o in summary.replayed if o.final_status in (None, 'RUNNING'))} not finished"
+        )
         for o in summary.replayed:
-            lines.append(f"  {o.decision.execution.name} -> {o.arn.rsplit(':', 1)[-1] if o.arn else '-'}  {o.how}  "
-                         f"{o.final_status or 'started'}{'  ' + o.error if o.error else ''}{'  (' + o.note + ')' if o.note else ''}")
+            lines.append(
+                f"  {o.decision.execution.name} -> {o.arn.rsplit(':', 1)[-1] if o.arn else '-'}  {o.how}  "
+                f"{o.final_status or 'started'}{'  ' + o.error if o.error else ''}{'  (' + o.note + ')' if o.note else ''}"
+            )
     skipped = summary.skipped
     lines.append(f"skipped {len(skipped)}:")
     lines += [f"  {o.decision.execution.name}  {o.note}" for o in skipped]
@@ -430,7 +462,7 @@ def replay(
     dry_run: bool = False,
     wait: bool = True,
     timeout: float = 600.0,
-    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
     out: TextIO | None = None,  # default: sys.stderr at call time
     supersession: Callable[[str], str | None] | None = None,
 ) -> Summary:
@@ -439,8 +471,17 @@ def replay(
     listing_since = None if executions else cutoff  # explicit ARNs may be older than --since
     listed = list_executions(sfn, state_machine_arn, listing_since)
     decisions = plan_replays(listed, statuses=statuses, since=cutoff, only=executions or None)
-    return run_replays(sfn, state_machine_arn, decisions, supersession=supersession, mode=mode, dry_run=dry_run, wait=wait,
-                       timeout=timeout, out=out)
+    return run_replays(
+        sfn,
+        state_machine_arn,
+        decisions,
+        supersession=supersession,
+        mode=mode,
+        dry_run=dry_run,
+        wait=wait,
+        timeout=timeout,
+        out=out,
+    )
 
 
 __all__ = [

@@ -40,7 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from functions.common.stack import SINKS  # noqa: E402  (after the path above)
+from functions.common.stack import SINKS
+
 #: (service, operation, requests failed, extra): transient faults beyond botocore's retries, on the
 #: APIs the functions really call (the message sinks publish with the batch APIs).
 FAULTS = (
@@ -52,7 +53,12 @@ FAULTS = (
 )
 LABELS = ("circle", "square", "triangle", "ring", "checkerboard", "stripes")
 #: The error each kind of bad input must fail with.
-BAD_ERRORS = {"empty": "NotAnImageError", "text": "NotAnImageError", "truncated": "NotAnImageError", "bomb": "DecompressionBombError"}
+BAD_ERRORS = {
+    "empty": "NotAnImageError",
+    "text": "NotAnImageError",
+    "truncated": "NotAnImageError",
+    "bomb": "DecompressionBombError",
+}
 #: Functions whose environments are killed mid-invocation (their work is idempotent; a sink killed
 #: between a publish and its ledger write may publish twice, the documented at-least-once window).
 KILLED = ("preprocess", "inference")
@@ -62,7 +68,11 @@ def _bomb_png() -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 90_000, 90_000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 90_000, 90_000, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 @dataclass(frozen=True)
@@ -123,9 +133,19 @@ def _labels() -> list[str]:
     return list(CLASSES)
 
 
-def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share: float = 0.10, burst: int = 30,
-             seed: int = 1, timeout: float = 900.0, settle: int = 5, overwrite_share: float = 0.05,
-             kill_every: float | None = 2.0, out: Any = None) -> Report:
+def run_load(
+    stack: Any,
+    images: int = 300,
+    bad_share: float = 0.05,
+    fault_share: float = 0.10,
+    burst: int = 30,
+    seed: int = 1,
+    timeout: float = 900.0,
+    settle: int = 5,
+    overwrite_share: float = 0.05,
+    kill_every: float | None = 2.0,
+    out: Any = None,
+) -> Report:
     """Upload ``images`` object versions, wait, replay what failed for other reasons than its
     input, and reconcile against ``stack`` (a running :class:`inferpipe.local.stack.LocalStack`).
 
@@ -162,7 +182,11 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
             report.uploads.append(Upload(f"{run}/bad {i:04d} {kind}.jpg", bad_kinds[kind], bad=kind))
         elif len(good_keys) > burst and rng.random() < overwrite_share:  # a key of an earlier burst, uploaded again
             key = rng.choice(good_keys[:-burst])
-            report.uploads.append(Upload(key, image_bytes(labels[(i + 3) % len(labels)], size=(160, 120), seed=10_000 + i), overwrite=True))
+            report.uploads.append(
+                Upload(
+                    key, image_bytes(labels[(i + 3) % len(labels)], size=(160, 120), seed=10_000 + i), overwrite=True
+                )
+            )
         else:
             label = labels[i % len(labels)]
             key = f"{run}/img {i:04d} {label} +%é.jpg"
@@ -182,7 +206,11 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
     kill_thread.start()
 
     def in_flight() -> int:
-        return len(sfn.list_executions(stateMachineArn=stack.state_machine_arn, statusFilter="RUNNING", maxResults=1000)["executions"])
+        return len(
+            sfn.list_executions(stateMachineArn=stack.state_machine_arn, statusFilter="RUNNING", maxResults=1000)[
+                "executions"
+            ]
+        )
 
     versions: dict[int, str] = {}
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -197,9 +225,13 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
                         service, operation, count, extra = rng.choice(FAULTS)
                         stack.inject_aws_faults(service, operation, count, match=upload.fault_match, **extra)
                     report.faulted += 1
-            answers = pool.map(lambda item: (item[0], s3.put_object(Bucket=bucket, Key=item[1].key, Body=item[1].body)), chunk)
+            answers = pool.map(
+                lambda item: (item[0], s3.put_object(Bucket=bucket, Key=item[1].key, Body=item[1].body)), chunk
+            )
             versions.update({index: answer["VersionId"] for index, answer in answers})
-            print(f"burst {start // burst + 1}: uploaded {start + len(chunk)}/{len(report.uploads)}", file=out, flush=True)
+            print(
+                f"burst {start // burst + 1}: uploaded {start + len(chunk)}/{len(report.uploads)}", file=out, flush=True
+            )
             while in_flight() > settle and time.monotonic() - started < 4 * timeout:
                 time.sleep(0.5)
 
@@ -229,24 +261,36 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
 
     # What failed for another reason than its input is replayed, as an operator would.
     named = set(BAD_ERRORS.values())
-    again = [e["executionArn"] for e in executions.values() if e["status"] != "SUCCEEDED" and e.get("error") not in named]
+    again = [
+        e["executionArn"] for e in executions.values() if e["status"] != "SUCCEEDED" and e.get("error") not in named
+    ]
     report.first_failures = sorted(
-        f"{e['error']}: {str(e.get('cause', ''))[:300]}" for e in executions.values() if e["executionArn"] in set(again))
+        f"{e['error']}: {str(e.get('cause', ''))[:300]}" for e in executions.values() if e["executionArn"] in set(again)
+    )
     if again:
         summary = replay.replay(sfn, stack.state_machine_arn, executions=again, wait=True, timeout=timeout, out=out)
         report.replayed = len(summary.replayed)
         for arn in again:  # what a replay did not mend is a problem, with its cause (the stack is gone after the run)
             described = sfn.describe_execution(executionArn=arn)
             if described["status"] != "SUCCEEDED":
-                report.problems.append(f"{arn} still {described['status']} after its replay: {described.get('error', '')}: "
-                                       f"{str(described.get('cause', ''))[:400]}")
+                report.problems.append(
+                    f"{arn} still {described['status']} after its replay: {described.get('error', '')}: "
+                    f"{str(described.get('cause', ''))[:400]}"
+                )
     stack.flush_logs()
     report.seconds = time.monotonic() - started
 
     # Reconcile: the operator's command, then the messages themselves (which it cannot read).
     reconciled = reconcile.reconcile(
-        s3, stack.client("dynamodb"), input_bucket=bucket, input_prefix=run + "/", output_bucket=output,
-        output_prefix=stack.resources.settings["OUTPUT_PREFIX"], table=stack.resources.table, sinks=SINKS, since=None,
+        s3,
+        stack.client("dynamodb"),
+        input_bucket=bucket,
+        input_prefix=run + "/",
+        output_bucket=output,
+        output_prefix=stack.resources.settings["OUTPUT_PREFIX"],
+        table=stack.resources.table,
+        sinks=SINKS,
+        since=None,
     )
     report.reconciliation = reconcile.format_report(reconciled)
     totals = reconciled.totals
@@ -273,25 +317,42 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
     for problem in ("missing", "duplicates", "stale"):
         if totals[problem]:
             report.problems.append(f"reconcile: {totals[problem]} {problem}")
-    report.problems += [f"reconcile: {e['problem']} {e['sink']} {e['key']} {e.get('version_id', '')} {e.get('detail', '')}".rstrip()
-                        for e in reconciled.examples]
+    report.problems += [
+        f"reconcile: {e['problem']} {e['sink']} {e['key']} {e.get('version_id', '')} {e.get('detail', '')}".rstrip()
+        for e in reconciled.examples
+    ]
     for sink, counted in messages.items():
-        report.problems += [f"{n} {sink} messages for {key} {version}" for (key, version), n in counted.items() if n > 1]
-        report.problems += [f"no {sink} message for {key} {version}" for key, version in sorted(good_versions) if counted[(key, version)] == 0]
+        report.problems += [
+            f"{n} {sink} messages for {key} {version}" for (key, version), n in counted.items() if n > 1
+        ]
+        report.problems += [
+            f"no {sink} message for {key} {version}"
+            for key, version in sorted(good_versions)
+            if counted[(key, version)] == 0
+        ]
     expected_failed = len(report.bad) * len(SINKS)
     if totals["failed"] != expected_failed:
-        report.problems.append(f"reconcile: {totals['failed']} failed, expected {expected_failed} (the bad inputs, in each sink)")
+        report.problems.append(
+            f"reconcile: {totals['failed']} failed, expected {expected_failed} (the bad inputs, in each sink)"
+        )
     for upload in report.uploads:
         if upload.bad is None:
             continue
         record = records.read_latest(s3, output, FAILURE_PREFIX, {"bucket": bucket, "key": upload.key}) or {}
         if (record.get("error") or {}).get("type") != BAD_ERRORS[upload.bad]:
-            report.problems.append(f"bad input {upload.key} ({upload.bad}): failure record {record.get('error')}, expected {BAD_ERRORS[upload.bad]}")
+            report.problems.append(
+                f"bad input {upload.key} ({upload.bad}): failure record {record.get('error')}, expected {BAD_ERRORS[upload.bad]}"
+            )
     for key in sorted({u.key for u in report.uploads if u.overwrite}):
         newest = next(versions[i] for i in range(len(report.uploads) - 1, -1, -1) if report.uploads[i].key == key)
-        latest = records.read_latest(s3, output, stack.resources.settings["OUTPUT_PREFIX"], {"bucket": bucket, "key": key}) or {}
+        latest = (
+            records.read_latest(s3, output, stack.resources.settings["OUTPUT_PREFIX"], {"bucket": bucket, "key": key})
+            or {}
+        )
         if (latest.get("source") or {}).get("version_id") != newest:
-            report.problems.append(f"overwritten {key}: the latest view holds {(latest.get('source') or {}).get('version_id')}, not {newest}")
+            report.problems.append(
+                f"overwritten {key}: the latest view holds {(latest.get('source') or {}).get('version_id')}, not {newest}"
+            )
     print(report.text(), file=out, flush=True)
     return report
 
@@ -300,11 +361,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000, help="object versions to upload (default 1000)")
     parser.add_argument("--bad", type=float, default=0.05, help="share of bad inputs (default 0.05)")
-    parser.add_argument("--faults", type=float, default=0.10, help="share of good images with an injected transient fault (default 0.10)")
+    parser.add_argument(
+        "--faults",
+        type=float,
+        default=0.10,
+        help="share of good images with an injected transient fault (default 0.10)",
+    )
     parser.add_argument("--burst", type=int, default=20, help="uploads per burst (default 20)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--overwrites", type=float, default=0.05, help="share of uploads that are a new version of an earlier key (default 0.05)")
-    parser.add_argument("--kill-every", type=float, default=2.0, help="seconds between kills of a running environment (0: none; default 2)")
+    parser.add_argument(
+        "--overwrites",
+        type=float,
+        default=0.05,
+        help="share of uploads that are a new version of an earlier key (default 0.05)",
+    )
+    parser.add_argument(
+        "--kill-every",
+        type=float,
+        default=2.0,
+        help="seconds between kills of a running environment (0: none; default 2)",
+    )
     args = parser.parse_args(argv)
 
     from functions.common.manifest import MANIFEST_FILE
@@ -326,8 +402,16 @@ def main(argv: list[str] | None = None) -> int:
     # (tests/e2e/test_batching.py checks the batched trigger's deliveries object by object).
     with LocalStack(default_model="demo", trigger="direct").start() as stack:
         publish(stack.client("s3"), stack.resources.buckets["models"], DEMO_MODEL_DIR, name="demo", alias="prod")
-        report = run_load(stack, images=args.images, bad_share=args.bad, fault_share=args.faults, burst=args.burst, seed=args.seed,
-                          overwrite_share=args.overwrites, kill_every=args.kill_every or None)
+        report = run_load(
+            stack,
+            images=args.images,
+            bad_share=args.bad,
+            fault_share=args.faults,
+            burst=args.burst,
+            seed=args.seed,
+            overwrite_share=args.overwrites,
+            kill_every=args.kill_every or None,
+        )
     return 0 if report.ok else 1
 
 

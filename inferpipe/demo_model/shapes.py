@@ -94,7 +94,9 @@ def _draw_square(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: tupl
 
 def _draw_triangle(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: tuple[int, int], fg: _Colour) -> None:
     c = _Canvas(rng, size)
-    corners = np.array([[c.radius * math.cos(a), c.radius * math.sin(a)] for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)])
+    corners = np.array(
+        [[c.radius * math.cos(a), c.radius * math.sin(a)] for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    )
     draw.polygon(_rotated(corners, c.angle, c.centre), fill=fg)
 
 

@@ -62,7 +62,9 @@ def export_fp32(name: str, out_dir: Path, *, package_name: str | None = None, sa
     from inferpipe.pretrained.legacy_pth import UntrustedPickleError, read_state_dict
 
     if name not in PRETRAINED:
-        raise ModelNotFoundError(f"{name!r} is not a pretrained network inferpipe can package offline; known: {', '.join(PRETRAINED)}")
+        raise ModelNotFoundError(
+            f"{name!r} is not a pretrained network inferpipe can package offline; known: {', '.join(PRETRAINED)}"
+        )
     path = weights_path()
     try:
         tensors = read_state_dict(path)
@@ -72,7 +74,12 @@ def export_fp32(name: str, out_dir: Path, *, package_name: str | None = None, sa
     counts = load_state_dict(net, tensors)
     with mx.cpu():
         return export_package(
-            net, imagenet_labels(), LITE0_SPEC, Path(out_dir), name=package_name or name, architecture=name,
+            net,
+            imagenet_labels(),
+            LITE0_SPEC,
+            Path(out_dir),
+            name=package_name or name,
+            architecture=name,
             source=f"{PRETRAINED[name]}; weights {path.name}, network inferpipe.pretrained.efficientnet_lite",
             metrics={"tensors_mapped": counts["mapped"], "parameters": counts["parameters"], "same_padding": same},
         )
@@ -105,7 +112,11 @@ def import_pretrained(
         calibration = calibration_tensors(spec) if "int8" in wanted else None
         for m in wanted:
             manifests[m] = optimize_package(
-                dirs["fp32"], dirs[m], m, calibration=calibration if m == "int8" else None, heldout=heldout,
+                dirs["fp32"],
+                dirs[m],
+                m,
+                calibration=calibration if m == "int8" else None,
+                heldout=heldout,
                 max_calibration=len(calibration) if calibration is not None else 0,
             )
             if log:
@@ -118,7 +129,10 @@ def import_pretrained(
         if mode != "auto":
             return install_mode(dirs, manifests, mode, {}, out_dir)
         # fp32 as the original design ran it (hybridized, unfused), for the comparison
-        loaded = {m: load_model(man, read_package(dirs[m])[1], **({"fuse": False} if m == "fp32" else {})) for m, man in manifests.items()}
+        loaded = {
+            m: load_model(man, read_package(dirs[m])[1], **({"fuse": False} if m == "fp32" else {}))
+            for m, man in manifests.items()
+        }
         latency = median_latency_ms(loaded, rounds=40)
         del loaded
         candidates = {

@@ -81,11 +81,18 @@ def _rebuild_tensor_v2(storage: Any, offset: Any, shape: Any, stride: Any, *_res
         ref = _TensorRef(storage, int(offset), tuple(int(s) for s in shape), tuple(int(s) for s in stride))
     except (TypeError, ValueError):
         raise UntrustedPickleError("a tensor has a malformed offset, shape or stride") from None
-    if ref.offset < 0 or any(s < 0 for s in ref.shape) or any(s < 0 for s in ref.stride) or len(ref.shape) != len(ref.stride):
+    if (
+        ref.offset < 0
+        or any(s < 0 for s in ref.shape)
+        or any(s < 0 for s in ref.stride)
+        or len(ref.shape) != len(ref.stride)
+    ):
         raise UntrustedPickleError(f"a tensor has an invalid offset/shape/stride {ref.offset}/{ref.shape}/{ref.stride}")
     last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride)) if all(ref.shape) else ref.offset - 1
     if last >= storage.numel:
-        raise UntrustedPickleError(f"a tensor of shape {ref.shape} reaches past its storage of {storage.numel} elements")
+        raise UntrustedPickleError(
+            f"a tensor of shape {ref.shape} reaches past its storage of {storage.numel} elements"
+        )
     return ref
 
 
@@ -162,7 +169,9 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
             raise UntrustedPickleError(f"{path} ends before storage {key}")
         (numel,) = struct.unpack("<q", header)
         if ref is None or numel != ref.numel:
-            raise UntrustedPickleError(f"{path}: storage {key} is unknown or its size {numel} disagrees with the tensors")
+            raise UntrustedPickleError(
+                f"{path}: storage {key} is unknown or its size {numel} disagrees with the tensors"
+            )
         nbytes = numel * ref.dtype.itemsize
         if nbytes > MAX_STORAGE_BYTES:
             raise UntrustedPickleError(f"{path}: storage {key} claims {nbytes} bytes (more than {MAX_STORAGE_BYTES})")
