@@ -129,7 +129,7 @@ def _prepare_packages(model: str, calib: int) -> dict[str, Any]:
     _quiet_mxnet()
     from inferpipe.demo_model.shapes import CLASSES
     from inferpipe.demo_model.train import ARCHITECTURE, DEMO_SPEC
-    from inferpipe.models import IMAGENET_SPEC, export_package
+    from inferpipe.packaging import IMAGENET_SPEC, export_package
     from inferpipe.optimize import optimize_package
 
     base = CACHE_DIR / model
@@ -696,7 +696,7 @@ def worker_preprocess(rounds: int, quick: bool) -> dict[str, Any]:
     from functions.common.config import ImageLimits
     from functions.preprocess.core import preprocess, to_rgb
     from functions.preprocess.transform import to_tensor
-    from inferpipe.models import IMAGENET_SPEC
+    from inferpipe.packaging import IMAGENET_SPEC
 
     spec, limits = IMAGENET_SPEC, ImageLimits()
 

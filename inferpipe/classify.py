@@ -26,6 +26,7 @@ from functions.common.aws import error_name
 from functions.common.batch import named_objects
 from functions.common.request import META_MODEL, META_MODEL_VERSION, META_TOP_K
 from functions.common.work import CLASSIFIED, CLASSIFIED_STATUS, PREPROCESSED, work_key
+from inferpipe.present import table
 from inferpipe.target import Target
 
 UPLOAD_PREFIX = "incoming/"
@@ -399,6 +400,26 @@ def classify_files(
         else:
             result.error = _error("Timeout", f"execution still running after {timeout:.0f} s: {result.execution_arn}")
     return results
+
+
+def format_results(results: Sequence[FileResult]) -> str:
+    """A plain table: file, top-1 label, probability, model version, seconds, status, error."""
+    rows = [("FILE", "TOP-1", "PROB", "MODEL VERSION", "SECONDS", "STATUS", "ERROR")]
+    for result in results:
+        top1 = result.top_k[0] if result.top_k else None
+        error = f"{result.error['type']}: {result.error['message']}" if result.error else ""
+        rows.append(
+            (
+                result.file,
+                top1["label"] if top1 else "-",
+                f"{top1['probability']:.3f}" if top1 else "-",
+                result.model_version or "-",
+                f"{result.seconds:.2f}" if result.seconds is not None else "-",
+                result.status,
+                error,  # the last column, never cut: the useful part of a message is often at its end
+            )
+        )
+    return table(rows)
 
 
 def _stopped(exc: BaseException, doing: str) -> dict[str, str]:

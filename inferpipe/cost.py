@@ -45,6 +45,7 @@ from typing import Any
 from functions.common.batch import named_objects
 from inferpipe.local.usage import CLIENT, USAGE_PATH
 from inferpipe.paths import REPO_ROOT
+from inferpipe.present import table
 
 PRICES_FILE = REPO_ROOT / "config" / "prices.json"
 #: CloudWatch Logs bills each event's message plus this much metadata.
@@ -332,11 +333,7 @@ def format_table(estimate: Estimate) -> str:
                 f"{line.usd:.8f}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    text = [
-        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-        for row in rows
-    ]
+    text = table(rows, right=(2, 3, 4), pad_last=True).split("\n")
     summary = estimate.to_json()
     text.append("")
     text.append(

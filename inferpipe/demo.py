@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 from functions.common.manifest import MANIFEST_FILE, Manifest
 from functions.sink.core import output_key
-from inferpipe.classify import FileResult, classify_files
+from inferpipe.classify import FileResult, classify_files, format_results
 from inferpipe.paths import BUILD_DIR, STATE_DIR
 from inferpipe.target import Target
 
@@ -44,7 +43,6 @@ def _samples() -> tuple[list[Path], dict[str, tuple[str, ...]]]:
 
 
 def run_demo(endpoint_url: str | None = None, port: int | None = None) -> int:
-    from inferpipe.cli import print_table
     from inferpipe.models import publish
 
     manifest = default_model_package()
@@ -66,7 +64,7 @@ def run_demo(endpoint_url: str | None = None, port: int | None = None) -> int:
     started = time.monotonic()
     results = classify_files(target, paths)
     elapsed = time.monotonic() - started
-    print_table(results)
+    print(format_results(results))
     good = [r for r in results if Path(r.file).name != BAD_SAMPLE]
     print("\ntop-5 of each photo:")
     correct = 0
@@ -95,9 +93,7 @@ def _show_sinks(target: Target, results: list[FileResult]) -> None:
         for delivery in result.deliveries:
             per_sink.setdefault(delivery["sink"], []).append(delivery["location"])
     for sink, locations in sorted(per_sink.items()):
-        distinct = Counter(locations)
-        example = locations[0]
-        print(f"  {sink:<12} {len(locations):>3} records   e.g. {example}" + ("" if len(distinct) > 1 else ""))
+        print(f"  {sink:<12} {len(locations):>3} records   e.g. {locations[0]}")
     first = next((r for r in results if r.status == "succeeded"), None)
     if first is None:
         return

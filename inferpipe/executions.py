@@ -26,6 +26,8 @@ from functions.common.aws import error_code
 from functions.common.batch import named_objects
 from functions.sink import records
 from functions.sink.core import FAILURE_PREFIX
+from inferpipe.present import table
+from inferpipe.replay import ALL_STATUSES
 
 #: Longest input shown for the failed state (the JSON text; ``--json`` has it whole).
 INPUT_CHARS = 2000
@@ -464,16 +466,25 @@ def list_rows(
     return rows[:limit]
 
 
+def parse_statuses(text: str) -> list[str]:
+    """``--status``: comma-separated execution statuses in any case; none given means every status."""
+    statuses = [s.strip().upper() for s in text.split(",") if s.strip()]
+    unknown = [s for s in statuses if s not in ALL_STATUSES]
+    if unknown:
+        raise ValueError(f"--status: unknown status {', '.join(unknown)}; expected some of {', '.join(ALL_STATUSES)}")
+    return statuses
+
+
 def format_rows(rows: Sequence[Row]) -> str:
     if not rows:
         return "no executions match"
-    table = [("NAME", "STATUS", "STARTED", "SECONDS", "OBJECTS", "ERROR")]
+    lines = [("NAME", "STATUS", "STARTED", "SECONDS", "OBJECTS", "ERROR")]
     for row in rows:
         objects = (
             (row.objects[0] + (f" +{len(row.objects) - 1}" if len(row.objects) > 1 else "")) if row.objects else "-"
         )
         error = f"{row.error['type']}: {row.error['message']}" if row.error else ""
-        table.append(
+        lines.append(
             (
                 row.name,
                 row.status,
@@ -483,8 +494,7 @@ def format_rows(rows: Sequence[Row]) -> str:
                 error,
             )
         )
-    widths = [max(len(r[c]) for r in table) for c in range(len(table[0]) - 1)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in table)
+    return table(lines)
 
 
 def format_detail(detail: Detail) -> str:
@@ -578,6 +588,7 @@ __all__ = [
     "history",
     "list_rows",
     "log_lines",
+    "parse_statuses",
     "recorded",
     "show",
     "steps",

@@ -43,6 +43,7 @@ from typing import Any
 
 from functions.sink import records
 from functions.sink.core import FAILURE_PREFIX, LEDGER_PREFIX, MESSAGE_SINKS
+from inferpipe.present import table
 
 COLUMNS = ("objects", "records", "missing", "duplicates", "stale", "failed")
 #: Columns that make the exit code 1.
@@ -277,11 +278,13 @@ def _stale(views: Mapping[str, dict[str, Any] | None], versions: Sequence[Object
 
 
 def format_report(report: Report) -> str:
-    width = max(len("sink"), *(len(s) for s in report.sinks), len("total"))
-    lines = ["  ".join(["sink".ljust(width), *(c.rjust(10) for c in COLUMNS)])]
-    for sink, row in report.sinks.items():
-        lines.append("  ".join([sink.ljust(width), *(str(row[c]).rjust(10) for c in COLUMNS)]))
-    lines.append("  ".join(["total".ljust(width), *(str(report.totals[c]).rjust(10) for c in COLUMNS)]))
+    counts = [
+        ("sink", *COLUMNS),
+        *((sink, *(str(row[c]) for c in COLUMNS)) for sink, row in report.sinks.items()),
+        ("total", *(str(report.totals[c]) for c in COLUMNS)),
+    ]
+    numbers = range(1, len(COLUMNS) + 1)
+    lines = [table(counts, right=numbers, min_widths=[0, *(10 for _ in COLUMNS)], pad_last=True)]
     window = f"since {report.to_dict()['since']}" if report.since else "all versions"
     lines.append(
         f"s3://{report.bucket} ({window}): "

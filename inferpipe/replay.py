@@ -484,6 +484,19 @@ def replay(
     )
 
 
+def replay_target(target: Any, **options: Any) -> Summary:
+    """``replay`` of a deployment's executions (``options`` as for ``replay``); an input whose object has a
+    newer record in the output bucket is superseded, so it is not replayed."""
+    s3, output = target.client("s3"), target.resources.buckets["output"]
+    prefix = target.resources.settings["OUTPUT_PREFIX"]
+    return replay(
+        target.client("stepfunctions"),
+        target.state_machine_arn,
+        supersession=lambda execution_input: superseded(s3, output, prefix, execution_input),
+        **options,
+    )
+
+
 __all__ = [
     "FAILED_STATUSES",
     "Decision",
@@ -499,6 +512,7 @@ __all__ = [
     "redrive_can_succeed",
     "replay",
     "replay_name",
+    "replay_target",
     "run_replays",
     "split_replay_name",
     "superseded",

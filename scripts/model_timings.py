@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from functions.common.model_store import ModelStore
 from functions.inference.core import load_model, predict
-from inferpipe.models import import_model_zoo, publish
+from inferpipe.models import publish
+from inferpipe.packaging import import_model_zoo
 from inferpipe.paths import BUILD_DIR
 
 BUCKET = "timings-models"

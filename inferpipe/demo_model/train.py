@@ -29,7 +29,7 @@ from PIL import Image
 from functions.common.manifest import InputSpec, Manifest
 from functions.preprocess.transform import to_tensor
 from inferpipe.demo_model.shapes import CLASSES, render
-from inferpipe.models import export_package
+from inferpipe.packaging import export_package
 
 #: The demo model's input: 64×64 crops of images resized to a 64-pixel shorter side.
 DEMO_SPEC = InputSpec(

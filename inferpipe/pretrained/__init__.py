@@ -56,7 +56,7 @@ def export_fp32(name: str, out_dir: Path, *, package_name: str | None = None, sa
     """The fp32 package of a pretrained network: our Gluon network, the shipped weights mapped in."""
     import mxnet as mx
 
-    from inferpipe.models import export_package
+    from inferpipe.packaging import export_package
     from inferpipe.pretrained.efficientnet_lite import LITE0_SPEC, efficientnet_lite0, load_state_dict, weights_path
     from inferpipe.pretrained.imagenet import imagenet_labels
     from inferpipe.pretrained.legacy_pth import UntrustedPickleError, read_state_dict
