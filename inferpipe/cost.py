@@ -152,15 +152,15 @@ class Estimate:
             "orchestration_share": (self.by_service().get("Step Functions", 0.0) / total) if total else None,
             "lines": [
                 {
-                    "service": l.service,
-                    "item": l.item,
-                    "quantity": l.quantity,
-                    "unit": l.price.unit,
-                    "usd_per_unit": l.price.usd / l.price.per,
-                    "usd": l.usd,
-                    "price_source": l.price.source,
+                    "service": line.service,
+                    "item": line.item,
+                    "quantity": line.quantity,
+                    "unit": line.price.unit,
+                    "usd_per_unit": line.price.usd / line.price.per,
+                    "usd": line.usd,
+                    "price_source": line.price.source,
                 }
-                for l in self.lines
+                for line in self.lines
             ],
         }
 
@@ -253,7 +253,15 @@ def measure(target: Any, since: float) -> Usage:
     if getattr(target, "endpoint_url", None) is None:
         raise ValueError("inferpipe cost prices the local stack's work; on AWS, read Cost Explorer or the CUR")
     usage = Usage(since=since)
-    with urllib.request.urlopen(f"{target.endpoint_url}{USAGE_PATH}?since={since}", timeout=30) as answer:
+    _add_requests(usage, target.endpoint_url, since)
+    _add_lambda_logs(usage, target, since)
+    _add_executions(usage, target, since)
+    return usage
+
+
+def _add_requests(usage: Usage, endpoint_url: str, since: float) -> None:
+    """The AWS requests the stack served since ``since``, by service and operation (not this tool's own)."""
+    with urllib.request.urlopen(f"{endpoint_url}{USAGE_PATH}?since={since}", timeout=30) as answer:
         by_caller = json.loads(answer.read())["usage"]
     for caller, services in by_caller.items():
         if caller == CLIENT:
@@ -263,6 +271,10 @@ def measure(target: Any, since: float) -> Usage:
                 merged = usage.requests.setdefault(service, {}).setdefault(operation, {"requests": 0, "units": 0})
                 merged["requests"] += entry["requests"]
                 merged["units"] += entry["units"]
+
+
+def _add_lambda_logs(usage: Usage, target: Any, since: float) -> None:
+    """Log bytes ingested, and the invocations and GB-seconds of each function's REPORT lines."""
     logs = target.client("logs")
     for function, spec in target.resources.functions.items():
         request = {"logGroupName": f"/aws/lambda/{spec.name}", "startTime": int(since * 1000)}
@@ -270,18 +282,20 @@ def measure(target: Any, since: float) -> Usage:
             pages = list(logs.get_paginator("filter_log_events").paginate(**request))
         except logs.exceptions.ResourceNotFoundException:
             continue
-        for page in pages:
-            for event in page["events"]:
-                message = str(event["message"])
-                usage.log_bytes += len(message.encode("utf-8")) + LOG_EVENT_OVERHEAD_BYTES
-                report = _REPORT.match(message)
-                if report:
-                    usage.lambda_requests += 1
-                    gb_s = int(report.group(1)) / 1000 * int(report.group(2)) / 1024
-                    usage.lambda_gb_seconds += gb_s
-                    usage.lambda_gb_seconds_by_function[function] = (
-                        usage.lambda_gb_seconds_by_function.get(function, 0.0) + gb_s
-                    )
+        for message in (str(event["message"]) for page in pages for event in page["events"]):
+            usage.log_bytes += len(message.encode("utf-8")) + LOG_EVENT_OVERHEAD_BYTES
+            report = _REPORT.match(message)
+            if report:
+                usage.lambda_requests += 1
+                gb_s = int(report.group(1)) / 1000 * int(report.group(2)) / 1024
+                usage.lambda_gb_seconds += gb_s
+                usage.lambda_gb_seconds_by_function[function] = (
+                    usage.lambda_gb_seconds_by_function.get(function, 0.0) + gb_s
+                )
+
+
+def _add_executions(usage: Usage, target: Any, since: float) -> None:
+    """State transitions, images and the S3 events that started the executions begun since ``since``."""
     sfn = target.client("stepfunctions")
     for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=target.state_machine_arn):
         for summary in page["executions"]:
@@ -293,25 +307,30 @@ def measure(target: Any, since: float) -> Usage:
                 for e in hp["events"]
             ]
             usage.transitions += _history_transitions(history)
-            started = next((e for e in history if e["type"] == "ExecutionStarted"), None)
-            try:
-                execution_input = (
-                    json.loads(started["executionStartedEventDetails"].get("input") or "{}") if started else {}
-                )
-            except ValueError:
-                execution_input = None
-            objects = len(named_objects(execution_input))
-            usage.images += objects
-            usage.executions += 1
-            if isinstance(execution_input, list):
-                # Queued (the batched trigger): each object was an S3 event the rule sent to the
-                # buffer queue, one SendMessage each by EventBridge, which the stack does not see
-                # as a request (moto delivers rule targets internally).
-                usage.s3_events += objects
-                usage.queued_events += objects
-            elif isinstance(execution_input, dict) and execution_input.get("detail-type") == "Object Created":
-                usage.s3_events += 1
-    return usage
+            _add_input(usage, _execution_input(history))
+
+
+def _execution_input(history: list[dict[str, Any]]) -> Any:
+    """The input the execution started with ({} when its history has no start, None when not JSON)."""
+    started = next((e for e in history if e["type"] == "ExecutionStarted"), None)
+    try:
+        return json.loads(started["executionStartedEventDetails"].get("input") or "{}") if started else {}
+    except ValueError:
+        return None
+
+
+def _add_input(usage: Usage, execution_input: Any) -> None:
+    objects = len(named_objects(execution_input))
+    usage.images += objects
+    usage.executions += 1
+    if isinstance(execution_input, list):
+        # Queued (the batched trigger): each object was an S3 event the rule sent to the
+        # buffer queue, one SendMessage each by EventBridge, which the stack does not see
+        # as a request (moto delivers rule targets internally).
+        usage.s3_events += objects
+        usage.queued_events += objects
+    elif isinstance(execution_input, dict) and execution_input.get("detail-type") == "Object Created":
+        usage.s3_events += 1
 
 
 def format_table(estimate: Estimate) -> str:

@@ -26,13 +26,13 @@ from functions.common.aws import error_code
 from functions.common.batch import named_objects
 from functions.sink import records
 from functions.sink.core import FAILURE_PREFIX
-from inferpipe.present import table
+from inferpipe.execution_path import Step, steps
+from inferpipe.present import seconds_between, table, utc_millis
 from inferpipe.replay import ALL_STATUSES
 
 #: Longest input shown for the failed state (the JSON text; ``--json`` has it whole).
 INPUT_CHARS = 2000
 FUNCTIONS = ("preprocess", "inference", "sink")
-_STATE_TYPES = ("Task", "Map", "Pass", "Choice", "Fail", "Succeed", "Wait", "Parallel")
 
 
 def clean_error(error: str | None, cause: str | None) -> dict[str, str] | None:
@@ -49,19 +49,6 @@ def clean_error(error: str | None, cause: str | None) -> dict[str, str] | None:
         message = str(parsed.get("errorMessage") or "")
         error = error or str(parsed.get("errorType") or "")
     return {"type": str(error or "Error"), "message": message}
-
-
-@dataclass(frozen=True)
-class Step:
-    """One state entered: where, how long, and how it ended."""
-
-    name: str
-    type: str
-    entered: str  # ISO 8601, UTC
-    seconds: float | None  # None while it has not exited
-    outcome: str  # "succeeded", "failed", "running" (or the execution stopped in it)
-    iteration: int | None = None  # the Map iteration it ran in
-    failed_attempts: int = 0  # attempts that failed before the last (Retry)
 
 
 @dataclass
@@ -87,22 +74,6 @@ class Detail:
         return asdict(self)
 
 
-def _iso(when: Any) -> str | None:
-    if when is None:
-        return None
-    if isinstance(when, (int, float)):
-        when = datetime.fromtimestamp(when, tz=UTC)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _seconds(start: Any, end: Any) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds(), 3)
-
-
 def execution_arn(state_machine_arn: str, arn_or_name: str) -> str:
     """The ARN of an execution of ``state_machine_arn`` given its ARN or its name."""
     if arn_or_name.startswith("arn:"):
@@ -117,109 +88,6 @@ def history(sfn: Any, arn: str) -> list[dict[str, Any]]:
     return [
         e for page in paginator.paginate(executionArn=arn, PaginationConfig={"PageSize": 1000}) for e in page["events"]
     ]
-
-
-def _state_type(event_type: str) -> str:
-    for kind in _STATE_TYPES:
-        if event_type.startswith(kind):
-            return kind
-    return event_type.removesuffix("StateEntered")
-
-
-def steps(events: Sequence[Mapping[str, Any]], status: str) -> list[Step]:
-    """The states entered, in order, each with its duration and outcome.
-
-    An exit is paired with its entry by following ``previousEventId`` back from the exit (concurrent
-    Map iterations interleave their events, and each chain is its own iteration's); failed attempts
-    and the Map iteration are read on the way.
-    """
-    by_id = {int(e["id"]): e for e in events}
-    exits: dict[int, tuple[Mapping[str, Any], int, int | None]] = {}  # entry id -> (exit, failed attempts, iteration)
-    for event in events:
-        if not str(event["type"]).endswith("StateExited"):
-            continue
-        name = (event.get("stateExitedEventDetails") or {}).get("name")
-        failures, iteration, cursor = 0, None, by_id.get(int(event.get("previousEventId") or 0))
-        while cursor is not None:
-            kind = str(cursor["type"])
-            if kind.endswith("StateEntered") and (cursor.get("stateEnteredEventDetails") or {}).get("name") == name:
-                exits[int(cursor["id"])] = (event, failures, iteration)
-                break
-            if kind in ("LambdaFunctionFailed", "LambdaFunctionTimedOut", "TaskFailed", "TaskTimedOut"):
-                failures += 1
-            cursor = by_id.get(int(cursor.get("previousEventId") or 0))
-    iterations = _iterations(events, by_id)
-    ended = _iteration_ends(events)
-    found: list[Step] = []
-    for event in events:
-        kind = str(event["type"])
-        if not kind.endswith("StateEntered"):
-            continue
-        details = event.get("stateEnteredEventDetails") or {}
-        exit_event = exits.get(int(event["id"]))
-        if exit_event is not None:
-            outcome, seconds = "succeeded", _seconds(event["timestamp"], exit_event[0]["timestamp"])
-            failed_attempts = exit_event[1]
-        else:
-            outcome, seconds, failed_attempts = ("running" if status == "RUNNING" else "failed"), None, 0
-            iteration = iterations.get(int(event["id"]))
-            if iteration is not None:  # how its iteration ended: an iteration is aborted when another fails
-                outcome = next(
-                    (how for at, index, how in ended if index == iteration and at > int(event["id"])), outcome
-                )
-        found.append(
-            Step(
-                str(details.get("name")),
-                _state_type(kind),
-                _iso(event["timestamp"]) or "",
-                seconds,
-                outcome,
-                iterations.get(int(event["id"])),
-                failed_attempts,
-            )
-        )
-    return found
-
-
-def _iteration_ends(events: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, str]]:
-    """(event id, index, "failed" or "aborted") of each Map iteration that did not succeed."""
-    kinds = {"MapIterationFailed": "failed", "MapIterationAborted": "aborted"}
-    return [
-        (
-            int(e["id"]),
-            int((e.get(f"{e['type'][0].lower()}{e['type'][1:]}EventDetails") or {}).get("index", -1)),
-            kinds[e["type"]],
-        )
-        for e in events
-        if e["type"] in kinds
-    ]
-
-
-def _iterations(events: Sequence[Mapping[str, Any]], by_id: Mapping[int, Mapping[str, Any]]) -> dict[int, int]:
-    """Entry event id -> the index of the Map iteration it ran in (its chain reaches MapIterationStarted)."""
-    found: dict[int, int] = {}
-    for event in events:
-        if not str(event["type"]).endswith("StateEntered"):
-            continue
-        cursor = by_id.get(int(event.get("previousEventId") or 0))
-        while cursor is not None:
-            kind = str(cursor["type"])
-            if kind == "MapIterationStarted":
-                found[int(event["id"])] = int((cursor.get("mapIterationStartedEventDetails") or {}).get("index", -1))
-                break
-            if kind in (
-                "MapStateStarted",
-                "MapStateEntered",
-                "MapStateExited",
-                "MapStateSucceeded",
-                "MapStateFailed",
-                "MapStateAborted",
-                "ExecutionStarted",
-                "ExecutionRedriven",
-            ):
-                break  # the chain left (or never entered) an iteration: a state outside any Map
-            cursor = by_id.get(int(cursor.get("previousEventId") or 0))
-    return found
 
 
 def _failure(events: Sequence[Mapping[str, Any]]) -> tuple[str | None, str | None]:
@@ -300,7 +168,7 @@ def log_lines(
             mine = parsed is not None and parsed.get("execution_id") == arn
             platform = parsed is None and any(f"RequestId: {r}" in message for r in requests)
             if mine or platform:
-                found.append({"time": _iso(line["timestamp"] / 1000), "function": function, "message": message})
+                found.append({"time": utc_millis(line["timestamp"] / 1000), "function": function, "message": message})
     return sorted(found, key=lambda line: str(line["time"]))
 
 
@@ -381,9 +249,9 @@ def show(target: Any, arn_or_name: str, with_logs: bool = True, read: Recorded |
         arn=arn,
         name=described["name"],
         status=status,
-        started=_iso(described["startDate"]) or "",
-        stopped=_iso(described.get("stopDate")),
-        seconds=_seconds(described["startDate"], described.get("stopDate")),
+        started=utc_millis(described["startDate"]) or "",
+        stopped=utc_millis(described.get("stopDate")),
+        seconds=seconds_between(described["startDate"], described.get("stopDate")),
         redrive_count=int(described.get("redriveCount") or 0),
         objects=objects,
         steps=steps(events, status),
@@ -453,8 +321,8 @@ def list_rows(
                     summary["name"],
                     summary["executionArn"],
                     described["status"],
-                    _iso(started) or "",
-                    _seconds(started, described.get("stopDate")),
+                    utc_millis(started) or "",
+                    seconds_between(started, described.get("stopDate")),
                     objects,
                     clean_error(described.get("error") or described["status"], described.get("cause"))
                     if failed

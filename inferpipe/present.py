@@ -58,6 +58,24 @@ def utc_seconds(when: datetime | None = None) -> str:
     return (when or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def utc_millis(when: Any) -> str | None:
+    """A time (a datetime, naive meaning UTC, or seconds since the epoch) in UTC to the millisecond."""
+    if when is None:
+        return None
+    if isinstance(when, (int, float)):
+        when = datetime.fromtimestamp(when, tz=UTC)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return str(when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+
+
+def seconds_between(start: Any, end: Any) -> float | None:
+    """``end - start`` in seconds, to the millisecond; None when either is unknown."""
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
 class Progress:
     """One status line on a terminal's stderr, rewritten in place: files uploaded, executions
     finished, failures so far. Nothing when the stream is not a terminal (a pipe, a log) or not ``live``."""
@@ -91,4 +109,4 @@ class Progress:
             self.stream.flush()
 
 
-__all__ = ["Progress", "human_size", "table", "utc_seconds"]
+__all__ = ["Progress", "human_size", "seconds_between", "table", "utc_millis", "utc_seconds"]

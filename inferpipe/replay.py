@@ -139,50 +139,56 @@ def plan_replays(
     groups: dict[str, list[Execution]] = {}
     for execution in executions:
         groups.setdefault(_group_key(execution.name), []).append(execution)
-
-    decisions: list[Decision] = []
+    decisions = _unknown_arns(only_arns, {e.arn for e in executions})
     seen_groups: set[str] = set()
-    by_arn = {e.arn: e for e in executions}
-    if only_arns is not None:
-        for arn in sorted(only_arns - set(by_arn)):
-            decisions.append(
-                Decision(
-                    Execution(arn, arn.rsplit(":", 1)[-1], "UNKNOWN", datetime.now(UTC)),
-                    "skip",
-                    "no such execution of this state machine",
-                )
-            )
     for execution in sorted(executions, key=lambda e: e.start):
-        if only_arns is not None:
-            if execution.arn not in only_arns:
-                continue
-        elif execution.status not in wanted or (since is not None and _aware(execution.start) < since):
+        if not _is_candidate(execution, wanted, since, only_arns):
             continue
         key = _group_key(execution.name)
         if key in seen_groups:
             continue
         seen_groups.add(key)
-        members = sorted(groups.get(key, [execution]), key=lambda e: (split_replay_name(e.name)[1], e.start))
-        names = tuple(m.name for m in members)
-        original = next((m for m in members if split_replay_name(m.name)[1] == 0), members[0])
-        succeeded = [m for m in members if m.status == "SUCCEEDED"]
-        running = [m for m in members if m.status in ("RUNNING", "PENDING_REDRIVE")]
-        if only_arns is not None and execution.status not in FAILED_STATUSES and not succeeded and not running:
-            decisions.append(
-                Decision(execution, "skip", f"status {execution.status} is not one replay handles", group=names)
-            )
-            continue
-        if succeeded:
-            what = "succeeded" if succeeded[-1] is original else "already replayed successfully"
-            decisions.append(Decision(original, "skip", f"{what} ({succeeded[-1].name})", group=names))
-            continue
-        if running:
-            decisions.append(Decision(original, "skip", f"still running ({running[-1].name})", group=names))
-            continue
-        next_n = max(split_replay_name(m.name)[1] for m in members) + 1
-        root = split_replay_name(original.name)[0]
-        decisions.append(Decision(original, "replay", new_name=replay_name(root, next_n), group=names))
+        decisions.append(_decide(execution, groups.get(key, [execution]), explicit=only_arns is not None))
     return decisions
+
+
+def _unknown_arns(only_arns: set[str] | None, known: set[str]) -> list[Decision]:
+    """``--execution`` ARNs that are no execution of this state machine: skipped, saying so."""
+    if only_arns is None:
+        return []
+    return [
+        Decision(
+            Execution(arn, arn.rsplit(":", 1)[-1], "UNKNOWN", datetime.now(UTC)),
+            "skip",
+            "no such execution of this state machine",
+        )
+        for arn in sorted(only_arns - known)
+    ]
+
+
+def _is_candidate(execution: Execution, wanted: set[str], since: datetime | None, only_arns: set[str] | None) -> bool:
+    if only_arns is not None:
+        return execution.arn in only_arns
+    return execution.status in wanted and not (since is not None and _aware(execution.start) < since)
+
+
+def _decide(execution: Execution, group: Sequence[Execution], *, explicit: bool) -> Decision:
+    """Replay the group of ``execution`` (it, its original and their replays) once, or skip it and say why."""
+    members = sorted(group, key=lambda e: (split_replay_name(e.name)[1], e.start))
+    names = tuple(m.name for m in members)
+    original = next((m for m in members if split_replay_name(m.name)[1] == 0), members[0])
+    succeeded = [m for m in members if m.status == "SUCCEEDED"]
+    running = [m for m in members if m.status in ("RUNNING", "PENDING_REDRIVE")]
+    if explicit and execution.status not in FAILED_STATUSES and not succeeded and not running:
+        return Decision(execution, "skip", f"status {execution.status} is not one replay handles", group=names)
+    if succeeded:
+        what = "succeeded" if succeeded[-1] is original else "already replayed successfully"
+        return Decision(original, "skip", f"{what} ({succeeded[-1].name})", group=names)
+    if running:
+        return Decision(original, "skip", f"still running ({running[-1].name})", group=names)
+    next_n = max(split_replay_name(m.name)[1] for m in members) + 1
+    root = split_replay_name(original.name)[0]
+    return Decision(original, "replay", new_name=replay_name(root, next_n), group=names)
 
 
 # --------------------------------------------------------------------------- AWS side
@@ -274,7 +280,7 @@ def _redrive(sfn: Any, described: dict[str, Any]) -> tuple[bool, str]:
         ) in (404, 501):
             return False, f"RedriveExecution refused: {code} {error.get('Message', '')}".strip()
         raise
-    except Exception as exc:  # an endpoint without the API (the local stack): say so, restart
+    except Exception as exc:  # noqa: BLE001  (an endpoint without the API, e.g. the local stack: say so, restart)
         return False, f"RedriveExecution is not available here ({type(exc).__name__}: {exc})"
     return True, ""
 
@@ -360,40 +366,43 @@ def run_replays(
         if stale:
             summary.outcomes.append(Outcome(decision, "skipped", note=stale))
             continue
-        if dry_run and mode != "auto":
-            summary.outcomes.append(
-                Outcome(decision, "would replay", plan="redrive" if mode == "redrive" else "restart")
-            )
-            continue
-        outcome = Outcome(decision)
-        try_redrive, why = (True, "") if mode == "redrive" else (False, "")
-        if mode == "auto":
-            try_redrive, why = redrive_can_succeed(sfn, described)
-            outcome.note = why
-            if dry_run:
-                summary.outcomes.append(
-                    Outcome(decision, "would replay", note=why, plan="redrive" if try_redrive else "restart")
-                )
-                continue
-        if try_redrive:
-            redriven, refused = _redrive(sfn, described)
-            if redriven:
-                outcome.how, outcome.arn = "redriven", decision.execution.arn
-            else:
-                outcome.note = f"{refused}; restarted instead"
-        if not outcome.how:
-            outcome.arn = _restart(sfn, state_machine_arn, decision, described["input"])
-            outcome.how = "restarted"
+        outcome = _replay_one(sfn, state_machine_arn, decision, described, mode=mode, dry_run=dry_run)
         summary.outcomes.append(outcome)
-        print(
-            f"[{index}/{len(todo)}] {outcome.how} {decision.execution.name} -> {outcome.arn.rsplit(':', 1)[-1]}"
-            + (f" ({outcome.note})" if outcome.note else ""),
-            file=out,
-            flush=True,
-        )
+        if outcome.how != "would replay":
+            print(
+                f"[{index}/{len(todo)}] {outcome.how} {decision.execution.name} -> {(outcome.arn or '').rsplit(':', 1)[-1]}"
+                + (f" ({outcome.note})" if outcome.note else ""),
+                file=out,
+                flush=True,
+            )
     if wait and not dry_run:
         _wait(sfn, summary.replayed, timeout, poll, out)
     return summary
+
+
+def _replay_one(
+    sfn: Any, state_machine_arn: str, decision: Decision, described: dict[str, Any], *, mode: str, dry_run: bool
+) -> Outcome:
+    """Redrive or restart one execution as ``mode`` says (or, in a dry run, say which it would)."""
+    if dry_run and mode != "auto":
+        return Outcome(decision, "would replay", plan="redrive" if mode == "redrive" else "restart")
+    outcome = Outcome(decision)
+    try_redrive = mode == "redrive"
+    if mode == "auto":
+        try_redrive, why = redrive_can_succeed(sfn, described)
+        if dry_run:
+            return Outcome(decision, "would replay", note=why, plan="redrive" if try_redrive else "restart")
+        outcome.note = why
+    if try_redrive:
+        redriven, refused = _redrive(sfn, described)
+        if redriven:
+            outcome.how, outcome.arn = "redriven", decision.execution.arn
+        else:
+            outcome.note = f"{refused}; restarted instead"
+    if not outcome.how:
+        outcome.arn = _restart(sfn, state_machine_arn, decision, described["input"])
+        outcome.how = "restarted"
+    return outcome
 
 
 def _wait(sfn: Any, outcomes: list[Outcome], timeout: float, poll: float, out: TextIO) -> None:
