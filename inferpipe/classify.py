@@ -315,9 +315,35 @@ def classify_files(
     gets that error: nothing already known is lost.
     """
     sfn = target.client("stepfunctions")
-    bucket = target.resources.buckets["input"]
     since = datetime.now(UTC) - timedelta(seconds=5)
     results = [FileResult(file=str(path)) for path in paths]
+    pending = _upload_all(target, paths, options, results, on_upload)
+    waiter = _Waiter(target, sfn, results, since, on_progress)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        try:
+            waiter.poll(pending)
+        except (BotoCoreError, ClientError) as exc:
+            broken = _stopped(exc, "waiting for the executions")
+            for index in pending:
+                results[index].status, results[index].error = "failed", dict(broken)
+            return results
+        if pending:
+            time.sleep(poll)
+    for index in pending:
+        results[index].error = _unfinished(target, results[index], timeout)
+    return results
+
+
+def _upload_all(
+    target: Target,
+    paths: Sequence[Path],
+    options: UploadOptions,
+    results: list[FileResult],
+    on_upload: Callable[[FileResult], None] | None,
+) -> dict[int, float]:
+    """Upload each file; index -> upload time of those uploaded. After the stack or the network
+    failed, the files not yet uploaded get that error instead."""
     started: dict[int, float] = {}
     broken: dict[str, str] | None = None  # the error that stopped the run, for every file not finished
     for index, path in enumerate(paths):
@@ -336,70 +362,77 @@ def classify_files(
             results[index].error = dict(broken)
         if on_upload:
             on_upload(results[index])
-    pending = dict(started)
-    claimed: set[tuple[str, str, str | None]] = set()
-    inputs: dict[str, Any] = {}
-    entries: dict[str, list[dict[str, Any]]] = {}
-    deadline = time.monotonic() + timeout
+    return started
 
-    failures: dict[str, dict[str, str] | None] = {}
 
-    def failure_of(execution_arn: str) -> dict[str, str] | None:
+class _Waiter:
+    """Finds each uploaded file's execution and collects its outcome once it has finished."""
+
+    def __init__(
+        self,
+        target: Target,
+        sfn: Any,
+        results: list[FileResult],
+        since: datetime,
+        on_progress: Callable[[FileResult], None] | None,
+    ) -> None:
+        self.target, self.sfn, self.results, self.since, self.on_progress = target, sfn, results, since, on_progress
+        self.bucket = target.resources.buckets["input"]
+        self.claimed: set[tuple[str, str, str | None]] = set()
+        self.inputs: dict[str, Any] = {}
+        self.entries: dict[str, list[dict[str, Any]]] = {}
+        self.failures: dict[str, dict[str, str] | None] = {}
+
+    def failure_of(self, execution_arn: str) -> dict[str, str] | None:
         """The sink that failed in this execution, if one did (then the file counts as failed)."""
-        if execution_arn not in failures:
-            failures[execution_arn] = failed_delivery(target, execution_arn)
-        return failures[execution_arn]
+        if execution_arn not in self.failures:
+            self.failures[execution_arn] = failed_delivery(self.target, execution_arn)
+        return self.failures[execution_arn]
 
-    def _poll(pending: dict[int, float]) -> None:
-        executions = _recent_executions(sfn, target.state_machine_arn, since)
+    def poll(self, pending: dict[int, float]) -> None:
+        """One look at the recent executions; the files whose execution finished leave ``pending``."""
+        executions = _recent_executions(self.sfn, self.target.state_machine_arn, self.since)
         for summary in executions:
             arn = summary["executionArn"]
-            if arn not in inputs:
-                described = sfn.describe_execution(executionArn=arn)
-                inputs[arn] = json.loads(described.get("input") or "{}")
+            if arn not in self.inputs:
+                described = self.sfn.describe_execution(executionArn=arn)
+                self.inputs[arn] = json.loads(described.get("input") or "{}")
         for index in list(pending):
-            result = results[index]
+            result = self.results[index]
             if result.execution_arn is None:
-                for summary in reversed(executions):  # oldest first: a re-uploaded key finds its later execution next
-                    arn = summary["executionArn"]
-                    claim = (arn, result.key or "", result.version_id)
-                    if claim not in claimed and _names(inputs[arn], bucket, result.key or "", result.version_id):
-                        result.execution_arn = arn
-                        claimed.add(claim)
-                        break
+                self._claim(result, executions)
             if result.execution_arn is None:
                 continue
-            described = sfn.describe_execution(executionArn=result.execution_arn)
+            described = self.sfn.describe_execution(executionArn=result.execution_arn)
             if described["status"] == "RUNNING":
                 continue
-            if result.execution_arn not in entries:
-                entries[result.execution_arn] = execution_results(target, result.execution_arn)
-            _outcome(result, described, entries[result.execution_arn], failure_of)
+            if result.execution_arn not in self.entries:
+                self.entries[result.execution_arn] = execution_results(self.target, result.execution_arn)
+            _outcome(result, described, self.entries[result.execution_arn], self.failure_of)
             result.seconds = round(time.monotonic() - pending.pop(index), 3)
-            if on_progress:
-                on_progress(result)
+            if self.on_progress:
+                self.on_progress(result)
 
-    while pending and time.monotonic() < deadline:
-        try:
-            _poll(pending)
-        except (BotoCoreError, ClientError) as exc:
-            broken = _stopped(exc, "waiting for the executions")
-            for index in pending:
-                results[index].status, results[index].error = "failed", dict(broken)
-            return results
-        if pending:
-            time.sleep(poll)
-    for index in pending:
-        result = results[index]
-        if result.execution_arn is None:
-            result.error = _error(
-                "NotStarted",
-                f"no execution started for s3://{bucket}/{result.key} within {timeout:.0f} s "
-                f"(is the EventBridge rule {target.resources.trigger_rule} enabled?)",
-            )
-        else:
-            result.error = _error("Timeout", f"execution still running after {timeout:.0f} s: {result.execution_arn}")
-    return results
+    def _claim(self, result: FileResult, executions: Sequence[dict[str, Any]]) -> None:
+        """The first execution not yet claimed that names the file's object version becomes its own."""
+        for summary in reversed(executions):  # oldest first: a re-uploaded key finds its later execution next
+            arn = summary["executionArn"]
+            claim = (arn, result.key or "", result.version_id)
+            if claim not in self.claimed and _names(self.inputs[arn], self.bucket, result.key or "", result.version_id):
+                result.execution_arn = arn
+                self.claimed.add(claim)
+                return
+
+
+def _unfinished(target: Target, result: FileResult, timeout: float) -> dict[str, str]:
+    """The error of a file whose execution did not start, or did not finish, within ``timeout``."""
+    if result.execution_arn is None:
+        return _error(
+            "NotStarted",
+            f"no execution started for s3://{target.resources.buckets['input']}/{result.key} within {timeout:.0f} s "
+            f"(is the EventBridge rule {target.resources.trigger_rule} enabled?)",
+        )
+    return _error("Timeout", f"execution still running after {timeout:.0f} s: {result.execution_arn}")
 
 
 def format_results(results: Sequence[FileResult]) -> str:

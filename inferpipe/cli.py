@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # the CLI never shows a traceback: it says what went wrong
+    except Exception as exc:  # noqa: BLE001  (the CLI never shows a traceback: it says what went wrong)
         print(f"inferpipe: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 

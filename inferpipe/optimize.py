@@ -86,8 +86,8 @@ def graph_macs(symbol: mx.sym.Symbol, input_shape: Sequence[int]) -> int:
     arg_shapes, out_shapes, _ = internals.infer_shape(**{INPUT_NAME: tuple(input_shape)})
     if arg_shapes is None:
         raise InvalidRequestError(f"cannot infer the graph's shapes for a {list(input_shape)} input")
-    outputs = dict(zip(internals.list_outputs(), out_shapes))
-    arguments = dict(zip(internals.list_arguments(), arg_shapes))
+    outputs = dict(zip(internals.list_outputs(), out_shapes, strict=True))
+    arguments = dict(zip(internals.list_arguments(), arg_shapes, strict=True))
     nodes = json.loads(symbol.tojson())["nodes"]
     total = 0
     for node in nodes:
@@ -272,7 +272,9 @@ def agreement(ours: np.ndarray, theirs: np.ndarray) -> dict[str, float]:
     cosine = centred_cosine(ours, theirs)
     return {
         "agreement_top1_vs_fp32": round(float(np.mean(ours.argmax(1) == theirs.argmax(1))), 4),
-        "agreement_top1_in_fp32_top5": round(float(np.mean([o in t for o, t in zip(ours.argmax(1), top5_theirs)])), 4),
+        "agreement_top1_in_fp32_top5": round(
+            float(np.mean([o in t for o, t in zip(ours.argmax(1), top5_theirs, strict=True)])), 4
+        ),
         "centred_cosine_mean": round(float(cosine.mean()), 5),
         "centred_cosine_min": round(float(cosine.min()), 5),
     }
@@ -345,7 +347,7 @@ def optimize_package(
     # Reload through the serving path and compare with fp32 (and, for int8, the in-memory net).
     optimized = load_model(manifest, read_package(out_dir)[1])
     reference = load_model(base, files, fuse=False)
-    if in_memory is not None:
+    if in_memory is not None and calib is not None:  # int8: calibrated on calib
         probe = calib[: min(4, len(calib))]
         expected = in_memory(mx.nd.array(probe)).asnumpy()
         got = np.concatenate([optimized.forward(probe[i : i + 1]) for i in range(len(probe))])
@@ -394,7 +396,7 @@ def mode_selection(rule: str, chosen: str, candidates: Mapping[str, Any], heldou
 def median_latency_ms(models: Mapping[str, LoadedModel], rounds: int = 30) -> dict[str, float]:
     """Median batch-1 forward time of each model, measured round by round (interleaved)."""
     times: dict[str, list[float]] = {name: [] for name in models}
-    for name, model in models.items():  # warm-up
+    for model in models.values():  # warm-up
         model.forward(np.zeros(model.input_shape, np.float32))
     for _ in range(rounds):
         for name, model in models.items():

@@ -157,7 +157,9 @@ def render(label: str, rng: np.random.Generator, size: tuple[int, int] = (128, 1
         pixels = np.asarray(image, dtype=np.float32)
     else:
         mask = _pattern(rng, (width, height), label)
-        pixels = np.where(mask[..., None], np.float32(foreground), np.float32(background)).astype(np.float32)
+        pixels = np.where(
+            mask[..., None], np.asarray(foreground, np.float32), np.asarray(background, np.float32)
+        ).astype(np.float32)
     noise = float(rng.uniform(0.0, 12.0))
     if noise > 0:
         pixels = pixels + rng.normal(0.0, noise, size=pixels.shape).astype(np.float32)
