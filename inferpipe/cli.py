@@ -1,5 +1,8 @@
 """The ``inferpipe`` command: classify files, run the local stack, manage model packages, demo.
 
+This module runs a parsed command and presents its outcome (text, ``--json``, exit status); the
+arguments are defined in inferpipe.arguments and the work is done by each subject's own module.
+
 Examples::
 
     inferpipe classify cat.jpg "holiday photo.png" --top-k 3
