@@ -129,8 +129,8 @@ def _prepare_packages(model: str, calib: int) -> dict[str, Any]:
     _quiet_mxnet()
     from inferpipe.demo_model.shapes import CLASSES
     from inferpipe.demo_model.train import ARCHITECTURE, DEMO_SPEC
-    from inferpipe.packaging import IMAGENET_SPEC, export_package
     from inferpipe.optimize import optimize_package
+    from inferpipe.packaging import IMAGENET_SPEC, export_package
 
     base = CACHE_DIR / model
     done = base / "prepared.json"
@@ -529,7 +529,7 @@ def worker_latency(model: str, batch: int, rounds: int, quick: bool = False) -> 
     # Side by side: each round's ratio to the baseline, then their median (a cross-check of the
     # ratio of medians that ignores drift between rounds).
     paired = {
-        name: statistics.median(h / v for h, v in zip(times["hybridized"], times[name]))
+        name: statistics.median(h / v for h, v in zip(times["hybridized"], times[name], strict=True))
         for name in runs
         if name != "hybridized"
     }
@@ -747,14 +747,60 @@ def worker_pipeline(
     photos and augmented views, JPEG at their own sizes, 300-640 px).
     """
     _quiet_mxnet()
+    from inferpipe.local.stack import LocalStack
+    from inferpipe.models import publish
+
+    model_dir, model_name, jpeg = _pipeline_model(model, quick)
+    with LocalStack(default_model=model_name, lambda_mode=lambda_mode, trigger=trigger) as stack:
+        published = publish(
+            stack.client("s3"), stack.resources.buckets["models"], model_dir, name=model_name, alias="prod"
+        )
+        bench = _PipelineBench(stack)
+        per_image = [bench.trickle_one(jpeg(i)) for i in range(images + 1)]  # the first is the cold one, apart
+        warm_records = bench.new_records()
+        burst_figures, t0 = bench.flood_phase([jpeg(i) for i in range(burst)], quick)
+        lambda_figures = bench.lambda_figures(warm_records)
+        burst_cost = None
+        if lambda_mode == "isolated":  # the burst (a flood) at list prices, from its measured usage
+            from inferpipe import cost
+
+            stack.flush_logs()
+            burst_cost = cost.price(cost.measure(stack, t0)).to_json()
+    warm = per_image[1:]
+    keys = (
+        "upload_to_start_ms",
+        "upload_to_result_ms",
+        "execution_ms",
+        "preprocess_ms",
+        "inference_ms",
+        "sinks_state_ms",
+        "orchestration_ms",
+    )
+    return {
+        "model": {
+            "name": model_name,
+            "dir": str(model_dir.relative_to(ROOT)),
+            "version": published.version,
+            "inference_mode": published.inference_mode,
+        },
+        "first": per_image[0],
+        "median": {k: statistics.median(r[k] for r in warm) for k in keys},
+        "images": len(warm),
+        "burst": burst_figures,
+        "lambda_mode": lambda_mode,
+        "trigger": trigger,
+        "functions": lambda_figures,
+        "burst_cost": burst_cost,
+    }
+
+
+def _pipeline_model(model: str, quick: bool) -> tuple[Path, str, Any]:
+    """The package ``worker_pipeline`` publishes, its name, and the JPEG body of upload i."""
     import io
-    import uuid
 
     import numpy as np
 
     from functions.common.manifest import MANIFEST_FILE
-    from inferpipe.local.stack import LocalStack
-    from inferpipe.models import publish
 
     if model == LITE0:
         from inferpipe.demo import MODEL_NAME, default_model_package
@@ -782,125 +828,141 @@ def worker_pipeline(
         image_for(i).save(buf, format="JPEG", quality=90)
         return buf.getvalue()
 
-    from functions.common.batch import named_objects
+    return model_dir, model_name, jpeg
 
-    with LocalStack(default_model=model_name, lambda_mode=lambda_mode, trigger=trigger) as stack:
-        s3, sfn = stack.client("s3"), stack.client("stepfunctions")
-        bucket = stack.resources.buckets["input"]
-        published = publish(s3, stack.resources.buckets["models"], model_dir, name=model_name, alias="prod")
-        objects_of: dict[str, int] = {}
 
-        def executions() -> dict[str, dict[str, Any]]:
-            found = {}
-            for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=stack.state_machine_arn):
-                for e in page["executions"]:
-                    found[e["executionArn"]] = e
-                    if e["executionArn"] not in objects_of:
-                        described = sfn.describe_execution(executionArn=e["executionArn"])
-                        objects_of[e["executionArn"]] = len(named_objects(json.loads(described["input"])))
-            return found
+class _PipelineBench:
+    """``worker_pipeline``'s measurements on one running local stack: a trickle, then a flood."""
 
-        def wait(count: int, before: set[str], timeout: float = 300.0) -> list[dict[str, Any]]:
-            """The new executions, once they hold ``count`` objects and have all ended."""
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                new = [e for arn, e in executions().items() if arn not in before]
-                if sum(objects_of[e["executionArn"]] for e in new) >= count and all(
-                    e["status"] != "RUNNING" for e in new
-                ):
-                    return new
-                time.sleep(0.5)  # the times come from the executions' own dates; polling faster only loads the emulator
-            raise TimeoutError(f"{count} objects not finished after {timeout} s")
-
+    def __init__(self, stack: Any) -> None:
+        self.stack = stack
+        self.s3, self.sfn = stack.client("s3"), stack.client("stepfunctions")
+        self.bucket = stack.resources.buckets["input"]
+        self.objects_of: dict[str, int] = {}
         # Every invocation record, by request id: the bridge keeps only its last 1,000, fewer than
         # a direct-trigger run makes, so each phase takes what is new since the one before.
-        seen: dict[str, Any] = {}
+        self.seen: dict[str, Any] = {}
+        self.trickled = 0
 
-        def new_records() -> list[Any]:
-            fresh = [r for r in stack.invocations() if r.request_id not in seen]
-            seen.update((r.request_id, r) for r in fresh)
-            return fresh
+    def executions(self) -> dict[str, dict[str, Any]]:
+        from functions.common.batch import named_objects
 
-        per_image = []
-        for i in range(images + 1):  # the first is the cold one (model load), reported apart
-            if i == 1:
-                new_records()
-            before = set(executions())
-            t_upload = time.time()
-            s3.put_object(Bucket=bucket, Key=f"bench/{uuid.uuid4().hex}.jpg", Body=jpeg(i))
-            (summary,) = wait(1, before)
-            described = sfn.describe_execution(executionArn=summary["executionArn"])
-            output = json.loads(described["output"])
-            events = sfn.get_execution_history(executionArn=summary["executionArn"], maxResults=1000)["events"]
-            spans: dict[str, float] = {}
-            entered: dict[str, Any] = {}
-            inference: dict[str, Any] = {}
-            for e in events:
-                if e["type"] == "TaskStateExited" and e["stateExitedEventDetails"]["name"] == "Inference":
-                    inference = json.loads(e["stateExitedEventDetails"]["output"])["inference"]
-                if e["type"].endswith("StateEntered"):
-                    entered[e["stateEnteredEventDetails"]["name"]] = e["timestamp"]
-                elif e["type"].endswith("StateExited"):
-                    name = e["stateExitedEventDetails"]["name"]
-                    if name in entered:
-                        spans[name] = (e["timestamp"] - entered[name]).total_seconds() * 1000.0
-            start, stop = described["startDate"].timestamp(), described["stopDate"].timestamp()
-            row = {
-                "upload_to_start_ms": (start - t_upload) * 1000.0,
-                "upload_to_result_ms": (stop - t_upload) * 1000.0,
-                "execution_ms": (stop - start) * 1000.0,
-                "preprocess_ms": spans.get("Preprocess", 0.0),
-                "inference_ms": spans.get("Inference", 0.0),
-                "sinks_state_ms": spans.get("FanOut", 0.0),
-                "inference_parts_ms": inference.get("timings_ms", {}),
-                "objects": output["objects"],
-            }
-            row["orchestration_ms"] = (
-                row["execution_ms"] - row["preprocess_ms"] - row["inference_ms"] - row["sinks_state_ms"]
-            )
-            per_image.append(row)
+        found = {}
+        for page in self.sfn.get_paginator("list_executions").paginate(stateMachineArn=self.stack.state_machine_arn):
+            for e in page["executions"]:
+                found[e["executionArn"]] = e
+                if e["executionArn"] not in self.objects_of:
+                    described = self.sfn.describe_execution(executionArn=e["executionArn"])
+                    self.objects_of[e["executionArn"]] = len(named_objects(json.loads(described["input"])))
+        return found
 
-        warm_records = new_records()
-        # A flood: many writers at once (UPLOADERS threads, bodies encoded beforehand), as fast as the
-        # emulator accepts them. Unmeasured floods of the same size first start the execution
-        # environments a flood keeps busy, until one flood starts none (at most WARM_FLOODS): their
-        # cold starts, billed since 2025-08, are a one-off of a sustained flood, not a cost per image,
-        # and the measured flood runs on them warm. One half-size flood was not enough: two full
-        # batches at once then met one inference environment, and the second one's 11 s cold start
-        # was billed to the measured flood ($1.25 per million of its $16.10).
-        bodies = [jpeg(i) for i in range(burst)]
+    def wait(self, count: int, before: set[str], timeout: float = 300.0) -> list[dict[str, Any]]:
+        """The new executions, once they hold ``count`` objects and have all ended."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new = [e for arn, e in self.executions().items() if arn not in before]
+            if sum(self.objects_of[e["executionArn"]] for e in new) >= count and all(
+                e["status"] != "RUNNING" for e in new
+            ):
+                return new
+            time.sleep(0.5)  # the times come from the executions' own dates; polling faster only loads the emulator
+        raise TimeoutError(f"{count} objects not finished after {timeout} s")
 
-        def flood(prefix: str, count: int) -> float:
-            _run_uploaders(stack.endpoint_url, stack.resources.region, bucket, prefix, bodies[:count])
-            return time.time()
+    def new_records(self) -> list[Any]:
+        fresh = [r for r in self.stack.invocations() if r.request_id not in self.seen]
+        self.seen.update((r.request_id, r) for r in fresh)
+        return fresh
 
+    def trickle_one(self, body: bytes) -> dict[str, Any]:
+        """Upload one image, wait for its execution; where its time went."""
+        import uuid
+
+        if self.trickled == 1:  # after the cold one: the warm invocations are counted from here
+            self.new_records()
+        self.trickled += 1
+        before = set(self.executions())
+        t_upload = time.time()
+        self.s3.put_object(Bucket=self.bucket, Key=f"bench/{uuid.uuid4().hex}.jpg", Body=body)
+        (summary,) = self.wait(1, before)
+        described = self.sfn.describe_execution(executionArn=summary["executionArn"])
+        events = self.sfn.get_execution_history(executionArn=summary["executionArn"], maxResults=1000)["events"]
+        spans, inference = _state_spans(events)
+        start, stop = described["startDate"].timestamp(), described["stopDate"].timestamp()
+        row = {
+            "upload_to_start_ms": (start - t_upload) * 1000.0,
+            "upload_to_result_ms": (stop - t_upload) * 1000.0,
+            "execution_ms": (stop - start) * 1000.0,
+            "preprocess_ms": spans.get("Preprocess", 0.0),
+            "inference_ms": spans.get("Inference", 0.0),
+            "sinks_state_ms": spans.get("FanOut", 0.0),
+            "inference_parts_ms": inference.get("timings_ms", {}),
+            "objects": json.loads(described["output"])["objects"],
+        }
+        row["orchestration_ms"] = (
+            row["execution_ms"] - row["preprocess_ms"] - row["inference_ms"] - row["sinks_state_ms"]
+        )
+        return row
+
+    def flood(self, prefix: str, bodies: list[bytes]) -> float:
+        _run_uploaders(self.stack.endpoint_url, self.stack.resources.region, self.bucket, prefix, bodies)
+        return time.time()
+
+    def flood_phase(self, bodies: list[bytes], quick: bool) -> tuple[dict[str, Any], float]:
+        """The measured flood's figures, and when it started.
+
+        A flood: many writers at once (UPLOADERS threads, bodies encoded beforehand), as fast as the
+        emulator accepts them. Unmeasured floods of the same size first start the execution
+        environments a flood keeps busy, until one flood starts none (at most WARM_FLOODS): their
+        cold starts, billed since 2025-08, are a one-off of a sustained flood, not a cost per image,
+        and the measured flood runs on them warm. One half-size flood was not enough: two full
+        batches at once then met one inference environment, and the second one's 11 s cold start
+        was billed to the measured flood ($1.25 per million of its $16.10).
+        """
+        burst = len(bodies)
         warm_floods = 0
         while not quick and warm_floods < WARM_FLOODS:
             warm_floods += 1
-            before = set(executions())
-            flood(f"warm{warm_floods}", burst)
-            wait(burst, before, timeout=600.0)
-            if not any(r.init_ms is not None for r in new_records()):
+            before = set(self.executions())
+            self.flood(f"warm{warm_floods}", bodies)
+            self.wait(burst, before, timeout=600.0)
+            if not any(r.init_ms is not None for r in self.new_records()):
                 break
-        before = set(executions())
+        before = set(self.executions())
         t0 = time.time()
-        upload_seconds = flood("burst", burst) - t0
-        done = wait(burst, before, timeout=600.0)
-        last = max(sfn.describe_execution(executionArn=e["executionArn"])["stopDate"].timestamp() for e in done)
-        succeeded = sum(objects_of[e["executionArn"]] for e in done if e["status"] == "SUCCEEDED")
-        # Why the others did not succeed: status, error and the start of the cause, counted.
+        upload_seconds = self.flood("burst", bodies) - t0
+        done = self.wait(burst, before, timeout=600.0)
+        last = max(self.sfn.describe_execution(executionArn=e["executionArn"])["stopDate"].timestamp() for e in done)
+        figures = {
+            "uploads": burst,
+            "succeeded": sum(self.objects_of[e["executionArn"]] for e in done if e["status"] == "SUCCEEDED"),
+            "seconds": last - t0,
+            "images_per_second": burst / (last - t0),
+            "executions": len(done),
+            "batch_sizes": sorted((self.objects_of[e["executionArn"]] for e in done), reverse=True),
+            "unsuccessful": dict(self._unsuccessful(done).most_common(5)),
+            "uploaders": UPLOADERS,
+            "uploads_per_second": burst / upload_seconds,
+            "warm_floods": warm_floods,
+            "cold_starts": sum(1 for r in self.new_records() if r.init_ms is not None),
+        }
+        return figures, t0
+
+    def _unsuccessful(self, done: list[dict[str, Any]]) -> Counter[str]:
+        """Why the executions that did not succeed did not: status, error and the start of the cause, counted."""
         unsuccessful: Counter[str] = Counter()
         for e in done:
             if e["status"] != "SUCCEEDED":
-                described = sfn.describe_execution(executionArn=e["executionArn"])
+                described = self.sfn.describe_execution(executionArn=e["executionArn"])
                 unsuccessful[
                     f"{e['status']} {described.get('error', '')}: {str(described.get('cause', ''))[:160]}"
                 ] += 1
-        batch_sizes = sorted((objects_of[e["executionArn"]] for e in done), reverse=True)
-        measured = new_records()
-        records = list(seen.values())
-        names = {spec.name: key for key, spec in stack.resources.functions.items()}
-        lambda_figures = {
+        return unsuccessful
+
+    def lambda_figures(self, warm_records: list[Any]) -> dict[str, dict[str, Any]]:
+        """Per function: the warm invocations' median, every Init Duration seen, the peak memory."""
+        records = list(self.seen.values())
+        names = {spec.name: key for key, spec in self.stack.resources.functions.items()}
+        return {
             key: {
                 # the bridge's whole call: the Runtime API hand-over, the handler, the REPORT
                 "invocation_ms_median": statistics.median(
@@ -913,52 +975,25 @@ def worker_pipeline(
                     (r.max_memory_mb or 0 for r in records if names.get(r.function_name) == key), default=0
                 ),
             }
-            for key in stack.resources.functions
+            for key in self.stack.resources.functions
         }
-        burst_cost = None
-        if lambda_mode == "isolated":  # the burst (a flood) at list prices, from its measured usage
-            from inferpipe import cost
 
-            stack.flush_logs()
-            burst_cost = cost.price(cost.measure(stack, t0)).to_json()
-    warm = per_image[1:]
-    keys = (
-        "upload_to_start_ms",
-        "upload_to_result_ms",
-        "execution_ms",
-        "preprocess_ms",
-        "inference_ms",
-        "sinks_state_ms",
-        "orchestration_ms",
-    )
-    return {
-        "model": {
-            "name": model_name,
-            "dir": str(model_dir.relative_to(ROOT)),
-            "version": published.version,
-            "inference_mode": published.inference_mode,
-        },
-        "first": per_image[0],
-        "median": {k: statistics.median(r[k] for r in warm) for k in keys},
-        "images": len(warm),
-        "burst": {
-            "uploads": burst,
-            "succeeded": succeeded,
-            "seconds": last - t0,
-            "images_per_second": burst / (last - t0),
-            "executions": len(done),
-            "batch_sizes": batch_sizes,
-            "unsuccessful": dict(unsuccessful.most_common(5)),
-            "uploaders": UPLOADERS,
-            "uploads_per_second": burst / upload_seconds,
-            "warm_floods": warm_floods,
-            "cold_starts": sum(1 for r in measured if r.init_ms is not None),
-        },
-        "lambda_mode": lambda_mode,
-        "trigger": trigger,
-        "functions": lambda_figures,
-        "burst_cost": burst_cost,
-    }
+
+def _state_spans(events: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Milliseconds from each state's entry to its exit, and the Inference state's ``inference`` output."""
+    spans: dict[str, float] = {}
+    entered: dict[str, Any] = {}
+    inference: dict[str, Any] = {}
+    for e in events:
+        if e["type"] == "TaskStateExited" and e["stateExitedEventDetails"]["name"] == "Inference":
+            inference = json.loads(e["stateExitedEventDetails"]["output"])["inference"]
+        if e["type"].endswith("StateEntered"):
+            entered[e["stateEnteredEventDetails"]["name"]] = e["timestamp"]
+        elif e["type"].endswith("StateExited"):
+            name = e["stateExitedEventDetails"]["name"]
+            if name in entered:
+                spans[name] = (e["timestamp"] - entered[name]).total_seconds() * 1000.0
+    return spans, inference
 
 
 def _upload_all(endpoint_url: str, region: str, bucket: str, prefix: str, bodies: list[bytes]) -> None:
@@ -1020,6 +1055,7 @@ def _run_worker_once(args: list[str], timeout: float) -> Any:
     )
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--worker", *args],
+        check=False,  # no BENCH-RESULT line is the failure, reported below with the exit status and stderr
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -1125,6 +1161,39 @@ def _sanity(results: dict[str, Any]) -> list[str]:
     return warnings
 
 
+#: What each headline figure should reach (results.json "targets").
+BENCH_TARGETS = {
+    "resnet50.int8_vs_hybridized_b1": ">= 4",
+    "resnet50.int8_fraction_of_peak_b1": ">= 0.70",
+    "resnet50.fused_vs_hybridized_b1": ">= 1.2",
+    "preprocess.jpeg12mp_draft_speedup": ">= 3",
+    "cold.first_vs_warm": "<= 1.5",
+    "pipeline.isolated_vs_in_process_per_image": "<= 1.5",
+    "lite0.best_vs_onnxruntime_b1": ">= 1.0",
+    "lite0.int8_top1_agreement": ">= 0.95 (if int8 is the default)",
+    "cost.flood_usd_per_million_images": "<= 15",
+    "cost.flood_orchestration_share": "<= 0.25",
+    "pipeline.trickle_added_latency_ms": "<= 1500",
+    "pipeline.burst_images_per_s": ">= 31 (10 x 3.1)",
+    "resnet50.int8_b8_vs_b1_per_image": "<= 0.8",
+}
+#: How the figures were measured (results.json "notes").
+BENCH_NOTES = {
+    "ratios": "median forward ms of the slower variant / the faster one, same process, variants interleaved round "
+    "by round; latency.<model>_b<n>.paired_speedup_vs_hybridized has the median of per-round ratios",
+    "fraction_of_peak": "a variant's GMAC/s at its min ms (MACs from the fp32 graph: conv + fully connected) / the "
+    "best GMAC/s of the same dtype's GEMM kernels timed in the same worker process, interleaved; "
+    "fp32 variants (ONNX Runtime included) against the fp32 peak, int8 against the int8 peak",
+    "cold.first_vs_warm": "per fresh process: first predict() after load_model (init done) / median of the next 30 "
+    "warm predict() calls, same input path; the ratio is the median over the processes "
+    "(cold.<model>_<mode>.first_vs_warm_per_process has each one): a single first call per "
+    "process is at the mercy of one preemption on this shared 2-core VM",
+    "setup": "inputs reach MXNet through functions.inference.core.to_ndarray (mx.nd.array of >= 200k elements would "
+    "start an OpenMP team in the main thread and slow every later forward 20-35 %); ONNX Runtime's threads "
+    "do not spin between runs (they took a core from the next variant); process_threads is recorded per worker",
+}
+
+
 def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
     if quick:
         os.environ["INFERPIPE_BENCH_CACHE"] = str(ROOT / "build" / "bench-quick")
@@ -1147,6 +1216,30 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
         "cold": {},
         "ratios": {},
     }
+    _measure_inference(results, models, batches, rounds, onnx=onnx, quick=quick)
+    results["peak"] = _peak_summary(results["latency"], f"{models[0]}_b1")
+    _measure_cold(results, quick)
+    print("preprocess…", file=sys.stderr)
+    results["preprocess"] = _run_worker(["preprocess", str(3 if quick else 15), "1" if quick else "0"])
+    _measure_pipelines(results, quick)
+    _inference_ratios(results, models, batches, quick)
+    _pipeline_ratios(results["ratios"], results)
+    _sagemaker_comparison(results)
+    results["warnings"] = _sanity(results)
+    results["targets"] = dict(BENCH_TARGETS)
+    results["notes"] = dict(BENCH_NOTES)
+    results["machine"]["loadavg_1min_end"] = os.getloadavg()[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    _chart(results, chart)
+    print(table(results))
+    return results
+
+
+def _measure_inference(
+    results: dict[str, Any], models: list[str], batches: list[int], rounds: int, *, onnx: bool, quick: bool
+) -> None:
+    """The packages of each model, then each model's forward latency by batch size (ONNX Runtime beside)."""
     for model in models:
         print(f"preparing {model} packages…", file=sys.stderr)
         results["prepare"][model] = _run_worker(["prepare", model, str(8 if quick else 32)])
@@ -1161,7 +1254,10 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
                     _merge_onnxruntime(latency, _run_worker(["onnxruntime", model, str(batch), str(rounds)]))
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:  # the control is optional
                     latency["errors"]["onnxruntime"] = str(exc)[-300:]
-    results["peak"] = _peak_summary(results["latency"], f"{models[0]}_b1")
+
+
+def _measure_cold(results: dict[str, Any], quick: bool) -> None:
+    """Cold starts: the first prediction of fresh processes against their warm ones."""
     cold_targets = (
         [("demo", "int8")]
         if quick
@@ -1171,8 +1267,10 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
     for model, mode in cold_targets:
         print(f"cold start {model} {mode}…", file=sys.stderr)
         results["cold"][f"{model}_{mode}"] = _cold_summary([_run_worker(["cold", model, mode]) for _ in range(repeats)])
-    print("preprocess…", file=sys.stderr)
-    results["preprocess"] = _run_worker(["preprocess", str(3 if quick else 15), "1" if quick else "0"])
+
+
+def _measure_pipelines(results: dict[str, Any], quick: bool) -> None:
+    """The local stack end to end: per-image times and a flood, by Lambda mode and trigger."""
     for key, mode, trigger in (
         ("pipeline", "isolated", "direct"),
         ("pipeline_batched", "isolated", "batched"),
@@ -1196,7 +1294,10 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             results["pipeline_lite0"] = {"error": str(exc)[-1500:]}
 
-    # ---- ratios (each > 1 means faster, except cold.first_vs_warm: lower is better)
+
+def _inference_ratios(results: dict[str, Any], models: list[str], batches: list[int], quick: bool) -> None:
+    """Ratios of the inference variants, preprocessing and cold starts (each > 1 means faster,
+    except cold.first_vs_warm: lower is better)."""
     r = results["ratios"]
     main_model = models[0]
     prefix = "resnet50" if main_model == "resnet50_v1" else main_model
@@ -1225,6 +1326,14 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
     )
     cold_key = next(iter(results["cold"]))  # resnet50_v1_int8 (demo_int8 in the quick run)
     r["cold.first_vs_warm"] = results["cold"][cold_key]["first_vs_warm"]
+    if not quick and "resnet50_v1_b8" in results["latency"]:
+        v1, v8 = results["latency"]["resnet50_v1_b1"]["variants"], results["latency"]["resnet50_v1_b8"]["variants"]
+        if "int8" in v1 and "int8" in v8:
+            r["resnet50.int8_b8_vs_b1_per_image"] = (v8["int8"]["median_ms"] / 8) / v1["int8"]["median_ms"]
+
+
+def _pipeline_ratios(r: dict[str, Any], results: dict[str, Any]) -> None:
+    """Ratios of the pipeline runs: isolated against in-process, direct against batched, and their cost."""
     isolated, in_process = results.get("pipeline", {}), results.get("pipeline_in_process", {})
     if "median" in isolated and "median" in in_process:  # same model, same images, one run
         r["pipeline.isolated_vs_in_process_per_image"] = (
@@ -1251,47 +1360,6 @@ def run(quick: bool, out: Path, chart: Path, onnx: bool) -> dict[str, Any]:
         r["pipeline.batched_vs_direct_burst"] = (
             batched["burst"]["images_per_second"] / isolated["burst"]["images_per_second"]
         )
-    _sagemaker_comparison(results)
-    if not quick and "resnet50_v1_b8" in results["latency"]:
-        v1, v8 = results["latency"]["resnet50_v1_b1"]["variants"], results["latency"]["resnet50_v1_b8"]["variants"]
-        if "int8" in v1 and "int8" in v8:
-            r["resnet50.int8_b8_vs_b1_per_image"] = (v8["int8"]["median_ms"] / 8) / v1["int8"]["median_ms"]
-    results["warnings"] = _sanity(results)
-    results["targets"] = {
-        "resnet50.int8_vs_hybridized_b1": ">= 4",
-        "resnet50.int8_fraction_of_peak_b1": ">= 0.70",
-        "resnet50.fused_vs_hybridized_b1": ">= 1.2",
-        "preprocess.jpeg12mp_draft_speedup": ">= 3",
-        "cold.first_vs_warm": "<= 1.5",
-        "pipeline.isolated_vs_in_process_per_image": "<= 1.5",
-        "lite0.best_vs_onnxruntime_b1": ">= 1.0",
-        "lite0.int8_top1_agreement": ">= 0.95 (if int8 is the default)",
-        "cost.flood_usd_per_million_images": "<= 15",
-        "cost.flood_orchestration_share": "<= 0.25",
-        "pipeline.trickle_added_latency_ms": "<= 1500",
-        "pipeline.burst_images_per_s": ">= 31 (10 x 3.1)",
-        "resnet50.int8_b8_vs_b1_per_image": "<= 0.8",
-    }
-    results["notes"] = {
-        "ratios": "median forward ms of the slower variant / the faster one, same process, variants interleaved round "
-        "by round; latency.<model>_b<n>.paired_speedup_vs_hybridized has the median of per-round ratios",
-        "fraction_of_peak": "a variant's GMAC/s at its min ms (MACs from the fp32 graph: conv + fully connected) / the "
-        "best GMAC/s of the same dtype's GEMM kernels timed in the same worker process, interleaved; "
-        "fp32 variants (ONNX Runtime included) against the fp32 peak, int8 against the int8 peak",
-        "cold.first_vs_warm": "per fresh process: first predict() after load_model (init done) / median of the next 30 "
-        "warm predict() calls, same input path; the ratio is the median over the processes "
-        "(cold.<model>_<mode>.first_vs_warm_per_process has each one): a single first call per "
-        "process is at the mercy of one preemption on this shared 2-core VM",
-        "setup": "inputs reach MXNet through functions.inference.core.to_ndarray (mx.nd.array of >= 200k elements would "
-        "start an OpenMP team in the main thread and slow every later forward 20-35 %); ONNX Runtime's threads "
-        "do not spin between runs (they took a core from the next variant); process_threads is recorded per worker",
-    }
-    results["machine"]["loadavg_1min_end"] = os.getloadavg()[0]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    _chart(results, chart)
-    print(table(results))
-    return results
 
 
 def _sagemaker_comparison(results: dict[str, Any]) -> None:
@@ -1480,7 +1548,7 @@ def _chart(results: dict[str, Any], path: Path) -> None:
         return
     keys = list(results["latency"])
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes[0], keys, strict=True):
         variants = [v for v in VARIANTS if v in results["latency"][key]["variants"]]
         values = [results["latency"][key]["variants"][v]["median_ms"] for v in variants]
         bars = ax.bar(
