@@ -178,8 +178,10 @@ def _executions(args: argparse.Namespace) -> int:
             detail = executions.show(target, args.execution, with_logs=not args.no_logs)
         except ValueError as bad:
             return _error(bad)
-        shown = detail.to_dict()
-        print(json.dumps(shown, ensure_ascii=False, indent=2) if args.json else executions.format_detail(detail))
+        if args.json:
+            print(json.dumps(detail.to_dict(), ensure_ascii=False, indent=2))
+        else:
+            print(executions.format_detail(detail))
         return 0
     since = datetime.now(UTC) - args.since if args.since else None
     try:
@@ -195,8 +197,10 @@ def _executions(args: argparse.Namespace) -> int:
         key=args.key,
         limit=args.limit,
     )
-    listed = [asdict(row) for row in rows]
-    print(json.dumps(listed, ensure_ascii=False, indent=2) if args.json else executions.format_rows(rows))
+    if args.json:
+        print(json.dumps([asdict(row) for row in rows], ensure_ascii=False, indent=2))
+    else:
+        print(executions.format_rows(rows))
     return 0
 
 

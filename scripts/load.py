@@ -128,7 +128,7 @@ class Report:
 
 
 def _labels() -> list[str]:
-    from inferpipe.demo_model.shapes import CLASSES  # type: ignore[attr-defined]
+    from inferpipe.demo_model.shapes import CLASSES
 
     return list(CLASSES)
 
