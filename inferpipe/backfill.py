@@ -74,7 +74,9 @@ def parse_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def backfill_input(target: Any, bucket: str, prefix: str, batch_size: int | None, options: dict[str, Any]) -> dict[str, Any]:
+def backfill_input(
+    target: Any, bucket: str, prefix: str, batch_size: int | None, options: dict[str, Any]
+) -> dict[str, Any]:
     """The backfill state machine's input (see the Comment of backfill.asl.json)."""
     limit = int(target.resources.settings["MAX_BATCH_OBJECTS"])
     size = batch_size or limit
@@ -90,7 +92,9 @@ def backfill_input(target: Any, bucket: str, prefix: str, batch_size: int | None
     }
 
 
-def _tally(summary: Summary, target: Any, status: str, execution_arn: str | None, objects: int, error: str | None) -> None:
+def _tally(
+    summary: Summary, target: Any, status: str, execution_arn: str | None, objects: int, error: str | None
+) -> None:
     """Add one batch's outcome, object by object, as ``inferpipe classify`` decides it (:func:`object_error`)."""
     summary.batches += 1
     # ERROR: the batch's outcome is unknown (it could not start, or the stack failed while it ran)
@@ -148,10 +152,14 @@ def _definition_values(target: Any) -> dict[str, str]:
     }
 
 
-def _run_locally(target: Any, state_input: dict[str, Any], summary: Summary, dry_run: bool, on_progress: Callable[[str], None] | None) -> None:
+def _run_locally(
+    target: Any, state_input: dict[str, Any], summary: Summary, dry_run: bool, on_progress: Callable[[str], None] | None
+) -> None:
     from inferpipe.local.distributed_map import load_map_state, run_distributed_map
 
-    state = load_map_state(target.resources.backfill.definition_path.read_text(encoding="utf-8"), _definition_values(target))
+    state = load_map_state(
+        target.resources.backfill.definition_path.read_text(encoding="utf-8"), _definition_values(target)
+    )
 
     def progress(run: Any) -> None:
         if on_progress:
@@ -171,7 +179,9 @@ def _run_locally(target: Any, state_input: dict[str, Any], summary: Summary, dry
     summary.status = run.status
 
 
-def _run_on_aws(target: Any, state_input: dict[str, Any], summary: Summary, dry_run: bool, on_progress: Callable[[str], None] | None) -> None:
+def _run_on_aws(
+    target: Any, state_input: dict[str, Any], summary: Summary, dry_run: bool, on_progress: Callable[[str], None] | None
+) -> None:
     s3, sfn = target.client("s3"), target.client("stepfunctions")
     if dry_run:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=state_input["bucket"], Prefix=state_input["prefix"])
@@ -193,10 +203,19 @@ def _run_on_aws(target: Any, state_input: dict[str, Any], summary: Summary, dry_
         for page in sfn.get_paginator("list_executions").paginate(mapRunArn=run["mapRunArn"]):
             for child in page["executions"]:
                 output = json.loads(sfn.describe_execution(executionArn=child["executionArn"]).get("output") or "{}")
-                child_input = json.loads(sfn.describe_execution(executionArn=child["executionArn"]).get("input") or "{}")
+                child_input = json.loads(
+                    sfn.describe_execution(executionArn=child["executionArn"]).get("input") or "{}"
+                )
                 objects = len(child_input.get("Items") or [])
                 pipeline_arn = output.get("execution_arn") or _failed_execution_arn(output.get("cause"))
-                _tally(summary, target, str(output.get("status") or child["status"]), pipeline_arn, objects, output.get("error"))
+                _tally(
+                    summary,
+                    target,
+                    str(output.get("status") or child["status"]),
+                    pipeline_arn,
+                    objects,
+                    output.get("error"),
+                )
 
 
 def _failed_execution_arn(cause: Any) -> str | None:
@@ -214,8 +233,10 @@ def format_summary(summary: Summary) -> str:
     if summary.dry_run:
         lines.append(f"  {summary.objects} objects in {summary.batches} batches (dry run: nothing started)")
         return "\n".join(lines)
-    lines.append(f"  objects {summary.objects}   succeeded {summary.succeeded}   failed {summary.failed}   "
-                 f"executions {summary.executions}   {summary.seconds:.1f} s")
+    lines.append(
+        f"  objects {summary.objects}   succeeded {summary.succeeded}   failed {summary.failed}   "
+        f"executions {summary.executions}   {summary.seconds:.1f} s"
+    )
     for error, count in summary.errors.most_common():
         lines.append(f"  failed {error}: {count}")
     if summary.results:

@@ -16,7 +16,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from functions.common.aws import error_name
 from functions.common.batch import named_objects
 from functions.common.request import META_MODEL, META_MODEL_VERSION, META_TOP_K
 from functions.common.work import CLASSIFIED, CLASSIFIED_STATUS, PREPROCESSED, work_key
+from inferpipe.present import table
 from inferpipe.target import Target
 
 UPLOAD_PREFIX = "incoming/"
@@ -109,7 +110,9 @@ def upload(target: Target, path: Path, options: UploadOptions, result: FileResul
 def _names(execution_input: Any, bucket: str, key: str, version_id: str | None) -> bool:
     """Whether an execution's input (any shape: an S3 event, a queued batch, a manual batch) names the object."""
     return any(
-        obj["bucket"] == bucket and obj["key"] == key and (version_id is None or obj.get("version_id") in (None, version_id))
+        obj["bucket"] == bucket
+        and obj["key"] == key
+        and (version_id is None or obj.get("version_id") in (None, version_id))
         for obj in named_objects(execution_input)
     )
 
@@ -150,7 +153,10 @@ def failed_delivery(target: Target, execution_arn: str) -> dict[str, str] | None
                 continue
             for delivery in scheduled.get("deliveries") or []:
                 if isinstance(delivery, dict) and delivery.get("status") == "FAILED":
-                    return {"type": str(delivery.get("error")), "message": _cause_message(str(delivery.get("cause") or ""))}
+                    return {
+                        "type": str(delivery.get("error")),
+                        "message": _cause_message(str(delivery.get("cause") or "")),
+                    }
             return {}
     return None
 
@@ -158,7 +164,9 @@ def failed_delivery(target: Target, execution_arn: str) -> dict[str, str] | None
 def _entry_for(entries: list[dict[str, Any]], result: FileResult) -> dict[str, Any] | None:
     for entry in entries:
         source = entry.get("source") or {}
-        if source.get("key") == result.key and (result.version_id is None or source.get("version_id") in (None, result.version_id)):
+        if source.get("key") == result.key and (
+            result.version_id is None or source.get("version_id") in (None, result.version_id)
+        ):
             return entry
     return None
 
@@ -197,7 +205,9 @@ def object_error(
             return execution_error
         return noted or None  # {}: RecordFailure ran for other objects, every sink delivered this one
     if entry is not None and entry.get("error"):
-        return _error(str(entry["error"].get("type") or execution_error["type"]), str(entry["error"].get("message") or ""))
+        return _error(
+            str(entry["error"].get("type") or execution_error["type"]), str(entry["error"].get("message") or "")
+        )
     return execution_error
 
 
@@ -211,7 +221,9 @@ def _outcome(
     arn = result.execution_arn = described["executionArn"]
     status = described["status"]
     entry = _entry_for(entries, result)
-    execution_error = _error(described.get("error") or status, _cause_message(described.get("cause") or "") or f"execution ended {status}")
+    execution_error = _error(
+        described.get("error") or status, _cause_message(described.get("cause") or "") or f"execution ended {status}"
+    )
     result.error = object_error(entry, status == "SUCCEEDED", lambda: failure_of(arn), execution_error)
     result.status = "failed" if result.error else "succeeded"
     if entry is not None and entry.get("status") == CLASSIFIED_STATUS:
@@ -240,8 +252,11 @@ def deployed_default_model(target: Target) -> str:
     its executions pass to Preprocess), which a deployment or a local stack may have set otherwise
     than config/stack.json."""
     try:
-        definition = json.loads(target.client("stepfunctions").describe_state_machine(
-            stateMachineArn=target.state_machine_arn)["definition"])
+        definition = json.loads(
+            target.client("stepfunctions").describe_state_machine(stateMachineArn=target.state_machine_arn)[
+                "definition"
+            ]
+        )
         return str(definition["States"]["Preprocess"]["Parameters"]["defaults"]["model"])
     except (ClientError, KeyError, TypeError, ValueError):
         return str(target.resources.settings["DEFAULT_MODEL"])
@@ -267,11 +282,17 @@ def ensure_model(target: Target, options: UploadOptions, say: Callable[[str], No
     if models.list_versions(s3, bucket, name):
         return None
     where = "the local stack" if target.endpoint_url else f"the model bucket {bucket}"
-    built = [d for d in (BUILD_DIR / "models" / name, *([BUILD_DIR / "demo-model"] if name == "demo" else [])) if (d / MANIFEST_FILE).exists()]
+    built = [
+        d
+        for d in (BUILD_DIR / "models" / name, *([BUILD_DIR / "demo-model"] if name == "demo" else []))
+        if (d / MANIFEST_FILE).exists()
+    ]
     if not target.endpoint_url or not built or (options.model_version not in (None, "prod")):
         why = " (a new local stack starts empty)" if target.endpoint_url else ""
-        raise NoModelError(f"{where} has no model {name!r} published{why}; publish one with:\n"
-                           f"  {_fix_command(name)}" + ("" if target.endpoint_url else "   (with --aws)"))
+        raise NoModelError(
+            f"{where} has no model {name!r} published{why}; publish one with:\n"
+            f"  {_fix_command(name)}" + ("" if target.endpoint_url else "   (with --aws)")
+        )
     published = models.publish(s3, bucket, built[0], name=name, alias="prod")
     say(f"{where} had no model {name!r}: published {built[0]} as version {published.version}, alias prod")
     return str(published.version)
@@ -294,9 +315,35 @@ def classify_files(
     gets that error: nothing already known is lost.
     """
     sfn = target.client("stepfunctions")
-    bucket = target.resources.buckets["input"]
-    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    since = datetime.now(UTC) - timedelta(seconds=5)
     results = [FileResult(file=str(path)) for path in paths]
+    pending = _upload_all(target, paths, options, results, on_upload)
+    waiter = _Waiter(target, sfn, results, since, on_progress)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        try:
+            waiter.poll(pending)
+        except (BotoCoreError, ClientError) as exc:
+            broken = _stopped(exc, "waiting for the executions")
+            for index in pending:
+                results[index].status, results[index].error = "failed", dict(broken)
+            return results
+        if pending:
+            time.sleep(poll)
+    for index in pending:
+        results[index].error = _unfinished(target, results[index], timeout)
+    return results
+
+
+def _upload_all(
+    target: Target,
+    paths: Sequence[Path],
+    options: UploadOptions,
+    results: list[FileResult],
+    on_upload: Callable[[FileResult], None] | None,
+) -> dict[int, float]:
+    """Upload each file; index -> upload time of those uploaded. After the stack or the network
+    failed, the files not yet uploaded get that error instead."""
     started: dict[int, float] = {}
     broken: dict[str, str] | None = None  # the error that stopped the run, for every file not finished
     for index, path in enumerate(paths):
@@ -315,75 +362,104 @@ def classify_files(
             results[index].error = dict(broken)
         if on_upload:
             on_upload(results[index])
-    pending = dict(started)
-    claimed: set[tuple[str, str, str | None]] = set()
-    inputs: dict[str, Any] = {}
-    entries: dict[str, list[dict[str, Any]]] = {}
-    deadline = time.monotonic() + timeout
+    return started
 
-    failures: dict[str, dict[str, str] | None] = {}
 
-    def failure_of(execution_arn: str) -> dict[str, str] | None:
+class _Waiter:
+    """Finds each uploaded file's execution and collects its outcome once it has finished."""
+
+    def __init__(
+        self,
+        target: Target,
+        sfn: Any,
+        results: list[FileResult],
+        since: datetime,
+        on_progress: Callable[[FileResult], None] | None,
+    ) -> None:
+        self.target, self.sfn, self.results, self.since, self.on_progress = target, sfn, results, since, on_progress
+        self.bucket = target.resources.buckets["input"]
+        self.claimed: set[tuple[str, str, str | None]] = set()
+        self.inputs: dict[str, Any] = {}
+        self.entries: dict[str, list[dict[str, Any]]] = {}
+        self.failures: dict[str, dict[str, str] | None] = {}
+
+    def failure_of(self, execution_arn: str) -> dict[str, str] | None:
         """The sink that failed in this execution, if one did (then the file counts as failed)."""
-        if execution_arn not in failures:
-            failures[execution_arn] = failed_delivery(target, execution_arn)
-        return failures[execution_arn]
+        if execution_arn not in self.failures:
+            self.failures[execution_arn] = failed_delivery(self.target, execution_arn)
+        return self.failures[execution_arn]
 
-    def _poll(pending: dict[int, float]) -> None:
-        executions = _recent_executions(sfn, target.state_machine_arn, since)
+    def poll(self, pending: dict[int, float]) -> None:
+        """One look at the recent executions; the files whose execution finished leave ``pending``."""
+        executions = _recent_executions(self.sfn, self.target.state_machine_arn, self.since)
         for summary in executions:
             arn = summary["executionArn"]
-            if arn not in inputs:
-                described = sfn.describe_execution(executionArn=arn)
-                inputs[arn] = json.loads(described.get("input") or "{}")
+            if arn not in self.inputs:
+                described = self.sfn.describe_execution(executionArn=arn)
+                self.inputs[arn] = json.loads(described.get("input") or "{}")
         for index in list(pending):
-            result = results[index]
+            result = self.results[index]
             if result.execution_arn is None:
-                for summary in reversed(executions):  # oldest first: a re-uploaded key finds its later execution next
-                    arn = summary["executionArn"]
-                    claim = (arn, result.key or "", result.version_id)
-                    if claim not in claimed and _names(inputs[arn], bucket, result.key or "", result.version_id):
-                        result.execution_arn = arn
-                        claimed.add(claim)
-                        break
+                self._claim(result, executions)
             if result.execution_arn is None:
                 continue
-            described = sfn.describe_execution(executionArn=result.execution_arn)
+            described = self.sfn.describe_execution(executionArn=result.execution_arn)
             if described["status"] == "RUNNING":
                 continue
-            if result.execution_arn not in entries:
-                entries[result.execution_arn] = execution_results(target, result.execution_arn)
-            _outcome(result, described, entries[result.execution_arn], failure_of)
+            if result.execution_arn not in self.entries:
+                self.entries[result.execution_arn] = execution_results(self.target, result.execution_arn)
+            _outcome(result, described, self.entries[result.execution_arn], self.failure_of)
             result.seconds = round(time.monotonic() - pending.pop(index), 3)
-            if on_progress:
-                on_progress(result)
+            if self.on_progress:
+                self.on_progress(result)
 
-    while pending and time.monotonic() < deadline:
-        try:
-            _poll(pending)
-        except (BotoCoreError, ClientError) as exc:
-            broken = _stopped(exc, "waiting for the executions")
-            for index in pending:
-                results[index].status, results[index].error = "failed", dict(broken)
-            return results
-        if pending:
-            time.sleep(poll)
-    for index in pending:
-        result = results[index]
-        if result.execution_arn is None:
-            result.error = _error(
-                "NotStarted",
-                f"no execution started for s3://{bucket}/{result.key} within {timeout:.0f} s "
-                f"(is the EventBridge rule {target.resources.trigger_rule} enabled?)",
+    def _claim(self, result: FileResult, executions: Sequence[dict[str, Any]]) -> None:
+        """The first execution not yet claimed that names the file's object version becomes its own."""
+        for summary in reversed(executions):  # oldest first: a re-uploaded key finds its later execution next
+            arn = summary["executionArn"]
+            claim = (arn, result.key or "", result.version_id)
+            if claim not in self.claimed and _names(self.inputs[arn], self.bucket, result.key or "", result.version_id):
+                result.execution_arn = arn
+                self.claimed.add(claim)
+                return
+
+
+def _unfinished(target: Target, result: FileResult, timeout: float) -> dict[str, str]:
+    """The error of a file whose execution did not start, or did not finish, within ``timeout``."""
+    if result.execution_arn is None:
+        return _error(
+            "NotStarted",
+            f"no execution started for s3://{target.resources.buckets['input']}/{result.key} within {timeout:.0f} s "
+            f"(is the EventBridge rule {target.resources.trigger_rule} enabled?)",
+        )
+    return _error("Timeout", f"execution still running after {timeout:.0f} s: {result.execution_arn}")
+
+
+def format_results(results: Sequence[FileResult]) -> str:
+    """A plain table: file, top-1 label, probability, model version, seconds, status, error."""
+    rows = [("FILE", "TOP-1", "PROB", "MODEL VERSION", "SECONDS", "STATUS", "ERROR")]
+    for result in results:
+        top1 = result.top_k[0] if result.top_k else None
+        error = f"{result.error['type']}: {result.error['message']}" if result.error else ""
+        rows.append(
+            (
+                result.file,
+                top1["label"] if top1 else "-",
+                f"{top1['probability']:.3f}" if top1 else "-",
+                result.model_version or "-",
+                f"{result.seconds:.2f}" if result.seconds is not None else "-",
+                result.status,
+                error,  # the last column, never cut: the useful part of a message is often at its end
             )
-        else:
-            result.error = _error("Timeout", f"execution still running after {timeout:.0f} s: {result.execution_arn}")
-    return results
+        )
+    return table(rows)
 
 
 def _stopped(exc: BaseException, doing: str) -> dict[str, str]:
     """The error of every file not finished when the stack or the network failed."""
-    return _error(error_name(exc), f"{exc} (while {doing}: the stack or the network failed; files already finished are reported)")
+    return _error(
+        error_name(exc), f"{exc} (while {doing}: the stack or the network failed; files already finished are reported)"
+    )
 
 
 def _recent_executions(sfn: Any, state_machine_arn: str, since: datetime) -> list[dict[str, Any]]:
@@ -396,7 +472,7 @@ def _recent_executions(sfn: Any, state_machine_arn: str, since: datetime) -> lis
         for summary in page["executions"]:
             start = summary["startDate"]
             if start.tzinfo is None:
-                start = start.replace(tzinfo=timezone.utc)
+                start = start.replace(tzinfo=UTC)
             if start >= since:
                 found.append(summary)
             else:

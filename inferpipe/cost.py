@@ -38,20 +38,23 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from functions.common.batch import named_objects
 from inferpipe.local.usage import CLIENT, USAGE_PATH
 from inferpipe.paths import REPO_ROOT
+from inferpipe.present import table
 
 PRICES_FILE = REPO_ROOT / "config" / "prices.json"
 #: CloudWatch Logs bills each event's message plus this much metadata.
 LOG_EVENT_OVERHEAD_BYTES = 26
 _REPORT = re.compile(r"^REPORT RequestId: \S+\tDuration: [\d.]+ ms\tBilled Duration: (\d+) ms\tMemory Size: (\d+) MB")
 #: S3 operations by price class (https://aws.amazon.com/s3/pricing/: PUT, COPY, POST, LIST / GET, SELECT, HEAD; DELETE free).
-S3_PUT_CLASS = frozenset({"PutObject", "CopyObject", "ListObjects", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"})
+S3_PUT_CLASS = frozenset(
+    {"PutObject", "CopyObject", "ListObjects", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"}
+)
 S3_GET_CLASS = frozenset({"GetObject", "HeadObject"})
 DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 DYNAMODB_READS = frozenset({"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"})
@@ -139,7 +142,7 @@ class Estimate:
         per_image = self.usd_per_image
         total = self.usd_total
         return {
-            "since": datetime.fromtimestamp(self.usage.since, tz=timezone.utc).isoformat(),
+            "since": datetime.fromtimestamp(self.usage.since, tz=UTC).isoformat(),
             "images": self.usage.images,
             "executions": self.usage.executions,
             "usd_total": total,
@@ -148,9 +151,16 @@ class Estimate:
             "by_service": self.by_service(),
             "orchestration_share": (self.by_service().get("Step Functions", 0.0) / total) if total else None,
             "lines": [
-                {"service": l.service, "item": l.item, "quantity": l.quantity, "unit": l.price.unit,
-                 "usd_per_unit": l.price.usd / l.price.per, "usd": l.usd, "price_source": l.price.source}
-                for l in self.lines
+                {
+                    "service": line.service,
+                    "item": line.item,
+                    "quantity": line.quantity,
+                    "unit": line.price.unit,
+                    "usd_per_unit": line.price.usd / line.price.per,
+                    "usd": line.usd,
+                    "price_source": line.price.source,
+                }
+                for line in self.lines
             ],
         }
 
@@ -159,18 +169,29 @@ def price(usage: Usage, prices: Mapping[str, Price] | None = None) -> Estimate:
     """The bill for ``usage``: one line per priced item, zero-quantity lines left out."""
     p = dict(prices or load_prices())
     candidates = [
-        Line("Step Functions", "state transitions (Standard)", usage.transitions, p["stepfunctions.standard_transitions"]),
+        Line(
+            "Step Functions", "state transitions (Standard)", usage.transitions, p["stepfunctions.standard_transitions"]
+        ),
         Line("Lambda", "requests", usage.lambda_requests, p["lambda.requests"]),
         *(
-            [Line("Lambda", f"GB-seconds ({name})", gb_s, p["lambda.gb_seconds"])
-             for name, gb_s in sorted(usage.lambda_gb_seconds_by_function.items())]
+            [
+                Line("Lambda", f"GB-seconds ({name})", gb_s, p["lambda.gb_seconds"])
+                for name, gb_s in sorted(usage.lambda_gb_seconds_by_function.items())
+            ]
             if usage.lambda_gb_seconds_by_function
             else [Line("Lambda", "GB-seconds", usage.lambda_gb_seconds, p["lambda.gb_seconds"])]
         ),
         Line("S3", "PUT/COPY/POST/LIST requests", usage.units("s3", S3_PUT_CLASS), p["s3.put_requests"]),
         Line("S3", "GET/HEAD requests", usage.units("s3", S3_GET_CLASS), p["s3.get_requests"]),
-        Line("DynamoDB", "write request units", usage.units("dynamodb", DYNAMODB_WRITES), p["dynamodb.write_request_units"]),
-        Line("DynamoDB", "read request units", usage.units("dynamodb", DYNAMODB_READS), p["dynamodb.read_request_units"]),
+        Line(
+            "DynamoDB",
+            "write request units",
+            usage.units("dynamodb", DYNAMODB_WRITES),
+            p["dynamodb.write_request_units"],
+        ),
+        Line(
+            "DynamoDB", "read request units", usage.units("dynamodb", DYNAMODB_READS), p["dynamodb.read_request_units"]
+        ),
         Line("SNS", "requests", usage.units("sns"), p["sns.requests"]),
         Line("SQS", "requests", usage.units("sqs"), p["sqs.requests"]),
         Line("SQS", "trigger buffer SendMessage (by EventBridge)", usage.queued_events, p["sqs.requests"]),
@@ -232,7 +253,15 @@ def measure(target: Any, since: float) -> Usage:
     if getattr(target, "endpoint_url", None) is None:
         raise ValueError("inferpipe cost prices the local stack's work; on AWS, read Cost Explorer or the CUR")
     usage = Usage(since=since)
-    with urllib.request.urlopen(f"{target.endpoint_url}{USAGE_PATH}?since={since}", timeout=30) as answer:  # noqa: S310 - loopback
+    _add_requests(usage, target.endpoint_url, since)
+    _add_lambda_logs(usage, target, since)
+    _add_executions(usage, target, since)
+    return usage
+
+
+def _add_requests(usage: Usage, endpoint_url: str, since: float) -> None:
+    """The AWS requests the stack served since ``since``, by service and operation (not this tool's own)."""
+    with urllib.request.urlopen(f"{endpoint_url}{USAGE_PATH}?since={since}", timeout=30) as answer:
         by_caller = json.loads(answer.read())["usage"]
     for caller, services in by_caller.items():
         if caller == CLIENT:
@@ -242,6 +271,10 @@ def measure(target: Any, since: float) -> Usage:
                 merged = usage.requests.setdefault(service, {}).setdefault(operation, {"requests": 0, "units": 0})
                 merged["requests"] += entry["requests"]
                 merged["units"] += entry["units"]
+
+
+def _add_lambda_logs(usage: Usage, target: Any, since: float) -> None:
+    """Log bytes ingested, and the invocations and GB-seconds of each function's REPORT lines."""
     logs = target.client("logs")
     for function, spec in target.resources.functions.items():
         request = {"logGroupName": f"/aws/lambda/{spec.name}", "startTime": int(since * 1000)}
@@ -249,40 +282,55 @@ def measure(target: Any, since: float) -> Usage:
             pages = list(logs.get_paginator("filter_log_events").paginate(**request))
         except logs.exceptions.ResourceNotFoundException:
             continue
-        for page in pages:
-            for event in page["events"]:
-                message = str(event["message"])
-                usage.log_bytes += len(message.encode("utf-8")) + LOG_EVENT_OVERHEAD_BYTES
-                report = _REPORT.match(message)
-                if report:
-                    usage.lambda_requests += 1
-                    gb_s = int(report.group(1)) / 1000 * int(report.group(2)) / 1024
-                    usage.lambda_gb_seconds += gb_s
-                    usage.lambda_gb_seconds_by_function[function] = usage.lambda_gb_seconds_by_function.get(function, 0.0) + gb_s
+        for message in (str(event["message"]) for page in pages for event in page["events"]):
+            usage.log_bytes += len(message.encode("utf-8")) + LOG_EVENT_OVERHEAD_BYTES
+            report = _REPORT.match(message)
+            if report:
+                usage.lambda_requests += 1
+                gb_s = int(report.group(1)) / 1000 * int(report.group(2)) / 1024
+                usage.lambda_gb_seconds += gb_s
+                usage.lambda_gb_seconds_by_function[function] = (
+                    usage.lambda_gb_seconds_by_function.get(function, 0.0) + gb_s
+                )
+
+
+def _add_executions(usage: Usage, target: Any, since: float) -> None:
+    """State transitions, images and the S3 events that started the executions begun since ``since``."""
     sfn = target.client("stepfunctions")
     for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=target.state_machine_arn):
         for summary in page["executions"]:
             if summary["startDate"].timestamp() < since:
                 continue
-            history = [e for hp in sfn.get_paginator("get_execution_history").paginate(executionArn=summary["executionArn"]) for e in hp["events"]]
+            history = [
+                e
+                for hp in sfn.get_paginator("get_execution_history").paginate(executionArn=summary["executionArn"])
+                for e in hp["events"]
+            ]
             usage.transitions += _history_transitions(history)
-            started = next((e for e in history if e["type"] == "ExecutionStarted"), None)
-            try:
-                execution_input = json.loads(started["executionStartedEventDetails"].get("input") or "{}") if started else {}
-            except ValueError:
-                execution_input = None
-            objects = len(named_objects(execution_input))
-            usage.images += objects
-            usage.executions += 1
-            if isinstance(execution_input, list):
-                # Queued (the batched trigger): each object was an S3 event the rule sent to the
-                # buffer queue, one SendMessage each by EventBridge, which the stack does not see
-                # as a request (moto delivers rule targets internally).
-                usage.s3_events += objects
-                usage.queued_events += objects
-            elif isinstance(execution_input, dict) and execution_input.get("detail-type") == "Object Created":
-                usage.s3_events += 1
-    return usage
+            _add_input(usage, _execution_input(history))
+
+
+def _execution_input(history: list[dict[str, Any]]) -> Any:
+    """The input the execution started with ({} when its history has no start, None when not JSON)."""
+    started = next((e for e in history if e["type"] == "ExecutionStarted"), None)
+    try:
+        return json.loads(started["executionStartedEventDetails"].get("input") or "{}") if started else {}
+    except ValueError:
+        return None
+
+
+def _add_input(usage: Usage, execution_input: Any) -> None:
+    objects = len(named_objects(execution_input))
+    usage.images += objects
+    usage.executions += 1
+    if isinstance(execution_input, list):
+        # Queued (the batched trigger): each object was an S3 event the rule sent to the
+        # buffer queue, one SendMessage each by EventBridge, which the stack does not see
+        # as a request (moto delivers rule targets internally).
+        usage.s3_events += objects
+        usage.queued_events += objects
+    elif isinstance(execution_input, dict) and execution_input.get("detail-type") == "Object Created":
+        usage.s3_events += 1
 
 
 def format_table(estimate: Estimate) -> str:
@@ -290,16 +338,31 @@ def format_table(estimate: Estimate) -> str:
     rows = [("SERVICE", "ITEM", "QUANTITY", "USD PER UNIT", "USD")]
     for line in estimate.lines:
         whole = float(line.quantity).is_integer()
-        quantity = f"{int(line.quantity):,}" if whole else (f"{line.quantity:,.3f}" if line.quantity >= 1 else f"{line.quantity:.3g}")
-        rows.append((line.service, line.item, quantity, f"{line.price.usd / line.price.per:.10f}".rstrip("0"), f"{line.usd:.8f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    text = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+        quantity = (
+            f"{int(line.quantity):,}"
+            if whole
+            else (f"{line.quantity:,.3f}" if line.quantity >= 1 else f"{line.quantity:.3g}")
+        )
+        rows.append(
+            (
+                line.service,
+                line.item,
+                quantity,
+                f"{line.price.usd / line.price.per:.10f}".rstrip("0"),
+                f"{line.usd:.8f}",
+            )
+        )
+    text = table(rows, right=(2, 3, 4), pad_last=True).split("\n")
     summary = estimate.to_json()
     text.append("")
-    text.append(f"images: {estimate.usage.images} in {estimate.usage.executions} executions    total: ${estimate.usd_total:.6f}")
+    text.append(
+        f"images: {estimate.usage.images} in {estimate.usage.executions} executions    total: ${estimate.usd_total:.6f}"
+    )
     if summary["usd_per_image"] is not None:
-        text.append(f"per image: ${summary['usd_per_image']:.8f}    per million images: ${summary['usd_per_million_images']:,.2f}"
-                    f"    Step Functions share: {summary['orchestration_share']:.0%}")
+        text.append(
+            f"per image: ${summary['usd_per_image']:.8f}    per million images: ${summary['usd_per_million_images']:,.2f}"
+            f"    Step Functions share: {summary['orchestration_share']:.0%}"
+        )
     text.append("prices: config/prices.json (us-east-1 list prices, no free tier; sources in the file)")
     return "\n".join(text)
 
@@ -308,4 +371,16 @@ def since_epoch(duration_s: float, now: float | None = None) -> float:
     return (time.time() if now is None else now) - duration_s
 
 
-__all__ = ["Estimate", "Line", "PRICES_FILE", "Price", "Usage", "format_table", "load_prices", "measure", "price", "sagemaker_async", "since_epoch"]
+__all__ = [
+    "PRICES_FILE",
+    "Estimate",
+    "Line",
+    "Price",
+    "Usage",
+    "format_table",
+    "load_prices",
+    "measure",
+    "price",
+    "sagemaker_async",
+    "since_epoch",
+]

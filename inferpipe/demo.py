@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 from functions.common.manifest import MANIFEST_FILE, Manifest
 from functions.sink.core import output_key
-from inferpipe.classify import FileResult, classify_files
+from inferpipe.classify import FileResult, classify_files, format_results
 from inferpipe.paths import BUILD_DIR, STATE_DIR
 from inferpipe.target import Target
 
@@ -44,17 +43,20 @@ def _samples() -> tuple[list[Path], dict[str, tuple[str, ...]]]:
 
 
 def run_demo(endpoint_url: str | None = None, port: int | None = None) -> int:
-    from inferpipe.cli import print_table
     from inferpipe.models import publish
 
     manifest = default_model_package()
     selection = manifest.metrics.get("mode_selection", {})
-    print(f"model: {MODEL_DIR} ({manifest.architecture}, {manifest.inference_mode}; "
-          f"top-1 agreement with fp32 {manifest.metrics.get('agreement_top1_vs_fp32', 1.0):.1%} on "
-          f"{selection.get('heldout_images', '?')} held-out photo views)")
+    print(
+        f"model: {MODEL_DIR} ({manifest.architecture}, {manifest.inference_mode}; "
+        f"top-1 agreement with fp32 {manifest.metrics.get('agreement_top1_vs_fp32', 1.0):.1%} on "
+        f"{selection.get('heldout_images', '?')} held-out photo views)"
+    )
     target = Target.connect(endpoint_url=endpoint_url, port=port, state_dir=STATE_DIR)
     print(f"local stack: {target.endpoint_url}")
-    published = publish(target.client("s3"), target.resources.buckets["models"], MODEL_DIR, name=MODEL_NAME, alias="prod")
+    published = publish(
+        target.client("s3"), target.resources.buckets["models"], MODEL_DIR, name=MODEL_NAME, alias="prod"
+    )
     print(f"model {MODEL_NAME} version {published.version} published, alias prod (the deployment default)")
 
     paths, expected = _samples()
@@ -62,7 +64,7 @@ def run_demo(endpoint_url: str | None = None, port: int | None = None) -> int:
     started = time.monotonic()
     results = classify_files(target, paths)
     elapsed = time.monotonic() - started
-    print_table(results)
+    print(format_results(results))
     good = [r for r in results if Path(r.file).name != BAD_SAMPLE]
     print("\ntop-5 of each photo:")
     correct = 0
@@ -91,20 +93,31 @@ def _show_sinks(target: Target, results: list[FileResult]) -> None:
         for delivery in result.deliveries:
             per_sink.setdefault(delivery["sink"], []).append(delivery["location"])
     for sink, locations in sorted(per_sink.items()):
-        distinct = Counter(locations)
-        example = locations[0]
-        print(f"  {sink:<12} {len(locations):>3} records   e.g. {example}" + ("" if len(distinct) > 1 else ""))
+        print(f"  {sink:<12} {len(locations):>3} records   e.g. {locations[0]}")
     first = next((r for r in results if r.status == "succeeded"), None)
     if first is None:
         return
     res = target.resources
-    body = target.client("s3").get_object(
-        Bucket=res.buckets["output"], Key=output_key(res.settings["OUTPUT_PREFIX"], {"bucket": res.buckets["input"], "key": first.key})
-    )["Body"].read()
+    body = (
+        target.client("s3")
+        .get_object(
+            Bucket=res.buckets["output"],
+            Key=output_key(res.settings["OUTPUT_PREFIX"], {"bucket": res.buckets["input"], "key": first.key}),
+        )["Body"]
+        .read()
+    )
     record = json.loads(body)
     print(f"\nthe S3 record of {first.file}:")
-    print(json.dumps({k: record[k] for k in ("record_id", "source", "model", "top1", "execution_id")}, indent=2, ensure_ascii=False))
+    print(
+        json.dumps(
+            {k: record[k] for k in ("record_id", "source", "model", "top1", "execution_id")},
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
     items = target.client("dynamodb").scan(TableName=res.table, Select="COUNT")["Count"]
-    print(f"\nDynamoDB table {res.table}: {items} items. Read the rest with e.g.\n"
-          f"  aws --endpoint-url {target.endpoint_url} sqs receive-message --queue-url "
-          f"{target.client('sqs').get_queue_url(QueueName=res.queue)['QueueUrl']}")
+    print(
+        f"\nDynamoDB table {res.table}: {items} items. Read the rest with e.g.\n"
+        f"  aws --endpoint-url {target.endpoint_url} sqs receive-message --queue-url "
+        f"{target.client('sqs').get_queue_url(QueueName=res.queue)['QueueUrl']}"
+    )

@@ -19,18 +19,20 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from functions.common.aws import error_code
 from functions.common.batch import named_objects
 from functions.sink import records
 from functions.sink.core import FAILURE_PREFIX
+from inferpipe.execution_path import Step, steps
+from inferpipe.present import seconds_between, table, utc_millis
+from inferpipe.replay import ALL_STATUSES
 
 #: Longest input shown for the failed state (the JSON text; ``--json`` has it whole).
 INPUT_CHARS = 2000
 FUNCTIONS = ("preprocess", "inference", "sink")
-_STATE_TYPES = ("Task", "Map", "Pass", "Choice", "Fail", "Succeed", "Wait", "Parallel")
 
 
 def clean_error(error: str | None, cause: str | None) -> dict[str, str] | None:
@@ -47,19 +49,6 @@ def clean_error(error: str | None, cause: str | None) -> dict[str, str] | None:
         message = str(parsed.get("errorMessage") or "")
         error = error or str(parsed.get("errorType") or "")
     return {"type": str(error or "Error"), "message": message}
-
-
-@dataclass(frozen=True)
-class Step:
-    """One state entered: where, how long, and how it ended."""
-
-    name: str
-    type: str
-    entered: str  # ISO 8601, UTC
-    seconds: float | None  # None while it has not exited
-    outcome: str  # "succeeded", "failed", "running" (or the execution stopped in it)
-    iteration: int | None = None  # the Map iteration it ran in
-    failed_attempts: int = 0  # attempts that failed before the last (Retry)
 
 
 @dataclass
@@ -85,22 +74,6 @@ class Detail:
         return asdict(self)
 
 
-def _iso(when: Any) -> str | None:
-    if when is None:
-        return None
-    if isinstance(when, (int, float)):
-        when = datetime.fromtimestamp(when, tz=timezone.utc)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _seconds(start: Any, end: Any) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds(), 3)
-
-
 def execution_arn(state_machine_arn: str, arn_or_name: str) -> str:
     """The ARN of an execution of ``state_machine_arn`` given its ARN or its name."""
     if arn_or_name.startswith("arn:"):
@@ -112,84 +85,9 @@ def execution_arn(state_machine_arn: str, arn_or_name: str) -> str:
 def history(sfn: Any, arn: str) -> list[dict[str, Any]]:
     """Every event of the execution, oldest first."""
     paginator = sfn.get_paginator("get_execution_history")
-    return [e for page in paginator.paginate(executionArn=arn, PaginationConfig={"PageSize": 1000}) for e in page["events"]]
-
-
-def _state_type(event_type: str) -> str:
-    for kind in _STATE_TYPES:
-        if event_type.startswith(kind):
-            return kind
-    return event_type.removesuffix("StateEntered")
-
-
-def steps(events: Sequence[Mapping[str, Any]], status: str) -> list[Step]:
-    """The states entered, in order, each with its duration and outcome.
-
-    An exit is paired with its entry by following ``previousEventId`` back from the exit (concurrent
-    Map iterations interleave their events, and each chain is its own iteration's); failed attempts
-    and the Map iteration are read on the way.
-    """
-    by_id = {int(e["id"]): e for e in events}
-    exits: dict[int, tuple[Mapping[str, Any], int, int | None]] = {}  # entry id -> (exit, failed attempts, iteration)
-    for event in events:
-        if not str(event["type"]).endswith("StateExited"):
-            continue
-        name = (event.get("stateExitedEventDetails") or {}).get("name")
-        failures, iteration, cursor = 0, None, by_id.get(int(event.get("previousEventId") or 0))
-        while cursor is not None:
-            kind = str(cursor["type"])
-            if kind.endswith("StateEntered") and (cursor.get("stateEnteredEventDetails") or {}).get("name") == name:
-                exits[int(cursor["id"])] = (event, failures, iteration)
-                break
-            if kind in ("LambdaFunctionFailed", "LambdaFunctionTimedOut", "TaskFailed", "TaskTimedOut"):
-                failures += 1
-            cursor = by_id.get(int(cursor.get("previousEventId") or 0))
-    iterations = _iterations(events, by_id)
-    ended = _iteration_ends(events)
-    found: list[Step] = []
-    for event in events:
-        kind = str(event["type"])
-        if not kind.endswith("StateEntered"):
-            continue
-        details = event.get("stateEnteredEventDetails") or {}
-        exit_event = exits.get(int(event["id"]))
-        if exit_event is not None:
-            outcome, seconds = "succeeded", _seconds(event["timestamp"], exit_event[0]["timestamp"])
-            failed_attempts = exit_event[1]
-        else:
-            outcome, seconds, failed_attempts = ("running" if status == "RUNNING" else "failed"), None, 0
-            iteration = iterations.get(int(event["id"]))
-            if iteration is not None:  # how its iteration ended: an iteration is aborted when another fails
-                outcome = next((how for at, index, how in ended if index == iteration and at > int(event["id"])), outcome)
-        found.append(Step(str(details.get("name")), _state_type(kind), _iso(event["timestamp"]) or "", seconds, outcome,
-                          iterations.get(int(event["id"])), failed_attempts))
-    return found
-
-
-def _iteration_ends(events: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, str]]:
-    """(event id, index, "failed" or "aborted") of each Map iteration that did not succeed."""
-    kinds = {"MapIterationFailed": "failed", "MapIterationAborted": "aborted"}
-    return [(int(e["id"]), int((e.get(f"{e['type'][0].lower()}{e['type'][1:]}EventDetails") or {}).get("index", -1)), kinds[e["type"]])
-            for e in events if e["type"] in kinds]
-
-
-def _iterations(events: Sequence[Mapping[str, Any]], by_id: Mapping[int, Mapping[str, Any]]) -> dict[int, int]:
-    """Entry event id -> the index of the Map iteration it ran in (its chain reaches MapIterationStarted)."""
-    found: dict[int, int] = {}
-    for event in events:
-        if not str(event["type"]).endswith("StateEntered"):
-            continue
-        cursor = by_id.get(int(event.get("previousEventId") or 0))
-        while cursor is not None:
-            kind = str(cursor["type"])
-            if kind == "MapIterationStarted":
-                found[int(event["id"])] = int((cursor.get("mapIterationStartedEventDetails") or {}).get("index", -1))
-                break
-            if kind in ("MapStateStarted", "MapStateEntered", "MapStateExited", "MapStateSucceeded", "MapStateFailed",
-                        "MapStateAborted", "ExecutionStarted", "ExecutionRedriven"):
-                break  # the chain left (or never entered) an iteration: a state outside any Map
-            cursor = by_id.get(int(cursor.get("previousEventId") or 0))
-    return found
+    return [
+        e for page in paginator.paginate(executionArn=arn, PaginationConfig={"PageSize": 1000}) for e in page["events"]
+    ]
 
 
 def _failure(events: Sequence[Mapping[str, Any]]) -> tuple[str | None, str | None]:
@@ -202,7 +100,9 @@ def _failure(events: Sequence[Mapping[str, Any]]) -> tuple[str | None, str | Non
     return None, None
 
 
-def _records(s3: Any, output_bucket: str, output_prefix: str, objects: Iterable[Mapping[str, Any]], arn: str) -> list[dict[str, Any]]:
+def _records(
+    s3: Any, output_bucket: str, output_prefix: str, objects: Iterable[Mapping[str, Any]], arn: str
+) -> list[dict[str, Any]]:
     found = []
     for source in objects:
         for kind, prefix in ((records.PREDICTION, output_prefix), (records.FAILURE, FAILURE_PREFIX)):
@@ -214,14 +114,16 @@ def _records(s3: Any, output_bucket: str, output_prefix: str, objects: Iterable[
             if hit is None:
                 continue
             where, record = hit
-            found.append({
-                "kind": kind,
-                "object": f"s3://{source['bucket']}/{source['key']}",
-                "version_id": (record.get("source") or {}).get("version_id"),
-                "location": f"s3://{output_bucket}/{where}",
-                "by_this_execution": record.get("execution_id") == arn,
-                "summary": _record_summary(kind, record),
-            })
+            found.append(
+                {
+                    "kind": kind,
+                    "object": f"s3://{source['bucket']}/{source['key']}",
+                    "version_id": (record.get("source") or {}).get("version_id"),
+                    "location": f"s3://{output_bucket}/{where}",
+                    "by_this_execution": record.get("execution_id") == arn,
+                    "summary": _record_summary(kind, record),
+                }
+            )
     return found
 
 
@@ -235,7 +137,9 @@ def _record_summary(kind: str, record: Mapping[str, Any]) -> str:
     return str(record.get("status") or "")
 
 
-def log_lines(logs: Any, groups: Mapping[str, str], arn: str, start: datetime, end: datetime | None) -> list[dict[str, Any]]:
+def log_lines(
+    logs: Any, groups: Mapping[str, str], arn: str, start: datetime, end: datetime | None
+) -> list[dict[str, Any]]:
     """The lines of each function's log group that carry ``arn``, with Lambda's START/END/REPORT lines
     of the same invocations, oldest first."""
     from botocore.exceptions import ClientError
@@ -243,7 +147,7 @@ def log_lines(logs: Any, groups: Mapping[str, str], arn: str, start: datetime, e
     from inferpipe.logs import events
 
     start_ms = int(start.timestamp() * 1000) - 1000
-    end_ms = int((end or datetime.now(timezone.utc)).timestamp() * 1000) + 5000
+    end_ms = int((end or datetime.now(UTC)).timestamp() * 1000) + 5000
     found: list[dict[str, Any]] = []
     for function, group in groups.items():
         try:
@@ -264,7 +168,7 @@ def log_lines(logs: Any, groups: Mapping[str, str], arn: str, start: datetime, e
             mine = parsed is not None and parsed.get("execution_id") == arn
             platform = parsed is None and any(f"RequestId: {r}" in message for r in requests)
             if mine or platform:
-                found.append({"time": _iso(line["timestamp"] / 1000), "function": function, "message": message})
+                found.append({"time": utc_millis(line["timestamp"] / 1000), "function": function, "message": message})
     return sorted(found, key=lambda line: str(line["time"]))
 
 
@@ -287,7 +191,9 @@ def _json(text: str) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
-def _unsuccessful_step(definition: Mapping[str, Any], events: Sequence[Mapping[str, Any]], execution_input: Any) -> tuple[str | None, Any]:
+def _unsuccessful_step(
+    definition: Mapping[str, Any], events: Sequence[Mapping[str, Any]], execution_input: Any
+) -> tuple[str | None, Any]:
     """The top-level state the execution's last attempt stopped in (entered, never exited) and the
     input it was entered with, as RedriveExecution finds it; (None, None) when it stopped in none."""
     from inferpipe.local.redrive import resume_point
@@ -295,7 +201,7 @@ def _unsuccessful_step(definition: Mapping[str, Any], events: Sequence[Mapping[s
     state, state_input = resume_point(definition, events, execution_input)
     last_attempt = max((i for i, e in enumerate(events) if e["type"] == "ExecutionRedriven"), default=-1)
     entered = exited = 0
-    for event in events[last_attempt + 1:]:
+    for event in events[last_attempt + 1 :]:
         kind = str(event["type"])
         if kind.endswith("StateEntered") and (event.get("stateEnteredEventDetails") or {}).get("name") == state:
             entered += 1
@@ -340,9 +246,15 @@ def show(target: Any, arn_or_name: str, with_logs: bool = True, read: Recorded |
     objects = named_objects(execution_input)
     status = described["status"]
     detail = Detail(
-        arn=arn, name=described["name"], status=status, started=_iso(described["startDate"]) or "",
-        stopped=_iso(described.get("stopDate")), seconds=_seconds(described["startDate"], described.get("stopDate")),
-        redrive_count=int(described.get("redriveCount") or 0), objects=objects, steps=steps(events, status),
+        arn=arn,
+        name=described["name"],
+        status=status,
+        started=utc_millis(described["startDate"]) or "",
+        stopped=utc_millis(described.get("stopDate")),
+        seconds=seconds_between(described["startDate"], described.get("stopDate")),
+        redrive_count=int(described.get("redriveCount") or 0),
+        objects=objects,
+        steps=steps(events, status),
     )
     if status != "SUCCEEDED":
         error, cause = (described.get("error"), described.get("cause")) if described.get("error") else _failure(events)
@@ -352,10 +264,14 @@ def show(target: Any, arn_or_name: str, with_logs: bool = True, read: Recorded |
         detail.failed_state = " > ".join([state, *inner[-1:]]) if state else None
         detail.failed_input = state_input
     resources = target.resources
-    detail.records = _records(target.client("s3"), resources.buckets["output"], resources.settings["OUTPUT_PREFIX"], objects, arn)
+    detail.records = _records(
+        target.client("s3"), resources.buckets["output"], resources.settings["OUTPUT_PREFIX"], objects, arn
+    )
     if with_logs:
         groups = {name: log_group(resources, name) for name in FUNCTIONS if name in resources.functions}
-        detail.log_lines = log_lines(target.client("logs"), groups, arn, described["startDate"], described.get("stopDate"))
+        detail.log_lines = log_lines(
+            target.client("logs"), groups, arn, described["startDate"], described.get("stopDate")
+        )
     return detail
 
 
@@ -372,65 +288,120 @@ class Row:
     error: dict[str, str] | None
 
 
-def list_rows(sfn: Any, state_machine_arn: str, *, statuses: Sequence[str] = (), since: datetime | None = None,
-              key: str | None = None, limit: int = 50) -> list[Row]:
+def list_rows(
+    sfn: Any,
+    state_machine_arn: str,
+    *,
+    statuses: Sequence[str] = (),
+    since: datetime | None = None,
+    key: str | None = None,
+    limit: int = 50,
+) -> list[Row]:
     """The newest ``limit`` executions (with one of ``statuses``, started since ``since``, naming an
     object whose key contains ``key``), newest first."""
     rows: list[Row] = []
     for status in statuses or (None,):
         request: dict[str, Any] = {"stateMachineArn": state_machine_arn, **({"statusFilter": status} if status else {})}
         taken = 0
-        for summary in (s for page in sfn.get_paginator("list_executions").paginate(**request) for s in page["executions"]):
+        for summary in (
+            s for page in sfn.get_paginator("list_executions").paginate(**request) for s in page["executions"]
+        ):
             started = summary["startDate"]
-            if taken >= limit or (since is not None and (started if started.tzinfo else started.replace(tzinfo=timezone.utc)) < since):
+            if taken >= limit or (
+                since is not None and (started if started.tzinfo else started.replace(tzinfo=UTC)) < since
+            ):
                 break  # AWS lists newest first
             described = sfn.describe_execution(executionArn=summary["executionArn"])
             objects = [f"s3://{o['bucket']}/{o['key']}" for o in named_objects(_input(described.get("input")))]
             if key and not any(key in o.split("/", 3)[-1] for o in objects):
                 continue
             failed = described["status"] not in ("SUCCEEDED", "RUNNING")
-            rows.append(Row(summary["name"], summary["executionArn"], described["status"], _iso(started) or "",
-                            _seconds(started, described.get("stopDate")), objects,
-                            clean_error(described.get("error") or described["status"], described.get("cause")) if failed else None))
+            rows.append(
+                Row(
+                    summary["name"],
+                    summary["executionArn"],
+                    described["status"],
+                    utc_millis(started) or "",
+                    seconds_between(started, described.get("stopDate")),
+                    objects,
+                    clean_error(described.get("error") or described["status"], described.get("cause"))
+                    if failed
+                    else None,
+                )
+            )
             taken += 1
     rows.sort(key=lambda r: r.started, reverse=True)
     return rows[:limit]
 
 
+def parse_statuses(text: str) -> list[str]:
+    """``--status``: comma-separated execution statuses in any case; none given means every status."""
+    statuses = [s.strip().upper() for s in text.split(",") if s.strip()]
+    unknown = [s for s in statuses if s not in ALL_STATUSES]
+    if unknown:
+        raise ValueError(f"--status: unknown status {', '.join(unknown)}; expected some of {', '.join(ALL_STATUSES)}")
+    return statuses
+
+
 def format_rows(rows: Sequence[Row]) -> str:
     if not rows:
         return "no executions match"
-    table = [("NAME", "STATUS", "STARTED", "SECONDS", "OBJECTS", "ERROR")]
+    lines = [("NAME", "STATUS", "STARTED", "SECONDS", "OBJECTS", "ERROR")]
     for row in rows:
-        objects = (row.objects[0] + (f" +{len(row.objects) - 1}" if len(row.objects) > 1 else "")) if row.objects else "-"
+        objects = (
+            (row.objects[0] + (f" +{len(row.objects) - 1}" if len(row.objects) > 1 else "")) if row.objects else "-"
+        )
         error = f"{row.error['type']}: {row.error['message']}" if row.error else ""
-        table.append((row.name, row.status, row.started, f"{row.seconds:.2f}" if row.seconds is not None else "-", objects, error))
-    widths = [max(len(r[c]) for r in table) for c in range(len(table[0]) - 1)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in table)
+        lines.append(
+            (
+                row.name,
+                row.status,
+                row.started,
+                f"{row.seconds:.2f}" if row.seconds is not None else "-",
+                objects,
+                error,
+            )
+        )
+    return table(lines)
 
 
 def format_detail(detail: Detail) -> str:
     lines = [
         f"execution  {detail.name}  {detail.status}",
         f"arn        {detail.arn}",
-        f"started    {detail.started}" + (f"  stopped {detail.stopped} ({detail.seconds:.2f} s)" if detail.seconds is not None else ""),
+        f"started    {detail.started}"
+        + (f"  stopped {detail.stopped} ({detail.seconds:.2f} s)" if detail.seconds is not None else ""),
     ]
     if detail.redrive_count:
         lines.append(f"redriven   {detail.redrive_count} time(s)")
-    objects = [f"s3://{o['bucket']}/{o['key']}" + (f" (version {o['version_id']})" if o.get("version_id") else "") for o in detail.objects]
+    objects = [
+        f"s3://{o['bucket']}/{o['key']}" + (f" (version {o['version_id']})" if o.get("version_id") else "")
+        for o in detail.objects
+    ]
     lines.append("objects    " + ("\n           ".join(objects) if objects else "(the input names none)"))
     lines.append("path")
     for step in detail.steps:
         label = f"  [{step.iteration}] {step.name}" if step.iteration is not None else step.name
         seconds = f"{step.seconds:.3f} s" if step.seconds is not None else "-"
-        retried = f"  ({step.failed_attempts} failed attempt{'s' if step.failed_attempts != 1 else ''} before)" if step.failed_attempts else ""
+        retried = (
+            f"  ({step.failed_attempts} failed attempt{'s' if step.failed_attempts != 1 else ''} before)"
+            if step.failed_attempts
+            else ""
+        )
         lines.append(f"  {label:<26} {step.type:<7} {seconds:>10}  {step.outcome}{retried}")
     if detail.error:
         lines.append(f"error      {detail.error['type']}: {detail.error['message']}")
     if detail.failed_state:
         lines.append(f"stopped at {detail.failed_state}")
         text = json.dumps(detail.failed_input, ensure_ascii=False)
-        lines.append("its input  " + (text if len(text) <= INPUT_CHARS else text[:INPUT_CHARS] + f"… ({len(text)} characters; --json has it whole)"))
+        lines.append(
+            "its input  "
+            + (
+                text
+                if len(text) <= INPUT_CHARS
+                else text[:INPUT_CHARS] + f"… ({len(text)} characters; --json has it whole)"
+            )
+        )
     lines.append("records" + ("" if detail.records else "    none"))
     for record in detail.records:
         mark = "" if record["by_this_execution"] else "  (another execution's)"
@@ -442,8 +413,22 @@ def format_detail(detail: Detail) -> str:
 
 
 #: Keys every function's JSON log line carries: left out of the text form (``--json`` keeps the line whole).
-_COMMON_LOG_KEYS = frozenset({"level", "message", "timestamp", "service", "location", "cold_start", "execution_id",
-                              "function_name", "function_memory_size", "function_arn", "function_request_id", "xray_trace_id"})
+_COMMON_LOG_KEYS = frozenset(
+    {
+        "level",
+        "message",
+        "timestamp",
+        "service",
+        "location",
+        "cold_start",
+        "execution_id",
+        "function_name",
+        "function_memory_size",
+        "function_arn",
+        "function_request_id",
+        "xray_trace_id",
+    }
+)
 
 
 def _log_text(message: str) -> str:
@@ -451,9 +436,28 @@ def _log_text(message: str) -> str:
     parsed = _json(message)
     if parsed is None:
         return message.replace("\t", "  ").rstrip()
-    extra = "  ".join(f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
-                      for k, v in parsed.items() if k not in _COMMON_LOG_KEYS)
+    extra = "  ".join(
+        f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
+        for k, v in parsed.items()
+        if k not in _COMMON_LOG_KEYS
+    )
     return f"{parsed.get('level', '')} {parsed.get('message', '')}" + (f"  {extra}" if extra else "")
 
 
-__all__ = ["Detail", "Recorded", "Row", "Step", "recorded", "clean_error", "execution_arn", "format_detail", "format_rows", "history", "list_rows", "log_lines", "show", "steps"]
+__all__ = [
+    "Detail",
+    "Recorded",
+    "Row",
+    "Step",
+    "clean_error",
+    "execution_arn",
+    "format_detail",
+    "format_rows",
+    "history",
+    "list_rows",
+    "log_lines",
+    "parse_statuses",
+    "recorded",
+    "show",
+    "steps",
+]

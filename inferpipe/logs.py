@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from inferpipe.local.spec import Resources
@@ -45,7 +45,7 @@ def events(logs: Any, group: str, start_ms: int, end_ms: int | None = None) -> I
 
 def format_event(event: dict[str, Any]) -> str:
     """``2026-12-02T01:37:07.331Z  9c1d2e3f  START RequestId: …`` (a traceback's \\r-joined lines on separate lines)."""
-    when = datetime.fromtimestamp(event["timestamp"] / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    when = datetime.fromtimestamp(event["timestamp"] / 1000, tz=UTC).isoformat(timespec="milliseconds")
     stream = str(event.get("logStreamName", ""))[-8:]
     message = str(event["message"]).rstrip("\n").replace("\r", "\n    ")
     return f"{when.replace('+00:00', 'Z')}  {stream}  {message}"
@@ -67,7 +67,7 @@ def tail(
     from botocore.exceptions import ClientError
 
     out = out if out is not None else sys.stdout
-    start = int((datetime.now(timezone.utc) - since).timestamp() * 1000)
+    start = int((datetime.now(UTC) - since).timestamp() * 1000)
     seen: dict[str, int] = {}  # events already printed, by id, while they can be read again
     printed = 0
     while True:

@@ -86,8 +86,8 @@ def graph_macs(symbol: mx.sym.Symbol, input_shape: Sequence[int]) -> int:
     arg_shapes, out_shapes, _ = internals.infer_shape(**{INPUT_NAME: tuple(input_shape)})
     if arg_shapes is None:
         raise InvalidRequestError(f"cannot infer the graph's shapes for a {list(input_shape)} input")
-    outputs = dict(zip(internals.list_outputs(), out_shapes))
-    arguments = dict(zip(internals.list_arguments(), arg_shapes))
+    outputs = dict(zip(internals.list_outputs(), out_shapes, strict=True))
+    arguments = dict(zip(internals.list_arguments(), arg_shapes, strict=True))
     nodes = json.loads(symbol.tojson())["nodes"]
     total = 0
     for node in nodes:
@@ -101,8 +101,10 @@ def graph_macs(symbol: mx.sym.Symbol, input_shape: Sequence[int]) -> int:
 def quantized_nodes(symbol: mx.sym.Symbol | str | Mapping[str, Any]) -> list[str]:
     """Names of the oneDNN operators a graph runs in int8 (``_sg_mkldnn_*`` with ``quantized`` true)."""
     return [
-        node["name"] for node in _graph_nodes(symbol)
-        if node.get("op", "").startswith("_sg_mkldnn") and str(node.get("attrs", {}).get("quantized", "")).lower() == "true"
+        node["name"]
+        for node in _graph_nodes(symbol)
+        if node.get("op", "").startswith("_sg_mkldnn")
+        and str(node.get("attrs", {}).get("quantized", "")).lower() == "true"
     ]
 
 
@@ -112,7 +114,9 @@ def _split_params(params: Mapping[str, mx.nd.NDArray]) -> tuple[dict[str, mx.nd.
     return args, aux
 
 
-def fuse_symbol(symbol: mx.sym.Symbol, params: Mapping[str, mx.nd.NDArray], input_shape: Sequence[int]) -> mx.sym.Symbol:
+def fuse_symbol(
+    symbol: mx.sym.Symbol, params: Mapping[str, mx.nd.NDArray], input_shape: Sequence[int]
+) -> mx.sym.Symbol:
     """The oneDNN-fused graph of ``symbol``; ModelIntegrityError if nothing was fused.
 
     ``optimize_for`` needs the backend name ``MKLDNN`` (mxnet 1.9.1 ignores ``ONEDNN``) and a
@@ -136,7 +140,9 @@ def symbol_block(symbol: mx.sym.Symbol, params: Mapping[str, mx.nd.NDArray]) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         block = gluon.SymbolBlock(symbol, mx.sym.var(INPUT_NAME, dtype="float32"))
-    block.collect_params().load_dict(dict(params), ctx=mx.cpu(), ignore_extra=True, cast_dtype=True, dtype_source="saved")
+    block.collect_params().load_dict(
+        dict(params), ctx=mx.cpu(), ignore_extra=True, cast_dtype=True, dtype_source="saved"
+    )
     return block
 
 
@@ -162,8 +168,13 @@ def quantize_block(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qnet = quantize_net_v2(
-            block, quantized_dtype="auto", quantize_mode="full", calib_mode=calib_mode,
-            calib_data=data, num_calib_examples=usable, ctx=mx.cpu(),
+            block,
+            quantized_dtype="auto",
+            quantize_mode="full",
+            calib_mode=calib_mode,
+            calib_data=data,
+            num_calib_examples=usable,
+            ctx=mx.cpu(),
             logger=None,  # any logger makes MXNet set MXNET_QUANTIZATION_VERBOSE=1 process-wide: a C++ log line per layer
         )
     return qnet
@@ -213,7 +224,13 @@ def read_package(package_dir: Path) -> tuple[Manifest, dict[str, bytes]]:
 
 
 def write_package(
-    out_dir: Path, base: Manifest, symbol_json: str, params: Mapping[str, mx.nd.NDArray], labels: bytes, mode: str, metrics: Mapping[str, Any]
+    out_dir: Path,
+    base: Manifest,
+    symbol_json: str,
+    params: Mapping[str, mx.nd.NDArray],
+    labels: bytes,
+    mode: str,
+    metrics: Mapping[str, Any],
 ) -> Manifest:
     """Write a package folder (files, then the manifest) for ``mode``; returns its manifest."""
     out_dir = Path(out_dir)
@@ -225,7 +242,9 @@ def write_package(
     for role, name in PACKAGE_FILES.items():
         data = (out_dir / name).read_bytes()
         files[role] = FileEntry(path=name, sha256=sha256_bytes(data), size=len(data))
-    manifest = replace(base, files=files, inference_mode=mode, version=content_version(files, mode), metrics=dict(metrics))
+    manifest = replace(
+        base, files=files, inference_mode=mode, version=content_version(files, mode), metrics=dict(metrics)
+    )
     (out_dir / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
 
@@ -253,7 +272,9 @@ def agreement(ours: np.ndarray, theirs: np.ndarray) -> dict[str, float]:
     cosine = centred_cosine(ours, theirs)
     return {
         "agreement_top1_vs_fp32": round(float(np.mean(ours.argmax(1) == theirs.argmax(1))), 4),
-        "agreement_top1_in_fp32_top5": round(float(np.mean([o in t for o, t in zip(ours.argmax(1), top5_theirs)])), 4),
+        "agreement_top1_in_fp32_top5": round(
+            float(np.mean([o in t for o, t in zip(ours.argmax(1), top5_theirs, strict=True)])), 4
+        ),
         "centred_cosine_mean": round(float(cosine.mean()), 5),
         "centred_cosine_min": round(float(cosine.min()), 5),
     }
@@ -304,7 +325,9 @@ def optimize_package(
         symbol_json, out_params = fused.tojson(), params
     else:
         if calib is None:
-            raise InvalidRequestError("int8 needs calibration images (--calibration DIR): uncalibrated INT8 is no faster than fp32")
+            raise InvalidRequestError(
+                "int8 needs calibration images (--calibration DIR): uncalibrated INT8 is no faster than fp32"
+            )
         in_memory = quantize_block(symbol, params, calib)
         in_memory.hybridize(static_alloc=True, static_shape=True)
         in_memory(mx.nd.zeros(shape))
@@ -312,7 +335,7 @@ def optimize_package(
             in_memory.export(str(Path(tmp) / "model"), epoch=0)  # the format load_model reads back
             symbol_json = (Path(tmp) / SYMBOL_FILE).read_text(encoding="utf-8")
             out_params = mx.nd.load(str(Path(tmp) / PARAMS_FILE))
-        metrics["calibration_images"] = int(len(calib))
+        metrics["calibration_images"] = len(calib)
         metrics["calib_mode"] = "naive"
     count = fused_conv_count(symbol_json)
     if count == 0:
@@ -324,7 +347,7 @@ def optimize_package(
     # Reload through the serving path and compare with fp32 (and, for int8, the in-memory net).
     optimized = load_model(manifest, read_package(out_dir)[1])
     reference = load_model(base, files, fuse=False)
-    if in_memory is not None:
+    if in_memory is not None and calib is not None:  # int8: calibrated on calib
         probe = calib[: min(4, len(calib))]
         expected = in_memory(mx.nd.array(probe)).asnumpy()
         got = np.concatenate([optimized.forward(probe[i : i + 1]) for i in range(len(probe))])
@@ -343,14 +366,16 @@ def optimize_package(
     ours, theirs = ours_logits.argmax(1), theirs_logits.argmax(1)
     metrics.update(agreement(ours_logits, theirs_logits))
     metrics["agreement_set"] = where
-    metrics["agreement_images"] = int(len(images))
+    metrics["agreement_images"] = len(images)
     if heldout_labels is not None and where == "heldout":
         metrics["top1_heldout"] = round(float(np.mean(ours == heldout_labels)), 4)
         metrics["top1_heldout_fp32"] = round(float(np.mean(theirs == heldout_labels)), 4)
     return write_package(out_dir, base, symbol_json, out_params, files["labels"], mode, metrics)
 
 
-def install_mode(dirs: Mapping[str, Path], manifests: Mapping[str, Manifest], chosen: str, decision: Mapping[str, Any], out_dir: Path) -> Manifest:
+def install_mode(
+    dirs: Mapping[str, Path], manifests: Mapping[str, Manifest], chosen: str, decision: Mapping[str, Any], out_dir: Path
+) -> Manifest:
     """Make ``out_dir`` the package of mode ``chosen`` (from ``dirs[chosen]``), ``decision`` merged into its metrics."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -371,7 +396,7 @@ def mode_selection(rule: str, chosen: str, candidates: Mapping[str, Any], heldou
 def median_latency_ms(models: Mapping[str, LoadedModel], rounds: int = 30) -> dict[str, float]:
     """Median batch-1 forward time of each model, measured round by round (interleaved)."""
     times: dict[str, list[float]] = {name: [] for name in models}
-    for name, model in models.items():  # warm-up
+    for model in models.values():  # warm-up
         model.forward(np.zeros(model.input_shape, np.float32))
     for _ in range(rounds):
         for name, model in models.items():
@@ -382,9 +407,7 @@ def median_latency_ms(models: Mapping[str, LoadedModel], rounds: int = 30) -> di
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
-def choose_mode(
-    candidates: Mapping[str, Mapping[str, float]], tolerance_pp: float = 0.5
-) -> str:
+def choose_mode(candidates: Mapping[str, Mapping[str, float]], tolerance_pp: float = 0.5) -> str:
     """The fastest mode (lowest ``median_ms``) whose ``top1`` is within ``tolerance_pp`` points of fp32's."""
     floor = candidates["fp32"]["top1"] - tolerance_pp / 100.0 - 1e-9
     eligible = [mode for mode, c in candidates.items() if c["top1"] >= floor]
@@ -393,11 +416,11 @@ def choose_mode(
 
 __all__ = [
     "FUSED_CONV_OP",
+    "agreement",
+    "centred_cosine",
     "choose_mode",
     "fuse_symbol",
     "fused_conv_count",
-    "agreement",
-    "centred_cosine",
     "graph_macs",
     "install_mode",
     "load_images",

@@ -38,11 +38,12 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from functions.sink import records
 from functions.sink.core import FAILURE_PREFIX, LEDGER_PREFIX, MESSAGE_SINKS
+from inferpipe.present import table
 
 COLUMNS = ("objects", "records", "missing", "duplicates", "stale", "failed")
 #: Columns that make the exit code 1.
@@ -91,7 +92,12 @@ def _pages(s3: Any, operation: str, key: str, **params: Any) -> Iterator[dict[st
 def input_versions(s3: Any, bucket: str, prefix: str, since: datetime | None) -> list[ObjectVersion]:
     """Every object version under ``prefix`` written at or after ``since``, newest first per key."""
     found = [
-        ObjectVersion(v["Key"], v.get("VersionId") or records.NULL_VERSION, v["LastModified"], str(v.get("ETag") or "").strip('"') or None)
+        ObjectVersion(
+            v["Key"],
+            v.get("VersionId") or records.NULL_VERSION,
+            v["LastModified"],
+            str(v.get("ETag") or "").strip('"') or None,
+        )
         for v in _pages(s3, "list_object_versions", "Versions", Bucket=bucket, Prefix=prefix)
         if since is None or v["LastModified"] >= since
     ]
@@ -101,7 +107,9 @@ def input_versions(s3: Any, bucket: str, prefix: str, since: datetime | None) ->
 
 
 def _listed(s3: Any, bucket: str, prefixes: Iterable[str]) -> set[str]:
-    return {o["Key"] for prefix in prefixes for o in _pages(s3, "list_objects_v2", "Contents", Bucket=bucket, Prefix=prefix)}
+    return {
+        o["Key"] for prefix in prefixes for o in _pages(s3, "list_objects_v2", "Contents", Bucket=bucket, Prefix=prefix)
+    }
 
 
 def _json(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
@@ -120,8 +128,12 @@ def _items(ddb: Any, table: str, bucket: str, keys: Iterable[str]) -> dict[tuple
     """(key, version) -> the table's item, for every key."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for key in keys:
-        params = {"TableName": table, "KeyConditionExpression": "#o = :o", "ExpressionAttributeNames": {"#o": "object"},
-                  "ExpressionAttributeValues": {":o": {"S": f"s3://{bucket}/{key}"}}}
+        params = {
+            "TableName": table,
+            "KeyConditionExpression": "#o = :o",
+            "ExpressionAttributeNames": {"#o": "object"},
+            "ExpressionAttributeValues": {":o": {"S": f"s3://{bucket}/{key}"}},
+        }
         for item in _pages(ddb, "query", "Items", **params):
             out[(key, item["version"]["S"])] = item
     return out
@@ -136,93 +148,172 @@ def _ledgers(s3: Any, bucket: str, sink: str) -> Counter[str]:
     return counted
 
 
+class _Stored:
+    """What the output bucket and the table hold for the input versions, read once."""
+
+    def __init__(
+        self,
+        s3: Any,
+        ddb: Any | None,
+        *,
+        input_bucket: str,
+        output_bucket: str,
+        output_prefix: str,
+        table: str | None,
+        keys: Sequence[str],
+    ) -> None:
+        self.s3, self.input_bucket, self.output_bucket = s3, input_bucket, output_bucket
+        self.prefixes = {records.PREDICTION: output_prefix, records.FAILURE: FAILURE_PREFIX}
+        self.history = {
+            kind: _listed(
+                s3,
+                output_bucket,
+                [
+                    f"{p}{records.VERSIONS_FOLDER}/{input_bucket}/",
+                    f"{p}{records.VERSIONS_FOLDER}/{records.LONG_FOLDER}/{input_bucket}/",
+                ],
+            )
+            for kind, p in self.prefixes.items()
+        }
+        # The latest views, read once: each is the record of the version it stands for.
+        self.views = {
+            kind: {key: _json(s3, output_bucket, records.latest_key(p, input_bucket, key)) for key in keys}
+            for kind, p in self.prefixes.items()
+        }
+        self.items = _items(ddb, table, input_bucket, keys) if ddb is not None and table else {}
+
+    def record_of(self, kind: str, v: ObjectVersion) -> dict[str, Any] | str | None:
+        """The version's record: the view's record when it is the view, the entry's key, or None."""
+        prefix = self.prefixes[kind]
+        entry = records.version_key(prefix, self.input_bucket, v.key, v.version_id, v.etag)
+        view = self.views[kind][v.key]
+        if view is not None and records.entry_of(prefix, self.input_bucket, v.key, view) == entry:
+            return view
+        return entry if entry in self.history[kind] else None
+
+    def has(self, kind: str, v: ObjectVersion) -> bool:
+        return self.record_of(kind, v) is not None
+
+    def _item_status(self, v: ObjectVersion) -> str | None:
+        item = self.items.get((v.key, v.version_id))
+        return None if item is None else item.get("status", {}).get("S")
+
+    def succeeded_item(self, v: ObjectVersion) -> dict[str, Any] | None:
+        return self.items[(v.key, v.version_id)] if self._item_status(v) == "SUCCEEDED" else None
+
+    def failed(self, v: ObjectVersion) -> bool:
+        return self.has(records.FAILURE, v) or self._item_status(v) == "FAILED"
+
+    def record_id(self, v: ObjectVersion) -> str | None:
+        """The id of the version's prediction record (the table's, else the S3 record's), if it has one."""
+        item = self.succeeded_item(v)
+        if item is not None and "record_id" in item:
+            return str(item["record_id"]["S"])
+        where = self.record_of(records.PREDICTION, v)
+        if where is None:
+            return None
+        stored = (_json(self.s3, self.output_bucket, where) if isinstance(where, str) else where) or {}
+        return stored["record_id"] if isinstance(stored.get("record_id"), str) else None
+
+
+class _Examples(list[dict[str, str]]):
+    """The first MAX_EXAMPLES problems found, for the report."""
+
+    def note(self, sink: str, problem: str, v: ObjectVersion | None, key: str, detail: str = "") -> None:
+        if len(self) < MAX_EXAMPLES:
+            self.append(
+                {
+                    "sink": sink,
+                    "problem": problem,
+                    "key": key,
+                    "version_id": v.version_id if v else "",
+                    **({"detail": detail} if detail else {}),
+                }
+            )
+
+
 def reconcile(
-    s3: Any, ddb: Any | None, *, input_bucket: str, input_prefix: str, output_bucket: str, output_prefix: str,
-    table: str | None, sinks: Sequence[str], since: datetime | None,
+    s3: Any,
+    ddb: Any | None,
+    *,
+    input_bucket: str,
+    input_prefix: str,
+    output_bucket: str,
+    output_prefix: str,
+    table: str | None,
+    sinks: Sequence[str],
+    since: datetime | None,
 ) -> Report:
     versions = input_versions(s3, input_bucket, input_prefix, since)
     keys = sorted({v.key for v in versions})
     by_key: dict[str, list[ObjectVersion]] = defaultdict(list)
     for version in versions:
         by_key[version.key].append(version)
-    prefixes = {records.PREDICTION: output_prefix, records.FAILURE: FAILURE_PREFIX}
-    history = {
-        kind: _listed(s3, output_bucket, [f"{p}{records.VERSIONS_FOLDER}/{input_bucket}/", f"{p}{records.VERSIONS_FOLDER}/{records.LONG_FOLDER}/{input_bucket}/"])
-        for kind, p in prefixes.items()
-    }
-    # The latest views, read once: each is the record of the version it stands for.
-    views = {kind: {key: _json(s3, output_bucket, records.latest_key(p, input_bucket, key)) for key in keys}
-             for kind, p in prefixes.items()}
-    items = _items(ddb, table, input_bucket, keys) if ddb is not None and table else {}
-
-    def record_of(kind: str, v: ObjectVersion) -> dict[str, Any] | str | None:
-        """The version's record: the view's record when it is the view, the entry's key, or None."""
-        entry = records.version_key(prefixes[kind], input_bucket, v.key, v.version_id, v.etag)
-        view = views[kind][v.key]
-        if view is not None and records.entry_of(prefixes[kind], input_bucket, v.key, view) == entry:
-            return view
-        return entry if entry in history[kind] else None
-
-    def has(kind: str, v: ObjectVersion) -> bool:
-        return record_of(kind, v) is not None
-
-    def succeeded_item(v: ObjectVersion) -> dict[str, Any] | None:
-        item = items.get((v.key, v.version_id))
-        return item if item is not None and item.get("status", {}).get("S") == "SUCCEEDED" else None
-
-    def failed(v: ObjectVersion) -> bool:
-        item = items.get((v.key, v.version_id))
-        return has(records.FAILURE, v) or (item is not None and item.get("status", {}).get("S") == "FAILED")
-
+    stored = _Stored(
+        s3,
+        ddb,
+        input_bucket=input_bucket,
+        output_bucket=output_bucket,
+        output_prefix=output_prefix,
+        table=table,
+        keys=keys,
+    )
     record_ids: dict[ObjectVersion, str] = {}
     if any(sink in MESSAGE_SINKS for sink in sinks):
-        for v in versions:
-            item = succeeded_item(v)
-            if item is not None and "record_id" in item:
-                record_ids[v] = item["record_id"]["S"]
-            elif (where := record_of(records.PREDICTION, v)) is not None:
-                stored = (_json(s3, output_bucket, where) if isinstance(where, str) else where) or {}
-                if isinstance(stored.get("record_id"), str):
-                    record_ids[v] = stored["record_id"]
-
-    examples: list[dict[str, str]] = []
-
-    def note(sink: str, problem: str, v: ObjectVersion | None, key: str, detail: str = "") -> None:
-        if len(examples) < MAX_EXAMPLES:
-            examples.append({"sink": sink, "problem": problem, "key": key, "version_id": v.version_id if v else "",
-                             **({"detail": detail} if detail else {})})
-
+        record_ids = {v: rid for v in versions if (rid := stored.record_id(v)) is not None}
+    examples = _Examples()
     report: dict[str, dict[str, int]] = {}
     for sink in sinks:
-        row = dict.fromkeys(COLUMNS, 0)
-        row["objects"] = len(versions)
         ledger = _ledgers(s3, output_bucket, sink) if sink in MESSAGE_SINKS else Counter()
-        for v in versions:
-            if sink == "s3":
-                held = has(records.PREDICTION, v)
-            elif sink == "dynamodb":
-                held = succeeded_item(v) is not None
-            else:
-                rid = record_ids.get(v)
-                held = rid is not None and ledger[rid] > 0
-                if held and ledger[rid] > 1:
-                    row["duplicates"] += ledger[rid] - 1
-                    note(sink, "duplicates", v, v.key, f"record {rid} in {ledger[rid]} ledgers")
-            if held:
-                row["records"] += 1
-            elif failed(v):
-                row["failed"] += 1
-            else:
-                row["missing"] += 1
-                note(sink, "missing", v, v.key)
+        row = _sink_row(sink, versions, stored, record_ids, ledger, examples)
         if sink == "s3":
-            for key in keys:
-                stale = _stale({kind: views[kind][key] for kind in prefixes}, by_key[key], has)
-                if stale:
-                    row["stale"] += 1
-                    note(sink, "stale", None, key, stale)
+            row["stale"] = _stale_keys(sink, by_key, stored, examples)
         report[sink] = row
-    return Report(bucket=input_bucket, since=since, sinks=report, examples=examples)
+    return Report(bucket=input_bucket, since=since, sinks=report, examples=list(examples))
+
+
+def _sink_row(
+    sink: str,
+    versions: Sequence[ObjectVersion],
+    stored: _Stored,
+    record_ids: Mapping[ObjectVersion, str],
+    ledger: Counter[str],
+    examples: _Examples,
+) -> dict[str, int]:
+    """The sink's counts: objects, records, missing, duplicates, failed (stale is counted apart)."""
+    row = dict.fromkeys(COLUMNS, 0)
+    row["objects"] = len(versions)
+    for v in versions:
+        if sink == "s3":
+            held = stored.has(records.PREDICTION, v)
+        elif sink == "dynamodb":
+            held = stored.succeeded_item(v) is not None
+        else:
+            rid = record_ids.get(v)
+            delivered = ledger[rid] if rid is not None else 0
+            held = delivered > 0
+            if delivered > 1:
+                row["duplicates"] += delivered - 1
+                examples.note(sink, "duplicates", v, v.key, f"record {rid} in {delivered} ledgers")
+        if held:
+            row["records"] += 1
+        elif stored.failed(v):
+            row["failed"] += 1
+        else:
+            row["missing"] += 1
+            examples.note(sink, "missing", v, v.key)
+    return row
+
+
+def _stale_keys(sink: str, by_key: Mapping[str, Sequence[ObjectVersion]], stored: _Stored, examples: _Examples) -> int:
+    """How many keys' latest views do not describe their newest version with an outcome."""
+    count = 0
+    for key in sorted(by_key):
+        stale = _stale({kind: stored.views[kind][key] for kind in stored.prefixes}, by_key[key], stored.has)
+        if stale:
+            count += 1
+            examples.note(sink, "stale", None, key, stale)
+    return count
 
 
 def _stale(views: Mapping[str, dict[str, Any] | None], versions: Sequence[ObjectVersion], has: Any) -> str:
@@ -242,31 +333,47 @@ def _stale(views: Mapping[str, dict[str, Any] | None], versions: Sequence[Object
 
 
 def format_report(report: Report) -> str:
-    width = max(len("sink"), *(len(s) for s in report.sinks), len("total"))
-    lines = ["  ".join(["sink".ljust(width), *(c.rjust(10) for c in COLUMNS)])]
-    for sink, row in report.sinks.items():
-        lines.append("  ".join([sink.ljust(width), *(str(row[c]).rjust(10) for c in COLUMNS)]))
-    lines.append("  ".join(["total".ljust(width), *(str(report.totals[c]).rjust(10) for c in COLUMNS)]))
+    counts = [
+        ("sink", *COLUMNS),
+        *((sink, *(str(row[c]) for c in COLUMNS)) for sink, row in report.sinks.items()),
+        ("total", *(str(report.totals[c]) for c in COLUMNS)),
+    ]
+    numbers = range(1, len(COLUMNS) + 1)
+    lines = [table(counts, right=numbers, min_widths=[0, *(10 for _ in COLUMNS)], pad_last=True)]
     window = f"since {report.to_dict()['since']}" if report.since else "all versions"
-    lines.append(f"s3://{report.bucket} ({window}): " + ("consistent" if not report.problems else
-                 f"{report.problems} problem(s): " + ", ".join(f"{report.totals[c]} {c}" for c in PROBLEMS if report.totals[c])))
+    lines.append(
+        f"s3://{report.bucket} ({window}): "
+        + (
+            "consistent"
+            if not report.problems
+            else f"{report.problems} problem(s): "
+            + ", ".join(f"{report.totals[c]} {c}" for c in PROBLEMS if report.totals[c])
+        )
+    )
     for example in report.examples:
-        lines.append(f"  {example['problem']}: {example['sink']} s3://{report.bucket}/{example['key']}"
-                     + (f"?versionId={example['version_id']}" if example["version_id"] else "")
-                     + (f" ({example['detail']})" if "detail" in example else ""))
+        lines.append(
+            f"  {example['problem']}: {example['sink']} s3://{report.bucket}/{example['key']}"
+            + (f"?versionId={example['version_id']}" if example["version_id"] else "")
+            + (f" ({example['detail']})" if "detail" in example else "")
+        )
     return "\n".join(lines)
 
 
 def reconcile_target(target: Any, since: timedelta | None, *, prefix: str = "", now: datetime | None = None) -> Report:
     """What ``inferpipe reconcile`` runs: the deployment's buckets, table and sinks (keys under ``prefix``)."""
     res = target.resources
-    cutoff = (now or datetime.now(timezone.utc)) - since if since is not None else None
+    cutoff = (now or datetime.now(UTC)) - since if since is not None else None
     sinks = tuple(res.defaults.sinks)
     return reconcile(
-        target.client("s3"), target.client("dynamodb") if "dynamodb" in sinks or res.table else None,
-        input_bucket=res.buckets["input"], input_prefix=prefix,
-        output_bucket=res.buckets["output"], output_prefix=res.settings["OUTPUT_PREFIX"],
-        table=res.table if "dynamodb" in sinks else None, sinks=sinks, since=cutoff,
+        target.client("s3"),
+        target.client("dynamodb") if "dynamodb" in sinks or res.table else None,
+        input_bucket=res.buckets["input"],
+        input_prefix=prefix,
+        output_bucket=res.buckets["output"],
+        output_prefix=res.settings["OUTPUT_PREFIX"],
+        table=res.table if "dynamodb" in sinks else None,
+        sinks=sinks,
+        since=cutoff,
     )
 
 

@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from botocore.exceptions import ClientError
@@ -139,42 +139,56 @@ def plan_replays(
     groups: dict[str, list[Execution]] = {}
     for execution in executions:
         groups.setdefault(_group_key(execution.name), []).append(execution)
-
-    decisions: list[Decision] = []
+    decisions = _unknown_arns(only_arns, {e.arn for e in executions})
     seen_groups: set[str] = set()
-    by_arn = {e.arn: e for e in executions}
-    if only_arns is not None:
-        for arn in sorted(only_arns - set(by_arn)):
-            decisions.append(Decision(Execution(arn, arn.rsplit(":", 1)[-1], "UNKNOWN", datetime.now(timezone.utc)), "skip", "no such execution of this state machine"))
     for execution in sorted(executions, key=lambda e: e.start):
-        if only_arns is not None:
-            if execution.arn not in only_arns:
-                continue
-        elif execution.status not in wanted or (since is not None and _aware(execution.start) < since):
+        if not _is_candidate(execution, wanted, since, only_arns):
             continue
         key = _group_key(execution.name)
         if key in seen_groups:
             continue
         seen_groups.add(key)
-        members = sorted(groups.get(key, [execution]), key=lambda e: (split_replay_name(e.name)[1], e.start))
-        names = tuple(m.name for m in members)
-        original = next((m for m in members if split_replay_name(m.name)[1] == 0), members[0])
-        succeeded = [m for m in members if m.status == "SUCCEEDED"]
-        running = [m for m in members if m.status in ("RUNNING", "PENDING_REDRIVE")]
-        if only_arns is not None and execution.status not in FAILED_STATUSES and not succeeded and not running:
-            decisions.append(Decision(execution, "skip", f"status {execution.status} is not one replay handles", group=names))
-            continue
-        if succeeded:
-            what = "succeeded" if succeeded[-1] is original else "already replayed successfully"
-            decisions.append(Decision(original, "skip", f"{what} ({succeeded[-1].name})", group=names))
-            continue
-        if running:
-            decisions.append(Decision(original, "skip", f"still running ({running[-1].name})", group=names))
-            continue
-        next_n = max(split_replay_name(m.name)[1] for m in members) + 1
-        root = split_replay_name(original.name)[0]
-        decisions.append(Decision(original, "replay", new_name=replay_name(root, next_n), group=names))
+        decisions.append(_decide(execution, groups.get(key, [execution]), explicit=only_arns is not None))
     return decisions
+
+
+def _unknown_arns(only_arns: set[str] | None, known: set[str]) -> list[Decision]:
+    """``--execution`` ARNs that are no execution of this state machine: skipped, saying so."""
+    if only_arns is None:
+        return []
+    return [
+        Decision(
+            Execution(arn, arn.rsplit(":", 1)[-1], "UNKNOWN", datetime.now(UTC)),
+            "skip",
+            "no such execution of this state machine",
+        )
+        for arn in sorted(only_arns - known)
+    ]
+
+
+def _is_candidate(execution: Execution, wanted: set[str], since: datetime | None, only_arns: set[str] | None) -> bool:
+    if only_arns is not None:
+        return execution.arn in only_arns
+    return execution.status in wanted and not (since is not None and _aware(execution.start) < since)
+
+
+def _decide(execution: Execution, group: Sequence[Execution], *, explicit: bool) -> Decision:
+    """Replay the group of ``execution`` (it, its original and their replays) once, or skip it and say why."""
+    members = sorted(group, key=lambda e: (split_replay_name(e.name)[1], e.start))
+    names = tuple(m.name for m in members)
+    original = next((m for m in members if split_replay_name(m.name)[1] == 0), members[0])
+    succeeded = [m for m in members if m.status == "SUCCEEDED"]
+    running = [m for m in members if m.status in ("RUNNING", "PENDING_REDRIVE")]
+    if explicit and execution.status not in FAILED_STATUSES and not succeeded and not running:
+        return Decision(execution, "skip", f"status {execution.status} is not one replay handles", group=names)
+    if succeeded:
+        what = "succeeded" if succeeded[-1] is original else "already replayed successfully"
+        return Decision(original, "skip", f"{what} ({succeeded[-1].name})", group=names)
+    if running:
+        return Decision(original, "skip", f"still running ({running[-1].name})", group=names)
+    next_n = max(split_replay_name(m.name)[1] for m in members) + 1
+    root = split_replay_name(original.name)[0]
+    return Decision(original, "replay", new_name=replay_name(root, next_n), group=names)
 
 
 # --------------------------------------------------------------------------- AWS side
@@ -193,7 +207,7 @@ def list_executions(sfn: Any, state_machine_arn: str, since: datetime | None) ->
 
 
 def _aware(when: datetime) -> datetime:
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -239,7 +253,11 @@ def client_token(execution_arn: str, redrive_count: int) -> str:
 def _restart(sfn: Any, state_machine_arn: str, decision: Decision, execution_input: str) -> str:
     assert decision.new_name is not None
     try:
-        return str(sfn.start_execution(stateMachineArn=state_machine_arn, name=decision.new_name, input=execution_input)["executionArn"])
+        return str(
+            sfn.start_execution(stateMachineArn=state_machine_arn, name=decision.new_name, input=execution_input)[
+                "executionArn"
+            ]
+        )
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") == "ExecutionAlreadyExists":  # a concurrent replay won the name
             return f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{decision.new_name}"
@@ -257,10 +275,12 @@ def _redrive(sfn: Any, described: dict[str, Any]) -> tuple[bool, str]:
     except ClientError as exc:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
-        if code in ("ExecutionNotRedrivable", "ValidationException") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (404, 501):
+        if code in ("ExecutionNotRedrivable", "ValidationException") or exc.response.get("ResponseMetadata", {}).get(
+            "HTTPStatusCode"
+        ) in (404, 501):
             return False, f"RedriveExecution refused: {code} {error.get('Message', '')}".strip()
         raise
-    except Exception as exc:  # an endpoint without the API (the local stack): say so, restart
+    except Exception as exc:  # noqa: BLE001  (an endpoint without the API, e.g. the local stack: say so, restart)
         return False, f"RedriveExecution is not available here ({type(exc).__name__}: {exc})"
     return True, ""
 
@@ -304,9 +324,15 @@ def superseded(s3: Any, output_bucket: str, output_prefix: str, execution_input:
             return None
         mine = records.Version(source["version_id"], source.get("sequencer"))
         latest = records.read_latest(s3, output_bucket, output_prefix, source)
-        if not latest or latest.get("status") != "SUCCEEDED" or records.compare(mine, records.Version.of(latest.get("source"))) != -1:
+        if (
+            not latest
+            or latest.get("status") != "SUCCEEDED"
+            or records.compare(mine, records.Version.of(latest.get("source"))) != -1
+        ):
             return None
-        reasons.append(f"s3://{source['bucket']}/{source['key']} has a newer version ({latest['source'].get('version_id')}) that succeeded")
+        reasons.append(
+            f"s3://{source['bucket']}/{source['key']} has a newer version ({latest['source'].get('version_id')}) that succeeded"
+        )
     return "; ".join(reasons) if reasons else None
 
 
@@ -340,32 +366,43 @@ def run_replays(
         if stale:
             summary.outcomes.append(Outcome(decision, "skipped", note=stale))
             continue
-        if dry_run and mode != "auto":
-            summary.outcomes.append(Outcome(decision, "would replay", plan="redrive" if mode == "redrive" else "restart"))
-            continue
-        outcome = Outcome(decision)
-        try_redrive, why = (True, "") if mode == "redrive" else (False, "")
-        if mode == "auto":
-            try_redrive, why = redrive_can_succeed(sfn, described)
-            outcome.note = why
-            if dry_run:
-                summary.outcomes.append(Outcome(decision, "would replay", note=why, plan="redrive" if try_redrive else "restart"))
-                continue
-        if try_redrive:
-            redriven, refused = _redrive(sfn, described)
-            if redriven:
-                outcome.how, outcome.arn = "redriven", decision.execution.arn
-            else:
-                outcome.note = f"{refused}; restarted instead"
-        if not outcome.how:
-            outcome.arn = _restart(sfn, state_machine_arn, decision, described["input"])
-            outcome.how = "restarted"
+        outcome = _replay_one(sfn, state_machine_arn, decision, described, mode=mode, dry_run=dry_run)
         summary.outcomes.append(outcome)
-        print(f"[{index}/{len(todo)}] {outcome.how} {decision.execution.name} -> {outcome.arn.rsplit(':', 1)[-1]}"
-              + (f" ({outcome.note})" if outcome.note else ""), file=out, flush=True)
+        if outcome.how != "would replay":
+            print(
+                f"[{index}/{len(todo)}] {outcome.how} {decision.execution.name} -> {(outcome.arn or '').rsplit(':', 1)[-1]}"
+                + (f" ({outcome.note})" if outcome.note else ""),
+                file=out,
+                flush=True,
+            )
     if wait and not dry_run:
         _wait(sfn, summary.replayed, timeout, poll, out)
     return summary
+
+
+def _replay_one(
+    sfn: Any, state_machine_arn: str, decision: Decision, described: dict[str, Any], *, mode: str, dry_run: bool
+) -> Outcome:
+    """Redrive or restart one execution as ``mode`` says (or, in a dry run, say which it would)."""
+    if dry_run and mode != "auto":
+        return Outcome(decision, "would replay", plan="redrive" if mode == "redrive" else "restart")
+    outcome = Outcome(decision)
+    try_redrive = mode == "redrive"
+    if mode == "auto":
+        try_redrive, why = redrive_can_succeed(sfn, described)
+        if dry_run:
+            return Outcome(decision, "would replay", note=why, plan="redrive" if try_redrive else "restart")
+        outcome.note = why
+    if try_redrive:
+        redriven, refused = _redrive(sfn, described)
+        if redriven:
+            outcome.how, outcome.arn = "redriven", decision.execution.arn
+        else:
+            outcome.note = f"{refused}; restarted instead"
+    if not outcome.how:
+        outcome.arn = _restart(sfn, state_machine_arn, decision, described["input"])
+        outcome.how = "restarted"
+    return outcome
 
 
 def _wait(sfn: Any, outcomes: list[Outcome], timeout: float, poll: float, out: TextIO) -> None:
@@ -404,12 +441,16 @@ def format_summary(summary: Summary, dry_run: bool = False) -> str:
             for o in would
         ]
     else:
-        lines.append(f"replayed {len(summary.replayed)} execution(s): {len(summary.succeeded)} succeeded, "
-                     f"{len(summary.still_failing)} still failing, "
-                     f"{sum(1 for o in summary.replayed if o.final_status in (None, 'RUNNING'))} not finished")
+        lines.append(
+            f"replayed {len(summary.replayed)} execution(s): {len(summary.succeeded)} succeeded, "
+            f"{len(summary.still_failing)} still failing, "
+            f"{sum(1 for o in summary.replayed if o.final_status in (None, 'RUNNING'))} not finished"
+        )
         for o in summary.replayed:
-            lines.append(f"  {o.decision.execution.name} -> {o.arn.rsplit(':', 1)[-1] if o.arn else '-'}  {o.how}  "
-                         f"{o.final_status or 'started'}{'  ' + o.error if o.error else ''}{'  (' + o.note + ')' if o.note else ''}")
+            lines.append(
+                f"  {o.decision.execution.name} -> {o.arn.rsplit(':', 1)[-1] if o.arn else '-'}  {o.how}  "
+                f"{o.final_status or 'started'}{'  ' + o.error if o.error else ''}{'  (' + o.note + ')' if o.note else ''}"
+            )
     skipped = summary.skipped
     lines.append(f"skipped {len(skipped)}:")
     lines += [f"  {o.decision.execution.name}  {o.note}" for o in skipped]
@@ -430,7 +471,7 @@ def replay(
     dry_run: bool = False,
     wait: bool = True,
     timeout: float = 600.0,
-    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
     out: TextIO | None = None,  # default: sys.stderr at call time
     supersession: Callable[[str], str | None] | None = None,
 ) -> Summary:
@@ -439,8 +480,30 @@ def replay(
     listing_since = None if executions else cutoff  # explicit ARNs may be older than --since
     listed = list_executions(sfn, state_machine_arn, listing_since)
     decisions = plan_replays(listed, statuses=statuses, since=cutoff, only=executions or None)
-    return run_replays(sfn, state_machine_arn, decisions, supersession=supersession, mode=mode, dry_run=dry_run, wait=wait,
-                       timeout=timeout, out=out)
+    return run_replays(
+        sfn,
+        state_machine_arn,
+        decisions,
+        supersession=supersession,
+        mode=mode,
+        dry_run=dry_run,
+        wait=wait,
+        timeout=timeout,
+        out=out,
+    )
+
+
+def replay_target(target: Any, **options: Any) -> Summary:
+    """``replay`` of a deployment's executions (``options`` as for ``replay``); an input whose object has a
+    newer record in the output bucket is superseded, so it is not replayed."""
+    s3, output = target.client("s3"), target.resources.buckets["output"]
+    prefix = target.resources.settings["OUTPUT_PREFIX"]
+    return replay(
+        target.client("stepfunctions"),
+        target.state_machine_arn,
+        supersession=lambda execution_input: superseded(s3, output, prefix, execution_input),
+        **options,
+    )
 
 
 __all__ = [
@@ -458,6 +521,7 @@ __all__ = [
     "redrive_can_succeed",
     "replay",
     "replay_name",
+    "replay_target",
     "run_replays",
     "split_replay_name",
     "superseded",

@@ -21,9 +21,23 @@ from tests.e2e.conftest import DEMO_MODEL_DIR, image_bytes, run_upload  # noqa: 
 
 
 def shoot(browser: str, url: str, out: Path, height: int) -> None:
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--user-data-dir=/tmp/inferpipe-chromium",
-                    f"--window-size=1280,{height}", "--virtual-time-budget=8000", f"--screenshot={out}", url],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--user-data-dir=/tmp/inferpipe-chromium",
+            f"--window-size=1280,{height}",
+            "--virtual-time-budget=8000",
+            f"--screenshot={out}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     print(f"wrote {out.relative_to(REPO)}")
 
 
@@ -35,11 +49,18 @@ def main() -> int:
     stack = LocalStack(default_model="demo", trigger="direct").start()
     try:
         publish(stack.client("s3"), stack.resources.buckets["models"], DEMO_MODEL_DIR, name="demo", alias="prod")
-        finals = [run_upload(stack, f"incoming/{uuid.uuid4().hex[:4]} {name}", image_bytes(label, seed=3), sqs_down=down)
-                  for name, label, down in (("holiday photo.jpg", "circle", False), ("cat.jpg", "square", True))]
+        finals = [
+            run_upload(stack, f"incoming/{uuid.uuid4().hex[:4]} {name}", image_bytes(label, seed=3), sqs_down=down)
+            for name, label, down in (("holiday photo.jpg", "circle", False), ("cat.jpg", "square", True))
+        ]
         docs = REPO / "docs"
         shoot(browser, f"{stack.endpoint_url}/console#executions", docs / "console-executions.png", 420)
-        shoot(browser, f"{stack.endpoint_url}/console#execution?id={finals[1]['name']}", docs / "console-execution.png", 1250)
+        shoot(
+            browser,
+            f"{stack.endpoint_url}/console#execution?id={finals[1]['name']}",
+            docs / "console-execution.png",
+            1250,
+        )
     finally:
         stack.stop()
     return 0

@@ -62,8 +62,11 @@ def one_round(state_dir: Path, port: int, rng: random.Random) -> float:
     thread.join(timeout=10)
     last_answered = max(t for t in answered.values() if t <= killed)
     daemon.up(port=port, state_dir=state_dir, trigger="direct", timeout=120)
-    kept = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="crash-window/")
-            for o in page.get("Contents", [])}
+    kept = {
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="crash-window/")
+        for o in page.get("Contents", [])
+    }
     newest_kept = max((answered[k] for k in kept if k in answered), default=0.0)
     daemon.down(state_dir)
     return last_answered - newest_kept
@@ -81,7 +84,9 @@ def main() -> int:
             window = one_round(Path(folder), port, rng)
             windows.append(window)
             print(f"round {n + 1}: lost the last {window:.2f} s of writes", flush=True)
-    print(f"data loss window: median {statistics.median(windows):.2f} s, worst {max(windows):.2f} s over {len(windows)} crashes")
+    print(
+        f"data loss window: median {statistics.median(windows):.2f} s, worst {max(windows):.2f} s over {len(windows)} crashes"
+    )
     return 0
 
 

@@ -40,7 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from functions.common.stack import SINKS  # noqa: E402  (after the path above)
+from functions.common.stack import SINKS
+
 #: (service, operation, requests failed, extra): transient faults beyond botocore's retries, on the
 #: APIs the functions really call (the message sinks publish with the batch APIs).
 FAULTS = (
@@ -52,7 +53,12 @@ FAULTS = (
 )
 LABELS = ("circle", "square", "triangle", "ring", "checkerboard", "stripes")
 #: The error each kind of bad input must fail with.
-BAD_ERRORS = {"empty": "NotAnImageError", "text": "NotAnImageError", "truncated": "NotAnImageError", "bomb": "DecompressionBombError"}
+BAD_ERRORS = {
+    "empty": "NotAnImageError",
+    "text": "NotAnImageError",
+    "truncated": "NotAnImageError",
+    "bomb": "DecompressionBombError",
+}
 #: Functions whose environments are killed mid-invocation (their work is idempotent; a sink killed
 #: between a publish and its ledger write may publish twice, the documented at-least-once window).
 KILLED = ("preprocess", "inference")
@@ -62,7 +68,11 @@ def _bomb_png() -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 90_000, 90_000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 90_000, 90_000, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 @dataclass(frozen=True)
@@ -118,14 +128,49 @@ class Report:
 
 
 def _labels() -> list[str]:
-    from inferpipe.demo_model.shapes import CLASSES  # type: ignore[attr-defined]
+    from inferpipe.demo_model.shapes import CLASSES
 
     return list(CLASSES)
 
 
-def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share: float = 0.10, burst: int = 30,
-             seed: int = 1, timeout: float = 900.0, settle: int = 5, overwrite_share: float = 0.05,
-             kill_every: float | None = 2.0, out: Any = None) -> Report:
+@dataclass
+class _Load:
+    """One run's stack, clients, buckets, key prefix, report so far and the S3 version of each upload."""
+
+    stack: Any
+    run: str
+    report: Report
+    out: Any
+    versions: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.bucket, self.output = self.stack.resources.buckets["input"], self.stack.resources.buckets["output"]
+        self.s3, self.sfn = self.stack.client("s3"), self.stack.client("stepfunctions")
+
+    def in_flight(self) -> int:
+        listed = self.sfn.list_executions(
+            stateMachineArn=self.stack.state_machine_arn, statusFilter="RUNNING", maxResults=1000
+        )
+        return len(listed["executions"])
+
+    def uploaded(self, good_only: bool = False) -> set[tuple[str, str]]:
+        """(key, version id) of every upload (or of the good ones)."""
+        return {(u.key, self.versions[i]) for i, u in enumerate(self.report.uploads) if not good_only or u.bad is None}
+
+
+def run_load(
+    stack: Any,
+    images: int = 300,
+    bad_share: float = 0.05,
+    fault_share: float = 0.10,
+    burst: int = 30,
+    seed: int = 1,
+    timeout: float = 900.0,
+    settle: int = 5,
+    overwrite_share: float = 0.05,
+    kill_every: float | None = 2.0,
+    out: Any = None,
+) -> Report:
     """Upload ``images`` object versions, wait, replay what failed for other reasons than its
     input, and reconcile against ``stack`` (a running :class:`inferpipe.local.stack.LocalStack`).
 
@@ -134,41 +179,13 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
     environments of a preprocess or inference invocation running then are killed (SIGKILL).
     """
     out = out if out is not None else sys.stdout
-    from functions.sink import records
-    from functions.sink.core import FAILURE_PREFIX
-    from inferpipe import reconcile, replay
-    from tests.e2e.conftest import SinkReader, image_bytes
-
     rng = random.Random(seed)
     try:
         labels = _labels()
     except Exception:  # noqa: BLE001 - fall back to names the demo model has
         labels = list(LABELS)
-    run = f"load-{int(time.time())}-{rng.randrange(10**6):06d}"
-    bucket, output = stack.resources.buckets["input"], stack.resources.buckets["output"]
-    s3, sfn = stack.client("s3"), stack.client("stepfunctions")
-    bad_kinds = {
-        "empty": b"",
-        "text": b"<html>this is not an image</html>",
-        "truncated": image_bytes("circle", seed=99)[:900],
-        "bomb": _bomb_png(),
-    }
-    report = Report()
-    bad_positions = set(rng.sample(range(images), max(1, round(images * bad_share))))
-    good_keys: list[str] = []
-    for i in range(images):
-        if i in bad_positions:
-            kind = rng.choice(sorted(bad_kinds))
-            report.uploads.append(Upload(f"{run}/bad {i:04d} {kind}.jpg", bad_kinds[kind], bad=kind))
-        elif len(good_keys) > burst and rng.random() < overwrite_share:  # a key of an earlier burst, uploaded again
-            key = rng.choice(good_keys[:-burst])
-            report.uploads.append(Upload(key, image_bytes(labels[(i + 3) % len(labels)], size=(160, 120), seed=10_000 + i), overwrite=True))
-        else:
-            label = labels[i % len(labels)]
-            key = f"{run}/img {i:04d} {label} +%é.jpg"
-            good_keys.append(key)
-            # the key's ASCII part: it appears in every request about the object, whatever the encoding
-            report.uploads.append(Upload(key, image_bytes(label, size=(160, 120), seed=i), fault_match=f"img {i:04d} "))
+    load = _Load(stack, f"load-{int(time.time())}-{rng.randrange(10**6):06d}", Report(), out)
+    load.report.uploads = _plan(rng, load.run, images, bad_share, burst, overwrite_share, labels)
 
     started = time.monotonic()
     stop_killing = threading.Event()
@@ -176,94 +193,176 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
 
     def killer() -> None:
         while kill_every and not stop_killing.wait(kill_every):
-            report.kills += stack.kill_environments(killer_rng.choice(KILLED))
+            load.report.kills += stack.kill_environments(killer_rng.choice(KILLED))
 
     kill_thread = threading.Thread(target=killer, name="load-killer", daemon=True)
     kill_thread.start()
+    _upload_in_bursts(load, rng, fault_share=fault_share, burst=burst, settle=settle, until=started + 4 * timeout)
+    executions = _wait_for_executions(load, timeout)
+    stop_killing.set()
+    kill_thread.join()
+    _replay_failed(load, executions, timeout)
+    stack.flush_logs()
+    load.report.seconds = time.monotonic() - started
+    _check(load, executions)
+    print(load.report.text(), file=out, flush=True)
+    return load.report
 
-    def in_flight() -> int:
-        return len(sfn.list_executions(stateMachineArn=stack.state_machine_arn, statusFilter="RUNNING", maxResults=1000)["executions"])
 
-    versions: dict[int, str] = {}
+def _plan(
+    rng: random.Random,
+    run: str,
+    images: int,
+    bad_share: float,
+    burst: int,
+    overwrite_share: float,
+    labels: list[str],
+) -> list[Upload]:
+    """The uploads, in order: good images, bad inputs and new versions of earlier keys."""
+    from tests.e2e.conftest import image_bytes
+
+    bad_kinds = {
+        "empty": b"",
+        "text": b"<html>this is not an image</html>",
+        "truncated": image_bytes("circle", seed=99)[:900],
+        "bomb": _bomb_png(),
+    }
+    uploads: list[Upload] = []
+    bad_positions = set(rng.sample(range(images), max(1, round(images * bad_share))))
+    good_keys: list[str] = []
+    for i in range(images):
+        if i in bad_positions:
+            kind = rng.choice(sorted(bad_kinds))
+            uploads.append(Upload(f"{run}/bad {i:04d} {kind}.jpg", bad_kinds[kind], bad=kind))
+        elif len(good_keys) > burst and rng.random() < overwrite_share:  # a key of an earlier burst, uploaded again
+            key = rng.choice(good_keys[:-burst])
+            body = image_bytes(labels[(i + 3) % len(labels)], size=(160, 120), seed=10_000 + i)
+            uploads.append(Upload(key, body, overwrite=True))
+        else:
+            label = labels[i % len(labels)]
+            key = f"{run}/img {i:04d} {label} +%é.jpg"
+            good_keys.append(key)
+            # the key's ASCII part: it appears in every request about the object, whatever the encoding
+            uploads.append(Upload(key, image_bytes(label, size=(160, 120), seed=i), fault_match=f"img {i:04d} "))
+    return uploads
+
+
+def _upload_in_bursts(
+    load: _Load, rng: random.Random, *, fault_share: float, burst: int, settle: int, until: float
+) -> None:
+    """Each burst at once (some with a fault armed for them), then wait for the stack to settle."""
+    uploads = load.report.uploads
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for start in range(0, len(report.uploads), burst):
-            chunk = list(enumerate(report.uploads[start : start + burst], start))
+        for start in range(0, len(uploads), burst):
+            chunk = list(enumerate(uploads[start : start + burst], start))
             for _, upload in chunk:
                 if upload.fault_match and rng.random() < fault_share:
-                    if rng.random() < 0.2:
-                        stack.inject_failures(rng.choice(["preprocess", "inference", "sink"]), 1)
-                        report.lambda_throttles += 1
-                    else:
-                        service, operation, count, extra = rng.choice(FAULTS)
-                        stack.inject_aws_faults(service, operation, count, match=upload.fault_match, **extra)
-                    report.faulted += 1
-            answers = pool.map(lambda item: (item[0], s3.put_object(Bucket=bucket, Key=item[1].key, Body=item[1].body)), chunk)
-            versions.update({index: answer["VersionId"] for index, answer in answers})
-            print(f"burst {start // burst + 1}: uploaded {start + len(chunk)}/{len(report.uploads)}", file=out, flush=True)
-            while in_flight() > settle and time.monotonic() - started < 4 * timeout:
+                    _arm_fault(load, rng, upload.fault_match)
+            answers = pool.map(
+                lambda item: (item[0], load.s3.put_object(Bucket=load.bucket, Key=item[1].key, Body=item[1].body)),
+                chunk,
+            )
+            load.versions.update({index: answer["VersionId"] for index, answer in answers})
+            print(
+                f"burst {start // burst + 1}: uploaded {start + len(chunk)}/{len(uploads)}", file=load.out, flush=True
+            )
+            while load.in_flight() > settle and time.monotonic() < until:
                 time.sleep(0.5)
 
-    # Wait until every uploaded version has an execution that ended (timeout counted from the last upload).
-    wanted = {(u.key, versions[i]) for i, u in enumerate(report.uploads)}
+
+def _arm_fault(load: _Load, rng: random.Random, match: str) -> None:
+    """A throttled Lambda invocation (one in five), else an AWS fault on this object's requests."""
+    if rng.random() < 0.2:
+        load.stack.inject_failures(rng.choice(["preprocess", "inference", "sink"]), 1)
+        load.report.lambda_throttles += 1
+    else:
+        service, operation, count, extra = rng.choice(FAULTS)
+        load.stack.inject_aws_faults(service, operation, count, match=match, **extra)
+    load.report.faulted += 1
+
+
+def _wait_for_executions(load: _Load, timeout: float) -> dict[tuple[str, str], dict[str, Any]]:
+    """Wait until every uploaded version has an execution that ended (timeout counted from the last
+    upload); (key, version id) -> its execution, described."""
+    wanted = load.uploaded()
     deadline = time.monotonic() + timeout
     executions: dict[tuple[str, str], dict[str, Any]] = {}
     while time.monotonic() < deadline:
-        if in_flight() == 0:
-            executions.clear()
-            for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=stack.state_machine_arn):
-                for summary in page["executions"]:
-                    described = sfn.describe_execution(executionArn=summary["executionArn"])
-                    try:
-                        obj = json.loads(described["input"])["detail"]["object"]
-                    except (KeyError, TypeError, ValueError):
-                        continue
-                    if (obj["key"], obj.get("version-id")) in wanted:
-                        executions[(obj["key"], obj.get("version-id"))] = described
+        if load.in_flight() == 0:
+            executions = _executions_of(load, wanted)
             if set(executions) == wanted:
                 break
         time.sleep(1.0)
-    stop_killing.set()
-    kill_thread.join()
-    statuses = Counter(e["status"] for e in executions.values())
-    errors = Counter(str(e.get("error")) for e in executions.values() if e["status"] != "SUCCEEDED")
+    return executions
 
-    # What failed for another reason than its input is replayed, as an operator would.
+
+def _executions_of(load: _Load, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for page in load.sfn.get_paginator("list_executions").paginate(stateMachineArn=load.stack.state_machine_arn):
+        for summary in page["executions"]:
+            described = load.sfn.describe_execution(executionArn=summary["executionArn"])
+            try:
+                obj = json.loads(described["input"])["detail"]["object"]
+            except (KeyError, TypeError, ValueError):
+                continue
+            if (obj["key"], obj.get("version-id")) in wanted:
+                found[(obj["key"], obj.get("version-id"))] = described
+    return found
+
+
+def _replay_failed(load: _Load, executions: dict[tuple[str, str], dict[str, Any]], timeout: float) -> None:
+    """What failed for another reason than its input is replayed, as an operator would."""
+    from inferpipe import replay
+
+    report, sfn = load.report, load.sfn
     named = set(BAD_ERRORS.values())
-    again = [e["executionArn"] for e in executions.values() if e["status"] != "SUCCEEDED" and e.get("error") not in named]
+    again = [
+        e["executionArn"] for e in executions.values() if e["status"] != "SUCCEEDED" and e.get("error") not in named
+    ]
     report.first_failures = sorted(
-        f"{e['error']}: {str(e.get('cause', ''))[:300]}" for e in executions.values() if e["executionArn"] in set(again))
-    if again:
-        summary = replay.replay(sfn, stack.state_machine_arn, executions=again, wait=True, timeout=timeout, out=out)
-        report.replayed = len(summary.replayed)
-        for arn in again:  # what a replay did not mend is a problem, with its cause (the stack is gone after the run)
-            described = sfn.describe_execution(executionArn=arn)
-            if described["status"] != "SUCCEEDED":
-                report.problems.append(f"{arn} still {described['status']} after its replay: {described.get('error', '')}: "
-                                       f"{str(described.get('cause', ''))[:400]}")
-    stack.flush_logs()
-    report.seconds = time.monotonic() - started
+        f"{e['error']}: {str(e.get('cause', ''))[:300]}" for e in executions.values() if e["executionArn"] in set(again)
+    )
+    if not again:
+        return
+    summary = replay.replay(
+        sfn, load.stack.state_machine_arn, executions=again, wait=True, timeout=timeout, out=load.out
+    )
+    report.replayed = len(summary.replayed)
+    for arn in again:  # what a replay did not mend is a problem, with its cause (the stack is gone after the run)
+        described = sfn.describe_execution(executionArn=arn)
+        if described["status"] != "SUCCEEDED":
+            report.problems.append(
+                f"{arn} still {described['status']} after its replay: {described.get('error', '')}: "
+                f"{str(described.get('cause', ''))[:400]}"
+            )
 
-    # Reconcile: the operator's command, then the messages themselves (which it cannot read).
+
+def _check(load: _Load, executions: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Reconcile: the operator's command, then the messages themselves (which it cannot read)."""
+    from inferpipe import reconcile
+
+    report, stack = load.report, load.stack
     reconciled = reconcile.reconcile(
-        s3, stack.client("dynamodb"), input_bucket=bucket, input_prefix=run + "/", output_bucket=output,
-        output_prefix=stack.resources.settings["OUTPUT_PREFIX"], table=stack.resources.table, sinks=SINKS, since=None,
+        load.s3,
+        stack.client("dynamodb"),
+        input_bucket=load.bucket,
+        input_prefix=load.run + "/",
+        output_bucket=load.output,
+        output_prefix=stack.resources.settings["OUTPUT_PREFIX"],
+        table=stack.resources.table,
+        sinks=SINKS,
+        since=None,
     )
     report.reconciliation = reconcile.format_report(reconciled)
     totals = reconciled.totals
-    reader = SinkReader(stack)
-    reader._drain()
-    messages: dict[str, Counter[tuple[str, str]]] = {sink: Counter() for sink in ("sns", "sqs", "eventbridge")}
-    for sink, counted in messages.items():
-        for record in reader.drained[sink]:
-            if record["source"]["key"].startswith(run + "/"):
-                counted[(record["source"]["key"], record["source"]["version_id"])] += 1
-    good_versions = {(u.key, versions[i]) for i, u in enumerate(report.uploads) if u.bad is None}
+    messages = _messages(load)
+    good_versions = load.uploaded(good_only=True)
     message_duplicates = sum(n - 1 for counted in messages.values() for n in counted.values() if n > 1)
     message_missing = sum(1 for counted in messages.values() for v in good_versions if counted[v] == 0)
     report.counts = {
-        "first executions": dict(statuses),
-        "their errors": dict(errors),
-        "versions without an execution": len(wanted - set(executions)),
+        "first executions": dict(Counter(e["status"] for e in executions.values())),
+        "their errors": dict(Counter(str(e.get("error")) for e in executions.values() if e["status"] != "SUCCEEDED")),
+        "versions without an execution": len(load.uploaded() - set(executions)),
         "reconcile totals": totals,
         "messages (sns, sqs, eventbridge) per good version": {sink: sum(c.values()) for sink, c in messages.items()},
         "duplicates": totals["duplicates"] + message_duplicates,
@@ -273,38 +372,99 @@ def run_load(stack: Any, images: int = 300, bad_share: float = 0.05, fault_share
     for problem in ("missing", "duplicates", "stale"):
         if totals[problem]:
             report.problems.append(f"reconcile: {totals[problem]} {problem}")
-    report.problems += [f"reconcile: {e['problem']} {e['sink']} {e['key']} {e.get('version_id', '')} {e.get('detail', '')}".rstrip()
-                        for e in reconciled.examples]
+    report.problems += [
+        f"reconcile: {e['problem']} {e['sink']} {e['key']} {e.get('version_id', '')} {e.get('detail', '')}".rstrip()
+        for e in reconciled.examples
+    ]
     for sink, counted in messages.items():
-        report.problems += [f"{n} {sink} messages for {key} {version}" for (key, version), n in counted.items() if n > 1]
-        report.problems += [f"no {sink} message for {key} {version}" for key, version in sorted(good_versions) if counted[(key, version)] == 0]
+        report.problems += [
+            f"{n} {sink} messages for {key} {version}" for (key, version), n in counted.items() if n > 1
+        ]
+        report.problems += [
+            f"no {sink} message for {key} {version}"
+            for key, version in sorted(good_versions)
+            if counted[(key, version)] == 0
+        ]
     expected_failed = len(report.bad) * len(SINKS)
     if totals["failed"] != expected_failed:
-        report.problems.append(f"reconcile: {totals['failed']} failed, expected {expected_failed} (the bad inputs, in each sink)")
-    for upload in report.uploads:
+        report.problems.append(
+            f"reconcile: {totals['failed']} failed, expected {expected_failed} (the bad inputs, in each sink)"
+        )
+    report.problems += _bad_input_problems(load) + _overwrite_problems(load)
+
+
+def _messages(load: _Load) -> dict[str, Counter[tuple[str, str]]]:
+    """How many messages each message sink got per (key, version id) of this run."""
+    from tests.e2e.conftest import SinkReader
+
+    reader = SinkReader(load.stack)
+    reader._drain()
+    messages: dict[str, Counter[tuple[str, str]]] = {sink: Counter() for sink in ("sns", "sqs", "eventbridge")}
+    for sink, counted in messages.items():
+        for record in reader.drained[sink]:
+            if record["source"]["key"].startswith(load.run + "/"):
+                counted[(record["source"]["key"], record["source"]["version_id"])] += 1
+    return messages
+
+
+def _bad_input_problems(load: _Load) -> list[str]:
+    """Each bad input's failure record must name the error its kind causes."""
+    from functions.sink import records
+    from functions.sink.core import FAILURE_PREFIX
+
+    problems = []
+    for upload in load.report.uploads:
         if upload.bad is None:
             continue
-        record = records.read_latest(s3, output, FAILURE_PREFIX, {"bucket": bucket, "key": upload.key}) or {}
+        source = {"bucket": load.bucket, "key": upload.key}
+        record = records.read_latest(load.s3, load.output, FAILURE_PREFIX, source) or {}
         if (record.get("error") or {}).get("type") != BAD_ERRORS[upload.bad]:
-            report.problems.append(f"bad input {upload.key} ({upload.bad}): failure record {record.get('error')}, expected {BAD_ERRORS[upload.bad]}")
-    for key in sorted({u.key for u in report.uploads if u.overwrite}):
-        newest = next(versions[i] for i in range(len(report.uploads) - 1, -1, -1) if report.uploads[i].key == key)
-        latest = records.read_latest(s3, output, stack.resources.settings["OUTPUT_PREFIX"], {"bucket": bucket, "key": key}) or {}
+            problems.append(
+                f"bad input {upload.key} ({upload.bad}): failure record {record.get('error')}, expected {BAD_ERRORS[upload.bad]}"
+            )
+    return problems
+
+
+def _overwrite_problems(load: _Load) -> list[str]:
+    """Each overwritten key's latest view must describe its newest version."""
+    from functions.sink import records
+
+    uploads, prefix = load.report.uploads, load.stack.resources.settings["OUTPUT_PREFIX"]
+    problems = []
+    for key in sorted({u.key for u in uploads if u.overwrite}):
+        newest = next(load.versions[i] for i in range(len(uploads) - 1, -1, -1) if uploads[i].key == key)
+        latest = records.read_latest(load.s3, load.output, prefix, {"bucket": load.bucket, "key": key}) or {}
         if (latest.get("source") or {}).get("version_id") != newest:
-            report.problems.append(f"overwritten {key}: the latest view holds {(latest.get('source') or {}).get('version_id')}, not {newest}")
-    print(report.text(), file=out, flush=True)
-    return report
+            problems.append(
+                f"overwritten {key}: the latest view holds {(latest.get('source') or {}).get('version_id')}, not {newest}"
+            )
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000, help="object versions to upload (default 1000)")
     parser.add_argument("--bad", type=float, default=0.05, help="share of bad inputs (default 0.05)")
-    parser.add_argument("--faults", type=float, default=0.10, help="share of good images with an injected transient fault (default 0.10)")
+    parser.add_argument(
+        "--faults",
+        type=float,
+        default=0.10,
+        help="share of good images with an injected transient fault (default 0.10)",
+    )
     parser.add_argument("--burst", type=int, default=20, help="uploads per burst (default 20)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--overwrites", type=float, default=0.05, help="share of uploads that are a new version of an earlier key (default 0.05)")
-    parser.add_argument("--kill-every", type=float, default=2.0, help="seconds between kills of a running environment (0: none; default 2)")
+    parser.add_argument(
+        "--overwrites",
+        type=float,
+        default=0.05,
+        help="share of uploads that are a new version of an earlier key (default 0.05)",
+    )
+    parser.add_argument(
+        "--kill-every",
+        type=float,
+        default=2.0,
+        help="seconds between kills of a running environment (0: none; default 2)",
+    )
     args = parser.parse_args(argv)
 
     from functions.common.manifest import MANIFEST_FILE
@@ -326,8 +486,16 @@ def main(argv: list[str] | None = None) -> int:
     # (tests/e2e/test_batching.py checks the batched trigger's deliveries object by object).
     with LocalStack(default_model="demo", trigger="direct").start() as stack:
         publish(stack.client("s3"), stack.resources.buckets["models"], DEMO_MODEL_DIR, name="demo", alias="prod")
-        report = run_load(stack, images=args.images, bad_share=args.bad, fault_share=args.faults, burst=args.burst, seed=args.seed,
-                          overwrite_share=args.overwrites, kill_every=args.kill_every or None)
+        report = run_load(
+            stack,
+            images=args.images,
+            bad_share=args.bad,
+            fault_share=args.faults,
+            burst=args.burst,
+            seed=args.seed,
+            overwrite_share=args.overwrites,
+            kill_every=args.kill_every or None,
+        )
     return 0 if report.ok else 1
 
 

@@ -24,10 +24,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from functions.common.model_store import ModelStore  # noqa: E402
-from functions.inference.core import load_model, predict  # noqa: E402
-from inferpipe.models import import_model_zoo, publish  # noqa: E402
-from inferpipe.paths import BUILD_DIR  # noqa: E402
+from functions.common.model_store import ModelStore
+from functions.inference.core import load_model, predict
+from inferpipe.models import publish
+from inferpipe.packaging import import_model_zoo
+from inferpipe.paths import BUILD_DIR
 
 BUCKET = "timings-models"
 
@@ -71,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-resnet50", action="store_true")
     args = parser.parse_args(argv)
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         os.environ.setdefault(name, value)
     os.environ.pop("AWS_ENDPOINT_URL", None)
     import boto3
@@ -89,15 +94,21 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_resnet50:
             started = time.perf_counter()
             import_model_zoo("resnet50_v1", pretrained=False, out_dir=Path(tmp) / "resnet50", package_name="resnet50")
-            print(f"(resnet50_v1 random-weight package built in {time.perf_counter() - started:.1f} s)", file=sys.stderr)
+            print(
+                f"(resnet50_v1 random-weight package built in {time.perf_counter() - started:.1f} s)", file=sys.stderr
+            )
             results["resnet50_v1"] = measure(s3, Path(tmp) / "resnet50", "resnet50", args.repeats)
-    print(f"{'MODEL':<12}{'MODE':<6}{'FUSED':<7}{'PARAMS':>9}{'FETCH':>9}{'LOAD':>9}{'1ST FWD':>9}{'COLD':>9}{'WARM p50':>10}{'WARM p90':>10}")
+    print(
+        f"{'MODEL':<12}{'MODE':<6}{'FUSED':<7}{'PARAMS':>9}{'FETCH':>9}{'LOAD':>9}{'1ST FWD':>9}{'COLD':>9}{'WARM p50':>10}{'WARM p90':>10}"
+    )
     for model, r in results.items():
         print(
-            f"{model:<12}{r['inference_mode']:<6}{str(r['fused']):<7}{r['params_mb']:>7.1f}MB{r['fetch_ms']:>7.0f}ms{r['load_ms']:>7.0f}ms"
+            f"{model:<12}{r['inference_mode']:<6}{r['fused']!s:<7}{r['params_mb']:>7.1f}MB{r['fetch_ms']:>7.0f}ms{r['load_ms']:>7.0f}ms"
             f"{r['first_forward_ms']:>7.1f}ms{r['cold_total_ms']:>7.0f}ms{r['warm_median_ms']:>8.1f}ms{r['warm_p90_ms']:>8.1f}ms"
         )
-    print(f"(cpu count {os.cpu_count()}; cold = fetch + load incl. warm-up forward + first forward; warm over {args.repeats} forwards)")
+    print(
+        f"(cpu count {os.cpu_count()}; cold = fetch + load incl. warm-up forward + first forward; warm over {args.repeats} forwards)"
+    )
     return 0
 
 

@@ -28,7 +28,15 @@ except ImportError:  # the tests import reference_inputs() only, without torch
 
 SEED = 20261201
 # (expand, kernel, stride, channels, repeats): EfficientNet-B0's stages, Lite0's too.
-STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+STAGES = [
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+]
 
 
 def reference_inputs() -> np.ndarray:
@@ -50,7 +58,16 @@ def same_conv(x: torch.Tensor, w: torch.Tensor, stride: int, groups: int = 1) ->
 
 
 def bn(x: torch.Tensor, sd: dict, name: str) -> torch.Tensor:
-    return F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"], sd[f"{name}.bias"], False, 0.0, 1e-3)
+    return F.batch_norm(
+        x,
+        sd[f"{name}.running_mean"],
+        sd[f"{name}.running_var"],
+        sd[f"{name}.weight"],
+        sd[f"{name}.bias"],
+        False,
+        0.0,
+        1e-3,
+    )
 
 
 def forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +79,13 @@ def forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
             inp = x
             if expand != 1:
                 x = F.relu6(bn(same_conv(x, sd[p + "_expand_conv.weight"], 1), sd, p + "_bn0"))
-            x = F.relu6(bn(same_conv(x, sd[p + "_depthwise_conv.weight"], stride if r == 0 else 1, groups=x.shape[1]), sd, p + "_bn1"))
+            x = F.relu6(
+                bn(
+                    same_conv(x, sd[p + "_depthwise_conv.weight"], stride if r == 0 else 1, groups=x.shape[1]),
+                    sd,
+                    p + "_bn1",
+                )
+            )
             x = bn(same_conv(x, sd[p + "_project_conv.weight"], 1), sd, p + "_bn2")
             if (stride if r == 0 else 1) == 1 and inp.shape[1] == channels:
                 x = x + inp
@@ -83,8 +106,11 @@ def main() -> None:
     with torch.no_grad():
         logits = forward(sd, torch.from_numpy(inputs)).numpy().astype(np.float32)
     np.savez_compressed(
-        args.out, logits=logits, inputs_sha256=np.array(hashlib.sha256(inputs.tobytes()).hexdigest()),
-        seed=np.array(SEED), torch_version=np.array(torch.__version__),
+        args.out,
+        logits=logits,
+        inputs_sha256=np.array(hashlib.sha256(inputs.tobytes()).hexdigest()),
+        seed=np.array(SEED),
+        torch_version=np.array(torch.__version__),
     )
     print(f"wrote {args.out}: logits {logits.shape}, top-1 {logits.argmax(1).tolist()}, torch {torch.__version__}")
 

@@ -94,7 +94,9 @@ def _draw_square(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: tupl
 
 def _draw_triangle(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: tuple[int, int], fg: _Colour) -> None:
     c = _Canvas(rng, size)
-    corners = np.array([[c.radius * math.cos(a), c.radius * math.sin(a)] for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)])
+    corners = np.array(
+        [[c.radius * math.cos(a), c.radius * math.sin(a)] for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    )
     draw.polygon(_rotated(corners, c.angle, c.centre), fill=fg)
 
 
@@ -155,7 +157,9 @@ def render(label: str, rng: np.random.Generator, size: tuple[int, int] = (128, 1
         pixels = np.asarray(image, dtype=np.float32)
     else:
         mask = _pattern(rng, (width, height), label)
-        pixels = np.where(mask[..., None], np.float32(foreground), np.float32(background)).astype(np.float32)
+        pixels = np.where(
+            mask[..., None], np.asarray(foreground, np.float32), np.asarray(background, np.float32)
+        ).astype(np.float32)
     noise = float(rng.uniform(0.0, 12.0))
     if noise > 0:
         pixels = pixels + rng.normal(0.0, noise, size=pixels.shape).astype(np.float32)

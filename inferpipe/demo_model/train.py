@@ -29,10 +29,12 @@ from PIL import Image
 from functions.common.manifest import InputSpec, Manifest
 from functions.preprocess.transform import to_tensor
 from inferpipe.demo_model.shapes import CLASSES, render
-from inferpipe.models import export_package
+from inferpipe.packaging import export_package
 
 #: The demo model's input: 64×64 crops of images resized to a 64-pixel shorter side.
-DEMO_SPEC = InputSpec(height=64, width=64, resize_shorter=64, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+DEMO_SPEC = InputSpec(
+    height=64, width=64, resize_shorter=64, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
+)
 ARCHITECTURE = "resnet10_v1"
 _HELDOUT_SEED_OFFSET = 1_000_003  # the held-out set never shares a random stream with training
 
@@ -85,7 +87,9 @@ def evaluate(net: gluon.HybridBlock, tensors: np.ndarray, labels: np.ndarray, ba
     return correct / len(labels)
 
 
-def train(seed: int = 0, config: TrainConfig = TrainConfig(), log: bool = True) -> tuple[gluon.HybridBlock, float, float]:
+def train(
+    seed: int = 0, config: TrainConfig = TrainConfig(), log: bool = True
+) -> tuple[gluon.HybridBlock, float, float]:
     """``(network, held-out top-1, training seconds)``; deterministic given ``seed``."""
     mx.random.seed(seed)
     np.random.seed(seed)
@@ -99,8 +103,12 @@ def train(seed: int = 0, config: TrainConfig = TrainConfig(), log: bool = True) 
     net.initialize(mx.init.Xavier(magnitude=2.0), ctx=mx.cpu())
     net.hybridize(static_alloc=True)
     steps_per_epoch = len(y_train) // config.batch_size
-    schedule = mx.lr_scheduler.CosineScheduler(max_update=steps_per_epoch * config.epochs, base_lr=config.learning_rate, final_lr=config.learning_rate / 50)
-    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": config.learning_rate, "lr_scheduler": schedule})
+    schedule = mx.lr_scheduler.CosineScheduler(
+        max_update=steps_per_epoch * config.epochs, base_lr=config.learning_rate, final_lr=config.learning_rate / 50
+    )
+    trainer = gluon.Trainer(
+        net.collect_params(), "adam", {"learning_rate": config.learning_rate, "lr_scheduler": schedule}
+    )
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     for epoch in range(config.epochs):
         order = rng.permutation(len(y_train))
@@ -114,7 +122,10 @@ def train(seed: int = 0, config: TrainConfig = TrainConfig(), log: bool = True) 
             trainer.step(config.batch_size)
             total += float(loss.mean().asscalar())
         if log:
-            print(f"epoch {epoch + 1}/{config.epochs}: loss {total / steps_per_epoch:.4f} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+            print(
+                f"epoch {epoch + 1}/{config.epochs}: loss {total / steps_per_epoch:.4f} ({time.perf_counter() - started:.0f} s)",
+                file=sys.stderr,
+            )
     accuracy = evaluate(net, x_held, y_held)
     seconds = time.perf_counter() - started
     if log:
@@ -131,7 +142,14 @@ def select_mode(fp32_dir: Path, out_dir: Path, seed: int, config: TrainConfig, t
     import tempfile
 
     from functions.inference.core import load_model
-    from inferpipe.optimize import choose_mode, install_mode, median_latency_ms, mode_selection, optimize_package, read_package
+    from inferpipe.optimize import (
+        choose_mode,
+        install_mode,
+        median_latency_ms,
+        mode_selection,
+        optimize_package,
+        read_package,
+    )
 
     calibration, _ = make_dataset(8, np.random.default_rng(seed + 2 * _HELDOUT_SEED_OFFSET), config)
     x_held, y_held = make_dataset(config.heldout_per_class, np.random.default_rng(seed + _HELDOUT_SEED_OFFSET), config)
@@ -139,7 +157,9 @@ def select_mode(fp32_dir: Path, out_dir: Path, seed: int, config: TrainConfig, t
         dirs = {"fp32": Path(fp32_dir), "fused": Path(tmp) / "fused", "int8": Path(tmp) / "int8"}
         manifests = {"fp32": read_package(fp32_dir)[0]}
         for mode in ("fused", "int8"):
-            manifests[mode] = optimize_package(fp32_dir, dirs[mode], mode, calibration=calibration, heldout=x_held, heldout_labels=y_held)
+            manifests[mode] = optimize_package(
+                fp32_dir, dirs[mode], mode, calibration=calibration, heldout=x_held, heldout_labels=y_held
+            )
         # fp32 is served hybridized, as the original design ran it (no fusion at load) for the comparison
         loaded = {
             mode: load_model(m, read_package(dirs[mode])[1], **({"fuse": False} if mode == "fp32" else {}))
@@ -148,19 +168,33 @@ def select_mode(fp32_dir: Path, out_dir: Path, seed: int, config: TrainConfig, t
         latency = median_latency_ms(loaded, rounds=50)
         fp32_top1 = manifests["fused"].metrics["top1_heldout_fp32"]
         candidates = {
-            mode: {"top1": fp32_top1 if mode == "fp32" else manifests[mode].metrics["top1_heldout"], "median_ms": round(latency[mode], 3)}
+            mode: {
+                "top1": fp32_top1 if mode == "fp32" else manifests[mode].metrics["top1_heldout"],
+                "median_ms": round(latency[mode], 3),
+            }
             for mode in manifests
         }
         chosen = choose_mode(candidates, tolerance_pp)
         decision = {
-            "mode_selection": mode_selection(f"fastest batch-1 mode with held-out top-1 within {tolerance_pp} pp of fp32", chosen, candidates, len(y_held)),
+            "mode_selection": mode_selection(
+                f"fastest batch-1 mode with held-out top-1 within {tolerance_pp} pp of fp32",
+                chosen,
+                candidates,
+                len(y_held),
+            ),
             "top1_heldout_fp32": fp32_top1,
         }
         return install_mode(dirs, manifests, chosen, decision, Path(out_dir))
 
 
 def build_demo_model(
-    out_dir: Path, seed: int = 0, config: TrainConfig = TrainConfig(), *, name: str = "demo", min_accuracy: float = 0.95, optimize: bool = True
+    out_dir: Path,
+    seed: int = 0,
+    config: TrainConfig = TrainConfig(),
+    *,
+    name: str = "demo",
+    min_accuracy: float = 0.95,
+    optimize: bool = True,
 ) -> Manifest:
     """Train the demo model and export it as a package folder; prints the held-out accuracy.
 
@@ -184,7 +218,9 @@ def build_demo_model(
         source=f"inferpipe demo trainer (seed {seed})",
         metrics={"top1_heldout": round(accuracy, 4), "train_seconds": round(seconds, 1), "seed": seed},
     )
-    print(f"demo model: held-out top-1 {accuracy:.2%} on {config.heldout_per_class * len(CLASSES)} images, trained in {seconds:.0f} s; version {manifest.version}")
+    print(
+        f"demo model: held-out top-1 {accuracy:.2%} on {config.heldout_per_class * len(CLASSES)} images, trained in {seconds:.0f} s; version {manifest.version}"
+    )
     if accuracy < min_accuracy:
         print(f"warning: held-out top-1 {accuracy:.2%} is below {min_accuracy:.0%}", file=sys.stderr)
     if optimize:
@@ -195,14 +231,20 @@ def build_demo_model(
             shutil.copytree(out_dir, fp32_dir)
             manifest = select_mode(fp32_dir, Path(out_dir), seed, config)
         selection = manifest.metrics["mode_selection"]
-        shown = ", ".join(f"{m} {c['median_ms']:.2f} ms top-1 {c['top1']:.2%}" for m, c in selection["candidates"].items())
+        shown = ", ".join(
+            f"{m} {c['median_ms']:.2f} ms top-1 {c['top1']:.2%}" for m, c in selection["candidates"].items()
+        )
         print(f"inference mode: {selection['chosen']} ({shown}); version {manifest.version}")
     return manifest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inferpipe.demo_model.train", description="Train the offline demo model package.")
-    parser.add_argument("--out", type=Path, default=Path("build/demo-model"), help="package folder to write (default build/demo-model)")
+    parser = argparse.ArgumentParser(
+        prog="python -m inferpipe.demo_model.train", description="Train the offline demo model package."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("build/demo-model"), help="package folder to write (default build/demo-model)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
     build_demo_model(args.out, seed=args.seed)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +57,15 @@ def export_fp32(name: str, out_dir: Path, *, package_name: str | None = None, sa
     """The fp32 package of a pretrained network: our Gluon network, the shipped weights mapped in."""
     import mxnet as mx
 
-    from inferpipe.models import export_package
+    from inferpipe.packaging import export_package
     from inferpipe.pretrained.efficientnet_lite import LITE0_SPEC, efficientnet_lite0, load_state_dict, weights_path
     from inferpipe.pretrained.imagenet import imagenet_labels
     from inferpipe.pretrained.legacy_pth import UntrustedPickleError, read_state_dict
 
     if name not in PRETRAINED:
-        raise ModelNotFoundError(f"{name!r} is not a pretrained network inferpipe can package offline; known: {', '.join(PRETRAINED)}")
+        raise ModelNotFoundError(
+            f"{name!r} is not a pretrained network inferpipe can package offline; known: {', '.join(PRETRAINED)}"
+        )
     path = weights_path()
     try:
         tensors = read_state_dict(path)
@@ -72,7 +75,12 @@ def export_fp32(name: str, out_dir: Path, *, package_name: str | None = None, sa
     counts = load_state_dict(net, tensors)
     with mx.cpu():
         return export_package(
-            net, imagenet_labels(), LITE0_SPEC, Path(out_dir), name=package_name or name, architecture=name,
+            net,
+            imagenet_labels(),
+            LITE0_SPEC,
+            Path(out_dir),
+            name=package_name or name,
+            architecture=name,
             source=f"{PRETRAINED[name]}; weights {path.name}, network inferpipe.pretrained.efficientnet_lite",
             metrics={"tensors_mapped": counts["mapped"], "parameters": counts["parameters"], "same_padding": same},
         )
@@ -88,8 +96,7 @@ def import_pretrained(
     batch-1 mode whose top-1 agreement is at least ``MIN_AGREEMENT`` is written; the candidates
     and the decision are in ``metrics.mode_selection``. Any other mode writes that mode.
     """
-    from functions.inference.core import load_model
-    from inferpipe.optimize import install_mode, median_latency_ms, mode_selection, optimize_package, read_package
+    from inferpipe.optimize import install_mode
 
     if mode != "auto" and mode not in INFERENCE_MODES:
         raise InvalidRequestError(f"mode {mode!r} is not 'auto' or one of {INFERENCE_MODES}")
@@ -102,41 +109,70 @@ def import_pretrained(
         spec = manifests["fp32"].input
         heldout = heldout_tensors(spec)
         wanted = ("fused", "int8") if mode == "auto" else (mode,)
-        calibration = calibration_tensors(spec) if "int8" in wanted else None
-        for m in wanted:
-            manifests[m] = optimize_package(
-                dirs["fp32"], dirs[m], m, calibration=calibration if m == "int8" else None, heldout=heldout,
-                max_calibration=len(calibration) if calibration is not None else 0,
-            )
-            if log:
-                metrics = manifests[m].metrics
-                print(
-                    f"{m}: top-1 agreement with fp32 {metrics['agreement_top1_vs_fp32']:.2%} on {metrics['agreement_images']} held-out images, "
-                    f"centred cosine {metrics['centred_cosine_mean']:.4f} (min {metrics['centred_cosine_min']:.4f})",
-                    file=sys.stderr,
-                )
+        manifests.update(_optimized(dirs, wanted, spec, heldout, log=log))
         if mode != "auto":
             return install_mode(dirs, manifests, mode, {}, out_dir)
-        # fp32 as the original design ran it (hybridized, unfused), for the comparison
-        loaded = {m: load_model(man, read_package(dirs[m])[1], **({"fuse": False} if m == "fp32" else {})) for m, man in manifests.items()}
-        latency = median_latency_ms(loaded, rounds=40)
-        del loaded
-        candidates = {
-            m: {
-                "median_ms": round(latency[m], 3),
-                "agreement_top1_vs_fp32": 1.0 if m == "fp32" else manifests[m].metrics["agreement_top1_vs_fp32"],
-                "centred_cosine_mean": 1.0 if m == "fp32" else manifests[m].metrics["centred_cosine_mean"],
-            }
-            for m in manifests
-        }
-        eligible = [m for m, c in candidates.items() if c["agreement_top1_vs_fp32"] >= MIN_AGREEMENT]
-        chosen = min(eligible, key=lambda m: candidates[m]["median_ms"])
-        rule = f"fastest batch-1 mode whose top-1 agrees with fp32 on >= {MIN_AGREEMENT:.0%} of the held-out photos"
-        decision = {"mode_selection": mode_selection(rule, chosen, candidates, len(heldout))}
-        if log:
-            shown = ", ".join(f"{m} {c['median_ms']:.1f} ms" for m, c in candidates.items())
-            print(f"inference mode: {chosen} ({shown})", file=sys.stderr)
+        chosen, decision = _choose(dirs, manifests, len(heldout), log=log)
         return install_mode(dirs, manifests, chosen, decision, out_dir)
+
+
+def _optimized(
+    dirs: dict[str, Path], wanted: Sequence[str], spec: InputSpec, heldout: np.ndarray, *, log: bool
+) -> dict[str, Manifest]:
+    """The ``wanted`` modes of the fp32 package in ``dirs["fp32"]``, each checked against fp32 on ``heldout``."""
+    from inferpipe.optimize import optimize_package
+
+    calibration = calibration_tensors(spec) if "int8" in wanted else None
+    manifests = {}
+    for m in wanted:
+        manifests[m] = optimize_package(
+            dirs["fp32"],
+            dirs[m],
+            m,
+            calibration=calibration if m == "int8" else None,
+            heldout=heldout,
+            max_calibration=len(calibration) if calibration is not None else 0,
+        )
+        if log:
+            metrics = manifests[m].metrics
+            print(
+                f"{m}: top-1 agreement with fp32 {metrics['agreement_top1_vs_fp32']:.2%} on {metrics['agreement_images']} held-out images, "
+                f"centred cosine {metrics['centred_cosine_mean']:.4f} (min {metrics['centred_cosine_min']:.4f})",
+                file=sys.stderr,
+            )
+    return manifests
+
+
+def _choose(
+    dirs: dict[str, Path], manifests: dict[str, Manifest], heldout_images: int, *, log: bool
+) -> tuple[str, dict[str, Any]]:
+    """Mode ``auto``'s choice, the fastest batch-1 mode that agrees enough with fp32, and its record."""
+    from functions.inference.core import load_model
+    from inferpipe.optimize import median_latency_ms, mode_selection, read_package
+
+    # fp32 as the original design ran it (hybridized, unfused), for the comparison
+    loaded = {
+        m: load_model(man, read_package(dirs[m])[1], **({"fuse": False} if m == "fp32" else {}))
+        for m, man in manifests.items()
+    }
+    latency = median_latency_ms(loaded, rounds=40)
+    del loaded
+    candidates = {
+        m: {
+            "median_ms": round(latency[m], 3),
+            "agreement_top1_vs_fp32": 1.0 if m == "fp32" else manifests[m].metrics["agreement_top1_vs_fp32"],
+            "centred_cosine_mean": 1.0 if m == "fp32" else manifests[m].metrics["centred_cosine_mean"],
+        }
+        for m in manifests
+    }
+    eligible = [m for m, c in candidates.items() if c["agreement_top1_vs_fp32"] >= MIN_AGREEMENT]
+    chosen = min(eligible, key=lambda m: candidates[m]["median_ms"])
+    rule = f"fastest batch-1 mode whose top-1 agrees with fp32 on >= {MIN_AGREEMENT:.0%} of the held-out photos"
+    decision = {"mode_selection": mode_selection(rule, chosen, candidates, heldout_images)}
+    if log:
+        shown = ", ".join(f"{m} {c['median_ms']:.1f} ms" for m, c in candidates.items())
+        print(f"inference mode: {chosen} ({shown})", file=sys.stderr)
+    return chosen, decision
 
 
 __all__ = ["MIN_AGREEMENT", "PRETRAINED", "calibration_tensors", "export_fp32", "heldout_tensors", "import_pretrained"]

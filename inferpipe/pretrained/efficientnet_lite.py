@@ -32,8 +32,12 @@ from functions.common.manifest import InputSpec
 #: 256 (TF: centre crop of 224/(224+32) of the shorter side, then resize), a 224 centre crop,
 #: bicubic, and ``(x - 127) / 128`` on 0..255 pixels, i.e. mean 127/255 and std 128/255 on [0, 1].
 LITE0_SPEC = InputSpec(
-    height=224, width=224, resize_shorter=256, interpolation="bicubic",
-    mean=(127.0 / 255.0,) * 3, std=(128.0 / 255.0,) * 3,
+    height=224,
+    width=224,
+    resize_shorter=256,
+    interpolation="bicubic",
+    mean=(127.0 / 255.0,) * 3,
+    std=(128.0 / 255.0,) * 3,
 )
 #: TF's BatchNorm epsilon (the checkpoint's; PyTorch's default 1e-5 changes the logits).
 BN_EPSILON = 1e-3
@@ -90,7 +94,17 @@ class SameConv(HybridBlock):
       port holds): a pass over the input and a reorder out of oneDNN's blocked layout and back.
     """
 
-    def __init__(self, channels: int, kernel: int, stride: int, *, groups: int = 1, act: bool = True, same: str = "flip", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        channels: int,
+        kernel: int,
+        stride: int,
+        *,
+        groups: int = 1,
+        act: bool = True,
+        same: str = "flip",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if stride not in (1, 2) or kernel % 2 == 0:
             raise ValueError("SameConv supports odd kernels with stride 1 or 2")
@@ -140,7 +154,9 @@ class MBConv(HybridBlock):
 class EfficientNetLite(HybridBlock):
     """Stem (3×3/2 conv) → MBConv stages → head (1×1 conv to 1280) → global average pool → FC."""
 
-    def __init__(self, stages: tuple[Stage, ...] = LITE0_STAGES, classes: int = NUM_CLASSES, same: str = "flip", **kwargs: Any) -> None:
+    def __init__(
+        self, stages: tuple[Stage, ...] = LITE0_STAGES, classes: int = NUM_CLASSES, same: str = "flip", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.stages = stages
         self.same = same
@@ -224,9 +240,13 @@ def load_state_dict(net: EfficientNetLite, tensors: Mapping[str, np.ndarray]) ->
     if missing:
         problems.append(f"{len(missing)} missing: {', '.join(missing[:6])}" + (" …" if len(missing) > 6 else ""))
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {', '.join(unexpected[:6])}" + (" …" if len(unexpected) > 6 else ""))
+        problems.append(
+            f"{len(unexpected)} unexpected: {', '.join(unexpected[:6])}" + (" …" if len(unexpected) > 6 else "")
+        )
     if misshaped:
-        problems.append(f"{len(misshaped)} mis-shaped: {'; '.join(misshaped[:4])}" + (" …" if len(misshaped) > 4 else ""))
+        problems.append(
+            f"{len(misshaped)} mis-shaped: {'; '.join(misshaped[:4])}" + (" …" if len(misshaped) > 4 else "")
+        )
     if problems:
         raise ModelIntegrityError("the weights do not fit EfficientNet-Lite0: " + "; ".join(problems))
     for src, (_, param) in mapping.items():

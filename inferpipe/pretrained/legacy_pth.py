@@ -81,11 +81,22 @@ def _rebuild_tensor_v2(storage: Any, offset: Any, shape: Any, stride: Any, *_res
         ref = _TensorRef(storage, int(offset), tuple(int(s) for s in shape), tuple(int(s) for s in stride))
     except (TypeError, ValueError):
         raise UntrustedPickleError("a tensor has a malformed offset, shape or stride") from None
-    if ref.offset < 0 or any(s < 0 for s in ref.shape) or any(s < 0 for s in ref.stride) or len(ref.shape) != len(ref.stride):
+    if (
+        ref.offset < 0
+        or any(s < 0 for s in ref.shape)
+        or any(s < 0 for s in ref.stride)
+        or len(ref.shape) != len(ref.stride)
+    ):
         raise UntrustedPickleError(f"a tensor has an invalid offset/shape/stride {ref.offset}/{ref.shape}/{ref.stride}")
-    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride)) if all(ref.shape) else ref.offset - 1
+    last = (
+        ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride, strict=True))
+        if all(ref.shape)
+        else ref.offset - 1
+    )
     if last >= storage.numel:
-        raise UntrustedPickleError(f"a tensor of shape {ref.shape} reaches past its storage of {storage.numel} elements")
+        raise UntrustedPickleError(
+            f"a tensor of shape {ref.shape} reaches past its storage of {storage.numel} elements"
+        )
     return ref
 
 
@@ -136,6 +147,17 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
     if data[:4] == b"PK\x03\x04":
         raise UntrustedPickleError(f"{path} is a zip-format PyTorch file; only the legacy format is read here")
     stream = io.BytesIO(data)
+    _check_header(stream, path)
+    root = _read_root(stream, path)
+    keys = _load_plain(stream, "storage key list")
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise UntrustedPickleError(f"{path}: malformed storage key list")
+    storages = _read_storages(stream, path, keys, {ref.storage.key: ref.storage for ref in root.values()})
+    return {name: _tensor(ref, storages[ref.storage.key]) for name, ref in root.items()}
+
+
+def _check_header(stream: BinaryIO, path: Path) -> None:
+    """The magic number, protocol version and system info a legacy file starts with."""
     if _load_plain(stream, "magic number") != MAGIC_NUMBER:
         raise UntrustedPickleError(f"{path} is not a legacy PyTorch file (wrong magic number)")
     if _load_plain(stream, "protocol version") != PROTOCOL_VERSION:
@@ -143,17 +165,23 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
     info = _load_plain(stream, "system info")
     if not isinstance(info, dict) or info.get("little_endian") is not True:
         raise UntrustedPickleError(f"{path} was written on a big-endian machine (not supported)")
+
+
+def _read_root(stream: BinaryIO, path: Path) -> dict[str, _TensorRef]:
+    """The state dict itself: a flat mapping of names to tensor references (nothing else is allowed)."""
     try:
         root = _StateDictUnpickler(stream).load()
     except (pickle.UnpicklingError, EOFError, AttributeError, TypeError) as bad:
         raise UntrustedPickleError(f"{path}: not a state dict: {bad}") from None
     if not isinstance(root, dict) or not all(isinstance(k, str) and isinstance(v, _TensorRef) for k, v in root.items()):
         raise UntrustedPickleError(f"{path} does not hold a flat mapping of names to tensors")
-    keys = _load_plain(stream, "storage key list")
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise UntrustedPickleError(f"{path}: malformed storage key list")
+    return root
 
-    wanted = {ref.storage.key: ref.storage for ref in root.values()}
+
+def _read_storages(
+    stream: BinaryIO, path: Path, keys: list[str], wanted: dict[str, _StorageRef]
+) -> dict[str, np.ndarray]:
+    """The raw storages, in the file's order, each checked against what the tensors expect of it."""
     storages: dict[str, np.ndarray] = {}
     for key in keys:
         ref = wanted.get(key)
@@ -162,7 +190,9 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
             raise UntrustedPickleError(f"{path} ends before storage {key}")
         (numel,) = struct.unpack("<q", header)
         if ref is None or numel != ref.numel:
-            raise UntrustedPickleError(f"{path}: storage {key} is unknown or its size {numel} disagrees with the tensors")
+            raise UntrustedPickleError(
+                f"{path}: storage {key} is unknown or its size {numel} disagrees with the tensors"
+            )
         nbytes = numel * ref.dtype.itemsize
         if nbytes > MAX_STORAGE_BYTES:
             raise UntrustedPickleError(f"{path}: storage {key} claims {nbytes} bytes (more than {MAX_STORAGE_BYTES})")
@@ -173,16 +203,16 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
     missing = sorted(set(wanted) - set(storages))
     if missing:
         raise UntrustedPickleError(f"{path}: storages {missing[:3]} are referenced but not in the file")
+    return storages
 
-    tensors: dict[str, np.ndarray] = {}
-    for name, ref in root.items():
-        flat = storages[ref.storage.key]
-        itemsize = flat.dtype.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            flat[ref.offset :], shape=ref.shape, strides=tuple(s * itemsize for s in ref.stride), writeable=False
-        )
-        tensors[name] = np.ascontiguousarray(view).astype(view.dtype.newbyteorder("="), copy=False)
-    return tensors
+
+def _tensor(ref: _TensorRef, flat: np.ndarray) -> np.ndarray:
+    """One tensor's view of its storage, copied contiguous in native byte order."""
+    itemsize = flat.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(
+        flat[ref.offset :], shape=ref.shape, strides=tuple(s * itemsize for s in ref.stride), writeable=False
+    )
+    return np.ascontiguousarray(view).astype(view.dtype.newbyteorder("="), copy=False)
 
 
 __all__ = ["UntrustedPickleError", "read_state_dict"]

@@ -47,8 +47,19 @@ DEMO_PHOTOS: dict[str, tuple[str, ...]] = {
     "camera": ("tripod", "reflex camera", "Polaroid camera"),  # the cameraman, greyscale
 }
 CALIBRATION_PHOTOS = (
-    "astronaut", "hubble_deep_field", "retina", "immunohistochemistry", "grass", "gravel", "brick",
-    "coins", "moon", "clock", "colorwheel", "cell", "motorcycle",
+    "astronaut",
+    "hubble_deep_field",
+    "retina",
+    "immunohistochemistry",
+    "grass",
+    "gravel",
+    "brick",
+    "coins",
+    "moon",
+    "clock",
+    "colorwheel",
+    "cell",
+    "motorcycle",
 )
 
 
@@ -127,4 +138,13 @@ def write_jpegs(photos: dict[str, Photo], folder: Path, quality: int = 92) -> li
     return paths
 
 
-__all__ = ["CALIBRATION_PHOTOS", "DEMO_PHOTOS", "Photo", "augment", "augmented", "calibration_photos", "demo_photos", "write_jpegs"]
+__all__ = [
+    "CALIBRATION_PHOTOS",
+    "DEMO_PHOTOS",
+    "Photo",
+    "augment",
+    "augmented",
+    "calibration_photos",
+    "demo_photos",
+    "write_jpegs",
+]

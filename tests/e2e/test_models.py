@@ -23,7 +23,7 @@ from functions.common.request import META_MODEL, META_MODEL_VERSION
 from functions.sink.core import output_key
 from inferpipe.classify import execution_results
 from inferpipe.cli import main
-from inferpipe.models import import_files
+from inferpipe.packaging import import_files
 from tests.e2e.conftest import DEMO_MODEL_DIR, executions_for_key, history, image_bytes, wait_for_execution
 
 ALT = "demo-alt"

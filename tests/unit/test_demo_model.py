@@ -11,7 +11,7 @@ import pytest
 from functions.common.manifest import MANIFEST_FILE, Manifest
 from inferpipe.demo_model.shapes import CLASSES, render, sample_images
 from inferpipe.demo_model.train import DEMO_SPEC, TrainConfig, build_demo_model, build_network, make_dataset
-from inferpipe.models import load_package_dir
+from inferpipe.packaging import load_package_dir
 
 
 @pytest.mark.parametrize("size", [(1, 1), (7, 3), (64, 64), (320, 240), (97, 401)])

@@ -39,7 +39,8 @@ from functions.inference.core import (
     settle_garbage,
     softmax,
 )
-from inferpipe.models import export_package, load_package_dir, publish
+from inferpipe.models import publish
+from inferpipe.packaging import export_package, load_package_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["circle", "square", "triangle"]

@@ -18,7 +18,8 @@ from functions.common.errors import InvalidRequestError, ModelIntegrityError, Mo
 from functions.common.manifest import MANIFEST_FILE, InputSpec, Manifest, sha256_bytes
 from functions.common.aws import read_object
 from functions.common.model_store import ModelStore, cached_store, manifest_key, version_prefix
-from inferpipe.models import export_package, list_versions, load_package_dir, publish, set_alias
+from inferpipe.models import list_versions, publish, set_alias
+from inferpipe.packaging import export_package, load_package_dir
 
 BUCKET = "models-bucket"
 TINY_SPEC = InputSpec(height=32, width=32, resize_shorter=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

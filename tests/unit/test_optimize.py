@@ -21,7 +21,8 @@ from functions.common.manifest import MANIFEST_FILE, Manifest
 from functions.inference import handler
 from functions.inference.core import load_model, predict
 from inferpipe.demo_model.shapes import sample_images
-from inferpipe.models import export_package, load_package_dir, publish
+from inferpipe.models import publish
+from inferpipe.packaging import export_package, load_package_dir
 from inferpipe.optimize import (
     choose_mode,
     fuse_symbol,

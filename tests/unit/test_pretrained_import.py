@@ -13,7 +13,7 @@ from functions.common.manifest import Manifest
 from functions.inference.core import load_model, predict
 from functions.preprocess.core import preprocess
 from functions.common.config import ImageLimits
-from inferpipe.models import load_package_dir
+from inferpipe.packaging import load_package_dir
 from inferpipe.optimize import agreement, centred_cosine
 from inferpipe.pretrained import MIN_AGREEMENT
 from inferpipe.pretrained.photos import CALIBRATION_PHOTOS, DEMO_PHOTOS, demo_photos
