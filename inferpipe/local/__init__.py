@@ -2,7 +2,7 @@
 
 * :mod:`inferpipe.local.spec` renders ``config/stack.json`` (the names Terraform uses too) and the ASL.
 * :mod:`inferpipe.local.bridge` patches moto's gaps: Lambda runs our handlers (in execution
-  environments of their own, :mod:`inferpipe.local.environments`), and EventBridge rules start
+  environments of their own, :mod:`inferpipe.local.execution_environment`, pooled by :mod:`inferpipe.local.environment_pool`), and EventBridge rules start
   state machine executions. :mod:`inferpipe.local.guard` keeps web pages out.
 * :mod:`inferpipe.local.provision` creates every resource; :mod:`inferpipe.local.stack` runs it all
   in this process (:class:`LocalStack`); :mod:`inferpipe.local.daemon` runs it in the background.

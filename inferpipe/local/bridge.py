@@ -3,7 +3,7 @@
 1. **Lambda runs our code.** Without Docker, moto's Lambda returns a canned payload. The bridge
    replaces ``LambdaSimpleBackend.invoke``: the function's handler (``ImageConfig.Command[0]``
    for an image, ``Handler`` for a zip) runs in an execution environment of its own
-   (:mod:`inferpipe.local.environments`: an ``awslambdaric`` worker process, timeout and memory
+   (:mod:`inferpipe.local.execution_environment`: an ``awslambdaric`` worker process, timeout and memory
    enforced, logs and REPORT lines in CloudWatch Logs), or, in the "in-process" mode
    (:func:`set_lambda_mode`), in a thread of this process with the function's environment
    through :func:`functions.common.config.invocation_environment`. An exception comes back as
@@ -117,14 +117,14 @@ class InvocationRecord:
 
 
 #: How the bridge runs handlers: "isolated" (default: an execution environment per process, see
-#: :mod:`inferpipe.local.environments`) or "in-process" (threads of this process, no memory
+#: :mod:`inferpipe.local.execution_environment`) or "in-process" (threads of this process, no memory
 #: limit, a timeout cannot stop the handler; the benchmark uses it to show what isolation costs).
 LAMBDA_MODES = ("isolated", "in-process")
 _mode: dict[str, Any] = {"mode": "isolated", "pool": None}
 
 
 def set_lambda_mode(mode: str, pool: Any = None) -> None:
-    """Run handlers ``mode``-wise; "isolated" needs an :class:`~inferpipe.local.environments.EnvironmentPool`."""
+    """Run handlers ``mode``-wise; "isolated" needs an :class:`~inferpipe.local.environment_pool.EnvironmentPool`."""
     if mode not in LAMBDA_MODES:
         raise ValueError(f"unknown Lambda mode {mode!r}: expected one of {', '.join(LAMBDA_MODES)}")
     if mode == "isolated" and pool is None:
@@ -251,7 +251,7 @@ def _error_payload(error_type: str, message: str, request_id: str, tb: Any = Non
 
 
 def _function_config(fn: Any) -> Any:
-    from inferpipe.local.environments import FunctionConfig
+    from inferpipe.local.execution_environment import FunctionConfig
 
     reserved = getattr(fn, "reserved_concurrency", None)
     return FunctionConfig(
@@ -268,7 +268,7 @@ def _function_config(fn: Any) -> Any:
 
 
 def _run_isolated(fn: Any, body: Any, request_id: str) -> tuple[bool, bytes]:
-    from inferpipe.local.environments import PoolClosed, Throttled
+    from inferpipe.local.environment_pool import PoolClosed, Throttled
 
     started = time.monotonic()
     error_type: str | None = None
@@ -531,7 +531,7 @@ def _write_platform_log(fn: Any, context: LambdaContext, environment: Mapping[st
         import math
         import os
 
-        from inferpipe.local.environments import InvocationResult, peak_rss_mb
+        from inferpipe.local.execution_environment import InvocationResult, peak_rss_mb
         from inferpipe.local.lambda_logs import report_line
 
         logs = _stack_client("logs", fn.region, environment, _PLATFORM_LOG_CLIENT_CONFIG)

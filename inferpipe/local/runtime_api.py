@@ -5,7 +5,7 @@
 its init failure. https://docs.aws.amazon.com/lambda/latest/dg/runtimes-api.html
 
 The environment behind it (:class:`RuntimeSide`) decides what to hand out and what an answer means;
-:mod:`inferpipe.local.environments` is that side.
+:mod:`inferpipe.local.execution_environment` is that side.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Example::
 
 While it runs, this process's environment points every AWS SDK at it (``AWS_ENDPOINT_URL``, dummy
 credentials, region). Lambda functions run in execution environments of their own (worker
-processes under ``python -m awslambdaric``, see :mod:`inferpipe.local.environments`), which reach
+processes under ``python -m awslambdaric``, see :mod:`inferpipe.local.execution_environment`), which reach
 the stack through the same endpoint; ``lambda_mode="in-process"`` runs them in threads of this
 process instead (no memory limit, timeouts cannot kill; the benchmark uses it to show what
 isolation costs). ``stop()``
@@ -384,7 +384,7 @@ class LocalStack:
         if self.lambda_mode == "in-process":
             bridge.set_lambda_mode("in-process")
             return
-        from inferpipe.local.environments import EnvironmentPool
+        from inferpipe.local.environment_pool import EnvironmentPool
 
         local = self.resources.local_lambda
         limits = {spec.name: local.max_environments[key] for key, spec in self.resources.functions.items()}

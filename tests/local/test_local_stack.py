@@ -953,7 +953,8 @@ def test_local_fault_commands_add_list_and_clear_faults_at_the_aws_edge(stack: L
 
 
 def test_an_idle_environment_is_stopped_after_its_idle_time(stack: LocalStack, test_functions: dict[str, dict[str, Any]]) -> None:
-    from inferpipe.local.environments import EnvironmentPool, FunctionConfig
+    from inferpipe.local.environment_pool import EnvironmentPool
+    from inferpipe.local.execution_environment import FunctionConfig
 
     function = test_functions["a"]
     config = FunctionConfig(
