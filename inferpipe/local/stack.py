@@ -36,7 +36,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from inferpipe.local import bridge
+from inferpipe.local import credentials, event_delivery, lambda_faults, lambda_service, patches
 from inferpipe.local.faults import AwsFaultInjector, FaultMiddleware
 from inferpipe.local.faults import control as fault_control
 from inferpipe.local.guard import TOKEN_HEADER, ControlGuard
@@ -113,8 +113,8 @@ class LocalStack:
         (S3 events buffered in SQS and drained by a pipe into batches; stack.json's default) or
         "direct" (one execution per S3 event); ``state_dir`` keeps the stack's state there across
         restarts and crashes (:mod:`inferpipe.local.persistence`; None: the state lives until stop)."""
-        if lambda_mode not in bridge.LAMBDA_MODES:
-            raise LocalStackError(f"unknown lambda_mode {lambda_mode!r}: expected one of {', '.join(bridge.LAMBDA_MODES)}")
+        if lambda_mode not in lambda_service.LAMBDA_MODES:
+            raise LocalStackError(f"unknown lambda_mode {lambda_mode!r}: expected one of {', '.join(lambda_service.LAMBDA_MODES)}")
         self.lambda_mode = lambda_mode
         self._pool: Any = None
         self.resources: Resources = render_resources(prefix, DEFAULT_ACCOUNT_ID, region, default_model=default_model)
@@ -138,7 +138,7 @@ class LocalStack:
         #: (:class:`inferpipe.local.guard.ControlGuard`); the daemon hands its own in, else a new one.
         self.control_token = control_token or secrets.token_urlsafe(32)
         #: Every request that reached moto, counted as AWS bills it (see :mod:`inferpipe.local.usage`).
-        self.usage_meter = UsageMeter(caller_of=bridge.role_of_access_key)
+        self.usage_meter = UsageMeter(caller_of=credentials.role_of_access_key)
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._snapshots: Snapshotter | None = None
         #: What the last start restored from the state folder: executions, and the snapshot's time.
@@ -194,7 +194,7 @@ class LocalStack:
             saved = persistence.load(self.state_dir / persistence.SNAPSHOT_FILE) if self.state_dir else None
             if saved is not None:
                 persistence.restore_backends(saved)  # before provisioning, which converges the rest
-            bridge.install()
+            patches.install()
             self._start_lambda()
             _close_cached_function_clients()
             self._provisioned = provision(self.client, self.resources, self._definition, trigger=self.trigger)
@@ -234,7 +234,7 @@ class LocalStack:
                 self.pipe = None
             if self._server is not None:
                 self._stop_executions()
-                bridge.wait_for_async_invocations(timeout)
+                lambda_service.wait_for_async_invocations(timeout)
                 if self._snapshots is not None:
                     self._snapshots.stop()  # the last snapshot: what a clean stop leaves
                     self._snapshots = None
@@ -255,7 +255,7 @@ class LocalStack:
             self._server = None
             self._pool = None
             self.aws_faults.clear()
-            bridge.uninstall()
+            patches.uninstall()
             self._restore_config()
             self._restore_env()
             if self._werkzeug_level is not None:
@@ -318,9 +318,9 @@ class LocalStack:
                 )
             return self._clients[service]
 
-    def inject_failures(self, function_key: str, count: int = 1, error_type: str = bridge.THROTTLED) -> None:
+    def inject_failures(self, function_key: str, count: int = 1, error_type: str = lambda_faults.THROTTLED) -> None:
         """The next ``count`` invocations of a function ("preprocess", "inference", "sink") fail."""
-        bridge.inject_failures(self.resources.functions[function_key].name, count, error_type)
+        lambda_faults.inject_failures(self.resources.functions[function_key].name, count, error_type)
 
     def inject_aws_faults(self, service: str, operation: str, count: int = 1, **options: Any) -> None:
         """The next ``count`` requests of an AWS API (e.g. "dynamodb", "PutItem") answer a throttle or 5xx,
@@ -332,13 +332,13 @@ class LocalStack:
         """
         self.aws_faults.inject(service, operation, count, **options)
 
-    def delivery_failures(self) -> list[bridge.DeliveryFailure]:
+    def delivery_failures(self) -> list[event_delivery.DeliveryFailure]:
         """Events the trigger rule could not turn into executions."""
-        return bridge.delivery_failures()
+        return event_delivery.delivery_failures()
 
-    def invocations(self, function_key: str | None = None) -> list[bridge.InvocationRecord]:
+    def invocations(self, function_key: str | None = None) -> list[lambda_service.InvocationRecord]:
         name = self.resources.functions[function_key].name if function_key else None
-        return bridge.invocations(name)
+        return lambda_service.invocations(name)
 
     def environments(self, function_key: str | None = None) -> list[Any]:
         """The idle warm execution environments (of one function): log stream, pid, invocations, init."""
@@ -366,7 +366,7 @@ class LocalStack:
         """Return once the asynchronous invocations already due have run (EventBridge's status
         recorder after each execution) and every log line the functions wrote is in the stack's
         CloudWatch Logs."""
-        bridge.wait_for_async_invocations()
+        lambda_service.wait_for_async_invocations()
         if self._pool is not None:
             self._pool.logs.flush()
 
@@ -375,14 +375,14 @@ class LocalStack:
     def _start_pipe(self, name: str) -> None:
         """Run the trigger's pipe (moto stores it, :class:`~inferpipe.local.pipes.PipeRunner` runs it)."""
         described = self.client("pipes").describe_pipe(Name=name)
-        credentials = bridge.role_credentials(described["RoleArn"], self.resources.region)
-        self.pipe = PipeRunner(self.endpoint_url, self.resources.region, described, credentials, self.usage_meter,
+        role = credentials.role_credentials(described["RoleArn"], self.resources.region)
+        self.pipe = PipeRunner(self.endpoint_url, self.resources.region, described, role, self.usage_meter,
                                caller=described["RoleArn"].rsplit("/", 1)[-1]).start()
 
     def _start_lambda(self) -> None:
         """Run functions as configured: an execution environment pool, or in this process."""
         if self.lambda_mode == "in-process":
-            bridge.set_lambda_mode("in-process")
+            lambda_service.set_lambda_mode("in-process")
             return
         from inferpipe.local.environment_pool import EnvironmentPool
 
@@ -391,16 +391,16 @@ class LocalStack:
         default_limit = min(limits.values()) if limits else 2
 
         def logs_client(region: str, role_arn: str) -> Any:
-            return bridge.platform_client("logs", region, role_arn)
+            return credentials.platform_client("logs", region, role_arn)
 
         self._pool = EnvironmentPool(
-            credentials_for=bridge.role_credentials,
+            credentials_for=credentials.role_credentials,
             logs_client_for=logs_client,
             endpoint_url=lambda: self.endpoint_url,
             max_environments=lambda name: limits.get(name, default_limit),
             idle_seconds=local.idle_environment_seconds,
         )
-        bridge.set_lambda_mode("isolated", self._pool)
+        lambda_service.set_lambda_mode("isolated", self._pool)
 
     def _stop_executions(self) -> None:
         """Stop RUNNING executions, so their interpreter threads end before the server does."""

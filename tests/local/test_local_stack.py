@@ -25,7 +25,7 @@ import pytest
 import boto3
 from botocore.exceptions import ClientError
 
-from inferpipe.local import bridge, daemon
+from inferpipe.local import credentials, daemon, lambda_faults, lambda_service, speedups
 from inferpipe.local.provision import image_uri, provision, role_names
 from inferpipe.local.spec import (
     TemplateError,
@@ -477,20 +477,20 @@ def test_injected_throttles_are_retried_by_the_pipelines_retry_policy(
 ) -> None:
     function = test_functions["a"]
     machine = _machine_with_pipeline_policies(stack, function["arn"])
-    injected_before = sum(r.injected for r in bridge.invocations(function["name"]))
+    injected_before = sum(r.injected for r in lambda_service.invocations(function["name"]))
     # GIVEN the next two invocations are throttled
-    bridge.inject_failures(function["name"], count=2)
+    lambda_faults.inject_failures(function["name"], count=2)
     # WHEN the state machine calls the function
     described = _run(stack, machine, {"n": 1})
     # THEN the Retry absorbed both throttles and the third attempt ran the handler
     assert described["status"] == "SUCCEEDED", described
     events = _history(stack, described["executionArn"])
     failed = [e["lambdaFunctionFailedEventDetails"]["error"] for e in events if e["type"] == "LambdaFunctionFailed"]
-    assert failed == [bridge.THROTTLED, bridge.THROTTLED]
+    assert failed == [lambda_faults.THROTTLED, lambda_faults.THROTTLED]
     assert [e["type"] for e in events].count("LambdaFunctionScheduled") == 3
     assert json.loads(described["output"])["event"] == {"n": 1}
-    assert bridge.FAULTS.pending(function["name"]) == 0
-    assert sum(r.injected for r in bridge.invocations(function["name"])) == injected_before + 2
+    assert lambda_faults.FAULTS.pending(function["name"]) == 0
+    assert sum(r.injected for r in lambda_service.invocations(function["name"])) == injected_before + 2
 
 
 def test_executions_of_one_definition_share_its_parse_but_count_their_retries_apart(
@@ -498,18 +498,18 @@ def test_executions_of_one_definition_share_its_parse_but_count_their_retries_ap
 ) -> None:
     function = test_functions["a"]
     machine = _machine_with_pipeline_policies(stack, function["arn"])
-    parsed_before = bridge._parsed_program.cache_info()
+    parsed_before = speedups._parsed_program.cache_info()
     # GIVEN one execution that used two of its retries on throttles
-    bridge.inject_failures(function["name"], count=2)
+    lambda_faults.inject_failures(function["name"], count=2)
     assert _run(stack, machine, {"n": 1})["status"] == "SUCCEEDED"
     # WHEN a second execution of the same definition is throttled four times (its Retry allows four)
-    bridge.inject_failures(function["name"], count=4)
+    lambda_faults.inject_failures(function["name"], count=4)
     second = _run(stack, machine, {"n": 2})
     # THEN it retried all four: retry counts belong to the execution, not to the shared program
     assert second["status"] == "SUCCEEDED", second
     assert [e["type"] for e in _history(stack, second["executionArn"])].count("LambdaFunctionScheduled") == 5
     # AND the definition was parsed at most once for both (once already, if an earlier test ran it)
-    parsed = bridge._parsed_program.cache_info()
+    parsed = speedups._parsed_program.cache_info()
     misses, hits = parsed.misses - parsed_before.misses, parsed.hits - parsed_before.hits
     assert misses + hits == 2 and hits >= 1
 
@@ -532,7 +532,7 @@ def test_a_failed_execution_is_redriven_from_the_step_that_failed_as_step_functi
         "Work": {"Type": "Task", "Resource": function["arn"], "ResultPath": "$.work", "Next": "After"},
         "After": {"Type": "Pass", "End": True},
     }})
-    bridge.inject_failures(function["name"], count=1, error_type="TransientError", message="down for a moment")
+    lambda_faults.inject_failures(function["name"], count=1, error_type="TransientError", message="down for a moment")
     failed = _run(stack, machine, {"n": 7})
     assert failed["status"] == "FAILED" and failed["error"] == "TransientError"
     assert (failed["redriveCount"], failed["redriveStatus"]) == (0, "REDRIVABLE")
@@ -662,7 +662,7 @@ def test_a_timed_out_handler_is_killed_before_its_late_write_and_retried_in_a_fr
     assert failed == ["Sandbox.Timedout"]
     assert json.loads(described["output"])["attempt"] == "retry"
     # AND the retry ran in another environment (the timed-out one was stopped with its process)
-    runs = bridge.invocations(function["name"])[-2:]
+    runs = lambda_service.invocations(function["name"])[-2:]
     assert [r.error_type for r in runs] == ["Sandbox.Timedout", None]
     assert runs[0].environment != runs[1].environment
     killed_pid = int(stack.client("s3").get_object(Bucket=bucket, Key=f"marker/{key}")["Body"].read())
@@ -690,7 +690,7 @@ def test_an_environment_over_its_memory_size_is_killed_as_out_of_memory(
     assert payload["errorMessage"].endswith("Error: Runtime exited with error: signal: killed")
     again = awslambda.invoke(FunctionName=name, Payload=json.dumps({"mb": 16}))
     assert json.loads(again["Payload"].read())["held_mb"] == 16
-    runs = bridge.invocations(name)[-3:]
+    runs = lambda_service.invocations(name)[-3:]
     assert [r.error_type for r in runs] == [None, "Runtime.OutOfMemory", None]
     assert runs[1].max_memory_mb is not None and runs[1].max_memory_mb > 128
     assert runs[0].environment == runs[1].environment != runs[2].environment
@@ -771,7 +771,7 @@ def test_every_invocation_writes_lambdas_report_line_to_its_environments_log_str
     for n in range(3):
         awslambda.invoke(FunctionName=name, Payload=json.dumps({"n": n}))
     stack.flush_logs()
-    runs = [r for r in bridge.invocations(name) if not r.injected]
+    runs = [r for r in lambda_service.invocations(name) if not r.injected]
     logs = stack.client("logs")
     streams = {s["logStreamName"] for s in logs.describe_log_streams(logGroupName=f"/aws/lambda/{name}")["logStreams"]}
     assert {r.environment for r in runs} <= streams
@@ -794,11 +794,11 @@ def test_an_asynchronous_invocation_runs_in_the_background(
     stack: LocalStack, test_functions: dict[str, dict[str, Any]]
 ) -> None:
     name = test_functions["b"]["name"]
-    before = len(bridge.invocations(name))
+    before = len(lambda_service.invocations(name))
     answer = stack.client("lambda").invoke(FunctionName=name, InvocationType="Event", Payload=b"{}")
     assert answer["StatusCode"] == 202
-    assert bridge.wait_for_async_invocations(timeout=10)
-    assert len(bridge.invocations(name)) == before + 1
+    assert lambda_service.wait_for_async_invocations(timeout=10)
+    assert len(lambda_service.invocations(name)) == before + 1
 
 
 # -- the daemon --------------------------------------------------------------------------------
@@ -964,8 +964,8 @@ def test_an_idle_environment_is_stopped_after_its_idle_time(stack: LocalStack, t
     )
     # GIVEN a pool whose environments may idle 1 s
     pool = EnvironmentPool(
-        credentials_for=bridge.role_credentials,
-        logs_client_for=lambda region, role: bridge.platform_client("logs", region, role),
+        credentials_for=credentials.role_credentials,
+        logs_client_for=lambda region, role: credentials.platform_client("logs", region, role),
         endpoint_url=lambda: stack.endpoint_url,
         max_environments=lambda name: 1,
         idle_seconds=1.0,
