@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +108,14 @@ def _answers(endpoint_url: str, timeout: float = 2.0) -> bool:
         region_name=resources.region,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
-        config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 0, "total_max_attempts": 1}),
+        config=Config(
+            connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 0, "total_max_attempts": 1}
+        ),
     )
     try:
         client.describe_state_machine(stateMachineArn=resources.state_machine_arn)
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001  (refused, timed out, or not our stack: any failure means "does not answer")
         return False
     finally:
         client.close()
@@ -229,7 +231,8 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
         )
         report["last_log_lines"] = _log_tail(state_dir / LOG_FILE, lines=5).splitlines()
         report["fix"] = ("inferpipe local down && inferpipe local up" if alive else "inferpipe local up") + (
-            f"  (it comes back with the state kept in {state_dir}, at most a few seconds older than the crash)")
+            f"  (it comes back with the state kept in {state_dir}, at most a few seconds older than the crash)"
+        )
         return report
     report["resources"] = {
         "buckets": dict(resources.buckets),
@@ -248,7 +251,12 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
         "mode": mode,
         "rule": resources.trigger_rule,
         **(
-            {"buffer_queue": buffer.queue, "pipe": buffer.pipe, "batch_size": buffer.batch_size, "batching_window_s": buffer.batching_window_s}
+            {
+                "buffer_queue": buffer.queue,
+                "pipe": buffer.pipe,
+                "batch_size": buffer.batch_size,
+                "batching_window_s": buffer.batching_window_s,
+            }
             if mode == "batched"
             else {"target": resources.state_machine_arn}
         ),
@@ -261,8 +269,13 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
     return report
 
 
-def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 120.0, trigger: str | None = None,
-       fresh: bool = False) -> dict[str, Any]:
+def up(
+    port: int | None = None,
+    state_dir: Path | None = None,
+    timeout: float = 120.0,
+    trigger: str | None = None,
+    fresh: bool = False,
+) -> dict[str, Any]:
     """Start the local stack in the background (or report the running one). Returns its status.
 
     The stack keeps its state in ``state_dir`` (:mod:`inferpipe.local.persistence`) and comes back
@@ -278,8 +291,10 @@ def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 
         current = status(state_dir)
         if current["running"]:
             if fresh:
-                raise DaemonError(f"the local stack at {current['endpoint_url']} is running: `inferpipe local down` first, "
-                                  "then `inferpipe local up --fresh`")
+                raise DaemonError(
+                    f"the local stack at {current['endpoint_url']} is running: `inferpipe local down` first, "
+                    "then `inferpipe local up --fresh`"
+                )
             if asked_port is not None and int(current["port"]) != asked_port:
                 raise DaemonError(
                     f"the local stack already runs at {current['endpoint_url']}, not on port {asked_port}; run "
@@ -309,11 +324,20 @@ def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env[TOKEN_ENV] = _new_token(state_dir)  # the server reads it once, at start
         with open(log_path, "ab") as log:
-            log.write(f"--- {datetime.now(timezone.utc).isoformat()} starting on port {port}\n".encode())
+            log.write(f"--- {datetime.now(UTC).isoformat()} starting on port {port}\n".encode())
             log.flush()
             process = subprocess.Popen(
-                [sys.executable, "-m", _MODULE, "serve", "--port", str(port), "--state-dir", str(state_dir),
-                 *(["--trigger", trigger] if trigger else [])],
+                [
+                    sys.executable,
+                    "-m",
+                    _MODULE,
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--state-dir",
+                    str(state_dir),
+                    *(["--trigger", trigger] if trigger else []),
+                ],
                 cwd=str(REPO_ROOT),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -343,7 +367,7 @@ def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 
             "pid": process.pid,
             "port": port,
             "endpoint_url": endpoint_url,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
             "log": str(log_path),
             "trigger": trigger or render_resources().trigger_buffer.default_mode,
         }
@@ -411,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser = commands.add_parser("serve", help="run in the foreground (what `up` spawns)")
     serve_parser.add_argument("--port", type=int, default=default_port())
     serve_parser.add_argument("--trigger", choices=render_resources().trigger_buffer.modes, default=None)
-    serve_parser.add_argument("--state-dir", type=Path, default=None, help="keep the stack's state here (snapshot.pickle)")
+    serve_parser.add_argument(
+        "--state-dir", type=Path, default=None, help="keep the stack's state here (snapshot.pickle)"
+    )
     for name in ("up", "down", "status"):
         command = commands.add_parser(name)
         command.add_argument("--state-dir", type=Path, default=None)

@@ -30,6 +30,7 @@ The pool that starts, reuses and stops them: :mod:`inferpipe.local.environment_p
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -283,10 +284,8 @@ class ExecutionEnvironment:
                 return
             self._stopped = True
         self.dead = True
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # gone already
             os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self._pending.put(None)
         self._finish()
 

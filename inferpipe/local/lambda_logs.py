@@ -109,7 +109,9 @@ class LogShipper:
                         logs.put_log_events(
                             logGroupName=config.log_group,
                             logStreamName=stream,
-                            logEvents=[{"timestamp": ts, "message": message} for ts, message in ordered[start : start + 5000]],
+                            logEvents=[
+                                {"timestamp": ts, "message": message} for ts, message in ordered[start : start + 5000]
+                            ],
                         )
                 except (BotoCoreError, ClientError, KeyError) as exc:  # Lambda drops logs its role may not write
                     _LOG.debug("%s: %d log events not written: %s", config.name, len(events), exc)

@@ -34,7 +34,7 @@ import pickle
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ SERVICES = ("s3", "dynamodb", "sqs", "logs")
 FORMAT = 1
 ABORTED_CAUSE = "the local stack stopped while it ran (its invocations died with it); redrive it to go on"
 _LOG = logging.getLogger("inferpipe.local.persistence")
-
 
 
 def _register_reducers() -> None:
@@ -73,14 +72,26 @@ def _executions() -> list[dict[str, Any]]:
                     worker = execution.exec_worker
                     env = getattr(worker, "env", None)
                     events = env.event_manager.get_event_history() if env is not None else []
-                    found.append({
-                        "account": account, "region": region, "state_machine_arn": execution.state_machine.arn,
-                        "name": execution.name, "exec_arn": execution.exec_arn, "role_arn": execution.role_arn,
-                        "sm_type": execution.sm_type, "start_date": execution.start_date, "stop_date": execution.stop_date,
-                        "input": execution.execution_input, "status": _status(execution), "output": execution.output,
-                        "error": execution.error, "cause": execution.cause, "events": events,
-                        "redrives": redrive.record_of(execution.exec_arn),
-                    })
+                    found.append(
+                        {
+                            "account": account,
+                            "region": region,
+                            "state_machine_arn": execution.state_machine.arn,
+                            "name": execution.name,
+                            "exec_arn": execution.exec_arn,
+                            "role_arn": execution.role_arn,
+                            "sm_type": execution.sm_type,
+                            "start_date": execution.start_date,
+                            "stop_date": execution.stop_date,
+                            "input": execution.execution_input,
+                            "status": _status(execution),
+                            "output": execution.output,
+                            "error": execution.error,
+                            "cause": execution.cause,
+                            "events": events,
+                            "redrives": redrive.record_of(execution.exec_arn),
+                        }
+                    )
     return found
 
 
@@ -91,12 +102,15 @@ def snapshot(path: Path, attempts: int = 5) -> bool:
     _register_reducers()
     for _ in range(attempts):
         try:
-            data = pickle.dumps({
-                "format": FORMAT,
-                "written": datetime.now(timezone.utc),
-                "backends": {name: dict(get_backend(name)) for name in SERVICES},  # type: ignore[call-overload]
-                "executions": _executions(),
-            }, protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps(
+                {
+                    "format": FORMAT,
+                    "written": datetime.now(UTC),
+                    "backends": {name: dict(get_backend(name)) for name in SERVICES},  # type: ignore[call-overload]
+                    "executions": _executions(),
+                },
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
         except RuntimeError:  # "dictionary changed size during iteration": a request landed meanwhile
             time.sleep(0.05)
             continue
@@ -158,24 +172,42 @@ def restore_executions(state: dict[str, Any]) -> int:
         if machine is None or any(e.exec_arn == saved["exec_arn"] for e in machine.executions):
             continue  # its state machine is gone, or it is there already
         execution = Execution(
-            name=saved["name"], sm_type=saved["sm_type"], role_arn=saved["role_arn"], exec_arn=saved["exec_arn"],
-            account_id=saved["account"], region_name=saved["region"], state_machine=machine, start_date=saved["start_date"],
-            cloud_watch_logging_session=None, activity_store={}, input_data=saved["input"],
+            name=saved["name"],
+            sm_type=saved["sm_type"],
+            role_arn=saved["role_arn"],
+            exec_arn=saved["exec_arn"],
+            account_id=saved["account"],
+            region_name=saved["region"],
+            state_machine=machine,
+            start_date=saved["start_date"],
+            cloud_watch_logging_session=None,
+            activity_store={},
+            input_data=saved["input"],
         )
         events = list(saved["events"])
         status, stop_date, error, cause = saved["status"], saved["stop_date"], saved["error"], saved["cause"]
         if status == "RUNNING":
-            status, stop_date, error, cause = "ABORTED", datetime.now(timezone.utc), "States.Runtime", ABORTED_CAUSE
-            events.append({"timestamp": stop_date, "type": "ExecutionAborted",
-                           "id": max((int(e["id"]) for e in events), default=0) + 1,
-                           "previousEventId": int(events[-1]["id"]) if events else 0,
-                           "executionAbortedEventDetails": {"error": error, "cause": cause}})
+            status, stop_date, error, cause = "ABORTED", datetime.now(UTC), "States.Runtime", ABORTED_CAUSE
+            events.append(
+                {
+                    "timestamp": stop_date,
+                    "type": "ExecutionAborted",
+                    "id": max((int(e["id"]) for e in events), default=0) + 1,
+                    "previousEventId": int(events[-1]["id"]) if events else 0,
+                    "executionAbortedEventDetails": {"error": error, "cause": cause},
+                }
+            )
         manager = EventManager()
         manager._history_event_list.extend(events)
         manager._event_id_gen._next_id = max((int(e["id"]) for e in events), default=0) + 1
         execution.exec_worker = _Stopped(manager)
         execution.exec_status = ExecutionStatus(status)
-        execution.stop_date, execution.output, execution.error, execution.cause = stop_date, saved["output"], error, cause
+        execution.stop_date, execution.output, execution.error, execution.cause = (
+            stop_date,
+            saved["output"],
+            error,
+            cause,
+        )
         machine.executions.append(execution)
         redrive.restore_record(saved["exec_arn"], saved.get("redrives"))
         restored += 1
@@ -232,5 +264,14 @@ class Snapshotter:
         self.write_if_changed()
 
 
-__all__ = ["ABORTED_CAUSE", "INTERVAL_S", "SERVICES", "SNAPSHOT_FILE", "Snapshotter", "load", "restore_backends",
-           "restore_executions", "snapshot"]
+__all__ = [
+    "ABORTED_CAUSE",
+    "INTERVAL_S",
+    "SERVICES",
+    "SNAPSHOT_FILE",
+    "Snapshotter",
+    "load",
+    "restore_backends",
+    "restore_executions",
+    "snapshot",
+]

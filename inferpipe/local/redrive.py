@@ -106,7 +106,7 @@ def _history_length(execution: Any) -> int:
 
 def redrive_status(execution: Any, now: datetime.datetime | None = None) -> tuple[str, str | None]:
     """(REDRIVABLE or NOT_REDRIVABLE, the reason when not), as DescribeExecution reports it."""
-    now = now or datetime.datetime.now(tz=datetime.timezone.utc)
+    now = now or datetime.datetime.now(tz=datetime.UTC)
     status = _status(execution)
     if status == "RUNNING":
         return NOT_REDRIVABLE, "Execution is RUNNING and cannot be redriven."
@@ -123,7 +123,9 @@ def redrive_status(execution: Any, now: datetime.datetime | None = None) -> tupl
     return REDRIVABLE, None
 
 
-def resume_point(definition: Mapping[str, Any], events: Sequence[Mapping[str, Any]], execution_input: Any) -> tuple[str, Any]:
+def resume_point(
+    definition: Mapping[str, Any], events: Sequence[Mapping[str, Any]], execution_input: Any
+) -> tuple[str, Any]:
     """The unsuccessful step and the input it was entered with: the top-level state entered last and
     never exited (states of a Map or Parallel inside it are told apart by counting their own
     entries and exits; an earlier redrive starts the count anew). The start state with the
@@ -175,7 +177,9 @@ def _worker(execution: Any, events: list[dict[str, Any]], state: str, state_inpu
             manager.add_event(
                 context=env.event_history_context,
                 event_type=HistoryEventType.ExecutionRedriven,
-                event_details=EventDetails(executionRedrivenEventDetails=ExecutionRedrivenEventDetails(redriveCount=count)),
+                event_details=EventDetails(
+                    executionRedrivenEventDetails=ExecutionRedrivenEventDetails(redriveCount=count)
+                ),
             )
             env.states.reset(input_value=state_input)
             # Program.eval, but from the unsuccessful step instead of StartAt.
@@ -249,7 +253,7 @@ def redrive(backend: Any, execution_arn: str, client_token: str | None = None) -
         events = execution.to_history_output()["events"]
         state, state_input = resume_point(json.loads(execution.state_machine.definition), events, execution.input_data)
         record.count += 1
-        record.date = datetime.datetime.now(tz=datetime.timezone.utc)
+        record.date = datetime.datetime.now(tz=datetime.UTC)
         record.token = client_token
         worker = _worker(execution, events, state, state_input, record.count)
         from moto.stepfunctions.parser.api import ExecutionStatus
@@ -269,8 +273,12 @@ def record_of(execution_arn: str) -> dict[str, Any] | None:
         kept = _iterations.get(execution_arn)
         if record is None and not kept:
             return None
-        return {"count": record.count if record else 0, "date": record.date if record else None,
-                "token": record.token if record else None, "iterations": copy.deepcopy(kept or {})}
+        return {
+            "count": record.count if record else 0,
+            "date": record.date if record else None,
+            "token": record.token if record else None,
+            "iterations": copy.deepcopy(kept or {}),
+        }
 
 
 def restore_record(execution_arn: str, saved: Mapping[str, Any] | None) -> None:
@@ -336,5 +344,16 @@ def uninstall() -> None:
         _iterations.clear()
 
 
-__all__ = ["HISTORY_EVENT_LIMIT", "REDRIVABLE_PERIOD", "Redrives", "describe_fields", "install", "record_of", "redrive", "redrive_status",
-           "restore_record", "resume_point", "uninstall"]
+__all__ = [
+    "HISTORY_EVENT_LIMIT",
+    "REDRIVABLE_PERIOD",
+    "Redrives",
+    "describe_fields",
+    "install",
+    "record_of",
+    "redrive",
+    "redrive_status",
+    "restore_record",
+    "resume_point",
+    "uninstall",
+]

@@ -36,18 +36,17 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from inferpipe.local import credentials, event_delivery, lambda_faults, lambda_service, patches
+from inferpipe.local import credentials, event_delivery, lambda_faults, lambda_service, patches, persistence
+from inferpipe.local.console import PREFIX as CONSOLE_PREFIX
+from inferpipe.local.console import Console
 from inferpipe.local.faults import AwsFaultInjector, FaultMiddleware
 from inferpipe.local.faults import control as fault_control
-from inferpipe.local.guard import TOKEN_HEADER, ControlGuard
-from inferpipe.local.guard import BrowserGuard
-from inferpipe.local.console import PREFIX as CONSOLE_PREFIX, Console
-from inferpipe.local import persistence
+from inferpipe.local.guard import TOKEN_HEADER, BrowserGuard, ControlGuard
 from inferpipe.local.persistence import Snapshotter
 from inferpipe.local.pipes import PipeRunner
-from inferpipe.local.usage import UsageMeter
 from inferpipe.local.provision import Provisioned, provision
 from inferpipe.local.spec import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
+from inferpipe.local.usage import UsageMeter
 
 _LOG = logging.getLogger("inferpipe.local.stack")
 
@@ -77,8 +76,10 @@ def _port_free(port: int) -> bool:
 
 def _post_json(url: str, body: dict[str, Any] | None = None, token: str = "") -> Any:
     data = json.dumps(body or {}).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json", TOKEN_HEADER: token})
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback only
+    request = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json", TOKEN_HEADER: token}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
         raw = answer.read()
     return json.loads(raw) if raw else None
 
@@ -114,13 +115,17 @@ class LocalStack:
         "direct" (one execution per S3 event); ``state_dir`` keeps the stack's state there across
         restarts and crashes (:mod:`inferpipe.local.persistence`; None: the state lives until stop)."""
         if lambda_mode not in lambda_service.LAMBDA_MODES:
-            raise LocalStackError(f"unknown lambda_mode {lambda_mode!r}: expected one of {', '.join(lambda_service.LAMBDA_MODES)}")
+            raise LocalStackError(
+                f"unknown lambda_mode {lambda_mode!r}: expected one of {', '.join(lambda_service.LAMBDA_MODES)}"
+            )
         self.lambda_mode = lambda_mode
         self._pool: Any = None
         self.resources: Resources = render_resources(prefix, DEFAULT_ACCOUNT_ID, region, default_model=default_model)
         self.trigger = trigger or self.resources.trigger_buffer.default_mode
         if self.trigger not in self.resources.trigger_buffer.modes:
-            raise LocalStackError(f"unknown trigger {self.trigger!r}: expected one of {', '.join(self.resources.trigger_buffer.modes)}")
+            raise LocalStackError(
+                f"unknown trigger {self.trigger!r}: expected one of {', '.join(self.resources.trigger_buffer.modes)}"
+            )
         self.pipe: PipeRunner | None = None
         self._definition = definition
         self._server: Any = None
@@ -200,11 +205,16 @@ class LocalStack:
             self._provisioned = provision(self.client, self.resources, self._definition, trigger=self.trigger)
             if saved is not None:
                 self.restored = {"executions": persistence.restore_executions(saved), "snapshot": saved["written"]}
-                _LOG.info("restored the state of %s: %d executions, snapshot of %s", self.state_dir,
-                          self.restored["executions"], saved["written"].isoformat(timespec="seconds"))
+                _LOG.info(
+                    "restored the state of %s: %d executions, snapshot of %s",
+                    self.state_dir,
+                    self.restored["executions"],
+                    saved["written"].isoformat(timespec="seconds"),
+                )
             if self.state_dir is not None:
                 self._snapshots = persistence.Snapshotter(
-                    self.state_dir / persistence.SNAPSHOT_FILE, lambda: self.usage_meter.requests).start()
+                    self.state_dir / persistence.SNAPSHOT_FILE, lambda: self.usage_meter.requests
+                ).start()
             if self._provisioned.pipe_name:
                 self._start_pipe(self._provisioned.pipe_name)
         except BaseException:
@@ -376,8 +386,14 @@ class LocalStack:
         """Run the trigger's pipe (moto stores it, :class:`~inferpipe.local.pipes.PipeRunner` runs it)."""
         described = self.client("pipes").describe_pipe(Name=name)
         role = credentials.role_credentials(described["RoleArn"], self.resources.region)
-        self.pipe = PipeRunner(self.endpoint_url, self.resources.region, described, role, self.usage_meter,
-                               caller=described["RoleArn"].rsplit("/", 1)[-1]).start()
+        self.pipe = PipeRunner(
+            self.endpoint_url,
+            self.resources.region,
+            described,
+            role,
+            self.usage_meter,
+            caller=described["RoleArn"].rsplit("/", 1)[-1],
+        ).start()
 
     def _start_lambda(self) -> None:
         """Run functions as configured: an execution environment pool, or in this process."""
@@ -417,7 +433,7 @@ class LocalStack:
                             error="LocalStackStopped",
                             cause="the local stack is stopping",
                         )
-        except Exception:
+        except Exception:  # noqa: BLE001  (logged with its traceback; stopping goes on)
             _LOG.exception("could not stop the running executions")
 
     def _restore_config(self) -> None:
@@ -442,10 +458,14 @@ class LocalStack:
         deadline = time.monotonic() + timeout
         while True:
             gc.collect()  # closes the sockets of clients nobody holds, ending keep-alive handlers
-            alive = [t for t in threading.enumerate() if t not in self._threads_before and t is not threading.current_thread()]
+            alive = [
+                t
+                for t in threading.enumerate()
+                if t not in self._threads_before and t is not threading.current_thread()
+            ]
             if not alive or time.monotonic() >= deadline:
                 return alive
             alive[0].join(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
-__all__ = ["DUMMY_CREDENTIALS", "LocalStack", "LocalStackError", "MOTO_CONFIG"]
+__all__ = ["DUMMY_CREDENTIALS", "MOTO_CONFIG", "LocalStack", "LocalStackError"]

@@ -70,7 +70,8 @@ def event_of(execution: Any) -> dict[str, Any]:
         "detail-type": DETAIL_TYPE,
         "source": SOURCE,
         "account": execution.account_id,
-        "time": datetime.datetime.now(tz=datetime.timezone.utc).timestamp(),  # as moto keeps an event's time; its targets render it
+        # as moto keeps an event's time; its targets render it
+        "time": datetime.datetime.now(tz=datetime.UTC).timestamp(),
         "region": execution.region_name,
         "resources": [execution.exec_arn],
         "detail": detail,
