@@ -67,25 +67,7 @@ class Console:
             return self.app(environ, start_response)
         method = str(environ.get("REQUEST_METHOD", "GET"))
         if path in (PREFIX, PREFIX + "/"):
-            if method != "GET":
-                return _send(start_response, 405, {"error": "GET only"})
-            body = PAGE.read_bytes()
-            start_response(
-                "200 OK",
-                [
-                    ("Content-Type", "text/html; charset=utf-8"),
-                    ("Content-Length", str(len(body))),
-                    # the page runs its own script and talks to its own origin only
-                    (
-                        "Content-Security-Policy",
-                        "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
-                        "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
-                    ),
-                    ("X-Frame-Options", "DENY"),
-                    ("Cache-Control", "no-store"),
-                ],
-            )
-            return [body]
+            return _page(method, start_response)
         query = {k: v[-1] for k, v in parse_qs(str(environ.get("QUERY_STRING", ""))).items()}
         name = path[len(PREFIX + "/api/") :] if path.startswith(PREFIX + "/api/") else ""
         handler = _GETS.get(name) if method == "GET" else _POSTS.get(name) if method == "POST" else None
@@ -96,16 +78,9 @@ class Console:
                 {"error": f"no {method} {path}"},
             )
         if method == "POST":
-            if str(environ.get("CONTENT_TYPE", "")).split(";")[0].strip() != "application/json":
-                return _send(start_response, 415, {"error": "POST a JSON body (Content-Type: application/json)"})
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            try:
-                body = json.loads(environ["wsgi.input"].read(length) if 0 < length <= 1 << 16 else b"{}")
-            except ValueError:
-                body = None
-            if not isinstance(body, dict):
-                return _send(start_response, 400, {"error": 'the body must be a JSON object, e.g. {"id": NAME_OR_ARN}'})
-            query.update({k: str(v) for k, v in body.items()})
+            refused = _read_post(environ, query)
+            if refused is not None:
+                return _send(start_response, *refused)
         try:
             status, answer = handler(self.target(), query)
         except ValueError as bad:
@@ -113,6 +88,44 @@ class Console:
         except Exception as exc:  # noqa: BLE001 (the page shows the error; the stack keeps serving)
             status, answer = 500, {"error": f"{type(exc).__name__}: {exc}"}
         return _send(start_response, status, answer)
+
+
+def _page(method: str, start_response: Callable[..., Any]) -> list[bytes]:
+    """The console's one page (GET only)."""
+    if method != "GET":
+        return _send(start_response, 405, {"error": "GET only"})
+    body = PAGE.read_bytes()
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            # the page runs its own script and talks to its own origin only
+            (
+                "Content-Security-Policy",
+                "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
+                "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+            ("X-Frame-Options", "DENY"),
+            ("Cache-Control", "no-store"),
+        ],
+    )
+    return [body]
+
+
+def _read_post(environ: Mapping[str, Any], query: dict[str, str]) -> tuple[int, dict[str, str]] | None:
+    """Add a POST's JSON object to ``query``; the refusal (status, answer) when it is not one."""
+    if str(environ.get("CONTENT_TYPE", "")).split(";")[0].strip() != "application/json":
+        return 415, {"error": "POST a JSON body (Content-Type: application/json)"}
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    try:
+        body = json.loads(environ["wsgi.input"].read(length) if 0 < length <= 1 << 16 else b"{}")
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return 400, {"error": 'the body must be a JSON object, e.g. {"id": NAME_OR_ARN}'}
+    query.update({k: str(v) for k, v in body.items()})
+    return None
 
 
 def _send(start_response: Callable[..., Any], status: int, answer: Any) -> list[bytes]:
@@ -231,9 +244,9 @@ def _replay(mode: str) -> Callable[[Any, Mapping[str, str]], tuple[int, Any]]:
         summary = replay.replay(
             target.client("stepfunctions"), target.state_machine_arn, executions=[arn], mode=mode, wait=False, out=out
         )
-        (outcome,) = summary.outcomes or [None]
-        if outcome is None:
+        if not summary.outcomes:
             raise ValueError(f"nothing to replay for {wanted}")
+        (outcome,) = summary.outcomes
         return 200, {
             "how": outcome.how,
             "arn": outcome.arn,

@@ -389,33 +389,11 @@ class ExecutionEnvironment:
         init_ms = self.init_ms if cold else None
         if cold and not invocation.taken.is_set():  # died in init: all of it was init
             init_ms = (ended - self._spawned) * 1000
-        if error is None and self._init_error is not None and invocation.outcome is None:
-            document = json.loads(self._init_error or b"{}")
-            error_type = str(document.get("errorType") or "Runtime.Unknown")
-            payload = json.dumps({**document, "requestId": request_id}).encode()
-            failed = True
-        elif error is not None:
-            error_type, message = error
-            payload = _error_document(error_type, message, request_id)
-            failed = True
-        else:
-            assert invocation.outcome is not None
-            kind, payload = invocation.outcome
-            failed = kind == "error"
-            error_type = None
-            if failed:
-                try:
-                    error_type = str(json.loads(payload or b"{}").get("errorType") or "Unhandled")
-                except ValueError:
-                    error_type = "Unhandled"
+        failed, payload, error_type = self._outcome(invocation, error)
         if error is not None or self._init_error is not None:
             if error is not None:
                 max_memory = max(max_memory, self.peak_memory_mb())
-                if error[0] == LAMBDA_TIMEOUT:
-                    stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-                    self._log(f"{stamp} {request_id} Task timed out after {ended - began:.2f} seconds")
-                else:
-                    self._log(f"{error[1]}\r{error[0]}")
+                self._log_end(error, request_id, ended - began)
             self.dead = True
         else:
             self._drain_output()
@@ -432,11 +410,7 @@ class ExecutionEnvironment:
             max_memory_mb=max_memory,
             environment=self.log_stream,
         )
-        with self._lock:  # START first: the runtime's lines of this invocation were read after it
-            start_ms = invocation.started_ms or _now_ms()
-            self._events.insert(0, (start_ms, f"START RequestId: {request_id} Version: $LATEST"))
-            self._events.append((_now_ms(), f"END RequestId: {request_id}"))
-            self._events.append((_now_ms(), report_line(result, config.memory_mb)))
+        self._log_platform_lines(invocation, result)
         self._current = None
         self.last_used = time.monotonic()
         if self.dead:
@@ -444,6 +418,42 @@ class ExecutionEnvironment:
         else:
             self._ship_logs()
         return result
+
+    def _outcome(self, invocation: Invocation, error: tuple[str, str] | None) -> tuple[bool, bytes, str | None]:
+        """(failed, payload, errorType): the init's failure, Lambda's own error, or what the runtime answered."""
+        request_id = invocation.request_id
+        if error is None and self._init_error is not None and invocation.outcome is None:
+            document = json.loads(self._init_error or b"{}")
+            error_type = str(document.get("errorType") or "Runtime.Unknown")
+            return True, json.dumps({**document, "requestId": request_id}).encode(), error_type
+        if error is not None:
+            error_type, message = error
+            return True, _error_document(error_type, message, request_id), error_type
+        assert invocation.outcome is not None
+        kind, payload = invocation.outcome
+        if kind != "error":
+            return False, payload, None
+        try:
+            return True, payload, str(json.loads(payload or b"{}").get("errorType") or "Unhandled")
+        except ValueError:
+            return True, payload, "Unhandled"
+
+    def _log_end(self, error: tuple[str, str], request_id: str, seconds: float) -> None:
+        """The line Lambda logs when it ends an invocation: a timeout's, or the runtime's exit."""
+        if error[0] == LAMBDA_TIMEOUT:
+            stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            self._log(f"{stamp} {request_id} Task timed out after {seconds:.2f} seconds")
+        else:
+            self._log(f"{error[1]}\r{error[0]}")
+
+    def _log_platform_lines(self, invocation: Invocation, result: InvocationResult) -> None:
+        """START first (the runtime's lines of this invocation were read after it), then END and REPORT."""
+        request_id = invocation.request_id
+        with self._lock:
+            start_ms = invocation.started_ms or _now_ms()
+            self._events.insert(0, (start_ms, f"START RequestId: {request_id} Version: $LATEST"))
+            self._events.append((_now_ms(), f"END RequestId: {request_id}"))
+            self._events.append((_now_ms(), report_line(result, self.config.memory_mb)))
 
 
 __all__ = [
