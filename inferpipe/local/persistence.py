@@ -36,7 +36,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from moto.stepfunctions.parser.backend.execution import Execution as ParserExecution
 
 SNAPSHOT_FILE = "snapshot.pickle"
 #: Seconds between snapshots while requests come in.
@@ -58,6 +61,11 @@ def _status(execution: Any) -> str:
     return str(getattr(execution.exec_status, "value", execution.exec_status))
 
 
+def _parser_executions(machine: Any) -> list[ParserExecution]:
+    """A state machine's executions: moto types them as its classic backend's, the parser backend keeps its own."""
+    return cast("list[ParserExecution]", machine.executions)
+
+
 def _executions() -> list[dict[str, Any]]:
     """Every execution of the parser backend, as plain data."""
     from moto.stepfunctions.parser.models import stepfunctions_parser_backends
@@ -68,7 +76,7 @@ def _executions() -> list[dict[str, Any]]:
     for account, regions in stepfunctions_parser_backends.items():
         for region, backend in regions.items():
             for machine in backend.state_machines:
-                for execution in machine.executions:
+                for execution in _parser_executions(machine):
                     worker = execution.exec_worker
                     env = getattr(worker, "env", None)
                     events = env.event_manager.get_event_history() if env is not None else []
@@ -144,7 +152,7 @@ def restore_backends(state: dict[str, Any]) -> None:
     from moto.backends import get_backend
 
     for name, accounts in state["backends"].items():
-        live = get_backend(name)  # type: ignore[call-overload]
+        live = get_backend(name)
         live.clear()
         live.update(accounts)
     # S3 also keeps which account owns each bucket name, beside its backends (CreateBucket checks it)
@@ -169,7 +177,7 @@ def restore_executions(state: dict[str, Any]) -> int:
     for saved in state["executions"]:
         backend = stepfunctions_parser_backends[saved["account"]][saved["region"]]
         machine = next((m for m in backend.state_machines if m.arn == saved["state_machine_arn"]), None)
-        if machine is None or any(e.exec_arn == saved["exec_arn"] for e in machine.executions):
+        if machine is None or any(e.exec_arn == saved["exec_arn"] for e in _parser_executions(machine)):
             continue  # its state machine is gone, or it is there already
         execution = Execution(
             name=saved["name"],
@@ -178,7 +186,7 @@ def restore_executions(state: dict[str, Any]) -> int:
             exec_arn=saved["exec_arn"],
             account_id=saved["account"],
             region_name=saved["region"],
-            state_machine=machine,
+            state_machine=machine,  # type: ignore[arg-type]  # moto's parser backend keeps its classic StateMachine
             start_date=saved["start_date"],
             cloud_watch_logging_session=None,
             activity_store={},
@@ -200,7 +208,7 @@ def restore_executions(state: dict[str, Any]) -> int:
         manager = EventManager()
         manager._history_event_list.extend(events)
         manager._event_id_gen._next_id = max((int(e["id"]) for e in events), default=0) + 1
-        execution.exec_worker = _Stopped(manager)
+        execution.exec_worker = _Stopped(manager)  # type: ignore[assignment]  # a stand-in: the history, nothing to run
         execution.exec_status = ExecutionStatus(status)
         execution.stop_date, execution.output, execution.error, execution.cause = (
             stop_date,
@@ -208,7 +216,7 @@ def restore_executions(state: dict[str, Any]) -> int:
             error,
             cause,
         )
-        machine.executions.append(execution)
+        _parser_executions(machine).append(execution)
         redrive.restore_record(saved["exec_arn"], saved.get("redrives"))
         restored += 1
         if saved["status"] == "RUNNING":  # it ended now: its status change goes out, as any end does

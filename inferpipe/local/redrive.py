@@ -32,7 +32,8 @@ name and index, so a Map inside another Map's iterator re-runs whole too;
 ``$$.Execution.RedriveCount`` is not in the context object.
 
 Reachable as ``aws stepfunctions redrive-execution --endpoint-url …`` and through boto3: it is an
-action of moto's Step Functions responses, installed by :func:`install` (the bridge calls it).
+action of moto's Step Functions responses, installed by :func:`install` (which
+:func:`inferpipe.local.patches.install` calls).
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from moto.stepfunctions.parser.asl.component.program.program import Program
 
 from inferpipe.local.patches import Patches
 
@@ -166,19 +170,24 @@ def _worker(execution: Any, events: list[dict[str, Any]], state: str, state_inpu
 
     class RedriveWorker(ExecutionWorker):
         def _execution_logic(self) -> None:
-            program = self._get_evaluation_entrypoint()
+            program = cast("Program", self._get_evaluation_entrypoint())  # what moto's parser returns
             env = self._get_evaluation_environment()
             self.env = env
             manager = env.event_manager
             with manager._mutex:
-                manager._history_event_list.extend(copy.deepcopy(events))
+                history: list[Any] = copy.deepcopy(events)  # the saved events, as plain dicts
+                manager._history_event_list.extend(history)
                 manager._event_id_gen._next_id = max((int(e["id"]) for e in events), default=0) + 1
-            env.event_history_context = EventHistoryContext(previous_event_id=manager._event_id_gen._next_id - 1)
+            # moto declares it Final; a redriven execution continues after the events it already has
+            previous = manager._event_id_gen._next_id - 1
+            env.event_history_context = EventHistoryContext(previous_event_id=previous)  # type: ignore[misc]
             manager.add_event(
                 context=env.event_history_context,
                 event_type=HistoryEventType.ExecutionRedriven,
-                event_details=EventDetails(
-                    executionRedrivenEventDetails=ExecutionRedrivenEventDetails(redriveCount=count)
+                # moto's EventDetails lists every other kind of event, all required, and not this one
+                event_details=cast(
+                    "EventDetails",
+                    {"executionRedrivenEventDetails": ExecutionRedrivenEventDetails(redriveCount=count)},
                 ),
             )
             env.states.reset(input_value=state_input)

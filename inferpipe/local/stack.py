@@ -31,7 +31,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import boto3
 from botocore.config import Config
@@ -441,8 +441,9 @@ class LocalStack:
             return
         from moto.core.config import default_user_config
 
-        default_user_config.clear()
-        default_user_config.update(self._saved_config)  # type: ignore[typeddict-item]
+        config = cast(dict[str, Any], default_user_config)  # moto's TypedDict, restored as the plain dict it is
+        config.clear()
+        config.update(self._saved_config)
         self._saved_config = None
 
     def _restore_env(self) -> None:
