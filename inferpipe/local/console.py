@@ -67,33 +67,20 @@ class Console:
             return self.app(environ, start_response)
         method = str(environ.get("REQUEST_METHOD", "GET"))
         if path in (PREFIX, PREFIX + "/"):
-            if method != "GET":
-                return _send(start_response, 405, {"error": "GET only"})
-            body = PAGE.read_bytes()
-            start_response("200 OK", [
-                ("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))),
-                # the page runs its own script and talks to its own origin only
-                ("Content-Security-Policy", "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
-                                            "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
-                ("X-Frame-Options", "DENY"), ("Cache-Control", "no-store")])
-            return [body]
+            return _page(method, start_response)
         query = {k: v[-1] for k, v in parse_qs(str(environ.get("QUERY_STRING", ""))).items()}
-        name = path[len(PREFIX + "/api/"):] if path.startswith(PREFIX + "/api/") else ""
+        name = path[len(PREFIX + "/api/") :] if path.startswith(PREFIX + "/api/") else ""
         handler = _GETS.get(name) if method == "GET" else _POSTS.get(name) if method == "POST" else None
         if handler is None:
-            return _send(start_response, 404 if name not in _GETS and name not in _POSTS else 405,
-                         {"error": f"no {method} {path}"})
+            return _send(
+                start_response,
+                404 if name not in _GETS and name not in _POSTS else 405,
+                {"error": f"no {method} {path}"},
+            )
         if method == "POST":
-            if str(environ.get("CONTENT_TYPE", "")).split(";")[0].strip() != "application/json":
-                return _send(start_response, 415, {"error": "POST a JSON body (Content-Type: application/json)"})
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            try:
-                body = json.loads(environ["wsgi.input"].read(length) if 0 < length <= 1 << 16 else b"{}")
-            except ValueError:
-                body = None
-            if not isinstance(body, dict):
-                return _send(start_response, 400, {"error": 'the body must be a JSON object, e.g. {"id": NAME_OR_ARN}'})
-            query.update({k: str(v) for k, v in body.items()})
+            refused = _read_post(environ, query)
+            if refused is not None:
+                return _send(start_response, *refused)
         try:
             status, answer = handler(self.target(), query)
         except ValueError as bad:
@@ -103,11 +90,57 @@ class Console:
         return _send(start_response, status, answer)
 
 
+def _page(method: str, start_response: Callable[..., Any]) -> list[bytes]:
+    """The console's one page (GET only)."""
+    if method != "GET":
+        return _send(start_response, 405, {"error": "GET only"})
+    body = PAGE.read_bytes()
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            # the page runs its own script and talks to its own origin only
+            (
+                "Content-Security-Policy",
+                "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
+                "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+            ("X-Frame-Options", "DENY"),
+            ("Cache-Control", "no-store"),
+        ],
+    )
+    return [body]
+
+
+def _read_post(environ: Mapping[str, Any], query: dict[str, str]) -> tuple[int, dict[str, str]] | None:
+    """Add a POST's JSON object to ``query``; the refusal (status, answer) when it is not one."""
+    if str(environ.get("CONTENT_TYPE", "")).split(";")[0].strip() != "application/json":
+        return 415, {"error": "POST a JSON body (Content-Type: application/json)"}
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    try:
+        body = json.loads(environ["wsgi.input"].read(length) if 0 < length <= 1 << 16 else b"{}")
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return 400, {"error": 'the body must be a JSON object, e.g. {"id": NAME_OR_ARN}'}
+    query.update({k: str(v) for k, v in body.items()})
+    return None
+
+
 def _send(start_response: Callable[..., Any], status: int, answer: Any) -> list[bytes]:
     body = json.dumps(answer, default=_json_default, ensure_ascii=False).encode("utf-8")
-    reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 415: "Unsupported Media Type"}
-    start_response(f"{status} {reasons.get(status, 'Internal Server Error')}",
-                   [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+    reasons = {
+        200: "OK",
+        400: "Bad Request",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        415: "Unsupported Media Type",
+    }
+    start_response(
+        f"{status} {reasons.get(status, 'Internal Server Error')}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")],
+    )
     return [body]
 
 
@@ -125,8 +158,13 @@ def executions_list(target: Any, query: Mapping[str, str]) -> tuple[int, Any]:
     if unknown:
         raise ValueError(f"unknown status {', '.join(unknown)}; expected some of {', '.join(ALL_STATUSES)}")
     limit = min(max(int(query.get("limit") or 100), 1), 500)
-    rows = list_rows(target.client("stepfunctions"), target.state_machine_arn, statuses=statuses,
-                     key=query.get("key") or None, limit=limit)
+    rows = list_rows(
+        target.client("stepfunctions"),
+        target.state_machine_arn,
+        statuses=statuses,
+        key=query.get("key") or None,
+        limit=limit,
+    )
     return 200, {"executions": [asdict(row) for row in rows]}
 
 
@@ -147,8 +185,10 @@ def execution_detail(target: Any, query: Mapping[str, str]) -> tuple[int, Any]:
 def models_list(target: Any, query: Mapping[str, str]) -> tuple[int, Any]:
     from inferpipe.models import list_versions
 
-    return 200, {"bucket": target.resources.buckets["models"],
-                 "versions": list_versions(target.client("s3"), target.resources.buckets["models"])}
+    return 200, {
+        "bucket": target.resources.buckets["models"],
+        "versions": list_versions(target.client("s3"), target.resources.buckets["models"]),
+    }
 
 
 def failures_list(target: Any, query: Mapping[str, str]) -> tuple[int, Any]:
@@ -165,10 +205,17 @@ def failures_list(target: Any, query: Mapping[str, str]) -> tuple[int, Any]:
                 continue
             record = json.loads(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
             source = record.get("source") or {}
-            found.append({"location": f"s3://{bucket}/{item['Key']}", "object": f"s3://{source.get('bucket')}/{source.get('key')}",
-                          "version_id": source.get("version_id"), "error": record.get("error"),
-                          "failed_state": record.get("failed_state"), "execution_id": record.get("execution_id"),
-                          "recorded_at": record.get("recorded_at")})
+            found.append(
+                {
+                    "location": f"s3://{bucket}/{item['Key']}",
+                    "object": f"s3://{source.get('bucket')}/{source.get('key')}",
+                    "version_id": source.get("version_id"),
+                    "error": record.get("error"),
+                    "failed_state": record.get("failed_state"),
+                    "execution_id": record.get("execution_id"),
+                    "recorded_at": record.get("recorded_at"),
+                }
+            )
             if len(found) >= MAX_FAILURES:
                 return 200, {"failures": found, "truncated": True}
     return 200, {"failures": found, "truncated": False}
@@ -194,23 +241,33 @@ def _replay(mode: str) -> Callable[[Any, Mapping[str, str]], tuple[int, Any]]:
             raise ValueError('name the execution: {"id": NAME_OR_ARN}')
         arn = execution_arn(target.state_machine_arn, wanted)
         out = io.StringIO()
-        summary = replay.replay(target.client("stepfunctions"), target.state_machine_arn, executions=[arn], mode=mode,
-                                wait=False, out=out)
-        (outcome,) = summary.outcomes or [None]
-        if outcome is None:
+        summary = replay.replay(
+            target.client("stepfunctions"), target.state_machine_arn, executions=[arn], mode=mode, wait=False, out=out
+        )
+        if not summary.outcomes:
             raise ValueError(f"nothing to replay for {wanted}")
-        return 200, {"how": outcome.how, "arn": outcome.arn, "note": outcome.note or outcome.decision.reason,
-                     "error": outcome.error, "log": out.getvalue()}
+        (outcome,) = summary.outcomes
+        return 200, {
+            "how": outcome.how,
+            "arn": outcome.arn,
+            "note": outcome.note or outcome.decision.reason,
+            "error": outcome.error,
+            "log": out.getvalue(),
+        }
 
     return run
 
 
 _GETS: dict[str, Callable[[Any, Mapping[str, str]], tuple[int, Any]]] = {
-    "executions": executions_list, "execution": execution_detail, "models": models_list,
-    "failures": failures_list, "reconcile": reconciliation,
+    "executions": executions_list,
+    "execution": execution_detail,
+    "models": models_list,
+    "failures": failures_list,
+    "reconcile": reconciliation,
 }
 _POSTS: dict[str, Callable[[Any, Mapping[str, str]], tuple[int, Any]]] = {
-    "redrive": _replay("redrive"), "restart": _replay("restart"),
+    "redrive": _replay("redrive"),
+    "restart": _replay("restart"),
 }
 
 __all__ = ["PREFIX", "Console"]

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +108,14 @@ def _answers(endpoint_url: str, timeout: float = 2.0) -> bool:
         region_name=resources.region,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
-        config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 0, "total_max_attempts": 1}),
+        config=Config(
+            connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 0, "total_max_attempts": 1}
+        ),
     )
     try:
         client.describe_state_machine(stateMachineArn=resources.state_machine_arn)
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001  (refused, timed out, or not our stack: any failure means "does not answer")
         return False
     finally:
         client.close()
@@ -229,7 +231,8 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
         )
         report["last_log_lines"] = _log_tail(state_dir / LOG_FILE, lines=5).splitlines()
         report["fix"] = ("inferpipe local down && inferpipe local up" if alive else "inferpipe local up") + (
-            f"  (it comes back with the state kept in {state_dir}, at most a few seconds older than the crash)")
+            f"  (it comes back with the state kept in {state_dir}, at most a few seconds older than the crash)"
+        )
         return report
     report["resources"] = {
         "buckets": dict(resources.buckets),
@@ -248,7 +251,12 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
         "mode": mode,
         "rule": resources.trigger_rule,
         **(
-            {"buffer_queue": buffer.queue, "pipe": buffer.pipe, "batch_size": buffer.batch_size, "batching_window_s": buffer.batching_window_s}
+            {
+                "buffer_queue": buffer.queue,
+                "pipe": buffer.pipe,
+                "batch_size": buffer.batch_size,
+                "batching_window_s": buffer.batching_window_s,
+            }
             if mode == "batched"
             else {"target": resources.state_machine_arn}
         ),
@@ -261,8 +269,13 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
     return report
 
 
-def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 120.0, trigger: str | None = None,
-       fresh: bool = False) -> dict[str, Any]:
+def up(
+    port: int | None = None,
+    state_dir: Path | None = None,
+    timeout: float = 120.0,
+    trigger: str | None = None,
+    fresh: bool = False,
+) -> dict[str, Any]:
     """Start the local stack in the background (or report the running one). Returns its status.
 
     The stack keeps its state in ``state_dir`` (:mod:`inferpipe.local.persistence`) and comes back
@@ -270,86 +283,119 @@ def up(port: int | None = None, state_dir: Path | None = None, timeout: float = 
 
     ``trigger``: "batched" or "direct" (None: stack.json's default, or whatever the running stack
     uses). Asking a running stack for another trigger is an error, not silently ignored."""
-    from inferpipe.local.stack import _port_free
-
     state_dir = Path(state_dir or default_state_dir())
     asked_port, port = port, default_port() if port is None else port
     with _locked(state_dir):
         current = status(state_dir)
         if current["running"]:
-            if fresh:
-                raise DaemonError(f"the local stack at {current['endpoint_url']} is running: `inferpipe local down` first, "
-                                  "then `inferpipe local up --fresh`")
-            if asked_port is not None and int(current["port"]) != asked_port:
-                raise DaemonError(
-                    f"the local stack already runs at {current['endpoint_url']}, not on port {asked_port}; run "
-                    f"`inferpipe local down` first to move it (one stack per state folder, {state_dir})"
-                )
-            running_trigger = current["trigger"]["mode"]
-            if trigger is not None and trigger != running_trigger:
-                raise DaemonError(
-                    f"the local stack at {current['endpoint_url']} runs the {running_trigger} trigger; "
-                    f"run `inferpipe local down` first to start it with --trigger {trigger}"
-                )
+            _check_running_matches(current, state_dir, asked_port, trigger, fresh)
             return {**current, "already_running": True}
-        stale = _read_state(state_dir)
-        if stale and _alive(stale["pid"]) and _is_daemon(stale["pid"]):
-            _terminate(stale["pid"], timeout=10.0)  # ours but not answering: hung or half started
-        _remove_state(state_dir)
-        if fresh:
-            (state_dir / SNAPSHOT_FILE).unlink(missing_ok=True)
-        # after a crash, the dead stack's port can take a moment to be free (its sockets closing)
-        deadline = time.monotonic() + (10.0 if stale else 0.0)
-        while not _port_free(port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not _port_free(port):
-            raise DaemonError(f"port {port} on 127.0.0.1 is in use by another program (set {PORT_ENV} or --port)")
+        _clear_leftovers(state_dir, port, fresh)
         log_path = state_dir / LOG_FILE
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        env[TOKEN_ENV] = _new_token(state_dir)  # the server reads it once, at start
-        with open(log_path, "ab") as log:
-            log.write(f"--- {datetime.now(timezone.utc).isoformat()} starting on port {port}\n".encode())
-            log.flush()
-            process = subprocess.Popen(
-                [sys.executable, "-m", _MODULE, "serve", "--port", str(port), "--state-dir", str(state_dir),
-                 *(["--trigger", trigger] if trigger else [])],
-                cwd=str(REPO_ROOT),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
+        process = _spawn(state_dir, port, trigger, log_path)
         endpoint_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if process.poll() is not None:
-                    raise DaemonError(
-                        f"the local stack exited with status {process.returncode} while starting; "
-                        f"log {log_path}:\n{_log_tail(log_path)}"
-                    )
-                if _answers(endpoint_url, timeout=1.0):
-                    break
-                if time.monotonic() > deadline:
-                    raise DaemonError(f"the local stack did not answer within {timeout:.0f} s; log {log_path}")
-                time.sleep(0.2)
-        except BaseException:
-            _terminate(process.pid, timeout=5.0)
-            raise
+        _wait_until_answering(process, endpoint_url, log_path, timeout)
         state = {
             "pid": process.pid,
             "port": port,
             "endpoint_url": endpoint_url,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
             "log": str(log_path),
             "trigger": trigger or render_resources().trigger_buffer.default_mode,
         }
         _write_state(state_dir, state)
         process.returncode = 0  # detached on purpose: do not warn that it "is still running"
         return status(state_dir)
+
+
+def _check_running_matches(
+    current: dict[str, Any], state_dir: Path, asked_port: int | None, trigger: str | None, fresh: bool
+) -> None:
+    """Refuse what the running stack cannot give: a fresh start, another port, another trigger."""
+    if fresh:
+        raise DaemonError(
+            f"the local stack at {current['endpoint_url']} is running: `inferpipe local down` first, "
+            "then `inferpipe local up --fresh`"
+        )
+    if asked_port is not None and int(current["port"]) != asked_port:
+        raise DaemonError(
+            f"the local stack already runs at {current['endpoint_url']}, not on port {asked_port}; run "
+            f"`inferpipe local down` first to move it (one stack per state folder, {state_dir})"
+        )
+    running_trigger = current["trigger"]["mode"]
+    if trigger is not None and trigger != running_trigger:
+        raise DaemonError(
+            f"the local stack at {current['endpoint_url']} runs the {running_trigger} trigger; "
+            f"run `inferpipe local down` first to start it with --trigger {trigger}"
+        )
+
+
+def _clear_leftovers(state_dir: Path, port: int, fresh: bool) -> None:
+    """End a stale daemon of ours, forget its state (and the snapshot, when ``fresh``), free the port."""
+    from inferpipe.local.stack import _port_free
+
+    stale = _read_state(state_dir)
+    if stale and _alive(stale["pid"]) and _is_daemon(stale["pid"]):
+        _terminate(stale["pid"], timeout=10.0)  # ours but not answering: hung or half started
+    _remove_state(state_dir)
+    if fresh:
+        (state_dir / SNAPSHOT_FILE).unlink(missing_ok=True)
+    # after a crash, the dead stack's port can take a moment to be free (its sockets closing)
+    deadline = time.monotonic() + (10.0 if stale else 0.0)
+    while not _port_free(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not _port_free(port):
+        raise DaemonError(f"port {port} on 127.0.0.1 is in use by another program (set {PORT_ENV} or --port)")
+
+
+def _spawn(state_dir: Path, port: int, trigger: str | None, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m inferpipe.local.daemon serve`` detached, its output appended to ``log_path``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env[TOKEN_ENV] = _new_token(state_dir)  # the server reads it once, at start
+    with open(log_path, "ab") as log:
+        log.write(f"--- {datetime.now(UTC).isoformat()} starting on port {port}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                _MODULE,
+                "serve",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(state_dir),
+                *(["--trigger", trigger] if trigger else []),
+            ],
+            cwd=str(REPO_ROOT),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def _wait_until_answering(process: subprocess.Popen[bytes], endpoint_url: str, log_path: Path, timeout: float) -> None:
+    """Wait for the new stack to answer; on failure (or interruption) it is terminated."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if process.poll() is not None:
+                raise DaemonError(
+                    f"the local stack exited with status {process.returncode} while starting; "
+                    f"log {log_path}:\n{_log_tail(log_path)}"
+                )
+            if _answers(endpoint_url, timeout=1.0):
+                return
+            if time.monotonic() > deadline:
+                raise DaemonError(f"the local stack did not answer within {timeout:.0f} s; log {log_path}")
+            time.sleep(0.2)
+    except BaseException:
+        _terminate(process.pid, timeout=5.0)
+        raise
 
 
 def down(state_dir: Path | None = None, timeout: float = 15.0) -> bool:
@@ -411,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser = commands.add_parser("serve", help="run in the foreground (what `up` spawns)")
     serve_parser.add_argument("--port", type=int, default=default_port())
     serve_parser.add_argument("--trigger", choices=render_resources().trigger_buffer.modes, default=None)
-    serve_parser.add_argument("--state-dir", type=Path, default=None, help="keep the stack's state here (snapshot.pickle)")
+    serve_parser.add_argument(
+        "--state-dir", type=Path, default=None, help="keep the stack's state here (snapshot.pickle)"
+    )
     for name in ("up", "down", "status"):
         command = commands.add_parser(name)
         command.add_argument("--state-dir", type=Path, default=None)

@@ -81,7 +81,7 @@ def _select(template: Mapping[str, Any], state_input: Any, item: Any) -> dict[st
     for key, value in template.items():
         if key.endswith(".$"):
             if value.startswith("$$.Map.Item.Value"):
-                out[key[:-2]] = _path(item, "$" + value[len("$$.Map.Item.Value"):])
+                out[key[:-2]] = _path(item, "$" + value[len("$$.Map.Item.Value") :])
             else:
                 out[key[:-2]] = _path(state_input, value)
         elif isinstance(value, Mapping):
@@ -96,7 +96,9 @@ def load_map_state(definition_text: str, values: Mapping[str, str]) -> dict[str,
     definition = json.loads(render_template(definition_text, values))
     state = definition["States"][definition["StartAt"]]
     problems = []
-    if state.get("Type") != "Map" or (state.get("ItemProcessor", {}).get("ProcessorConfig", {}).get("Mode") != "DISTRIBUTED"):
+    if state.get("Type") != "Map" or (
+        state.get("ItemProcessor", {}).get("ProcessorConfig", {}).get("Mode") != "DISTRIBUTED"
+    ):
         problems.append("the start state is not a DISTRIBUTED Map")
     if state.get("ItemReader", {}).get("Resource") != READER:
         problems.append(f"ItemReader is not {READER}")
@@ -106,7 +108,9 @@ def load_map_state(definition_text: str, values: Mapping[str, str]) -> dict[str,
     if [t.get("Resource") for t in tasks] != [CHILD]:
         problems.append(f"the ItemProcessor must run exactly one {CHILD} task")
     if problems:
-        raise DistributedMapError("backfill.asl.json uses what the local Distributed Map does not run: " + "; ".join(problems))
+        raise DistributedMapError(
+            "backfill.asl.json uses what the local Distributed Map does not run: " + "; ".join(problems)
+        )
     return state
 
 
@@ -121,15 +125,9 @@ def run_distributed_map(
 ) -> MapRun:
     """Run the Map state over ``state_input`` against the local stack (``client(service)``)."""
     s3, sfn = client("s3"), client("stepfunctions")
-    reader = _select(state["ItemReader"]["Parameters"], state_input, None)
-    listed = [
-        obj
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=reader["Bucket"], Prefix=reader.get("Prefix", ""))
-        for obj in page.get("Contents", [])
-    ]
-    items = [_select(state.get("ItemSelector") or {}, state_input, obj) if state.get("ItemSelector") else obj for obj in listed]
+    items = _read_items(s3, state, state_input)
     batcher = state["ItemBatcher"]
-    size = int(_path(state_input, batcher["MaxItemsPerBatchPath"]) if "MaxItemsPerBatchPath" in batcher else batcher["MaxItemsPerBatch"])
+    size = int(_setting(state_input, batcher, "MaxItemsPerBatch"))
     if size < 1:
         raise DistributedMapError(f"MaxItemsPerBatch must be >= 1, got {size}")
     batches = [items[i : i + size] for i in range(0, len(items), size)]
@@ -137,33 +135,15 @@ def run_distributed_map(
     if dry_run:
         run.status = "DRY_RUN"
         return run
-    batch_input = _select(batcher.get("BatchInput") or {}, state_input, None)
-    concurrency = int(_path(state_input, state["MaxConcurrencyPath"]) if "MaxConcurrencyPath" in state else state.get("MaxConcurrency", 0)) or len(batches) or 1
-    tolerated = float(_path(state_input, state["ToleratedFailurePercentagePath"]) if "ToleratedFailurePercentagePath" in state else state.get("ToleratedFailurePercentage", 0))
+    options = _select(batcher.get("BatchInput") or {}, state_input, None).get("options") or {}
+    concurrency = int(_setting(state_input, state, "MaxConcurrency", 0)) or len(batches) or 1
+    tolerated = float(_setting(state_input, state, "ToleratedFailurePercentage", 0))
     task = next(s for s in state["ItemProcessor"]["States"].values() if s.get("Type") == "Task")
     machine = task["Parameters"]["StateMachineArn"]
 
     def child(number: int) -> ChildResult:
-        objects = batches[number]
-        child_input = {**(batch_input.get("options") or {}), "objects": objects}  # ShapeBatch + States.JsonMerge
-        try:
-            arn = sfn.start_execution(stateMachineArn=machine, name=f"{run.name[:16]}-{number}", input=json.dumps(child_input))["executionArn"]
-        except Exception as exc:  # the child could not run: counts against the tolerated failures
-            return ChildResult(number, len(objects), "ERROR", error=type(exc).__name__, cause=str(exc))
-        try:
-            while True:
-                described = sfn.describe_execution(executionArn=arn)
-                if described["status"] != "RUNNING":
-                    break
-                time.sleep(poll_s)
-        except Exception as exc:  # the stack or the network failed while waiting: this batch's outcome is unknown
-            from functions.common.aws import error_name
-
-            return ChildResult(number, len(objects), "ERROR", arn, error=error_name(exc),
-                               cause=f"{exc} (while waiting for {arn}: the stack or the network failed)")
-        if described["status"] == "SUCCEEDED":
-            return ChildResult(number, len(objects), "SUCCEEDED", arn, output=json.loads(described.get("output") or "null"))
-        return ChildResult(number, len(objects), "FAILED", arn, error=described.get("error") or described["status"], cause=described.get("cause"))
+        child_input = {**options, "objects": batches[number]}  # ShapeBatch + States.JsonMerge
+        return _run_child(sfn, machine, f"{run.name[:16]}-{number}", number, child_input, poll_s)
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, 40)), thread_name_prefix="backfill") as pool:
         for result in pool.map(child, range(len(batches))):
@@ -179,21 +159,92 @@ def run_distributed_map(
     return run
 
 
+_REQUIRED = object()
+
+
+def _setting(state_input: Mapping[str, Any], holder: Mapping[str, Any], name: str, default: Any = _REQUIRED) -> Any:
+    """A Map setting: from the input at ``<name>Path`` when the state has one, else ``<name>`` itself."""
+    if f"{name}Path" in holder:
+        return _path(state_input, holder[f"{name}Path"])
+    return holder[name] if default is _REQUIRED else holder.get(name, default)
+
+
+def _read_items(s3: Any, state: Mapping[str, Any], state_input: Mapping[str, Any]) -> list[Any]:
+    """ItemReader: every object under the Bucket/Prefix (all pages), each through the ItemSelector."""
+    reader = _select(state["ItemReader"]["Parameters"], state_input, None)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=reader["Bucket"], Prefix=reader.get("Prefix", ""))
+    listed = [obj for page in pages for obj in page.get("Contents", [])]
+    selector = state.get("ItemSelector")
+    return [_select(selector or {}, state_input, obj) if selector else obj for obj in listed]
+
+
+def _run_child(
+    sfn: Any, machine: str, name: str, number: int, child_input: dict[str, Any], poll_s: float
+) -> ChildResult:
+    """One batch: an execution of the pipeline state machine, waited for (``.sync:2``)."""
+    objects = len(child_input["objects"])
+    try:
+        arn = sfn.start_execution(stateMachineArn=machine, name=name, input=json.dumps(child_input))["executionArn"]
+    except Exception as exc:  # noqa: BLE001  (the child could not run: counts against the tolerated failures)
+        return ChildResult(number, objects, "ERROR", error=type(exc).__name__, cause=str(exc))
+    try:
+        while True:
+            described = sfn.describe_execution(executionArn=arn)
+            if described["status"] != "RUNNING":
+                break
+            time.sleep(poll_s)
+    except Exception as exc:  # noqa: BLE001  (the stack or the network failed while waiting: the outcome is unknown)
+        from functions.common.aws import error_name
+
+        return ChildResult(
+            number,
+            objects,
+            "ERROR",
+            arn,
+            error=error_name(exc),
+            cause=f"{exc} (while waiting for {arn}: the stack or the network failed)",
+        )
+    if described["status"] == "SUCCEEDED":
+        return ChildResult(number, objects, "SUCCEEDED", arn, output=json.loads(described.get("output") or "null"))
+    return ChildResult(
+        number,
+        objects,
+        "FAILED",
+        arn,
+        error=described.get("error") or described["status"],
+        cause=described.get("cause"),
+    )
+
+
 def _write_results(s3: Any, parameters: Mapping[str, Any], run: MapRun) -> dict[str, str]:
     bucket, prefix = parameters["Bucket"], f"{parameters.get('Prefix', '')}{run.name}/"
     by_status: dict[str, list[dict[str, Any]]] = {"SUCCEEDED": [], "FAILED": []}
     for r in run.results:
-        entry = {"ExecutionArn": r.execution_arn, "Status": "SUCCEEDED" if r.status != "ERROR" else "FAILED",
-                 "Output": json.dumps({"status": r.status, "error": r.error, "cause": r.cause, "output": r.output})}
-        by_status[entry["Status"]].append(entry)
+        status = "SUCCEEDED" if r.status != "ERROR" else "FAILED"
+        by_status[status].append(
+            {
+                "ExecutionArn": r.execution_arn,
+                "Status": status,
+                "Output": json.dumps({"status": r.status, "error": r.error, "cause": r.cause, "output": r.output}),
+            }
+        )
     files = []
     for status, entries in by_status.items():
         key = f"{prefix}{status}_0.json"
         s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(entries).encode(), ContentType="application/json")
         files.append({"Key": key, "Size": len(entries)})
     manifest = f"{prefix}manifest.json"
-    s3.put_object(Bucket=bucket, Key=manifest, Body=json.dumps({"DestinationBucket": bucket, "MapRunArn": run.name,
-                                                                 "ResultFiles": {"SUCCEEDED": files[:1], "FAILED": files[1:]}}).encode())
+    s3.put_object(
+        Bucket=bucket,
+        Key=manifest,
+        Body=json.dumps(
+            {
+                "DestinationBucket": bucket,
+                "MapRunArn": run.name,
+                "ResultFiles": {"SUCCEEDED": files[:1], "FAILED": files[1:]},
+            }
+        ).encode(),
+    )
     return {"Bucket": bucket, "Key": manifest}
 
 

@@ -78,8 +78,17 @@ class FaultRule:
     fired: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"service": self.service, "operation": self.operation, "remaining": self.remaining, "status": self.status,
-                "error": self.code, "match": self.match, "delay": self.delay, "rate": self.rate, "fired": self.fired}
+        return {
+            "service": self.service,
+            "operation": self.operation,
+            "remaining": self.remaining,
+            "status": self.status,
+            "error": self.code,
+            "match": self.match,
+            "delay": self.delay,
+            "rate": self.rate,
+            "fired": self.fired,
+        }
 
 
 class AwsFaultInjector:
@@ -115,15 +124,29 @@ class AwsFaultInjector:
         if status is not None and not 400 <= status <= 599:
             raise ValueError("status must be an HTTP error status, 400 to 599")
         default_status, default_code = DEFAULT_ERRORS.get(service, (503, "ServiceUnavailable"))
-        rule = FaultRule(service, operation or ANY_OPERATION, count, status or default_status, code or default_code, match, delay, rate)
+        rule = FaultRule(
+            service,
+            operation or ANY_OPERATION,
+            count,
+            status or default_status,
+            code or default_code,
+            match,
+            delay,
+            rate,
+        )
         with self._lock:
             self._rules.append(rule)
         return rule
 
     def take(self, service: str, operation: str, haystack: Callable[[], str]) -> FaultRule | None:
         with self._lock:
-            candidates = [r for r in self._rules if (r.remaining is None or r.remaining > 0) and r.service == service
-                          and r.operation in (operation, ANY_OPERATION)]
+            candidates = [
+                r
+                for r in self._rules
+                if (r.remaining is None or r.remaining > 0)
+                and r.service == service
+                and r.operation in (operation, ANY_OPERATION)
+            ]
             if not candidates:
                 return None
             text = haystack() if any(r.match for r in candidates) else ""
@@ -202,7 +225,11 @@ def _service(environ: dict[str, Any]) -> str:
 def _s3_operation(method: str, path: str, query: str) -> str:
     parts = [p for p in path.split("/") if p]
     names = {q.split("=")[0] for q in query.split("&") if q}
-    if len(parts) == 1 and method == "GET" and not names & {"versioning", "notification", "policy", "encryption", "location"}:
+    if (
+        len(parts) == 1
+        and method == "GET"
+        and not names & {"versioning", "notification", "policy", "encryption", "location"}
+    ):
         return "ListObjects"  # ListObjects(V2) and ListObjectVersions: priced as LIST
     if len(parts) < 2 or names & {"uploads", "uploadId", "tagging", "acl", "retention"}:
         return ""
@@ -255,7 +282,9 @@ class FaultMiddleware:
             time.sleep(rule.delay)
             return None  # then served as usual
         payload, content_type = _error_body(service, protocol, rule)
-        reason = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}.get(rule.status, "Error")
+        reason = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}.get(
+            rule.status, "Error"
+        )
         headers = [("Content-Type", content_type), ("Content-Length", str(len(payload)))]
         if protocol == "json" and service == "sqs":
             headers.append(("x-amzn-query-error", f"{rule.code};Sender"))
@@ -278,21 +307,38 @@ def control(injector: AwsFaultInjector, method: str, body: bytes) -> tuple[int, 
     try:
         spec = json.loads(body or b"{}")
         if not isinstance(spec, dict) or not isinstance(spec.get("service"), str) or not spec["service"]:
-            raise ValueError('a fault is {"service": "s3", "operation"?: "GetObject", "error"?, "status"?, "count"?, "rate"?, "delay"?, "match"?}')
+            raise ValueError(
+                'a fault is {"service": "s3", "operation"?: "GetObject", "error"?, "status"?, "count"?, "rate"?, "delay"?, "match"?}'
+            )
         unknown = set(spec) - {"service", "operation", "error", "status", "count", "rate", "delay", "match"}
         if unknown:
             raise ValueError(f"unknown fault field(s): {', '.join(sorted(unknown))}")
         if spec["service"] not in FAULTABLE_SERVICES:
-            raise ValueError(f"unknown service {spec['service']!r}: one of {', '.join(FAULTABLE_SERVICES)} (AWS signing names)")
+            raise ValueError(
+                f"unknown service {spec['service']!r}: one of {', '.join(FAULTABLE_SERVICES)} (AWS signing names)"
+            )
         rule = injector.inject(
-            spec["service"], spec.get("operation") or ANY_OPERATION,
+            spec["service"],
+            spec.get("operation") or ANY_OPERATION,
             spec.get("count", 1 if spec.get("rate") is None else None),
-            status=spec.get("status"), code=spec.get("error"), match=spec.get("match"),
-            delay=float(spec.get("delay") or 0.0), rate=spec.get("rate"),
+            status=spec.get("status"),
+            code=spec.get("error"),
+            match=spec.get("match"),
+            delay=float(spec.get("delay") or 0.0),
+            rate=spec.get("rate"),
         )
     except (ValueError, TypeError) as bad:
         return 400, {"error": str(bad)}
     return 201, {"rule": rule.to_dict()}
 
 
-__all__ = ["ANY_OPERATION", "DEFAULT_ERRORS", "ApiCall", "AwsFaultInjector", "FaultMiddleware", "FaultRule", "control", "identify"]
+__all__ = [
+    "ANY_OPERATION",
+    "DEFAULT_ERRORS",
+    "ApiCall",
+    "AwsFaultInjector",
+    "FaultMiddleware",
+    "FaultRule",
+    "control",
+    "identify",
+]

@@ -40,8 +40,9 @@ def refusal(header: Callable[[str], str | None], path: str = "") -> str | None:
         return f"host {host!r} is not a loopback name"
     origin = header("Origin")
     console = path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
-    if origin is not None and not (console and host and origin.lower() == f"http://{host}"
-                                   and header("Sec-Fetch-Site") == "same-origin"):
+    if origin is not None and not (
+        console and host and origin.lower() == f"http://{host}" and header("Sec-Fetch-Site") == "same-origin"
+    ):
         return "requests from web pages (an Origin header) are refused"
     if (header("Sec-Fetch-Site") or "none") not in ("none", "same-origin"):
         return "cross-site browser requests are refused"
@@ -80,18 +81,30 @@ class ControlGuard:
     per-stack secret in its state folder, readable by its user alone); ``handlers`` answer the
     local stack's own control paths, moto's pass on to ``app``."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], token: str,
-                 handlers: Mapping[str, Callable[[str, bytes], tuple[int, Any]]]) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Iterable[bytes]],
+        token: str,
+        handlers: Mapping[str, Callable[[str, bytes], tuple[int, Any]]],
+    ) -> None:
         self.app, self.token, self.handlers = app, token, dict(handlers)
 
     def __call__(self, environ: Mapping[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = str(environ.get("PATH_INFO", ""))
-        if not path.startswith(CONTROL_PREFIXES) or (path in OPEN_PATHS and environ.get("REQUEST_METHOD", "GET") == "GET"):
+        if not path.startswith(CONTROL_PREFIXES) or (
+            path in OPEN_PATHS and environ.get("REQUEST_METHOD", "GET") == "GET"
+        ):
             return self.app(environ, start_response)
         given = str(environ.get("HTTP_" + TOKEN_HEADER.upper().replace("-", "_"), ""))
         if not hmac.compare_digest(given.encode(), self.token.encode()):
-            return _answer(start_response, 403, {"error": f"the local stack's control endpoints need its token ({TOKEN_HEADER}); "
-                                                          "`inferpipe local` commands send it"})
+            return _answer(
+                start_response,
+                403,
+                {
+                    "error": f"the local stack's control endpoints need its token ({TOKEN_HEADER}); "
+                    "`inferpipe local` commands send it"
+                },
+            )
         handler = self.handlers.get(path)
         if handler is None:
             return self.app(environ, start_response)
@@ -103,7 +116,9 @@ class ControlGuard:
 
 def _answer(start_response: Callable[..., Any], status: int, answer: Any) -> list[bytes]:
     body = (json.dumps(answer) + "\n").encode()
-    reason = {200: "OK", 201: "Created", 400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed"}.get(status, "Error")
+    reason = {200: "OK", 201: "Created", 400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed"}.get(
+        status, "Error"
+    )
     start_response(f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
 

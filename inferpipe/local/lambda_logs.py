@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from functions.common.errors import LAMBDA_EXIT_ERROR, LAMBDA_OUT_OF_MEMORY, LAMBDA_TIMEOUT
 
 if TYPE_CHECKING:
-    from inferpipe.local.environments import FunctionConfig, InvocationResult
+    from inferpipe.local.execution_environment import FunctionConfig, InvocationResult
 
 _LOG = logging.getLogger("inferpipe.local.lambda_logs")
 
@@ -22,7 +22,7 @@ _LOG = logging.getLogger("inferpipe.local.lambda_logs")
 def report_line(result: InvocationResult, memory_mb: int) -> str:
     """Lambda's REPORT line: tab-separated fields, ``Init Duration`` after a cold start, a trailing tab.
 
-    >>> from inferpipe.local.environments import InvocationResult
+    >>> from inferpipe.local.execution_environment import InvocationResult
     >>> r = InvocationResult("r-1", False, b"", None, 12.3, 13, 250.0, 80, "s")
     >>> report_line(r, 256).split("\\t")[1:6]
     ['Duration: 12.30 ms', 'Billed Duration: 13 ms', 'Memory Size: 256 MB', 'Max Memory Used: 80 MB', 'Init Duration: 250.00 ms']
@@ -109,7 +109,9 @@ class LogShipper:
                         logs.put_log_events(
                             logGroupName=config.log_group,
                             logStreamName=stream,
-                            logEvents=[{"timestamp": ts, "message": message} for ts, message in ordered[start : start + 5000]],
+                            logEvents=[
+                                {"timestamp": ts, "message": message} for ts, message in ordered[start : start + 5000]
+                            ],
                         )
                 except (BotoCoreError, ClientError, KeyError) as exc:  # Lambda drops logs its role may not write
                     _LOG.debug("%s: %d log events not written: %s", config.name, len(events), exc)

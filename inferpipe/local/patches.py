@@ -1,4 +1,8 @@
-"""Attributes of moto's classes replaced by the local stack's bridges, and put back together.
+"""moto patched in this process: every bridge installed (:func:`install`) and undone (:func:`uninstall`).
+
+Each bridge (the list: :mod:`inferpipe.local`) is a module with ``install()`` and ``uninstall()``
+that keeps the attributes it replaced in a :class:`Patches`. Only one local stack per process:
+moto's state is global.
 
 Example::
 
@@ -11,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import threading
+from types import ModuleType
 from typing import Any
 
 _MISSING = object()
@@ -48,4 +53,32 @@ class Patches:
             self._saved.clear()
 
 
-__all__ = ["Patches"]
+def bridges() -> tuple[ModuleType, ...]:
+    """The bridges over moto's gaps, in the order they are installed (undone in reverse)."""
+    from inferpipe.local import (
+        credentials,
+        event_delivery,
+        iam_enforcement,
+        lambda_service,
+        redrive,
+        sfn_api,
+        speedups,
+        status_events,
+    )
+
+    return (lambda_service, event_delivery, iam_enforcement, credentials, speedups, redrive, status_events, sfn_api)
+
+
+def install() -> None:
+    """Install every bridge (idempotent). Fails loudly when moto's internals are not the ones they target."""
+    for bridge in bridges():
+        bridge.install()
+
+
+def uninstall() -> None:
+    """Undo every bridge and forget what they kept (faults, handlers, records, credentials; idempotent)."""
+    for bridge in reversed(bridges()):
+        bridge.uninstall()
+
+
+__all__ = ["Patches", "bridges", "install", "uninstall"]

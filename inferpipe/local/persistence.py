@@ -34,9 +34,12 @@ import pickle
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from moto.stepfunctions.parser.backend.execution import Execution as ParserExecution
 
 SNAPSHOT_FILE = "snapshot.pickle"
 #: Seconds between snapshots while requests come in.
@@ -46,7 +49,6 @@ SERVICES = ("s3", "dynamodb", "sqs", "logs")
 FORMAT = 1
 ABORTED_CAUSE = "the local stack stopped while it ran (its invocations died with it); redrive it to go on"
 _LOG = logging.getLogger("inferpipe.local.persistence")
-
 
 
 def _register_reducers() -> None:
@@ -59,6 +61,11 @@ def _status(execution: Any) -> str:
     return str(getattr(execution.exec_status, "value", execution.exec_status))
 
 
+def _parser_executions(machine: Any) -> list[ParserExecution]:
+    """A state machine's executions: moto types them as its classic backend's, the parser backend keeps its own."""
+    return cast("list[ParserExecution]", machine.executions)
+
+
 def _executions() -> list[dict[str, Any]]:
     """Every execution of the parser backend, as plain data."""
     from moto.stepfunctions.parser.models import stepfunctions_parser_backends
@@ -69,18 +76,30 @@ def _executions() -> list[dict[str, Any]]:
     for account, regions in stepfunctions_parser_backends.items():
         for region, backend in regions.items():
             for machine in backend.state_machines:
-                for execution in machine.executions:
+                for execution in _parser_executions(machine):
                     worker = execution.exec_worker
                     env = getattr(worker, "env", None)
                     events = env.event_manager.get_event_history() if env is not None else []
-                    found.append({
-                        "account": account, "region": region, "state_machine_arn": execution.state_machine.arn,
-                        "name": execution.name, "exec_arn": execution.exec_arn, "role_arn": execution.role_arn,
-                        "sm_type": execution.sm_type, "start_date": execution.start_date, "stop_date": execution.stop_date,
-                        "input": execution.execution_input, "status": _status(execution), "output": execution.output,
-                        "error": execution.error, "cause": execution.cause, "events": events,
-                        "redrives": redrive.record_of(execution.exec_arn),
-                    })
+                    found.append(
+                        {
+                            "account": account,
+                            "region": region,
+                            "state_machine_arn": execution.state_machine.arn,
+                            "name": execution.name,
+                            "exec_arn": execution.exec_arn,
+                            "role_arn": execution.role_arn,
+                            "sm_type": execution.sm_type,
+                            "start_date": execution.start_date,
+                            "stop_date": execution.stop_date,
+                            "input": execution.execution_input,
+                            "status": _status(execution),
+                            "output": execution.output,
+                            "error": execution.error,
+                            "cause": execution.cause,
+                            "events": events,
+                            "redrives": redrive.record_of(execution.exec_arn),
+                        }
+                    )
     return found
 
 
@@ -91,12 +110,15 @@ def snapshot(path: Path, attempts: int = 5) -> bool:
     _register_reducers()
     for _ in range(attempts):
         try:
-            data = pickle.dumps({
-                "format": FORMAT,
-                "written": datetime.now(timezone.utc),
-                "backends": {name: dict(get_backend(name)) for name in SERVICES},  # type: ignore[call-overload]
-                "executions": _executions(),
-            }, protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps(
+                {
+                    "format": FORMAT,
+                    "written": datetime.now(UTC),
+                    "backends": {name: dict(get_backend(name)) for name in SERVICES},  # type: ignore[call-overload]
+                    "executions": _executions(),
+                },
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
         except RuntimeError:  # "dictionary changed size during iteration": a request landed meanwhile
             time.sleep(0.05)
             continue
@@ -130,7 +152,7 @@ def restore_backends(state: dict[str, Any]) -> None:
     from moto.backends import get_backend
 
     for name, accounts in state["backends"].items():
-        live = get_backend(name)  # type: ignore[call-overload]
+        live = get_backend(name)
         live.clear()
         live.update(accounts)
     # S3 also keeps which account owns each bucket name, beside its backends (CreateBucket checks it)
@@ -155,28 +177,46 @@ def restore_executions(state: dict[str, Any]) -> int:
     for saved in state["executions"]:
         backend = stepfunctions_parser_backends[saved["account"]][saved["region"]]
         machine = next((m for m in backend.state_machines if m.arn == saved["state_machine_arn"]), None)
-        if machine is None or any(e.exec_arn == saved["exec_arn"] for e in machine.executions):
+        if machine is None or any(e.exec_arn == saved["exec_arn"] for e in _parser_executions(machine)):
             continue  # its state machine is gone, or it is there already
         execution = Execution(
-            name=saved["name"], sm_type=saved["sm_type"], role_arn=saved["role_arn"], exec_arn=saved["exec_arn"],
-            account_id=saved["account"], region_name=saved["region"], state_machine=machine, start_date=saved["start_date"],
-            cloud_watch_logging_session=None, activity_store={}, input_data=saved["input"],
+            name=saved["name"],
+            sm_type=saved["sm_type"],
+            role_arn=saved["role_arn"],
+            exec_arn=saved["exec_arn"],
+            account_id=saved["account"],
+            region_name=saved["region"],
+            state_machine=machine,  # type: ignore[arg-type]  # moto's parser backend keeps its classic StateMachine
+            start_date=saved["start_date"],
+            cloud_watch_logging_session=None,
+            activity_store={},
+            input_data=saved["input"],
         )
         events = list(saved["events"])
         status, stop_date, error, cause = saved["status"], saved["stop_date"], saved["error"], saved["cause"]
         if status == "RUNNING":
-            status, stop_date, error, cause = "ABORTED", datetime.now(timezone.utc), "States.Runtime", ABORTED_CAUSE
-            events.append({"timestamp": stop_date, "type": "ExecutionAborted",
-                           "id": max((int(e["id"]) for e in events), default=0) + 1,
-                           "previousEventId": int(events[-1]["id"]) if events else 0,
-                           "executionAbortedEventDetails": {"error": error, "cause": cause}})
+            status, stop_date, error, cause = "ABORTED", datetime.now(UTC), "States.Runtime", ABORTED_CAUSE
+            events.append(
+                {
+                    "timestamp": stop_date,
+                    "type": "ExecutionAborted",
+                    "id": max((int(e["id"]) for e in events), default=0) + 1,
+                    "previousEventId": int(events[-1]["id"]) if events else 0,
+                    "executionAbortedEventDetails": {"error": error, "cause": cause},
+                }
+            )
         manager = EventManager()
         manager._history_event_list.extend(events)
         manager._event_id_gen._next_id = max((int(e["id"]) for e in events), default=0) + 1
-        execution.exec_worker = _Stopped(manager)
+        execution.exec_worker = _Stopped(manager)  # type: ignore[assignment]  # a stand-in: the history, nothing to run
         execution.exec_status = ExecutionStatus(status)
-        execution.stop_date, execution.output, execution.error, execution.cause = stop_date, saved["output"], error, cause
-        machine.executions.append(execution)
+        execution.stop_date, execution.output, execution.error, execution.cause = (
+            stop_date,
+            saved["output"],
+            error,
+            cause,
+        )
+        _parser_executions(machine).append(execution)
         redrive.restore_record(saved["exec_arn"], saved.get("redrives"))
         restored += 1
         if saved["status"] == "RUNNING":  # it ended now: its status change goes out, as any end does
@@ -232,5 +272,14 @@ class Snapshotter:
         self.write_if_changed()
 
 
-__all__ = ["ABORTED_CAUSE", "INTERVAL_S", "SERVICES", "SNAPSHOT_FILE", "Snapshotter", "load", "restore_backends",
-           "restore_executions", "snapshot"]
+__all__ = [
+    "ABORTED_CAUSE",
+    "INTERVAL_S",
+    "SERVICES",
+    "SNAPSHOT_FILE",
+    "Snapshotter",
+    "load",
+    "restore_backends",
+    "restore_executions",
+    "snapshot",
+]

@@ -186,10 +186,12 @@ class PipeRunner:
             self._meter.record(self._caller, "pipes", "Invoke", max(1, math.ceil(len(payload.encode()) / _CHUNK)))
         try:
             self._sfn.start_execution(stateMachineArn=self.target, name=uuid.uuid4().hex, input=payload)
-        except Exception as exc:  # left in the queue: retried after the visibility timeout, then dead-lettered
+        except Exception as exc:  # noqa: BLE001  (left in the queue: retried after the visibility timeout, then dead-lettered)
             self.stats.failed_starts += 1
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            _LOG.error("pipe %s could not start an execution for %d messages: %s", self.pipe["Name"], len(messages), exc)
+            _LOG.error(
+                "pipe %s could not start an execution for %d messages: %s", self.pipe["Name"], len(messages), exc
+            )
             return False
         for start in range(0, len(messages), 10):
             chunk = messages[start : start + 10]
@@ -208,7 +210,7 @@ class PipeRunner:
                 batch = self.gather()
                 if batch:
                     self.deliver(batch)
-            except Exception as exc:  # the stack stopping under us, a moto hiccup: keep polling
+            except Exception as exc:  # noqa: BLE001  (the stack stopping under us, a moto hiccup: keep polling)
                 if self._stop.is_set():
                     return
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"

@@ -32,7 +32,8 @@ name and index, so a Map inside another Map's iterator re-runs whole too;
 ``$$.Execution.RedriveCount`` is not in the context object.
 
 Reachable as ``aws stepfunctions redrive-execution --endpoint-url …`` and through boto3: it is an
-action of moto's Step Functions responses, installed by :func:`install` (the bridge calls it).
+action of moto's Step Functions responses, installed by :func:`install` (which
+:func:`inferpipe.local.patches.install` calls).
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from moto.stepfunctions.parser.asl.component.program.program import Program
 
 from inferpipe.local.patches import Patches
 
@@ -106,7 +110,7 @@ def _history_length(execution: Any) -> int:
 
 def redrive_status(execution: Any, now: datetime.datetime | None = None) -> tuple[str, str | None]:
     """(REDRIVABLE or NOT_REDRIVABLE, the reason when not), as DescribeExecution reports it."""
-    now = now or datetime.datetime.now(tz=datetime.timezone.utc)
+    now = now or datetime.datetime.now(tz=datetime.UTC)
     status = _status(execution)
     if status == "RUNNING":
         return NOT_REDRIVABLE, "Execution is RUNNING and cannot be redriven."
@@ -123,7 +127,9 @@ def redrive_status(execution: Any, now: datetime.datetime | None = None) -> tupl
     return REDRIVABLE, None
 
 
-def resume_point(definition: Mapping[str, Any], events: Sequence[Mapping[str, Any]], execution_input: Any) -> tuple[str, Any]:
+def resume_point(
+    definition: Mapping[str, Any], events: Sequence[Mapping[str, Any]], execution_input: Any
+) -> tuple[str, Any]:
     """The unsuccessful step and the input it was entered with: the top-level state entered last and
     never exited (states of a Map or Parallel inside it are told apart by counting their own
     entries and exits; an earlier redrive starts the count anew). The start state with the
@@ -164,18 +170,25 @@ def _worker(execution: Any, events: list[dict[str, Any]], state: str, state_inpu
 
     class RedriveWorker(ExecutionWorker):
         def _execution_logic(self) -> None:
-            program = self._get_evaluation_entrypoint()
+            program = cast("Program", self._get_evaluation_entrypoint())  # what moto's parser returns
             env = self._get_evaluation_environment()
             self.env = env
             manager = env.event_manager
             with manager._mutex:
-                manager._history_event_list.extend(copy.deepcopy(events))
+                history: list[Any] = copy.deepcopy(events)  # the saved events, as plain dicts
+                manager._history_event_list.extend(history)
                 manager._event_id_gen._next_id = max((int(e["id"]) for e in events), default=0) + 1
-            env.event_history_context = EventHistoryContext(previous_event_id=manager._event_id_gen._next_id - 1)
+            # moto declares it Final; a redriven execution continues after the events it already has
+            previous = manager._event_id_gen._next_id - 1
+            env.event_history_context = EventHistoryContext(previous_event_id=previous)  # type: ignore[misc]
             manager.add_event(
                 context=env.event_history_context,
                 event_type=HistoryEventType.ExecutionRedriven,
-                event_details=EventDetails(executionRedrivenEventDetails=ExecutionRedrivenEventDetails(redriveCount=count)),
+                # moto's EventDetails lists every other kind of event, all required, and not this one
+                event_details=cast(
+                    "EventDetails",
+                    {"executionRedrivenEventDetails": ExecutionRedrivenEventDetails(redriveCount=count)},
+                ),
             )
             env.states.reset(input_value=state_input)
             # Program.eval, but from the unsuccessful step instead of StartAt.
@@ -249,7 +262,7 @@ def redrive(backend: Any, execution_arn: str, client_token: str | None = None) -
         events = execution.to_history_output()["events"]
         state, state_input = resume_point(json.loads(execution.state_machine.definition), events, execution.input_data)
         record.count += 1
-        record.date = datetime.datetime.now(tz=datetime.timezone.utc)
+        record.date = datetime.datetime.now(tz=datetime.UTC)
         record.token = client_token
         worker = _worker(execution, events, state, state_input, record.count)
         from moto.stepfunctions.parser.api import ExecutionStatus
@@ -269,8 +282,12 @@ def record_of(execution_arn: str) -> dict[str, Any] | None:
         kept = _iterations.get(execution_arn)
         if record is None and not kept:
             return None
-        return {"count": record.count if record else 0, "date": record.date if record else None,
-                "token": record.token if record else None, "iterations": copy.deepcopy(kept or {})}
+        return {
+            "count": record.count if record else 0,
+            "date": record.date if record else None,
+            "token": record.token if record else None,
+            "iterations": copy.deepcopy(kept or {}),
+        }
 
 
 def restore_record(execution_arn: str, saved: Mapping[str, Any] | None) -> None:
@@ -336,5 +353,16 @@ def uninstall() -> None:
         _iterations.clear()
 
 
-__all__ = ["HISTORY_EVENT_LIMIT", "REDRIVABLE_PERIOD", "Redrives", "describe_fields", "install", "record_of", "redrive", "redrive_status",
-           "restore_record", "resume_point", "uninstall"]
+__all__ = [
+    "HISTORY_EVENT_LIMIT",
+    "REDRIVABLE_PERIOD",
+    "Redrives",
+    "describe_fields",
+    "install",
+    "record_of",
+    "redrive",
+    "redrive_status",
+    "restore_record",
+    "resume_point",
+    "uninstall",
+]

@@ -5,7 +5,7 @@
 its init failure. https://docs.aws.amazon.com/lambda/latest/dg/runtimes-api.html
 
 The environment behind it (:class:`RuntimeSide`) decides what to hand out and what an answer means;
-:mod:`inferpipe.local.environments` is that side.
+:mod:`inferpipe.local.execution_environment` is that side.
 """
 
 from __future__ import annotations
@@ -131,7 +131,9 @@ class RuntimeApi:
 
         self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name=f"runtime-api-{self.address}", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name=f"runtime-api-{self.address}", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ Example::
 
 While it runs, this process's environment points every AWS SDK at it (``AWS_ENDPOINT_URL``, dummy
 credentials, region). Lambda functions run in execution environments of their own (worker
-processes under ``python -m awslambdaric``, see :mod:`inferpipe.local.environments`), which reach
+processes under ``python -m awslambdaric``, see :mod:`inferpipe.local.execution_environment`), which reach
 the stack through the same endpoint; ``lambda_mode="in-process"`` runs them in threads of this
 process instead (no memory limit, timeouts cannot kill; the benchmark uses it to show what
 isolation costs). ``stop()``
@@ -31,23 +31,22 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import boto3
 from botocore.config import Config
 
-from inferpipe.local import bridge
+from inferpipe.local import credentials, event_delivery, lambda_faults, lambda_service, patches, persistence
+from inferpipe.local.console import PREFIX as CONSOLE_PREFIX
+from inferpipe.local.console import Console
 from inferpipe.local.faults import AwsFaultInjector, FaultMiddleware
 from inferpipe.local.faults import control as fault_control
-from inferpipe.local.guard import TOKEN_HEADER, ControlGuard
-from inferpipe.local.guard import BrowserGuard
-from inferpipe.local.console import PREFIX as CONSOLE_PREFIX, Console
-from inferpipe.local import persistence
+from inferpipe.local.guard import TOKEN_HEADER, BrowserGuard, ControlGuard
 from inferpipe.local.persistence import Snapshotter
 from inferpipe.local.pipes import PipeRunner
-from inferpipe.local.usage import UsageMeter
 from inferpipe.local.provision import Provisioned, provision
 from inferpipe.local.spec import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
+from inferpipe.local.usage import UsageMeter
 
 _LOG = logging.getLogger("inferpipe.local.stack")
 
@@ -77,8 +76,10 @@ def _port_free(port: int) -> bool:
 
 def _post_json(url: str, body: dict[str, Any] | None = None, token: str = "") -> Any:
     data = json.dumps(body or {}).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json", TOKEN_HEADER: token})
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback only
+    request = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json", TOKEN_HEADER: token}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
         raw = answer.read()
     return json.loads(raw) if raw else None
 
@@ -113,14 +114,18 @@ class LocalStack:
         (S3 events buffered in SQS and drained by a pipe into batches; stack.json's default) or
         "direct" (one execution per S3 event); ``state_dir`` keeps the stack's state there across
         restarts and crashes (:mod:`inferpipe.local.persistence`; None: the state lives until stop)."""
-        if lambda_mode not in bridge.LAMBDA_MODES:
-            raise LocalStackError(f"unknown lambda_mode {lambda_mode!r}: expected one of {', '.join(bridge.LAMBDA_MODES)}")
+        if lambda_mode not in lambda_service.LAMBDA_MODES:
+            raise LocalStackError(
+                f"unknown lambda_mode {lambda_mode!r}: expected one of {', '.join(lambda_service.LAMBDA_MODES)}"
+            )
         self.lambda_mode = lambda_mode
         self._pool: Any = None
         self.resources: Resources = render_resources(prefix, DEFAULT_ACCOUNT_ID, region, default_model=default_model)
         self.trigger = trigger or self.resources.trigger_buffer.default_mode
         if self.trigger not in self.resources.trigger_buffer.modes:
-            raise LocalStackError(f"unknown trigger {self.trigger!r}: expected one of {', '.join(self.resources.trigger_buffer.modes)}")
+            raise LocalStackError(
+                f"unknown trigger {self.trigger!r}: expected one of {', '.join(self.resources.trigger_buffer.modes)}"
+            )
         self.pipe: PipeRunner | None = None
         self._definition = definition
         self._server: Any = None
@@ -138,7 +143,7 @@ class LocalStack:
         #: (:class:`inferpipe.local.guard.ControlGuard`); the daemon hands its own in, else a new one.
         self.control_token = control_token or secrets.token_urlsafe(32)
         #: Every request that reached moto, counted as AWS bills it (see :mod:`inferpipe.local.usage`).
-        self.usage_meter = UsageMeter(caller_of=bridge.role_of_access_key)
+        self.usage_meter = UsageMeter(caller_of=credentials.role_of_access_key)
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._snapshots: Snapshotter | None = None
         #: What the last start restored from the state folder: executions, and the snapshot's time.
@@ -194,17 +199,22 @@ class LocalStack:
             saved = persistence.load(self.state_dir / persistence.SNAPSHOT_FILE) if self.state_dir else None
             if saved is not None:
                 persistence.restore_backends(saved)  # before provisioning, which converges the rest
-            bridge.install()
+            patches.install()
             self._start_lambda()
             _close_cached_function_clients()
             self._provisioned = provision(self.client, self.resources, self._definition, trigger=self.trigger)
             if saved is not None:
                 self.restored = {"executions": persistence.restore_executions(saved), "snapshot": saved["written"]}
-                _LOG.info("restored the state of %s: %d executions, snapshot of %s", self.state_dir,
-                          self.restored["executions"], saved["written"].isoformat(timespec="seconds"))
+                _LOG.info(
+                    "restored the state of %s: %d executions, snapshot of %s",
+                    self.state_dir,
+                    self.restored["executions"],
+                    saved["written"].isoformat(timespec="seconds"),
+                )
             if self.state_dir is not None:
                 self._snapshots = persistence.Snapshotter(
-                    self.state_dir / persistence.SNAPSHOT_FILE, lambda: self.usage_meter.requests).start()
+                    self.state_dir / persistence.SNAPSHOT_FILE, lambda: self.usage_meter.requests
+                ).start()
             if self._provisioned.pipe_name:
                 self._start_pipe(self._provisioned.pipe_name)
         except BaseException:
@@ -234,7 +244,7 @@ class LocalStack:
                 self.pipe = None
             if self._server is not None:
                 self._stop_executions()
-                bridge.wait_for_async_invocations(timeout)
+                lambda_service.wait_for_async_invocations(timeout)
                 if self._snapshots is not None:
                     self._snapshots.stop()  # the last snapshot: what a clean stop leaves
                     self._snapshots = None
@@ -255,7 +265,7 @@ class LocalStack:
             self._server = None
             self._pool = None
             self.aws_faults.clear()
-            bridge.uninstall()
+            patches.uninstall()
             self._restore_config()
             self._restore_env()
             if self._werkzeug_level is not None:
@@ -318,9 +328,9 @@ class LocalStack:
                 )
             return self._clients[service]
 
-    def inject_failures(self, function_key: str, count: int = 1, error_type: str = bridge.THROTTLED) -> None:
+    def inject_failures(self, function_key: str, count: int = 1, error_type: str = lambda_faults.THROTTLED) -> None:
         """The next ``count`` invocations of a function ("preprocess", "inference", "sink") fail."""
-        bridge.inject_failures(self.resources.functions[function_key].name, count, error_type)
+        lambda_faults.inject_failures(self.resources.functions[function_key].name, count, error_type)
 
     def inject_aws_faults(self, service: str, operation: str, count: int = 1, **options: Any) -> None:
         """The next ``count`` requests of an AWS API (e.g. "dynamodb", "PutItem") answer a throttle or 5xx,
@@ -332,13 +342,13 @@ class LocalStack:
         """
         self.aws_faults.inject(service, operation, count, **options)
 
-    def delivery_failures(self) -> list[bridge.DeliveryFailure]:
+    def delivery_failures(self) -> list[event_delivery.DeliveryFailure]:
         """Events the trigger rule could not turn into executions."""
-        return bridge.delivery_failures()
+        return event_delivery.delivery_failures()
 
-    def invocations(self, function_key: str | None = None) -> list[bridge.InvocationRecord]:
+    def invocations(self, function_key: str | None = None) -> list[lambda_service.InvocationRecord]:
         name = self.resources.functions[function_key].name if function_key else None
-        return bridge.invocations(name)
+        return lambda_service.invocations(name)
 
     def environments(self, function_key: str | None = None) -> list[Any]:
         """The idle warm execution environments (of one function): log stream, pid, invocations, init."""
@@ -366,7 +376,7 @@ class LocalStack:
         """Return once the asynchronous invocations already due have run (EventBridge's status
         recorder after each execution) and every log line the functions wrote is in the stack's
         CloudWatch Logs."""
-        bridge.wait_for_async_invocations()
+        lambda_service.wait_for_async_invocations()
         if self._pool is not None:
             self._pool.logs.flush()
 
@@ -375,32 +385,38 @@ class LocalStack:
     def _start_pipe(self, name: str) -> None:
         """Run the trigger's pipe (moto stores it, :class:`~inferpipe.local.pipes.PipeRunner` runs it)."""
         described = self.client("pipes").describe_pipe(Name=name)
-        credentials = bridge.role_credentials(described["RoleArn"], self.resources.region)
-        self.pipe = PipeRunner(self.endpoint_url, self.resources.region, described, credentials, self.usage_meter,
-                               caller=described["RoleArn"].rsplit("/", 1)[-1]).start()
+        role = credentials.role_credentials(described["RoleArn"], self.resources.region)
+        self.pipe = PipeRunner(
+            self.endpoint_url,
+            self.resources.region,
+            described,
+            role,
+            self.usage_meter,
+            caller=described["RoleArn"].rsplit("/", 1)[-1],
+        ).start()
 
     def _start_lambda(self) -> None:
         """Run functions as configured: an execution environment pool, or in this process."""
         if self.lambda_mode == "in-process":
-            bridge.set_lambda_mode("in-process")
+            lambda_service.set_lambda_mode("in-process")
             return
-        from inferpipe.local.environments import EnvironmentPool
+        from inferpipe.local.environment_pool import EnvironmentPool
 
         local = self.resources.local_lambda
         limits = {spec.name: local.max_environments[key] for key, spec in self.resources.functions.items()}
         default_limit = min(limits.values()) if limits else 2
 
         def logs_client(region: str, role_arn: str) -> Any:
-            return bridge.platform_client("logs", region, role_arn)
+            return credentials.platform_client("logs", region, role_arn)
 
         self._pool = EnvironmentPool(
-            credentials_for=bridge.role_credentials,
+            credentials_for=credentials.role_credentials,
             logs_client_for=logs_client,
             endpoint_url=lambda: self.endpoint_url,
             max_environments=lambda name: limits.get(name, default_limit),
             idle_seconds=local.idle_environment_seconds,
         )
-        bridge.set_lambda_mode("isolated", self._pool)
+        lambda_service.set_lambda_mode("isolated", self._pool)
 
     def _stop_executions(self) -> None:
         """Stop RUNNING executions, so their interpreter threads end before the server does."""
@@ -417,7 +433,7 @@ class LocalStack:
                             error="LocalStackStopped",
                             cause="the local stack is stopping",
                         )
-        except Exception:
+        except Exception:  # noqa: BLE001  (logged with its traceback; stopping goes on)
             _LOG.exception("could not stop the running executions")
 
     def _restore_config(self) -> None:
@@ -425,8 +441,9 @@ class LocalStack:
             return
         from moto.core.config import default_user_config
 
-        default_user_config.clear()
-        default_user_config.update(self._saved_config)  # type: ignore[typeddict-item]
+        config = cast(dict[str, Any], default_user_config)  # moto's TypedDict, restored as the plain dict it is
+        config.clear()
+        config.update(self._saved_config)
         self._saved_config = None
 
     def _restore_env(self) -> None:
@@ -442,10 +459,14 @@ class LocalStack:
         deadline = time.monotonic() + timeout
         while True:
             gc.collect()  # closes the sockets of clients nobody holds, ending keep-alive handlers
-            alive = [t for t in threading.enumerate() if t not in self._threads_before and t is not threading.current_thread()]
+            alive = [
+                t
+                for t in threading.enumerate()
+                if t not in self._threads_before and t is not threading.current_thread()
+            ]
             if not alive or time.monotonic() >= deadline:
                 return alive
             alive[0].join(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
-__all__ = ["DUMMY_CREDENTIALS", "LocalStack", "LocalStackError", "MOTO_CONFIG"]
+__all__ = ["DUMMY_CREDENTIALS", "MOTO_CONFIG", "LocalStack", "LocalStackError"]

@@ -11,8 +11,8 @@ the execution's ARN, its state machine's, its name and status, ``startDate`` and
 text, ``output`` null unless it succeeded), ``inputDetails``/``outputDetails``, and ``error`` and
 ``cause`` (null unless it failed). Rules on the default bus match them as they match S3's events.
 
-Installed by the bridge: :func:`install` wraps moto's ``ExecutionWorker.start`` (RUNNING) and
-``BaseExecutionWorkerCommunication.terminated`` (the final status).
+Installed by :func:`inferpipe.local.patches.install`: :func:`install` wraps moto's
+``ExecutionWorker.start`` (RUNNING) and ``BaseExecutionWorkerCommunication.terminated`` (the final status).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from inferpipe.local.patches import Patches
 
@@ -70,7 +70,8 @@ def event_of(execution: Any) -> dict[str, Any]:
         "detail-type": DETAIL_TYPE,
         "source": SOURCE,
         "account": execution.account_id,
-        "time": datetime.datetime.now(tz=datetime.timezone.utc).timestamp(),  # as moto keeps an event's time; its targets render it
+        # as moto keeps an event's time; its targets render it
+        "time": datetime.datetime.now(tz=datetime.UTC).timestamp(),
         "region": execution.region_name,
         "resources": [execution.exec_arn],
         "detail": detail,
@@ -85,6 +86,7 @@ def emit(execution: Any) -> None:
     try:
         from moto.core.utils import unix_time
         from moto.events.models import events_backends
+        from moto.events.utils import EventMessageType
 
         bus = events_backends[execution.account_id][execution.region_name].event_buses.get("default")
         if bus is None:
@@ -92,7 +94,7 @@ def emit(execution: Any) -> None:
         # moto's PutEvents stamps each event with its ingestion time (targets' InputTransformer may read it).
         event = {**event_of(execution), "ingestion-time": unix_time()}
         for rule in list(bus.rules.values()):
-            rule.send_to_targets(copy.deepcopy(event))
+            rule.send_to_targets(cast("EventMessageType", copy.deepcopy(event)))  # moto's TypedDict of an event
     except Exception:  # noqa: BLE001 (best effort, as in AWS)
         _LOG.exception("could not send the status change event of %s", getattr(execution, "exec_arn", "?"))
 

@@ -166,7 +166,9 @@ class UsageMeter:
             call = identify(environ)
             if call.service:
                 key = _ACCESS_KEY.search(environ.get("HTTP_AUTHORIZATION", ""))
-                self.record(self._caller(key.group(1) if key else ""), call.service, call.operation or "?", billing_units(call))
+                self.record(
+                    self._caller(key.group(1) if key else ""), call.service, call.operation or "?", billing_units(call)
+                )
             return app(environ, start_response)
 
         return metered
@@ -193,7 +195,9 @@ class UsageMeter:
             records = self._records[start:]
         totals: dict[str, dict[str, dict[str, dict[str, int]]]] = {}
         for caller, service, operation, units in records:
-            entry = totals.setdefault(caller, {}).setdefault(service, {}).setdefault(operation, {"requests": 0, "units": 0})
+            entry = (
+                totals.setdefault(caller, {}).setdefault(service, {}).setdefault(operation, {"requests": 0, "units": 0})
+            )
             entry["requests"] += 1
             entry["units"] += units
         return totals
@@ -204,7 +208,9 @@ class UsageMeter:
             since = float((query.get("since") or ["0"])[0])
         except ValueError:
             body = b'{"error": "since must be a number of seconds since the epoch"}'
-            start_response("400 Bad Request", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            start_response(
+                "400 Bad Request", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            )
             return [body]
         body = json.dumps({"since": since, "usage": self.totals(since)}).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])

@@ -84,7 +84,7 @@ def run_upload(stack: Any, key: str, data: bytes, sqs_down: bool = False) -> dic
     """Upload ``data`` as ``key`` and return its finished execution, once the status recorder and the
     functions' log lines have caught up. With ``sqs_down``, SQS refuses that batch for good (a
     deleted queue), so the execution stops at FanOut."""
-    from inferpipe.local import bridge
+    from inferpipe.local import lambda_service
 
     if sqs_down:
         stack.inject_aws_faults("sqs", "SendMessageBatch", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue")
@@ -94,7 +94,7 @@ def run_upload(stack: Any, key: str, data: bytes, sqs_down: bool = False) -> dic
         final = wait_for_execution(stack, execution["executionArn"], timeout=90)
     finally:
         stack.aws_faults.clear()
-    assert bridge.wait_for_async_invocations(timeout=30)
+    assert lambda_service.wait_for_async_invocations(timeout=30)
     stack.flush_logs()
     return final
 

@@ -1,7 +1,7 @@
 """The image's entrypoint is the local stack's: ``python -m awslambdaric <CMD>``.
 
 The local stack runs every function in execution environments started exactly as the container
-starts (``inferpipe/local/environments.py``: the image's ENTRYPOINT, the function's CMD, a Lambda
+starts (``inferpipe/local/execution_environment.py``: the image's ENTRYPOINT, the function's CMD, a Lambda
 Runtime API). These tests tie the Dockerfile to that path and call each handler through Lambda's
 ``Invoke`` API, i.e. through the real entrypoint.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from functions.common.work import SCHEMA
-from inferpipe.local.environments import DOCKERFILE, image_environment
+from inferpipe.local.execution_environment import DOCKERFILE, image_environment
 from inferpipe.paths import REPO_ROOT
 
 TEXT = DOCKERFILE.read_text()

@@ -312,9 +312,9 @@ def test_a_slow_aws_call_fails_as_a_retryable_error_before_the_function_times_ou
 
 def _status_recorded(stack: Any) -> None:
     """Wait for the status recorder (EventBridge invokes it asynchronously after the execution ends)."""
-    from inferpipe.local import bridge
+    from inferpipe.local import lambda_service
 
-    assert bridge.wait_for_async_invocations(timeout=30)
+    assert lambda_service.wait_for_async_invocations(timeout=30)
 
 
 def test_a_sink_that_stays_down_stops_the_execution_at_fanout_and_a_redrive_completes_it_once(stack: Any, sinks: Any) -> None:

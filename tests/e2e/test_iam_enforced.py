@@ -32,7 +32,7 @@ from botocore.config import Config
 
 from functions.sink.core import failure_key
 from inferpipe.infra import KNOWN_SINKS, role_policies
-from inferpipe.local import bridge
+from inferpipe.local import iam_enforcement, lambda_service
 from inferpipe.local.provision import role_names
 from tests.e2e.conftest import SinkReader, executions_for_key, image_bytes, wait_for_execution
 
@@ -114,11 +114,11 @@ class Admin:
 def enforced(stack: Any) -> Iterator[Admin]:
     """GIVEN the local stack with IAM enforced for every request."""
     admin = Admin(stack)
-    bridge.set_iam_enforcement(True)
+    iam_enforcement.set_iam_enforcement(True)
     try:
         yield admin
     finally:
-        bridge.set_iam_enforcement(False)
+        iam_enforcement.set_iam_enforcement(False)
         admin.close()
 
 
@@ -245,7 +245,7 @@ def _status_record_ok(admin: Admin) -> bool:
         sfn.stop_execution(executionArn=started["executionArn"], error="Operator", cause="IAM probe")
         if wait_for_execution(view, started["executionArn"], timeout=30)["status"] != "ABORTED":
             return False
-        bridge.wait_for_async_invocations(timeout=30)
+        lambda_service.wait_for_async_invocations(timeout=30)
     finally:
         admin.stack.aws_faults.clear()
     try:

@@ -21,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
 import boto3
+import pytest
 from botocore.exceptions import ClientError
 
-from inferpipe.local import bridge, daemon
+from inferpipe.local import credentials, daemon, lambda_faults, lambda_service, speedups
 from inferpipe.local.provision import image_uri, provision, role_names
 from inferpipe.local.spec import (
     TemplateError,
@@ -96,6 +96,7 @@ def _machine_with_pipeline_policies(stack: LocalStack, function_arn: str) -> str
     sfn = stack.client("stepfunctions")
     pipeline = json.loads(sfn.describe_state_machine(stateMachineArn=stack.state_machine_arn)["definition"])
     preprocess = pipeline["States"]["Preprocess"]
+
     # The pipeline's known errors (first Catch) and everything else (States.ALL, last Catch).
     def next_state(catch: dict[str, Any]) -> str:
         return "Unexpected" if catch["ErrorEquals"] == ["States.ALL"] else "Failed"
@@ -241,7 +242,10 @@ def test_provisioned_resources_have_the_names_and_settings_of_the_spec(stack: Lo
     # (moto's GetBucketNotificationConfiguration omits EventBridgeConfiguration: the S3 tests below prove it is on)
 
     table = stack.client("dynamodb").describe_table(TableName=r.table)["Table"]
-    assert {(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]} == {("object", "HASH"), ("version", "RANGE")}
+    assert {(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]} == {
+        ("object", "HASH"),
+        ("version", "RANGE"),
+    }
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert r.topic_arn in {t["TopicArn"] for t in stack.client("sns").list_topics()["Topics"]}
     assert stack.client("sqs").get_queue_url(QueueName=r.queue)["QueueUrl"] == stack.provisioned.queue_url
@@ -251,12 +255,20 @@ def test_provisioned_resources_have_the_names_and_settings_of_the_spec(stack: Lo
     for key, spec in r.functions.items():
         config = awslambda.get_function_configuration(FunctionName=spec.name)
         assert config["FunctionArn"] == r.function_arn(key) == stack.provisioned.function_arns[key]
-        assert (config["MemorySize"], config["Timeout"], config["PackageType"]) == (spec.memory_mb, spec.timeout_s, "Image")
+        assert (config["MemorySize"], config["Timeout"], config["PackageType"]) == (
+            spec.memory_mb,
+            spec.timeout_s,
+            "Image",
+        )
         assert config["ImageConfigResponse"]["ImageConfig"]["Command"] == [spec.command]
         assert config["Environment"]["Variables"] == function_environment(r, key, queue_url=stack.provisioned.queue_url)
 
     machine = stack.client("stepfunctions").describe_state_machine(stateMachineArn=stack.state_machine_arn)
-    assert (machine["name"], machine["type"], stack.state_machine_arn) == (r.state_machine, "STANDARD", r.state_machine_arn)
+    assert (machine["name"], machine["type"], stack.state_machine_arn) == (
+        r.state_machine,
+        "STANDARD",
+        r.state_machine_arn,
+    )
 
     events = stack.client("events")
     rule = events.describe_rule(Name=r.trigger_rule)
@@ -379,9 +391,14 @@ def test_queue_message_counts_are_what_sqs_reports(stack: LocalStack) -> None:
     sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=60)
     sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, VisibilityTimeout=60)
     # THEN the bridge's one-clock counts say so
-    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
-    assert {name: int(attributes[name]) for name in names} == dict(zip(names, (2, 1, 1)))  # in flight: only the received one
+    # in flight: only the received one
+    assert {name: int(attributes[name]) for name in names} == dict(zip(names, (2, 1, 1), strict=True))
     sqs.delete_queue(QueueUrl=url)
 
 
@@ -391,13 +408,24 @@ def test_eventbridge_renders_each_event_through_its_targets_input_transformer(st
     url = sqs.create_queue(QueueName="transformed-check")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     events.put_rule(Name="transformed-check", EventPattern=json.dumps({"source": ["inferpipe.check"]}))
-    events.put_targets(Rule="transformed-check", Targets=[{
-        "Id": "q", "Arn": arn,
-        "InputTransformer": {"InputPathsMap": {"k": "$.detail.key", "n": "$.detail.n"}, "InputTemplate": '{"key": "<k>", "n": <n>}'},
-    }])
+    events.put_targets(
+        Rule="transformed-check",
+        Targets=[
+            {
+                "Id": "q",
+                "Arn": arn,
+                "InputTransformer": {
+                    "InputPathsMap": {"k": "$.detail.key", "n": "$.detail.n"},
+                    "InputTemplate": '{"key": "<k>", "n": <n>}',
+                },
+            }
+        ],
+    )
     # WHEN two different events match it
     for key, n in (("a.jpg", 1), ("b.jpg", 2)):
-        events.put_events(Entries=[{"Source": "inferpipe.check", "DetailType": "check", "Detail": json.dumps({"key": key, "n": n})}])
+        events.put_events(
+            Entries=[{"Source": "inferpipe.check", "DetailType": "check", "Detail": json.dumps({"key": key, "n": n})}]
+        )
     # THEN each arrives rendered from its own values
     bodies = [json.loads(m["Body"]) for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]]
     assert sorted(bodies, key=lambda b: b["n"]) == [{"key": "a.jpg", "n": 1}, {"key": "b.jpg", "n": 2}]
@@ -424,8 +452,12 @@ def test_each_function_runs_in_environments_of_its_own_with_exactly_its_variable
     # and nothing of this process's environment; its event and context
     for key, result in results:
         environment = result["environment"]
-        assert {name: environment.get(name) for name in test_functions[key]["environment"]} == test_functions[key]["environment"]
-        assert all(environment.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"))
+        assert {name: environment.get(name) for name in test_functions[key]["environment"]} == test_functions[key][
+            "environment"
+        ]
+        assert all(
+            environment.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+        )
         assert environment["AWS_ACCESS_KEY_ID"] != os.environ["AWS_ACCESS_KEY_ID"]  # the role's, not ours
         assert environment["AWS_LAMBDA_FUNCTION_NAME"] == test_functions[key]["name"]
         assert environment["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "128"
@@ -477,20 +509,20 @@ def test_injected_throttles_are_retried_by_the_pipelines_retry_policy(
 ) -> None:
     function = test_functions["a"]
     machine = _machine_with_pipeline_policies(stack, function["arn"])
-    injected_before = sum(r.injected for r in bridge.invocations(function["name"]))
+    injected_before = sum(r.injected for r in lambda_service.invocations(function["name"]))
     # GIVEN the next two invocations are throttled
-    bridge.inject_failures(function["name"], count=2)
+    lambda_faults.inject_failures(function["name"], count=2)
     # WHEN the state machine calls the function
     described = _run(stack, machine, {"n": 1})
     # THEN the Retry absorbed both throttles and the third attempt ran the handler
     assert described["status"] == "SUCCEEDED", described
     events = _history(stack, described["executionArn"])
     failed = [e["lambdaFunctionFailedEventDetails"]["error"] for e in events if e["type"] == "LambdaFunctionFailed"]
-    assert failed == [bridge.THROTTLED, bridge.THROTTLED]
+    assert failed == [lambda_faults.THROTTLED, lambda_faults.THROTTLED]
     assert [e["type"] for e in events].count("LambdaFunctionScheduled") == 3
     assert json.loads(described["output"])["event"] == {"n": 1}
-    assert bridge.FAULTS.pending(function["name"]) == 0
-    assert sum(r.injected for r in bridge.invocations(function["name"])) == injected_before + 2
+    assert lambda_faults.FAULTS.pending(function["name"]) == 0
+    assert sum(r.injected for r in lambda_service.invocations(function["name"])) == injected_before + 2
 
 
 def test_executions_of_one_definition_share_its_parse_but_count_their_retries_apart(
@@ -498,18 +530,18 @@ def test_executions_of_one_definition_share_its_parse_but_count_their_retries_ap
 ) -> None:
     function = test_functions["a"]
     machine = _machine_with_pipeline_policies(stack, function["arn"])
-    parsed_before = bridge._parsed_program.cache_info()
+    parsed_before = speedups._parsed_program.cache_info()
     # GIVEN one execution that used two of its retries on throttles
-    bridge.inject_failures(function["name"], count=2)
+    lambda_faults.inject_failures(function["name"], count=2)
     assert _run(stack, machine, {"n": 1})["status"] == "SUCCEEDED"
     # WHEN a second execution of the same definition is throttled four times (its Retry allows four)
-    bridge.inject_failures(function["name"], count=4)
+    lambda_faults.inject_failures(function["name"], count=4)
     second = _run(stack, machine, {"n": 2})
     # THEN it retried all four: retry counts belong to the execution, not to the shared program
     assert second["status"] == "SUCCEEDED", second
     assert [e["type"] for e in _history(stack, second["executionArn"])].count("LambdaFunctionScheduled") == 5
     # AND the definition was parsed at most once for both (once already, if an earlier test ran it)
-    parsed = bridge._parsed_program.cache_info()
+    parsed = speedups._parsed_program.cache_info()
     misses, hits = parsed.misses - parsed_before.misses, parsed.hits - parsed_before.hits
     assert misses + hits == 2 and hits >= 1
 
@@ -527,12 +559,18 @@ def test_a_failed_execution_is_redriven_from_the_step_that_failed_as_step_functi
     sfn = stack.client("stepfunctions")
     function = test_functions["a"]
     # GIVEN an execution that failed at its second step (no Retry: the error ends it)
-    machine = _machine(stack, {"StartAt": "First", "States": {
-        "First": {"Type": "Pass", "Result": {"done": True}, "ResultPath": "$.first", "Next": "Work"},
-        "Work": {"Type": "Task", "Resource": function["arn"], "ResultPath": "$.work", "Next": "After"},
-        "After": {"Type": "Pass", "End": True},
-    }})
-    bridge.inject_failures(function["name"], count=1, error_type="TransientError", message="down for a moment")
+    machine = _machine(
+        stack,
+        {
+            "StartAt": "First",
+            "States": {
+                "First": {"Type": "Pass", "Result": {"done": True}, "ResultPath": "$.first", "Next": "Work"},
+                "Work": {"Type": "Task", "Resource": function["arn"], "ResultPath": "$.work", "Next": "After"},
+                "After": {"Type": "Pass", "End": True},
+            },
+        },
+    )
+    lambda_faults.inject_failures(function["name"], count=1, error_type="TransientError", message="down for a moment")
     failed = _run(stack, machine, {"n": 7})
     assert failed["status"] == "FAILED" and failed["error"] == "TransientError"
     assert (failed["redriveCount"], failed["redriveStatus"]) == (0, "REDRIVABLE")
@@ -546,7 +584,10 @@ def test_a_failed_execution_is_redriven_from_the_step_that_failed_as_step_functi
     assert first == again
     assert final["status"] == "SUCCEEDED", final
     assert (final["redriveCount"], final["redriveDate"]) == (1, first)
-    assert (final["redriveStatus"], final["redriveStatusReason"]) == ("NOT_REDRIVABLE", "Execution is SUCCEEDED and cannot be redriven.")
+    assert (final["redriveStatus"], final["redriveStatusReason"]) == (
+        "NOT_REDRIVABLE",
+        "Execution is SUCCEEDED and cannot be redriven.",
+    )
     output = json.loads(final["output"])
     assert output["first"] == {"done": True} and output["work"]["event"] == {"n": 7, "first": {"done": True}}
     # AND the history goes on from the failure: First ran once, Work twice, one ExecutionRedriven between
@@ -564,12 +605,17 @@ def test_a_failed_execution_is_redriven_from_the_step_that_failed_as_step_functi
     assert "SUCCEEDED" in refused.value.response["Error"]["Message"]
 
 
-def test_redrive_refuses_running_and_unknown_executions(stack: LocalStack, test_functions: dict[str, dict[str, Any]]) -> None:
+def test_redrive_refuses_running_and_unknown_executions(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
     sfn = stack.client("stepfunctions")
     machine = _machine(stack, {"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 3, "End": True}}})
     running = sfn.start_execution(stateMachineArn=machine, input="{}")["executionArn"]
     described = sfn.describe_execution(executionArn=running)
-    assert (described["redriveStatus"], described["redriveStatusReason"]) == ("NOT_REDRIVABLE", "Execution is RUNNING and cannot be redriven.")
+    assert (described["redriveStatus"], described["redriveStatusReason"]) == (
+        "NOT_REDRIVABLE",
+        "Execution is RUNNING and cannot be redriven.",
+    )
     with pytest.raises(ClientError) as refused:
         sfn.redrive_execution(executionArn=running)
     assert refused.value.response["Error"]["Code"] == "ExecutionNotRedrivable"
@@ -582,14 +628,26 @@ def test_executions_send_their_status_changes_to_the_default_bus_as_step_functio
     from inferpipe.local.status_events import DETAIL_TYPE
 
     sfn, events, sqs = stack.client("stepfunctions"), stack.client("events"), stack.client("sqs")
-    machine = _machine(stack, {"StartAt": "Wait", "States": {
-        "Wait": {"Type": "Wait", "Seconds": 1, "Next": "Boom"}, "Boom": {"Type": "Fail", "Error": "Boom", "Cause": "on purpose"}}})
+    machine = _machine(
+        stack,
+        {
+            "StartAt": "Wait",
+            "States": {
+                "Wait": {"Type": "Wait", "Seconds": 1, "Next": "Boom"},
+                "Boom": {"Type": "Fail", "Error": "Boom", "Cause": "on purpose"},
+            },
+        },
+    )
     # GIVEN a rule on the default bus for this state machine's status changes, into a queue
     name = f"status-{uuid.uuid4().hex[:8]}"
     queue = sqs.create_queue(QueueName=name)["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name=name, EventPattern=json.dumps({"source": ["aws.states"], "detail-type": [DETAIL_TYPE],
-                                                       "detail": {"stateMachineArn": [machine]}}))
+    events.put_rule(
+        Name=name,
+        EventPattern=json.dumps(
+            {"source": ["aws.states"], "detail-type": [DETAIL_TYPE], "detail": {"stateMachineArn": [machine]}}
+        ),
+    )
     events.put_targets(Rule=name, Targets=[{"Id": "q", "Arn": queue_arn}])
     # WHEN one execution fails and another is stopped
     failed = _run(stack, machine, {"n": 1})
@@ -600,7 +658,9 @@ def test_executions_send_their_status_changes_to_the_default_bus_as_step_functio
     received: list[dict[str, Any]] = []
     deadline = time.monotonic() + 10
     while len(received) < 4 and time.monotonic() < deadline:
-        for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+        for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+            "Messages", []
+        ):
             received.append(json.loads(message["Body"]))
     by_execution: dict[str, list[dict[str, Any]]] = {}
     for event in received:
@@ -610,7 +670,12 @@ def test_executions_send_their_status_changes_to_the_default_bus_as_step_functio
     assert [d["status"] for d in by_execution[failed["executionArn"]]] == ["RUNNING", "FAILED"]
     assert [d["status"] for d in by_execution[stopped]] == ["RUNNING", "ABORTED"]
     end = by_execution[failed["executionArn"]][1]
-    assert (end["error"], end["cause"], end["output"], json.loads(end["input"])) == ("Boom", "on purpose", None, {"n": 1})
+    assert (end["error"], end["cause"], end["output"], json.loads(end["input"])) == (
+        "Boom",
+        "on purpose",
+        None,
+        {"n": 1},
+    )
     assert isinstance(end["startDate"], int) and end["stopDate"] >= end["startDate"]
     assert by_execution[failed["executionArn"]][0]["stopDate"] is None
 
@@ -627,20 +692,33 @@ def test_resume_point_skips_states_inside_a_map_and_starts_over_when_nothing_was
         return {"type": "TaskStateExited", "stateExitedEventDetails": {"name": name}}
 
     # a Map whose iterations ran a state named like a top-level one ("A") and one of them failed
-    events = [entered("A", 1), exited("A"), {**entered("Fan", {"x": 2}), "type": "MapStateEntered"},
-              entered("A", 3), exited("A"), entered("Deliver", 4)]
+    events = [
+        entered("A", 1),
+        exited("A"),
+        {**entered("Fan", {"x": 2}), "type": "MapStateEntered"},
+        entered("A", 3),
+        exited("A"),
+        entered("Deliver", 4),
+    ]
     assert resume_point(definition, events, {"in": 0}) == ("Fan", {"x": 2})
     assert resume_point(definition, [], {"in": 0}) == ("A", {"in": 0})
     # after an earlier redrive that got past Fan and failed at Z, Z is where a second one resumes
-    redriven = events + [{"type": "ExecutionRedriven"}, {**entered("Fan", {"x": 2}), "type": "MapStateEntered"},
-                         {**exited("Fan"), "type": "MapStateExited"}, entered("Z", 5)]
+    redriven = [
+        *events,
+        {"type": "ExecutionRedriven"},
+        {**entered("Fan", {"x": 2}), "type": "MapStateEntered"},
+        {**exited("Fan"), "type": "MapStateExited"},
+        entered("Z", 5),
+    ]
     assert resume_point(definition, redriven, {"in": 0}) == ("Z", 5)
 
 
 def test_a_handler_that_outlives_its_function_timeout_times_out_as_in_lambda(
     stack: LocalStack, test_functions: dict[str, dict[str, Any]]
 ) -> None:
-    answer = stack.client("lambda").invoke(FunctionName=test_functions["slow"]["name"], Payload=json.dumps({"seconds": 1.5}))
+    answer = stack.client("lambda").invoke(
+        FunctionName=test_functions["slow"]["name"], Payload=json.dumps({"seconds": 1.5})
+    )
     assert answer["FunctionError"] == "Unhandled"
     payload = json.loads(answer["Payload"].read())
     assert payload["errorType"] == "Sandbox.Timedout"
@@ -662,7 +740,7 @@ def test_a_timed_out_handler_is_killed_before_its_late_write_and_retried_in_a_fr
     assert failed == ["Sandbox.Timedout"]
     assert json.loads(described["output"])["attempt"] == "retry"
     # AND the retry ran in another environment (the timed-out one was stopped with its process)
-    runs = bridge.invocations(function["name"])[-2:]
+    runs = lambda_service.invocations(function["name"])[-2:]
     assert [r.error_type for r in runs] == ["Sandbox.Timedout", None]
     assert runs[0].environment != runs[1].environment
     killed_pid = int(stack.client("s3").get_object(Bucket=bucket, Key=f"marker/{key}")["Body"].read())
@@ -690,7 +768,7 @@ def test_an_environment_over_its_memory_size_is_killed_as_out_of_memory(
     assert payload["errorMessage"].endswith("Error: Runtime exited with error: signal: killed")
     again = awslambda.invoke(FunctionName=name, Payload=json.dumps({"mb": 16}))
     assert json.loads(again["Payload"].read())["held_mb"] == 16
-    runs = bridge.invocations(name)[-3:]
+    runs = lambda_service.invocations(name)[-3:]
     assert [r.error_type for r in runs] == [None, "Runtime.OutOfMemory", None]
     assert runs[1].max_memory_mb is not None and runs[1].max_memory_mb > 128
     assert runs[0].environment == runs[1].environment != runs[2].environment
@@ -710,7 +788,9 @@ def test_a_function_at_its_reserved_concurrency_is_throttled_and_the_state_machi
 
     from inferpipe.local.stack import DUMMY_CREDENTIALS
 
-    stack.client("lambda").put_function_concurrency(FunctionName=test_functions["slow"]["name"], ReservedConcurrentExecutions=1)
+    stack.client("lambda").put_function_concurrency(
+        FunctionName=test_functions["slow"]["name"], ReservedConcurrentExecutions=1
+    )
     awslambda = boto3.client(  # no SDK retries: see Lambda's answer itself
         "lambda",
         endpoint_url=stack.endpoint_url,
@@ -739,10 +819,14 @@ def test_a_function_at_its_reserved_concurrency_is_throttled_and_the_state_machi
         machine = _machine_with_pipeline_policies(stack, function["arn"])
         sfn = stack.client("stepfunctions")
         with ThreadPoolExecutor(max_workers=3) as pool:
-            arns = list(pool.map(
-                lambda _: sfn.start_execution(stateMachineArn=machine, name=uuid.uuid4().hex, input=json.dumps({"seconds": 0.4}))["executionArn"],
-                range(3),
-            ))
+            arns = list(
+                pool.map(
+                    lambda _: sfn.start_execution(
+                        stateMachineArn=machine, name=uuid.uuid4().hex, input=json.dumps({"seconds": 0.4})
+                    )["executionArn"],
+                    range(3),
+                )
+            )
         finals = [_wait(stack, arn, 60) for arn in arns]
         assert [f["status"] for f in finals] == ["SUCCEEDED"] * 3, finals
         errors = [
@@ -771,7 +855,7 @@ def test_every_invocation_writes_lambdas_report_line_to_its_environments_log_str
     for n in range(3):
         awslambda.invoke(FunctionName=name, Payload=json.dumps({"n": n}))
     stack.flush_logs()
-    runs = [r for r in bridge.invocations(name) if not r.injected]
+    runs = [r for r in lambda_service.invocations(name) if not r.injected]
     logs = stack.client("logs")
     streams = {s["logStreamName"] for s in logs.describe_log_streams(logGroupName=f"/aws/lambda/{name}")["logStreams"]}
     assert {r.environment for r in runs} <= streams
@@ -794,11 +878,11 @@ def test_an_asynchronous_invocation_runs_in_the_background(
     stack: LocalStack, test_functions: dict[str, dict[str, Any]]
 ) -> None:
     name = test_functions["b"]["name"]
-    before = len(bridge.invocations(name))
+    before = len(lambda_service.invocations(name))
     answer = stack.client("lambda").invoke(FunctionName=name, InvocationType="Event", Payload=b"{}")
     assert answer["StatusCode"] == 202
-    assert bridge.wait_for_async_invocations(timeout=10)
-    assert len(bridge.invocations(name)) == before + 1
+    assert lambda_service.wait_for_async_invocations(timeout=10)
+    assert len(lambda_service.invocations(name)) == before + 1
 
 
 # -- the daemon --------------------------------------------------------------------------------
@@ -808,7 +892,9 @@ def test_daemon_up_status_down_round_trip_leaves_no_process(tmp_path: Path) -> N
     # GIVEN a stale state file left by a process that is gone
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (tmp_path / daemon.STATE_FILE).write_text(json.dumps({"pid": gone.pid, "port": 1, "endpoint_url": "http://127.0.0.1:1"}))
+    (tmp_path / daemon.STATE_FILE).write_text(
+        json.dumps({"pid": gone.pid, "port": 1, "endpoint_url": "http://127.0.0.1:1"})
+    )
     stale = daemon.status(tmp_path)
     assert not stale["running"] and stale["stale"]
     # THEN status says what happened and what to run
@@ -830,7 +916,9 @@ def test_daemon_up_status_down_round_trip_leaves_no_process(tmp_path: Path) -> N
         assert again["already_running"] and again["pid"] == pid
         assert daemon.ensure_running(tmp_path, port) == started["endpoint_url"]
         # AND asking it for another port is an error naming both, not silently the running one
-        with pytest.raises(daemon.DaemonError, match=f"already runs at http://127.0.0.1:{port}, not on port {port + 1}"):
+        with pytest.raises(
+            daemon.DaemonError, match=f"already runs at http://127.0.0.1:{port}, not on port {port + 1}"
+        ):
             daemon.up(port=port + 1, state_dir=tmp_path)
     finally:
         # WHEN it is stopped
@@ -866,18 +954,22 @@ def test_a_request_from_a_web_page_is_refused_and_changes_nothing(stack: LocalSt
         f"{stack.endpoint_url}/", data=body, headers={"Content-Type": "application/x-www-form-urlencoded", **headers}
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=10)  # noqa: S310 - loopback
+        urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 403
     assert name not in json.dumps(stack.client("sqs").list_queues().get("QueueUrls", []))
     # AND a request without browser headers, naming the loopback host, still passes
     plain = urllib.request.Request(
-        f"{stack.endpoint_url}/", data=b"Action=ListQueues", headers={"Content-Type": "application/x-www-form-urlencoded"}
+        f"{stack.endpoint_url}/",
+        data=b"Action=ListQueues",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
-    with urllib.request.urlopen(plain, timeout=10) as answer:  # noqa: S310 - loopback
+    with urllib.request.urlopen(plain, timeout=10) as answer:
         assert answer.status == 200
 
 
-def _control(stack: LocalStack, path: str, method: str = "GET", token: str | None = None, data: bytes | None = None) -> tuple[int, Any]:
+def _control(
+    stack: LocalStack, path: str, method: str = "GET", token: str | None = None, data: bytes | None = None
+) -> tuple[int, Any]:
     import urllib.error
     import urllib.request
 
@@ -886,7 +978,7 @@ def _control(stack: LocalStack, path: str, method: str = "GET", token: str | Non
     headers = {TOKEN_HEADER: token} if token is not None else {}
     request = urllib.request.Request(f"{stack.endpoint_url}{path}", data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=10) as answer:
             return answer.status, answer.read()
     except urllib.error.HTTPError as refused:
         return refused.code, refused.read()
@@ -907,8 +999,9 @@ def test_the_control_endpoints_need_the_stacks_token(stack: LocalStack) -> None:
     assert status == 201 and "lambda" in json.loads(body)  # (moto answers its config with 201)
 
 
-def test_local_fault_commands_add_list_and_clear_faults_at_the_aws_edge(stack: LocalStack, monkeypatch: pytest.MonkeyPatch,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_local_fault_commands_add_list_and_clear_faults_at_the_aws_edge(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from botocore.config import Config
 
     from inferpipe.cli import main
@@ -919,8 +1012,12 @@ def test_local_fault_commands_add_list_and_clear_faults_at_the_aws_edge(stack: L
     s3 = stack.client("s3")
     s3.put_object(Bucket=bucket, Key=key, Body=b"x")
     once = boto3.session.Session().client(
-        "s3", endpoint_url=stack.endpoint_url, region_name=stack.resources.region, aws_access_key_id="local",
-        aws_secret_access_key="local", config=Config(retries={"total_max_attempts": 1}),
+        "s3",
+        endpoint_url=stack.endpoint_url,
+        region_name=stack.resources.region,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(retries={"total_max_attempts": 1}),
     )
     cli = ["local", "fault"]
     at = ["--endpoint-url", stack.endpoint_url]
@@ -931,7 +1028,10 @@ def test_local_fault_commands_add_list_and_clear_faults_at_the_aws_edge(stack: L
     for _ in range(2):
         with pytest.raises(ClientError) as throttled:
             once.get_object(Bucket=bucket, Key=key)
-        assert throttled.value.response["Error"]["Code"] == "SlowDown" and throttled.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert (
+            throttled.value.response["Error"]["Code"] == "SlowDown"
+            and throttled.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        )
     assert once.get_object(Bucket=bucket, Key=key)["Body"].read() == b"x"
     # WHEN a whole service answers a permanent error for every request, until cleared
     assert main([*cli, "add", "s3", "--error", "AccessDenied", "--status", "403", "--rate", "1", *at]) == 0
@@ -942,7 +1042,9 @@ def test_local_fault_commands_add_list_and_clear_faults_at_the_aws_edge(stack: L
     assert main([*cli, "list", *at]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert any(line.startswith("s3:GetObject matching") and "0 left, fired 2" in line for line in listed), listed
-    assert any(line.startswith("s3:*: AccessDenied (HTTP 403), 100% of requests, until cleared") for line in listed), listed
+    assert any(line.startswith("s3:*: AccessDenied (HTTP 403), 100% of requests, until cleared") for line in listed), (
+        listed
+    )
     assert main([*cli, "clear", *at]) == 0 and "cleared 2 fault rule(s)" in capsys.readouterr().out
     assert once.head_object(Bucket=bucket, Key=key)["ContentLength"] == 1
     # AND a bad rule is refused, naming what is wrong
@@ -952,19 +1054,27 @@ def test_local_fault_commands_add_list_and_clear_faults_at_the_aws_edge(stack: L
     assert "unknown service 'dynamo': one of s3, dynamodb" in capsys.readouterr().err
 
 
-def test_an_idle_environment_is_stopped_after_its_idle_time(stack: LocalStack, test_functions: dict[str, dict[str, Any]]) -> None:
-    from inferpipe.local.environments import EnvironmentPool, FunctionConfig
+def test_an_idle_environment_is_stopped_after_its_idle_time(
+    stack: LocalStack, test_functions: dict[str, dict[str, Any]]
+) -> None:
+    from inferpipe.local.environment_pool import EnvironmentPool
+    from inferpipe.local.execution_environment import FunctionConfig
 
     function = test_functions["a"]
     config = FunctionConfig(
-        name=function["name"], arn=function["arn"], region=stack.resources.region,
-        handler=f"{HANDLERS}.report", memory_mb=128, timeout_s=7, variables=function["environment"],
+        name=function["name"],
+        arn=function["arn"],
+        region=stack.resources.region,
+        handler=f"{HANDLERS}.report",
+        memory_mb=128,
+        timeout_s=7,
+        variables=function["environment"],
         role_arn=stack.client("lambda").get_function(FunctionName=function["name"])["Configuration"]["Role"],
     )
     # GIVEN a pool whose environments may idle 1 s
     pool = EnvironmentPool(
-        credentials_for=bridge.role_credentials,
-        logs_client_for=lambda region, role: bridge.platform_client("logs", region, role),
+        credentials_for=credentials.role_credentials,
+        logs_client_for=lambda region, role: credentials.platform_client("logs", region, role),
         endpoint_url=lambda: stack.endpoint_url,
         max_environments=lambda name: 1,
         idle_seconds=1.0,
@@ -990,7 +1100,9 @@ def test_executions_started_without_a_name_get_a_uuid_each(stack: LocalStack) ->
     sfn = stack.client("stepfunctions")
     role = stack.client("iam").get_role(RoleName=role_names(stack.resources)["state_machine"])["Role"]["Arn"]
     machine = sfn.create_state_machine(
-        name=f"bridge-test-{uuid.uuid4().hex[:8]}", definition=json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}), roleArn=role
+        name=f"bridge-test-{uuid.uuid4().hex[:8]}",
+        definition=json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}),
+        roleArn=role,
     )["stateMachineArn"]
     first, second = (sfn.start_execution(stateMachineArn=machine, input="{}")["executionArn"] for _ in range(2))
     # THEN each is its own execution, named with a UUID, as Step Functions names them
@@ -1002,14 +1114,25 @@ def test_execution_history_pages_and_reverses_as_step_functions_does(stack: Loca
     # GIVEN an execution with more history events than one small page (12 Pass states: 26 events)
     sfn = stack.client("stepfunctions")
     names = [f"P{i}" for i in range(12)]
-    states = {name: {"Type": "Pass", **({"Next": names[i + 1]} if i + 1 < len(names) else {"End": True})} for i, name in enumerate(names)}
+    states = {
+        name: {"Type": "Pass", **({"Next": names[i + 1]} if i + 1 < len(names) else {"End": True})}
+        for i, name in enumerate(names)
+    }
     done = _run(stack, _machine(stack, {"StartAt": names[0], "States": states}), {})
     arn = done["executionArn"]
     everything = _history(stack, arn)
-    assert len(everything) == 26 and everything[0]["type"] == "ExecutionStarted" and everything[-1]["type"] == "ExecutionSucceeded"
+    assert (
+        len(everything) == 26
+        and everything[0]["type"] == "ExecutionStarted"
+        and everything[-1]["type"] == "ExecutionSucceeded"
+    )
 
     # WHEN it is read newest first, five events a page
-    pages = list(sfn.get_paginator("get_execution_history").paginate(executionArn=arn, reverseOrder=True, PaginationConfig={"PageSize": 5}))
+    pages = list(
+        sfn.get_paginator("get_execution_history").paginate(
+            executionArn=arn, reverseOrder=True, PaginationConfig={"PageSize": 5}
+        )
+    )
     # THEN the pages hold every event once, newest first, each at most five long
     assert [len(p["events"]) for p in pages] == [5, 5, 5, 5, 5, 1]
     assert [e["id"] for p in pages for e in p["events"]] == [e["id"] for e in reversed(everything)]

@@ -1,4 +1,4 @@
-"""Lambda execution environments for the local stack: one worker process per environment.
+"""One Lambda execution environment of the local stack: a worker process of its own.
 
 Each environment is what Lambda runs a function in, reproduced on this machine:
 
@@ -24,16 +24,13 @@ Each environment is what Lambda runs a function in, reproduced on this machine:
   environment, written under the function's own role (a role that may not write loses its logs,
   as in Lambda; :mod:`inferpipe.local.lambda_logs`).
 
-:class:`EnvironmentPool` keeps a pool per function: an idle warm environment is reused, a new one
-is started while the function is below its limit, environments idle for
-``local.idle_environment_seconds`` (config/stack.json) are stopped. The limit is the function's
-reserved concurrency when it has one (beyond it Lambda throttles: :class:`Throttled`), otherwise
-``local.max_environments`` for this machine (beyond it an invocation waits for a free environment,
-since on AWS it would have got one).
+
+The pool that starts, reuses and stops them: :mod:`inferpipe.local.environment_pool`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -53,17 +50,16 @@ import termios
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from functions.common.errors import LAMBDA_EXIT_ERROR, LAMBDA_OUT_OF_MEMORY, LAMBDA_TIMEOUT
 from inferpipe.local.lambda_logs import LogShipper, report_line
 from inferpipe.local.runtime_api import Invocation, RuntimeApi
 
-_LOG = logging.getLogger("inferpipe.local.environments")
+_LOG = logging.getLogger("inferpipe.local.execution_environment")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -74,14 +70,6 @@ INIT_TIMEOUT_S = 10.0
 #: (VmHWM), so a spike between two checks is still seen; checking every 10 ms cost the stack's
 #: process ~14% of its time under a flood (py-spy).
 _WATCH_INTERVAL_S = 0.05
-
-
-class Throttled(Exception):
-    """The function is at its reserved concurrency: Lambda answers 429 TooManyRequestsException."""
-
-
-class PoolClosed(Exception):
-    """The local stack is stopping: no new invocation starts."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +131,9 @@ def image_environment(dockerfile: Path = DOCKERFILE) -> dict[str, str]:
 
 
 def _error_document(error_type: str, message: str, request_id: str) -> bytes:
-    return json.dumps({"errorType": error_type, "errorMessage": message, "requestId": request_id, "stackTrace": []}).encode()
+    return json.dumps(
+        {"errorType": error_type, "errorMessage": message, "requestId": request_id, "stackTrace": []}
+    ).encode()
 
 
 def peak_rss_mb(pid: int) -> int:
@@ -162,18 +152,15 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# --------------------------------------------------------------------------------------------
-# One environment
-# --------------------------------------------------------------------------------------------
-
-
 class ExecutionEnvironment:
     """One warm-able environment of one function (see the module docstring)."""
 
-    def __init__(self, config: FunctionConfig, credentials: Mapping[str, str], endpoint_url: str, logs: LogShipper) -> None:
+    def __init__(
+        self, config: FunctionConfig, credentials: Mapping[str, str], endpoint_url: str, logs: LogShipper
+    ) -> None:
         self.config = config
         self.id = uuid.uuid4().hex
-        self.log_stream = f"{datetime.now(timezone.utc):%Y/%m/%d}/[$LATEST]{self.id}"
+        self.log_stream = f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{self.id}"
         self._logs = logs
         self._lock = threading.Lock()
         self._events: list[tuple[int, str]] = []
@@ -190,7 +177,7 @@ class ExecutionEnvironment:
         self._tmp = tempfile.mkdtemp(prefix=f"lambda-{config.name}-")
         self._api = RuntimeApi(self)
         self._spawned = time.monotonic()
-        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and the image's entrypoint
+        self.process = subprocess.Popen(
             [sys.executable, "-m", "awslambdaric", config.handler],
             env=self._environment(credentials, endpoint_url),
             cwd=str(REPO_ROOT),
@@ -201,7 +188,9 @@ class ExecutionEnvironment:
         )
         assert self.process.stdout is not None
         self._stdout_fd = self.process.stdout.fileno()
-        self._reader = threading.Thread(target=self._read_output, name=f"lambda-out-{config.name}-{self.id[:6]}", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_output, name=f"lambda-out-{config.name}-{self.id[:6]}", daemon=True
+        )
         self._reader.start()
 
     # -- the process ---------------------------------------------------------------------------
@@ -295,10 +284,8 @@ class ExecutionEnvironment:
                 return
             self._stopped = True
         self.dead = True
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # gone already
             os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self._pending.put(None)
         self._finish()
 
@@ -351,7 +338,10 @@ class ExecutionEnvironment:
     def _watch(self, invocation: Invocation, queued: float) -> tuple[str, str] | None:
         """Wait for the runtime's answer, enforcing memory, the runtime's life and the timeout."""
         config, request_id = self.config, invocation.request_id
-        out_of_memory = (LAMBDA_OUT_OF_MEMORY, f"RequestId: {request_id} Error: Runtime exited with error: signal: killed")
+        out_of_memory = (
+            LAMBDA_OUT_OF_MEMORY,
+            f"RequestId: {request_id} Error: Runtime exited with error: signal: killed",
+        )
         while not invocation.done.wait(_WATCH_INTERVAL_S):
             if self._init_error is not None:
                 return None
@@ -359,7 +349,11 @@ class ExecutionEnvironment:
                 return out_of_memory
             code = self.process.poll()
             if code is not None and not invocation.done.is_set():
-                how = f"signal: {signal.Signals(-code).name.lower().removeprefix('sig')}" if code < 0 else f"exit status {code}"
+                how = (
+                    f"signal: {signal.Signals(-code).name.lower().removeprefix('sig')}"
+                    if code < 0
+                    else f"exit status {code}"
+                )
                 return (LAMBDA_EXIT_ERROR, f"RequestId: {request_id} Error: Runtime exited with error: {how}")
             # the clock runs from the hand-over to the runtime; before it, from the init's start (a
             # cold environment: Lambda's init limit, then the timeout) or from the queueing (a warm
@@ -371,7 +365,10 @@ class ExecutionEnvironment:
             else:
                 started = self._spawned + INIT_TIMEOUT_S
             if time.monotonic() - started > config.timeout_s:
-                return (LAMBDA_TIMEOUT, f"RequestId: {request_id} Error: Task timed out after {config.timeout_s:.2f} seconds")
+                return (
+                    LAMBDA_TIMEOUT,
+                    f"RequestId: {request_id} Error: Task timed out after {config.timeout_s:.2f} seconds",
+                )
         if self.peak_memory_mb() > config.memory_mb:  # a spike between two polls: Lambda would have killed it
             return out_of_memory
         return None
@@ -392,33 +389,11 @@ class ExecutionEnvironment:
         init_ms = self.init_ms if cold else None
         if cold and not invocation.taken.is_set():  # died in init: all of it was init
             init_ms = (ended - self._spawned) * 1000
-        if error is None and self._init_error is not None and invocation.outcome is None:
-            document = json.loads(self._init_error or b"{}")
-            error_type = str(document.get("errorType") or "Runtime.Unknown")
-            payload = json.dumps({**document, "requestId": request_id}).encode()
-            failed = True
-        elif error is not None:
-            error_type, message = error
-            payload = _error_document(error_type, message, request_id)
-            failed = True
-        else:
-            assert invocation.outcome is not None
-            kind, payload = invocation.outcome
-            failed = kind == "error"
-            error_type = None
-            if failed:
-                try:
-                    error_type = str(json.loads(payload or b"{}").get("errorType") or "Unhandled")
-                except ValueError:
-                    error_type = "Unhandled"
+        failed, payload, error_type = self._outcome(invocation, error)
         if error is not None or self._init_error is not None:
             if error is not None:
                 max_memory = max(max_memory, self.peak_memory_mb())
-                if error[0] == LAMBDA_TIMEOUT:
-                    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-                    self._log(f"{stamp} {request_id} Task timed out after {ended - began:.2f} seconds")
-                else:
-                    self._log(f"{error[1]}\r{error[0]}")
+                self._log_end(error, request_id, ended - began)
             self.dead = True
         else:
             self._drain_output()
@@ -435,11 +410,7 @@ class ExecutionEnvironment:
             max_memory_mb=max_memory,
             environment=self.log_stream,
         )
-        with self._lock:  # START first: the runtime's lines of this invocation were read after it
-            start_ms = invocation.started_ms or _now_ms()
-            self._events.insert(0, (start_ms, f"START RequestId: {request_id} Version: $LATEST"))
-            self._events.append((_now_ms(), f"END RequestId: {request_id}"))
-            self._events.append((_now_ms(), report_line(result, config.memory_mb)))
+        self._log_platform_lines(invocation, result)
         self._current = None
         self.last_used = time.monotonic()
         if self.dead:
@@ -448,195 +419,49 @@ class ExecutionEnvironment:
             self._ship_logs()
         return result
 
-
-# --------------------------------------------------------------------------------------------
-# The pool
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _FunctionPool:
-    limit: int
-    throttles: bool  # the limit is the function's reserved concurrency
-    idle: list[ExecutionEnvironment] = field(default_factory=list)
-    busy: int = 0
-    running: set[ExecutionEnvironment] = field(default_factory=set)  # the environments of ``busy`` that exist yet
-
-
-@dataclass(frozen=True)
-class EnvironmentInfo:
-    function_name: str
-    log_stream: str
-    pid: int
-    invocations: int
-    init_ms: float | None
-
-
-class EnvironmentPool:
-    """Every function's execution environments (see the module docstring)."""
-
-    def __init__(
-        self,
-        credentials_for: Callable[[str, str], Mapping[str, str]],
-        logs_client_for: Callable[[str, str], Any],
-        endpoint_url: Callable[[], str],
-        max_environments: Callable[[str], int],
-        idle_seconds: float,
-    ) -> None:
-        self._credentials_for = credentials_for
-        self._endpoint_url = endpoint_url
-        self._max_environments = max_environments
-        self._idle_seconds = idle_seconds
-        self._cond = threading.Condition()
-        self._pools: dict[str, _FunctionPool] = {}
-        self._closed = False
-        self.logs = LogShipper(logs_client_for)
-        self._reaper = threading.Thread(target=self._reap, name="lambda-environment-reaper", daemon=True)
-        self._reaper.start()
-
-    def invoke(self, config: FunctionConfig, request_id: str, body: bytes) -> InvocationResult:
-        """Run an invocation in a warm environment of the function, or a new one (may raise :class:`Throttled`)."""
-        environment = self._acquire(config)
-        with self._cond:
-            self._pools[self._key(config)].running.add(environment)
+    def _outcome(self, invocation: Invocation, error: tuple[str, str] | None) -> tuple[bool, bytes, str | None]:
+        """(failed, payload, errorType): the init's failure, Lambda's own error, or what the runtime answered."""
+        request_id = invocation.request_id
+        if error is None and self._init_error is not None and invocation.outcome is None:
+            document = json.loads(self._init_error or b"{}")
+            error_type = str(document.get("errorType") or "Runtime.Unknown")
+            return True, json.dumps({**document, "requestId": request_id}).encode(), error_type
+        if error is not None:
+            error_type, message = error
+            return True, _error_document(error_type, message, request_id), error_type
+        assert invocation.outcome is not None
+        kind, payload = invocation.outcome
+        if kind != "error":
+            return False, payload, None
         try:
-            result = environment.invoke(request_id, body)
-        finally:
-            with self._cond:
-                self._pools[self._key(config)].running.discard(environment)
-            self._release(config, environment)
-        return result
+            return True, payload, str(json.loads(payload or b"{}").get("errorType") or "Unhandled")
+        except ValueError:
+            return True, payload, "Unhandled"
 
-    def kill_running(self, function_name: str | None = None) -> int:
-        """Kill the environments running an invocation right now (of one function), as a host
-        failure would: SIGKILL mid-invocation, which ends the invocation ``Runtime.ExitError``."""
-        with self._cond:
-            victims = [e for pool in self._pools.values() for e in pool.running
-                       if function_name is None or e.config.name == function_name]
-        for environment in victims:
-            environment.kill()
-        return len(victims)
+    def _log_end(self, error: tuple[str, str], request_id: str, seconds: float) -> None:
+        """The line Lambda logs when it ends an invocation: a timeout's, or the runtime's exit."""
+        if error[0] == LAMBDA_TIMEOUT:
+            stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            self._log(f"{stamp} {request_id} Task timed out after {seconds:.2f} seconds")
+        else:
+            self._log(f"{error[1]}\r{error[0]}")
 
-    def _key(self, config: FunctionConfig) -> str:
-        return f"{config.arn}#{config.fingerprint}"
-
-    def _acquire(self, config: FunctionConfig) -> ExecutionEnvironment:
-        key = self._key(config)
-        with self._cond:
-            self._retire_stale(config, key)
-            while True:
-                if self._closed:
-                    raise PoolClosed("the local stack is stopping")
-                pool = self._pools.get(key)
-                reserved = config.reserved_concurrency
-                limit = reserved if reserved is not None else self._max_environments(config.name)
-                if pool is None:
-                    pool = self._pools[key] = _FunctionPool(limit, reserved is not None)
-                pool.limit, pool.throttles = limit, reserved is not None
-                while pool.idle:
-                    environment = pool.idle.pop()  # the most recently used: the warmest
-                    if not environment.dead and environment.process.poll() is None:
-                        pool.busy += 1
-                        return environment
-                if pool.busy < pool.limit:
-                    pool.busy += 1
-                    break
-                if pool.throttles:
-                    raise Throttled(f"Rate Exceeded. {config.name} is at its reserved concurrency of {pool.limit}")
-                self._cond.wait(1.0)
-        try:
-            credentials = self._credentials_for(config.role_arn, config.region)
-            return ExecutionEnvironment(config, credentials, self._endpoint_url(), self.logs)
-        except BaseException:
-            with self._cond:
-                pool.busy -= 1
-                self._cond.notify_all()
-            raise
-
-    def _release(self, config: FunctionConfig, environment: ExecutionEnvironment) -> None:
-        with self._cond:
-            pool = self._pools[self._key(config)]
-            pool.busy -= 1
-            keep = not environment.dead and not self._closed
-            if keep:
-                pool.idle.append(environment)
-            self._cond.notify_all()
-        if not keep:
-            environment.close()
-
-    def _retire_stale(self, config: FunctionConfig, key: str) -> None:
-        """A changed configuration (variables, memory, timeout, code) gets new environments, as in Lambda."""
-        for other_key, pool in list(self._pools.items()):
-            if other_key.split("#", 1)[0] == config.arn and other_key != key:
-                stale, pool.idle = pool.idle, []
-                for environment in stale:
-                    threading.Thread(target=environment.close, daemon=True).start()
-                if pool.busy == 0:
-                    del self._pools[other_key]
-
-    def _reap(self) -> None:
-        while True:
-            with self._cond:
-                if self._closed:
-                    return
-                now = time.monotonic()
-                expired = []
-                for pool in self._pools.values():
-                    keep = [e for e in pool.idle if now - e.last_used < self._idle_seconds and not e.dead]
-                    expired += [e for e in pool.idle if e not in keep]
-                    pool.idle = keep
-            for environment in expired:
-                environment.close()
-            with self._cond:
-                if not self._closed:
-                    self._cond.wait(min(5.0, self._idle_seconds / 2))
-
-    def environments(self, function_name: str | None = None) -> list[EnvironmentInfo]:
-        """The warm environments waiting for an invocation (of one function)."""
-        with self._cond:
-            return [
-                EnvironmentInfo(e.config.name, e.log_stream, e.process.pid, e.invocations, e.init_ms)
-                for pool in self._pools.values()
-                for e in pool.idle
-                if function_name is None or e.config.name == function_name
-            ]
-
-    def stop_idle(self, function_name: str | None = None) -> int:
-        """Stop idle environments (of one function, or all): the next invocations start cold."""
-        with self._cond:
-            stopping = []
-            for pool in self._pools.values():
-                keep = [e for e in pool.idle if function_name is not None and e.config.name != function_name]
-                stopping += [e for e in pool.idle if e not in keep]
-                pool.idle = keep
-        for environment in stopping:
-            environment.close()
-        return len(stopping)
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop every environment (busy ones after their invocation), then the log shipper."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while any(pool.busy for pool in self._pools.values()) and time.monotonic() < deadline:
-                self._cond.wait(0.2)
-        self.stop_idle()
-        self._reaper.join(6)
-        self.logs.flush()
-        self.logs.close()
+    def _log_platform_lines(self, invocation: Invocation, result: InvocationResult) -> None:
+        """START first (the runtime's lines of this invocation were read after it), then END and REPORT."""
+        request_id = invocation.request_id
+        with self._lock:
+            start_ms = invocation.started_ms or _now_ms()
+            self._events.insert(0, (start_ms, f"START RequestId: {request_id} Version: $LATEST"))
+            self._events.append((_now_ms(), f"END RequestId: {request_id}"))
+            self._events.append((_now_ms(), report_line(result, self.config.memory_mb)))
 
 
 __all__ = [
-    "EnvironmentInfo",
-    "EnvironmentPool",
+    "DOCKERFILE",
+    "INIT_TIMEOUT_S",
     "ExecutionEnvironment",
     "FunctionConfig",
-    "INIT_TIMEOUT_S",
     "InvocationResult",
-    "PoolClosed",
-    "Throttled",
     "image_environment",
     "peak_rss_mb",
 ]
