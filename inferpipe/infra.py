@@ -101,6 +101,8 @@ def policy_values(
         "WorkPrefix": resources.settings["WORK_PREFIX"],
         "OutputBucket": resources.buckets["output"],
         "OutputPrefix": resources.settings["OUTPUT_PREFIX"],
+        "LedgerPrefix": stack.LEDGER_PREFIX,
+        "FailurePrefix": stack.FAILURE_PREFIX,
         "TableArn": resources.table_arn,
         "ClaimsTableArn": resources.claims_table_arn,
         "TopicArn": resources.topic_arn,

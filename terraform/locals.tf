@@ -52,8 +52,8 @@ locals {
     backfill_state_machine = templatestring(local.stack.backfill.state_machine, local.name_vars_with_buckets)
   }
 
-  # The message sinks' delivery ledger in the output bucket: functions/sink/core.py LEDGER_PREFIX.
-  ledger_prefix = "deliveries/"
+  # The message sinks' delivery ledger in the output bucket (functions/common/stack.py LEDGER_PREFIX).
+  ledger_prefix = local.stack.output_prefixes.ledger
 
   settings = merge(
     { for key, value in local.stack.settings : key => templatestring(value, local.name_vars_with_buckets) },
@@ -160,6 +160,8 @@ locals {
     WorkPrefix            = local.settings.WORK_PREFIX
     OutputBucket          = local.buckets.output
     OutputPrefix          = local.settings.OUTPUT_PREFIX
+    LedgerPrefix          = local.stack.output_prefixes.ledger
+    FailurePrefix         = local.stack.output_prefixes.failures
     TableArn              = local.arns.table
     ClaimsTableArn        = local.arns.claims_table
     TopicArn              = local.arns.topic

@@ -23,13 +23,13 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from functions.common import stack
+
 from inferpipe.infra import KNOWN_SINKS, function_log_group, role_policies, role_services
 from inferpipe.local.spec import Claims, Resources, asl_values, function_environment, load_stack, render_asl, render_template
 
 _LOG = logging.getLogger("inferpipe.local.provision")
 
-#: The product's event source on the predictions bus (see functions/sink/core.py).
-PREDICTION_EVENT_SOURCE = "inferpipe"
 TRIGGER_TARGET_ID = "pipeline"
 #: EventBridge's own defaults, written out so the local target says what AWS does.
 TRIGGER_RETRY_POLICY = {"MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 86400}
@@ -387,7 +387,7 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
         events,
         r.local_events_tap,
         r.event_bus,
-        {"source": [PREDICTION_EVENT_SOURCE]},
+        {"source": [stack.EVENT_SOURCE]},
         [{"Id": "local-tap", "Arn": events_tap_arn}],
     )
     _LOG.info("provisioned %s (state machine %s)", r.prefix, state_machine_arn)
@@ -406,4 +406,4 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
     )
 
 
-__all__ = ["PREDICTION_EVENT_SOURCE", "Provisioned", "image_uri", "provision", "role_names"]
+__all__ = ["Provisioned", "image_uri", "provision", "role_names"]

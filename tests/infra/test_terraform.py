@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from functions.common import stack
 from inferpipe import infra
 from inferpipe.local.spec import asl_values, function_environment, render_asl, render_resources
 from inferpipe.paths import REPO_ROOT, STACK_FILE
@@ -540,8 +541,11 @@ def test_the_policies_name_the_model_store_s3_layout() -> None:
 
 def test_the_output_bucket_expires_the_delivery_ledger_the_sink_keeps() -> None:
     core = importlib.import_module("functions.sink.core")
-    assert locals_of("locals.tf")["ledger_prefix"] == core.LEDGER_PREFIX
-    assert f"${{OutputBucket}}/{core.LEDGER_PREFIX}*" in infra.policy_templates()["sink"]
+    # stack.json output_prefixes names the ledger for the sink, its policy and the lifecycle rule
+    assert core.LEDGER_PREFIX == stack.LEDGER_PREFIX and core.FAILURE_PREFIX == stack.FAILURE_PREFIX
+    assert locals_of("locals.tf")["ledger_prefix"] == "${local.stack.output_prefixes.ledger}"
+    assert "${OutputBucket}/${LedgerPrefix}*" in infra.policy_templates()["sink"]
+    assert "${OutputBucket}/${FailurePrefix}*" in infra.policy_templates()["sink"]
     storage = (TERRAFORM_DIR / "storage.tf").read_text(encoding="utf-8")
     rule = storage[storage.index('id     = "expire-delivery-ledger"'):]
     assert "local.ledger_prefix" in storage[: storage.index('id     = "expire-delivery-ledger"')].rsplit("dynamic", 1)[-1]
