@@ -622,6 +622,21 @@ def test_the_image_cmd_and_every_function_command_is_an_importable_handler(comma
     assert callable(handler), f"{command} is not callable"
 
 
+def test_the_image_installs_pyproject_dependencies_pinned_by_constraints_and_repeats_no_pin() -> None:
+    text = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    install = text[text.index("RUN python -c") : text.index("&& find")]
+    # the list is pyproject.toml's [project].dependencies, read in the build; every version comes from constraints.txt
+    assert "tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']" in install
+    assert "-c constraints.txt -r requirements.txt awslambdaric" in install
+    assert "==" not in install, "the Dockerfile pins a version itself: pin it in pyproject.toml or constraints.txt"
+    pinned = {
+        re.split(r"[=<>]", line)[0].lower().replace("_", "-")
+        for line in (REPO_ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    }
+    assert "awslambdaric" in pinned
+
+
 def test_the_image_entrypoint_is_the_lambda_runtime_interface_client() -> None:
     entrypoint = _dockerfile_instruction("ENTRYPOINT")
     assert entrypoint[-2:] == ["-m", "awslambdaric"], entrypoint
