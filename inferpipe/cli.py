@@ -518,7 +518,7 @@ def _cost(args: argparse.Namespace) -> int:
 
 
 def _trigger_modes() -> tuple[str, ...]:
-    from inferpipe.local.spec import render_resources
+    from inferpipe.stack.resources import render_resources
 
     return render_resources().trigger_buffer.modes
 

@@ -24,7 +24,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from inferpipe.local.spec import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
+from inferpipe.stack.resources import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
 
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60)
 #: The local stack accepts any credentials; these keep a user's real ones out of its requests.

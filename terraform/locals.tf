@@ -1,5 +1,5 @@
 # Every name comes from config/stack.json, the one definition the local stack
-# (inferpipe/local/spec.py) and the tests read too. Its ${...} patterns are rendered with
+# (inferpipe/stack/resources.py) and the tests read too. Its ${...} patterns are rendered with
 # templatestring() over the same variables spec.render_resources() uses, so a name never appears
 # twice. This file depends on variables and stack.json only (account, region and partition come
 # from context.tf): tests/infra evaluates it with real Terraform core, no AWS provider needed.
@@ -149,7 +149,7 @@ locals {
     backfill_state_machine = "${local.arn_base.states}:stateMachine:${local.names.backfill_state_machine}"
   }
 
-  # The values of every placeholder of terraform/policies/*.json.tftpl (inferpipe/infra.py
+  # The values of every placeholder of terraform/policies/*.json.tftpl (inferpipe/stack/policies.py
   # policy_values() gives the local stack's).
   policy_vars = {
     Partition             = local.partition
@@ -185,7 +185,7 @@ locals {
     BackfillResultsPrefix    = local.stack.backfill.results_prefix
   }
 
-  # The policy templates each role gets. inferpipe/infra.py role_policy_templates() makes the same
+  # The policy templates each role gets. inferpipe/stack/policies.py role_policy_templates() makes the same
   # choice for the local stack; tests/infra checks the two agree.
   function_common_policies = concat(var.xray_tracing ? ["xray"] : [], var.kms_key_arn != null ? ["kms"] : [])
   role_policy_templates = {
@@ -207,7 +207,7 @@ locals {
     }
   }
 
-  # Role => the service that assumes it (inferpipe/infra.py role_services() agrees). Only the roles
+  # Role => the service that assumes it (inferpipe/stack/policies.py role_services() agrees). Only the roles
   # this deployment uses: the trigger mode picks the rule target's or the pipe's, the output bucket
   # brings the backfill's, keep_warm_enabled the schedule's.
   role_services = merge(

@@ -1,7 +1,7 @@
 ################################################################################
 # The state machine: state_machine/pipeline.asl.json (the file stack.json names), its ${...}
 # placeholders filled by templatefile() exactly as the local stack fills them
-# (inferpipe.local.spec.asl_values); $$.Execution.Id and the other "$$." paths pass through.
+# (inferpipe.stack.resources.asl_values); $$.Execution.Id and the other "$$." paths pass through.
 ################################################################################
 
 resource "aws_cloudwatch_log_group" "state_machine" {

@@ -1,6 +1,6 @@
 """The local stack: inferpipe on moto (S3, EventBridge, Step Functions, Lambda, DynamoDB, SNS, SQS) in one process.
 
-* :mod:`inferpipe.local.spec` renders ``config/stack.json`` (the names Terraform uses too) and the ASL.
+* :mod:`inferpipe.stack.resources` renders ``config/stack.json`` (the names Terraform uses too) and the ASL.
 * :mod:`inferpipe.local.bridge` patches moto's gaps: Lambda runs our handlers (in execution
   environments of their own, :mod:`inferpipe.local.environments`), and EventBridge rules start
   state machine executions. :mod:`inferpipe.local.guard` keeps web pages out.
@@ -28,7 +28,7 @@ def __getattr__(name: str) -> Any:  # lazy: `inferpipe local status` need not im
 
         return LocalStack
     if name in ("Resources", "render_resources"):
-        from inferpipe.local import spec
+        from inferpipe.stack import resources as spec
 
         return getattr(spec, name)
     raise AttributeError(name)

@@ -25,8 +25,8 @@ from botocore.exceptions import ClientError
 
 from functions.common import stack
 
-from inferpipe.infra import KNOWN_SINKS, function_log_group, role_policies, role_services
-from inferpipe.local.spec import Claims, Resources, asl_values, function_environment, load_stack, render_asl, render_template
+from inferpipe.stack.policies import KNOWN_SINKS, function_log_group, role_policies, role_services
+from inferpipe.stack.resources import Claims, Resources, asl_values, function_environment, load_stack, render_asl, render_template
 
 _LOG = logging.getLogger("inferpipe.local.provision")
 

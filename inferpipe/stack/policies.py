@@ -2,7 +2,7 @@
 
 Terraform renders each template with ``templatefile()`` (``terraform/locals.tf``, ``local.role_policies``)
 and attaches it as an inline policy (``terraform/iam.tf``). This module renders the very same files with
-the same Terraform-compatible renderer (:func:`inferpipe.local.spec.render_template`) and makes the same
+the same Terraform-compatible renderer (:func:`inferpipe.stack.resources.render_template`) and makes the same
 choice of templates per role, so the local stack and the tests can run each function, the state machine
 and the trigger under exactly the policies they get in AWS. ``tests/infra`` checks that real Terraform
 renders identical documents.
@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from functions.common import stack
-from inferpipe.local.spec import REPO_ROOT, Resources, TemplateError, render_template
+from inferpipe.paths import REPO_ROOT
+from inferpipe.stack.resources import Resources, TemplateError, render_template
 
 POLICY_DIR = REPO_ROOT / "terraform" / "policies"
 TEMPLATE_SUFFIX = ".json.tftpl"

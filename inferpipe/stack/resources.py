@@ -25,9 +25,8 @@ from types import MappingProxyType
 from typing import Any
 
 from functions.common.batch import Defaults  # the deployment defaults, as the functions read them from the ASL
+from inferpipe.paths import REPO_ROOT, STACK_FILE
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STACK_FILE = REPO_ROOT / "config" / "stack.json"
 
 #: Local defaults: moto's default account and region.
 DEFAULT_ACCOUNT_ID = "123456789012"
