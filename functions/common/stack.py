@@ -40,7 +40,7 @@ def freeze(value: Any) -> Any:
 def load(path: Path = PATH) -> Mapping[str, Any]:
     """The whole definition, frozen (``_comment`` keys included: they are documentation)."""
     try:
-        return freeze(json.loads(path.read_text(encoding="utf-8")))  # type: ignore[no-any-return]
+        return freeze(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise RuntimeError(f"the stack definition {path} is missing (the image copies config/stack.json)") from None
 

@@ -581,7 +581,6 @@ def _stack_client(service: str, region: str, credentials: Mapping[str, str], con
     """
     import boto3
     from botocore.config import Config
-
     from moto.settings import moto_server_port
 
     endpoint = f"http://127.0.0.1:{moto_server_port()}"

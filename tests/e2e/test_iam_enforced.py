@@ -31,9 +31,8 @@ import pytest
 from botocore.config import Config
 
 from functions.sink.core import failure_key
-from inferpipe.stack.policies import KNOWN_SINKS, role_policies
 from inferpipe.local import bridge
-from inferpipe.local.provision import role_names
+from inferpipe.stack.policies import KNOWN_SINKS, role_names, role_policies
 from tests.e2e.conftest import SinkReader, executions_for_key, image_bytes, wait_for_execution
 
 #: (role, policy, Sid) moto cannot exercise, and why.

@@ -21,12 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
 import boto3
+import pytest
 from botocore.exceptions import ClientError
 
 from inferpipe.local import bridge, daemon
-from inferpipe.local.provision import image_uri, provision, role_names
+from inferpipe.local.provision import image_uri, provision
+from inferpipe.local.stack import LocalStack
+from inferpipe.stack.policies import role_names
 from inferpipe.stack.resources import (
     TemplateError,
     asl_values,
@@ -35,7 +37,6 @@ from inferpipe.stack.resources import (
     render_resources,
     render_template,
 )
-from inferpipe.local.stack import LocalStack
 
 HANDLERS = "tests.local.handlers_for_bridge_tests"
 
