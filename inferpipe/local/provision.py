@@ -281,7 +281,7 @@ def _ensure_subscription(sns: Any, topic_arn: str, queue_arn: str) -> None:
 
 def image_uri(resources: Resources, tag: str = "local") -> str:
     """The functions' container image (not pulled locally: moto stubs ECR lookups by default)."""
-    return f"{resources.account_id}.dkr.ecr.{resources.region}.amazonaws.com/{resources.prefix}:{tag}"
+    return f"{resources.account_id}.dkr.ecr.{resources.region}.amazonaws.com/{resources.image_repository}:{tag}"
 
 
 def _ensure_trigger_buffer(sqs: Any, r: Resources, rule_arn: str) -> tuple[str, str]:

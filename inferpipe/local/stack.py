@@ -36,16 +36,17 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from inferpipe.local import bridge, persistence
-from inferpipe.local.console import PREFIX as CONSOLE_PREFIX
-from inferpipe.local.console import Console
+from inferpipe.local import bridge
 from inferpipe.local.faults import AwsFaultInjector, FaultMiddleware
 from inferpipe.local.faults import control as fault_control
-from inferpipe.local.guard import TOKEN_HEADER, BrowserGuard, ControlGuard
+from inferpipe.local.guard import TOKEN_HEADER, ControlGuard
+from inferpipe.local.guard import BrowserGuard
+from inferpipe.local.console import PREFIX as CONSOLE_PREFIX, Console
+from inferpipe.local import persistence
 from inferpipe.local.persistence import Snapshotter
 from inferpipe.local.pipes import PipeRunner
-from inferpipe.local.provision import Provisioned, provision
 from inferpipe.local.usage import UsageMeter
+from inferpipe.local.provision import Provisioned, provision
 from inferpipe.stack.resources import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
 
 _LOG = logging.getLogger("inferpipe.local.stack")

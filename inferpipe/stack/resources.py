@@ -227,6 +227,7 @@ class Resources:
     status_rule: StatusRule
     backfill: Backfill
     keep_warm_schedule: str  # the optional keep-warm schedule (Terraform's keep_warm_enabled)
+    image_repository: str  # the functions' container image repository (ECR)
 
     @property
     def trigger_pattern(self) -> dict[str, Any]:
@@ -383,6 +384,7 @@ def render_resources(
             results_prefix=str(raw["backfill"]["results_prefix"]),
         ),
         keep_warm_schedule=_render_value(raw["keep_warm"]["schedule"], function_vars),
+        image_repository=_render_value(raw["image_repository"], variables),
     )
 
 

@@ -978,7 +978,11 @@ def test_terraform_renders_every_name_as_the_local_stack_does(terraform: Terrafo
             expected.trigger_rule,
             expected.trigger_dlq,
         )
-        assert names["image_repository"] == STACK["image_repository"].replace("${prefix}", expected.prefix)
+        assert names["image_repository"] == expected.image_repository
+        assert (
+            evaluated["image_repository_url"]
+            == importlib.import_module("inferpipe.local.provision").image_uri(expected, "x")[:-2]
+        )
         for key, spec in expected.functions.items():
             function = evaluated["functions"][key]
             assert (function["name"], function["command"], tuple(function["environment"])) == (

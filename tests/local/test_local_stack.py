@@ -21,13 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
+import boto3
 from botocore.exceptions import ClientError
 
 from inferpipe.local import bridge, daemon
 from inferpipe.local.provision import image_uri, provision
-from inferpipe.local.stack import LocalStack
 from inferpipe.stack.policies import role_names
 from inferpipe.stack.resources import (
     TemplateError,
@@ -37,6 +36,7 @@ from inferpipe.stack.resources import (
     render_resources,
     render_template,
 )
+from inferpipe.local.stack import LocalStack
 
 HANDLERS = "tests.local.handlers_for_bridge_tests"
 
