@@ -12,11 +12,13 @@ ARG PYTHON_IMAGE=public.ecr.aws/docker/library/python:3.11.7-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /build
 COPY constraints.txt pyproject.toml ./
-# Runtime dependencies only (no moto/pytest), pinned by constraints.txt, into a relocatable prefix.
-RUN python -m pip install --no-cache-dir --disable-pip-version-check --target /opt/deps \
-        -c constraints.txt \
-        "mxnet==1.9.1" "numpy==1.23.5" "pillow==13.0.0" "boto3==1.44.8" "botocore==1.44.8" \
-        "aws-lambda-powertools==3.37.0" "awslambdaric==4.2.2" \
+# Runtime dependencies only (no moto/pytest) into a relocatable prefix: pyproject.toml's
+# [project].dependencies as written there, plus the Lambda runtime interface client the image's
+# ENTRYPOINT runs, each pinned by constraints.txt.
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+        > requirements.txt \
+ && python -m pip install --no-cache-dir --disable-pip-version-check --target /opt/deps \
+        -c constraints.txt -r requirements.txt awslambdaric \
  && find /opt/deps -name "__pycache__" -type d -prune -exec rm -rf {} + \
  && rm -rf /opt/deps/bin
 

@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _trigger_modes() -> tuple[str, ...]:
-    from inferpipe.local.spec import render_resources
+    from inferpipe.stack.resources import render_resources
 
     return render_resources().trigger_buffer.modes
 

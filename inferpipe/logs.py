@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from inferpipe.local.spec import Resources
+from inferpipe.stack.resources import Resources
 
 #: How often ``--follow`` asks for new events.
 FOLLOW_INTERVAL_S = 1.0

@@ -24,7 +24,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from inferpipe.local.spec import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
+from inferpipe.stack.resources import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
 
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60)
 #: The local stack accepts any credentials; these keep a user's real ones out of its requests.
@@ -54,7 +54,7 @@ def read_terraform_output(path: Path | None = None, terraform_dir: Path = TERRAF
                 "terraform is not installed: run `terraform output -json inferpipe > stack.json` where it is, "
                 "then pass --terraform-output stack.json"
             )
-        answer = subprocess.run(  # noqa: S603 - fixed arguments
+        answer = subprocess.run(
             [terraform, f"-chdir={terraform_dir}", "output", "-json", "inferpipe"],
             capture_output=True,
             text=True,
@@ -78,7 +78,11 @@ def parse_terraform_output(raw: Any) -> dict[str, Any]:
         raw = raw["value"]
     if not isinstance(raw, Mapping):
         raise TargetError("the terraform output has no 'inferpipe' object")
-    missing = [key for key in ("prefix", "account_id", "region", "buckets", "state_machine_arn", "functions") if not raw.get(key)]
+    missing = [
+        key
+        for key in ("prefix", "account_id", "region", "buckets", "state_machine_arn", "functions")
+        if not raw.get(key)
+    ]
     if missing:
         raise TargetError(f"the terraform output's 'inferpipe' object lacks {', '.join(missing)}")
     return dict(raw)
@@ -172,4 +176,6 @@ class Target:
             if not daemon.status(state_dir)["running"] and not quiet:
                 print("starting the local stack (inferpipe local up)…", file=sys.stderr)
             endpoint_url = daemon.ensure_running(state_dir=state_dir, port=port)
-        return cls(endpoint_url=endpoint_url, resources=render_resources(account_id=DEFAULT_ACCOUNT_ID, region=DEFAULT_REGION))
+        return cls(
+            endpoint_url=endpoint_url, resources=render_resources(account_id=DEFAULT_ACCOUNT_ID, region=DEFAULT_REGION)
+        )

@@ -19,13 +19,13 @@ resource "aws_cloudwatch_event_rule" "this" {
 # target). An SQS target takes no role: the buffer queue's policy lets this rule send.
 resource "aws_cloudwatch_event_target" "this" {
   rule      = aws_cloudwatch_event_rule.this.name
-  target_id = "pipeline"
+  target_id = local.trigger_target.id
   arn       = local.trigger_batched ? aws_sqs_queue.trigger_buffer[0].arn : aws_sfn_state_machine.this.arn
   role_arn  = local.trigger_batched ? null : aws_iam_role.this["trigger"].arn
 
   retry_policy {
-    maximum_event_age_in_seconds = var.trigger_maximum_event_age_seconds
-    maximum_retry_attempts       = var.trigger_maximum_retry_attempts
+    maximum_event_age_in_seconds = local.trigger_target.maximum_event_age_s
+    maximum_retry_attempts       = local.trigger_target.maximum_retry_attempts
   }
 
   dead_letter_config {

@@ -1,27 +1,31 @@
 ################################################################################
 # Three Lambda functions from one container image: stack.json gives each its handler (the
 # image's CMD, image_config.command), size, timeout and the exact names of its environment
-# variables. Each is called through its "live" alias.
+# variables. Each is called through its alias (stack.json function_alias).
 ################################################################################
 
 locals {
   image_uri = var.image_uri != null ? var.image_uri : "${try(aws_ecr_repository.this[0].repository_url, local.image_repository_url)}:${var.image_tag}"
 
-  # The value of every variable a function may list in stack.json (as spec.function_environment
-  # does for the local stack). A sink that is not deployed gets "": the sink function then answers
-  # a request for it with SinkNotConfiguredError. A name stack.json adds without a value here
-  # fails the plan ("no such key"), never silently.
+  # The stack's values by name, for stack.json's function_environment patterns (the local stack
+  # gives its own: inferpipe/stack/resources.py function_environment). A sink that is not deployed
+  # gets "": the sink function then answers a request for it with SinkNotConfiguredError. A pattern
+  # naming a value not here fails the plan, never silently.
+  environment_vars = {
+    input_bucket     = aws_s3_bucket.this["input"].bucket
+    input_key_prefix = var.input_key_prefix
+    models_bucket    = aws_s3_bucket.this["models"].bucket
+    work_bucket      = aws_s3_bucket.this["work"].bucket
+    output_bucket    = try(aws_s3_bucket.this["output"].bucket, "")
+    table            = try(aws_dynamodb_table.this[0].name, "")
+    claims_table     = aws_dynamodb_table.claims.name
+    topic_arn        = try(aws_sns_topic.this[0].arn, "")
+    queue_url        = try(aws_sqs_queue.this[0].url, "")
+    event_bus        = try(aws_cloudwatch_event_bus.this[0].name, "")
+  }
+  # The value of every variable a function may list in stack.json: the settings, then the values.
   function_environment = merge(local.settings, {
-    INPUT_BUCKET          = aws_s3_bucket.this["input"].bucket
-    INPUT_KEY_PREFIX      = var.input_key_prefix
-    MODEL_BUCKET          = aws_s3_bucket.this["models"].bucket
-    WORK_BUCKET           = aws_s3_bucket.this["work"].bucket
-    OUTPUT_BUCKET         = try(aws_s3_bucket.this["output"].bucket, "")
-    PREDICTIONS_TABLE     = try(aws_dynamodb_table.this[0].name, "")
-    CLAIMS_TABLE          = aws_dynamodb_table.claims.name
-    PREDICTIONS_TOPIC_ARN = try(aws_sns_topic.this[0].arn, "")
-    PREDICTIONS_QUEUE_URL = try(aws_sqs_queue.this[0].url, "")
-    PREDICTIONS_EVENT_BUS = try(aws_cloudwatch_event_bus.this[0].name, "")
+    for name, pattern in local.stack.function_environment.values : name => templatestring(pattern, local.environment_vars)
   })
 }
 

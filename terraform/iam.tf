@@ -2,7 +2,7 @@
 # IAM: one role per function, one for the state machine, one for the trigger (the rule's target
 # in direct mode, the pipe in batched mode), one for the backfill state machine and one for the
 # keep-warm schedule (local.role_services in locals.tf). Their inline policies are the templates in
-# policies/, rendered in locals.tf (local.role_policies) from names only; inferpipe/infra.py renders
+# policies/, rendered in locals.tf (local.role_policies) from names only; inferpipe/stack/policies.py renders
 # the very same documents for the local stack. Least privilege: exact buckets and key prefixes, the
 # table, topic, queues, bus, functions and state machines; no "*" action. "Resource": "*" appears
 # only where AWS offers no narrower scope (policies/README.md says where and why).

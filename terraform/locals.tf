@@ -1,5 +1,5 @@
 # Every name comes from config/stack.json, the one definition the local stack
-# (inferpipe/local/spec.py) and the tests read too. Its ${...} patterns are rendered with
+# (inferpipe/stack/resources.py) and the tests read too. Its ${...} patterns are rendered with
 # templatestring() over the same variables spec.render_resources() uses, so a name never appears
 # twice. This file depends on variables and stack.json only (account, region and partition come
 # from context.tf): tests/infra evaluates it with real Terraform core, no AWS provider needed.
@@ -52,8 +52,8 @@ locals {
     backfill_state_machine = templatestring(local.stack.backfill.state_machine, local.name_vars_with_buckets)
   }
 
-  # The message sinks' delivery ledger in the output bucket: functions/sink/core.py LEDGER_PREFIX.
-  ledger_prefix = "deliveries/"
+  # The message sinks' delivery ledger in the output bucket (functions/common/stack.py LEDGER_PREFIX).
+  ledger_prefix = local.stack.output_prefixes.ledger
 
   settings = merge(
     { for key, value in local.stack.settings : key => templatestring(value, local.name_vars_with_buckets) },
@@ -89,34 +89,35 @@ locals {
     input_template = local.stack.trigger_buffer.input_template
   }
   trigger_batched = local.trigger.mode == "batched"
+  # The rule's one target (stack.json trigger_target), its retry policy overridable by variables.
+  trigger_target = {
+    id                     = local.stack.trigger_target.id
+    maximum_event_age_s    = var.trigger_maximum_event_age_seconds != null ? var.trigger_maximum_event_age_seconds : local.stack.trigger_target.maximum_event_age_s
+    maximum_retry_attempts = var.trigger_maximum_retry_attempts != null ? var.trigger_maximum_retry_attempts : local.stack.trigger_target.maximum_retry_attempts
+  }
 
   # The backfill state machine writes its per-batch results (ResultWriter) to the output bucket,
   # which exists only with the s3 sink: without it there is no backfill state machine.
   backfill_enabled = local.sink_enabled.s3
 
+  # Names derived from the functions' may also use ${<function>_function} (stack.json keep_warm, iam.roles).
+  function_name_vars = merge(local.name_vars_with_buckets, { for key, function in local.functions : "${key}_function" => function.name })
+
   # Resources only Terraform creates (the local stack has no alarms or schedules), named after the
-  # stack's names. Role names follow the local stack (inferpipe/local/provision.py role_names).
+  # stack's names.
   derived_names = {
     queue_dlq                        = "${local.names.queue}-dlq"
     alarm_topic                      = "${local.prefix}-alarms"
-    keep_warm                        = "${local.functions.inference.name}-keep-warm"
+    keep_warm                        = templatestring(local.stack.keep_warm.schedule, local.function_name_vars)
     state_machine_log_group          = "/aws/vendedlogs/states/${local.names.state_machine}"
     backfill_state_machine_log_group = "/aws/vendedlogs/states/${local.names.backfill_state_machine}"
   }
-  role_names = merge(
-    { for key, function in local.functions : key => "${function.name}-role" },
-    {
-      state_machine = "${local.names.state_machine}-role"
-      trigger       = "${local.names.trigger_rule}-role"
-      keep_warm     = "${local.derived_names.keep_warm}-role"
-      pipe          = "${local.names.pipe}-role"
-      backfill      = "${local.names.backfill_state_machine}-role"
-    },
-  )
+  # Every role stack.json iam.roles defines, named by its pattern (inferpipe/stack/policies.py role_names).
+  role_name_vars = merge(local.function_name_vars, local.names, { keep_warm = local.derived_names.keep_warm })
+  role_names     = { for key, role in local.stack.iam.roles : key => templatestring(role.name, local.role_name_vars) }
 
-  # The state machine calls each function through this alias (provisioned concurrency and
-  # keep-warm pings apply to it too).
-  function_alias = "live"
+  # The state machine calls each function through this alias (stack.json function_alias).
+  function_alias = local.stack.function_alias.name
   # Lambda's own log group names, created ahead of the functions with a retention.
   function_log_groups = { for key, function in local.functions : key => "/aws/lambda/${function.name}" }
 
@@ -149,30 +150,31 @@ locals {
     backfill_state_machine = "${local.arn_base.states}:stateMachine:${local.names.backfill_state_machine}"
   }
 
-  # The values of every placeholder of terraform/policies/*.json.tftpl (inferpipe/infra.py
-  # policy_values() gives the local stack's).
-  policy_vars = {
-    Partition             = local.partition
-    InputBucket           = local.buckets.input
-    InputKeyPrefix        = var.input_key_prefix
-    ModelBucket           = local.buckets.models
-    WorkBucket            = local.buckets.work
-    WorkPrefix            = local.settings.WORK_PREFIX
-    OutputBucket          = local.buckets.output
-    OutputPrefix          = local.settings.OUTPUT_PREFIX
-    TableArn              = local.arns.table
-    ClaimsTableArn        = local.arns.claims_table
-    TopicArn              = local.arns.topic
-    QueueArn              = local.arns.queue
-    EventBusArn           = local.arns.event_bus
-    StateMachineArn       = local.arns.state_machine
-    PreprocessLogGroupArn = local.arns.log_groups.preprocess
-    InferenceLogGroupArn  = local.arns.log_groups.inference
-    SinkLogGroupArn       = local.arns.log_groups.sink
-    PreprocessFunctionArn = local.arns.function_aliases.preprocess
-    InferenceFunctionArn  = local.arns.function_aliases.inference
-    SinkFunctionArn       = local.arns.function_aliases.sink
-    KmsKeyArn             = var.kms_key_arn != null ? var.kms_key_arn : ""
+  # The values of every placeholder of terraform/policies/*.json.tftpl (inferpipe/stack/policies.py
+  # policy_values() gives the local stack's): each function's ARN (its alias) and log group ARN under
+  # the placeholder names stack.json gives, and the stack's other ARNs and names.
+  function_policy_vars = merge(
+    { for key, spec in local.stack.functions : spec.placeholders.function_arn => local.arns.function_aliases[key] },
+    { for key, spec in local.stack.functions : spec.placeholders.log_group_arn => local.arns.log_groups[key] },
+  )
+  policy_vars = merge(local.function_policy_vars, {
+    Partition       = local.partition
+    InputBucket     = local.buckets.input
+    InputKeyPrefix  = var.input_key_prefix
+    ModelBucket     = local.buckets.models
+    WorkBucket      = local.buckets.work
+    WorkPrefix      = local.settings.WORK_PREFIX
+    OutputBucket    = local.buckets.output
+    OutputPrefix    = local.settings.OUTPUT_PREFIX
+    LedgerPrefix    = local.stack.output_prefixes.ledger
+    FailurePrefix   = local.stack.output_prefixes.failures
+    TableArn        = local.arns.table
+    ClaimsTableArn  = local.arns.claims_table
+    TopicArn        = local.arns.topic
+    QueueArn        = local.arns.queue
+    EventBusArn     = local.arns.event_bus
+    StateMachineArn = local.arns.state_machine
+    KmsKeyArn       = var.kms_key_arn != null ? var.kms_key_arn : ""
     # pipe and backfill templates
     Region                   = local.region
     AccountId                = local.account_id
@@ -181,22 +183,27 @@ locals {
     BackfillStateMachineArn  = local.arns.backfill_state_machine
     BackfillStateMachineName = local.names.backfill_state_machine
     BackfillResultsPrefix    = local.stack.backfill.results_prefix
-  }
+  })
 
-  # The policy templates each role gets. inferpipe/infra.py role_policy_templates() makes the same
-  # choice for the local stack; tests/infra checks the two agree.
-  function_common_policies = concat(var.xray_tracing ? ["xray"] : [], var.kms_key_arn != null ? ["kms"] : [])
+  # Which of stack.json's iam.roles this deployment has, by their "when" (inferpipe/stack/policies.py
+  # makes the same choice): the trigger mode picks the rule target's (direct) or the pipe's
+  # (batched) role, the output bucket brings the backfill's, keep_warm_enabled the schedule's.
+  role_enabled = {
+    always    = true
+    direct    = !local.trigger_batched
+    batched   = local.trigger_batched
+    backfill  = local.backfill_enabled
+    keep_warm = var.keep_warm_enabled
+  }
+  # The policy templates each role gets, [] for a role this deployment does not have.
+  # inferpipe/stack/policies.py role_policy_templates() renders the same; tests/infra compares them.
   role_policy_templates = {
-    preprocess    = concat(["preprocess"], local.function_common_policies)
-    inference     = concat(["inference"], local.function_common_policies)
-    sink          = concat(["sink"], [for sink in local.known_sinks : "sink-${sink}" if local.sink_enabled[sink]], local.function_common_policies)
-    state_machine = concat(["state-machine"], var.xray_tracing ? ["xray"] : [])
-    # The rule's target role exists in direct mode only (an SQS target takes no role); the pipe's
-    # role in batched mode only, with the key when the buffer queue is encrypted with it.
-    trigger   = local.trigger_batched ? [] : ["trigger"]
-    pipe      = local.trigger_batched ? concat(["pipe"], var.kms_key_arn != null ? ["kms"] : []) : []
-    backfill  = local.backfill_enabled ? concat(["backfill"], var.xray_tracing ? ["xray"] : [], var.kms_key_arn != null ? ["kms"] : []) : []
-    keep_warm = var.keep_warm_enabled ? ["keep-warm"] : []
+    for key, role in local.stack.iam.roles : key => local.role_enabled[role.when] ? concat(
+      role.policies,
+      role.sink_policies ? [for sink in local.known_sinks : "sink-${sink}" if local.sink_enabled[sink]] : [],
+      role.xray && var.xray_tracing ? ["xray"] : [],
+      role.kms && var.kms_key_arn != null ? ["kms"] : [],
+    ) : []
   }
   # role => template => policy document (JSON text), attached in iam.tf.
   role_policies = {
@@ -205,16 +212,9 @@ locals {
     }
   }
 
-  # Role => the service that assumes it (inferpipe/infra.py role_services() agrees). Only the roles
-  # this deployment uses: the trigger mode picks the rule target's or the pipe's, the output bucket
-  # brings the backfill's, keep_warm_enabled the schedule's.
-  role_services = merge(
-    { for key in keys(local.functions) : key => "lambda.amazonaws.com" },
-    { state_machine = "states.amazonaws.com" },
-    local.trigger_batched ? { pipe = "pipes.amazonaws.com" } : { trigger = "events.amazonaws.com" },
-    local.backfill_enabled ? { backfill = "states.amazonaws.com" } : {},
-    var.keep_warm_enabled ? { keep_warm = "scheduler.amazonaws.com" } : {},
-  )
+  # Role => the service that assumes it, for the roles this deployment has (inferpipe/stack/policies.py
+  # role_services() agrees).
+  role_services = { for key, role in local.stack.iam.roles : key => role.service if local.role_enabled[role.when] }
 
   # Confused-deputy guards of each role's trust policy (iam.tf): aws:SourceAccount where the service
   # sets it when it assumes the role, and aws:SourceArn where the role serves one known resource.
@@ -229,7 +229,7 @@ locals {
   }
   role_trust_conditions = {
     for role, service in local.role_services : role => concat(
-      contains(["states.amazonaws.com", "scheduler.amazonaws.com", "pipes.amazonaws.com"], service) ? [
+      local.stack.iam.roles[role].trust_source_account ? [
         { test = "StringEquals", variable = "aws:SourceAccount", values = tolist([local.account_id]) }
       ] : [],
       contains(keys(local.role_source_arns), role) ? [
@@ -243,7 +243,7 @@ locals {
   backfill_definition_file      = "${path.module}/../${local.stack.backfill.definition}"
 
   # Each function's task TimeoutSeconds in that definition (tasks at the top level or in a Map),
-  # found by its ARN placeholder, e.g. "${PreprocessFunctionArn}" (spec.FUNCTION_ARN_PLACEHOLDERS).
+  # found by its ARN placeholder, e.g. "${PreprocessFunctionArn}" (stack.json functions.*.placeholders).
   # A function must time out before its task does (before the shortest, when several tasks run it,
   # e.g. the sink's Deliver and RecordFailure): var.functions is validated against these.
   asl        = jsondecode(file(local.state_machine_definition_file))
@@ -253,7 +253,7 @@ locals {
     if try(state.Type, "") == "Task" && can(state.TimeoutSeconds)
   }
   function_task_timeouts = {
-    for key in keys(local.stack.functions) : key => min(lookup(local.asl_task_timeouts, "$${${title(key)}FunctionArn}", [900])...)
+    for key, spec in local.stack.functions : key => min(lookup(local.asl_task_timeouts, "$${${spec.placeholders.function_arn}}", [900])...)
   }
 
   # The image repository named by stack.json, in this account and region.

@@ -1,7 +1,7 @@
 ################################################################################
 # The state machine: state_machine/pipeline.asl.json (the file stack.json names), its ${...}
 # placeholders filled by templatefile() exactly as the local stack fills them
-# (inferpipe.local.spec.asl_values); $$.Execution.Id and the other "$$." paths pass through.
+# (inferpipe.stack.resources.asl_values); $$.Execution.Id and the other "$$." paths pass through.
 ################################################################################
 
 resource "aws_cloudwatch_log_group" "state_machine" {
@@ -19,15 +19,16 @@ resource "aws_sfn_state_machine" "this" {
   type     = var.state_machine_type
   role_arn = aws_iam_role.this["state_machine"].arn
 
-  definition = templatefile(local.state_machine_definition_file, {
-    PreprocessFunctionArn = aws_lambda_alias.this["preprocess"].arn
-    InferenceFunctionArn  = aws_lambda_alias.this["inference"].arn
-    SinkFunctionArn       = aws_lambda_alias.this["sink"].arn
-    DefaultSinks          = join(",", local.defaults.sinks)
-    DefaultTopK           = local.defaults.top_k
-    DefaultModel          = local.defaults.model
-    DefaultModelVersion   = local.defaults.model_version
-  })
+  # Each function's alias under the placeholder name stack.json gives it, and the deployment defaults.
+  definition = templatefile(local.state_machine_definition_file, merge(
+    { for key, alias in aws_lambda_alias.this : local.stack.functions[key].placeholders.function_arn => alias.arn },
+    {
+      DefaultSinks        = join(",", local.defaults.sinks)
+      DefaultTopK         = local.defaults.top_k
+      DefaultModel        = local.defaults.model
+      DefaultModelVersion = local.defaults.model_version
+    },
+  ))
 
   logging_configuration {
     log_destination        = "${aws_cloudwatch_log_group.state_machine.arn}:*"

@@ -78,7 +78,7 @@ resource "aws_sqs_queue_redrive_allow_policy" "dlq" {
   })
 }
 
-# Prediction events: source "inferpipe", detail-type "Image Classified" (functions/sink/core.py).
+# Prediction events: stack.json prediction_events (source "inferpipe", detail-type "Image Classified").
 # TLS only (tls.tf): nobody may use the predictions queue, its dead-letter queue or the topic over
 # plain HTTP. The topic's policy replaces SNS's default one; same-account publishers and
 # subscribers are authorised by their IAM policies (the sink role's sink-sns policy).

@@ -337,23 +337,23 @@ variable "trigger_batching_window_s" {
 }
 
 variable "trigger_maximum_event_age_seconds" {
-  description = "How long EventBridge keeps retrying to deliver an upload's event to the rule's target (the buffer queue, or in direct mode the state machine) (60-86400 s) before sending it to the trigger dead-letter queue."
+  description = "How long EventBridge keeps retrying to deliver an upload's event to the rule's target (the buffer queue, or in direct mode the state machine) (60-86400 s) before sending it to the trigger dead-letter queue. null: stack.json's trigger_target.maximum_event_age_s (86400)."
   type        = number
-  default     = 86400
+  default     = null
 
   validation {
-    condition     = var.trigger_maximum_event_age_seconds >= 60 && var.trigger_maximum_event_age_seconds <= 86400
+    condition     = var.trigger_maximum_event_age_seconds == null || (coalesce(var.trigger_maximum_event_age_seconds, 60) >= 60 && coalesce(var.trigger_maximum_event_age_seconds, 60) <= 86400)
     error_message = "trigger_maximum_event_age_seconds must be 60-86400."
   }
 }
 
 variable "trigger_maximum_retry_attempts" {
-  description = "How many times EventBridge retries delivering an upload's event to the rule's target (the buffer queue, or in direct mode the state machine) (0-185) before sending it to the trigger dead-letter queue."
+  description = "How many times EventBridge retries delivering an upload's event to the rule's target (the buffer queue, or in direct mode the state machine) (0-185) before sending it to the trigger dead-letter queue. null: stack.json's trigger_target.maximum_retry_attempts (185)."
   type        = number
-  default     = 185
+  default     = null
 
   validation {
-    condition     = var.trigger_maximum_retry_attempts >= 0 && var.trigger_maximum_retry_attempts <= 185
+    condition     = var.trigger_maximum_retry_attempts == null || (coalesce(var.trigger_maximum_retry_attempts, 0) >= 0 && coalesce(var.trigger_maximum_retry_attempts, 0) <= 185)
     error_message = "trigger_maximum_retry_attempts must be 0-185."
   }
 }

@@ -58,7 +58,7 @@ EXAMPLE_INPUTS = (
 @dataclass(frozen=True)
 class Defaults:
     """The deployment's defaults a request may override: stack.json ``defaults``, rendered by the local stack
-    (``inferpipe.local.spec``) and reaching the functions as the ASL placeholders DefaultSinks, DefaultTopK,
+    (``inferpipe.stack.resources``) and reaching the functions as the ASL placeholders DefaultSinks, DefaultTopK,
     DefaultModel, DefaultModelVersion."""
 
     sinks: tuple[str, ...]

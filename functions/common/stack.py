@@ -12,6 +12,7 @@ Example::
     stack.SINKS                  # ('s3', 'dynamodb', 'sns', 'sqs', 'eventbridge')
     stack.MESSAGE_SINKS          # ('sns', 'sqs', 'eventbridge')
     stack.SETTINGS["WORK_PREFIX"]  # 'tensors/' (the default every function's Settings falls back to)
+    stack.EVENT_SOURCE           # 'inferpipe' (the Source of every prediction event)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def freeze(value: Any) -> Any:
 def load(path: Path = PATH) -> Mapping[str, Any]:
     """The whole definition, frozen (``_comment`` keys included: they are documentation)."""
     try:
-        return freeze(json.loads(path.read_text(encoding="utf-8")))  # type: ignore[no-any-return]
+        return freeze(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise RuntimeError(f"the stack definition {path} is missing (the image copies config/stack.json)") from None
 
@@ -53,5 +54,24 @@ MESSAGE_SINKS: tuple[str, ...] = tuple(sink["name"] for sink in STACK["sinks"]["
 SETTINGS: Mapping[str, str] = STACK["settings"]
 #: The deployment's request defaults (sinks, top_k, model, model_version).
 DEFAULTS: Mapping[str, Any] = STACK["defaults"]
+#: The ``Source`` and ``DetailType`` of every prediction event the eventbridge sink puts on its bus.
+EVENT_SOURCE: str = STACK["prediction_events"]["source"]
+EVENT_DETAIL_TYPE: str = STACK["prediction_events"]["detail_type"]
+#: Output-bucket prefixes next to OUTPUT_PREFIX: failure records and the message sinks' delivery ledger.
+FAILURE_PREFIX: str = STACK["output_prefixes"]["failures"]
+LEDGER_PREFIX: str = STACK["output_prefixes"]["ledger"]
 
-__all__ = ["DEFAULTS", "MESSAGE_SINKS", "PATH", "SETTINGS", "SINKS", "STACK", "freeze", "load"]
+__all__ = [
+    "DEFAULTS",
+    "EVENT_DETAIL_TYPE",
+    "EVENT_SOURCE",
+    "FAILURE_PREFIX",
+    "LEDGER_PREFIX",
+    "MESSAGE_SINKS",
+    "PATH",
+    "SETTINGS",
+    "SINKS",
+    "STACK",
+    "freeze",
+    "load",
+]

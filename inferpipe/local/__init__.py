@@ -1,6 +1,6 @@
 """The local stack: inferpipe on moto (S3, EventBridge, Step Functions, Lambda, DynamoDB, SNS, SQS) in one process.
 
-* :mod:`inferpipe.local.spec` renders ``config/stack.json`` (the names Terraform uses too) and the ASL.
+* :mod:`inferpipe.stack.resources` renders ``config/stack.json`` (the names Terraform uses too) and the ASL.
 * :mod:`inferpipe.local.provision` creates every resource; :mod:`inferpipe.local.stack` runs it all
   in this process (:class:`LocalStack`); :mod:`inferpipe.local.daemon` runs it in the background.
 * Lambda functions run in execution environments of their own
@@ -47,7 +47,7 @@ def __getattr__(name: str) -> Any:  # lazy: `inferpipe local status` need not im
 
         return LocalStack
     if name in ("Resources", "render_resources"):
-        from inferpipe.local import spec
+        from inferpipe.stack import resources as spec
 
         return getattr(spec, name)
     raise AttributeError(name)

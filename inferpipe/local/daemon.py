@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from inferpipe.local.persistence import SNAPSHOT_FILE
-from inferpipe.local.spec import REPO_ROOT, render_resources
+from inferpipe.paths import REPO_ROOT
+from inferpipe.stack.resources import render_resources
 
 DEFAULT_PORT = 4599
 PORT_ENV = "INFERPIPE_LOCAL_PORT"

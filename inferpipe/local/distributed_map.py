@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferpipe.local.spec import render_template
+from inferpipe.stack.resources import render_template
 
 READER = "arn:aws:states:::s3:listObjectsV2"
 CHILD = "arn:aws:states:::states:startExecution.sync:2"

@@ -23,16 +23,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from inferpipe.infra import KNOWN_SINKS, function_log_group, role_policies, role_services
-from inferpipe.local.spec import Claims, Resources, asl_values, function_environment, load_stack, render_asl, render_template
+from functions.common import stack
+from inferpipe.stack.policies import KNOWN_SINKS, function_log_group, role_names, role_policies, role_services
+from inferpipe.stack.resources import Claims, Resources, asl_values, function_environment, render_asl, render_template
 
 _LOG = logging.getLogger("inferpipe.local.provision")
 
-#: The product's event source on the predictions bus (see functions/sink/core.py).
-PREDICTION_EVENT_SOURCE = "inferpipe"
-TRIGGER_TARGET_ID = "pipeline"
-#: EventBridge's own defaults, written out so the local target says what AWS does.
-TRIGGER_RETRY_POLICY = {"MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 86400}
 
 ClientFactory = Callable[[str], Any]
 
@@ -67,15 +63,6 @@ def _trust(service: str) -> str:
             "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
         }
     )
-
-
-def role_names(resources: Resources) -> dict[str, str]:
-    """IAM role names: one per function, one for the state machine, one for the trigger target."""
-    names = {key: f"{spec.name}-role" for key, spec in resources.functions.items()}
-    names["state_machine"] = f"{resources.state_machine}-role"
-    names["trigger"] = f"{resources.trigger_rule}-role"
-    names["pipe"] = f"{resources.trigger_buffer.pipe}-role"
-    return names
 
 
 def _ensure_role(iam: Any, name: str, service: str, policies: dict[str, dict[str, Any]]) -> str:
@@ -115,7 +102,9 @@ def _ensure_bucket(s3: Any, name: str, region: str, versioned: bool) -> None:
     )
     s3.put_bucket_encryption(
         Bucket=name,
-        ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
     )
     if versioned:
         s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
@@ -147,7 +136,10 @@ def _ensure_table(ddb: Any, name: str) -> None:
     try:
         ddb.create_table(
             TableName=name,
-            KeySchema=[{"AttributeName": "object", "KeyType": "HASH"}, {"AttributeName": "version", "KeyType": "RANGE"}],
+            KeySchema=[
+                {"AttributeName": "object", "KeyType": "HASH"},
+                {"AttributeName": "version", "KeyType": "RANGE"},
+            ],
             AttributeDefinitions=[
                 {"AttributeName": "object", "AttributeType": "S"},
                 {"AttributeName": "version", "AttributeType": "S"},
@@ -175,7 +167,9 @@ def _ensure_claims_table(ddb: Any, claims: Claims) -> None:
     ddb.get_waiter("table_exists").wait(TableName=claims.table, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100})
     # Enabling TTL twice is a ValidationException on AWS: only when it is off.
     if ddb.describe_time_to_live(TableName=claims.table)["TimeToLiveDescription"].get("TimeToLiveStatus") != "ENABLED":
-        ddb.update_time_to_live(TableName=claims.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": claims.ttl_attribute})
+        ddb.update_time_to_live(
+            TableName=claims.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": claims.ttl_attribute}
+        )
 
 
 def _ensure_log_group(logs: Any, name: str, retention_days: int = 14) -> None:
@@ -196,7 +190,9 @@ def _ensure_event_bus(events: Any, name: str) -> None:
             raise
 
 
-def _ensure_function(awslambda: Any, resources: Resources, key: str, role_arn: str, image_uri: str, queue_url: str) -> str:
+def _ensure_function(
+    awslambda: Any, resources: Resources, key: str, role_arn: str, image_uri: str, queue_url: str
+) -> str:
     spec = resources.functions[key]
     environment = {"Variables": function_environment(resources, key, queue_url=queue_url)}
     config = {
@@ -222,9 +218,9 @@ def _ensure_state_machine(sfn: Any, resources: Resources, definition: str, role_
     arn = resources.state_machine_arn
     try:
         return str(
-            sfn.create_state_machine(name=resources.state_machine, definition=definition, roleArn=role_arn, type="STANDARD")[
-                "stateMachineArn"
-            ]
+            sfn.create_state_machine(
+                name=resources.state_machine, definition=definition, roleArn=role_arn, type="STANDARD"
+            )["stateMachineArn"]
         )
     except ClientError as exc:
         if _code(exc) != "StateMachineAlreadyExists":
@@ -266,7 +262,10 @@ def _ensure_status_rule(events: Any, sqs: Any, awslambda: Any, r: Resources, sin
             "InputPathsMap": dict(status.input_paths),
             "InputTemplate": render_template(status.input_template, asl_values(r)),
         },
-        "RetryPolicy": {"MaximumEventAgeInSeconds": status.maximum_event_age_s, "MaximumRetryAttempts": status.maximum_retry_attempts},
+        "RetryPolicy": {
+            "MaximumEventAgeInSeconds": status.maximum_event_age_s,
+            "MaximumRetryAttempts": status.maximum_retry_attempts,
+        },
         "DeadLetterConfig": {"Arn": dlq_arn},
     }
     _ensure_rule(events, status.rule, "default", status.pattern, [target])
@@ -282,7 +281,7 @@ def _ensure_subscription(sns: Any, topic_arn: str, queue_arn: str) -> None:
 
 def image_uri(resources: Resources, tag: str = "local") -> str:
     """The functions' container image (not pulled locally: moto stubs ECR lookups by default)."""
-    return f"{resources.account_id}.dkr.ecr.{resources.region}.amazonaws.com/{resources.prefix}:{tag}"
+    return f"{resources.account_id}.dkr.ecr.{resources.region}.amazonaws.com/{resources.image_repository}:{tag}"
 
 
 def _ensure_trigger_buffer(sqs: Any, r: Resources, rule_arn: str) -> tuple[str, str]:
@@ -294,7 +293,9 @@ def _ensure_trigger_buffer(sqs: Any, r: Resources, rule_arn: str) -> tuple[str, 
         QueueUrl=url,
         Attributes={
             "VisibilityTimeout": str(buffer.visibility_timeout_s),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(buffer.max_receive_count)}),
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(buffer.max_receive_count)}
+            ),
         },
     )
     return url, arn
@@ -306,7 +307,10 @@ def _ensure_pipe(pipes: Any, r: Resources, queue_arn: str, state_machine_arn: st
     config = {
         "RoleArn": role_arn,
         "SourceParameters": {
-            "SqsQueueParameters": {"BatchSize": buffer.batch_size, "MaximumBatchingWindowInSeconds": buffer.batching_window_s}
+            "SqsQueueParameters": {
+                "BatchSize": buffer.batch_size,
+                "MaximumBatchingWindowInSeconds": buffer.batching_window_s,
+            }
         },
         "Target": state_machine_arn,
         "TargetParameters": {
@@ -324,7 +328,9 @@ def _ensure_pipe(pipes: Any, r: Resources, queue_arn: str, state_machine_arn: st
     return buffer.pipe
 
 
-def provision(client: ClientFactory, resources: Resources, definition: str | None = None, trigger: str | None = None) -> Provisioned:
+def provision(
+    client: ClientFactory, resources: Resources, definition: str | None = None, trigger: str | None = None
+) -> Provisioned:
     """Create (or converge) every resource; ``definition`` overrides the state machine file's text;
     ``trigger`` is "batched" or "direct" (default: stack.json ``trigger_buffer.default_mode``)."""
     r = resources
@@ -335,7 +341,7 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
 
     for name, bucket in r.buckets.items():
         # stack.json unversioned_buckets, as terraform/storage.tf: all but the work bucket's scratch tensors
-        _ensure_bucket(s3, bucket, r.region, versioned=name not in load_stack()["unversioned_buckets"])
+        _ensure_bucket(s3, bucket, r.region, versioned=name not in stack.STACK["unversioned_buckets"])
     s3.put_bucket_notification_configuration(
         Bucket=r.buckets["input"], NotificationConfiguration={"EventBridgeConfiguration": {}}
     )
@@ -352,7 +358,11 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
     policies = role_policies(r, sinks=KNOWN_SINKS, trigger=not batched, pipe=batched)
     services = role_services(r, trigger=not batched, pipe=batched)
     names = role_names(r)
-    roles = {key: _ensure_role(client("iam"), name, services[key], policies[key]) for key, name in names.items() if policies.get(key)}
+    roles = {
+        key: _ensure_role(client("iam"), name, services[key], policies[key])
+        for key, name in names.items()
+        if policies.get(key)
+    }
 
     for key in r.functions:
         _ensure_log_group(client("logs"), function_log_group(r, key))
@@ -366,7 +376,15 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
 
     rule_arn = r.arn("events", f"rule/{r.trigger_rule}")
     dlq_url, dlq_arn = _ensure_queue(sqs, r.trigger_dlq, r, allow=("events.amazonaws.com", rule_arn))
-    target: dict[str, Any] = {"Id": TRIGGER_TARGET_ID, "RetryPolicy": TRIGGER_RETRY_POLICY, "DeadLetterConfig": {"Arn": dlq_arn}}
+    retry_policy = {
+        "MaximumRetryAttempts": r.trigger_target.maximum_retry_attempts,
+        "MaximumEventAgeInSeconds": r.trigger_target.maximum_event_age_s,
+    }
+    target: dict[str, Any] = {
+        "Id": r.trigger_target.id,
+        "RetryPolicy": retry_policy,
+        "DeadLetterConfig": {"Arn": dlq_arn},
+    }
     buffer_url = pipe_name = None
     if trigger == "batched":
         buffer_url, buffer_arn = _ensure_trigger_buffer(sqs, r, rule_arn)
@@ -382,12 +400,14 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
     sns_tap_url, sns_tap_arn = _ensure_queue(sqs, r.local_sns_tap, r, allow=("sns.amazonaws.com", topic_arn))
     _ensure_subscription(sns, topic_arn, sns_tap_arn)
     tap_rule_arn = r.arn("events", f"rule/{r.event_bus}/{r.local_events_tap}")
-    events_tap_url, events_tap_arn = _ensure_queue(sqs, r.local_events_tap, r, allow=("events.amazonaws.com", tap_rule_arn))
+    events_tap_url, events_tap_arn = _ensure_queue(
+        sqs, r.local_events_tap, r, allow=("events.amazonaws.com", tap_rule_arn)
+    )
     _ensure_rule(
         events,
         r.local_events_tap,
         r.event_bus,
-        {"source": [PREDICTION_EVENT_SOURCE]},
+        {"source": [stack.EVENT_SOURCE]},
         [{"Id": "local-tap", "Arn": events_tap_arn}],
     )
     _LOG.info("provisioned %s (state machine %s)", r.prefix, state_machine_arn)
@@ -406,4 +426,4 @@ def provision(client: ClientFactory, resources: Resources, definition: str | Non
     )
 
 
-__all__ = ["PREDICTION_EVENT_SOURCE", "Provisioned", "image_uri", "provision", "role_names"]
+__all__ = ["Provisioned", "image_uri", "provision"]

@@ -45,8 +45,8 @@ from inferpipe.local.guard import TOKEN_HEADER, BrowserGuard, ControlGuard
 from inferpipe.local.persistence import Snapshotter
 from inferpipe.local.pipes import PipeRunner
 from inferpipe.local.provision import Provisioned, provision
-from inferpipe.local.spec import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
 from inferpipe.local.usage import UsageMeter
+from inferpipe.stack.resources import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, Resources, render_resources
 
 _LOG = logging.getLogger("inferpipe.local.stack")
 

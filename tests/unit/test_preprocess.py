@@ -736,7 +736,7 @@ OTHER_EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:inferpipe-pip
 def claims_stack(stack: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """GIVEN the preprocess stack with a claims table, made as the local stack makes it."""
     from inferpipe.local.provision import _ensure_claims_table
-    from inferpipe.local.spec import render_resources
+    from inferpipe.stack.resources import render_resources
 
     ddb = boto3.client("dynamodb", region_name="us-east-1")
     claims = dataclasses.replace(render_resources().claims, table="claims-table")

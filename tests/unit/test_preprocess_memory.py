@@ -21,7 +21,7 @@ from functions.common.config import (
     ImageLimits,
     pixels_for_memory,
 )
-from inferpipe.local.spec import render_resources
+from inferpipe.stack.resources import render_resources
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = (6000, 6600)  # 39.6 MP, under MAX_IMAGE_PIXELS (40 MP)

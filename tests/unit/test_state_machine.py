@@ -19,8 +19,8 @@ from functions.common.errors import (
     TRANSIENT_ERROR_NAMES,
 )
 from functions.sink.status import RECORDED_FAIL_STATES
-from inferpipe.local.spec import render_asl
 from inferpipe.paths import REPO_ROOT, STACK_FILE
+from inferpipe.stack.resources import render_asl
 
 ASL_PATH = REPO_ROOT / "state_machine" / "pipeline.asl.json"
 STACK = json.loads(STACK_FILE.read_text())

@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Mapping
@@ -24,28 +23,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from functions.common import stack as definition
 from functions.common.batch import Defaults  # the deployment defaults, as the functions read them from the ASL
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STACK_FILE = REPO_ROOT / "config" / "stack.json"
+from inferpipe.paths import REPO_ROOT
 
 #: Local defaults: moto's default account and region.
 DEFAULT_ACCOUNT_ID = "123456789012"
 DEFAULT_REGION = "us-east-1"
 
-#: Names stack.json does not (yet) define; used when it lacks the key of the same name.
-_FALLBACK_NAMES = {"trigger_dlq": "${prefix}-trigger-dlq"}
-
 #: Local-only observers (not part of the product): read SNS and the predictions bus back.
 LOCAL_SNS_TAP = "${prefix}-local-sns-tap"
 LOCAL_EVENTS_TAP = "${prefix}-local-events-tap"
-
-#: The ASL placeholder for each function's ARN.
-FUNCTION_ARN_PLACEHOLDERS = {
-    "preprocess": "PreprocessFunctionArn",
-    "inference": "InferenceFunctionArn",
-    "sink": "SinkFunctionArn",
-}
 
 #: One template token, scanned left to right as HCL does: an escape ("$${", "%%{"), a placeholder
 #: "${Name}", or any other "${"/"%{" (an expression or directive we do not support).
@@ -110,18 +98,19 @@ def render_asl(text: str, values: Mapping[str, Any]) -> str:
 
 
 def _render_value(value: Any, variables: Mapping[str, Any]) -> Any:
+    """Decoded JSON (frozen or not) with every string rendered; lists and dicts come back plain."""
     if isinstance(value, str):
         return render_template(value, variables)
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_render_value(item, variables) for item in value]
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {key: _render_value(item, variables) for key, item in value.items()}
     return value
 
 
 @dataclass(frozen=True)
 class FunctionSpec:
-    """One Lambda function: its name, handler command, size, timeout and variable names."""
+    """One Lambda function: its name, handler command, size, timeout, variable names and placeholders."""
 
     key: str  # "preprocess" | "inference" | "sink"
     name: str
@@ -129,6 +118,10 @@ class FunctionSpec:
     memory_mb: int
     timeout_s: int
     environment: tuple[str, ...]  # exactly the variables this function receives
+    #: the ``${Name}`` of its ARN in the ASL and the policy templates, e.g. "SinkFunctionArn"
+    function_arn_placeholder: str
+    #: the ``${Name}`` of its log group's ARN in the policy templates, e.g. "SinkLogGroupArn"
+    log_group_arn_placeholder: str
 
 
 @dataclass(frozen=True)
@@ -153,6 +146,15 @@ class TriggerBuffer:
     visibility_timeout_s: int
     max_receive_count: int
     input_template: str
+
+
+@dataclass(frozen=True)
+class TriggerTarget:
+    """stack.json ``trigger_target``: the trigger rule's one target's id and retry policy."""
+
+    id: str
+    maximum_event_age_s: int
+    maximum_retry_attempts: int
 
 
 @dataclass(frozen=True)
@@ -213,14 +215,19 @@ class Resources:
     trigger_dlq: str
     trigger_pattern_json: str
     functions: Mapping[str, FunctionSpec]
+    #: stack.json ``function_environment.values``: variable name -> pattern over the stack's values
+    environment: Mapping[str, str]
     settings: Mapping[str, str]
     defaults: Defaults
     local_sns_tap: str  # local observer queue subscribed to the topic (not in the product)
     local_events_tap: str  # local observer queue + rule on the predictions bus (not in the product)
     local_lambda: LocalLambda
     trigger_buffer: TriggerBuffer
+    trigger_target: TriggerTarget
     status_rule: StatusRule
     backfill: Backfill
+    keep_warm_schedule: str  # the optional keep-warm schedule (Terraform's keep_warm_enabled)
+    image_repository: str  # the functions' container image repository (ECR)
 
     @property
     def trigger_pattern(self) -> dict[str, Any]:
@@ -263,12 +270,6 @@ class Resources:
         return self.arn("lambda", f"function:{self.functions[key].name}")
 
 
-def load_stack(path: Path = STACK_FILE) -> dict[str, Any]:
-    """The raw stack definition."""
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
 def render_resources(
     prefix: str | None = None,
     account_id: str = DEFAULT_ACCOUNT_ID,
@@ -282,9 +283,9 @@ def render_resources(
     ``default_model`` replaces the file's ``defaults.model``, as Terraform's ``default_model``
     variable does (None: the file's).
     """
-    raw = copy.deepcopy(dict(stack if stack is not None else load_stack()))
+    raw = stack if stack is not None else definition.STACK
     prefix = prefix or raw["prefix"]
-    defaults = raw["defaults"]
+    defaults = dict(raw["defaults"])
     if default_model is not None:
         defaults["model"] = default_model
     variables: dict[str, Any] = {
@@ -296,10 +297,12 @@ def render_resources(
     }
     buckets = _render_value(raw["buckets"], variables)
     variables.update({f"{name}_bucket": bucket for name, bucket in buckets.items()})
-    names = {key: _render_value(raw.get(key, fallback), variables) for key, fallback in _FALLBACK_NAMES.items()}
     state_machine = _render_value(raw["state_machine"], variables)
     status = raw["status_rule"]
-    status_vars = {**variables, "state_machine_arn": f"arn:aws:states:{region}:{account_id}:stateMachine:{state_machine}"}
+    status_vars = {
+        **variables,
+        "state_machine_arn": f"arn:aws:states:{region}:{account_id}:stateMachine:{state_machine}",
+    }
     functions = {
         key: FunctionSpec(
             key=key,
@@ -308,9 +311,13 @@ def render_resources(
             memory_mb=int(spec["memory_mb"]),
             timeout_s=int(spec["timeout_s"]),
             environment=tuple(spec["environment"]),
+            function_arn_placeholder=str(spec["placeholders"]["function_arn"]),
+            log_group_arn_placeholder=str(spec["placeholders"]["log_group_arn"]),
         )
         for key, spec in raw["functions"].items()
     }
+    # Names derived from the functions' (the keep-warm schedule's) may use ${<function>_function}.
+    function_vars = {**variables, **{f"{key}_function": spec.name for key, spec in functions.items()}}
     return Resources(
         prefix=prefix,
         account_id=account_id,
@@ -328,9 +335,10 @@ def render_resources(
         state_machine=state_machine,
         definition_path=REPO_ROOT / raw["state_machine_definition"],
         trigger_rule=_render_value(raw["trigger_rule"], variables),
-        trigger_dlq=names["trigger_dlq"],
+        trigger_dlq=_render_value(raw["trigger_dlq"], variables),
         trigger_pattern_json=json.dumps(_render_value(raw["trigger_pattern"], variables), sort_keys=True),
         functions=MappingProxyType(functions),
+        environment=MappingProxyType(dict(raw["function_environment"]["values"])),
         settings=MappingProxyType({k: str(_render_value(v, variables)) for k, v in raw["settings"].items()}),
         defaults=Defaults(
             sinks=tuple(defaults["sinks"]),
@@ -353,6 +361,11 @@ def render_resources(
             max_receive_count=int(raw["trigger_buffer"]["max_receive_count"]),
             input_template=str(raw["trigger_buffer"]["input_template"]),
         ),
+        trigger_target=TriggerTarget(
+            id=str(raw["trigger_target"]["id"]),
+            maximum_event_age_s=int(raw["trigger_target"]["maximum_event_age_s"]),
+            maximum_retry_attempts=int(raw["trigger_target"]["maximum_retry_attempts"]),
+        ),
         status_rule=StatusRule(
             rule=_render_value(status["rule"], variables),
             target_id=str(status["target_id"]),
@@ -370,6 +383,8 @@ def render_resources(
             tolerated_failure_percentage=float(raw["backfill"]["tolerated_failure_percentage"]),
             results_prefix=str(raw["backfill"]["results_prefix"]),
         ),
+        keep_warm_schedule=_render_value(raw["keep_warm"]["schedule"], function_vars),
+        image_repository=_render_value(raw["image_repository"], variables),
     )
 
 
@@ -385,26 +400,25 @@ def _local_lambda(raw: Mapping[str, Any], functions: Mapping[str, FunctionSpec])
 
 
 def function_environment(resources: Resources, function_key: str, *, queue_url: str | None = None) -> dict[str, str]:
-    """Exactly the variables stack.json lists for ``function_key``, with this stack's values.
+    """Exactly the variables stack.json lists for ``function_key``, with this stack's values
+    (stack.json ``function_environment`` and ``settings``; Terraform renders the same patterns).
 
     ``queue_url`` is the URL ``CreateQueue`` returned (defaults to the AWS form of the URL).
 
     >>> sorted(function_environment(render_resources(), "sink"))[:2]
     ['OUTPUT_BUCKET', 'OUTPUT_PREFIX']
     """
-    values: dict[str, str] = {
-        "INPUT_BUCKET": resources.buckets["input"],
-        "INPUT_KEY_PREFIX": "",  # the local stack owns its whole input bucket
-        "MODEL_BUCKET": resources.buckets["models"],
-        "WORK_BUCKET": resources.buckets["work"],
-        "OUTPUT_BUCKET": resources.buckets["output"],
-        "PREDICTIONS_TABLE": resources.table,
-        "CLAIMS_TABLE": resources.claims.table,
-        "PREDICTIONS_TOPIC_ARN": resources.topic_arn,
-        "PREDICTIONS_QUEUE_URL": queue_url or resources.queue_url,
-        "PREDICTIONS_EVENT_BUS": resources.event_bus,
-        **resources.settings,
+    stack_values = {
+        **{f"{key}_bucket": bucket for key, bucket in resources.buckets.items()},
+        "input_key_prefix": "",  # the local stack owns its whole input bucket
+        "table": resources.table,
+        "claims_table": resources.claims.table,
+        "topic_arn": resources.topic_arn,
+        "queue_url": queue_url or resources.queue_url,
+        "event_bus": resources.event_bus,
     }
+    values = {name: render_template(pattern, stack_values) for name, pattern in resources.environment.items()}
+    values.update(resources.settings)
     names = resources.functions[function_key].environment
     unknown = [name for name in names if name not in values]
     if unknown:
@@ -416,7 +430,7 @@ def asl_values(resources: Resources, function_arns: Mapping[str, str] | None = N
     """The values of every placeholder in ``pipeline.asl.json`` (function ARNs default to AWS's form)."""
     arns = {key: resources.function_arn(key) for key in resources.functions}
     arns.update(function_arns or {})
-    values = {FUNCTION_ARN_PLACEHOLDERS[key]: arn for key, arn in arns.items() if key in FUNCTION_ARN_PLACEHOLDERS}
+    values = {spec.function_arn_placeholder: arns[key] for key, spec in resources.functions.items()}
     values.update(
         {
             "DefaultSinks": ",".join(resources.defaults.sinks),
@@ -431,18 +445,18 @@ def asl_values(resources: Resources, function_arns: Mapping[str, str] | None = N
 __all__ = [
     "DEFAULT_ACCOUNT_ID",
     "DEFAULT_REGION",
+    "Backfill",
+    "Claims",
     "Defaults",
     "FunctionSpec",
     "LocalLambda",
-    "Backfill",
-    "Claims",
     "Resources",
     "StatusRule",
     "TemplateError",
     "TriggerBuffer",
+    "TriggerTarget",
     "asl_values",
     "function_environment",
-    "load_stack",
     "render_asl",
     "render_resources",
     "render_template",

@@ -1,11 +1,11 @@
-"""The IAM policy documents Terraform deploys (``terraform/policies/*.json.tftpl``), rendered in Python.
+"""The stack's IAM roles and the policy documents Terraform deploys (``terraform/policies/*.json.tftpl``).
 
-Terraform renders each template with ``templatefile()`` (``terraform/locals.tf``, ``local.role_policies``)
-and attaches it as an inline policy (``terraform/iam.tf``). This module renders the very same files with
-the same Terraform-compatible renderer (:func:`inferpipe.local.spec.render_template`) and makes the same
-choice of templates per role, so the local stack and the tests can run each function, the state machine
-and the trigger under exactly the policies they get in AWS. ``tests/infra`` checks that real Terraform
-renders identical documents.
+stack.json ``iam.roles`` says, per role, which service assumes it, its name, when it exists and which
+templates it gets; Terraform reads the same data (``terraform/locals.tf``, ``local.role_policies``) and
+attaches each rendered template as an inline policy (``terraform/iam.tf``). This module renders the very
+same files with the same Terraform-compatible renderer (:func:`inferpipe.stack.resources.render_template`),
+so the local stack and the tests can run each function, the state machine and the trigger under exactly
+the policies they get in AWS. ``tests/infra`` checks that real Terraform renders identical structures.
 
 Example::
 
@@ -24,29 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from functions.common import stack
-from inferpipe.local.spec import REPO_ROOT, Resources, TemplateError, render_template
+from inferpipe.paths import REPO_ROOT
+from inferpipe.stack.resources import Resources, TemplateError, render_template
 
 POLICY_DIR = REPO_ROOT / "terraform" / "policies"
 TEMPLATE_SUFFIX = ".json.tftpl"
-#: The alias the state machine invokes in AWS (terraform/locals.tf ``function_alias``).
-FUNCTION_ALIAS = "live"
+#: The alias the state machine invokes in AWS (stack.json ``function_alias``).
+FUNCTION_ALIAS: str = stack.STACK["function_alias"]["name"]
 #: Sinks in the order config/stack.json lists them (terraform/locals.tf ``known_sinks`` reads the same list).
 KNOWN_SINKS = stack.SINKS
-#: Role key -> the service that assumes it (terraform/locals.tf ``role_services``); functions add theirs.
-ORCHESTRATION_ROLE_SERVICES = {
-    "state_machine": "states.amazonaws.com",
-    "trigger": "events.amazonaws.com",
-    "keep_warm": "scheduler.amazonaws.com",
-}
-#: Roles only some deployments have (terraform/locals.tf ``role_services``): the pipe's in the
-#: batched trigger mode, the backfill state machine's with the output bucket.
-OPTIONAL_ROLE_SERVICES = {
-    "pipe": "pipes.amazonaws.com",
-    "backfill": "states.amazonaws.com",
-}
-#: Placeholder of the log group ARN / function ARN of each function.
-_LOG_GROUP_PLACEHOLDERS = {"preprocess": "PreprocessLogGroupArn", "inference": "InferenceLogGroupArn", "sink": "SinkLogGroupArn"}
-_FUNCTION_PLACEHOLDERS = {"preprocess": "PreprocessFunctionArn", "inference": "InferenceFunctionArn", "sink": "SinkFunctionArn"}
+#: Role key -> its rules (stack.json ``iam.roles``): service, name pattern, when, policies, sink_policies, xray, kms.
+ROLES: Mapping[str, Mapping[str, Any]] = stack.STACK["iam"]["roles"]
 _PLACEHOLDER = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -101,6 +89,8 @@ def policy_values(
         "WorkPrefix": resources.settings["WORK_PREFIX"],
         "OutputBucket": resources.buckets["output"],
         "OutputPrefix": resources.settings["OUTPUT_PREFIX"],
+        "LedgerPrefix": stack.LEDGER_PREFIX,
+        "FailurePrefix": stack.FAILURE_PREFIX,
         "TableArn": resources.table_arn,
         "ClaimsTableArn": resources.claims_table_arn,
         "TopicArn": resources.topic_arn,
@@ -116,13 +106,36 @@ def policy_values(
         "BackfillStateMachineName": resources.backfill.state_machine,
         "BackfillResultsPrefix": resources.backfill.results_prefix,
     }
-    for key, placeholder in _LOG_GROUP_PLACEHOLDERS.items():
-        values[placeholder] = resources.arn("logs", f"log-group:{function_log_group(resources, key)}")
-    for key, placeholder in _FUNCTION_PLACEHOLDERS.items():
-        values[placeholder] = arns[key]
+    for key, spec in resources.functions.items():
+        values[spec.log_group_arn_placeholder] = resources.arn(
+            "logs", f"log-group:{function_log_group(resources, key)}"
+        )
+        values[spec.function_arn_placeholder] = arns[key]
     if partition != "aws":
         values = {name: value.replace("arn:aws:", f"arn:{partition}:", 1) for name, value in values.items()}
     return values
+
+
+def role_names(resources: Resources) -> dict[str, str]:
+    """Role key -> IAM role name, for every role stack.json defines (terraform/locals.tf ``role_names``).
+
+    A pattern may use the stack's names, the keep-warm schedule's as ``${keep_warm}`` and each
+    function's as ``${<function>_function}``.
+    """
+    names = {
+        "state_machine": resources.state_machine,
+        "trigger_rule": resources.trigger_rule,
+        "pipe": resources.trigger_buffer.pipe,
+        "backfill_state_machine": resources.backfill.state_machine,
+        "keep_warm": resources.keep_warm_schedule,
+        **{f"{key}_function": spec.name for key, spec in resources.functions.items()},
+    }
+    return {key: render_template(role["name"], names) for key, role in ROLES.items()}
+
+
+def _roles_enabled(*, keep_warm: bool, trigger: bool, pipe: bool, backfill: bool) -> dict[str, bool]:
+    """stack.json ``iam.roles.*.when`` -> whether this deployment has such roles (terraform/locals.tf ``role_enabled``)."""
+    return {"always": True, "direct": trigger, "batched": pipe, "backfill": backfill, "keep_warm": keep_warm}
 
 
 def role_policy_templates(
@@ -141,9 +154,8 @@ def role_policy_templates(
     ``sinks`` defaults to the stack's default sinks, as Terraform's ``var.sinks`` does. ``trigger``
     (the rule's target role) and ``pipe`` (the pipe's role) follow Terraform's ``trigger_mode``:
     "direct" is ``trigger=True, pipe=False``, "batched" ``trigger=False, pipe=True``. ``backfill``:
-    the backfill state machine's role (Terraform creates it with the output bucket). ``trigger=False``
-    maps the trigger role to ``[]``; the pipe and backfill roles appear only when asked for, so the
-    defaults give what they always gave.
+    the backfill state machine's role (Terraform creates it with the output bucket). As in Terraform,
+    every role stack.json defines is a key, and a role this deployment does not have maps to ``[]``.
 
     Example::
 
@@ -154,24 +166,22 @@ def role_policy_templates(
     unknown = enabled - set(KNOWN_SINKS)
     if unknown:
         raise ValueError(f"unknown sink(s): {', '.join(sorted(unknown))}; known: {', '.join(KNOWN_SINKS)}")
-    common = (["xray"] if xray else []) + (["kms"] if kms else [])
-    templates = {
-        "preprocess": ["preprocess", *common],
-        "inference": ["inference", *common],
-        "sink": ["sink", *[f"sink-{sink}" for sink in KNOWN_SINKS if sink in enabled], *common],
-        "state_machine": ["state-machine", *(["xray"] if xray else [])],
-        "trigger": ["trigger"] if trigger else [],
-        "keep_warm": ["keep-warm"] if keep_warm else [],
-    }
-    # Roles only some deployments have appear only when asked for (Terraform maps them to [] otherwise).
-    if pipe:
-        templates["pipe"] = ["pipe", *(["kms"] if kms else [])]
-    if backfill:
-        templates["backfill"] = ["backfill", *(["xray"] if xray else []), *(["kms"] if kms else [])]
-    missing = set(resources.functions) - set(templates)
+    missing = set(resources.functions) - set(ROLES)
     if missing:
         raise KeyError(f"no policy templates for function(s): {', '.join(sorted(missing))}")
-    return templates
+    exists = _roles_enabled(keep_warm=keep_warm, trigger=trigger, pipe=pipe, backfill=backfill)
+    sink_templates = [f"sink-{sink}" for sink in KNOWN_SINKS if sink in enabled]
+    return {
+        key: [
+            *role["policies"],
+            *(sink_templates if role["sink_policies"] else []),
+            *(["xray"] if role["xray"] and xray else []),
+            *(["kms"] if role["kms"] and kms else []),
+        ]
+        if exists[role["when"]]
+        else []
+        for key, role in ROLES.items()
+    }
 
 
 def role_services(
@@ -182,20 +192,12 @@ def role_services(
     pipe: bool = False,
     backfill: bool = False,
 ) -> dict[str, str]:
-    """Role key -> the service principal that assumes it (terraform/locals.tf ``role_services``).
-
-    ``trigger``, ``pipe`` and ``backfill`` as in :func:`role_policy_templates`.
+    """Role key -> the service principal that assumes it, for the roles this deployment has
+    (terraform/locals.tf ``role_services``). ``trigger``, ``pipe`` and ``backfill`` as in
+    :func:`role_policy_templates`.
     """
-    services = {key: "lambda.amazonaws.com" for key in resources.functions}
-    services.update(ORCHESTRATION_ROLE_SERVICES)
-    if not keep_warm:
-        del services["keep_warm"]
-    if not trigger:
-        del services["trigger"]
-    for key, wanted in (("pipe", pipe), ("backfill", backfill)):
-        if wanted:
-            services[key] = OPTIONAL_ROLE_SERVICES[key]
-    return services
+    exists = _roles_enabled(keep_warm=keep_warm, trigger=trigger, pipe=pipe, backfill=backfill)
+    return {key: str(role["service"]) for key, role in ROLES.items() if exists[role["when"]]}
 
 
 def render_policy(text: str, values: Mapping[str, str]) -> dict[str, Any]:
@@ -249,13 +251,14 @@ def role_policies(
 __all__ = [
     "FUNCTION_ALIAS",
     "KNOWN_SINKS",
-    "OPTIONAL_ROLE_SERVICES",
     "POLICY_DIR",
+    "ROLES",
     "function_log_group",
     "placeholders",
     "policy_templates",
     "policy_values",
     "render_policy",
+    "role_names",
     "role_policies",
     "role_policy_templates",
     "role_services",
