@@ -62,7 +62,7 @@ variable "image_tag" {
 }
 
 variable "create_ecr_repository" {
-  description = "Create the ECR repository (named by stack.json's image_repository) with immutable tags, scan on push and a lifecycle policy. false (default): the repository exists already, e.g. created by `make push`. With true, create it first (terraform apply -target=aws_ecr_repository.this), push the image, then apply everything."
+  description = "Create the ECR repository (named by stack.json's image_repository) with immutable tags, scan on push and a lifecycle policy. false (default): the repository exists already (created by you, or by another stack). With true (what `make deploy` passes), create it first (terraform apply -target=aws_ecr_repository.this), push the image, then apply everything."
   type        = bool
   default     = false
 }
