@@ -71,6 +71,7 @@ def _remaining_s() -> float | None:
     deadline = _deadline.get()
     return None if deadline is None else deadline - time.monotonic()
 
+
 #: Error codes that mean "try again later". The union of botocore's standard retry mode lists
 #: (botocore/retries/standard.py: ThrottledRetryableChecker, TransientRetryableChecker) and the
 #: throttling errors the service models of what we call declare under their own names: SNS
@@ -139,9 +140,15 @@ def client(service: str) -> Any:
             explicit = {}
             if credentials is not None:
                 access_key, secret_key, token = credentials
-                explicit = {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key, "aws_session_token": token}
+                explicit = {
+                    "aws_access_key_id": access_key,
+                    "aws_secret_access_key": secret_key,
+                    "aws_session_token": token,
+                }
             connect, read, attempts = tier
-            config = Config(retries={"mode": "standard", "total_max_attempts": attempts}, connect_timeout=connect, read_timeout=read)
+            config = Config(
+                retries={"mode": "standard", "total_max_attempts": attempts}, connect_timeout=connect, read_timeout=read
+            )
             _clients[key] = boto3.session.Session().client(service, config=config, **explicit)
         return _clients[key]
 

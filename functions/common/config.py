@@ -147,11 +147,11 @@ class ImageLimits:
 __all__ = [
     "DECODE_BYTES_PER_PIXEL",
     "ImageLimits",
-    "pixels_for_memory",
     "environ",
     "invocation_credentials",
     "invocation_environment",
     "optional",
+    "pixels_for_memory",
     "positive_int",
     "require",
 ]

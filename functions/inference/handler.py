@@ -20,7 +20,16 @@ from functions.common.log import bind, lambda_context, logger, object_uri
 from functions.common.manifest import Manifest
 from functions.common.model_store import ModelStore, cached_store
 from functions.common.request import TensorRef
-from functions.common.work import CLASSIFIED, CLASSIFIED_STATUS, FAILED, check_ref, counts, get_document, item_error, put_document
+from functions.common.work import (
+    CLASSIFIED,
+    CLASSIFIED_STATUS,
+    FAILED,
+    check_ref,
+    counts,
+    get_document,
+    item_error,
+    put_document,
+)
 from functions.inference.core import LoadedModel, ModelCache, load_model, predict_batch, settle_garbage
 
 #: Milliseconds this module took to import (MXNet, oneDNN, boto3): the first part of a cold start.
@@ -71,7 +80,11 @@ def get_model(name: str, version: str, timings: dict[str, float]) -> tuple[Loade
         first_forward = model.load_parts_ms.get("first_forward", 0.0)
         with _lock:
             if "load" not in _init:  # the first model this process loads: part of its cold start
-                _init.update(fetch=timings["fetch_model"], load=timings["load_model"] - first_forward, first_forward=first_forward)
+                _init.update(
+                    fetch=timings["fetch_model"],
+                    load=timings["load_model"] - first_forward,
+                    first_forward=first_forward,
+                )
         logger.info(
             "model loaded",
             extra={
@@ -136,7 +149,10 @@ def warm_up() -> dict[str, Any]:
         "init_ms": init_timings(),
     }
     # "cold_start" in log lines is Powertools' (first invocation of this process): ours is model_cache_hit.
-    logger.info("warm-up done", extra={"model_cache_hit": hit, "timings_ms": warmed["timings_ms"], "version": model.manifest.version})
+    logger.info(
+        "warm-up done",
+        extra={"model_cache_hit": hit, "timings_ms": warmed["timings_ms"], "version": model.manifest.version},
+    )
     return {"warmed": warmed}
 
 
@@ -168,7 +184,10 @@ def preload_default_model() -> dict[str, Any] | None:
     try:
         get_model(name, version, {})
     except Exception as exc:  # noqa: BLE001 - init must not crash the function
-        logger.warning("default model preload failed; the first invocation loads it", extra={"error": f"{type(exc).__name__}: {exc}"})
+        logger.warning(
+            "default model preload failed; the first invocation loads it",
+            extra={"error": f"{type(exc).__name__}: {exc}"},
+        )
         return None
     with _lock:
         _init["preloaded"] = f"{name}:{version}"
@@ -224,7 +243,10 @@ def classify_batch(ref: Any, execution_id: str | None) -> dict[str, Any]:
         except PermanentError as exc:
             for entry in members:
                 entry.update(status=FAILED, error=item_error(exc, state="Inference"))
-            logger.warning("model failed for its objects", extra={"error": type(exc).__name__, "reason": str(exc), "objects": len(members)})
+            logger.warning(
+                "model failed for its objects",
+                extra={"error": type(exc).__name__, "reason": str(exc), "objects": len(members)},
+            )
             continue
         hits.append(hit)
         t0 = time.perf_counter()
@@ -234,12 +256,17 @@ def classify_batch(ref: Any, execution_id: str | None) -> dict[str, Any]:
         predictions = predict_batch(model, tensor, [int(entry["top_k"]) for entry in members])
         timings["forward"] += (time.perf_counter() - t0) * 1000.0
         described = _describe_model(model.manifest)
-        for entry, top_k in zip(members, predictions):
+        for entry, top_k in zip(members, predictions, strict=True):
             entry.update(status=CLASSIFIED_STATUS, prediction={"model": described, "top_k": top_k})
     document.pop("groups", None)  # the tensors are not needed past this step
     out = put_document(s3, ref["bucket"], ref["key"].rsplit("/", 1)[0] + "/" + CLASSIFIED, document)
     timings["total"] = (time.perf_counter() - started) * 1000.0
-    summary: dict[str, Any] = {"batch": out, **counts(document["items"]), "timings_ms": _rounded(timings), "cold_start": not all(hits)}
+    summary: dict[str, Any] = {
+        "batch": out,
+        **counts(document["items"]),
+        "timings_ms": _rounded(timings),
+        "cold_start": not all(hits),
+    }
     init = _take_init_report()
     if init is not None:  # the first invocation of this process: its cold start, in parts
         summary["init_ms"] = init
@@ -267,7 +294,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         bind()
         return warm_up()
     if not isinstance(event, dict) or "batch" not in event:
-        raise InvalidRequestError('inference input must be an object {"batch": {"bucket", "key"}, "execution_id": "..."} or {"warmup": true}')
+        raise InvalidRequestError(
+            'inference input must be an object {"batch": {"bucket", "key"}, "execution_id": "..."} or {"warmup": true}'
+        )
     execution_id = event.get("execution_id") if isinstance(event.get("execution_id"), str) else None
     bind(execution_id=execution_id)
     return classify_batch(check_ref(event["batch"]), execution_id)

@@ -79,7 +79,9 @@ class _ByteBudget:
     def reserve(self, index: int, size: int) -> None:
         size = min(size, self._limit)
         with self._cond:
-            self._cond.wait_for(lambda: self._closed or (self._next == index and (self._used == 0 or self._used + size <= self._limit)))
+            self._cond.wait_for(
+                lambda: self._closed or (self._next == index and (self._used == 0 or self._used + size <= self._limit))
+            )
             if self._closed:
                 raise _Cancelled()
             self._used += size
@@ -102,7 +104,9 @@ class _ByteBudget:
             self._cond.notify_all()
 
 
-def _fetch(item: Item, s3: Any, limits: ImageLimits, ownership: tuple[str | None, str | None], budget: _ByteBudget, turn: int) -> tuple[Fetched, float]:
+def _fetch(
+    item: Item, s3: Any, limits: ImageLimits, ownership: tuple[str | None, str | None], budget: _ByteBudget, turn: int
+) -> tuple[Fetched, float]:
     """One object's bytes (run in the fetch pool); raises a PermanentError naming what was wrong."""
     request = item.request
     assert request is not None
@@ -116,7 +120,9 @@ def _fetch(item: Item, s3: Any, limits: ImageLimits, ownership: tuple[str | None
     return fetched, (time.perf_counter() - t0) * 1000.0
 
 
-def _one(item: Item, fetched: Fetched, fetch_ms: float, resolve: Any, limits: ImageLimits) -> tuple[dict[str, Any], Manifest, np.ndarray]:
+def _one(
+    item: Item, fetched: Fetched, fetch_ms: float, resolve: Any, limits: ImageLimits
+) -> tuple[dict[str, Any], Manifest, np.ndarray]:
     """Entry of one fetched object and its tensor row; raises a PermanentError naming what was wrong."""
     request = item.request
     assert request is not None
@@ -162,8 +168,9 @@ def _fetched_in_order(
     pending = iter(enumerate(items))
 
     def submit() -> None:
-        turn, item = next(pending, (None, None))
-        if item is not None:
+        following = next(pending, None)
+        if following is not None:
+            turn, item = following
             window.append((item, pool.submit(_fetch, item, s3, limits, ownership, budget, turn), turn))
 
     try:
@@ -179,12 +186,19 @@ def _fetched_in_order(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _failed_entry(item: Item, error: BaseException | str, message: str | None = None, located: SourceObject | None = None) -> dict[str, Any]:
+def _failed_entry(
+    item: Item, error: BaseException | str, message: str | None = None, located: SourceObject | None = None
+) -> dict[str, Any]:
     """A FAILED entry; ``located``: the object as its GET read it, when the GET succeeded (its
     version, ETag and LastModified tell its failure record's order)."""
     request = item.request
     source = located.to_dict() if located is not None else item.named_source()
-    entry: dict[str, Any] = {"index": item.index, "status": FAILED, "source": source, "error": item_error(error, message)}
+    entry: dict[str, Any] = {
+        "index": item.index,
+        "status": FAILED,
+        "source": source,
+        "error": item_error(error, message),
+    }
     if request is not None:
         entry["model"] = {"name": request.model.name, "version": request.model.version, "resolved": False}
         entry["top_k"] = request.top_k
@@ -199,8 +213,13 @@ def _store_group(s3: Any, bucket: str, key: str, group: _Group) -> dict[str, Any
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     try:
-        s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue(), ContentType="application/octet-stream",
-                      Metadata={"model": group.manifest.name, "model-version": group.manifest.version})
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=buffer.getvalue(),
+            ContentType="application/octet-stream",
+            Metadata={"model": group.manifest.name, "model-version": group.manifest.version},
+        )
     except (ClientError, BotoCoreError) as exc:
         raise_transient(exc, f"PutObject s3://{bucket}/{key}")
     return {"bucket": bucket, "key": key, "shape": list(array.shape), "dtype": "float32"}
@@ -258,7 +277,10 @@ def preprocess_batch(
         except ConfigurationError:
             raise  # the deployment's fault, not this object's: the whole batch fails
         except PermanentError as exc:
-            logger.warning("object failed", extra={"object": item.request.source.uri, "error": type(exc).__name__, "reason": str(exc)})
+            logger.warning(
+                "object failed",
+                extra={"object": item.request.source.uri, "error": type(exc).__name__, "reason": str(exc)},
+            )
             entries.append(_failed_entry(item, exc, located=located))
             continue
         identity = (manifest.name, manifest.version, tuple(row.shape))
@@ -273,11 +295,15 @@ def preprocess_batch(
     entries.sort(key=lambda entry: entry["index"])
     tensors = []
     for number, group in enumerate(groups.values()):
-        tensors.append({
-            "model": {"name": group.manifest.name, "version": group.manifest.version},
-            "tensor": _store_group(s3, work_bucket, work_key(work_prefix, execution_id, f"tensor-{number}.npy"), group),
-            "items": group.items,
-        })
+        tensors.append(
+            {
+                "model": {"name": group.manifest.name, "version": group.manifest.version},
+                "tensor": _store_group(
+                    s3, work_bucket, work_key(work_prefix, execution_id, f"tensor-{number}.npy"), group
+                ),
+                "items": group.items,
+            }
+        )
     document = {
         "schema": SCHEMA,
         "execution_id": execution_id,
@@ -285,7 +311,9 @@ def preprocess_batch(
         "sinks": list(batch.sinks),
         "duplicates": batch.duplicates + len(owners),
         "claimed_elsewhere": [
-            {"index": item.index, "source": item.named_source(), "owner": owners[item.index]} for item in batch.items if item.index in owners
+            {"index": item.index, "source": item.named_source(), "owner": owners[item.index]}
+            for item in batch.items
+            if item.index in owners
         ],
         "items": entries,
         "groups": tensors,
@@ -297,8 +325,14 @@ def preprocess_batch(
         extra={
             **{k: summary[k] for k in ("objects", "failed", "succeeded", "duplicates")},
             "trigger": batch.trigger,
-            "first_object": next((object_uri(e["source"]["bucket"], e["source"]["key"], e["source"].get("version_id"))
-                                  for e in entries if e.get("source")), None),
+            "first_object": next(
+                (
+                    object_uri(e["source"]["bucket"], e["source"]["key"], e["source"].get("version_id"))
+                    for e in entries
+                    if e.get("source")
+                ),
+                None,
+            ),
             "ms": round((time.perf_counter() - started) * 1000.0, 1),
         },
     )

@@ -25,7 +25,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Input ``{"input": <the execution's input>, "defaults": {...}, "execution_id"}`` (ASL state
     Preprocess); output ``{"batch": {bucket, key}, "sinks", "objects", "succeeded", "failed", "duplicates"}``."""
     if not isinstance(event, dict) or "input" not in event:
-        raise InvalidRequestError('preprocess input must be an object {"input": ..., "defaults": {...}, "execution_id": "..."}')
+        raise InvalidRequestError(
+            'preprocess input must be an object {"input": ..., "defaults": {...}, "execution_id": "..."}'
+        )
     execution_id = event.get("execution_id") if isinstance(event.get("execution_id"), str) else None
     bind(execution_id=execution_id)
     try:

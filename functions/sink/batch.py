@@ -33,7 +33,13 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.common.aws import client, error_code, is_not_found, is_transient, raise_transient
-from functions.common.errors import ConfigurationError, InvalidRequestError, SinkNotConfiguredError, SinkUnavailableError, TransientError
+from functions.common.errors import (
+    ConfigurationError,
+    InvalidRequestError,
+    SinkNotConfiguredError,
+    SinkUnavailableError,
+    TransientError,
+)
 from functions.common.log import logger
 from functions.common.work import CLASSIFIED_STATUS, get_document
 from functions.sink import core
@@ -69,7 +75,9 @@ def records_of(document: Mapping[str, Any], execution_id: str) -> list[dict[str,
         if entry.get("status") != CLASSIFIED_STATUS:
             continue
         if not isinstance(entry.get("source"), dict) or not isinstance(entry.get("prediction"), dict):
-            raise InvalidRequestError(f"batch entry {entry.get('index')!r} is CLASSIFIED without a source and a prediction")
+            raise InvalidRequestError(
+                f"batch entry {entry.get('index')!r} is CLASSIFIED without a source and a prediction"
+            )
         records.append(core.build_record(entry["source"], entry["prediction"], execution_id))
     return records
 
@@ -94,7 +102,9 @@ def _ledger_read(dest: Destinations, key: str) -> tuple[set[str], set[str]]:
         if is_transient(exc):
             raise_transient(exc, f"reading the delivery ledger s3://{dest.output_bucket}/{key}")
         # An AccessDenied here must not read as "nothing published yet": that is duplicates.
-        raise SinkUnavailableError(f"cannot read the delivery ledger s3://{dest.output_bucket}/{key}: {error_code(exc)}") from exc
+        raise SinkUnavailableError(
+            f"cannot read the delivery ledger s3://{dest.output_bucket}/{key}: {error_code(exc)}"
+        ) from exc
     except BotoCoreError as exc:
         raise_transient(exc, f"reading the delivery ledger s3://{dest.output_bucket}/{key}")
     try:
@@ -105,21 +115,36 @@ def _ledger_read(dest: Destinations, key: str) -> tuple[set[str], set[str]]:
         return set(), set()
 
 
-def _ledger_write(dest: Destinations, key: str, sink: str, delivered: set[str], execution_id: str, location: str,
-                  sending: set[str] | None = None) -> None:
+def _ledger_write(
+    dest: Destinations,
+    key: str,
+    sink: str,
+    delivered: set[str],
+    execution_id: str,
+    location: str,
+    sending: set[str] | None = None,
+) -> None:
     """Write the ledger; a refusal is SinkUnavailableError, never a silent "published" (that is duplicates)."""
     if not dest.output_bucket:
         return
-    body = {"sink": sink, "location": location, "execution_id": execution_id, "delivered": sorted(delivered),
-            **({"sending": sorted(sending)} if sending else {})}
+    body = {
+        "sink": sink,
+        "location": location,
+        "execution_id": execution_id,
+        "delivered": sorted(delivered),
+        **({"sending": sorted(sending)} if sending else {}),
+    }
     where = f"the delivery ledger s3://{dest.output_bucket}/{key}"
     try:
-        client("s3").put_object(Bucket=dest.output_bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json")
+        client("s3").put_object(
+            Bucket=dest.output_bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json"
+        )
     except ClientError as exc:
         if is_transient(exc):
             raise_transient(exc, f"writing {where}")
-        raise SinkUnavailableError(f"cannot write {where}: {error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}"
-                                   .rstrip(": ")) from exc
+        raise SinkUnavailableError(
+            f"cannot write {where}: {error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
+        ) from exc
     except BotoCoreError as exc:
         raise_transient(exc, f"writing {where}")
 
@@ -189,7 +214,7 @@ def _events_call(dest: Destinations) -> tuple[str, _Call, _Answer]:
         transient, permanent, detail = [], [], ""
         if not response.get("FailedEntryCount"):
             return transient, permanent, detail
-        for record_id, entry in zip(ids, response.get("Entries") or []):
+        for record_id, entry in zip(ids, response.get("Entries") or [], strict=False):
             code = entry.get("ErrorCode")
             if code:
                 (transient if code in RETRIED_ENTRY_CODES else permanent).append(record_id)
@@ -208,8 +233,13 @@ def _entries(sink: str, records: list[dict[str, Any]], dest: Destinations) -> li
         elif sink == "sqs":
             entry = {"Id": "", "MessageBody": body, "MessageAttributes": _message_attributes(record)}
         else:
-            entry = {"Source": EVENT_SOURCE, "DetailType": EVENT_DETAIL_TYPE, "Detail": body, "EventBusName": dest.event_bus,
-                     "Resources": [record["execution_id"]]}
+            entry = {
+                "Source": EVENT_SOURCE,
+                "DetailType": EVENT_DETAIL_TYPE,
+                "Detail": body,
+                "EventBusName": dest.event_bus,
+                "Resources": [record["execution_id"]],
+            }
         out.append((record["record_id"], entry))
     return out
 
@@ -217,8 +247,10 @@ def _entries(sink: str, records: list[dict[str, Any]], dest: Destinations) -> li
 def _publish(sink: str, records: list[dict[str, Any]], dest: Destinations, execution_id: str) -> str:
     location, call, answer = {"sns": _sns_call, "sqs": _sqs_call, "eventbridge": _events_call}[sink](dest)
     if location.endswith(".fifo"):  # they need MessageGroupId; the pipeline deduplicates by its ledger instead
-        raise ConfigurationError(f"sink '{sink}' is a FIFO topic or queue ({location}): the pipeline publishes to standard ones; "
-                                 "point it at a standard topic or queue (Terraform creates standard ones)")
+        raise ConfigurationError(
+            f"sink '{sink}' is a FIFO topic or queue ({location}): the pipeline publishes to standard ones; "
+            "point it at a standard topic or queue (Terraform creates standard ones)"
+        )
     key = ledger_key(sink, records)
     delivered, interrupted = _ledger_read(dest, key)
     pending = [record for record in records if record["record_id"] not in delivered]
@@ -226,8 +258,10 @@ def _publish(sink: str, records: list[dict[str, Any]], dest: Destinations, execu
         logger.info("batch already published to this sink; not publishing again", extra={"ledger": key})
         return location
     if interrupted - delivered:
-        logger.warning("an earlier attempt stopped while publishing; those records go out again and may arrive twice",
-                       extra={"ledger": key, "records": len(interrupted - delivered)})
+        logger.warning(
+            "an earlier attempt stopped while publishing; those records go out again and may arrive twice",
+            extra={"ledger": key, "records": len(interrupted - delivered)},
+        )
     # Written before anything goes out: a ledger that cannot be written stops the delivery here,
     # with nothing published, instead of publishing what a retry would publish again.
     _ledger_write(dest, key, sink, delivered, execution_id, location, sending={r["record_id"] for r in pending})
@@ -244,19 +278,30 @@ def _publish(sink: str, records: list[dict[str, Any]], dest: Destinations, execu
                 ok = {record_id for record_id, _ in chunk} - set(transient) - set(permanent)
                 delivered |= ok
                 if permanent:
-                    raise SinkUnavailableError(f"sink '{sink}' refused {len(permanent)} record(s), e.g. {permanent[0]}: {detail}")
+                    raise SinkUnavailableError(
+                        f"sink '{sink}' refused {len(permanent)} record(s), e.g. {permanent[0]}: {detail}"
+                    )
                 retry.extend(by_id[record_id] for record_id in transient)
             if not retry:
                 break
             pending = retry
             if attempt + 1 == ENTRY_ATTEMPTS:
-                raise TransientError(f"sink '{sink}': {len(retry)} record(s) still failing after {ENTRY_ATTEMPTS} attempts: {detail}")
+                raise TransientError(
+                    f"sink '{sink}': {len(retry)} record(s) still failing after {ENTRY_ATTEMPTS} attempts: {detail}"
+                )
             time.sleep(0.2 * 2**attempt)
     except (SinkUnavailableError, TransientError, ConfigurationError) as exc:
         failure = exc
     except ClientError as exc:
-        failure = TransientError(f"delivering to sink '{sink}': {exc}") if is_transient(exc) else SinkUnavailableError(
-            f"sink '{sink}' refused the batch: {error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": "))
+        failure = (
+            TransientError(f"delivering to sink '{sink}': {exc}")
+            if is_transient(exc)
+            else SinkUnavailableError(
+                f"sink '{sink}' refused the batch: {error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(
+                    ": "
+                )
+            )
+        )
     except BotoCoreError as exc:  # a connection problem is transient, a missing region or credentials is not
         try:
             raise_transient(exc, f"delivering to sink '{sink}'")
@@ -267,7 +312,10 @@ def _publish(sink: str, records: list[dict[str, Any]], dest: Destinations, execu
     except (SinkUnavailableError, TransientError, ConfigurationError) as ledger_failure:
         if failure is None:
             raise  # published: the retry publishes again what the ledger could not note (at least once)
-        logger.error("could not note the delivery ledger after a failed publish", extra={"ledger": key, "reason": str(ledger_failure)})
+        logger.error(
+            "could not note the delivery ledger after a failed publish",
+            extra={"ledger": key, "reason": str(ledger_failure)},
+        )
     if failure is not None:
         raise failure
     return location
@@ -283,7 +331,7 @@ def _write_each(sink: str, records: list[dict[str, Any]], dest: Destinations) ->
         return one(records[0])
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES, thread_name_prefix=f"sink-{sink}") as pool:
         locations = list(pool.map(one, records))
-    common = os.path.commonprefix(locations)
+    common = os.path.commonprefix(locations)  # noqa: RUF071  (a string prefix, cut back to its last '/' below)
     return common if common.endswith("/") else common.rsplit("/", 1)[0] + "/"
 
 
@@ -300,8 +348,14 @@ def deliver_batch(sink: str, batch: Any, execution_id: str, dest: Destinations) 
         location = _publish(sink, records, dest, execution_id)
     else:
         location = _write_each(sink, records, dest)
-    logger.info("batch delivered", extra={"delivered": len(records), "location": location,
-                                          "ms": round((time.perf_counter() - started) * 1000.0, 1)})
+    logger.info(
+        "batch delivered",
+        extra={
+            "delivered": len(records),
+            "location": location,
+            "ms": round((time.perf_counter() - started) * 1000.0, 1),
+        },
+    )
     return {"sink": sink, "status": DELIVERED, "delivered": len(records), "location": location}
 
 

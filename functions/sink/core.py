@@ -29,13 +29,13 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from functions.common import config, stack
 from botocore.exceptions import BotoCoreError, ClientError
 
+from functions.common import config, stack
 from functions.common.aws import client, error_code, is_transient, raise_transient
 from functions.common.errors import InvalidRequestError, SinkNotConfiguredError, SinkUnavailableError, TransientError
 from functions.common.log import logger, object_uri
@@ -82,7 +82,14 @@ class Destinations:
 
 def record_id(source: Mapping[str, Any], model: Mapping[str, Any], top_k: int) -> str:
     """Stable id of one prediction: (object version, model version, number of classes)."""
-    parts = [source["bucket"], source["key"], source.get("version_id") or "", model["name"], model["version"], str(top_k)]
+    parts = [
+        source["bucket"],
+        source["key"],
+        source.get("version_id") or "",
+        model["name"],
+        model["version"],
+        str(top_k),
+    ]
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
@@ -95,10 +102,12 @@ def build_record(
         top_k = list(prediction["top_k"])
         bucket, key = source["bucket"], source["key"]
     except (KeyError, TypeError) as missing:
-        raise InvalidRequestError(f"sink input lacks {missing}: expected source{{bucket,key}} and prediction{{model,top_k}}") from None
+        raise InvalidRequestError(
+            f"sink input lacks {missing}: expected source{{bucket,key}} and prediction{{model,top_k}}"
+        ) from None
     if not top_k:
         raise InvalidRequestError("sink input has an empty prediction.top_k")
-    created = (now or datetime.now(timezone.utc)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    created = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return {
         "schema": SCHEMA,
         "record_id": record_id(source, model, len(top_k)),
@@ -162,7 +171,9 @@ def _to_dynamodb(record: dict[str, Any], dest: Destinations) -> str:
         "model_version": {"S": record["model"]["version"]},
         "label": {"S": str(record["top1"]["label"])},
         "probability": {"N": str(Decimal(str(round(float(record["top1"]["probability"]), 6))))},
-        "top_k": {"S": json.dumps(record["top_k"], ensure_ascii=False, separators=(",", ":"))},  # compact: billed by the KB
+        "top_k": {
+            "S": json.dumps(record["top_k"], ensure_ascii=False, separators=(",", ":"))
+        },  # compact: billed by the KB
         "execution_id": {"S": record["execution_id"]},
         "recorded_at": {"S": record["recorded_at"]},
     }
@@ -210,7 +221,9 @@ def deliver(sink: str, record: dict[str, Any], dest: Destinations) -> str:
             raise TransientError(f"delivering to sink '{sink}': {exc}") from exc
         error = exc.response.get("Error", {})
         raise SinkUnavailableError(
-            f"sink '{sink}' refused the record {record['record_id']}: {error_code(exc)}: {error.get('Message', '')}".rstrip(": ")
+            f"sink '{sink}' refused the record {record['record_id']}: {error_code(exc)}: {error.get('Message', '')}".rstrip(
+                ": "
+            )
         ) from exc
     except BotoCoreError as exc:  # connection problems, timeouts
         raise_transient(exc, f"delivering to sink '{sink}'")
@@ -274,7 +287,7 @@ def build_failure(event: Mapping[str, Any], now: datetime | None = None) -> dict
     elif request is not None and "model" in request:
         model = {"name": request.get("model"), "version": request.get("model_version"), "resolved": False}
     deliveries = context.get("deliveries") if isinstance(context.get("deliveries"), list) else []
-    created = (now or datetime.now(timezone.utc)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    created = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     record: dict[str, Any] = {
         "schema": FAILURE_SCHEMA,
         "status": FAILED,
@@ -289,8 +302,12 @@ def build_failure(event: Mapping[str, Any], now: datetime | None = None) -> dict
     if source is not None:
         record["source"] = {**source, "uri": object_uri(source["bucket"], source["key"], source["version_id"])}
     if deliveries:
-        record["delivered_sinks"] = sorted(d["sink"] for d in deliveries if isinstance(d, Mapping) and d.get("status") != FAILED)
-        record["failed_sinks"] = sorted(d["sink"] for d in deliveries if isinstance(d, Mapping) and d.get("status") == FAILED)
+        record["delivered_sinks"] = sorted(
+            d["sink"] for d in deliveries if isinstance(d, Mapping) and d.get("status") != FAILED
+        )
+        record["failed_sinks"] = sorted(
+            d["sink"] for d in deliveries if isinstance(d, Mapping) and d.get("status") == FAILED
+        )
     if source is None:
         raw = failure.get("input", request)
         text = json.dumps(raw, ensure_ascii=False, default=str)
@@ -326,8 +343,12 @@ def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]
             )
             written.update(s3=f"s3://{dest.output_bucket}/{key}", s3_key=key)
         elif dest.output_bucket:
-            outcome = views.publish(client("s3"), dest.output_bucket, views.FAILURE, record, prefixes(dest), _failure_metadata(record))
-            written.update(s3=f"s3://{dest.output_bucket}/{outcome.key}", s3_version_key=outcome.version_key, view=outcome.view)
+            outcome = views.publish(
+                client("s3"), dest.output_bucket, views.FAILURE, record, prefixes(dest), _failure_metadata(record)
+            )
+            written.update(
+                s3=f"s3://{dest.output_bucket}/{outcome.key}", s3_version_key=outcome.version_key, view=outcome.view
+            )
             if outcome.view != "kept":
                 written["s3_key"] = outcome.latest_key
         if dest.table and source is not None:

@@ -60,7 +60,10 @@ def _items(event: Mapping[str, Any]) -> list[dict[str, Any]]:
         if item.request is not None:
             entry["model"] = {"name": item.request.model.name, "version": item.request.model.version, "resolved": False}
         else:
-            entry.update(status=FAILED, error={"type": "InvalidRequestError", "message": item.problem or "", "state": "Preprocess"})
+            entry.update(
+                status=FAILED,
+                error={"type": "InvalidRequestError", "message": item.problem or "", "state": "Preprocess"},
+            )
         items.append(entry)
     return items
 
@@ -77,7 +80,9 @@ def _context(entry: Mapping[str, Any], deliveries: list[Any]) -> dict[str, Any]:
     return context
 
 
-def record_batch_failures(event: Mapping[str, Any], dest: Destinations, keep_error_names: bool = False) -> dict[str, Any]:
+def record_batch_failures(
+    event: Mapping[str, Any], dest: Destinations, keep_error_names: bool = False
+) -> dict[str, Any]:
     """Write the failure records of one failed execution; the error and cause it ends with.
 
     ``keep_error_names``: record ``States.*`` errors under their own name (the status recorder,
@@ -96,21 +101,36 @@ def record_batch_failures(event: Mapping[str, Any], dest: Destinations, keep_err
     for entry in items:
         if entry.get("status") == FAILED:
             error = entry.get("error") or {}
-            state, error_type, cause = error.get("state", "Preprocess"), error.get("type", "PipelineError"), error.get("message", "")
+            state, error_type, cause = (
+                error.get("state", "Preprocess"),
+                error.get("type", "PipelineError"),
+                error.get("message", ""),
+            )
         elif task_failed:
             state, error_type, cause = failure.get("state"), failure.get("error"), failure.get("cause", "")
         elif failed_sink is not None and entry.get("status") == CLASSIFIED_STATUS:
             state, error_type, cause = "Deliver", failed_sink.get("error"), failed_sink.get("cause", "")
         elif entry.get("status") != CLASSIFIED_STATUS:
             # Not classified, and nothing says why (the batch document could not be read): the note's error.
-            state, error_type, cause = failure.get("state") or "Batch", failure.get("error") or "PipelineError", failure.get("cause", "")
+            state, error_type, cause = (
+                failure.get("state") or "Batch",
+                failure.get("error") or "PipelineError",
+                failure.get("cause", ""),
+            )
         else:
             continue
-        if str(error_type).startswith("States.") and not keep_error_names:  # a Fail state may not end with a States.* name
+        if (
+            str(error_type).startswith("States.") and not keep_error_names
+        ):  # a Fail state may not end with a States.* name
             error_type, cause = "PipelineError", f"{error_type}: {cause}"
         source = entry.get("source")
         request_event = {
-            "failure": {"state": state, "error": str(error_type), "cause": cause, **({"input": entry.get("input")} if source is None else {})},
+            "failure": {
+                "state": state,
+                "error": str(error_type),
+                "cause": cause,
+                **({"input": entry.get("input")} if source is None else {}),
+            },
             "context": _context(entry, list(deliveries) if state == "Deliver" else []),
             "execution_id": execution_id,
         }
@@ -119,13 +139,20 @@ def record_batch_failures(event: Mapping[str, Any], dest: Destinations, keep_err
             record["item"] = entry.get("index")  # its own record under failures/_invalid/
         records.append(record)
     if not items:  # an input that names no object at all
-        records.append(build_failure({"failure": {**failure, "input": event.get("input")}, "context": {}, "execution_id": execution_id}))
+        records.append(
+            build_failure(
+                {"failure": {**failure, "input": event.get("input")}, "context": {}, "execution_id": execution_id}
+            )
+        )
 
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES, thread_name_prefix="failure-records") as pool:
         written = list(pool.map(lambda record: record_failure(record, dest), records))
     types = Counter(record["error"]["type"] for record in records)
     if not records:  # nothing failed after all (a note without failures): say so instead of crashing
-        error, cause = str(failure.get("error") or "PipelineError"), str(failure.get("cause") or "no object of the batch failed")
+        error, cause = (
+            str(failure.get("error") or "PipelineError"),
+            str(failure.get("cause") or "no object of the batch failed"),
+        )
     elif len(records) == 1 and len(items) <= 1:
         error, cause = records[0]["error"]["type"], records[0]["error"]["message"]
     else:
@@ -143,10 +170,18 @@ def record_batch_failures(event: Mapping[str, Any], dest: Destinations, keep_err
         "cause": cause[:32000],
         "failed": len(records),
         "objects": len(items),
-        "written": {"records": len(written), "s3": sum(1 for w in written if "s3" in w), "dynamodb": sum(1 for w in written if "dynamodb" in w)},
+        "written": {
+            "records": len(written),
+            "s3": sum(1 for w in written if "s3" in w),
+            "dynamodb": sum(1 for w in written if "dynamodb" in w),
+        },
         "keys": [
-            {"key": w.get("s3_key"), "version_key": w.get("s3_version_key"), "version_id": (record.get("source") or {}).get("version_id")}
-            for record, w in zip(records, written)
+            {
+                "key": w.get("s3_key"),
+                "version_key": w.get("s3_version_key"),
+                "version_id": (record.get("source") or {}).get("version_id"),
+            }
+            for record, w in zip(records, written, strict=True)
             if "s3_key" in w or "s3_version_key" in w
         ],
         "failed_state": records[0]["failed_state"] if records else failure.get("state"),

@@ -30,7 +30,9 @@ from functions.sink.status import record_status
 @lambda_context
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Deliver a batch to one sink, or (``mode == "failure"``) write its failure records."""
-    execution_id = event.get("execution_id") if isinstance(event, dict) and isinstance(event.get("execution_id"), str) else None
+    execution_id = (
+        event.get("execution_id") if isinstance(event, dict) and isinstance(event.get("execution_id"), str) else None
+    )
     if isinstance(event, dict) and event.get("mode") == "failure":
         bind(execution_id=execution_id, sink="failure-record")
         answer = record_batch_failures(event, Destinations.from_env())
@@ -45,6 +47,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         bind(execution_id=detail.get("executionArn"), sink="status-record")
         return record_status(event, Destinations.from_env())
     if not isinstance(event, dict) or not isinstance(event.get("sink"), str) or "batch" not in event:
-        raise InvalidRequestError('sink input must be {"sink": name, "batch": {"bucket", "key"}, "execution_id"}, or {"mode": "failure", ...}')
+        raise InvalidRequestError(
+            'sink input must be {"sink": name, "batch": {"bucket", "key"}, "execution_id"}, or {"mode": "failure", ...}'
+        )
     bind(execution_id=execution_id, sink=event["sink"])
     return deliver_batch(event["sink"], event["batch"], execution_id or "", Destinations.from_env())
