@@ -29,19 +29,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from functions.common import config, stack
 from functions.common.errors import InvalidInputError, InvalidRequestError
 from functions.common.request import Request, SourceObject, _describe
 
 #: The most objects one execution may hold (setting MAX_BATCH_OBJECTS in config/stack.json, which
 #: also sizes the trigger's and the backfill's batches; README "Choosing the batch size" has the
 #: measurements behind it). This default applies where the variable is not set (a unit test).
-MAX_BATCH_OBJECTS = 100
+MAX_BATCH_OBJECTS = int(stack.SETTINGS[config.MAX_BATCH_OBJECTS])
 
 
 def max_batch_objects() -> int:
-    from functions.common import config
-
-    return config.positive_int(config.MAX_BATCH_OBJECTS, MAX_BATCH_OBJECTS)
+    return config.Settings.from_env().max_batch_objects
 
 
 #: Keys a manual batch may hold beside ``objects``: the options every object of it shares.

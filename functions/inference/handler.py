@@ -34,7 +34,6 @@ from functions.inference.core import LoadedModel, ModelCache, load_model, predic
 
 #: Milliseconds this module took to import (MXNet, oneDNN, boto3): the first part of a cold start.
 IMPORT_MS = (time.perf_counter() - _IMPORT_STARTED) * 1000.0
-DEFAULT_MODEL_CACHE_MB = 1024
 _NPY_HEADER_SLACK = 4096  # an .npy header is at most a few hundred bytes
 
 # Module-level state reused by every invocation of a warm Lambda (and, locally, of the process).
@@ -51,7 +50,7 @@ def model_cache() -> ModelCache:
     global _cache
     with _lock:
         if _cache is None:
-            _cache = ModelCache.with_budget_mb(config.positive_int(config.MODEL_CACHE_MB, DEFAULT_MODEL_CACHE_MB))
+            _cache = ModelCache.with_budget_mb(config.Settings.from_env().model_cache_mb)
         return _cache
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from functions.common.aws import error_code, http_status, raise_transient
+from functions.common.aws import error_code, http_status, is_not_found, raise_transient
 from functions.common.config import ImageLimits
 from functions.common.errors import (
     DecompressionBombError,
@@ -44,7 +44,6 @@ ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"
 _JPEG_FORMATS = ("JPEG", "MPO")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-_NOT_FOUND_CODES = ("NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound", "404")
 _WRONG_REGION_CODES = ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException", "301")
 _WHITE = (255, 255, 255, 255)
 
@@ -82,7 +81,7 @@ def _raise_s3_error(exc: ClientError, source: SourceObject, action: str) -> NoRe
     where = _where(source)
     if code == "NoSuchBucket":
         raise ObjectNotFoundError(f"{where} does not exist: there is no bucket {source.bucket!r}") from exc
-    if code in _NOT_FOUND_CODES or status == 404:
+    if is_not_found(exc):
         raise ObjectNotFoundError(f"{where} does not exist") from exc
     if source.version_id and status == 400 and code in ("400", "BadRequest", "InvalidArgument"):
         raise ObjectNotFoundError(f"{where} does not exist: {source.version_id!r} is not a valid version id") from exc

@@ -7,14 +7,11 @@ from typing import Any
 from functions.common import config
 from functions.common.aws import client
 from functions.common.batch import Defaults, parse_input
-from functions.common.config import ImageLimits
 from functions.common.errors import InferpipeError, InvalidRequestError
 from functions.common.log import bind, lambda_context, logger
 from functions.common.model_store import ModelStore, cached_store
 from functions.preprocess.batch import preprocess_batch
 from functions.preprocess.claims import Claims
-
-DEFAULT_WORK_PREFIX = "tensors/"
 
 # One model store per model bucket, reused by every invocation of a warm Lambda.
 _stores: dict[str, ModelStore] = {}
@@ -30,6 +27,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         )
     execution_id = event.get("execution_id") if isinstance(event.get("execution_id"), str) else None
     bind(execution_id=execution_id)
+    settings = config.Settings.from_env()
     try:
         batch = parse_input(event["input"], Defaults.from_dict(event.get("defaults")))
         return preprocess_batch(
@@ -37,9 +35,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             execution_id,
             s3=client("s3"),
             store=cached_store(_stores, config.require(config.MODEL_BUCKET)),
-            limits=ImageLimits.from_env(),
+            limits=settings.image_limits,
             work_bucket=config.require(config.WORK_BUCKET),
-            work_prefix=config.optional(config.WORK_PREFIX) or DEFAULT_WORK_PREFIX,
+            work_prefix=settings.work_prefix,
             ownership=(config.optional(config.INPUT_BUCKET), config.optional(config.INPUT_KEY_PREFIX)),
             claims=Claims.from_env(client("dynamodb")),
         )

@@ -62,7 +62,7 @@ class Destinations:
     """Where each sink writes; ``None`` means the sink is not deployed."""
 
     output_bucket: str | None = None
-    output_prefix: str = "predictions/"
+    output_prefix: str = stack.SETTINGS[config.OUTPUT_PREFIX]
     table: str | None = None
     topic_arn: str | None = None
     queue_url: str | None = None
@@ -72,7 +72,7 @@ class Destinations:
     def from_env(cls) -> Destinations:
         return cls(
             output_bucket=config.optional(config.OUTPUT_BUCKET),
-            output_prefix=config.optional(config.OUTPUT_PREFIX) or "predictions/",
+            output_prefix=config.Settings.from_env().output_prefix,
             table=config.optional(config.PREDICTIONS_TABLE),
             topic_arn=config.optional(config.PREDICTIONS_TOPIC_ARN),
             queue_url=config.optional(config.PREDICTIONS_QUEUE_URL),

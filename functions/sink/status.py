@@ -130,7 +130,7 @@ def _newest_document(execution_arn: str) -> dict[str, str] | None:
     bucket = config.optional(config.WORK_BUCKET)
     if not bucket:
         return None
-    prefix = config.optional(config.WORK_PREFIX) or "tensors/"
+    prefix = config.Settings.from_env().work_prefix
     s3 = client("s3")
     for name in (CLASSIFIED, PREPROCESSED):
         ref = {"bucket": bucket, "key": work_key(prefix, execution_arn, name)}
