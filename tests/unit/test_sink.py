@@ -23,7 +23,7 @@ from functions.common.errors import (
 )
 from functions.common.work import CLASSIFIED, CLASSIFIED_STATUS, FAILED, SCHEMA, work_key
 from functions.sink import batch as sink_batch
-from functions.sink import core
+from functions.sink import core, writers
 from functions.sink.handler import lambda_handler
 
 SOURCE = {"bucket": "in-bucket", "key": "holiday photos/café+1%.jpg", "version_id": "v1", "etag": "abc", "size": 10}
@@ -514,3 +514,10 @@ def test_a_rerun_with_other_options_updates_every_sink(aws: dict[str, str]) -> N
     assert len(json.loads(item["top_k"]["S"])) == 3
     for sink in ("sqs", "sns", "eventbridge"):
         assert [len(r["top_k"]) for r in _published(sink, aws)] == [3]
+
+
+def test_every_sink_stack_json_knows_has_one_writer_of_its_kind() -> None:
+    # config/stack.json sinks.known is the list; functions/sink/writers.py has one writer per entry,
+    # a MessageWriter exactly for those that publish (their deliveries go through the ledger)
+    assert set(writers.WRITERS) == set(core.SINKS)
+    assert {name for name, w in writers.WRITERS.items() if isinstance(w, writers.MessageWriter)} == set(core.MESSAGE_SINKS)
