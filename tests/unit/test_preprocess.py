@@ -471,7 +471,8 @@ def _publish(s3: Any, manifest: Manifest, alias: str = "prod") -> None:
 def stack(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """GIVEN a model bucket with demo@prod published in the documented layout, and the function's env."""
     handler = pytest.importorskip("functions.preprocess.handler")
-    monkeypatch.setattr(handler, "_stores", {})
+    from functions.preprocess.service import PreprocessService
+    monkeypatch.setattr(handler, "service", PreprocessService())  # a cold Lambda
     s3.create_bucket(Bucket="model-bucket")
     _publish(s3, _manifest())
     env = {"MODEL_BUCKET": "model-bucket", "WORK_BUCKET": "work-bucket", "WORK_PREFIX": "tensors/",
