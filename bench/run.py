@@ -551,7 +551,7 @@ def worker_cold(model: str, mode: str) -> dict[str, Any]:
     parts = dict(loaded.load_parts_ms)
     ordered = sorted(warm)
     return {
-        "model": model, "mode": manifest.inference_mode, "module_import_ms": handler.IMPORT_MS,
+        "model": model, "mode": manifest.inference_mode, "module_import_ms": handler.service.import_ms,
         "import_ms": t_import, "fetch_ms": t_fetch,
         "load_ms": loaded.load_ms - parts["first_forward"], "init_first_forward_ms": parts["first_forward"],
         "init_gc_ms": parts.get("gc", 0.0),

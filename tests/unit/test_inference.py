@@ -27,6 +27,7 @@ from functions.common.config import invocation_environment
 from functions.common.errors import InvalidRequestError, ModelIntegrityError, ObjectNotFoundError
 from functions.common.manifest import InputSpec, Manifest
 from functions.inference import handler
+from functions.inference.service import InferenceService
 from functions.common.work import SCHEMA
 from functions.inference.core import (
     FORWARD_BATCHES,
@@ -279,8 +280,7 @@ def stack(monkeypatch: pytest.MonkeyPatch, package: Path, other_package: Path) -
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setattr(aws, "_clients", {})  # clients made inside the mock
-    monkeypatch.setattr(handler, "_cache", None)  # a cold Lambda
-    monkeypatch.setattr(handler, "_stores", {})
+    monkeypatch.setattr(handler, "service", InferenceService(import_ms=handler.service.import_ms))  # a cold Lambda
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="models-bucket")
