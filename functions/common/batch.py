@@ -219,56 +219,55 @@ def _invalid(what: str) -> InvalidInputError:
 def parse_input(raw: Any, defaults: Defaults) -> Batch:
     """The batch an execution's input names (see the module docstring); InvalidInputError if none."""
     if isinstance(raw, list):
-        if not raw:
-            raise _invalid("the input is an empty array")
-        named = [_queued_object(record) for record in raw]
-        if all(obj is None for obj in named):
-            raise _invalid(
-                f"the input is an array, but none of its {len(raw)} elements is an SQS record of an S3 event"
-            )
-        items = [
-            _item(i, {**obj, "trigger": "s3-event"}, defaults)
-            if obj is not None
-            else Item(
-                index=i,
-                request=None,
-                problem=f"element {i} of the batch is not an SQS record of an S3 event: {_describe(raw[i])}",
-            )
-            for i, obj in enumerate(named)
-        ]
-        return _deduplicated(items, "queue")
+        return _deduplicated(_queued_items(raw, defaults), "queue")
     if not isinstance(raw, Mapping):
         raise _invalid(f"the input is {_describe(raw)}")
     event_object = _s3_event_object(raw)
     if event_object is not None:
         return _deduplicated([_item(0, {**event_object, "trigger": "s3-event"}, defaults)], "s3-event")
     if "objects" in raw:
-        objects = raw["objects"]
-        if isinstance(objects, str) or not isinstance(objects, Sequence) or not objects:
-            raise _invalid(
-                f"objects must be a non-empty array of {{bucket, key, version_id?}}, got {_describe(objects)}"
-            )
-        unknown = sorted(str(k) for k in raw if k != "objects" and k not in BATCH_OPTION_KEYS)
-        if unknown:
-            raise _invalid(f"the batch has unknown keys {unknown}; beside objects it accepts {list(BATCH_OPTION_KEYS)}")
-        options = {k: raw[k] for k in BATCH_OPTION_KEYS if k in raw}
-        items = []
-        for i, obj in enumerate(objects):
-            if not isinstance(obj, Mapping) or set(obj) - set(OBJECT_KEYS):
-                items.append(
-                    Item(
-                        index=i,
-                        request=None,
-                        problem=f"objects[{i}] must be {{bucket, key, version_id?}}, got {_describe(obj)}",
-                        named=obj if isinstance(obj, Mapping) else None,
-                    )
-                )
-                continue
-            items.append(_item(i, {**options, **obj, "trigger": "manual"}, defaults))
-        return _deduplicated(items, "manual")
+        return _deduplicated(_manual_batch_items(raw, defaults), "manual")
     if "bucket" in raw and "key" in raw:
         return _deduplicated([_item(0, {"trigger": "manual", **raw}, defaults)], "manual")
     raise _invalid("the input has no object to classify")
+
+
+def _queued_items(raw: list[Any], defaults: Defaults) -> list[Item]:
+    """The items of a Pipes batch: one per element, an element that names no object failing alone."""
+    if not raw:
+        raise _invalid("the input is an empty array")
+    named = [_queued_object(record) for record in raw]
+    if all(obj is None for obj in named):
+        raise _invalid(f"the input is an array, but none of its {len(raw)} elements is an SQS record of an S3 event")
+    return [
+        _item(i, {**obj, "trigger": "s3-event"}, defaults)
+        if obj is not None
+        else Item(
+            index=i,
+            request=None,
+            problem=f"element {i} of the batch is not an SQS record of an S3 event: {_describe(raw[i])}",
+        )
+        for i, obj in enumerate(named)
+    ]
+
+
+def _manual_batch_items(raw: Mapping[str, Any], defaults: Defaults) -> list[Item]:
+    """The items of a manual batch ``{"objects": [...], <options>}``, a malformed object failing alone."""
+    objects = raw["objects"]
+    if isinstance(objects, str) or not isinstance(objects, Sequence) or not objects:
+        raise _invalid(f"objects must be a non-empty array of {{bucket, key, version_id?}}, got {_describe(objects)}")
+    unknown = sorted(str(k) for k in raw if k != "objects" and k not in BATCH_OPTION_KEYS)
+    if unknown:
+        raise _invalid(f"the batch has unknown keys {unknown}; beside objects it accepts {list(BATCH_OPTION_KEYS)}")
+    options = {k: raw[k] for k in BATCH_OPTION_KEYS if k in raw}
+    items = []
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, Mapping) or set(obj) - set(OBJECT_KEYS):
+            problem = f"objects[{i}] must be {{bucket, key, version_id?}}, got {_describe(obj)}"
+            items.append(Item(index=i, request=None, problem=problem, named=obj if isinstance(obj, Mapping) else None))
+            continue
+        items.append(_item(i, {**options, **obj, "trigger": "manual"}, defaults))
+    return items
 
 
 def _deduplicated(items: list[Item], trigger: str) -> Batch:

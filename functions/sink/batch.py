@@ -41,6 +41,7 @@ from functions.common.errors import (
     TransientError,
 )
 from functions.common.log import logger
+from functions.common.timing import since_ms
 from functions.common.work import CLASSIFIED_STATUS, get_document
 from functions.sink.core import LEDGER_PREFIX, SINKS, Destinations, build_record
 from functions.sink.writers import WRITERS, Channel, MessageWriter, deliver
@@ -286,7 +287,7 @@ def deliver_batch(sink: str, batch: Any, execution_id: str, dest: Destinations) 
         extra={
             "delivered": len(records),
             "location": location,
-            "ms": round((time.perf_counter() - started) * 1000.0, 1),
+            "ms": round(since_ms(started), 1),
         },
     )
     return {"sink": sink, "status": DELIVERED, "delivered": len(records), "location": location}
