@@ -12,7 +12,6 @@ import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -26,9 +25,8 @@ from functions.common import aws
 from functions.common.config import invocation_environment
 from functions.common.errors import InvalidRequestError, ModelIntegrityError, ObjectNotFoundError
 from functions.common.manifest import InputSpec, Manifest
-from functions.inference import handler
-from functions.inference.service import InferenceService
 from functions.common.work import SCHEMA
+from functions.inference import handler
 from functions.inference.core import (
     FORWARD_BATCHES,
     LoadedModel,
@@ -40,16 +38,15 @@ from functions.inference.core import (
     settle_garbage,
     softmax,
 )
+from functions.inference.service import InferenceService
 from inferpipe.models import export_package, load_package_dir, publish
+from tests.conftest import FakeLambdaContext
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["circle", "square", "triangle"]
 SPEC = InputSpec(height=32, width=32, resize_shorter=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 SHAPE = (1, 3, 32, 32)
-CONTEXT = SimpleNamespace(
-    function_name="inference", memory_limit_in_mb=2048, aws_request_id="req-1",
-    invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:inference",
-)
+CONTEXT = FakeLambdaContext("inference", memory_limit_in_mb=2048)
 
 
 def tiny_package(out_dir: Path, seed: int = 0) -> Manifest:

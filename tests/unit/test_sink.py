@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -25,6 +24,7 @@ from functions.common.work import CLASSIFIED, CLASSIFIED_STATUS, FAILED, SCHEMA,
 from functions.sink import batch as sink_batch
 from functions.sink import core, writers
 from functions.sink.handler import lambda_handler
+from tests.conftest import FakeLambdaContext
 
 SOURCE = {"bucket": "in-bucket", "key": "holiday photos/café+1%.jpg", "version_id": "v1", "etag": "abc", "size": 10}
 PREDICTION = {
@@ -33,7 +33,7 @@ PREDICTION = {
 }
 EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:pipeline:abc"
 WORK_BUCKET = "work-bucket"
-CONTEXT = SimpleNamespace(function_name="sink", memory_limit_in_mb=256, invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:sink", aws_request_id="req-1")
+CONTEXT = FakeLambdaContext("sink", memory_limit_in_mb=256)
 
 
 @pytest.fixture

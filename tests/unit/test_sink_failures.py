@@ -9,9 +9,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from functions.common.aws import client
 from functions.common.errors import RECORDED_ERROR_NAMES, PipelineError, SinkUnavailableError, TransientError
 from functions.common.work import PREPROCESSED
-from functions.common.aws import client
 from functions.sink import core, writers
 from functions.sink.failure_record import build_failure
 from functions.sink.failures import MIXED_ERRORS
