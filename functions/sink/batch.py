@@ -43,7 +43,7 @@ from functions.common.errors import (
 from functions.common.log import logger
 from functions.common.timing import since_ms
 from functions.common.work import CLASSIFIED_STATUS, get_document
-from functions.sink.core import LEDGER_PREFIX, SINKS, Destinations, build_record
+from functions.sink.core import LEDGER_PREFIX, SINKS, Destinations, PredictionRecord, build_record
 from functions.sink.writers import WRITERS, Channel, MessageWriter, deliver
 
 DELIVERED = "DELIVERED"
@@ -57,7 +57,7 @@ PARALLEL_WRITES = 8
 ENTRY_ATTEMPTS = 3
 
 
-def records_of(document: Mapping[str, Any], execution_id: str) -> list[dict[str, Any]]:
+def records_of(document: Mapping[str, Any], execution_id: str) -> list[PredictionRecord]:
     """The prediction record of every classified object of a batch document, in batch order."""
     records = []
     for entry in document["items"]:
@@ -71,11 +71,11 @@ def records_of(document: Mapping[str, Any], execution_id: str) -> list[dict[str,
     return records
 
 
-def ledger_id(records: Sequence[Mapping[str, Any]]) -> str:
-    return hashlib.sha256("\n".join(sorted(r["record_id"] for r in records)).encode()).hexdigest()[:32]
+def ledger_id(records: Sequence[PredictionRecord]) -> str:
+    return hashlib.sha256("\n".join(sorted(r.record_id for r in records)).encode()).hexdigest()[:32]
 
 
-def ledger_key(sink: str, records: Sequence[Mapping[str, Any]]) -> str:
+def ledger_key(sink: str, records: Sequence[PredictionRecord]) -> str:
     return f"{LEDGER_PREFIX}{sink}/{ledger_id(records)}.json"
 
 
@@ -153,7 +153,7 @@ def _chunks(entries: list[tuple[str, dict[str, Any]]]) -> Iterator[list[tuple[st
         yield chunk
 
 
-def _publish(writer: MessageWriter, records: list[dict[str, Any]], dest: Destinations, execution_id: str) -> str:
+def _publish(writer: MessageWriter, records: list[PredictionRecord], dest: Destinations, execution_id: str) -> str:
     """Publish what the ledger does not list yet; where it went. The ledger is noted before and after."""
     sink = writer.name
     channel = writer.open(dest)
@@ -164,7 +164,7 @@ def _publish(writer: MessageWriter, records: list[dict[str, Any]], dest: Destina
         )
     key = ledger_key(sink, records)
     delivered, interrupted = _ledger_read(dest, key)
-    pending = [record for record in records if record["record_id"] not in delivered]
+    pending = [record for record in records if record.record_id not in delivered]
     if not pending:
         logger.info("batch already published to this sink; not publishing again", extra={"ledger": key})
         return channel.location
@@ -175,7 +175,7 @@ def _publish(writer: MessageWriter, records: list[dict[str, Any]], dest: Destina
         )
     # Written before anything goes out: a ledger that cannot be written stops the delivery here,
     # with nothing published, instead of publishing what a retry would publish again.
-    _ledger_write(dest, key, sink, delivered, execution_id, channel.location, sending={r["record_id"] for r in pending})
+    _ledger_write(dest, key, sink, delivered, execution_id, channel.location, sending={r.record_id for r in pending})
     failure = _publish_pending(writer, channel, pending, dest, delivered)
     try:
         _ledger_write(dest, key, sink, delivered, execution_id, channel.location)
@@ -192,7 +192,7 @@ def _publish(writer: MessageWriter, records: list[dict[str, Any]], dest: Destina
 
 
 def _publish_pending(
-    writer: MessageWriter, channel: Channel, pending: list[dict[str, Any]], dest: Destinations, delivered: set[str]
+    writer: MessageWriter, channel: Channel, pending: list[PredictionRecord], dest: Destinations, delivered: set[str]
 ) -> Exception | None:
     """Publish ``pending``, adding to ``delivered`` what went out; the error that stopped it, classified, or None."""
     sink = writer.name
@@ -214,7 +214,7 @@ def _publish_pending(
 
 
 def _publish_with_retries(
-    writer: MessageWriter, channel: Channel, pending: list[dict[str, Any]], dest: Destinations, delivered: set[str]
+    writer: MessageWriter, channel: Channel, pending: list[PredictionRecord], dest: Destinations, delivered: set[str]
 ) -> None:
     """Up to ENTRY_ATTEMPTS rounds, each sending again only the entries the last answered as worth retrying."""
     for attempt in range(ENTRY_ATTEMPTS):
@@ -230,13 +230,13 @@ def _publish_with_retries(
 
 
 def _publish_round(
-    writer: MessageWriter, channel: Channel, pending: list[dict[str, Any]], dest: Destinations, delivered: set[str]
-) -> tuple[list[dict[str, Any]], str]:
+    writer: MessageWriter, channel: Channel, pending: list[PredictionRecord], dest: Destinations, delivered: set[str]
+) -> tuple[list[PredictionRecord], str]:
     """Every pending record sent once, in requests of ENTRIES_PER_REQUEST; (the records to retry,
     the last request's failure text). A permanent failure raises SinkUnavailableError."""
-    by_id = {record["record_id"]: record for record in pending}
-    entries = [(record["record_id"], writer.entry(record, dest)) for record in pending]
-    retry: list[dict[str, Any]] = []
+    by_id = {record.record_id: record for record in pending}
+    entries = [(record.record_id, writer.entry(record, dest)) for record in pending]
+    retry: list[PredictionRecord] = []
     detail = ""
     for chunk in _chunks(entries):
         request = chunk
@@ -254,10 +254,10 @@ def _publish_round(
     return retry, detail
 
 
-def _write_each(sink: str, records: list[dict[str, Any]], dest: Destinations) -> str:
+def _write_each(sink: str, records: list[PredictionRecord], dest: Destinations) -> str:
     """One PutObject / PutItem per record, PARALLEL_WRITES at a time; where they went (their common prefix)."""
 
-    def one(record: dict[str, Any]) -> str:
+    def one(record: PredictionRecord) -> str:
         return deliver(sink, record, dest)
 
     if len(records) == 1:

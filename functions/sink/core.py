@@ -77,10 +77,42 @@ def record_id(source: Mapping[str, Any], model: Mapping[str, Any], top_k: int) -
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class PredictionRecord:
+    """The prediction record every sink stores; :meth:`to_dict` is its JSON form (schema SCHEMA)."""
+
+    record_id: str
+    #: bucket, key, version_id, etag, size, last_modified, sequencer, uri
+    source: Mapping[str, Any]
+    #: name, version, architecture, inference_mode
+    model: Mapping[str, Any]
+    #: the classes, most probable first: label, index, probability
+    top_k: tuple[Mapping[str, Any], ...]
+    execution_id: str
+    recorded_at: str
+
+    @property
+    def top1(self) -> Mapping[str, Any]:
+        return self.top_k[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "record_id": self.record_id,
+            "status": SUCCEEDED,
+            "source": dict(self.source),
+            "model": dict(self.model),
+            "top1": self.top1,
+            "top_k": list(self.top_k),
+            "execution_id": self.execution_id,
+            "recorded_at": self.recorded_at,
+        }
+
+
 def build_record(
     source: Mapping[str, Any], prediction: Mapping[str, Any], execution_id: str, now: datetime | None = None
-) -> dict[str, Any]:
-    """The prediction record every sink stores."""
+) -> PredictionRecord:
+    """The prediction record of one classified object."""
     try:
         model = prediction["model"]
         top_k = list(prediction["top_k"])
@@ -91,11 +123,9 @@ def build_record(
         ) from None
     if not top_k:
         raise InvalidRequestError("sink input has an empty prediction.top_k")
-    return {
-        "schema": SCHEMA,
-        "record_id": record_id(source, model, len(top_k)),
-        "status": "SUCCEEDED",
-        "source": {
+    return PredictionRecord(
+        record_id=record_id(source, model, len(top_k)),
+        source={
             "bucket": bucket,
             "key": key,
             "version_id": source.get("version_id"),
@@ -105,17 +135,16 @@ def build_record(
             "sequencer": source.get("sequencer"),
             "uri": object_uri(bucket, key, source.get("version_id")),
         },
-        "model": {
+        model={
             "name": model["name"],
             "version": model["version"],
             "architecture": model.get("architecture"),
             "inference_mode": model.get("inference_mode"),
         },
-        "top1": top_k[0],
-        "top_k": top_k,
-        "execution_id": execution_id,
-        "recorded_at": timestamp(now),
-    }
+        top_k=tuple(top_k),
+        execution_id=execution_id,
+        recorded_at=timestamp(now),
+    )
 
 
 def prefixes(dest: Destinations) -> dict[str, str]:
@@ -159,6 +188,7 @@ __all__ = [
     "SINKS",
     "SUCCEEDED",
     "Destinations",
+    "PredictionRecord",
     "build_record",
     "failure_key",
     "need",

@@ -38,7 +38,15 @@ from functions.common.aws import client, error_code, is_transient, raise_transie
 from functions.common.errors import SinkNotConfiguredError, SinkUnavailableError, TransientError
 from functions.common.log import logger
 from functions.sink import records as views
-from functions.sink.core import EVENT_DETAIL_TYPE, EVENT_SOURCE, SUCCEEDED, Destinations, need, prefixes
+from functions.sink.core import (
+    EVENT_DETAIL_TYPE,
+    EVENT_SOURCE,
+    SUCCEEDED,
+    Destinations,
+    PredictionRecord,
+    need,
+    prefixes,
+)
 
 #: EventBridge PutEvents entry error codes worth retrying (the others are the entry's fault):
 #: https://docs.aws.amazon.com/eventbridge/latest/APIReference/API_PutEventsResultEntry.html
@@ -55,7 +63,7 @@ class RecordWriter:
 
     name: str
     #: writes one record; where it went. AWS errors propagate: :func:`deliver` classifies them.
-    write: Callable[[dict[str, Any], Destinations], str]
+    write: Callable[[PredictionRecord, Destinations], str]
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ class MessageWriter:
     #: the sink's channel; SinkNotConfiguredError when it is not deployed
     open: Callable[[Destinations], Channel]
     #: one record as one entry of the batch API
-    entry: Callable[[dict[str, Any], Destinations], dict[str, Any]]
+    entry: Callable[[PredictionRecord, Destinations], dict[str, Any]]
     #: the API wants an ``Id`` per entry, unique within its request (PublishBatch, SendMessageBatch)
     numbered_entries: bool
 
@@ -89,30 +97,30 @@ Writer = RecordWriter | MessageWriter
 # --------------------------------------------------------------------------- S3, DynamoDB
 
 
-def _to_s3(record: dict[str, Any], dest: Destinations) -> str:
+def _to_s3(record: PredictionRecord, dest: Destinations) -> str:
     bucket = need(dest.output_bucket, "s3", config.OUTPUT_BUCKET)
-    metadata = {"record-id": record["record_id"], "model-version": record["model"]["version"]}
-    outcome = views.publish(client("s3"), bucket, views.PREDICTION, record, prefixes(dest), metadata)
+    metadata = {"record-id": record.record_id, "model-version": record.model["version"]}
+    outcome = views.publish(client("s3"), bucket, views.PREDICTION, record.to_dict(), prefixes(dest), metadata)
     return f"s3://{bucket}/{outcome.key}"
 
 
-def _to_dynamodb(record: dict[str, Any], dest: Destinations) -> str:
+def _to_dynamodb(record: PredictionRecord, dest: Destinations) -> str:
     table = need(dest.table, "dynamodb", config.PREDICTIONS_TABLE)
-    source = record["source"]
+    source = record.source
     item = {
         "object": {"S": f"s3://{source['bucket']}/{source['key']}"},
         "version": {"S": source["version_id"] or "null"},
-        "record_id": {"S": record["record_id"]},
-        "status": {"S": record["status"]},
-        "model": {"S": record["model"]["name"]},
-        "model_version": {"S": record["model"]["version"]},
-        "label": {"S": str(record["top1"]["label"])},
-        "probability": {"N": str(Decimal(str(round(float(record["top1"]["probability"]), 6))))},
+        "record_id": {"S": record.record_id},
+        "status": {"S": SUCCEEDED},
+        "model": {"S": record.model["name"]},
+        "model_version": {"S": record.model["version"]},
+        "label": {"S": str(record.top1["label"])},
+        "probability": {"N": str(Decimal(str(round(float(record.top1["probability"]), 6))))},
         "top_k": {
-            "S": json.dumps(record["top_k"], ensure_ascii=False, separators=(",", ":"))
+            "S": json.dumps(list(record.top_k), ensure_ascii=False, separators=(",", ":"))
         },  # compact: billed by the KB
-        "execution_id": {"S": record["execution_id"]},
-        "recorded_at": {"S": record["recorded_at"]},
+        "execution_id": {"S": record.execution_id},
+        "recorded_at": {"S": record.recorded_at},
     }
     location = f"dynamodb://{table}/{item['object']['S']}#{item['version']['S']}"
     try:
@@ -123,24 +131,24 @@ def _to_dynamodb(record: dict[str, Any], dest: Destinations) -> str:
             Item=item,
             ConditionExpression="attribute_not_exists(#o) OR #s <> :succeeded OR #r <> :rid",
             ExpressionAttributeNames={"#o": "object", "#s": "status", "#r": "record_id"},
-            ExpressionAttributeValues={":succeeded": {"S": SUCCEEDED}, ":rid": {"S": record["record_id"]}},
+            ExpressionAttributeValues={":succeeded": {"S": SUCCEEDED}, ":rid": {"S": record.record_id}},
         )
     except ClientError as exc:
         if error_code(exc) != "ConditionalCheckFailedException":
             raise
-        logger.info("record already in DynamoDB; nothing written", extra={"record_id": record["record_id"]})
+        logger.info("record already in DynamoDB; nothing written", extra={"record_id": record.record_id})
     return location
 
 
 # --------------------------------------------------------------------------- SNS, SQS, EventBridge
 
 
-def _message_attributes(record: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+def _message_attributes(record: PredictionRecord) -> dict[str, dict[str, str]]:
     """What a subscriber can filter on without parsing the body (SNS filter policies, SQS attributes)."""
     return {
-        "record_id": {"DataType": "String", "StringValue": record["record_id"]},
-        "label": {"DataType": "String", "StringValue": str(record["top1"]["label"])},
-        "model_version": {"DataType": "String", "StringValue": record["model"]["version"]},
+        "record_id": {"DataType": "String", "StringValue": record.record_id},
+        "label": {"DataType": "String", "StringValue": str(record.top1["label"])},
+        "model_version": {"DataType": "String", "StringValue": record.model["version"]},
     }
 
 
@@ -153,8 +161,8 @@ def _sns_open(dest: Destinations) -> Channel:
     return Channel(topic, send, _sender_fault_answer)
 
 
-def _sns_entry(record: dict[str, Any], dest: Destinations) -> dict[str, Any]:
-    body = json.dumps(record, ensure_ascii=False)
+def _sns_entry(record: PredictionRecord, dest: Destinations) -> dict[str, Any]:
+    body = json.dumps(record.to_dict(), ensure_ascii=False)
     return {"Id": "", "Message": body, "MessageAttributes": _message_attributes(record)}
 
 
@@ -167,8 +175,8 @@ def _sqs_open(dest: Destinations) -> Channel:
     return Channel(queue, send, _sender_fault_answer)
 
 
-def _sqs_entry(record: dict[str, Any], dest: Destinations) -> dict[str, Any]:
-    body = json.dumps(record, ensure_ascii=False)
+def _sqs_entry(record: PredictionRecord, dest: Destinations) -> dict[str, Any]:
+    body = json.dumps(record.to_dict(), ensure_ascii=False)
     return {"Id": "", "MessageBody": body, "MessageAttributes": _message_attributes(record)}
 
 
@@ -210,13 +218,13 @@ def _events_answer(response: Any, ids: list[str]) -> EntryFailures:
     return transient, permanent, detail
 
 
-def _events_entry(record: dict[str, Any], dest: Destinations) -> dict[str, Any]:
+def _events_entry(record: PredictionRecord, dest: Destinations) -> dict[str, Any]:
     return {
         "Source": EVENT_SOURCE,
         "DetailType": EVENT_DETAIL_TYPE,
-        "Detail": json.dumps(record, ensure_ascii=False),
+        "Detail": json.dumps(record.to_dict(), ensure_ascii=False),
         "EventBusName": dest.event_bus,
-        "Resources": [record["execution_id"]],
+        "Resources": [record.execution_id],
     }
 
 
@@ -235,7 +243,7 @@ WRITERS: Mapping[str, Writer] = MappingProxyType(
 )
 
 
-def deliver(sink: str, record: dict[str, Any], dest: Destinations) -> str:
+def deliver(sink: str, record: PredictionRecord, dest: Destinations) -> str:
     """Write ``record`` with a :class:`RecordWriter` sink (S3, DynamoDB); returns where it went.
     Transient AWS failures raise TransientError, the sink's refusals SinkUnavailableError."""
     writer = WRITERS.get(sink)
@@ -251,7 +259,7 @@ def deliver(sink: str, record: dict[str, Any], dest: Destinations) -> str:
             raise TransientError(f"delivering to sink '{sink}': {exc}") from exc
         error = exc.response.get("Error", {})
         raise SinkUnavailableError(
-            f"sink '{sink}' refused the record {record['record_id']}: {error_code(exc)}: {error.get('Message', '')}".rstrip(
+            f"sink '{sink}' refused the record {record.record_id}: {error_code(exc)}: {error.get('Message', '')}".rstrip(
                 ": "
             )
         ) from exc

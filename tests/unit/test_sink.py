@@ -232,7 +232,7 @@ def test_redelivery_overwrites_instead_of_duplicating_in_storage_sinks(aws: dict
 
 def test_a_new_model_version_gets_a_new_record_id() -> None:
     other = {**PREDICTION, "model": {**PREDICTION["model"], "version": "ffffffffffff"}}
-    assert core.build_record(SOURCE, PREDICTION, EXECUTION)["record_id"] != core.build_record(SOURCE, other, EXECUTION)["record_id"]
+    assert core.build_record(SOURCE, PREDICTION, EXECUTION).record_id != core.build_record(SOURCE, other, EXECUTION).record_id
 
 
 def test_undeployed_sink_is_a_permanent_error_naming_the_variable(aws: dict[str, str]) -> None:
