@@ -644,7 +644,7 @@ def worker_cold(model: str, mode: str) -> dict[str, Any]:
     return {
         "model": model,
         "mode": manifest.inference_mode,
-        "module_import_ms": handler.IMPORT_MS,
+        "module_import_ms": handler.service.import_ms,
         "import_ms": t_import,
         "fetch_ms": t_fetch,
         "load_ms": loaded.load_ms - parts["first_forward"],

@@ -22,7 +22,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from functions.common.aws import error_name
+from functions.common.aws import error_name, is_not_found
 from functions.common.batch import named_objects
 from functions.common.request import META_MODEL, META_MODEL_VERSION, META_TOP_K
 from functions.common.work import CLASSIFIED, CLASSIFIED_STATUS, PREPROCESSED, work_key
@@ -126,7 +126,7 @@ def execution_results(target: Target, execution_arn: str) -> list[dict[str, Any]
         try:
             body = s3.get_object(Bucket=bucket, Key=work_key(prefix, execution_arn, name))["Body"].read()
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            if is_not_found(exc):
                 continue
             raise
         return list(json.loads(body).get("items") or [])

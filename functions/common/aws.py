@@ -71,6 +71,7 @@ def _remaining_s() -> float | None:
     deadline = _deadline.get()
     return None if deadline is None else deadline - time.monotonic()
 
+
 #: Error codes that mean "try again later". The union of botocore's standard retry mode lists
 #: (botocore/retries/standard.py: ThrottledRetryableChecker, TransientRetryableChecker) and the
 #: throttling errors the service models of what we call declare under their own names: SNS
@@ -117,8 +118,9 @@ TRANSIENT_CODES = frozenset(
 #: connection (botocore's ConnectionError and HTTPClientError families, which its own standard
 #: retry mode retries). Every other BotoCoreError is raised before anything is sent.
 TRANSIENT_SDK_ERRORS: tuple[type[BotoCoreError], ...] = (BotocoreConnectionError, HTTPClientError)
-#: Error codes S3 answers a read of a key that does not exist with (a HEAD has no body: "404").
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+#: Error codes S3 answers a read of a key, a version or a bucket that does not exist with (a HEAD
+#: has no body: "404"). The one list: every "is it gone?" in functions/ asks :func:`is_not_found`.
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound", "404"})
 
 
 def client(service: str) -> Any:
@@ -139,9 +141,15 @@ def client(service: str) -> Any:
             explicit = {}
             if credentials is not None:
                 access_key, secret_key, token = credentials
-                explicit = {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key, "aws_session_token": token}
+                explicit = {
+                    "aws_access_key_id": access_key,
+                    "aws_secret_access_key": secret_key,
+                    "aws_session_token": token,
+                }
             connect, read, attempts = tier
-            config = Config(retries={"mode": "standard", "total_max_attempts": attempts}, connect_timeout=connect, read_timeout=read)
+            config = Config(
+                retries={"mode": "standard", "total_max_attempts": attempts}, connect_timeout=connect, read_timeout=read
+            )
             _clients[key] = boto3.session.Session().client(service, config=config, **explicit)
         return _clients[key]
 
@@ -161,8 +169,8 @@ def http_status(exc: ClientError) -> int:
 
 
 def is_not_found(exc: ClientError) -> bool:
-    """True when S3 says the key does not exist (or its bucket: S3 answers NoSuchBucket with a 404)."""
-    return error_code(exc) in _NOT_FOUND_CODES or http_status(exc) == 404
+    """True when S3 says the key, its version or its bucket does not exist."""
+    return error_code(exc) in NOT_FOUND_CODES or http_status(exc) == 404
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -201,7 +209,7 @@ def read_object(s3: Any, bucket: str, key: str, limit: int) -> bytes | None:
         finally:
             body.close()
     except ClientError as exc:
-        if is_not_found(exc) or error_code(exc) == "NoSuchBucket":
+        if is_not_found(exc):
             return None
         raise_transient(exc, f"GetObject s3://{bucket}/{key}")
     except BotoCoreError as exc:

@@ -29,19 +29,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from functions.common import config, stack
 from functions.common.errors import InvalidInputError, InvalidRequestError
 from functions.common.request import Request, SourceObject, _describe
 
 #: The most objects one execution may hold (setting MAX_BATCH_OBJECTS in config/stack.json, which
 #: also sizes the trigger's and the backfill's batches; README "Choosing the batch size" has the
 #: measurements behind it). This default applies where the variable is not set (a unit test).
-MAX_BATCH_OBJECTS = 100
+MAX_BATCH_OBJECTS = int(stack.SETTINGS[config.MAX_BATCH_OBJECTS])
 
 
 def max_batch_objects() -> int:
-    from functions.common import config
+    return config.Settings.from_env().max_batch_objects
 
-    return config.positive_int(config.MAX_BATCH_OBJECTS, MAX_BATCH_OBJECTS)
+
 #: Keys a manual batch may hold beside ``objects``: the options every object of it shares.
 BATCH_OPTION_KEYS: tuple[str, ...] = ("sinks", "top_k", "model", "model_version")
 OBJECT_KEYS: tuple[str, ...] = ("bucket", "key", "version_id")
@@ -77,16 +78,25 @@ class Defaults:
         try:
             top_k = int(data.get("top_k"))  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise InvalidRequestError(f"defaults.top_k must be an integer, got {_describe(data.get('top_k'))}") from None
+            raise InvalidRequestError(
+                f"defaults.top_k must be an integer, got {_describe(data.get('top_k'))}"
+            ) from None
         if not isinstance(sinks, Sequence) or not sinks:
             raise InvalidRequestError(f"defaults.sinks must name at least one sink, got {_describe(sinks)}")
         model, version = data.get("model"), data.get("model_version")
         if not isinstance(model, str) or not isinstance(version, str):
-            raise InvalidRequestError(f"defaults.model and defaults.model_version must be strings, got {_describe(model)}, {_describe(version)}")
+            raise InvalidRequestError(
+                f"defaults.model and defaults.model_version must be strings, got {_describe(model)}, {_describe(version)}"
+            )
         return cls(sinks=tuple(str(s) for s in sinks), top_k=top_k, model=model, model_version=version)
 
     def request_fields(self) -> dict[str, Any]:
-        return {"sinks": list(self.sinks), "top_k": self.top_k, "model": self.model, "model_version": self.model_version}
+        return {
+            "sinks": list(self.sinks),
+            "top_k": self.top_k,
+            "model": self.model,
+            "model_version": self.model_version,
+        }
 
 
 @dataclass(frozen=True)
@@ -110,13 +120,28 @@ class Item:
         """``{bucket, key, version_id}`` as named, when they are valid names (for failure records)."""
         if self.request is not None:
             s = self.request.source
-            return {"bucket": s.bucket, "key": s.key, "version_id": s.version_id, **({"sequencer": self.sequencer} if self.sequencer else {})}
+            return {
+                "bucket": s.bucket,
+                "key": s.key,
+                "version_id": s.version_id,
+                **({"sequencer": self.sequencer} if self.sequencer else {}),
+            }
         named = self.named or {}
         try:
-            s = SourceObject(bucket=named.get("bucket"), key=named.get("key"), version_id=_str_or_none(named.get("version_id")))  # type: ignore[arg-type]
+            # unchecked names on purpose: SourceObject validates them (InvalidRequestError, TypeError)
+            s = SourceObject(
+                bucket=named.get("bucket"),  # type: ignore[arg-type]
+                key=named.get("key"),  # type: ignore[arg-type]
+                version_id=_str_or_none(named.get("version_id")),
+            )
         except (InvalidRequestError, TypeError):
             return None
-        return {"bucket": s.bucket, "key": s.key, "version_id": s.version_id, **({"sequencer": self.sequencer} if self.sequencer else {})}
+        return {
+            "bucket": s.bucket,
+            "key": s.key,
+            "version_id": s.version_id,
+            **({"sequencer": self.sequencer} if self.sequencer else {}),
+        }
 
 
 @dataclass(frozen=True)
@@ -148,7 +173,12 @@ def _s3_event_object(event: Mapping[str, Any]) -> dict[str, Any] | None:
     obj = detail.get("object") if isinstance(detail.get("object"), Mapping) else None
     if not isinstance(bucket, str) or obj is None or not isinstance(obj.get("key"), str):
         return None
-    return {"bucket": bucket, "key": obj["key"], "version_id": obj.get("version-id"), "sequencer": _str_or_none(obj.get("sequencer"))}
+    return {
+        "bucket": bucket,
+        "key": obj["key"],
+        "version_id": obj.get("version-id"),
+        "sequencer": _str_or_none(obj.get("sequencer")),
+    }
 
 
 def _queued_object(record: Any) -> dict[str, Any] | None:
@@ -173,7 +203,10 @@ def _item(index: int, fields: Mapping[str, Any], defaults: Defaults) -> Item:
     sequencer = fields.get("sequencer")
     fields = {k: v for k, v in fields.items() if k != "sequencer"}
     try:
-        merged = {**defaults.request_fields(), **{k: v for k, v in fields.items() if v is not None or k != "version_id"}}
+        merged = {
+            **defaults.request_fields(),
+            **{k: v for k, v in fields.items() if v is not None or k != "version_id"},
+        }
         return Item(index=index, request=Request.parse(merged, defaults.sinks), named=named, sequencer=sequencer)
     except InvalidRequestError as problem:
         return Item(index=index, request=None, problem=str(problem), named=named)
@@ -186,47 +219,63 @@ def _invalid(what: str) -> InvalidInputError:
 def parse_input(raw: Any, defaults: Defaults) -> Batch:
     """The batch an execution's input names (see the module docstring); InvalidInputError if none."""
     if isinstance(raw, list):
-        if not raw:
-            raise _invalid("the input is an empty array")
-        named = [_queued_object(record) for record in raw]
-        if all(obj is None for obj in named):
-            raise _invalid(f"the input is an array, but none of its {len(raw)} elements is an SQS record of an S3 event")
-        items = [
-            _item(i, {**obj, "trigger": "s3-event"}, defaults) if obj is not None
-            else Item(index=i, request=None, problem=f"element {i} of the batch is not an SQS record of an S3 event: {_describe(raw[i])}")
-            for i, obj in enumerate(named)
-        ]
-        return _deduplicated(items, "queue")
+        return _deduplicated(_queued_items(raw, defaults), "queue")
     if not isinstance(raw, Mapping):
         raise _invalid(f"the input is {_describe(raw)}")
     event_object = _s3_event_object(raw)
     if event_object is not None:
         return _deduplicated([_item(0, {**event_object, "trigger": "s3-event"}, defaults)], "s3-event")
     if "objects" in raw:
-        objects = raw["objects"]
-        if isinstance(objects, str) or not isinstance(objects, Sequence) or not objects:
-            raise _invalid(f"objects must be a non-empty array of {{bucket, key, version_id?}}, got {_describe(objects)}")
-        unknown = sorted(str(k) for k in raw if k != "objects" and k not in BATCH_OPTION_KEYS)
-        if unknown:
-            raise _invalid(f"the batch has unknown keys {unknown}; beside objects it accepts {list(BATCH_OPTION_KEYS)}")
-        options = {k: raw[k] for k in BATCH_OPTION_KEYS if k in raw}
-        items = []
-        for i, obj in enumerate(objects):
-            if not isinstance(obj, Mapping) or set(obj) - set(OBJECT_KEYS):
-                items.append(Item(index=i, request=None, problem=f"objects[{i}] must be {{bucket, key, version_id?}}, got {_describe(obj)}",
-                                  named=obj if isinstance(obj, Mapping) else None))
-                continue
-            items.append(_item(i, {**options, **obj, "trigger": "manual"}, defaults))
-        return _deduplicated(items, "manual")
+        return _deduplicated(_manual_batch_items(raw, defaults), "manual")
     if "bucket" in raw and "key" in raw:
         return _deduplicated([_item(0, {"trigger": "manual", **raw}, defaults)], "manual")
     raise _invalid("the input has no object to classify")
 
 
+def _queued_items(raw: list[Any], defaults: Defaults) -> list[Item]:
+    """The items of a Pipes batch: one per element, an element that names no object failing alone."""
+    if not raw:
+        raise _invalid("the input is an empty array")
+    named = [_queued_object(record) for record in raw]
+    if all(obj is None for obj in named):
+        raise _invalid(f"the input is an array, but none of its {len(raw)} elements is an SQS record of an S3 event")
+    return [
+        _item(i, {**obj, "trigger": "s3-event"}, defaults)
+        if obj is not None
+        else Item(
+            index=i,
+            request=None,
+            problem=f"element {i} of the batch is not an SQS record of an S3 event: {_describe(raw[i])}",
+        )
+        for i, obj in enumerate(named)
+    ]
+
+
+def _manual_batch_items(raw: Mapping[str, Any], defaults: Defaults) -> list[Item]:
+    """The items of a manual batch ``{"objects": [...], <options>}``, a malformed object failing alone."""
+    objects = raw["objects"]
+    if isinstance(objects, str) or not isinstance(objects, Sequence) or not objects:
+        raise _invalid(f"objects must be a non-empty array of {{bucket, key, version_id?}}, got {_describe(objects)}")
+    unknown = sorted(str(k) for k in raw if k != "objects" and k not in BATCH_OPTION_KEYS)
+    if unknown:
+        raise _invalid(f"the batch has unknown keys {unknown}; beside objects it accepts {list(BATCH_OPTION_KEYS)}")
+    options = {k: raw[k] for k in BATCH_OPTION_KEYS if k in raw}
+    items = []
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, Mapping) or set(obj) - set(OBJECT_KEYS):
+            problem = f"objects[{i}] must be {{bucket, key, version_id?}}, got {_describe(obj)}"
+            items.append(Item(index=i, request=None, problem=problem, named=obj if isinstance(obj, Mapping) else None))
+            continue
+        items.append(_item(i, {**options, **obj, "trigger": "manual"}, defaults))
+    return items
+
+
 def _deduplicated(items: list[Item], trigger: str) -> Batch:
     limit = max_batch_objects()
     if len(items) > limit:
-        raise _invalid(f"the input names {len(items)} objects; one execution classifies at most {limit} (MAX_BATCH_OBJECTS)")
+        raise _invalid(
+            f"the input names {len(items)} objects; one execution classifies at most {limit} (MAX_BATCH_OBJECTS)"
+        )
     seen: set[tuple[str, str, str | None]] = set()
     kept: list[Item] = []
     for item in items:

@@ -1,6 +1,7 @@
 """Environment variable names and the typed settings read from them.
 
-Every variable a function reads is named here once. ``config/stack.json`` lists which variables
+Every variable a function reads is named here once; :class:`Settings` reads the tunable ones with
+their defaults (config/stack.json ``settings``). ``config/stack.json`` lists which variables
 each function receives; Terraform and the local stack both set exactly those.
 
 A function reads its variables through :func:`environ`: ``os.environ`` in Lambda and in the local
@@ -15,6 +16,8 @@ import contextvars
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+
+from functions.common import stack
 
 INPUT_BUCKET = "INPUT_BUCKET"
 INPUT_KEY_PREFIX = "INPUT_KEY_PREFIX"
@@ -31,6 +34,10 @@ MODEL_CACHE_MB = "MODEL_CACHE_MB"
 MAX_BATCH_OBJECTS = "MAX_BATCH_OBJECTS"
 CLAIMS_TABLE = "CLAIMS_TABLE"
 CLAIM_TTL_S = "CLAIM_TTL_S"
+WORK_PREFIX = "WORK_PREFIX"
+OUTPUT_PREFIX = "OUTPUT_PREFIX"
+DEFAULT_MODEL = "DEFAULT_MODEL"
+DEFAULT_MODEL_VERSION = "DEFAULT_MODEL_VERSION"
 
 _invocation_environ: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
     "inferpipe_invocation_environ", default=None
@@ -80,11 +87,9 @@ def optional(name: str) -> str | None:
     return environ().get(name) or None
 
 
-def positive_int(name: str, default: int) -> int:
-    """An integer setting > 0, with a default when unset."""
-    raw = environ().get(name)
-    if not raw:
-        return default
+def _positive_int(name: str) -> int:
+    """An integer setting > 0; its config/stack.json ``settings`` value when unset."""
+    raw = environ().get(name) or stack.SETTINGS[name]
     try:
         value = int(raw)
     except ValueError:
@@ -120,9 +125,12 @@ def pixels_for_memory(memory_mb: int) -> int:
 class ImageLimits:
     """Guards applied before and while decoding an image."""
 
-    max_object_bytes: int = 50 * 1024 * 1024  # refuse to download more than this
-    max_image_pixels: int = 40_000_000  # refuse to decode more pixels than this (≈ 7300×5500)
-    memory_mb: int | None = None  # set when the limit above is the function's memory's, not MAX_IMAGE_PIXELS
+    #: refuse to download more than this
+    max_object_bytes: int = int(stack.SETTINGS[MAX_OBJECT_BYTES])
+    #: refuse to decode more pixels than this (40 MP by default: about 7300×5500)
+    max_image_pixels: int = int(stack.SETTINGS[MAX_IMAGE_PIXELS])
+    #: set when the limit above is the function's memory's, not MAX_IMAGE_PIXELS
+    memory_mb: int | None = None
 
     @property
     def pixel_limit_source(self) -> str:
@@ -131,32 +139,51 @@ class ImageLimits:
             return f"the most a {self.memory_mb} MB function decodes safely"
         return "MAX_IMAGE_PIXELS"
 
+
+@dataclass(frozen=True)
+class Settings:
+    """The tunable settings a function reads, each its config/stack.json ``settings`` value when
+    its variable is unset: the one place those defaults are read."""
+
+    max_object_bytes: int
+    max_image_pixels: int
+    max_batch_objects: int
+    model_cache_mb: int
+    work_prefix: str
+    output_prefix: str
+    #: the function's MemorySize (Lambda sets it; None elsewhere)
+    memory_mb: int | None = None
+
     @classmethod
-    def from_env(cls) -> ImageLimits:
-        """MAX_OBJECT_BYTES, and the smaller of MAX_IMAGE_PIXELS and what the function's memory allows."""
-        configured = positive_int(MAX_IMAGE_PIXELS, cls.max_image_pixels)
+    def from_env(cls) -> Settings:
         memory = environ().get(LAMBDA_MEMORY_SIZE)
-        by_memory = pixels_for_memory(int(memory)) if memory and memory.isdigit() else None
         return cls(
-            max_object_bytes=positive_int(MAX_OBJECT_BYTES, cls.max_object_bytes),
-            max_image_pixels=configured if by_memory is None or configured <= by_memory else by_memory,
-            memory_mb=None if by_memory is None or configured <= by_memory else int(memory or 0),
+            max_object_bytes=_positive_int(MAX_OBJECT_BYTES),
+            max_image_pixels=_positive_int(MAX_IMAGE_PIXELS),
+            max_batch_objects=_positive_int(MAX_BATCH_OBJECTS),
+            model_cache_mb=_positive_int(MODEL_CACHE_MB),
+            work_prefix=optional(WORK_PREFIX) or stack.SETTINGS[WORK_PREFIX],
+            output_prefix=optional(OUTPUT_PREFIX) or stack.SETTINGS[OUTPUT_PREFIX],
+            memory_mb=int(memory) if memory and memory.isdigit() else None,
         )
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """MAX_OBJECT_BYTES, and the smaller of MAX_IMAGE_PIXELS and what the function's memory allows."""
+        by_memory = pixels_for_memory(self.memory_mb) if self.memory_mb is not None else None
+        if by_memory is None or self.max_image_pixels <= by_memory:
+            return ImageLimits(max_object_bytes=self.max_object_bytes, max_image_pixels=self.max_image_pixels)
+        return ImageLimits(max_object_bytes=self.max_object_bytes, max_image_pixels=by_memory, memory_mb=self.memory_mb)
 
 
 __all__ = [
     "DECODE_BYTES_PER_PIXEL",
     "ImageLimits",
-    "pixels_for_memory",
+    "Settings",
     "environ",
     "invocation_credentials",
     "invocation_environment",
     "optional",
-    "positive_int",
+    "pixels_for_memory",
     "require",
 ]
-
-WORK_PREFIX = "WORK_PREFIX"
-OUTPUT_PREFIX = "OUTPUT_PREFIX"
-DEFAULT_MODEL = "DEFAULT_MODEL"
-DEFAULT_MODEL_VERSION = "DEFAULT_MODEL_VERSION"

@@ -102,9 +102,7 @@ class PipelineError(PermanentError):
 TRANSIENT_ERROR_NAMES: tuple[str, ...] = (TransientError.__name__,)
 
 #: Every permanent error's name: never retried.
-PERMANENT_ERROR_NAMES: tuple[str, ...] = tuple(
-    cls.__name__ for cls in PermanentError.__subclasses__()
-)
+PERMANENT_ERROR_NAMES: tuple[str, ...] = tuple(cls.__name__ for cls in PermanentError.__subclasses__())
 #: Permanent errors a redrive can get past once an operator fixed their cause: not caught.
 REDRIVABLE_ERROR_NAMES: tuple[str, ...] = tuple(
     cls.__name__ for cls in PermanentError.__subclasses__() if cls.redrivable

@@ -80,7 +80,7 @@ def _reported(exc: InferpipeError) -> Exception:
     except ImportError:
         return exc
     # the stack trace stays in the function's log (X-Ray sees the client's fault label for these)
-    logger.warning("invocation failed", exc_info=True, extra={"error_type": type(exc).__name__})
+    logger.warning("invocation failed", exc_info=exc, extra={"error_type": type(exc).__name__})
     return FaultException(type(exc).__name__, str(exc))
 
 

@@ -191,9 +191,7 @@ def sha256_file(path: Path) -> str:
 def verify_file(role: str, entry: FileEntry, data: bytes) -> None:
     """Raise ModelIntegrityError unless ``data`` is exactly the file the manifest describes."""
     if len(data) != entry.size:
-        raise ModelIntegrityError(
-            f"{role} file {entry.path}: {len(data)} bytes, manifest says {entry.size}"
-        )
+        raise ModelIntegrityError(f"{role} file {entry.path}: {len(data)} bytes, manifest says {entry.size}")
     actual = sha256_bytes(data)
     if actual != entry.sha256:
         raise ModelIntegrityError(

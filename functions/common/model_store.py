@@ -144,7 +144,7 @@ class ModelStore:
             version = json.loads(data)["version"]
         except (ValueError, KeyError, TypeError):
             raise ModelIntegrityError(
-                f"s3://{self.bucket}/{alias_key(name, alias)} is not an alias document {{\"version\": \"…\"}}"
+                f's3://{self.bucket}/{alias_key(name, alias)} is not an alias document {{"version": "…"}}'
             ) from None
         if not isinstance(version, str) or not SAFE_NAME_RE.match(version):
             raise ModelIntegrityError(f"model {name} alias {alias} points at an invalid version {version!r}")
@@ -193,7 +193,9 @@ class ModelStore:
             key = version_prefix(manifest.name, manifest.version) + entry.path
             data = self._get(key, entry.size, what)  # never more than the manifest's size
             if data is None:
-                raise ModelIntegrityError(f"{what}: the manifest lists {role} file {entry.path}, but s3://{self.bucket}/{key} is missing")
+                raise ModelIntegrityError(
+                    f"{what}: the manifest lists {role} file {entry.path}, but s3://{self.bucket}/{key} is missing"
+                )
             try:
                 verify_file(role, entry, data)
             except ModelIntegrityError as bad:
@@ -205,14 +207,14 @@ class ModelStore:
         """What was asked and, from one listing, what exists (published versions and aliases)."""
         try:
             versions, aliases = self._known(name)
-        except Exception as exc:  # the listing is a courtesy: never hide the real answer behind it
+        except Exception as exc:  # noqa: BLE001  (the listing is a courtesy: never hide the real answer behind it)
             if isinstance(exc, ClientError) and aws.error_code(exc) == "NoSuchBucket":
                 return f"the model bucket {self.bucket} does not exist (check MODEL_BUCKET): no model {name} {asked!r}"
             return f"model {name} has no published version or alias {asked!r}"
         if not versions and not aliases:
             try:
                 models = self._known_models()
-            except Exception:
+            except Exception:  # noqa: BLE001  (the same courtesy listing)
                 models = []
             return f"no model named {name!r} is published in {self.bucket}; published models: {_shorten(models)}"
         return (

@@ -165,13 +165,24 @@ class SourceObject:
         uri = f"s3://{self.bucket}/{self.key}"
         return f"{uri}?versionId={self.version_id}" if self.version_id else uri
 
-    def located(self, version_id: str | None, etag: str | None, size: int | None, last_modified: str | None = None) -> SourceObject:
+    def located(
+        self, version_id: str | None, etag: str | None, size: int | None, last_modified: str | None = None
+    ) -> SourceObject:
         """This object pinned to what S3 reported (the version actually read, its ETag, size and LastModified)."""
-        return replace(self, version_id=version_id or self.version_id, etag=etag, size=size, last_modified=last_modified)
+        return replace(
+            self, version_id=version_id or self.version_id, etag=etag, size=size, last_modified=last_modified
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id, "etag": self.etag, "size": self.size,
-                "last_modified": self.last_modified, "sequencer": self.sequencer}
+        return {
+            "bucket": self.bucket,
+            "key": self.key,
+            "version_id": self.version_id,
+            "etag": self.etag,
+            "size": self.size,
+            "last_modified": self.last_modified,
+            "sequencer": self.sequencer,
+        }
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "source") -> SourceObject:
@@ -206,7 +217,10 @@ class ModelRef:
     def from_dict(cls, data: Any, where: str = "model") -> ModelRef:
         data = _check_mapping(data, where)
         _require(data, ("name", "version"), where)
-        return cls(name=_check_safe_name(data["name"], f"{where}.name"), version=_check_safe_name(data["version"], f"{where}.version"))
+        return cls(
+            name=_check_safe_name(data["name"], f"{where}.name"),
+            version=_check_safe_name(data["version"], f"{where}.version"),
+        )
 
 
 def _check_sinks(value: Any, available: Sequence[str], field_name: str = "sinks") -> tuple[str, ...]:
@@ -217,7 +231,9 @@ def _check_sinks(value: Any, available: Sequence[str], field_name: str = "sinks"
     seen: list[str] = []
     for name in value:
         if not isinstance(name, str):
-            raise InvalidRequestError(f"{field_name} holds {_describe(name)}, expected sink names from {list(available)}")
+            raise InvalidRequestError(
+                f"{field_name} holds {_describe(name)}, expected sink names from {list(available)}"
+            )
         if name in seen:
             raise InvalidRequestError(f"{field_name} lists {name!r} twice")
         if name not in available:
@@ -266,7 +282,9 @@ class Request:
         key = check(check_key, present["key"]) if "key" in present else None
         version_id = check(_check_optional_str, present.get("version_id"), "version_id")
         name = check(_check_safe_name, present["model"], "model") if "model" in present else None
-        version = check(_check_safe_name, present["model_version"], "model_version") if "model_version" in present else None
+        version = (
+            check(_check_safe_name, present["model_version"], "model_version") if "model_version" in present else None
+        )
         sinks = check(_check_sinks, present["sinks"], available) if "sinks" in present else None
         top_k = check(_check_int, present["top_k"], "top_k", 1, MAX_TOP_K) if "top_k" in present else None
         trigger = present.get("trigger", "manual")
@@ -274,6 +292,9 @@ class Request:
             problems.append(f"trigger={_describe(trigger)} must be one of {list(TRIGGERS)}")
         if problems:
             raise InvalidRequestError("; ".join(problems))
+        # every check passed, and _require saw every required key: none of these is None
+        assert bucket is not None and key is not None and name is not None and version is not None
+        assert sinks is not None and top_k is not None
         return cls(
             source=SourceObject(bucket=bucket, key=key, version_id=version_id),
             model=ModelRef(name=name, version=version),
@@ -303,7 +324,9 @@ class Request:
             if re.fullmatch(r"[0-9]{1,4}", raw) and 1 <= int(raw) <= MAX_TOP_K:
                 top_k = int(raw)
             else:
-                problems.append(f"object metadata {META_TOP_K}={_describe(raw)} must be an integer between 1 and {MAX_TOP_K}")
+                problems.append(
+                    f"object metadata {META_TOP_K}={_describe(raw)} must be an integer between 1 and {MAX_TOP_K}"
+                )
 
         def name_option(meta: str, current: str) -> str:
             if meta not in options:
@@ -314,7 +337,9 @@ class Request:
                 problems.append(str(problem))
                 return current
 
-        model = ModelRef(name=name_option(META_MODEL, self.model.name), version=name_option(META_MODEL_VERSION, self.model.version))
+        model = ModelRef(
+            name=name_option(META_MODEL, self.model.name), version=name_option(META_MODEL_VERSION, self.model.version)
+        )
         if problems:
             raise InvalidRequestError("; ".join(problems))
         return replace(self, top_k=top_k, model=model)
@@ -362,7 +387,7 @@ class TensorRef:
         shape = data["shape"]
         if isinstance(shape, str) or not isinstance(shape, Sequence):
             raise InvalidRequestError(f"{where}.shape={_describe(shape)} must be [1, 3, H, W]")
-        return cls(bucket=data["bucket"], key=data["key"], shape=tuple(shape), dtype=data["dtype"])  # type: ignore[arg-type]
+        return cls(bucket=data["bucket"], key=data["key"], shape=tuple(shape), dtype=data["dtype"])
 
 
 @dataclass(frozen=True)
@@ -392,7 +417,12 @@ class Job:
         data = _check_mapping(data, "job")
         _require(data, ("source", "model", "tensor", "sinks", "top_k"), "job")
         sinks = data["sinks"]
-        if isinstance(sinks, str) or not isinstance(sinks, Sequence) or not sinks or not all(isinstance(s, str) for s in sinks):
+        if (
+            isinstance(sinks, str)
+            or not isinstance(sinks, Sequence)
+            or not sinks
+            or not all(isinstance(s, str) for s in sinks)
+        ):
             raise InvalidRequestError(f"job.sinks={_describe(sinks)} must be a non-empty list of sink names")
         timings = _check_mapping(data.get("timings_ms", {}), "job.timings_ms")
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in timings.values()):
@@ -409,10 +439,10 @@ class Job:
 
 __all__ = [
     "MAX_KEY_BYTES",
+    "MAX_TOP_K",
     "META_MODEL",
     "META_MODEL_VERSION",
     "META_TOP_K",
-    "MAX_TOP_K",
     "REQUEST_KEYS",
     "Job",
     "ModelRef",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from functions.common.aws import raise_transient, read_object
@@ -101,17 +101,23 @@ def get_document(s3: Any, ref: Any, where: str = "batch") -> dict[str, Any]:
     ref = check_ref(ref, where)
     data = read_object(s3, ref["bucket"], ref["key"], MAX_DOCUMENT_BYTES)
     if data is None:
-        raise ObjectNotFoundError(f"the batch document s3://{ref['bucket']}/{ref['key']} does not exist (expired or never written)")
+        raise ObjectNotFoundError(
+            f"the batch document s3://{ref['bucket']}/{ref['key']} does not exist (expired or never written)"
+        )
     try:
         document = json.loads(data)
     except ValueError as bad:
         raise InvalidRequestError(f"s3://{ref['bucket']}/{ref['key']} is not a batch document: {bad}") from None
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA or not isinstance(document.get("items"), list):
+    if (
+        not isinstance(document, dict)
+        or document.get("schema") != SCHEMA
+        or not isinstance(document.get("items"), list)
+    ):
         raise InvalidRequestError(f"s3://{ref['bucket']}/{ref['key']} is not a {SCHEMA} document")
     return document
 
 
-def counts(items: list[Mapping[str, Any]]) -> dict[str, int]:
+def counts(items: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     failed = sum(1 for item in items if item.get("status") == FAILED)
     return {"objects": len(items), "failed": failed, "succeeded": len(items) - failed}
 
@@ -127,12 +133,12 @@ __all__ = [
     "CLASSIFIED",
     "CLASSIFIED_STATUS",
     "FAILED",
+    "GROUP_CHARS",
     "PREPROCESSED",
     "READY",
     "SCHEMA",
     "check_ref",
     "counts",
-    "GROUP_CHARS",
     "execution_group",
     "execution_name",
     "get_document",

@@ -46,7 +46,7 @@ _MXNET_LOCK = threading.RLock()
 def _fusion_available() -> bool:
     try:
         return bool(mx.runtime.Features().is_enabled("MKLDNN"))
-    except Exception:  # an MXNet build without the features API: do not fuse
+    except Exception:  # noqa: BLE001  (an MXNet build without the features API: do not fuse)
         return False
 
 
@@ -164,7 +164,9 @@ def load_model(manifest: Manifest, files: Mapping[str, bytes], *, fuse: bool | N
         verify_file(role, entry, files[role])
     labels = tuple(parse_labels(files["labels"]))
     if len(labels) != manifest.num_classes:
-        raise ModelIntegrityError(f"{what}: labels.txt has {len(labels)} labels, manifest num_classes is {manifest.num_classes}")
+        raise ModelIntegrityError(
+            f"{what}: labels.txt has {len(labels)} labels, manifest num_classes is {manifest.num_classes}"
+        )
     if fuse is None:
         fuse = _FUSE and manifest.inference_mode == "fp32"
     # fused and int8 packages already hold oneDNN operators (``_sg_mkldnn_conv``, quantized or
@@ -201,7 +203,9 @@ def load_model(manifest: Manifest, files: Mapping[str, bytes], *, fuse: bool | N
             output = block(mx.nd.zeros(shape, dtype=np.float32)).asnumpy()
             _settle(block, np.zeros(shape, dtype=np.float32))
         except mx.base.MXNetError as bad:
-            raise ModelIntegrityError(f"{what}: a test forward pass on a {list(shape)} input failed: {_first_line(bad)}") from None
+            raise ModelIntegrityError(
+                f"{what}: a test forward pass on a {list(shape)} input failed: {_first_line(bad)}"
+            ) from None
     if output.shape != (1, manifest.num_classes):
         raise ModelIntegrityError(
             f"{what}: the network outputs shape {list(output.shape)} for a {list(shape)} input, "
@@ -290,10 +294,7 @@ def predict(model: LoadedModel, tensor: np.ndarray, top_k: int) -> list[dict[str
     logits = model.forward(check_tensor(model, tensor))[0]
     probabilities = softmax(logits)
     order = np.argsort(-probabilities, kind="stable")[:top_k]
-    return [
-        {"label": model.labels[i], "index": int(i), "probability": float(probabilities[i])}
-        for i in order
-    ]
+    return [{"label": model.labels[i], "index": int(i), "probability": float(probabilities[i])} for i in order]
 
 
 #: Batch sizes a forward pass runs at. A batch of n objects is cut greedily into these, so each
@@ -327,7 +328,9 @@ def predict_batch(model: LoadedModel, tensor: np.ndarray, top_ks: list[int]) -> 
         # [[{"label": "circle", ...}], [{"label": "circle", ...}, {"label": "ring", ...}]]
     """
     if not isinstance(tensor, np.ndarray) or tensor.ndim != 4 or tensor.shape[0] != len(top_ks) or not top_ks:
-        raise InvalidRequestError(f"expected an (n, 3, H, W) tensor with one top_k per row, got {getattr(tensor, 'shape', None)} and {len(top_ks)}")
+        raise InvalidRequestError(
+            f"expected an (n, 3, H, W) tensor with one top_k per row, got {getattr(tensor, 'shape', None)} and {len(top_ks)}"
+        )
     for top_k in top_ks:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(model.labels):
             raise InvalidRequestError(
@@ -340,13 +343,17 @@ def predict_batch(model: LoadedModel, tensor: np.ndarray, top_ks: list[int]) -> 
         chunk = np.ascontiguousarray(tensor[start : start + size])
         check_tensor(model, chunk[:1])  # shape, dtype of one row
         if chunk.shape[1:] != one or not np.all(np.isfinite(chunk)):
-            raise InvalidRequestError(f"rows {start}..{start + size - 1} of the tensor are not finite {list(one)} float32 rows")
+            raise InvalidRequestError(
+                f"rows {start}..{start + size - 1} of the tensor are not finite {list(one)} float32 rows"
+            )
         logits[start : start + size] = model.forward(chunk)
     results = []
-    for row, top_k in zip(logits, top_ks):
+    for row, top_k in zip(logits, top_ks, strict=True):
         probabilities = softmax(row)
         order = np.argsort(-probabilities, kind="stable")[:top_k]
-        results.append([{"label": model.labels[i], "index": int(i), "probability": float(probabilities[i])} for i in order])
+        results.append(
+            [{"label": model.labels[i], "index": int(i), "probability": float(probabilities[i])} for i in order]
+        )
     return results
 
 
@@ -441,7 +448,10 @@ class ModelCache:
                 evicted.append(old_key)
             self.evictions += len(evicted)
         for old_key in evicted:
-            logger.info("model evicted from cache", extra={"evicted": f"{old_key[0]}:{old_key[1]}", "budget_bytes": self.budget_bytes})
+            logger.info(
+                "model evicted from cache",
+                extra={"evicted": f"{old_key[0]}:{old_key[1]}", "budget_bytes": self.budget_bytes},
+            )
         if model.size_bytes > self.budget_bytes:
             logger.warning(
                 "model is larger than the cache budget (MODEL_CACHE_MB); kept alone",
@@ -459,4 +469,13 @@ def fused_node_count(model: LoadedModel) -> int:
     return sum(1 for node in graph.get("nodes", []) if node.get("op", "").startswith("_sg_mkldnn"))
 
 
-__all__ = ["LoadedModel", "ModelCache", "check_tensor", "load_model", "predict", "settle_garbage", "softmax", "to_ndarray"]
+__all__ = [
+    "LoadedModel",
+    "ModelCache",
+    "check_tensor",
+    "load_model",
+    "predict",
+    "settle_garbage",
+    "softmax",
+    "to_ndarray",
+]

@@ -36,6 +36,7 @@ from functions.common.log import logger, object_uri
 from functions.common.manifest import Manifest
 from functions.common.model_store import ModelStore
 from functions.common.request import SourceObject
+from functions.common.timing import rounded, since_ms, timed
 from functions.common.work import FAILED, PREPROCESSED, READY, SCHEMA, counts, item_error, put_document, work_key
 from functions.preprocess.claims import Claims, log_duplicates
 from functions.preprocess.core import Fetched, check_owned, decode_image, fetch_object
@@ -79,7 +80,9 @@ class _ByteBudget:
     def reserve(self, index: int, size: int) -> None:
         size = min(size, self._limit)
         with self._cond:
-            self._cond.wait_for(lambda: self._closed or (self._next == index and (self._used == 0 or self._used + size <= self._limit)))
+            self._cond.wait_for(
+                lambda: self._closed or (self._next == index and (self._used == 0 or self._used + size <= self._limit))
+            )
             if self._closed:
                 raise _Cancelled()
             self._used += size
@@ -102,21 +105,25 @@ class _ByteBudget:
             self._cond.notify_all()
 
 
-def _fetch(item: Item, s3: Any, limits: ImageLimits, ownership: tuple[str | None, str | None], budget: _ByteBudget, turn: int) -> tuple[Fetched, float]:
+def _fetch(
+    item: Item, s3: Any, limits: ImageLimits, ownership: tuple[str | None, str | None], budget: _ByteBudget, turn: int
+) -> tuple[Fetched, float]:
     """One object's bytes (run in the fetch pool); raises a PermanentError naming what was wrong."""
     request = item.request
     assert request is not None
-    t0 = time.perf_counter()
+    started = time.perf_counter()
     try:
         check_owned(request.source, *ownership)
         fetched = fetch_object(s3, request.source, limits, reserve=lambda size: budget.reserve(turn, size))
     except BaseException:
         budget.done(turn)  # its bytes were never held; its turn passes on
         raise
-    return fetched, (time.perf_counter() - t0) * 1000.0
+    return fetched, since_ms(started)
 
 
-def _one(item: Item, fetched: Fetched, fetch_ms: float, resolve: Any, limits: ImageLimits) -> tuple[dict[str, Any], Manifest, np.ndarray]:
+def _one(
+    item: Item, fetched: Fetched, fetch_ms: float, resolve: Any, limits: ImageLimits
+) -> tuple[dict[str, Any], Manifest, np.ndarray]:
     """Entry of one fetched object and its tensor row; raises a PermanentError naming what was wrong."""
     request = item.request
     assert request is not None
@@ -129,12 +136,10 @@ def _one(item: Item, fetched: Fetched, fetch_ms: float, resolve: Any, limits: Im
             f"top_k={request.top_k} is more than the {manifest.num_classes} classes of model "
             f"{manifest.name} version {manifest.version}"
         )
-    t0 = time.perf_counter()
-    image = decode_image(fetched.data, limits, target=manifest.input, name=source.uri)
-    timings["decode"] = (time.perf_counter() - t0) * 1000.0
-    t0 = time.perf_counter()
-    row = to_tensor(image, manifest.input)
-    timings["transform"] = (time.perf_counter() - t0) * 1000.0
+    with timed(timings, "decode"):
+        image = decode_image(fetched.data, limits, target=manifest.input, name=source.uri)
+    with timed(timings, "transform"):
+        row = to_tensor(image, manifest.input)
     entry = {
         "index": item.index,
         "status": READY,
@@ -144,7 +149,7 @@ def _one(item: Item, fetched: Fetched, fetch_ms: float, resolve: Any, limits: Im
         "trigger": request.trigger,
         "bytes": len(fetched.data),
         "decoded_size": list(image.size),
-        "timings_ms": {k: round(v, 1) for k, v in timings.items()},
+        "timings_ms": rounded(timings),
     }
     return entry, manifest, row
 
@@ -162,8 +167,9 @@ def _fetched_in_order(
     pending = iter(enumerate(items))
 
     def submit() -> None:
-        turn, item = next(pending, (None, None))
-        if item is not None:
+        following = next(pending, None)
+        if following is not None:
+            turn, item = following
             window.append((item, pool.submit(_fetch, item, s3, limits, ownership, budget, turn), turn))
 
     try:
@@ -179,12 +185,19 @@ def _fetched_in_order(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _failed_entry(item: Item, error: BaseException | str, message: str | None = None, located: SourceObject | None = None) -> dict[str, Any]:
+def _failed_entry(
+    item: Item, error: BaseException | str, message: str | None = None, located: SourceObject | None = None
+) -> dict[str, Any]:
     """A FAILED entry; ``located``: the object as its GET read it, when the GET succeeded (its
     version, ETag and LastModified tell its failure record's order)."""
     request = item.request
     source = located.to_dict() if located is not None else item.named_source()
-    entry: dict[str, Any] = {"index": item.index, "status": FAILED, "source": source, "error": item_error(error, message)}
+    entry: dict[str, Any] = {
+        "index": item.index,
+        "status": FAILED,
+        "source": source,
+        "error": item_error(error, message),
+    }
     if request is not None:
         entry["model"] = {"name": request.model.name, "version": request.model.version, "resolved": False}
         entry["top_k"] = request.top_k
@@ -199,8 +212,13 @@ def _store_group(s3: Any, bucket: str, key: str, group: _Group) -> dict[str, Any
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     try:
-        s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue(), ContentType="application/octet-stream",
-                      Metadata={"model": group.manifest.name, "model-version": group.manifest.version})
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=buffer.getvalue(),
+            ContentType="application/octet-stream",
+            Metadata={"model": group.manifest.name, "model-version": group.manifest.version},
+        )
     except (ClientError, BotoCoreError) as exc:
         raise_transient(exc, f"PutObject s3://{bucket}/{key}")
     return {"bucket": bucket, "key": key, "shape": list(array.shape), "dtype": "float32"}
@@ -227,57 +245,19 @@ def preprocess_batch(
     started = time.perf_counter()
     owners = claims.claim_all(batch.items, execution_id) if claims is not None and execution_id else {}
     log_duplicates(batch.items, owners)
-    entries: list[dict[str, Any]] = []
+    entries = [_failed_entry(item, "InvalidRequestError", item.problem) for item in batch.items if item.request is None]
+    wanted = [item for item in batch.items if item.request is not None and item.index not in owners]
     groups: dict[tuple[str, str, tuple[int, ...]], _Group] = {}
-    resolved: dict[tuple[str, str], Manifest | PermanentError] = {}
-
-    def resolve(name: str, version: str) -> Manifest:
-        """Resolved once per batch (an unknown model too): every object asking for an alias gets the same version."""
-        if (name, version) not in resolved:
-            try:
-                resolved[(name, version)] = store.resolve(name, version)
-            except PermanentError as exc:
-                resolved[(name, version)] = exc
-        answer = resolved[(name, version)]
-        if isinstance(answer, PermanentError):
-            raise answer
-        return answer
-
-    invalid = {item.index for item in batch.items if item.request is None}
-    for item in batch.items:
-        if item.index in invalid:
-            entries.append(_failed_entry(item, "InvalidRequestError", item.problem))
-    wanted = [item for item in batch.items if item.index not in invalid and item.index not in owners]
-    for item, fetched in _fetched_in_order(wanted, s3, limits, ownership):
-        assert item.request is not None
-        located: SourceObject | None = None
-        try:
-            got = fetched()
-            located = replace(got[0].source, sequencer=item.sequencer)
-            entry, manifest, row = _one(item, *got, resolve, limits)
-        except ConfigurationError:
-            raise  # the deployment's fault, not this object's: the whole batch fails
-        except PermanentError as exc:
-            logger.warning("object failed", extra={"object": item.request.source.uri, "error": type(exc).__name__, "reason": str(exc)})
-            entries.append(_failed_entry(item, exc, located=located))
-            continue
-        identity = (manifest.name, manifest.version, tuple(row.shape))
-        if identity not in groups:
-            groups[identity] = _Group(manifest)
-        group = groups[identity]
-        entry["tensor"] = {"group": list(groups).index(identity), "row": len(group.rows)}
-        group.rows.append(row)
-        group.items.append(item.index)
-        entries.append(entry)
-        del row
+    entries.extend(_preprocessed(wanted, s3, limits, ownership, _Resolver(store), groups))
     entries.sort(key=lambda entry: entry["index"])
-    tensors = []
-    for number, group in enumerate(groups.values()):
-        tensors.append({
+    tensors = [
+        {
             "model": {"name": group.manifest.name, "version": group.manifest.version},
             "tensor": _store_group(s3, work_bucket, work_key(work_prefix, execution_id, f"tensor-{number}.npy"), group),
             "items": group.items,
-        })
+        }
+        for number, group in enumerate(groups.values())
+    ]
     document = {
         "schema": SCHEMA,
         "execution_id": execution_id,
@@ -285,7 +265,9 @@ def preprocess_batch(
         "sinks": list(batch.sinks),
         "duplicates": batch.duplicates + len(owners),
         "claimed_elsewhere": [
-            {"index": item.index, "source": item.named_source(), "owner": owners[item.index]} for item in batch.items if item.index in owners
+            {"index": item.index, "source": item.named_source(), "owner": owners[item.index]}
+            for item in batch.items
+            if item.index in owners
         ],
         "items": entries,
         "groups": tensors,
@@ -297,12 +279,72 @@ def preprocess_batch(
         extra={
             **{k: summary[k] for k in ("objects", "failed", "succeeded", "duplicates")},
             "trigger": batch.trigger,
-            "first_object": next((object_uri(e["source"]["bucket"], e["source"]["key"], e["source"].get("version_id"))
-                                  for e in entries if e.get("source")), None),
-            "ms": round((time.perf_counter() - started) * 1000.0, 1),
+            "first_object": _first_object(entries),
+            "ms": round(since_ms(started), 1),
         },
     )
     return summary
+
+
+class _Resolver:
+    """Models resolved once per batch (an unknown model too): every object asking for an alias gets the same version."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self._store = store
+        self._resolved: dict[tuple[str, str], Manifest | PermanentError] = {}
+
+    def __call__(self, name: str, version: str) -> Manifest:
+        if (name, version) not in self._resolved:
+            try:
+                self._resolved[(name, version)] = self._store.resolve(name, version)
+            except PermanentError as exc:
+                self._resolved[(name, version)] = exc
+        answer = self._resolved[(name, version)]
+        if isinstance(answer, PermanentError):
+            raise answer
+        return answer
+
+
+def _preprocessed(
+    wanted: list[Item],
+    s3: Any,
+    limits: ImageLimits,
+    ownership: tuple[str | None, str | None],
+    resolve: _Resolver,
+    groups: dict[tuple[str, str, tuple[int, ...]], _Group],
+) -> Iterator[dict[str, Any]]:
+    """The entry of each wanted object, READY (its row added to its model's group) or FAILED."""
+    for item, fetched in _fetched_in_order(wanted, s3, limits, ownership):
+        assert item.request is not None
+        located: SourceObject | None = None
+        try:
+            got = fetched()
+            located = replace(got[0].source, sequencer=item.sequencer)
+            entry, manifest, row = _one(item, *got, resolve, limits)
+        except ConfigurationError:
+            raise  # the deployment's fault, not this object's: the whole batch fails
+        except PermanentError as exc:
+            logger.warning(
+                "object failed",
+                extra={"object": item.request.source.uri, "error": type(exc).__name__, "reason": str(exc)},
+            )
+            yield _failed_entry(item, exc, located=located)
+            continue
+        identity = (manifest.name, manifest.version, tuple(row.shape))
+        group = groups.setdefault(identity, _Group(manifest))
+        entry["tensor"] = {"group": list(groups).index(identity), "row": len(group.rows)}
+        group.rows.append(row)
+        group.items.append(item.index)
+        del row
+        yield entry
+
+
+def _first_object(entries: list[dict[str, Any]]) -> str | None:
+    """The first object of the batch that names one, for the log line."""
+    for e in entries:
+        if e.get("source"):
+            return object_uri(e["source"]["bucket"], e["source"]["key"], e["source"].get("version_id"))
+    return None
 
 
 __all__ = ["preprocess_batch"]

@@ -70,11 +70,7 @@ def claim_id(bucket: str, key: str, version_id: str | None, sequencer: str | Non
 def claimable(item: Item) -> bool:
     """True for an object an S3 event named with something that identifies its upload."""
     request = item.request
-    return (
-        request is not None
-        and request.trigger == "s3-event"
-        and bool(request.source.version_id or item.sequencer)
-    )
+    return request is not None and request.trigger == "s3-event" and bool(request.source.version_id or item.sequencer)
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,9 @@ class Claims:
                 owner = (exc.response.get("Item") or {}).get("owner", {}).get("S")
                 return str(owner or "another execution")
             if error_code(exc) in _CONFIGURATION_CODES:
-                raise ConfigurationError(f"cannot claim objects in the claims table {self.table}: {error_code(exc)}: {exc}") from exc
+                raise ConfigurationError(
+                    f"cannot claim objects in the claims table {self.table}: {error_code(exc)}: {exc}"
+                ) from exc
             raise_transient(exc, f"PutItem {self.table} (claim of {source.uri})")
         except BotoCoreError as exc:
             raise_transient(exc, f"PutItem {self.table} (claim of {source.uri})")
@@ -127,7 +125,7 @@ class Claims:
         now = time.time()
         with ThreadPoolExecutor(min(PARALLEL_CLAIMS, len(wanted)), thread_name_prefix="claim") as pool:
             owners = list(pool.map(lambda item: self.claim(item, execution_id, now), wanted))
-        return {item.index: owner for item, owner in zip(wanted, owners) if owner is not None}
+        return {item.index: owner for item, owner in zip(wanted, owners, strict=True) if owner is not None}
 
     @classmethod
     def from_env(cls, ddb: Any) -> Claims | None:

@@ -16,14 +16,14 @@ import io
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from functions.common.aws import error_code, http_status, raise_transient
+from functions.common.aws import error_code, http_status, is_not_found, raise_transient
 from functions.common.config import ImageLimits
 from functions.common.errors import (
     DecompressionBombError,
@@ -44,7 +44,6 @@ ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"
 _JPEG_FORMATS = ("JPEG", "MPO")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-_NOT_FOUND_CODES = ("NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound", "404")
 _WRONG_REGION_CODES = ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException", "301")
 _WHITE = (255, 255, 255, 255)
 
@@ -82,14 +81,16 @@ def _raise_s3_error(exc: ClientError, source: SourceObject, action: str) -> NoRe
     where = _where(source)
     if code == "NoSuchBucket":
         raise ObjectNotFoundError(f"{where} does not exist: there is no bucket {source.bucket!r}") from exc
-    if code in _NOT_FOUND_CODES or status == 404:
+    if is_not_found(exc):
         raise ObjectNotFoundError(f"{where} does not exist") from exc
     if source.version_id and status == 400 and code in ("400", "BadRequest", "InvalidArgument"):
         raise ObjectNotFoundError(f"{where} does not exist: {source.version_id!r} is not a valid version id") from exc
     if code == "MethodNotAllowed" or status == 405:
         raise ObjectNotFoundError(f"{where} does not exist: that version is a delete marker") from exc
     if code == "InvalidObjectState":
-        raise InvalidRequestError(f"{where} is archived (Glacier / Deep Archive) and must be restored before it can be read") from exc
+        raise InvalidRequestError(
+            f"{where} is archived (Glacier / Deep Archive) and must be restored before it can be read"
+        ) from exc
     if code in ("AccessDenied", "Forbidden", "403") or status == 403:
         # Without s3:ListBucket, S3 answers 403 for a missing key too, so say both.
         raise ObjectNotFoundError(
@@ -97,7 +98,9 @@ def _raise_s3_error(exc: ClientError, source: SourceObject, action: str) -> NoRe
             "read, the object is encrypted with a KMS key it may not use, or the object does not exist"
         ) from exc
     if code in _WRONG_REGION_CODES or status == 301:
-        raise InvalidRequestError(f"{where}: bucket {source.bucket!r} is in another region than the pipeline ({code})") from exc
+        raise InvalidRequestError(
+            f"{where}: bucket {source.bucket!r} is in another region than the pipeline ({code})"
+        ) from exc
     raise_transient(exc, f"{action} {where}")
 
 
@@ -110,7 +113,9 @@ class Fetched:
     data: bytes
 
 
-def fetch_object(s3: Any, source: SourceObject, limits: ImageLimits, reserve: Callable[[int], None] | None = None) -> Fetched:
+def fetch_object(
+    s3: Any, source: SourceObject, limits: ImageLimits, reserve: Callable[[int], None] | None = None
+) -> Fetched:
     """One GetObject: the object's bytes, pinned version, ETag, size and user metadata.
 
     The size limit is checked from the response's Content-Length before any of the body is read,
@@ -149,13 +154,19 @@ def fetch_object(s3: Any, source: SourceObject, limits: ImageLimits, reserve: Ca
     finally:
         body.close()
     if len(data) > limits.max_object_bytes:
-        raise ObjectTooLargeError(f"{_where(source)} is more than the limit of {limits.max_object_bytes} bytes (MAX_OBJECT_BYTES)")
+        raise ObjectTooLargeError(
+            f"{_where(source)} is more than the limit of {limits.max_object_bytes} bytes (MAX_OBJECT_BYTES)"
+        )
     if len(data) != size:
         raise TransientError(f"GetObject {_where(source)}: read {len(data)} of {size} bytes")
     etag = str(response.get("ETag") or "").strip('"') or None  # unquoted, as S3 events carry it
     metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
     modified = response.get("LastModified")
-    when = modified.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z") if isinstance(modified, datetime) else None
+    when = (
+        modified.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        if isinstance(modified, datetime)
+        else None
+    )
     return Fetched(source.located(response.get("VersionId"), etag, size, when), metadata, data)
 
 
@@ -238,15 +249,15 @@ def _wide_grey_to_l(image: Image.Image) -> Image.Image:
     """
     pixels = np.asarray(image)  # one copy, in the stored dtype (2 bytes a pixel for I;16)
 
-    def strips() -> Iterator[tuple[slice, np.ndarray]]:
-        for top in range(0, pixels.shape[0], _STRIP_ROWS):
+    def strips(values: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+        for top in range(0, values.shape[0], _STRIP_ROWS):
             rows = slice(top, top + _STRIP_ROWS)
-            yield rows, np.nan_to_num(pixels[rows].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            yield rows, np.nan_to_num(values[rows].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
     if pixels.size == 0:
         low = high = 0.0
     elif pixels.dtype.kind == "f":
-        bounds = [(float(strip.min()), float(strip.max())) for _, strip in strips()]
+        bounds = [(float(strip.min()), float(strip.max())) for _, strip in strips(pixels)]
         low, high = min(b[0] for b in bounds), max(b[1] for b in bounds)
     else:
         low, high = float(pixels.min()), float(pixels.max())
@@ -259,10 +270,10 @@ def _wide_grey_to_l(image: Image.Image) -> Image.Image:
     else:
         scale, offset = 1.0, 0.0  # a flat image: its values, clipped to 0..255
     out = np.empty(pixels.shape, dtype=np.uint8)
-    for rows, strip in strips():
+    for rows, strip in strips(pixels):
         if offset:
-            strip -= offset
-        strip *= scale
+            np.subtract(strip, offset, out=strip)
+        np.multiply(strip, scale, out=strip)
         out[rows] = np.clip(np.rint(strip), 0, 255)
     del pixels
     return Image.fromarray(out, "L")
@@ -317,7 +328,7 @@ def decode_image(
         raise NotAnImageError(f"{name} is empty (0 bytes)")
     with _untrusted(name, limits, f"{name} has a corrupt image header"):
         try:
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            image: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         except UnidentifiedImageError:
             raise NotAnImageError(
                 f"{name} ({len(data)} bytes) is not a {', '.join(ACCEPTED_FORMATS)} image{_sniff(data)}"
@@ -332,7 +343,9 @@ def decode_image(
     try:
         return to_rgb(image)
     except ValueError as exc:
-        raise NotAnImageError(f"{name} uses colour mode {image.mode}, which cannot be converted to RGB: {exc}") from None
+        raise NotAnImageError(
+            f"{name} uses colour mode {image.mode}, which cannot be converted to RGB: {exc}"
+        ) from None
 
 
 def preprocess(data: bytes, limits: ImageLimits, spec: InputSpec, *, name: str = "the object") -> np.ndarray:

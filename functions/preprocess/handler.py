@@ -4,44 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions.common import config
-from functions.common.aws import client
-from functions.common.batch import Defaults, parse_input
-from functions.common.config import ImageLimits
-from functions.common.errors import InferpipeError, InvalidRequestError
-from functions.common.log import bind, lambda_context, logger
-from functions.common.model_store import ModelStore, cached_store
-from functions.preprocess.batch import preprocess_batch
-from functions.preprocess.claims import Claims
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
-DEFAULT_WORK_PREFIX = "tensors/"
+from functions.common.events import PreprocessEvent
+from functions.common.log import bind, lambda_context
+from functions.preprocess.service import PreprocessService
 
-# One model store per model bucket, reused by every invocation of a warm Lambda.
-_stores: dict[str, ModelStore] = {}
+#: This process's state, reused by every invocation of a warm Lambda.
+service = PreprocessService()
 
 
 @lambda_context
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Input ``{"input": <the execution's input>, "defaults": {...}, "execution_id"}`` (ASL state
     Preprocess); output ``{"batch": {bucket, key}, "sinks", "objects", "succeeded", "failed", "duplicates"}``."""
-    if not isinstance(event, dict) or "input" not in event:
-        raise InvalidRequestError('preprocess input must be an object {"input": ..., "defaults": {...}, "execution_id": "..."}')
-    execution_id = event.get("execution_id") if isinstance(event.get("execution_id"), str) else None
-    bind(execution_id=execution_id)
-    try:
-        batch = parse_input(event["input"], Defaults.from_dict(event.get("defaults")))
-        return preprocess_batch(
-            batch,
-            execution_id,
-            s3=client("s3"),
-            store=cached_store(_stores, config.require(config.MODEL_BUCKET)),
-            limits=ImageLimits.from_env(),
-            work_bucket=config.require(config.WORK_BUCKET),
-            work_prefix=config.optional(config.WORK_PREFIX) or DEFAULT_WORK_PREFIX,
-            ownership=(config.optional(config.INPUT_BUCKET), config.optional(config.INPUT_KEY_PREFIX)),
-            claims=Claims.from_env(client("dynamodb")),
-        )
-    except InferpipeError as exc:
-        # The state machine records the error too; this line makes it findable in the logs.
-        logger.warning("preprocess failed", extra={"error": type(exc).__name__, "reason": str(exc)})
-        raise
+    request = PreprocessEvent.parse(event)
+    bind(execution_id=request.execution_id)
+    return service.preprocess(request)

@@ -26,18 +26,25 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.common.aws import client, error_code, is_not_found, is_transient, raise_transient
-from functions.common.errors import ConfigurationError, InvalidRequestError, SinkNotConfiguredError, SinkUnavailableError, TransientError
+from functions.common.errors import (
+    ConfigurationError,
+    InvalidRequestError,
+    SinkNotConfiguredError,
+    SinkUnavailableError,
+    TransientError,
+)
 from functions.common.log import logger
+from functions.common.timing import since_ms
 from functions.common.work import CLASSIFIED_STATUS, get_document
-from functions.sink import core
-from functions.sink.core import EVENT_DETAIL_TYPE, EVENT_SOURCE, LEDGER_PREFIX, MESSAGE_SINKS, SINKS, Destinations
+from functions.sink.core import LEDGER_PREFIX, SINKS, Destinations, PredictionRecord, build_record
+from functions.sink.writers import WRITERS, Channel, MessageWriter, deliver
 
 DELIVERED = "DELIVERED"
 #: Entries per request of PublishBatch, SendMessageBatch and PutEvents (each service's maximum).
@@ -48,37 +55,27 @@ BYTES_PER_REQUEST = 240 * 1024
 PARALLEL_WRITES = 8
 #: Attempts at entries a batch API answered as failed for a reason worth retrying.
 ENTRY_ATTEMPTS = 3
-#: EventBridge PutEvents entry error codes worth retrying (the others are the entry's fault):
-#: https://docs.aws.amazon.com/eventbridge/latest/APIReference/API_PutEventsResultEntry.html
-RETRIED_ENTRY_CODES = frozenset({"InternalFailure", "ThrottlingException", "ServiceUnavailable", "InternalException"})
 
 
-def _message_attributes(record: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """What a subscriber can filter on without parsing the body (SNS filter policies, SQS attributes)."""
-    return {
-        "record_id": {"DataType": "String", "StringValue": record["record_id"]},
-        "label": {"DataType": "String", "StringValue": str(record["top1"]["label"])},
-        "model_version": {"DataType": "String", "StringValue": record["model"]["version"]},
-    }
-
-
-def records_of(document: Mapping[str, Any], execution_id: str) -> list[dict[str, Any]]:
+def records_of(document: Mapping[str, Any], execution_id: str) -> list[PredictionRecord]:
     """The prediction record of every classified object of a batch document, in batch order."""
     records = []
     for entry in document["items"]:
         if entry.get("status") != CLASSIFIED_STATUS:
             continue
         if not isinstance(entry.get("source"), dict) or not isinstance(entry.get("prediction"), dict):
-            raise InvalidRequestError(f"batch entry {entry.get('index')!r} is CLASSIFIED without a source and a prediction")
-        records.append(core.build_record(entry["source"], entry["prediction"], execution_id))
+            raise InvalidRequestError(
+                f"batch entry {entry.get('index')!r} is CLASSIFIED without a source and a prediction"
+            )
+        records.append(build_record(entry["source"], entry["prediction"], execution_id))
     return records
 
 
-def ledger_id(records: Sequence[Mapping[str, Any]]) -> str:
-    return hashlib.sha256("\n".join(sorted(r["record_id"] for r in records)).encode()).hexdigest()[:32]
+def ledger_id(records: Sequence[PredictionRecord]) -> str:
+    return hashlib.sha256("\n".join(sorted(r.record_id for r in records)).encode()).hexdigest()[:32]
 
 
-def ledger_key(sink: str, records: Sequence[Mapping[str, Any]]) -> str:
+def ledger_key(sink: str, records: Sequence[PredictionRecord]) -> str:
     return f"{LEDGER_PREFIX}{sink}/{ledger_id(records)}.json"
 
 
@@ -94,7 +91,9 @@ def _ledger_read(dest: Destinations, key: str) -> tuple[set[str], set[str]]:
         if is_transient(exc):
             raise_transient(exc, f"reading the delivery ledger s3://{dest.output_bucket}/{key}")
         # An AccessDenied here must not read as "nothing published yet": that is duplicates.
-        raise SinkUnavailableError(f"cannot read the delivery ledger s3://{dest.output_bucket}/{key}: {error_code(exc)}") from exc
+        raise SinkUnavailableError(
+            f"cannot read the delivery ledger s3://{dest.output_bucket}/{key}: {error_code(exc)}"
+        ) from exc
     except BotoCoreError as exc:
         raise_transient(exc, f"reading the delivery ledger s3://{dest.output_bucket}/{key}")
     try:
@@ -105,21 +104,36 @@ def _ledger_read(dest: Destinations, key: str) -> tuple[set[str], set[str]]:
         return set(), set()
 
 
-def _ledger_write(dest: Destinations, key: str, sink: str, delivered: set[str], execution_id: str, location: str,
-                  sending: set[str] | None = None) -> None:
+def _ledger_write(
+    dest: Destinations,
+    key: str,
+    sink: str,
+    delivered: set[str],
+    execution_id: str,
+    location: str,
+    sending: set[str] | None = None,
+) -> None:
     """Write the ledger; a refusal is SinkUnavailableError, never a silent "published" (that is duplicates)."""
     if not dest.output_bucket:
         return
-    body = {"sink": sink, "location": location, "execution_id": execution_id, "delivered": sorted(delivered),
-            **({"sending": sorted(sending)} if sending else {})}
+    body = {
+        "sink": sink,
+        "location": location,
+        "execution_id": execution_id,
+        "delivered": sorted(delivered),
+        **({"sending": sorted(sending)} if sending else {}),
+    }
     where = f"the delivery ledger s3://{dest.output_bucket}/{key}"
     try:
-        client("s3").put_object(Bucket=dest.output_bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json")
+        client("s3").put_object(
+            Bucket=dest.output_bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json"
+        )
     except ClientError as exc:
         if is_transient(exc):
             raise_transient(exc, f"writing {where}")
-        raise SinkUnavailableError(f"cannot write {where}: {error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}"
-                                   .rstrip(": ")) from exc
+        raise SinkUnavailableError(
+            f"cannot write {where}: {error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
+        ) from exc
     except BotoCoreError as exc:
         raise_transient(exc, f"writing {where}")
 
@@ -139,151 +153,118 @@ def _chunks(entries: list[tuple[str, dict[str, Any]]]) -> Iterator[list[tuple[st
         yield chunk
 
 
-_Answer = Callable[[Any, list[str]], tuple[list[str], list[str], str]]
-_Call = Callable[[list[dict[str, Any]]], Any]
-
-
-def _send(chunk: list[tuple[str, dict[str, Any]]], call: _Call, answer: _Answer) -> tuple[list[str], list[str], str]:
-    ids = [record_id for record_id, _ in chunk]
-    response = call([entry for _, entry in chunk])
-    return answer(response, ids)
-
-
-def _sns_call(dest: Destinations) -> tuple[str, _Call, _Answer]:
-    topic = core._need(dest.topic_arn, "sns", core.config.PREDICTIONS_TOPIC_ARN)
-
-    def call(entries: list[dict[str, Any]]) -> Any:
-        return client("sns").publish_batch(TopicArn=topic, PublishBatchRequestEntries=entries)
-
-    return topic, call, _sender_fault_answer
-
-
-def _sqs_call(dest: Destinations) -> tuple[str, _Call, _Answer]:
-    queue = core._need(dest.queue_url, "sqs", core.config.PREDICTIONS_QUEUE_URL)
-
-    def call(entries: list[dict[str, Any]]) -> Any:
-        return client("sqs").send_message_batch(QueueUrl=queue, Entries=entries)
-
-    return queue, call, _sender_fault_answer
-
-
-def _sender_fault_answer(response: Any, ids: list[str]) -> tuple[list[str], list[str], str]:
-    """(transient, permanent, detail) of a PublishBatch / SendMessageBatch answer: ``SenderFault``
-    entries are the request's fault (retrying cannot help), the others the service's."""
-    transient, permanent, detail = [], [], ""
-    by_entry = {f"e{i}": record_id for i, record_id in enumerate(ids)}
-    for failed in response.get("Failed") or []:
-        record_id = by_entry.get(str(failed.get("Id")), str(failed.get("Id")))
-        (permanent if failed.get("SenderFault") else transient).append(record_id)
-        detail = f"{failed.get('Code')}: {failed.get('Message')}"
-    return transient, permanent, detail
-
-
-def _events_call(dest: Destinations) -> tuple[str, _Call, _Answer]:
-    bus = core._need(dest.event_bus, "eventbridge", core.config.PREDICTIONS_EVENT_BUS)
-
-    def call(entries: list[dict[str, Any]]) -> Any:
-        return client("events").put_events(Entries=entries)
-
-    def answer(response: Any, ids: list[str]) -> tuple[list[str], list[str], str]:
-        transient, permanent, detail = [], [], ""
-        if not response.get("FailedEntryCount"):
-            return transient, permanent, detail
-        for record_id, entry in zip(ids, response.get("Entries") or []):
-            code = entry.get("ErrorCode")
-            if code:
-                (transient if code in RETRIED_ENTRY_CODES else permanent).append(record_id)
-                detail = f"{code}: {entry.get('ErrorMessage')}"
-        return transient, permanent, detail
-
-    return f"events://{bus}", call, answer
-
-
-def _entries(sink: str, records: list[dict[str, Any]], dest: Destinations) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for record in records:
-        body = json.dumps(record, ensure_ascii=False)
-        if sink == "sns":
-            entry: dict[str, Any] = {"Id": "", "Message": body, "MessageAttributes": _message_attributes(record)}
-        elif sink == "sqs":
-            entry = {"Id": "", "MessageBody": body, "MessageAttributes": _message_attributes(record)}
-        else:
-            entry = {"Source": EVENT_SOURCE, "DetailType": EVENT_DETAIL_TYPE, "Detail": body, "EventBusName": dest.event_bus,
-                     "Resources": [record["execution_id"]]}
-        out.append((record["record_id"], entry))
-    return out
-
-
-def _publish(sink: str, records: list[dict[str, Any]], dest: Destinations, execution_id: str) -> str:
-    location, call, answer = {"sns": _sns_call, "sqs": _sqs_call, "eventbridge": _events_call}[sink](dest)
-    if location.endswith(".fifo"):  # they need MessageGroupId; the pipeline deduplicates by its ledger instead
-        raise ConfigurationError(f"sink '{sink}' is a FIFO topic or queue ({location}): the pipeline publishes to standard ones; "
-                                 "point it at a standard topic or queue (Terraform creates standard ones)")
+def _publish(writer: MessageWriter, records: list[PredictionRecord], dest: Destinations, execution_id: str) -> str:
+    """Publish what the ledger does not list yet; where it went. The ledger is noted before and after."""
+    sink = writer.name
+    channel = writer.open(dest)
+    if channel.location.endswith(".fifo"):  # they need MessageGroupId; the pipeline deduplicates by its ledger instead
+        raise ConfigurationError(
+            f"sink '{sink}' is a FIFO topic or queue ({channel.location}): the pipeline publishes to standard ones; "
+            "point it at a standard topic or queue (Terraform creates standard ones)"
+        )
     key = ledger_key(sink, records)
     delivered, interrupted = _ledger_read(dest, key)
-    pending = [record for record in records if record["record_id"] not in delivered]
+    pending = [record for record in records if record.record_id not in delivered]
     if not pending:
         logger.info("batch already published to this sink; not publishing again", extra={"ledger": key})
-        return location
+        return channel.location
     if interrupted - delivered:
-        logger.warning("an earlier attempt stopped while publishing; those records go out again and may arrive twice",
-                       extra={"ledger": key, "records": len(interrupted - delivered)})
+        logger.warning(
+            "an earlier attempt stopped while publishing; those records go out again and may arrive twice",
+            extra={"ledger": key, "records": len(interrupted - delivered)},
+        )
     # Written before anything goes out: a ledger that cannot be written stops the delivery here,
     # with nothing published, instead of publishing what a retry would publish again.
-    _ledger_write(dest, key, sink, delivered, execution_id, location, sending={r["record_id"] for r in pending})
-    failure: Exception | None = None
+    _ledger_write(dest, key, sink, delivered, execution_id, channel.location, sending={r.record_id for r in pending})
+    failure = _publish_pending(writer, channel, pending, dest, delivered)
     try:
-        for attempt in range(ENTRY_ATTEMPTS):
-            retry: list[dict[str, Any]] = []
-            by_id = {record["record_id"]: record for record in pending}
-            entries = _entries(sink, pending, dest)
-            for chunk in _chunks(entries):
-                if sink != "eventbridge":  # ids unique within a request, as PublishBatch / SendMessageBatch require
-                    chunk = [(record_id, {**entry, "Id": f"e{j}"}) for j, (record_id, entry) in enumerate(chunk)]
-                transient, permanent, detail = _send(chunk, call, answer)
-                ok = {record_id for record_id, _ in chunk} - set(transient) - set(permanent)
-                delivered |= ok
-                if permanent:
-                    raise SinkUnavailableError(f"sink '{sink}' refused {len(permanent)} record(s), e.g. {permanent[0]}: {detail}")
-                retry.extend(by_id[record_id] for record_id in transient)
-            if not retry:
-                break
-            pending = retry
-            if attempt + 1 == ENTRY_ATTEMPTS:
-                raise TransientError(f"sink '{sink}': {len(retry)} record(s) still failing after {ENTRY_ATTEMPTS} attempts: {detail}")
-            time.sleep(0.2 * 2**attempt)
+        _ledger_write(dest, key, sink, delivered, execution_id, channel.location)
+    except (SinkUnavailableError, TransientError, ConfigurationError) as ledger_failure:
+        if failure is None:
+            raise  # published: the retry publishes again what the ledger could not note (at least once)
+        logger.error(
+            "could not note the delivery ledger after a failed publish",
+            extra={"ledger": key, "reason": str(ledger_failure)},
+        )
+    if failure is not None:
+        raise failure
+    return channel.location
+
+
+def _publish_pending(
+    writer: MessageWriter, channel: Channel, pending: list[PredictionRecord], dest: Destinations, delivered: set[str]
+) -> Exception | None:
+    """Publish ``pending``, adding to ``delivered`` what went out; the error that stopped it, classified, or None."""
+    sink = writer.name
+    try:
+        _publish_with_retries(writer, channel, pending, dest, delivered)
     except (SinkUnavailableError, TransientError, ConfigurationError) as exc:
-        failure = exc
+        return exc
     except ClientError as exc:
-        failure = TransientError(f"delivering to sink '{sink}': {exc}") if is_transient(exc) else SinkUnavailableError(
-            f"sink '{sink}' refused the batch: {error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": "))
+        if is_transient(exc):
+            return TransientError(f"delivering to sink '{sink}': {exc}")
+        message = exc.response.get("Error", {}).get("Message", "")
+        return SinkUnavailableError(f"sink '{sink}' refused the batch: {error_code(exc)}: {message}".rstrip(": "))
     except BotoCoreError as exc:  # a connection problem is transient, a missing region or credentials is not
         try:
             raise_transient(exc, f"delivering to sink '{sink}'")
         except (TransientError, ConfigurationError) as classified:
-            failure = classified
-    try:
-        _ledger_write(dest, key, sink, delivered, execution_id, location)
-    except (SinkUnavailableError, TransientError, ConfigurationError) as ledger_failure:
-        if failure is None:
-            raise  # published: the retry publishes again what the ledger could not note (at least once)
-        logger.error("could not note the delivery ledger after a failed publish", extra={"ledger": key, "reason": str(ledger_failure)})
-    if failure is not None:
-        raise failure
-    return location
+            return classified
+    return None
 
 
-def _write_each(sink: str, records: list[dict[str, Any]], dest: Destinations) -> str:
+def _publish_with_retries(
+    writer: MessageWriter, channel: Channel, pending: list[PredictionRecord], dest: Destinations, delivered: set[str]
+) -> None:
+    """Up to ENTRY_ATTEMPTS rounds, each sending again only the entries the last answered as worth retrying."""
+    for attempt in range(ENTRY_ATTEMPTS):
+        retry, detail = _publish_round(writer, channel, pending, dest, delivered)
+        if not retry:
+            return
+        pending = retry
+        if attempt + 1 == ENTRY_ATTEMPTS:
+            raise TransientError(
+                f"sink '{writer.name}': {len(retry)} record(s) still failing after {ENTRY_ATTEMPTS} attempts: {detail}"
+            )
+        time.sleep(0.2 * 2**attempt)
+
+
+def _publish_round(
+    writer: MessageWriter, channel: Channel, pending: list[PredictionRecord], dest: Destinations, delivered: set[str]
+) -> tuple[list[PredictionRecord], str]:
+    """Every pending record sent once, in requests of ENTRIES_PER_REQUEST; (the records to retry,
+    the last request's failure text). A permanent failure raises SinkUnavailableError."""
+    by_id = {record.record_id: record for record in pending}
+    entries = [(record.record_id, writer.entry(record, dest)) for record in pending]
+    retry: list[PredictionRecord] = []
+    detail = ""
+    for chunk in _chunks(entries):
+        request = chunk
+        if writer.numbered_entries:  # ids unique within a request, as PublishBatch / SendMessageBatch require
+            request = [(record_id, {**entry, "Id": f"e{j}"}) for j, (record_id, entry) in enumerate(chunk)]
+        transient, permanent, detail = channel.failures(
+            channel.send([entry for _, entry in request]), [r for r, _ in request]
+        )
+        delivered |= {record_id for record_id, _ in request} - set(transient) - set(permanent)
+        if permanent:
+            raise SinkUnavailableError(
+                f"sink '{writer.name}' refused {len(permanent)} record(s), e.g. {permanent[0]}: {detail}"
+            )
+        retry.extend(by_id[record_id] for record_id in transient)
+    return retry, detail
+
+
+def _write_each(sink: str, records: list[PredictionRecord], dest: Destinations) -> str:
     """One PutObject / PutItem per record, PARALLEL_WRITES at a time; where they went (their common prefix)."""
 
-    def one(record: dict[str, Any]) -> str:
-        return core.deliver(sink, record, dest)
+    def one(record: PredictionRecord) -> str:
+        return deliver(sink, record, dest)
 
     if len(records) == 1:
         return one(records[0])
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES, thread_name_prefix=f"sink-{sink}") as pool:
         locations = list(pool.map(one, records))
-    common = os.path.commonprefix(locations)
+    common = os.path.commonprefix(locations)  # noqa: RUF071  (a string prefix, cut back to its last '/' below)
     return common if common.endswith("/") else common.rsplit("/", 1)[0] + "/"
 
 
@@ -296,12 +277,19 @@ def deliver_batch(sink: str, batch: Any, execution_id: str, dest: Destinations) 
     if not records:
         return {"sink": sink, "status": DELIVERED, "delivered": 0, "location": None}
     started = time.perf_counter()
-    if sink in MESSAGE_SINKS:
-        location = _publish(sink, records, dest, execution_id)
+    writer = WRITERS[sink]
+    if isinstance(writer, MessageWriter):
+        location = _publish(writer, records, dest, execution_id)
     else:
         location = _write_each(sink, records, dest)
-    logger.info("batch delivered", extra={"delivered": len(records), "location": location,
-                                          "ms": round((time.perf_counter() - started) * 1000.0, 1)})
+    logger.info(
+        "batch delivered",
+        extra={
+            "delivered": len(records),
+            "location": location,
+            "ms": round(since_ms(started), 1),
+        },
+    )
     return {"sink": sink, "status": DELIVERED, "delivered": len(records), "location": location}
 
 

@@ -155,7 +155,7 @@ class Version:
 
 def _when(text: str) -> datetime | None:
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return datetime.fromisoformat(text)
     except ValueError:
         return None
 
@@ -224,8 +224,12 @@ def _read(s3: Any, bucket: str, key: str) -> _Stored | None:
         record = json.loads(body)
     except ValueError:
         record = {}
-    return _Stored(record if isinstance(record, dict) else {}, str(answer.get("ETag") or ""), body,
-                   dict(answer.get("Metadata") or {}))
+    return _Stored(
+        record if isinstance(record, dict) else {},
+        str(answer.get("ETag") or ""),
+        body,
+        dict(answer.get("Metadata") or {}),
+    )
 
 
 def _lost(exc: ClientError, conditional: bool) -> bool:
@@ -233,13 +237,21 @@ def _lost(exc: ClientError, conditional: bool) -> bool:
     return error_code(exc) in CONDITION_LOST or http_status(exc) in (409, 412) or (conditional and is_not_found(exc))
 
 
-def _put(s3: Any, bucket: str, key: str, record: Mapping[str, Any], etag: str | None, metadata: Mapping[str, str]) -> str | None:
+def _put(
+    s3: Any, bucket: str, key: str, record: Mapping[str, Any], etag: str | None, metadata: Mapping[str, str]
+) -> str | None:
     """Write ``record`` at ``key`` if it still has ``etag`` (None: if there is nothing); the new
     ETag, or None when the condition lost."""
     condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
     try:
-        answer = s3.put_object(Bucket=bucket, Key=key, Body=_body(record), ContentType="application/json",
-                               Metadata=dict(metadata), **condition)
+        answer = s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=_body(record),
+            ContentType="application/json",
+            Metadata=dict(metadata),
+            **condition,
+        )
     except ClientError as exc:
         if _lost(exc, True):
             return None
@@ -282,11 +294,21 @@ def _archive(s3: Any, bucket: str, prefix: str, where: tuple[str, str], stored: 
 
 def _keep(s3: Any, bucket: str, outcome: Outcome, record: Mapping[str, Any], metadata: Mapping[str, str]) -> Outcome:
     """Write a record that is not (or no longer) the view to its version's entry."""
-    s3.put_object(Bucket=bucket, Key=outcome.version_key, Body=_body(record), ContentType="application/json",
-                  Metadata=dict(metadata))
-    logger.info("record of an older version: written to its version's entry, not the latest view", extra={
-        "record": outcome.version_key, "version_id": (record.get("source") or {}).get("version_id") or NULL_VERSION,
-        "reason": outcome.reason})
+    s3.put_object(
+        Bucket=bucket,
+        Key=outcome.version_key,
+        Body=_body(record),
+        ContentType="application/json",
+        Metadata=dict(metadata),
+    )
+    logger.info(
+        "record of an older version: written to its version's entry, not the latest view",
+        extra={
+            "record": outcome.version_key,
+            "version_id": (record.get("source") or {}).get("version_id") or NULL_VERSION,
+            "reason": outcome.reason,
+        },
+    )
     return outcome
 
 
@@ -331,8 +353,9 @@ def publish(
         if current is not None:
             order = _order(mine, current.record)
             if order is None or order < 0:
-                reason = (f"the latest {kind} view holds version {_held(current)}, "
-                          + ("a newer one" if order else "which nothing orders against this one (kept)"))
+                reason = f"the latest {kind} view holds version {_held(current)}, " + (
+                    "a newer one" if order else "which nothing orders against this one (kept)"
+                )
                 resolve()
                 return _keep(s3, bucket, Outcome("kept", own_latest, history, reason), record, metadata)
             if order == 0 and kind == PREDICTION and current.record.get("record_id") == record.get("record_id"):
@@ -358,14 +381,17 @@ def publish(
             return Outcome(view, own_latest, history)
         # The other kind's view describes a newer version (or one nothing orders against this one):
         # this record steps back to its version's entry.
-        kept = _keep(s3, bucket, Outcome("kept", own_latest, history, settled), record, metadata)  # before the view goes
+        kept = _keep(
+            s3, bucket, Outcome("kept", own_latest, history, settled), record, metadata
+        )  # before the view goes
         delete(s3, bucket, own_latest, written or None)
         return kept
     raise TransientError(f"s3://{bucket}/{own_latest} changed under {WRITE_ATTEMPTS} attempts to write it")
 
 
-def _settle(s3: Any, bucket: str, kind: str, mine: Version, prefix: str, where: tuple[str, str],
-            other_latest: str) -> tuple[str | None, bool]:
+def _settle(
+    s3: Any, bucket: str, kind: str, mine: Version, prefix: str, where: tuple[str, str], other_latest: str
+) -> tuple[str | None, bool]:
     """After writing a view: retire the other kind's view if it describes an older version (archived
     to its entry) or, for a prediction, this same version's failure (resolved). Returns (None when
     this record's view stays, else the reason the other view wins; whether there was one)."""
@@ -375,8 +401,10 @@ def _settle(s3: Any, bucket: str, kind: str, mine: Version, prefix: str, where: 
             return None, attempt > 0
         order = _order(mine, rival.record)
         if order is None or order < 0:
-            return (f"the latest {FAILURE if kind == PREDICTION else PREDICTION} view holds version {_held(rival)}, "
-                    + ("a newer one" if order else "which nothing orders against this one")), True
+            return (
+                f"the latest {FAILURE if kind == PREDICTION else PREDICTION} view holds version {_held(rival)}, "
+                + ("a newer one" if order else "which nothing orders against this one")
+            ), True
         if order == 0 and kind == FAILURE:
             return None, True  # a failure of a version that also succeeded is shown beside its prediction
         if order > 0:
@@ -392,8 +420,9 @@ def entry_of(prefix: str, bucket: str, key: str, record: Mapping[str, Any]) -> s
     return version_key(prefix, bucket, key, source.get("version_id"), source.get("etag"))
 
 
-def find(s3: Any, bucket: str, prefix: str, source_bucket: str, key: str, version_id: str | None,
-         etag: str | None = None) -> tuple[str, dict[str, Any]] | None:
+def find(
+    s3: Any, bucket: str, prefix: str, source_bucket: str, key: str, version_id: str | None, etag: str | None = None
+) -> tuple[str, dict[str, Any]] | None:
     """Where one object version's record under ``prefix`` is, and the record: its version's entry,
     or the key's latest view when that is the version's record; None when it has none."""
     entry = version_key(prefix, source_bucket, key, version_id, etag)
@@ -414,6 +443,18 @@ def read_latest(s3: Any, bucket: str, prefix: str, source: Mapping[str, Any]) ->
 
 
 __all__ = [
-    "FAILURE", "PREDICTION", "Outcome", "Version", "compare", "decode_key", "delete", "encode_key", "entry_of", "find",
-    "latest_key", "publish", "read_latest", "version_key",
+    "FAILURE",
+    "PREDICTION",
+    "Outcome",
+    "Version",
+    "compare",
+    "decode_key",
+    "delete",
+    "encode_key",
+    "entry_of",
+    "find",
+    "latest_key",
+    "publish",
+    "read_latest",
+    "version_key",
 ]

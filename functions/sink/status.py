@@ -41,8 +41,8 @@ from functions.common.aws import client, raise_transient, read_object
 from functions.common.errors import InvalidRequestError, ObjectNotFoundError
 from functions.common.log import logger
 from functions.common.work import CLASSIFIED, PREPROCESSED, execution_name, get_document, work_key
-from functions.sink.core import FAILURE_PREFIX, Destinations
 from functions.sink import records
+from functions.sink.core import FAILURE_PREFIX, Destinations
 from functions.sink.failures import record_batch_failures
 
 #: Fail states that only RecordFailure leads to: an execution that ended there is recorded.
@@ -71,8 +71,14 @@ class StatusChange:
 
 def parse(event: Mapping[str, Any]) -> StatusChange:
     detail = event.get("detail")
-    if not isinstance(detail, Mapping) or not isinstance(detail.get("executionArn"), str) or not isinstance(detail.get("status"), str):
-        raise InvalidRequestError('status input must be {"mode": "status", "detail": <a Step Functions Execution Status Change detail>}')
+    if (
+        not isinstance(detail, Mapping)
+        or not isinstance(detail.get("executionArn"), str)
+        or not isinstance(detail.get("status"), str)
+    ):
+        raise InvalidRequestError(
+            'status input must be {"mode": "status", "detail": <a Step Functions Execution Status Change detail>}'
+        )
     raw = detail.get("input")
     try:
         execution_input = json.loads(raw) if isinstance(raw, str) else raw
@@ -94,7 +100,9 @@ def _history(execution_arn: str) -> Iterator[Mapping[str, Any]]:
     token: str | None = None
     while True:
         try:
-            page = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000, **({"nextToken": token} if token else {}))
+            page = sfn.get_execution_history(
+                executionArn=execution_arn, maxResults=1000, **({"nextToken": token} if token else {})
+            )
         except (ClientError, BotoCoreError) as exc:
             raise_transient(exc, f"GetExecutionHistory {execution_arn}")
         yield from page.get("events", [])
@@ -122,7 +130,7 @@ def _newest_document(execution_arn: str) -> dict[str, str] | None:
     bucket = config.optional(config.WORK_BUCKET)
     if not bucket:
         return None
-    prefix = config.optional(config.WORK_PREFIX) or "tensors/"
+    prefix = config.Settings.from_env().work_prefix
     s3 = client("s3")
     for name in (CLASSIFIED, PREPROCESSED):
         ref = {"bucket": bucket, "key": work_key(prefix, execution_arn, name)}
@@ -165,14 +173,30 @@ def record_status(event: Mapping[str, Any], dest: Destinations) -> dict[str, Any
         keep_error_names=True,
     )
     if dest.output_bucket and outcome["keys"]:
-        body = {"execution_id": change.execution_arn, "status": change.status, "failure": failure, "records": outcome["keys"]}
+        body = {
+            "execution_id": change.execution_arn,
+            "status": change.status,
+            "failure": failure,
+            "records": outcome["keys"],
+        }
         try:
             client("s3").put_object(
-                Bucket=dest.output_bucket, Key=_marker_key(change.name), Body=json.dumps(body).encode("utf-8"), ContentType="application/json"
+                Bucket=dest.output_bucket,
+                Key=_marker_key(change.name),
+                Body=json.dumps(body).encode("utf-8"),
+                ContentType="application/json",
             )
         except (ClientError, BotoCoreError) as exc:
             raise_transient(exc, "noting the execution's failure records")
-    logger.warning("execution stopped unsuccessfully; failures recorded", extra={"status": change.status, "failed_state": failure["state"], "error": failure["error"], "failed": outcome["failed"]})
+    logger.warning(
+        "execution stopped unsuccessfully; failures recorded",
+        extra={
+            "status": change.status,
+            "failed_state": failure["state"],
+            "error": failure["error"],
+            "failed": outcome["failed"],
+        },
+    )
     return {**answer, "recorded": outcome["failed"], "error": outcome["error"], "failed_state": failure["state"]}
 
 
@@ -194,7 +218,10 @@ def _resolve(change: StatusChange, dest: Destinations) -> int:
                 continue
             record = json.loads(current)
             # Only a record of this execution and version: a later failure of the key stays.
-            if record.get("execution_id") == change.execution_arn and (record.get("source") or {}).get("version_id") == version:
+            if (
+                record.get("execution_id") == change.execution_arn
+                and (record.get("source") or {}).get("version_id") == version
+            ):
                 _delete(s3, dest.output_bucket, key)
                 deleted += 1
         resolved += 1 if deleted else 0

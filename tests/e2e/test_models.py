@@ -177,13 +177,13 @@ def test_new_executions_follow_a_promoted_alias_while_pinned_ones_do_not(stack: 
 
 
 def test_a_corrupted_params_object_is_refused_with_model_integrity_error(stack: Any, alt: AltVersions, tmp_path: Path) -> None:
-    from functions.inference.handler import model_cache
+    from functions.inference.handler import service
 
     # GIVEN a third version of demo-alt, published but never loaded, whose params object then loses one byte's integrity
     corrupt = _relabelled_copy(tmp_path / "demo-hoop", {"ring": "hoop"})
     code, _, err = _run_cli("model", "publish", str(tmp_path / "demo-hoop"), "--name", ALT, "--endpoint-url", stack.endpoint_url)
     assert code == 0, err
-    assert (ALT, corrupt.version) not in model_cache()
+    assert (ALT, corrupt.version) not in service.model_cache()
     s3, bucket = stack.client("s3"), stack.resources.buckets["models"]
     params_key = version_prefix(ALT, corrupt.version) + PARAMS_FILE
     params = bytearray(s3.get_object(Bucket=bucket, Key=params_key)["Body"].read())
@@ -200,7 +200,7 @@ def test_a_corrupted_params_object_is_refused_with_model_integrity_error(stack: 
     assert "params" in message and corrupt.version in message and "sha256" in message
     assert _task_attempts(history(stack, final["executionArn"]), "Inference") == 1
     # AND the corrupt model was never cached, so it is never served
-    assert (ALT, corrupt.version) not in model_cache()
+    assert (ALT, corrupt.version) not in service.model_cache()
 
 
 def test_a_half_published_version_is_never_picked_up(stack: Any, alt: AltVersions) -> None:

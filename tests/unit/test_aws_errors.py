@@ -18,6 +18,7 @@ from botocore.retries.standard import ThrottledRetryableChecker, TransientRetrya
 from functions.common import aws
 from functions.common.aws import TRANSIENT_CODES, is_transient, raise_transient
 from functions.common.errors import ConfigurationError, TransientError
+from tests.conftest import FakeLambdaContext
 from inferpipe.local.faults import DEFAULT_ERRORS
 
 #: The services the functions call.
@@ -97,19 +98,11 @@ def test_the_fault_injector_throttles_with_codes_the_services_really_send() -> N
     assert DEFAULT_ERRORS["sns"] == (429, "Throttled")
 
 
-class _Context:
-    def __init__(self, remaining_ms: int) -> None:
-        self.remaining_ms = remaining_ms
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
-
-
 @pytest.mark.parametrize("timeout_s", [3, 15, 30, 60, 900])
 def test_sdk_timeouts_and_retries_fit_in_what_the_invocation_has_left(timeout_s: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     # GIVEN an invocation with its whole timeout left
-    with aws.invocation_deadline(_Context(timeout_s * 1000)):
+    with aws.invocation_deadline(FakeLambdaContext(remaining_ms=timeout_s * 1000)):
         client = aws.client("sns")
     # THEN a call that times out on every attempt, with botocore's back-off, still ends (as a
     # retryable error) before Lambda would kill the function

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -10,51 +9,16 @@ import pytest
 from functions.common.batch import MAX_BATCH_OBJECTS, Batch, Defaults, named_objects, parse_input
 from functions.common.config import invocation_environment
 from functions.common.errors import InvalidInputError, InvalidRequestError, PermanentError
+from tests.conftest import s3_object_created, sqs_record
 
 BUCKET = "inferpipe-input-123456789012-us-east-1"
 SINKS = ("s3", "dynamodb", "sns", "sqs", "eventbridge")
 DEFAULTS = Defaults(sinks=SINKS, top_k=5, model="demo", model_version="prod")
-QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:inferpipe-uploads"
 
 
 def s3_event(key: str, version_id: str | None = "v1", bucket: str = BUCKET) -> dict[str, Any]:
     """An S3 'Object Created' event as EventBridge delivers it."""
-    obj: dict[str, Any] = {"key": key, "size": 1234, "etag": "0123abcd", "sequencer": "0062E99A88DC407460"}
-    if version_id is not None:
-        obj["version-id"] = version_id
-    return {
-        "version": "0",
-        "id": "17793124-05d4-b198-2fde-7ededc63b103",
-        "detail-type": "Object Created",
-        "source": "aws.s3",
-        "account": "123456789012",
-        "time": "2026-11-29T04:00:00Z",
-        "region": "us-east-1",
-        "resources": [f"arn:aws:s3:::{bucket}"],
-        "detail": {
-            "version": "0",
-            "bucket": {"name": bucket},
-            "object": obj,
-            "request-id": "N4N7GDK58NMKJ12R",
-            "requester": "123456789012",
-            "reason": "PutObject",
-        },
-    }
-
-
-def sqs_record(body: Any, number: int = 0) -> dict[str, Any]:
-    """One element of the JSON array EventBridge Pipes hands a Step Functions target."""
-    return {
-        "messageId": f"059f36b4-87a3-44ab-83d2-66197524858{number}",
-        "receiptHandle": "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a...",
-        "body": body if isinstance(body, str) else json.dumps(body),
-        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1545082649183"},
-        "messageAttributes": {},
-        "md5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
-        "eventSource": "aws:sqs",
-        "eventSourceARN": QUEUE_ARN,
-        "awsRegion": "us-east-1",
-    }
+    return s3_object_created(key, version_id, bucket)
 
 
 def objects(batch: Batch) -> list[tuple[str, str, str | None]]:

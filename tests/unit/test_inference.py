@@ -12,7 +12,6 @@ import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -26,8 +25,8 @@ from functions.common import aws
 from functions.common.config import invocation_environment
 from functions.common.errors import InvalidRequestError, ModelIntegrityError, ObjectNotFoundError
 from functions.common.manifest import InputSpec, Manifest
-from functions.inference import handler
 from functions.common.work import SCHEMA
+from functions.inference import handler
 from functions.inference.core import (
     FORWARD_BATCHES,
     LoadedModel,
@@ -39,17 +38,16 @@ from functions.inference.core import (
     settle_garbage,
     softmax,
 )
+from functions.inference.service import InferenceService
 from inferpipe.models import publish
 from inferpipe.packaging import export_package, load_package_dir
+from tests.conftest import FakeLambdaContext
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["circle", "square", "triangle"]
 SPEC = InputSpec(height=32, width=32, resize_shorter=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 SHAPE = (1, 3, 32, 32)
-CONTEXT = SimpleNamespace(
-    function_name="inference", memory_limit_in_mb=2048, aws_request_id="req-1",
-    invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:inference",
-)
+CONTEXT = FakeLambdaContext("inference", memory_limit_in_mb=2048)
 
 
 def tiny_package(out_dir: Path, seed: int = 0) -> Manifest:
@@ -280,8 +278,7 @@ def stack(monkeypatch: pytest.MonkeyPatch, package: Path, other_package: Path) -
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setattr(aws, "_clients", {})  # clients made inside the mock
-    monkeypatch.setattr(handler, "_cache", None)  # a cold Lambda
-    monkeypatch.setattr(handler, "_stores", {})
+    monkeypatch.setattr(handler, "service", InferenceService(import_ms=handler.service.import_ms))  # a cold Lambda
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="models-bucket")

@@ -6,12 +6,12 @@ import io
 import json
 import threading
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from functions.common.log import bind, lambda_context, logger
+from tests.conftest import FakeLambdaContext
 
 
 @pytest.fixture
@@ -25,13 +25,8 @@ def log_lines() -> Iterator[io.StringIO]:
         logger.registered_handler.setStream(previous)  # type: ignore[union-attr]
 
 
-def _context(request_id: str) -> SimpleNamespace:
-    return SimpleNamespace(
-        function_name="inferpipe-sink",
-        memory_limit_in_mb=256,
-        invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:inferpipe-sink",
-        aws_request_id=request_id,
-    )
+def _context(request_id: str) -> FakeLambdaContext:
+    return FakeLambdaContext("inferpipe-sink", memory_limit_in_mb=256, aws_request_id=request_id)
 
 
 def test_concurrent_invocations_each_log_their_own_request_id_and_object(log_lines: io.StringIO) -> None:

@@ -19,6 +19,7 @@ from functions.common.config import invocation_environment
 from functions.common.errors import InvalidRequestError, ModelIntegrityError
 from functions.common.manifest import MANIFEST_FILE, Manifest
 from functions.inference import handler
+from functions.inference.service import InferenceService
 from functions.inference.core import load_model, predict
 from inferpipe.demo_model.shapes import sample_images
 from inferpipe.models import publish
@@ -180,27 +181,24 @@ def test_default_model_preload_reports_the_cold_start_in_parts(packages: SimpleN
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setattr(aws, "_clients", {})
-    monkeypatch.setattr(handler, "_cache", None)
-    monkeypatch.setattr(handler, "_stores", {})
-    monkeypatch.setattr(handler, "_init", {"import": handler.IMPORT_MS})
-    monkeypatch.setattr(handler, "_init_reported", False)
+    monkeypatch.setattr(handler, "service", InferenceService(import_ms=handler.service.import_ms))
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="models-bucket")
         published = publish(s3, "models-bucket", packages.root / "int8", name="tiny", alias="prod")
         environment = {"MODEL_BUCKET": "models-bucket", "DEFAULT_MODEL": "tiny", "DEFAULT_MODEL_VERSION": "prod"}
         with invocation_environment({}):
-            assert handler.preload_default_model() is None  # nothing configured: nothing preloaded
+            assert handler.service.preload_default_model() is None  # nothing configured: nothing preloaded
         with invocation_environment(environment):
-            report = handler.preload_default_model()
+            report = handler.service.preload_default_model()
             assert report is not None and set(report) >= {"import", "fetch", "load", "first_forward", "preloaded"}
             # import is this module's own import time: ~0 when an earlier test already imported MXNet
             assert report["import"] >= 0 and report["first_forward"] > 0
             # THEN the model is cached: the first request does not load it
-            assert ("tiny", published.version) in handler.model_cache()
+            assert ("tiny", published.version) in handler.service.model_cache()
         with invocation_environment({**environment, "DEFAULT_MODEL": "missing"}):
-            handler._cache = None
-            assert handler.preload_default_model() is None  # a failure is logged, never raised
+            monkeypatch.setattr(handler, "service", InferenceService(import_ms=handler.service.import_ms))
+            assert handler.service.preload_default_model() is None  # a failure is logged, never raised
     model = load_model(*read_package(packages.root / "int8"))
     assert predict(model, np.zeros((1, 3, 32, 32), np.float32), 1)[0]["label"] in LABELS
     assert set(model.load_parts_ms) == {"verify", "parse", "build", "first_forward", "gc"}

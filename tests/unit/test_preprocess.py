@@ -11,7 +11,6 @@ import time
 import warnings
 import zlib
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -36,6 +35,7 @@ from functions.common.manifest import FileEntry, InputSpec, Manifest, content_ve
 from functions.common.request import ModelRef, SourceObject
 from functions.preprocess import core
 from functions.preprocess.transform import to_tensor
+from tests.conftest import FakeLambdaContext, s3_object_created, sqs_record
 
 LIMITS = ImageLimits()
 SPEC = InputSpec(height=64, width=64, resize_shorter=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -445,12 +445,7 @@ EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:inferpipe-pipeline:
 ALL_SINKS = ["s3", "dynamodb", "sns", "sqs", "eventbridge"]
 #: What the ASL passes as the deployment's defaults: its placeholders, rendered as strings.
 DEFAULTS = {"sinks": ",".join(ALL_SINKS), "top_k": "5", "model": "demo", "model_version": "prod"}
-CONTEXT = SimpleNamespace(
-    function_name="inferpipe-preprocess",
-    memory_limit_in_mb=1024,
-    invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:inferpipe-preprocess",
-    aws_request_id="req-1",
-)
+CONTEXT = FakeLambdaContext("inferpipe-preprocess", memory_limit_in_mb=1024)
 
 
 def _manifest(num_classes: int = 8, name: str = "demo", version: str = MODEL_VERSION, spec: InputSpec = SPEC) -> Manifest:
@@ -471,7 +466,8 @@ def _publish(s3: Any, manifest: Manifest, alias: str = "prod") -> None:
 def stack(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """GIVEN a model bucket with demo@prod published in the documented layout, and the function's env."""
     handler = pytest.importorskip("functions.preprocess.handler")
-    monkeypatch.setattr(handler, "_stores", {})
+    from functions.preprocess.service import PreprocessService
+    monkeypatch.setattr(handler, "service", PreprocessService())  # a cold Lambda
     s3.create_bucket(Bucket="model-bucket")
     _publish(s3, _manifest())
     env = {"MODEL_BUCKET": "model-bucket", "WORK_BUCKET": "work-bucket", "WORK_PREFIX": "tensors/",
@@ -482,18 +478,7 @@ def stack(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
 
 def s3_event(key: str, version_id: str | None = None, bucket: str = "input-bucket", sequencer: str | None = None) -> dict[str, Any]:
     """The S3 'Object Created' event EventBridge starts the state machine with."""
-    obj: dict[str, Any] = {"key": key, "size": 1, "etag": "e"}
-    if version_id is not None:
-        obj["version-id"] = version_id
-    if sequencer is not None:
-        obj["sequencer"] = sequencer
-    return {"version": "0", "detail-type": "Object Created", "source": "aws.s3", "account": "123456789012", "region": "us-east-1",
-            "resources": [f"arn:aws:s3:::{bucket}"], "detail": {"version": "0", "bucket": {"name": bucket}, "object": obj, "reason": "PutObject"}}
-
-
-def sqs_record(event: dict[str, Any]) -> dict[str, Any]:
-    """One element of the array EventBridge Pipes starts the state machine with (body: the S3 event)."""
-    return {"messageId": "m-1", "body": json.dumps(event), "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:uploads"}
+    return s3_object_created(key, version_id, bucket, sequencer)
 
 
 def manual(key: str = "photos/cat.jpg", bucket: str = "input-bucket", **options: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from functions.common.config import (
     DECODE_BASELINE_MB,
     DECODE_BYTES_PER_PIXEL,
     LAMBDA_MEMORY_SIZE,
-    ImageLimits,
+    Settings,
     pixels_for_memory,
 )
 from inferpipe.stack.resources import render_resources
@@ -82,10 +82,10 @@ def test_the_pixel_limit_follows_the_function_memory(monkeypatch: pytest.MonkeyP
     # GIVEN Lambda's MemorySize variable: the configured 40 MP holds at 1024 MB, a smaller function decodes less
     monkeypatch.setenv("MAX_IMAGE_PIXELS", "40000000")
     monkeypatch.setenv(LAMBDA_MEMORY_SIZE, "1024")
-    assert ImageLimits.from_env().max_image_pixels == 40_000_000
-    assert ImageLimits.from_env().pixel_limit_source == "MAX_IMAGE_PIXELS"
+    assert Settings.from_env().image_limits.max_image_pixels == 40_000_000
+    assert Settings.from_env().image_limits.pixel_limit_source == "MAX_IMAGE_PIXELS"
     monkeypatch.setenv(LAMBDA_MEMORY_SIZE, "512")
-    limits = ImageLimits.from_env()
+    limits = Settings.from_env().image_limits
     assert limits.max_image_pixels == pixels_for_memory(512) < 40_000_000
     assert limits.pixel_limit_source == "the most a 512 MB function decodes safely"
     # AND a 39.6 MP image is refused with an error saying which limit, before any decoding

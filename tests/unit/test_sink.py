@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -23,8 +22,9 @@ from functions.common.errors import (
 )
 from functions.common.work import CLASSIFIED, CLASSIFIED_STATUS, FAILED, SCHEMA, work_key
 from functions.sink import batch as sink_batch
-from functions.sink import core
+from functions.sink import core, writers
 from functions.sink.handler import lambda_handler
+from tests.conftest import FakeLambdaContext
 
 SOURCE = {"bucket": "in-bucket", "key": "holiday photos/café+1%.jpg", "version_id": "v1", "etag": "abc", "size": 10}
 PREDICTION = {
@@ -33,7 +33,7 @@ PREDICTION = {
 }
 EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:pipeline:abc"
 WORK_BUCKET = "work-bucket"
-CONTEXT = SimpleNamespace(function_name="sink", memory_limit_in_mb=256, invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:sink", aws_request_id="req-1")
+CONTEXT = FakeLambdaContext("sink", memory_limit_in_mb=256)
 
 
 @pytest.fixture
@@ -232,7 +232,7 @@ def test_redelivery_overwrites_instead_of_duplicating_in_storage_sinks(aws: dict
 
 def test_a_new_model_version_gets_a_new_record_id() -> None:
     other = {**PREDICTION, "model": {**PREDICTION["model"], "version": "ffffffffffff"}}
-    assert core.build_record(SOURCE, PREDICTION, EXECUTION)["record_id"] != core.build_record(SOURCE, other, EXECUTION)["record_id"]
+    assert core.build_record(SOURCE, PREDICTION, EXECUTION).record_id != core.build_record(SOURCE, other, EXECUTION).record_id
 
 
 def test_undeployed_sink_is_a_permanent_error_naming_the_variable(aws: dict[str, str]) -> None:
@@ -514,3 +514,10 @@ def test_a_rerun_with_other_options_updates_every_sink(aws: dict[str, str]) -> N
     assert len(json.loads(item["top_k"]["S"])) == 3
     for sink in ("sqs", "sns", "eventbridge"):
         assert [len(r["top_k"]) for r in _published(sink, aws)] == [3]
+
+
+def test_every_sink_stack_json_knows_has_one_writer_of_its_kind() -> None:
+    # config/stack.json sinks.known is the list; functions/sink/writers.py has one writer per entry,
+    # a MessageWriter exactly for those that publish (their deliveries go through the ledger)
+    assert set(writers.WRITERS) == set(core.SINKS)
+    assert {name for name, w in writers.WRITERS.items() if isinstance(w, writers.MessageWriter)} == set(core.MESSAGE_SINKS)

@@ -9,9 +9,11 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from functions.common.aws import client
 from functions.common.errors import RECORDED_ERROR_NAMES, PipelineError, SinkUnavailableError, TransientError
 from functions.common.work import PREPROCESSED
-from functions.sink import core
+from functions.sink import core, writers
+from functions.sink.failure_record import build_failure
 from functions.sink.failures import MIXED_ERRORS
 from functions.sink.handler import lambda_handler
 from tests.unit.test_sink import (  # noqa: F401 - aws is a fixture
@@ -159,7 +161,7 @@ def test_a_delivery_failure_lists_delivered_and_failed_sinks() -> None:
         "deliveries": [{"sink": "s3", "status": "DELIVERED"}, {"sink": "sqs", "status": "FAILED", "error": "SinkUnavailableError"}],
     }
     event = {"failure": {"state": "Deliver", "error": "SinkUnavailableError", "cause": "queue gone"}, "context": context, "execution_id": EXECUTION}
-    record = core.build_failure(event)
+    record = build_failure(event)
     assert record["delivered_sinks"] == ["s3"] and record["failed_sinks"] == ["sqs"]
     assert record["model"] == {"name": "demo", "version": "0123456789ab", "resolved": True}
 
@@ -171,16 +173,16 @@ def test_aws_refusals_are_typed_throttles_are_transient(aws: dict[str, str], mon
         return put
 
     record = core.build_record(SOURCE, PREDICTION, EXECUTION)
-    dynamodb = core.client("dynamodb")
+    dynamodb = client("dynamodb")
     monkeypatch.setattr(dynamodb, "put_item", refuse("ResourceNotFoundException", 400))
     with pytest.raises(SinkUnavailableError, match="sink 'dynamodb' refused"):
-        core.deliver("dynamodb", record, core.Destinations.from_env())
+        writers.deliver("dynamodb", record, core.Destinations.from_env())
     monkeypatch.setattr(dynamodb, "put_item", refuse("ProvisionedThroughputExceededException", 400))
     with pytest.raises(TransientError):
-        core.deliver("dynamodb", record, core.Destinations.from_env())
+        writers.deliver("dynamodb", record, core.Destinations.from_env())
     monkeypatch.setattr(dynamodb, "put_item", refuse("InternalServerError", 500))
     with pytest.raises(TransientError):
-        core.deliver("dynamodb", record, core.Destinations.from_env())
+        writers.deliver("dynamodb", record, core.Destinations.from_env())
 
 
 # --------------------------------------------------------------------------- a batch's failures
