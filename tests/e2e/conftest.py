@@ -62,7 +62,9 @@ def stack(demo_model: Manifest, request: pytest.FixtureRequest) -> Iterator[Any]
     local = LocalStack(default_model="demo", trigger=getattr(request.module, "TRIGGER", "direct"))
     local.start()
     try:
-        published = publish(local.client("s3"), local.resources.buckets["models"], DEMO_MODEL_DIR, name="demo", alias="prod")
+        published = publish(
+            local.client("s3"), local.resources.buckets["models"], DEMO_MODEL_DIR, name="demo", alias="prod"
+        )
         local.demo_version = published.version  # type: ignore[attr-defined]
         yield local
     finally:
@@ -87,7 +89,9 @@ def run_upload(stack: Any, key: str, data: bytes, sqs_down: bool = False) -> dic
     from inferpipe.local import lambda_service
 
     if sqs_down:
-        stack.inject_aws_faults("sqs", "SendMessageBatch", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue")
+        stack.inject_aws_faults(
+            "sqs", "SendMessageBatch", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue"
+        )
     try:
         stack.client("s3").put_object(Bucket=stack.resources.buckets["input"], Key=key, Body=data)
         (execution,) = executions_for_key(stack, key)
@@ -199,7 +203,10 @@ class SinkReader:
         res = self.stack.resources
         s3 = self.stack.client("s3")
         try:
-            body = s3.get_object(Bucket=res.buckets["output"], Key=output_key(res.settings["OUTPUT_PREFIX"], {"bucket": bucket, "key": key}))["Body"].read()
+            body = s3.get_object(
+                Bucket=res.buckets["output"],
+                Key=output_key(res.settings["OUTPUT_PREFIX"], {"bucket": bucket, "key": key}),
+            )["Body"].read()
             found["s3"] = [json.loads(body)]
         except s3.exceptions.NoSuchKey:
             found["s3"] = []
@@ -209,7 +216,9 @@ class SinkReader:
             ExpressionAttributeNames={"#o": "object"},
             ExpressionAttributeValues={":o": {"S": f"s3://{bucket}/{key}"}},
         )["Items"]
-        found["dynamodb"] = [item for item in items if item.get("status", {}).get("S") == "SUCCEEDED"]  # predictions, not failure records
+        found["dynamodb"] = [
+            item for item in items if item.get("status", {}).get("S") == "SUCCEEDED"
+        ]  # predictions, not failure records
         return found
 
 

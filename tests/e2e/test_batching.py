@@ -23,7 +23,10 @@ LABELS = ("circle", "square", "triangle", "ring", "checkerboard")
 def _failure_record(stack: Any, key: str) -> dict[str, Any] | None:
     s3 = stack.client("s3")
     try:
-        body = s3.get_object(Bucket=stack.resources.buckets["output"], Key=failure_key({"bucket": stack.resources.buckets["input"], "key": key}, ""))["Body"]
+        body = s3.get_object(
+            Bucket=stack.resources.buckets["output"],
+            Key=failure_key({"bucket": stack.resources.buckets["input"], "key": key}, ""),
+        )["Body"]
     except s3.exceptions.NoSuchKey:
         return None
     return dict(json.loads(body.read()))
@@ -98,7 +101,9 @@ def test_an_upload_the_buffer_delivers_twice_is_published_once(stack: Any, sinks
     # batch with a new upload's
     (element,) = json.loads(first["input"])
     buffer = sqs.get_queue_url(QueueName=stack.resources.trigger_buffer.queue)["QueueUrl"]
-    sqs.send_message(QueueUrl=buffer, MessageBody=json.dumps({"source": "aws.s3", "detail-type": "Object Created", **element}))
+    sqs.send_message(
+        QueueUrl=buffer, MessageBody=json.dumps({"source": "aws.s3", "detail-type": "Object Created", **element})
+    )
     fresh = f"twice-{run}/b.jpg"
     s3.put_object(Bucket=bucket, Key=fresh, Body=image_bytes("circle", seed=4))
     later = [e for e in _finished_executions(stack, {key, fresh}) if e["executionArn"] != first["executionArn"]]
@@ -123,11 +128,14 @@ def test_a_manual_batch_with_a_bad_object_delivers_the_others(stack: Any, sinks:
     for i, key in enumerate(keys):
         stack.client("s3").put_object(Bucket=bucket, Key=key, Body=image_bytes("square", fmt="PNG", seed=30 + i))
     _finished_executions(stack, set(keys))  # their own upload executions
-    objects = [{"bucket": bucket, "key": key} for key in keys] + [{"bucket": bucket, "key": f"manual-{run}/missing.png"}]
+    objects = [{"bucket": bucket, "key": key} for key in keys] + [
+        {"bucket": bucket, "key": f"manual-{run}/missing.png"}
+    ]
 
     # WHEN an operator starts one execution for the three, with options
     started = stack.client("stepfunctions").start_execution(
-        stateMachineArn=stack.state_machine_arn, input=json.dumps({"objects": objects, "top_k": 2, "sinks": ["s3", "dynamodb"]})
+        stateMachineArn=stack.state_machine_arn,
+        input=json.dumps({"objects": objects, "top_k": 2, "sinks": ["s3", "dynamodb"]}),
     )
     final = wait_for_execution(stack, started["executionArn"])
 
@@ -137,10 +145,14 @@ def test_a_manual_batch_with_a_bad_object_delivers_the_others(stack: Any, sinks:
     for key in keys:
         entry = batch_entry(stack, final["executionArn"], key)
         assert entry["status"] == "CLASSIFIED" and len(entry["prediction"]["top_k"]) == 2
-        assert entry["prediction"]["top_k"][0]["label"] == direct_top1(DEMO_MODEL_DIR, image_bytes("square", fmt="PNG", seed=30 + keys.index(key)))
+        assert entry["prediction"]["top_k"][0]["label"] == direct_top1(
+            DEMO_MODEL_DIR, image_bytes("square", fmt="PNG", seed=30 + keys.index(key))
+        )
     assert _failure_record(stack, f"manual-{run}/missing.png")["error"]["type"] == "ObjectNotFoundError"  # type: ignore[index]
     # AND only one tensor per model was written for the batch, and the state never carried predictions
-    history = stack.client("stepfunctions").get_execution_history(executionArn=final["executionArn"], maxResults=1000)["events"]
+    history = stack.client("stepfunctions").get_execution_history(executionArn=final["executionArn"], maxResults=1000)[
+        "events"
+    ]
     largest = max(len(json.dumps(e, default=str)) for e in history)
     assert largest < 8000, f"a history event of {largest} bytes: the state should carry references only"
 
@@ -164,7 +176,14 @@ def test_classify_prints_one_row_per_file_in_order_under_batching(stack: Any, tm
     # THEN one row per file, in the order given; the broken one failed alone
     assert code != 0
     assert [row["file"] for row in rows] == [str(p) for p in paths]
-    assert [row["status"] for row in rows] == ["succeeded", "succeeded", "failed", "succeeded", "succeeded", "succeeded"]
+    assert [row["status"] for row in rows] == [
+        "succeeded",
+        "succeeded",
+        "failed",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+    ]
     assert rows[2]["error"]["type"] == "NotAnImageError"
     assert [row["top_k"][0]["label"] for row in rows if row["status"] == "succeeded"] == expected
     # AND `inferpipe executions show` of a batch names every object of it (the input is the pipe's array of SQS records)
@@ -174,8 +193,12 @@ def test_classify_prints_one_row_per_file_in_order_under_batching(stack: Any, tm
     arn = rows[0]["execution_arn"]
     shown = show(target, arn, with_logs=False)
     batch_keys = {o["key"] for o in shown.objects}
-    assert "incoming/0 circle.jpg" in batch_keys and len(batch_keys) == sum(1 for row in rows if row["execution_arn"] == arn)
-    (listed,) = [r for r in list_rows(target.client("stepfunctions"), target.state_machine_arn, limit=200) if r.arn == arn]
+    assert "incoming/0 circle.jpg" in batch_keys and len(batch_keys) == sum(
+        1 for row in rows if row["execution_arn"] == arn
+    )
+    (listed,) = [
+        r for r in list_rows(target.client("stepfunctions"), target.state_machine_arn, limit=200) if r.arn == arn
+    ]
     assert len(listed.objects) == len(batch_keys)
 
 
@@ -188,7 +211,11 @@ def test_backfill_classifies_a_prefix_of_existing_objects(stack: Any, sinks: Any
     try:
         s3 = stack.client("s3")
         for i in range(202):
-            s3.put_object(Bucket=bucket, Key=f"{prefix}{i:03d}.jpg", Body=image_bytes(LABELS[i % len(LABELS)], size=(96, 80), seed=i))
+            s3.put_object(
+                Bucket=bucket,
+                Key=f"{prefix}{i:03d}.jpg",
+                Body=image_bytes(LABELS[i % len(LABELS)], size=(96, 80), seed=i),
+            )
         for i in range(3):
             s3.put_object(Bucket=bucket, Key=f"{prefix}broken-{i}.jpg", Body=b"\xff\xd8 truncated")
     finally:
@@ -198,7 +225,9 @@ def test_backfill_classifies_a_prefix_of_existing_objects(stack: Any, sinks: Any
     target = Target(endpoint_url=stack.endpoint_url, resources=stack.resources)
     dry = backfill(target, f"s3://{bucket}/{prefix}", batch_size=50, dry_run=True)
     assert (dry.objects, dry.batches, dry.executions) == (205, 5, 0)
-    code = main(["backfill", f"s3://{bucket}/{prefix}", "--batch-size", "50", "--json", "--endpoint-url", stack.endpoint_url])
+    code = main(
+        ["backfill", f"s3://{bucket}/{prefix}", "--batch-size", "50", "--json", "--endpoint-url", stack.endpoint_url]
+    )
     summary = json.loads(capsys.readouterr().out)
 
     # THEN every object was classified once; the three bad ones failed, by type; exit status 1
@@ -210,7 +239,9 @@ def test_backfill_classifies_a_prefix_of_existing_objects(stack: Any, sinks: Any
         assert all(len(records[sink]) == 1 for sink in ALL_SINKS), records
     assert _failure_record(stack, f"{prefix}broken-1.jpg")["error"]["type"] == "NotAnImageError"  # type: ignore[index]
     # AND the Distributed Map's results are in the output bucket, as the ResultWriter writes them
-    manifest = stack.client("s3").get_object(Bucket=summary["results"]["Bucket"], Key=summary["results"]["Key"])["Body"].read()
+    manifest = (
+        stack.client("s3").get_object(Bucket=summary["results"]["Bucket"], Key=summary["results"]["Key"])["Body"].read()
+    )
     assert json.loads(manifest)["ResultFiles"]["SUCCEEDED"][0]["Size"] == 5
 
 
@@ -220,7 +251,11 @@ def test_a_backfill_whose_stack_fails_mid_run_reports_the_finished_batches_and_n
     events.disable_rule(Name=stack.resources.trigger_rule)  # objects already there: no trigger
     try:
         for i in range(6):
-            s3.put_object(Bucket=bucket, Key=f"{prefix}{i}.jpg", Body=image_bytes(LABELS[i % len(LABELS)], size=(96, 80), seed=70 + i))
+            s3.put_object(
+                Bucket=bucket,
+                Key=f"{prefix}{i}.jpg",
+                Body=image_bytes(LABELS[i % len(LABELS)], size=(96, 80), seed=70 + i),
+            )
     finally:
         events.enable_rule(Name=stack.resources.trigger_rule)
     target = Target(endpoint_url=stack.endpoint_url, resources=stack.resources)
@@ -243,7 +278,19 @@ def test_a_backfill_whose_stack_fails_mid_run_reports_the_finished_batches_and_n
 def test_bad_backfill_arguments_are_refused_clearly(stack: Any, capsys: Any) -> None:
     assert main(["backfill", "photos/", "--endpoint-url", stack.endpoint_url]) == 2
     assert "not an S3 URI" in capsys.readouterr().err
-    assert main(["backfill", f"s3://{stack.resources.buckets['input']}/x/", "--batch-size", "101", "--endpoint-url", stack.endpoint_url]) == 2
+    assert (
+        main(
+            [
+                "backfill",
+                f"s3://{stack.resources.buckets['input']}/x/",
+                "--batch-size",
+                "101",
+                "--endpoint-url",
+                stack.endpoint_url,
+            ]
+        )
+        == 2
+    )
     assert "between 1 and 100" in capsys.readouterr().err
 
 
@@ -252,7 +299,9 @@ def test_the_cost_of_batches_counts_images_not_executions(stack: Any, tmp_path: 
     keys = set()
     for i in range(10):
         key = f"cost-{uuid.uuid4().hex[:6]}/{i}.jpg"
-        stack.client("s3").put_object(Bucket=stack.resources.buckets["input"], Key=key, Body=image_bytes("ring", seed=60 + i))
+        stack.client("s3").put_object(
+            Bucket=stack.resources.buckets["input"], Key=key, Body=image_bytes("ring", seed=60 + i)
+        )
         keys.add(key)
     executions = _finished_executions(stack, keys)
     stack.flush_logs()

@@ -28,7 +28,9 @@ def files(tmp_path: Path) -> dict[str, Path]:
     return {"good": good, "fake": fake, "missing": tmp_path / "nope.jpg"}
 
 
-def test_classify_json_reports_each_file_in_order(stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_classify_json_reports_each_file_in_order(
+    stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     paths = [str(files["good"]), str(files["fake"]), str(files["missing"])]
 
     # WHEN the user classifies three files with --json
@@ -47,14 +49,20 @@ def test_classify_json_reports_each_file_in_order(stack: Any, files: dict[str, P
     assert good["model_version"] == stack.demo_version and good["execution_arn"].startswith("arn:aws:states:")
     assert fake["status"] == "failed" and fake["error"]["type"] == "NotAnImageError" and fake["top_k"] == []
     assert "page.png" in fake["error"]["message"]
-    assert missing["status"] == "failed" and missing["error"]["type"] == "FileNotFound" and missing["execution_arn"] is None
+    assert (
+        missing["status"] == "failed"
+        and missing["error"]["type"] == "FileNotFound"
+        and missing["execution_arn"] is None
+    )
 
     # AND the object key kept the file's name as given
     keys = [o["Key"] for o in stack.client("s3").list_objects_v2(Bucket=stack.resources.buckets["input"])["Contents"]]
     assert "incoming/ma photo ñ 1.jpg" in keys
 
 
-def test_classify_table_and_exit_zero_when_all_succeed(stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_classify_table_and_exit_zero_when_all_succeed(
+    stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["classify", str(files["good"]), "--endpoint-url", stack.endpoint_url])
     out = capsys.readouterr().out
     assert code == 0
@@ -63,15 +71,31 @@ def test_classify_table_and_exit_zero_when_all_succeed(stack: Any, files: dict[s
     assert "triangle" in row and "succeeded" in row and stack.demo_version in row
 
 
-def test_unknown_model_version_fails_the_file_with_model_not_found(stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["classify", str(files["good"]), "--json", "--model-version", "no-such-alias", "--endpoint-url", stack.endpoint_url])
+def test_unknown_model_version_fails_the_file_with_model_not_found(
+    stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "classify",
+            str(files["good"]),
+            "--json",
+            "--model-version",
+            "no-such-alias",
+            "--endpoint-url",
+            stack.endpoint_url,
+        ]
+    )
     result = json.loads(capsys.readouterr().out)[0]
     assert code == 1
     assert result["error"]["type"] == "ModelNotFoundError" and "no-such-alias" in result["error"]["message"]
 
 
 def test_classify_on_a_stack_without_the_model_publishes_its_built_package_or_says_how(
-    stack: Any, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    stack: Any,
+    files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import shutil
 
@@ -82,7 +106,9 @@ def test_classify_on_a_stack_without_the_model_publishes_its_built_package_or_sa
     shutil.copytree(DEMO_MODEL_DIR, build / "models" / "shapes-copy")
     monkeypatch.setattr(inferpipe.paths, "BUILD_DIR", build)
     # WHEN a file is classified with it
-    code = main(["classify", str(files["good"]), "--json", "--model", "shapes-copy", "--endpoint-url", stack.endpoint_url])
+    code = main(
+        ["classify", str(files["good"]), "--json", "--model", "shapes-copy", "--endpoint-url", stack.endpoint_url]
+    )
     captured = capsys.readouterr()
     # THEN the package is published (alias prod), the user is told so on stderr, and the file succeeds with it
     (result,) = json.loads(captured.out)
@@ -96,7 +122,9 @@ def test_classify_on_a_stack_without_the_model_publishes_its_built_package_or_sa
     # THEN nothing is uploaded, and the error gives the exact command that publishes one
     assert code == 2 and "has no model 'never-built' published" in err
     assert "inferpipe model publish PACKAGE_DIR --name never-built --alias prod" in err
-    assert stack.client("s3").list_objects_v2(Bucket=stack.resources.buckets["input"]).get("KeyCount", 0) == uploads_before
+    assert (
+        stack.client("s3").list_objects_v2(Bucket=stack.resources.buckets["input"]).get("KeyCount", 0) == uploads_before
+    )
 
 
 def test_when_the_stack_fails_mid_run_finished_files_keep_their_results_and_the_rest_name_the_error(
@@ -141,14 +169,31 @@ def test_classify_shows_progress_on_a_terminal_and_nothing_extra_with_json(
 ) -> None:
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    assert main(["classify", str(files["good"]), str(files["fake"]), str(files["missing"]), "--endpoint-url", stack.endpoint_url]) == 1
+    assert (
+        main(
+            [
+                "classify",
+                str(files["good"]),
+                str(files["fake"]),
+                str(files["missing"]),
+                "--endpoint-url",
+                stack.endpoint_url,
+            ]
+        )
+        == 1
+    )
     # THEN one status line, rewritten in place, ends with every file counted
     # (other writers may share stderr: take each rewrite's status line only)
-    found = (re.match(r"\d+/3 uploaded · \d+/3 finished · \d+ failed", part) for part in terminal.getvalue().split("\r"))
+    found = (
+        re.match(r"\d+/3 uploaded · \d+/3 finished · \d+ failed", part) for part in terminal.getvalue().split("\r")
+    )
     lines = [match.group(0) for match in found if match]
     # the missing file fails at its upload: finished (failed) at once
-    assert lines[:3] == ["1/3 uploaded · 0/3 finished · 0 failed", "2/3 uploaded · 0/3 finished · 0 failed",
-                         "3/3 uploaded · 1/3 finished · 1 failed"], lines
+    assert lines[:3] == [
+        "1/3 uploaded · 0/3 finished · 0 failed",
+        "2/3 uploaded · 0/3 finished · 0 failed",
+        "3/3 uploaded · 1/3 finished · 1 failed",
+    ], lines
     assert lines[-1] == "3/3 uploaded · 3/3 finished · 2 failed", lines
     capsys.readouterr()
     # AND with --json, stderr has no progress at all
@@ -165,7 +210,9 @@ def test_bad_arguments_get_a_usage_error_not_a_traceback(capsys: pytest.CaptureF
 
 
 @pytest.mark.parametrize("command", ["replay", "reconcile", "logs sink", "cost", "executions list"])
-def test_a_bad_since_is_a_usage_error_naming_the_accepted_form(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_since_is_a_usage_error_naming_the_accepted_form(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*command.split(), "--since", "yesterday"])
     assert exit_info.value.code == 2
@@ -179,7 +226,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_console_script_starts_the_local_stack_and_leaves_nothing_behind(tmp_path: Path, files: dict[str, Path], stack: Any) -> None:
+def test_console_script_starts_the_local_stack_and_leaves_nothing_behind(
+    tmp_path: Path, files: dict[str, Path], stack: Any
+) -> None:
     """The real user path: separate processes, a daemon started on demand, then `local down`."""
     inferpipe = Path(sys.executable).with_name("inferpipe")
     env = {**os.environ, "INFERPIPE_STATE_DIR": str(tmp_path / "state"), "INFERPIPE_LOCAL_PORT": str(_free_port())}
@@ -187,7 +236,9 @@ def test_console_script_starts_the_local_stack_and_leaves_nothing_behind(tmp_pat
         env.pop(name, None)  # the in-process test stack must not leak into the user's shell
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(inferpipe), *args], env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [str(inferpipe), *args], check=False, env=env, capture_output=True, text=True, timeout=300
+        )
 
     try:
         published = run("model", "publish", str(DEMO_MODEL_DIR), "--name", "demo", "--alias", "prod")
@@ -202,8 +253,21 @@ def test_console_script_starts_the_local_stack_and_leaves_nothing_behind(tmp_pat
         # the daemon's control token is in its state folder, for its user only, and never printed
         token_file = tmp_path / "state" / "control-token"
         assert token_file.stat().st_mode & 0o077 == 0 and token_file.read_text() not in status.stdout
-        added = run("local", "fault", "add", "sqs:SendMessageBatch", "--error", "KMS.DisabledException", "--status", "400", "--count", "2")
-        assert added.returncode == 0 and "sqs:SendMessageBatch: KMS.DisabledException (HTTP 400)" in added.stdout, added.stderr
+        added = run(
+            "local",
+            "fault",
+            "add",
+            "sqs:SendMessageBatch",
+            "--error",
+            "KMS.DisabledException",
+            "--status",
+            "400",
+            "--count",
+            "2",
+        )
+        assert added.returncode == 0 and "sqs:SendMessageBatch: KMS.DisabledException (HTTP 400)" in added.stdout, (
+            added.stderr
+        )
         assert "2 left, fired 0" in run("local", "fault", "list").stdout
         assert "cleared 1 fault rule(s)" in run("local", "fault", "clear").stdout
     finally:
@@ -214,7 +278,9 @@ def test_console_script_starts_the_local_stack_and_leaves_nothing_behind(tmp_pat
     assert run("local", "status").returncode == 3
 
 
-def test_logs_prints_a_functions_lines_with_its_report_lines(stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_logs_prints_a_functions_lines_with_its_report_lines(
+    stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     # GIVEN a file went through the pipeline
     assert main(["classify", str(files["good"]), "--json", "--endpoint-url", stack.endpoint_url]) == 0
     stack.flush_logs()
@@ -234,7 +300,9 @@ def test_logs_prints_a_functions_lines_with_its_report_lines(stack: Any, files: 
     assert stamps == sorted(stamps)
 
 
-def test_logs_of_an_unknown_function_is_a_usage_error_naming_the_known_ones(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_logs_of_an_unknown_function_is_a_usage_error_naming_the_known_ones(
+    stack: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["logs", "postprocess", "--endpoint-url", stack.endpoint_url])
     err = capsys.readouterr().err
     assert code == 2 and "no function 'postprocess'" in err and "sink" in err
@@ -243,7 +311,9 @@ def test_logs_of_an_unknown_function_is_a_usage_error_naming_the_known_ones(stac
     assert exit_info.value.code == 2 and "'soon' is not a duration" in capsys.readouterr().err
 
 
-def test_cost_prices_one_images_measured_work(stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cost_prices_one_images_measured_work(
+    stack: Any, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     import time as _time
 
     from inferpipe import cost

@@ -13,10 +13,13 @@ from typing import Any
 from tests.e2e.conftest import image_bytes, run_upload, wait_for_execution
 
 
-def _request(stack: Any, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def _request(
+    stack: Any, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request(stack.endpoint_url + path, data=data, method="POST" if data is not None else "GET",
-                                     headers=headers or {})
+    request = urllib.request.Request(
+        stack.endpoint_url + path, data=data, method="POST" if data is not None else "GET", headers=headers or {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:
             return answer.status, dict(answer.headers), answer.read()
@@ -74,7 +77,9 @@ def test_a_failed_execution_is_listed_shown_with_its_graph_data_and_redriven_fro
     # AND Restart starts a new execution with the same input, named as `inferpipe replay` names it
     status, _, body = _request(stack, "/console/api/restart", {"id": failed["name"]}, _same_origin(stack))
     answer = json.loads(body)
-    assert status == 200 and answer["how"] == "skipped" and "succeeded" in answer["note"], answer  # it succeeded: nothing to replay
+    assert status == 200 and answer["how"] == "skipped" and "succeeded" in answer["note"], (
+        answer
+    )  # it succeeded: nothing to replay
 
 
 def test_models_and_reconciliation_are_served(stack: Any) -> None:
@@ -89,20 +94,26 @@ def test_models_and_reconciliation_are_served(stack: Any) -> None:
 def test_pages_of_other_sites_cannot_use_the_console_or_borrow_its_exception(stack: Any) -> None:
     body = {"id": "anything"}
     # another site's page: refused by the guard whatever it claims
-    for headers in ({"Origin": "https://pages.example", "Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"},
-                    {"Origin": "https://pages.example", "Sec-Fetch-Site": "same-origin", "Content-Type": "application/json"},
-                    {"Origin": stack.endpoint_url, "Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"},
-                    {"Sec-Fetch-Site": "same-site", "Content-Type": "application/json"}):
+    for headers in (
+        {"Origin": "https://pages.example", "Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"},
+        {"Origin": "https://pages.example", "Sec-Fetch-Site": "same-origin", "Content-Type": "application/json"},
+        {"Origin": stack.endpoint_url, "Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"},
+        {"Sec-Fetch-Site": "same-site", "Content-Type": "application/json"},
+    ):
         status, _, answer = _request(stack, "/console/api/redrive", body, headers)
         assert status == 403 and b"refused" in answer, (headers, answer)
     # a body that is not a JSON object is refused, naming what is expected
     status, _, answer = _request(stack, "/console/api/redrive", b"[1, 2]", _same_origin(stack))
     assert status == 400 and b"JSON object" in answer
     # a form post (no preflight) is not JSON: refused before anything runs
-    status, _, _ = _request(stack, "/console/api/redrive", b"id=x", {**_same_origin(stack), "Content-Type": "text/plain"})
+    status, _, _ = _request(
+        stack, "/console/api/redrive", b"id=x", {**_same_origin(stack), "Content-Type": "text/plain"}
+    )
     assert status == 415
     # the same-origin exception is the console's only: the AWS endpoints still refuse any Origin
-    status, _, _ = _request(stack, "/", b"Action=ListQueues", {**_same_origin(stack), "Content-Type": "application/x-www-form-urlencoded"})
+    status, _, _ = _request(
+        stack, "/", b"Action=ListQueues", {**_same_origin(stack), "Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert status == 403
     # and the control endpoints still need the token
     status, _, _ = _request(stack, "/_inferpipe/faults")

@@ -24,9 +24,21 @@ pytestmark = pytest.mark.skipif(BROWSER is None, reason="no headless Chromium: a
 def render(url: str, budget_ms: int = 8000) -> str:
     """The page's DOM after its script ran (virtual time: fetches answered, timers run)."""
     done = subprocess.run(
-        [str(BROWSER), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--user-data-dir=/tmp/inferpipe-chromium",
-         f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(BROWSER),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--user-data-dir=/tmp/inferpipe-chromium",
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            url,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -34,13 +46,15 @@ def render(url: str, budget_ms: int = 8000) -> str:
 
 def test_the_browser_renders_the_executions_and_a_failed_executions_graph(stack: Any) -> None:
     ok = run_upload(stack, f"browser/{uuid.uuid4().hex[:6]} ok.jpg", image_bytes("square", seed=12))
-    failed = run_upload(stack, f"browser/{uuid.uuid4().hex[:6]} down.jpg", image_bytes("square", seed=12), sqs_down=True)
+    failed = run_upload(
+        stack, f"browser/{uuid.uuid4().hex[:6]} down.jpg", image_bytes("square", seed=12), sqs_down=True
+    )
     assert (ok["status"], failed["status"]) == ("SUCCEEDED", "FAILED")
 
     # the executions list: both, each with its status, the failed one with its clean error
     listing = render(f"{stack.endpoint_url}/console#executions?key=browser/")
     for execution in (ok, failed):
-        row = re.search(rf'<tr class="click" data-id="{execution["name"]}">(.*?)</tr>', listing, re.S)
+        row = re.search(rf'<tr class="click" data-id="{execution["name"]}">(.*?)</tr>', listing, re.DOTALL)
         assert row is not None, f"{execution['name']} not listed"
         assert f'class="{execution["status"]}">{execution["status"]}<' in row.group(1)
     assert "SinkUnavailableError: sink 'sqs' refused the batch" in listing

@@ -48,15 +48,33 @@ def test_inference_answers_a_warmup_ping(stack: Any) -> None:
 
 def test_sink_delivers_a_real_record(stack: Any) -> None:
     source = {"bucket": stack.resources.buckets["input"], "key": "ric/entry point.jpg", "version_id": None}
-    prediction = {"model": {"name": "demo", "version": stack.demo_version}, "top_k": [{"label": "ring", "index": 4, "probability": 0.9}]}
-    document = {"schema": SCHEMA, "items": [{"index": 0, "status": "CLASSIFIED", "source": source, "prediction": prediction}]}
+    prediction = {
+        "model": {"name": "demo", "version": stack.demo_version},
+        "top_k": [{"label": "ring", "index": 4, "probability": 0.9}],
+    }
+    document = {
+        "schema": SCHEMA,
+        "items": [{"index": 0, "status": "CLASSIFIED", "source": source, "prediction": prediction}],
+    }
     ref = {"bucket": stack.resources.buckets["work"], "key": "tensors/batches/ric/classified.json"}
     stack.client("s3").put_object(Bucket=ref["bucket"], Key=ref["key"], Body=json.dumps(document).encode())
-    event = {"sink": "s3", "batch": ref, "execution_id": "arn:aws:states:us-east-1:123456789012:execution:inferpipe-pipeline:ric"}
+    event = {
+        "sink": "s3",
+        "batch": ref,
+        "execution_id": "arn:aws:states:us-east-1:123456789012:execution:inferpipe-pipeline:ric",
+    }
     kind, payload = _invoke(stack, "sink", event)
     assert kind == "response", payload
-    assert payload["sink"] == "s3" and payload["delivered"] == 1 and payload["location"].endswith("ric/entry point.jpg.json")
-    body = stack.client("s3").get_object(Bucket=stack.resources.buckets["output"], Key=payload["location"].split("/", 3)[3])["Body"].read()
+    assert (
+        payload["sink"] == "s3"
+        and payload["delivered"] == 1
+        and payload["location"].endswith("ric/entry point.jpg.json")
+    )
+    body = (
+        stack.client("s3")
+        .get_object(Bucket=stack.resources.buckets["output"], Key=payload["location"].split("/", 3)[3])["Body"]
+        .read()
+    )
     assert json.loads(body)["top1"]["label"] == "ring"
     # AND it ran in a process started as the container starts: the entrypoint and the function's CMD
     started = [Path(f"/proc/{e.pid}/cmdline").read_bytes().split(b"\0")[1:4] for e in stack.environments("sink")]
@@ -65,7 +83,12 @@ def test_sink_delivers_a_real_record(stack: Any) -> None:
 
 def test_preprocess_reports_a_typed_error(stack: Any) -> None:
     kind, payload = _invoke(
-        stack, "preprocess", {"input": ["not", "an", "event"], "defaults": {"sinks": "s3", "top_k": "5", "model": "demo", "model_version": "prod"}}
+        stack,
+        "preprocess",
+        {
+            "input": ["not", "an", "event"],
+            "defaults": {"sinks": "s3", "top_k": "5", "model": "demo", "model_version": "prod"},
+        },
     )
     assert kind == "error"
     assert payload["errorType"] == "InvalidInputError" and "none of its 3 elements" in payload["errorMessage"]

@@ -19,7 +19,9 @@ def _show(stack: Any, name: str, capsys: pytest.CaptureFixture[str]) -> dict[str
     return json.loads(capsys.readouterr().out)
 
 
-def test_show_gives_a_succeeded_executions_path_records_and_log_lines(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_gives_a_succeeded_executions_path_records_and_log_lines(
+    stack: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     key = f"executions/{uuid.uuid4().hex[:8]} ok.jpg"
     final = run_upload(stack, key, image_bytes("circle", seed=4))
     assert final["status"] == "SUCCEEDED"
@@ -56,7 +58,9 @@ def test_show_gives_a_succeeded_executions_path_records_and_log_lines(stack: Any
     assert f"execution  {final['name']}  SUCCEEDED" in text and "  [3] Deliver" in text and "REPORT RequestId:" in text
 
 
-def test_show_names_where_a_failed_execution_stopped_its_input_and_a_clean_error(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_names_where_a_failed_execution_stopped_its_input_and_a_clean_error(
+    stack: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     key = f"executions/{uuid.uuid4().hex[:8]} down.jpg"
     # GIVEN SQS refuses every send for this object for good (a deleted queue)
     final = run_upload(stack, key, image_bytes("square", seed=5), sqs_down=True)
@@ -80,17 +84,47 @@ def test_show_names_where_a_failed_execution_stopped_its_input_and_a_clean_error
     assert any(r["kind"] == "failure" and r["by_this_execution"] for r in shown["records"]), shown["records"]
 
     # AND the list of failed executions has it, with the same clean error; --key narrows the list
-    assert main(["executions", "list", "--status", "FAILED", "--key", key.split("/")[1], "--json",
-                 "--endpoint-url", stack.endpoint_url]) == 0
+    assert (
+        main(
+            [
+                "executions",
+                "list",
+                "--status",
+                "FAILED",
+                "--key",
+                key.split("/")[1],
+                "--json",
+                "--endpoint-url",
+                stack.endpoint_url,
+            ]
+        )
+        == 0
+    )
     (row,) = json.loads(capsys.readouterr().out)
     assert row["arn"] == final["executionArn"] and row["status"] == "FAILED"
     assert row["error"] == shown["error"] and row["objects"] == [f"s3://{stack.resources.buckets['input']}/{key}"]
-    assert main(["executions", "list", "--status", "SUCCEEDED", "--key", key.split("/")[1], "--json",
-                 "--endpoint-url", stack.endpoint_url]) == 0
+    assert (
+        main(
+            [
+                "executions",
+                "list",
+                "--status",
+                "SUCCEEDED",
+                "--key",
+                key.split("/")[1],
+                "--json",
+                "--endpoint-url",
+                stack.endpoint_url,
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == []
 
 
-def test_show_of_an_unknown_execution_and_a_bad_status_are_clear_errors(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_of_an_unknown_execution_and_a_bad_status_are_clear_errors(
+    stack: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["executions", "show", "no-such-execution", "--endpoint-url", stack.endpoint_url]) == 2
     assert "no execution 'no-such-execution'" in capsys.readouterr().err
     assert main(["executions", "list", "--status", "BROKEN", "--endpoint-url", stack.endpoint_url]) == 2

@@ -49,7 +49,9 @@ def _start(stack: Any, execution_input: Any, name: str | None = None) -> dict[st
     return wait_for_execution(stack, started["executionArn"], timeout=90)
 
 
-def failure_record(stack: Any, bucket: str | None, key: str | None, execution_name: str | None = None) -> dict[str, Any] | None:
+def failure_record(
+    stack: Any, bucket: str | None, key: str | None, execution_name: str | None = None
+) -> dict[str, Any] | None:
     s3 = stack.client("s3")
     path = failure_key({"bucket": bucket, "key": key} if bucket else None, execution_name or "")
     try:
@@ -72,7 +74,9 @@ def _png_header_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _png(label: str) -> bytes:
@@ -82,7 +86,11 @@ def _png(label: str) -> bytes:
 BAD_INPUTS = {
     "zero-byte": (b"", "NotAnImageError", "empty (0 bytes)"),
     "not-an-image": (bytes(range(256)) * 8, "NotAnImageError", "is not a JPEG"),
-    "html-named-png": (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "NotAnImageError", "starts like text"),
+    "html-named-png": (
+        b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
+        "NotAnImageError",
+        "starts like text",
+    ),
     "truncated-jpeg": (image_bytes("circle", seed=4)[:1500], "NotAnImageError", "truncated or corrupt (JPEG)"),
     "truncated-png": (None, "NotAnImageError", "truncated or corrupt (PNG)"),
     "gigapixel-png": (_png_header_claiming(100_000, 100_000), "DecompressionBombError", "MAX_IMAGE_PIXELS"),
@@ -154,7 +162,9 @@ def test_a_late_copy_of_a_classified_objects_event_changes_nothing_even_once_the
     first = _run_upload(stack, key, image_bytes("square", seed=9))
     assert first["status"] == "SUCCEEDED"
     event = json.loads(first["input"])
-    stack.client("s3").delete_object(Bucket=_input_bucket(stack), Key=key, VersionId=event["detail"]["object"]["version-id"])
+    stack.client("s3").delete_object(
+        Bucket=_input_bucket(stack), Key=key, VersionId=event["detail"]["object"]["version-id"]
+    )
 
     # WHEN the same event is delivered again (EventBridge delivers at least once)
     final = _start(stack, event)
@@ -170,7 +180,9 @@ def test_a_foreign_bucket_is_a_clear_permanent_error_and_its_events_start_nothin
     # A manual request naming a bucket the pipeline does not own
     final = _start(stack, {"bucket": "someone-elses-bucket", "key": "cat.jpg"})
     assert final["status"] == "FAILED" and final["error"] == "InvalidRequestError"
-    assert f"bucket 'someone-elses-bucket' is not this pipeline's input bucket '{_input_bucket(stack)}'" in final["cause"]
+    assert (
+        f"bucket 'someone-elses-bucket' is not this pipeline's input bucket '{_input_bucket(stack)}'" in final["cause"]
+    )
     record = failure_record(stack, "someone-elses-bucket", "cat.jpg")
     assert record is not None and record["error"]["type"] == "InvalidRequestError"
     assert "someone-elses-bucket" in record["error"]["message"]
@@ -179,7 +191,14 @@ def test_a_foreign_bucket_is_a_clear_permanent_error_and_its_events_start_nothin
     key = f"foreign/{uuid.uuid4().hex}.jpg"
     detail = {"bucket": {"name": "someone-elses-bucket"}, "object": {"key": key, "size": 10}}
     stack.client("events").put_events(
-        Entries=[{"Source": "aws.s3", "DetailType": "Object Created", "Detail": json.dumps(detail), "EventBusName": "default"}]
+        Entries=[
+            {
+                "Source": "aws.s3",
+                "DetailType": "Object Created",
+                "Detail": json.dumps(detail),
+                "EventBusName": "default",
+            }
+        ]
     )
     time.sleep(1.0)
     assert executions_for_key(stack, key, timeout=0.5) == []
@@ -227,7 +246,9 @@ def test_the_same_object_version_delivered_twice_is_one_record_per_sink(stack: A
     records = sinks.records(_input_bucket(stack), key)
     for sink in ALL_SINKS:
         assert len(records[sink]) == 1, f"{sink}: {len(records[sink])}"
-    ids = {records[s][0]["record_id"] for s in ("s3", "sns", "sqs", "eventbridge")} | {records["dynamodb"][0]["record_id"]["S"]}
+    ids = {records[s][0]["record_id"] for s in ("s3", "sns", "sqs", "eventbridge")} | {
+        records["dynamodb"][0]["record_id"]["S"]
+    }
     assert len(ids) == 1
     assert records["dynamodb"][0]["execution_id"]["S"] == first["executionArn"]
 
@@ -238,7 +259,9 @@ def test_a_replay_with_another_model_replaces_the_item_and_publishes_a_new_recor
     other = publish(stack.client("s3"), stack.resources.buckets["models"], DEMO_MODEL_DIR, name="demo-alt")
     key = f"remodel/{uuid.uuid4().hex[:6]}.jpg"
     assert _run_upload(stack, key, image_bytes("circle", seed=8))["status"] == "SUCCEEDED"
-    again = _start(stack, {"bucket": _input_bucket(stack), "key": key, "model": "demo-alt", "model_version": other.version})
+    again = _start(
+        stack, {"bucket": _input_bucket(stack), "key": key, "model": "demo-alt", "model_version": other.version}
+    )
     assert again["status"] == "SUCCEEDED", again.get("cause")
 
     records = sinks.records(_input_bucket(stack), key)
@@ -268,7 +291,13 @@ def test_transient_faults_everywhere_still_end_in_exactly_one_record_per_sink(st
     assert final["status"] == "SUCCEEDED", final.get("cause")
     assert stack.aws_faults.pending() == 0
     fired = {(service, operation) for service, operation, _ in stack.aws_faults.fired()}
-    assert {("s3", "GetObject"), ("dynamodb", "PutItem"), ("sns", "PublishBatch"), ("sqs", "SendMessageBatch"), ("events", "PutEvents")} <= fired
+    assert {
+        ("s3", "GetObject"),
+        ("dynamodb", "PutItem"),
+        ("sns", "PublishBatch"),
+        ("sqs", "SendMessageBatch"),
+        ("events", "PutEvents"),
+    } <= fired
     records = sinks.records(_input_bucket(stack), key)
     for sink in ALL_SINKS:
         assert len(records[sink]) == 1, f"{sink}: {len(records[sink])}"
@@ -287,7 +316,9 @@ def test_a_slow_aws_call_fails_as_a_retryable_error_before_the_function_times_ou
     try:
         final = _run_upload(stack, key, image_bytes("triangle", seed=21))
     finally:
-        lam.update_function_configuration(FunctionName=sink_function, Timeout=stack.resources.functions["sink"].timeout_s)
+        lam.update_function_configuration(
+            FunctionName=sink_function, Timeout=stack.resources.functions["sink"].timeout_s
+        )
 
     # THEN the slow call ended as a TransientError (not a Lambda timeout), which the Retry retried,
     # and the execution succeeded
@@ -317,11 +348,15 @@ def _status_recorded(stack: Any) -> None:
     assert lambda_service.wait_for_async_invocations(timeout=30)
 
 
-def test_a_sink_that_stays_down_stops_the_execution_at_fanout_and_a_redrive_completes_it_once(stack: Any, sinks: Any) -> None:
+def test_a_sink_that_stays_down_stops_the_execution_at_fanout_and_a_redrive_completes_it_once(
+    stack: Any, sinks: Any
+) -> None:
     key = f"broken-sink/{uuid.uuid4().hex[:8]}.jpg"
     # GIVEN the SQS queue refuses everything for good (as a deleted queue would), after a slow
     # start (its ledger read), so that the other sinks' iterations have finished when it fails
-    stack.inject_aws_faults("sqs", "SendMessageBatch", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue")
+    stack.inject_aws_faults(
+        "sqs", "SendMessageBatch", 50, match=key, status=400, code="AWS.SimpleQueueService.NonExistentQueue"
+    )
     stack.inject_aws_faults("s3", "GetObject", 1, match="deliveries/sqs/", delay=3.0)
     final = _run_upload(stack, key, image_bytes("checkerboard", seed=3))
 
@@ -356,11 +391,23 @@ def test_a_sink_that_stays_down_stops_the_execution_at_fanout_and_a_redrive_comp
     # of an inline Map): sqs, and none of the sinks that had delivered
     history = sfn.get_execution_history(executionArn=final["executionArn"], maxResults=1000)["events"]
     redriven_at = next(i for i, e in enumerate(history) if e["type"] == "ExecutionRedriven")
-    succeeded_before = {e["mapIterationSucceededEventDetails"]["index"] for e in history[:redriven_at] if e["type"] == "MapIterationSucceeded"}
-    rerun = [e["mapIterationStartedEventDetails"]["index"] for e in history[redriven_at:] if e["type"] == "MapIterationStarted"]
+    succeeded_before = {
+        e["mapIterationSucceededEventDetails"]["index"]
+        for e in history[:redriven_at]
+        if e["type"] == "MapIterationSucceeded"
+    }
+    rerun = [
+        e["mapIterationStartedEventDetails"]["index"]
+        for e in history[redriven_at:]
+        if e["type"] == "MapIterationStarted"
+    ]
     assert succeeded_before, "no sink had delivered before sqs failed: nothing to leave out"
     assert sorted(rerun) == sorted(set(range(len(ALL_SINKS))) - succeeded_before), (rerun, succeeded_before)
-    scheduled = [json.loads(e["lambdaFunctionScheduledEventDetails"]["input"]) for e in history[redriven_at:] if e["type"] == "LambdaFunctionScheduled"]
+    scheduled = [
+        json.loads(e["lambdaFunctionScheduledEventDetails"]["input"])
+        for e in history[redriven_at:]
+        if e["type"] == "LambdaFunctionScheduled"
+    ]
     assert "sqs" in {job.get("sink") for job in scheduled} and len(scheduled) == len(rerun), scheduled
     # AND every sink holds the record exactly once, and the failure record is resolved
     after = sinks.records(_input_bucket(stack), key)
@@ -384,7 +431,9 @@ def test_a_stopped_execution_gets_a_failure_record_naming_where_it_stopped(stack
     sfn = stack.client("stepfunctions")
     _hold_preprocess(stack, key, 6.0)
     try:
-        started = sfn.start_execution(stateMachineArn=stack.state_machine_arn, input=json.dumps({"bucket": _input_bucket(stack), "key": key}))
+        started = sfn.start_execution(
+            stateMachineArn=stack.state_machine_arn, input=json.dumps({"bucket": _input_bucket(stack), "key": key})
+        )
         time.sleep(1.0)
         # WHEN an operator stops it while Preprocess runs (no Catch sees this)
         sfn.stop_execution(executionArn=started["executionArn"], error="Operator", cause="stopped for a rehearsal")
@@ -408,10 +457,14 @@ def test_an_execution_over_the_state_machines_timeout_gets_a_failure_record(stac
     described = sfn.describe_state_machine(stateMachineArn=stack.state_machine_arn)
     definition = json.loads(described["definition"])
     # GIVEN the state machine times out after 2 s, and this object's Preprocess takes 6
-    sfn.update_state_machine(stateMachineArn=stack.state_machine_arn, definition=json.dumps({**definition, "TimeoutSeconds": 2}))
+    sfn.update_state_machine(
+        stateMachineArn=stack.state_machine_arn, definition=json.dumps({**definition, "TimeoutSeconds": 2})
+    )
     _hold_preprocess(stack, key, 6.0)
     try:
-        started = sfn.start_execution(stateMachineArn=stack.state_machine_arn, input=json.dumps({"bucket": _input_bucket(stack), "key": key}))
+        started = sfn.start_execution(
+            stateMachineArn=stack.state_machine_arn, input=json.dumps({"bucket": _input_bucket(stack), "key": key})
+        )
         final = wait_for_execution(stack, started["executionArn"], timeout=30)
         assert final["status"] == "TIMED_OUT"
         _status_recorded(stack)
@@ -458,5 +511,7 @@ def test_an_unexpected_error_in_a_sink_ends_as_pipeline_error_with_a_record(stac
     assert "RecordFailure" in entered and entered[-1] == "PipelineFailed"
     # AND the object has a failure record saying so
     record = failure_record(stack, _input_bucket(stack), key)
-    assert record is not None and record["error"]["type"] == "PipelineError" and "KeyError" in record["error"]["message"]
+    assert (
+        record is not None and record["error"]["type"] == "PipelineError" and "KeyError" in record["error"]["message"]
+    )
     stack.aws_faults.clear()

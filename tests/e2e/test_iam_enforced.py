@@ -38,7 +38,10 @@ from tests.e2e.conftest import SinkReader, executions_for_key, image_bytes, wait
 #: (role, policy, Sid) moto cannot exercise, and why.
 UNEXERCISED = {
     ("state_machine", "state-machine", "DeliverExecutionLogs"): "moto's Step Functions has no CloudWatch Logs delivery",
-    **{(role, "xray", "WriteTraces"): "nothing sends X-Ray traces locally" for role in ("preprocess", "inference", "sink", "state_machine")},
+    **{
+        (role, "xray", "WriteTraces"): "nothing sends X-Ray traces locally"
+        for role in ("preprocess", "inference", "sink", "state_machine")
+    },
     # AWS answers GetObject of a missing key with 403 unless s3:ListBucket is allowed; moto answers 404
     # regardless. The probes below still check the 404 paths work with the statement present.
     **{
@@ -52,7 +55,8 @@ UNEXERCISED = {
     },
     ("sink", "sink", "RetiredPredictionsMoveToTheirVersionsEntry"): (
         "with the s3 sink deployed its WritePredictionObjects covers it; a deployment without the s3 sink "
-        "needs it only for prediction views an earlier deployment left"),
+        "needs it only for prediction views an earlier deployment left"
+    ),
 }
 #: Statements only a probe other than the pipeline's happy path needs (see the probes below).
 PROBES = {
@@ -84,17 +88,24 @@ class Admin:
         iam.put_user_policy(
             UserName=user,
             PolicyName="admin",
-            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
+            PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+            ),
         )
         key = iam.create_access_key(UserName=user)["AccessKey"]
         self._session = boto3.session.Session(
-            aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"], region_name=stack.resources.region
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+            region_name=stack.resources.region,
         )
         self._stack = self.stack = stack
         self._clients: dict[str, Any] = {}
         # What the e2e helpers need of a stack, with this user's clients.
         self.view = SimpleNamespace(
-            client=self.client, resources=stack.resources, provisioned=stack.provisioned, state_machine_arn=stack.state_machine_arn
+            client=self.client,
+            resources=stack.resources,
+            provisioned=stack.provisioned,
+            state_machine_arn=stack.state_machine_arn,
         )
 
     def client(self, service: str) -> Any:
@@ -155,7 +166,9 @@ def _pipeline_ok(admin: Admin) -> bool:
 
 
 def _invoke(admin: Admin, key: str, event: Any) -> dict[str, Any]:
-    answer = admin.client("lambda").invoke(FunctionName=admin.view.resources.functions[key].name, Payload=json.dumps(event))
+    answer = admin.client("lambda").invoke(
+        FunctionName=admin.view.resources.functions[key].name, Payload=json.dumps(event)
+    )
     return {"error": answer.get("FunctionError"), "payload": json.loads(answer["Payload"].read() or b"null")}
 
 
@@ -239,7 +252,9 @@ def _status_record_ok(admin: Admin) -> bool:
     for operation in ("GetObject", "HeadObject"):  # Preprocess is slow to read it, so the stop lands during Preprocess
         admin.stack.inject_aws_faults("s3", operation, 1, match=key, delay=4.0)
     try:
-        started = sfn.start_execution(stateMachineArn=view.state_machine_arn, input=json.dumps({"bucket": bucket, "key": key}))
+        started = sfn.start_execution(
+            stateMachineArn=view.state_machine_arn, input=json.dumps({"bucket": bucket, "key": key})
+        )
         time.sleep(1.0)
         sfn.stop_execution(executionArn=started["executionArn"], error="Operator", cause="IAM probe")
         if wait_for_execution(view, started["executionArn"], timeout=30)["status"] != "ABORTED":
@@ -248,7 +263,9 @@ def _status_record_ok(admin: Admin) -> bool:
     finally:
         admin.stack.aws_faults.clear()
     try:
-        admin.client("s3").head_object(Bucket=view.resources.buckets["output"], Key=failure_key({"bucket": bucket, "key": key}, ""))
+        admin.client("s3").head_object(
+            Bucket=view.resources.buckets["output"], Key=failure_key({"bucket": bucket, "key": key}, "")
+        )
     except admin.client("s3").exceptions.ClientError:
         return False
     return True
@@ -267,19 +284,24 @@ def _probe(admin: Admin, role: str, sid: str) -> bool:
     return _pipeline_ok(admin)
 
 
-def test_the_stack_runs_every_role_with_exactly_the_terraform_policies(stack: Any, deployed_policies: dict[str, Any]) -> None:
+def test_the_stack_runs_every_role_with_exactly_the_terraform_policies(
+    stack: Any, deployed_policies: dict[str, Any]
+) -> None:
     iam = stack.client("iam")
     names = role_names(stack.resources)
     for role, documents in deployed_policies.items():
         if not documents:  # a role this deployment does not have (the pipe's, with the direct trigger)
             continue
         name = names[role]
-        attached = {p: iam.get_role_policy(RoleName=name, PolicyName=p)["PolicyDocument"] for p in iam.list_role_policies(RoleName=name)["PolicyNames"]}
+        attached = {
+            p: iam.get_role_policy(RoleName=name, PolicyName=p)["PolicyDocument"]
+            for p in iam.list_role_policies(RoleName=name)["PolicyNames"]
+        }
         assert attached == deployed_policies[role], role
 
 
 def test_unknown_credentials_are_refused_when_iam_is_enforced(stack: Any, enforced: Admin) -> None:
-    with pytest.raises(Exception, match="InvalidAccessKeyId|InvalidClientTokenId|security token"):
+    with pytest.raises(Exception, match=r"InvalidAccessKeyId|InvalidClientTokenId|security token"):
         stack.client("s3").list_objects_v2(Bucket=stack.resources.buckets["output"])
 
 
@@ -303,10 +325,14 @@ def test_every_statement_is_exercised_or_listed_as_not_exercisable(deployed_poli
 def _statement_ids() -> list[tuple[str, str, str]]:
     from inferpipe.stack.resources import render_resources
 
-    return [s for s in _all_statements(role_policies(render_resources(), sinks=KNOWN_SINKS)) if s not in UNEXERCISED and s[0] != "keep_warm"]
+    return [
+        s
+        for s in _all_statements(role_policies(render_resources(), sinks=KNOWN_SINKS))
+        if s not in UNEXERCISED and s[0] != "keep_warm"
+    ]
 
 
-@pytest.mark.parametrize(("role", "policy", "sid"), _statement_ids(), ids=lambda v: str(v))
+@pytest.mark.parametrize(("role", "policy", "sid"), _statement_ids(), ids=str)
 def test_dropping_the_statement_breaks_what_needs_it(
     stack: Any, enforced: Admin, deployed_policies: dict[str, Any], role: str, policy: str, sid: str
 ) -> None:
@@ -324,8 +350,9 @@ def test_dropping_the_statement_breaks_what_needs_it(
         iam.put_role_policy(RoleName=role_name, PolicyName=policy, PolicyDocument=json.dumps(full))
 
 
-def test_a_prefix_scoped_preprocess_role_reads_only_under_its_prefix(stack: Any, enforced: Admin,
-                                                                     deployed_policies: dict[str, Any]) -> None:
+def test_a_prefix_scoped_preprocess_role_reads_only_under_its_prefix(
+    stack: Any, enforced: Admin, deployed_policies: dict[str, Any]
+) -> None:
     """Terraform's ``input_key_prefix`` scopes the preprocess role's s3:GetObject to that prefix:
     the very template, rendered with a prefix, run under IAM enforcement. The function's own
     INPUT_KEY_PREFIX check is left off here, so only the policy stands between it and other keys."""
@@ -333,8 +360,9 @@ def test_a_prefix_scoped_preprocess_role_reads_only_under_its_prefix(stack: Any,
 
     resources = stack.resources
     role_name = role_names(resources)["preprocess"]
-    values = policies.policy_values(resources, function_arns={k: resources.function_arn(k) for k in resources.functions},
-                                 input_key_prefix="scoped/")
+    values = policies.policy_values(
+        resources, function_arns={k: resources.function_arn(k) for k in resources.functions}, input_key_prefix="scoped/"
+    )
     scoped = policies.render_policy(policies.policy_templates()["preprocess"], values)
     bucket = resources.buckets["input"]
     inside, outside = f"scoped/{uuid.uuid4().hex[:6]}.jpg", f"elsewhere/{uuid.uuid4().hex[:6]}.jpg"
@@ -345,18 +373,35 @@ def test_a_prefix_scoped_preprocess_role_reads_only_under_its_prefix(stack: Any,
     iam.put_role_policy(RoleName=role_name, PolicyName="preprocess", PolicyDocument=json.dumps(scoped))
     try:
         _cold_start(enforced)
-        defaults = {"sinks": ",".join(KNOWN_SINKS), "top_k": "5", "model": resources.defaults.model,
-                    "model_version": resources.defaults.model_version}
-        answer = _invoke(enforced, "preprocess", {
-            "input": {"objects": [{"bucket": bucket, "key": inside}, {"bucket": bucket, "key": outside}]},
-            "defaults": defaults, "execution_id": f"{resources.state_machine_arn.replace(':stateMachine:', ':execution:')}:scoped-{uuid.uuid4().hex[:6]}",
-        })
+        defaults = {
+            "sinks": ",".join(KNOWN_SINKS),
+            "top_k": "5",
+            "model": resources.defaults.model,
+            "model_version": resources.defaults.model_version,
+        }
+        answer = _invoke(
+            enforced,
+            "preprocess",
+            {
+                "input": {"objects": [{"bucket": bucket, "key": inside}, {"bucket": bucket, "key": outside}]},
+                "defaults": defaults,
+                "execution_id": f"{resources.state_machine_arn.replace(':stateMachine:', ':execution:')}:scoped-{uuid.uuid4().hex[:6]}",
+            },
+        )
         assert answer["error"] is None, answer
-        document = json.loads(s3.get_object(Bucket=answer["payload"]["batch"]["bucket"], Key=answer["payload"]["batch"]["key"])["Body"].read())
+        document = json.loads(
+            s3.get_object(Bucket=answer["payload"]["batch"]["bucket"], Key=answer["payload"]["batch"]["key"])[
+                "Body"
+            ].read()
+        )
         by_key = {entry["source"]["key"]: entry for entry in document["items"]}
         # THEN the object under the prefix is read; the other one is refused by IAM (403), as a typed error
         assert by_key[inside]["status"] == "READY"
         assert by_key[outside]["status"] == "FAILED" and by_key[outside]["error"]["type"] == "ObjectNotFoundError"
         assert "403" in by_key[outside]["error"]["message"]
     finally:
-        iam.put_role_policy(RoleName=role_name, PolicyName="preprocess", PolicyDocument=json.dumps(deployed_policies["preprocess"]["preprocess"]))
+        iam.put_role_policy(
+            RoleName=role_name,
+            PolicyName="preprocess",
+            PolicyDocument=json.dumps(deployed_policies["preprocess"]["preprocess"]),
+        )

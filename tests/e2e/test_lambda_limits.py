@@ -42,7 +42,9 @@ def test_a_hostile_16_bit_png_classifies_within_the_preprocess_memory(stack: Any
     assert 0 < peak < preprocess.memory_mb * 0.75, f"peak {peak} MB of {preprocess.memory_mb} MB"
 
 
-def test_a_smaller_function_refuses_the_image_by_its_memory_limit_instead_of_dying(stack: Any, grey16_png: bytes) -> None:
+def test_a_smaller_function_refuses_the_image_by_its_memory_limit_instead_of_dying(
+    stack: Any, grey16_png: bytes
+) -> None:
     lam = stack.client("lambda")
     preprocess = stack.resources.functions["preprocess"]
     key = f"limits/{uuid.uuid4().hex[:8]}-grey16-small.png"
@@ -61,7 +63,9 @@ def test_a_smaller_function_refuses_the_image_by_its_memory_limit_instead_of_dyi
     assert not any(r.error_type == "Runtime.OutOfMemory" for r in stack.invocations("preprocess"))
 
 
-def test_a_function_that_runs_out_of_memory_is_not_retried_and_leaves_a_failure_record(stack: Any, grey16_png: bytes) -> None:
+def test_a_function_that_runs_out_of_memory_is_not_retried_and_leaves_a_failure_record(
+    stack: Any, grey16_png: bytes
+) -> None:
     lam = stack.client("lambda")
     inference = stack.resources.functions["inference"]
     key = f"limits/{uuid.uuid4().hex[:8]}-oom.jpg"

@@ -24,7 +24,9 @@ def _load(stack: Any, images: int, burst: int, seed: int) -> Any:
 
     logging.getLogger("moto").setLevel(logging.CRITICAL)
     out = io.StringIO()
-    report = run_load(stack, images=images, bad_share=0.05, fault_share=0.10, burst=burst, seed=seed, kill_every=2.0, out=out)
+    report = run_load(
+        stack, images=images, bad_share=0.05, fault_share=0.10, burst=burst, seed=seed, kill_every=2.0, out=out
+    )
     print(out.getvalue())
     assert report.ok, report.text()
     assert report.counts["duplicates"] == 0 and report.counts["missing"] == 0

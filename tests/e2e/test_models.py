@@ -50,22 +50,33 @@ def _relabelled_copy(out_dir: Path, renames: dict[str, str]) -> Manifest:
     edited = out_dir.parent / f"{out_dir.name}-labels.txt"
     edited.write_text("\n".join(renames.get(label, label) for label in labels) + "\n")
     return import_files(
-        DEMO_MODEL_DIR / SYMBOL_FILE, DEMO_MODEL_DIR / PARAMS_FILE, edited, out_dir, name=ALT, spec=demo.input,
-        architecture=demo.architecture, inference_mode=demo.inference_mode, source=f"relabelled demo {renames}",
+        DEMO_MODEL_DIR / SYMBOL_FILE,
+        DEMO_MODEL_DIR / PARAMS_FILE,
+        edited,
+        out_dir,
+        name=ALT,
+        spec=demo.input,
+        architecture=demo.architecture,
+        inference_mode=demo.inference_mode,
+        source=f"relabelled demo {renames}",
     )
 
 
 @pytest.fixture(scope="module")
 def alt(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> AltVersions:
     """GIVEN model demo-alt has two published versions: the demo model, and the demo model with 'circle' renamed 'round'."""
-    code, out, err = _run_cli("model", "publish", str(DEMO_MODEL_DIR), "--name", ALT, "--endpoint-url", stack.endpoint_url)
+    code, out, err = _run_cli(
+        "model", "publish", str(DEMO_MODEL_DIR), "--name", ALT, "--endpoint-url", stack.endpoint_url
+    )
     assert code == 0, err
     original = Manifest.from_json((DEMO_MODEL_DIR / MANIFEST_FILE).read_text()).version
     assert f"published {ALT} version {original}" in out and "S3 version id" in out
 
     relabelled_dir = tmp_path_factory.mktemp("models") / "demo-round"
     relabelled = _relabelled_copy(relabelled_dir, {"circle": "round"})
-    code, out, err = _run_cli("model", "publish", str(relabelled_dir), "--name", ALT, "--endpoint-url", stack.endpoint_url)
+    code, out, err = _run_cli(
+        "model", "publish", str(relabelled_dir), "--name", ALT, "--endpoint-url", stack.endpoint_url
+    )
     assert code == 0, err
     assert relabelled.version != original and f"version {relabelled.version}" in out
     return AltVersions(original=original, relabelled=relabelled.version, relabelled_dir=relabelled_dir)
@@ -75,7 +86,10 @@ def _upload(stack: Any, data: bytes, model: str, version: str, tag: str) -> str:
     """Upload ``data`` under a fresh key asking for ``model`` at ``version`` (object metadata); returns the key."""
     key = f"models/{tag}-{uuid.uuid4().hex[:8]}.jpg"
     stack.client("s3").put_object(
-        Bucket=stack.resources.buckets["input"], Key=key, Body=data, Metadata={META_MODEL: model, META_MODEL_VERSION: version}
+        Bucket=stack.resources.buckets["input"],
+        Key=key,
+        Body=data,
+        Metadata={META_MODEL: model, META_MODEL_VERSION: version},
     )
     return key
 
@@ -94,7 +108,9 @@ def _prediction(final: dict[str, Any], stack: Any) -> dict[str, Any]:
 
 def _task_attempts(events: list[dict[str, Any]], state: str) -> int:
     """How many times a Task state scheduled its Lambda (0 = never entered, 1 = no retry)."""
-    entered = [e["id"] for e in events if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == state]
+    entered = [
+        e["id"] for e in events if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == state
+    ]
     if not entered:
         return 0
     scheduled = [e["id"] for e in events if e["type"] == "LambdaFunctionScheduled" and e["id"] > entered[0]]
@@ -106,7 +122,13 @@ def _records(stack: Any, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(S3 output record, DynamoDB item) for an input key."""
     res = stack.resources
     bucket = res.buckets["input"]
-    body = stack.client("s3").get_object(Bucket=res.buckets["output"], Key=output_key(res.settings["OUTPUT_PREFIX"], {"bucket": bucket, "key": key}))["Body"].read()
+    body = (
+        stack.client("s3")
+        .get_object(
+            Bucket=res.buckets["output"], Key=output_key(res.settings["OUTPUT_PREFIX"], {"bucket": bucket, "key": key})
+        )["Body"]
+        .read()
+    )
     items = stack.client("dynamodb").query(
         TableName=res.table,
         KeyConditionExpression="#o = :o",
@@ -117,7 +139,9 @@ def _records(stack: Any, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return json.loads(body), items[0]
 
 
-def test_the_same_image_pinned_to_each_version_is_served_and_recorded_by_that_version(stack: Any, alt: AltVersions) -> None:
+def test_the_same_image_pinned_to_each_version_is_served_and_recorded_by_that_version(
+    stack: Any, alt: AltVersions
+) -> None:
     # GIVEN one image of a circle
     data = image_bytes("circle", seed=31)
 
@@ -176,12 +200,16 @@ def test_new_executions_follow_a_promoted_alias_while_pinned_ones_do_not(stack: 
     assert "MiB" in by_version[alt.original] or "KiB" in by_version[alt.original]
 
 
-def test_a_corrupted_params_object_is_refused_with_model_integrity_error(stack: Any, alt: AltVersions, tmp_path: Path) -> None:
+def test_a_corrupted_params_object_is_refused_with_model_integrity_error(
+    stack: Any, alt: AltVersions, tmp_path: Path
+) -> None:
     from functions.inference.handler import service
 
     # GIVEN a third version of demo-alt, published but never loaded, whose params object then loses one byte's integrity
     corrupt = _relabelled_copy(tmp_path / "demo-hoop", {"ring": "hoop"})
-    code, _, err = _run_cli("model", "publish", str(tmp_path / "demo-hoop"), "--name", ALT, "--endpoint-url", stack.endpoint_url)
+    code, _, err = _run_cli(
+        "model", "publish", str(tmp_path / "demo-hoop"), "--name", ALT, "--endpoint-url", stack.endpoint_url
+    )
     assert code == 0, err
     assert (ALT, corrupt.version) not in service.model_cache()
     s3, bucket = stack.client("s3"), stack.resources.buckets["models"]
@@ -208,7 +236,9 @@ def test_a_half_published_version_is_never_picked_up(stack: Any, alt: AltVersion
     s3, bucket = stack.client("s3"), stack.resources.buckets["models"]
     half = "0badc0ffee00"
     for name in (SYMBOL_FILE, PARAMS_FILE, LABELS_FILE):
-        s3.put_object(Bucket=bucket, Key=version_prefix(ALT, half) + name, Body=(alt.relabelled_dir / name).read_bytes())
+        s3.put_object(
+            Bucket=bucket, Key=version_prefix(ALT, half) + name, Body=(alt.relabelled_dir / name).read_bytes()
+        )
 
     # WHEN an image is classified pinned to it
     final = _finish(stack, _upload(stack, image_bytes("square", seed=34), ALT, half, "half"))
@@ -272,12 +302,37 @@ def test_model_import_from_exported_files_round_trips_and_publishes(stack: Any, 
 
     # WHEN they are imported as a package and published with an alias
     code, stdout, err = _run_cli(
-        "model", "import", "--symbol", str(DEMO_MODEL_DIR / SYMBOL_FILE), "--params", str(DEMO_MODEL_DIR / PARAMS_FILE),
-        "--labels", str(DEMO_MODEL_DIR / LABELS_FILE), "--name", "demo-rt", "--architecture", demo.architecture,
-        "--inference-mode", demo.inference_mode,
-        "--height", str(spec.height), "--width", str(spec.width), "--resize-shorter", str(spec.resize_shorter),
-        "--mean", *map(str, spec.mean), "--std", *map(str, spec.std),
-        "--out", str(out), "--publish", "--alias", "prod", "--endpoint-url", stack.endpoint_url,
+        "model",
+        "import",
+        "--symbol",
+        str(DEMO_MODEL_DIR / SYMBOL_FILE),
+        "--params",
+        str(DEMO_MODEL_DIR / PARAMS_FILE),
+        "--labels",
+        str(DEMO_MODEL_DIR / LABELS_FILE),
+        "--name",
+        "demo-rt",
+        "--architecture",
+        demo.architecture,
+        "--inference-mode",
+        demo.inference_mode,
+        "--height",
+        str(spec.height),
+        "--width",
+        str(spec.width),
+        "--resize-shorter",
+        str(spec.resize_shorter),
+        "--mean",
+        *map(str, spec.mean),
+        "--std",
+        *map(str, spec.std),
+        "--out",
+        str(out),
+        "--publish",
+        "--alias",
+        "prod",
+        "--endpoint-url",
+        stack.endpoint_url,
     )
 
     # THEN the package holds the same files, hence the same content version, and the same input spec
@@ -294,7 +349,9 @@ def test_model_import_from_exported_files_round_trips_and_publishes(stack: Any, 
 
 
 def test_model_import_needs_either_a_zoo_name_or_all_exported_files(tmp_path: Path) -> None:
-    code, out, err = _run_cli("model", "import", "--symbol", str(DEMO_MODEL_DIR / SYMBOL_FILE), "--out", str(tmp_path / "x"))
+    code, _out, err = _run_cli(
+        "model", "import", "--symbol", str(DEMO_MODEL_DIR / SYMBOL_FILE), "--out", str(tmp_path / "x")
+    )
     assert code == 2 and "--symbol, --params and --labels" in err and "Traceback" not in err
 
 
@@ -312,7 +369,9 @@ def _broken_copy(tmp_path: Path, breakage: str) -> Path:
         (package / LABELS_FILE).write_text("only\ntwo\n")
         from functions.common.manifest import sha256_file
 
-        manifest["files"]["labels"].update(sha256=sha256_file(package / LABELS_FILE), size=(package / LABELS_FILE).stat().st_size)
+        manifest["files"]["labels"].update(
+            sha256=sha256_file(package / LABELS_FILE), size=(package / LABELS_FILE).stat().st_size
+        )
         manifest["num_classes"] = 2
         (package / MANIFEST_FILE).write_text(json.dumps(manifest))
     return package
@@ -331,7 +390,9 @@ def test_publishing_a_bad_package_is_a_clear_error_not_a_traceback(tmp_path: Pat
     package = _broken_copy(tmp_path, breakage)
 
     # WHEN the user publishes it (no stack is needed: the package is checked before any AWS call)
-    code, out, err = _run_cli("model", "publish", str(package), "--name", "demo-bad", "--endpoint-url", "http://127.0.0.1:9")
+    code, out, err = _run_cli(
+        "model", "publish", str(package), "--name", "demo-bad", "--endpoint-url", "http://127.0.0.1:9"
+    )
 
     # THEN it exits non-zero with ModelIntegrityError saying what is wrong, and no traceback
     assert code != 0 and out == ""

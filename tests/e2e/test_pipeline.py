@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import DEMO_MODEL_DIR, batch_entry, direct_top1, executions_for_key, history, image_bytes, wait_for_execution
+from tests.e2e.conftest import (
+    DEMO_MODEL_DIR,
+    batch_entry,
+    direct_top1,
+    executions_for_key,
+    history,
+    image_bytes,
+    wait_for_execution,
+)
 
 ALL_SINKS = ("s3", "dynamodb", "sns", "sqs", "eventbridge")
 
@@ -20,7 +28,9 @@ def _upload(stack: Any, key: str, data: bytes) -> str | None:
 
 def _task_attempts(events: list[dict[str, Any]], state: str) -> int:
     """How many times a Task state scheduled its Lambda (1 = no retry)."""
-    entered = [e["id"] for e in events if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == state]
+    entered = [
+        e["id"] for e in events if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == state
+    ]
     if not entered:
         return 0
     # Until the next state is entered (the failure-recording task schedules a Lambda too).
@@ -80,7 +90,11 @@ def test_an_s3_event_delivered_twice_is_classified_and_published_once(stack: Any
     assert second["status"] == "SUCCEEDED", second.get("cause")
     output = json.loads(second["output"])
     assert (output["objects"], output["succeeded"], output["failed"], output["duplicates"]) == (0, 0, 0, 1)
-    entered = [e["stateEnteredEventDetails"]["name"] for e in history(stack, second["executionArn"]) if e["type"].endswith("StateEntered")]
+    entered = [
+        e["stateEnteredEventDetails"]["name"]
+        for e in history(stack, second["executionArn"])
+        if e["type"].endswith("StateEntered")
+    ]
     assert entered == ["Preprocess", "AnyReady", "AllDuplicates"]
     # AND every sink still holds exactly one record, the first execution's
     records = sinks.records(stack.resources.buckets["input"], key)
@@ -99,9 +113,7 @@ def test_state_payloads_carry_references_not_pixels(stack: Any) -> None:
     assert final["status"] == "SUCCEEDED", final.get("cause")
 
     # THEN no state's input or output comes near the 256 KiB limit: the tensor travelled by S3 reference
-    largest = max(
-        len(json.dumps(event, default=str)) for event in history(stack, final["executionArn"])
-    )
+    largest = max(len(json.dumps(event, default=str)) for event in history(stack, final["executionArn"]))
     assert len(data) > 100_000
     assert largest < 16 * 1024
 
@@ -115,7 +127,9 @@ def test_manual_input_with_options(stack: Any, sinks: Any) -> None:
     # WHEN an operator starts an execution by hand, choosing sinks and top_k
     sfn = stack.client("stepfunctions")
     manual = {"bucket": stack.resources.buckets["input"], "key": key, "sinks": ["s3", "dynamodb"], "top_k": 2}
-    started = sfn.start_execution(stateMachineArn=stack.state_machine_arn, name=f"manual-{uuid.uuid4().hex}", input=json.dumps(manual))
+    started = sfn.start_execution(
+        stateMachineArn=stack.state_machine_arn, name=f"manual-{uuid.uuid4().hex}", input=json.dumps(manual)
+    )
     final = wait_for_execution(stack, started["executionArn"])
 
     # THEN it succeeds with exactly two classes, delivered only to the chosen sinks
@@ -155,7 +169,9 @@ def test_bad_upload_fails_fast_with_a_clear_error_and_no_records(stack: Any, sin
         ({"bucket": "x", "key": "k", "colour": "blue"}, "InvalidRequestError", "colour"),
     ],
 )
-def test_malformed_manual_input_is_rejected_with_its_reason(stack: Any, execution_input: dict, error: str, says: str) -> None:
+def test_malformed_manual_input_is_rejected_with_its_reason(
+    stack: Any, execution_input: dict, error: str, says: str
+) -> None:
     sfn = stack.client("stepfunctions")
     started = sfn.start_execution(
         stateMachineArn=stack.state_machine_arn, name=f"bad-{uuid.uuid4().hex}", input=json.dumps(execution_input)
@@ -169,7 +185,9 @@ def test_malformed_manual_input_is_rejected_with_its_reason(stack: Any, executio
 def test_missing_object_is_a_permanent_failure(stack: Any) -> None:
     sfn = stack.client("stepfunctions")
     manual = {"bucket": stack.resources.buckets["input"], "key": "never/uploaded.jpg"}
-    started = sfn.start_execution(stateMachineArn=stack.state_machine_arn, name=f"gone-{uuid.uuid4().hex}", input=json.dumps(manual))
+    started = sfn.start_execution(
+        stateMachineArn=stack.state_machine_arn, name=f"gone-{uuid.uuid4().hex}", input=json.dumps(manual)
+    )
     final = wait_for_execution(stack, started["executionArn"])
     assert final["status"] == "FAILED" and final["error"] == "ObjectNotFoundError"
     assert "never/uploaded.jpg" in final["cause"]

@@ -27,7 +27,9 @@ def real_stack(lite0_package: tuple[Path, Manifest]) -> Iterator[Any]:
     local.start()
     try:
         assert local.resources.defaults.model == MODEL_NAME  # config/stack.json's default, untouched
-        local.published = publish(local.client("s3"), local.resources.buckets["models"], folder, name=MODEL_NAME, alias="prod")  # type: ignore[attr-defined]
+        local.published = publish(
+            local.client("s3"), local.resources.buckets["models"], folder, name=MODEL_NAME, alias="prod"
+        )  # type: ignore[attr-defined]
         yield local
     finally:
         local.stop()
@@ -42,7 +44,7 @@ def test_real_photos_uploaded_without_options_reach_every_sink_with_the_direct_f
     # WHEN a user classifies two photos with no model option (S3 -> EventBridge -> Step Functions)
     results = classify_files(real_stack, paths)
     sinks = SinkReader(real_stack)
-    for path, result in zip(paths, results):
+    for path, result in zip(paths, results, strict=True):
         # THEN each succeeds with an ImageNet label a person would accept, from the default model
         assert result.status == "succeeded", result.error
         expected = direct_top1(folder, path.read_bytes())

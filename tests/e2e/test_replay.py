@@ -16,7 +16,9 @@ def _cli(stack: Any, *args: str) -> list[str]:
     return ["replay", "--endpoint-url", stack.endpoint_url, *args]
 
 
-def test_replay_dry_run_lists_then_replays_once_and_reports_what_still_fails(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_dry_run_lists_then_replays_once_and_reports_what_still_fails(
+    stack: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     s3 = stack.client("s3")
     bucket = stack.resources.buckets["input"]
     # GIVEN one execution that failed transiently (inference throttled beyond its retries) and one
@@ -41,7 +43,10 @@ def test_replay_dry_run_lists_then_replays_once_and_reports_what_still_fails(sta
     assert "would replay 2 execution(s)" in dry
     good_line = next(line for line in dry.splitlines() if good["name"] in line)
     bad_line = next(line for line in dry.splitlines() if bad["name"] in line)
-    assert "redrive (same execution)" in good_line and "stopped at Inference (Lambda.TooManyRequestsException)" in good_line
+    assert (
+        "redrive (same execution)" in good_line
+        and "stopped at Inference (Lambda.TooManyRequestsException)" in good_line
+    )
     assert f"restart as {bad['name']}-r1" in bad_line and "ended in PipelineFailed" in bad_line
     assert len(executions_for_key(stack, good_key)) == 1
 
@@ -71,7 +76,9 @@ def test_replay_dry_run_lists_then_replays_once_and_reports_what_still_fails(sta
 
 def test_replay_by_time_window_only_considers_recent_failures(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
     sfn = stack.client("stepfunctions")
-    started = sfn.start_execution(stateMachineArn=stack.state_machine_arn, name=f"w-{uuid.uuid4().hex}", input=json.dumps({"nope": 1}))
+    started = sfn.start_execution(
+        stateMachineArn=stack.state_machine_arn, name=f"w-{uuid.uuid4().hex}", input=json.dumps({"nope": 1})
+    )
     wait_for_execution(stack, started["executionArn"])
     assert main(_cli(stack, "--since", "10m", "--status", "FAILED", "--dry-run")) == 0
     out = capsys.readouterr().out
@@ -81,7 +88,9 @@ def test_replay_by_time_window_only_considers_recent_failures(stack: Any, capsys
     assert exit_info.value.code == 2 and "'banana' is not a duration" in capsys.readouterr().err
 
 
-def test_an_old_versions_replay_and_its_late_event_never_regress_the_keys_records(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_old_versions_replay_and_its_late_event_never_regress_the_keys_records(
+    stack: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     from functions.sink import records
 
     s3, sfn = stack.client("s3"), stack.client("stepfunctions")
@@ -95,7 +104,9 @@ def test_an_old_versions_replay_and_its_late_event_never_regress_the_keys_record
     assert first["status"] == "FAILED"
     # ... and version 2, uploaded after, succeeded
     v2 = s3.put_object(Bucket=bucket, Key=key, Body=image_bytes("square", seed=42))["VersionId"]
-    second_arn = next(e["executionArn"] for e in executions_for_key(stack, key) if e["executionArn"] != first["executionArn"])
+    second_arn = next(
+        e["executionArn"] for e in executions_for_key(stack, key) if e["executionArn"] != first["executionArn"]
+    )
     assert wait_for_execution(stack, second_arn)["status"] == "SUCCEEDED"
 
     def latest(prefix: str) -> dict[str, Any] | None:
@@ -118,13 +129,19 @@ def test_an_old_versions_replay_and_its_late_event_never_regress_the_keys_record
     # THEN v1 gets its own records, and the key's latest views still describe v2
     assert latest("predictions/")["source"]["version_id"] == v2  # type: ignore[index]
     assert latest("failures/") is None
-    old = json.loads(s3.get_object(Bucket=output, Key=records.version_key("predictions/", bucket, key, v1))["Body"].read())
+    old = json.loads(
+        s3.get_object(Bucket=output, Key=records.version_key("predictions/", bucket, key, v1))["Body"].read()
+    )
     assert old["source"]["version_id"] == v1 and old["execution_id"] == first["executionArn"]
     items = stack.client("dynamodb").query(
-        TableName=res.table, KeyConditionExpression="#o = :o", ExpressionAttributeNames={"#o": "object"},
+        TableName=res.table,
+        KeyConditionExpression="#o = :o",
+        ExpressionAttributeNames={"#o": "object"},
         ExpressionAttributeValues={":o": {"S": f"s3://{bucket}/{key}"}},
     )["Items"]
-    assert sorted((i["version"]["S"], i["status"]["S"]) for i in items) == sorted([(v1, "SUCCEEDED"), (v2, "SUCCEEDED")])
+    assert sorted((i["version"]["S"], i["status"]["S"]) for i in items) == sorted(
+        [(v1, "SUCCEEDED"), (v2, "SUCCEEDED")]
+    )
 
 
 def test_reconcile_counts_each_sinks_records_and_fails_on_what_is_missing_duplicated_or_stale(
@@ -138,8 +155,12 @@ def test_reconcile_counts_each_sinks_records_and_fails_on_what_is_missing_duplic
     prefix = f"reconcile/{uuid.uuid4().hex[:6]}/"
     cli = ["reconcile", "--endpoint-url", stack.endpoint_url, "--prefix", prefix]
     # GIVEN a good image, a bad one, and a key uploaded twice (two versions), all processed
-    uploads = [("good.jpg", image_bytes("circle", seed=51)), ("bad.png", b"not an image at all"),
-               ("twice.jpg", image_bytes("ring", seed=52)), ("twice.jpg", image_bytes("square", seed=53))]
+    uploads = [
+        ("good.jpg", image_bytes("circle", seed=51)),
+        ("bad.png", b"not an image at all"),
+        ("twice.jpg", image_bytes("ring", seed=52)),
+        ("twice.jpg", image_bytes("square", seed=53)),
+    ]
     versions = {}
     for name, body in uploads:
         versions[name] = s3.put_object(Bucket=bucket, Key=prefix + name, Body=body)["VersionId"]
@@ -160,25 +181,42 @@ def test_reconcile_counts_each_sinks_records_and_fails_on_what_is_missing_duplic
     # WHEN a DynamoDB item goes missing, a ledger is copied (a record published twice) and the
     # key's latest view is put back to its older version
     ddb = stack.client("dynamodb")
-    ddb.delete_item(TableName=res.table, Key={"object": {"S": f"s3://{bucket}/{prefix}good.jpg"}, "version": {"S": versions["good.jpg"]}})
+    ddb.delete_item(
+        TableName=res.table,
+        Key={"object": {"S": f"s3://{bucket}/{prefix}good.jpg"}, "version": {"S": versions["good.jpg"]}},
+    )
     found = records.find(s3, output, "predictions/", bucket, prefix + "twice.jpg", versions["twice.jpg"])
-    assert found is not None and found[0] == records.latest_key("predictions/", bucket, prefix + "twice.jpg")  # the newest is the view
+    assert found is not None and found[0] == records.latest_key(
+        "predictions/", bucket, prefix + "twice.jpg"
+    )  # the newest is the view
     newest = found[1]
-    ledger = next(o["Key"] for o in s3.list_objects_v2(Bucket=output, Prefix="deliveries/sqs/")["Contents"]
-                  if newest["record_id"] in json.loads(s3.get_object(Bucket=output, Key=o["Key"])["Body"].read())["delivered"])
+    ledger = next(
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=output, Prefix="deliveries/sqs/")["Contents"]
+        if newest["record_id"] in json.loads(s3.get_object(Bucket=output, Key=o["Key"])["Body"].read())["delivered"]
+    )
     s3.copy_object(Bucket=output, Key="deliveries/sqs/copied.json", CopySource={"Bucket": output, "Key": ledger})
     older = s3.list_object_versions(Bucket=bucket, Prefix=prefix + "twice.jpg")["Versions"][-1]["VersionId"]
     assert older != versions["twice.jpg"]
-    old_record = s3.get_object(Bucket=output, Key=records.version_key("predictions/", bucket, prefix + "twice.jpg", older))["Body"].read()
+    old_record = s3.get_object(
+        Bucket=output, Key=records.version_key("predictions/", bucket, prefix + "twice.jpg", older)
+    )["Body"].read()
     view = records.latest_key("predictions/", bucket, prefix + "twice.jpg")  # (the newest record kept as its entry)
-    s3.copy_object(Bucket=output, Key=records.version_key("predictions/", bucket, prefix + "twice.jpg", versions["twice.jpg"]),
-                   CopySource={"Bucket": output, "Key": view})
+    s3.copy_object(
+        Bucket=output,
+        Key=records.version_key("predictions/", bucket, prefix + "twice.jpg", versions["twice.jpg"]),
+        CopySource={"Bucket": output, "Key": view},
+    )
     s3.put_object(Bucket=output, Key=view, Body=old_record)
 
     # THEN reconcile says which, where, and exits 1
     assert main(cli) == 1
     text = capsys.readouterr().out
-    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.split() and line.split()[0] in (*res.defaults.sinks, "total")}
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in text.splitlines()
+        if line.split() and line.split()[0] in (*res.defaults.sinks, "total")
+    }
     assert rows["dynamodb"][:3] == ["4", "2", "1"]  # objects, records, missing
     assert rows["s3"][4] == "1"  # stale: the latest view describes the older version
     assert int(rows["sqs"][3]) >= 1  # duplicates: the copied ledger lists the newest version's record again

@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 
 from inferpipe.local import credentials, daemon, lambda_faults, lambda_service, speedups
 from inferpipe.local.provision import image_uri, provision
+from inferpipe.local.stack import LocalStack
 from inferpipe.stack.policies import role_names
 from inferpipe.stack.resources import (
     TemplateError,
@@ -36,7 +37,6 @@ from inferpipe.stack.resources import (
     render_resources,
     render_template,
 )
-from inferpipe.local.stack import LocalStack
 
 HANDLERS = "tests.local.handlers_for_bridge_tests"
 

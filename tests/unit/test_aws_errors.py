@@ -18,8 +18,8 @@ from botocore.retries.standard import ThrottledRetryableChecker, TransientRetrya
 from functions.common import aws
 from functions.common.aws import TRANSIENT_CODES, is_transient, raise_transient
 from functions.common.errors import ConfigurationError, TransientError
-from tests.conftest import FakeLambdaContext
 from inferpipe.local.faults import DEFAULT_ERRORS
+from tests.conftest import FakeLambdaContext
 
 #: The services the functions call.
 SERVICES = ("s3", "sns", "sqs", "dynamodb", "events", "stepfunctions", "kms")
@@ -40,7 +40,11 @@ def _modelled_throttles() -> set[str]:
             if not meta.get("exception"):
                 continue
             code = meta.get("error", {}).get("code", name)
-            if "hrottl" in code.lower() or "hrottl" in name.lower() or meta.get("error", {}).get("httpStatusCode") == 429:
+            if (
+                "hrottl" in code.lower()
+                or "hrottl" in name.lower()
+                or meta.get("error", {}).get("httpStatusCode") == 429
+            ):
                 found |= {code, name}
     return found
 
@@ -73,7 +77,11 @@ def test_client_errors(code: str, status: int, transient: bool) -> None:
 
 @pytest.mark.parametrize(
     "exc",
-    [EndpointConnectionError(endpoint_url="https://x"), ConnectTimeoutError(endpoint_url="https://x"), ReadTimeoutError(endpoint_url="https://x")],
+    [
+        EndpointConnectionError(endpoint_url="https://x"),
+        ConnectTimeoutError(endpoint_url="https://x"),
+        ReadTimeoutError(endpoint_url="https://x"),
+    ],
 )
 def test_network_failures_are_transient(exc: Exception) -> None:
     with pytest.raises(TransientError):
@@ -82,7 +90,11 @@ def test_network_failures_are_transient(exc: Exception) -> None:
 
 @pytest.mark.parametrize(
     ("exc", "name"),
-    [(ParamValidationError(report="Invalid type for parameter Key"), "ParamValidationError"), (NoCredentialsError(), "NoCredentialsError"), (NoRegionError(), "NoRegionError")],
+    [
+        (ParamValidationError(report="Invalid type for parameter Key"), "ParamValidationError"),
+        (NoCredentialsError(), "NoCredentialsError"),
+        (NoRegionError(), "NoRegionError"),
+    ],
 )
 def test_sdk_refusals_are_a_named_permanent_configuration_error(exc: Exception, name: str) -> None:
     assert not is_transient(exc)
@@ -99,7 +111,9 @@ def test_the_fault_injector_throttles_with_codes_the_services_really_send() -> N
 
 
 @pytest.mark.parametrize("timeout_s", [3, 15, 30, 60, 900])
-def test_sdk_timeouts_and_retries_fit_in_what_the_invocation_has_left(timeout_s: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sdk_timeouts_and_retries_fit_in_what_the_invocation_has_left(
+    timeout_s: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     # GIVEN an invocation with its whole timeout left
     with aws.invocation_deadline(FakeLambdaContext(remaining_ms=timeout_s * 1000)):
@@ -109,7 +123,10 @@ def test_sdk_timeouts_and_retries_fit_in_what_the_invocation_has_left(timeout_s:
     config = client.meta.config
     attempts = config.retries["total_max_attempts"]
     worst = aws.worst_case_seconds(config.connect_timeout, config.read_timeout, attempts)
-    assert worst <= timeout_s - aws.DEADLINE_MARGIN_S or (config.connect_timeout, config.read_timeout, attempts) == aws.TIMEOUT_TIERS[-1]
+    assert (
+        worst <= timeout_s - aws.DEADLINE_MARGIN_S
+        or (config.connect_timeout, config.read_timeout, attempts) == aws.TIMEOUT_TIERS[-1]
+    )
     assert config.retries["mode"] == "standard"
     # AND the 15 s sink no longer gets the SDK defaults (5 s + 20 s, 3 attempts) that outlived it
     if timeout_s == 15:

@@ -9,9 +9,17 @@ from bench.run import RESNET50_GMAC, _cold_summary, _peak_summary, _sanity
 
 def cold_run(first: float, warm: float) -> dict[str, Any]:
     return {
-        "first_prediction_ms": first, "second_prediction_ms": warm, "warm_median_ms": warm, "warm_max_ms": 2 * warm,
-        "first_cpu_per_wall": 1.9, "warm_cpu_per_wall_median": 1.9, "init_first_forward_ms": 300.0, "init_gc_ms": 50.0,
-        "loadavg_1min": [0.5, 0.6], "load_ms": 150.0, "import_ms": 900.0,
+        "first_prediction_ms": first,
+        "second_prediction_ms": warm,
+        "warm_median_ms": warm,
+        "warm_max_ms": 2 * warm,
+        "first_cpu_per_wall": 1.9,
+        "warm_cpu_per_wall_median": 1.9,
+        "init_first_forward_ms": 300.0,
+        "init_gc_ms": 50.0,
+        "loadavg_1min": [0.5, 0.6],
+        "load_ms": 150.0,
+        "import_ms": 900.0,
     }
 
 
@@ -26,10 +34,23 @@ def test_the_cold_ratio_is_the_median_over_fresh_processes_and_each_is_kept() ->
 
 
 def latency(fraction: float, int8_over_fp32: float = 4.0, gmac: float = RESNET50_GMAC) -> dict[str, Any]:
-    peak = {"fp32_gmacs": 100.0, "int8_gmacs": 100.0 * int8_over_fp32, "fp32_kernel": "fc 1x1x1", "int8_kernel": "conv3x3 1×8ch×8x8 ×2",
-            "int8_over_fp32": int8_over_fp32, "kernels": {}}
-    return {"batch": 1, "gmac_per_forward": gmac, "peak": peak,
-            "variants": {"int8": {"fraction_of_peak": fraction, "peak_dtype": "int8"}, "fused": {"fraction_of_peak": 0.8, "peak_dtype": "fp32"}}}
+    peak = {
+        "fp32_gmacs": 100.0,
+        "int8_gmacs": 100.0 * int8_over_fp32,
+        "fp32_kernel": "fc 1x1x1",
+        "int8_kernel": "conv3x3 1×8ch×8x8 ×2",
+        "int8_over_fp32": int8_over_fp32,
+        "kernels": {},
+    }
+    return {
+        "batch": 1,
+        "gmac_per_forward": gmac,
+        "peak": peak,
+        "variants": {
+            "int8": {"fraction_of_peak": fraction, "peak_dtype": "int8"},
+            "fused": {"fraction_of_peak": 0.8, "peak_dtype": "fp32"},
+        },
+    }
 
 
 def test_a_fraction_of_peak_above_one_is_flagged_as_a_wrong_peak() -> None:
@@ -44,7 +65,9 @@ def test_an_int8_peak_no_faster_than_fp32_or_a_miscounted_resnet_is_flagged() ->
 
 
 def test_the_headline_peak_is_the_main_workers_and_the_derived_figure_is_only_a_cross_check() -> None:
-    summary = _peak_summary({"resnet50_v1_b1": latency(0.9), "demo_b1": latency(0.5, int8_over_fp32=3.0)}, "resnet50_v1_b1")
+    summary = _peak_summary(
+        {"resnet50_v1_b1": latency(0.9), "demo_b1": latency(0.5, int8_over_fp32=3.0)}, "resnet50_v1_b1"
+    )
     assert summary["worker"] == "resnet50_v1_b1" and summary["int8_gmacs"] == 400.0 and summary["fp32_gmacs"] == 100.0
     assert summary["per_worker"]["demo_b1"]["int8_gmacs"] == 300.0
     assert summary["int8_gmacs_derived_cross_check"] == 400.0 and "cross-check" in summary["int8_derivation"]

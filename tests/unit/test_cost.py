@@ -32,7 +32,11 @@ def test_a_bill_is_usage_times_list_price_per_service_and_per_image() -> None:
         lambda_gb_seconds=0.5,
         log_bytes=2**20,
         requests={
-            "s3": {"PutObject": {"requests": 3, "units": 3}, "GetObject": {"requests": 2, "units": 2}, "DeleteObject": {"requests": 1, "units": 1}},
+            "s3": {
+                "PutObject": {"requests": 3, "units": 3},
+                "GetObject": {"requests": 2, "units": 2},
+                "DeleteObject": {"requests": 1, "units": 1},
+            },
             "dynamodb": {"PutItem": {"requests": 1, "units": 2}},
             "sns": {"Publish": {"requests": 1, "units": 1}},
             "sqs": {"SendMessage": {"requests": 1, "units": 1}},
@@ -56,9 +60,21 @@ def test_a_bill_is_usage_times_list_price_per_service_and_per_image() -> None:
 
 
 def test_transitions_count_every_state_entered_and_every_task_retry() -> None:
-    events = [{"type": t} for t in ["ExecutionStarted", "PassStateEntered", "TaskStateEntered", "LambdaFunctionScheduled",
-                                     "LambdaFunctionFailed", "LambdaFunctionScheduled", "LambdaFunctionSucceeded",
-                                     "TaskStateExited", "SucceedStateEntered", "ExecutionSucceeded"]]
+    events = [
+        {"type": t}
+        for t in [
+            "ExecutionStarted",
+            "PassStateEntered",
+            "TaskStateEntered",
+            "LambdaFunctionScheduled",
+            "LambdaFunctionFailed",
+            "LambdaFunctionScheduled",
+            "LambdaFunctionSucceeded",
+            "TaskStateExited",
+            "SucceedStateEntered",
+            "ExecutionSucceeded",
+        ]
+    ]
     assert _history_transitions(events) == 3 + 1  # three states entered, one retry
 
 
@@ -79,8 +95,13 @@ def test_item_sizes_follow_dynamodb_rules() -> None:
 def test_a_write_is_billed_by_its_items_size_not_by_its_requests() -> None:
     # GIVEN an item of ~600 bytes put with a condition and expression attributes: a request over 1 KB
     item = {"object": {"S": "s3://bucket/" + "k" * 500}, "status": {"S": "SUCCEEDED"}, "record_id": {"S": "r" * 64}}
-    body = {"TableName": "t" * 200, "Item": item, "ConditionExpression": "attribute_not_exists(#o) OR #s <> :s " * 10,
-            "ExpressionAttributeNames": {"#o": "object", "#s": "status"}, "ExpressionAttributeValues": {":s": {"S": "SUCCEEDED"}}}
+    body = {
+        "TableName": "t" * 200,
+        "Item": item,
+        "ConditionExpression": "attribute_not_exists(#o) OR #s <> :s " * 10,
+        "ExpressionAttributeNames": {"#o": "object", "#s": "status"},
+        "ExpressionAttributeValues": {":s": {"S": "SUCCEEDED"}},
+    }
     assert len(json.dumps(body)) > 1024 > dynamodb_item_bytes(item)
     # THEN it is one write unit; the same item grown past 1 KB is two
     assert billing_units(_dynamodb_call("PutItem", body)) == 1

@@ -73,6 +73,8 @@ def test_a_short_training_run_exports_a_valid_package_with_its_metrics(tmp_path:
     loaded, files = load_package_dir(tmp_path)
     assert loaded == Manifest.from_json((tmp_path / MANIFEST_FILE).read_text()) == manifest
     assert files["labels"].decode().splitlines() == list(CLASSES)
-    assert {"top1_heldout", "train_seconds", "seed", "mode_selection", "top1_heldout_fp32"} <= set(manifest.metrics) and manifest.metrics["seed"] == 3
+    assert {"top1_heldout", "train_seconds", "seed", "mode_selection", "top1_heldout_fp32"} <= set(
+        manifest.metrics
+    ) and manifest.metrics["seed"] == 3
     assert manifest.inference_mode == manifest.metrics["mode_selection"]["chosen"]
     assert manifest.input == DEMO_SPEC and manifest.architecture == "resnet10_v1"

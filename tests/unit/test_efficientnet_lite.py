@@ -69,7 +69,9 @@ def test_logits_match_pytorch_on_the_reference_inputs(tensors: dict[str, np.ndar
 def test_a_cat_is_a_cat_and_coffee_is_espresso(net: mx.gluon.HybridBlock) -> None:
     labels = imagenet_labels()
     photos = demo_photos()
-    top5 = {name: [labels[i] for i in np.argsort(-_probabilities(net, photo.image))[:5]] for name, photo in photos.items()}
+    top5 = {
+        name: [labels[i] for i in np.argsort(-_probabilities(net, photo.image))[:5]] for name, photo in photos.items()
+    }
     assert {"tiger cat", "tabby", "Egyptian cat"} & set(top5["chelsea"])
     assert {"espresso", "cup"} & set(top5["coffee"])
     for name, photo in photos.items():  # every demo photo's top-1 is one of its accepted labels
@@ -96,7 +98,13 @@ def test_the_input_spec_is_lite0s_own_normalisation() -> None:
 def test_labels_are_the_1000_imagenet_classes_in_index_order() -> None:
     labels = imagenet_labels()
     assert len(labels) == len(set(labels)) == 1000
-    assert (labels[0], labels[1], labels[9], labels[281], labels[967]) == ("tench", "goldfish", "ostrich", "tabby", "espresso")
+    assert (labels[0], labels[1], labels[9], labels[281], labels[967]) == (
+        "tench",
+        "goldfish",
+        "ostrich",
+        "tabby",
+        "espresso",
+    )
     assert (labels[134], labels[517]) == ("crane (bird)", "crane (machine)")
 
 

@@ -19,11 +19,10 @@ from functions.common.config import invocation_environment
 from functions.common.errors import InvalidRequestError, ModelIntegrityError
 from functions.common.manifest import MANIFEST_FILE, Manifest
 from functions.inference import handler
-from functions.inference.service import InferenceService
 from functions.inference.core import load_model, predict
+from functions.inference.service import InferenceService
 from inferpipe.demo_model.shapes import sample_images
 from inferpipe.models import publish
-from inferpipe.packaging import export_package, load_package_dir
 from inferpipe.optimize import (
     choose_mode,
     fuse_symbol,
@@ -35,6 +34,7 @@ from inferpipe.optimize import (
     quantized_nodes,
     read_package,
 )
+from inferpipe.packaging import export_package, load_package_dir
 from tests.unit.test_inference import LABELS, SPEC, tiny_package
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,9 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     sample_images(calibration, n_per_class=2, seed=5, size=(48, 40))
     fused = optimize_package(root / "fp32", root / "fused", "fused", calibration=calibration)
     int8 = optimize_package(root / "fp32", root / "int8", "int8", calibration=calibration)
-    return SimpleNamespace(root=root, calibration=calibration, fp32=read_package(root / "fp32")[0], fused=fused, int8=int8)
+    return SimpleNamespace(
+        root=root, calibration=calibration, fp32=read_package(root / "fp32")[0], fused=fused, int8=int8
+    )
 
 
 def test_fused_and_int8_packages_record_their_mode_fusion_and_agreement(packages: SimpleNamespace) -> None:
@@ -57,9 +59,13 @@ def test_fused_and_int8_packages_record_their_mode_fusion_and_agreement(packages
         # THEN each is a valid package of its own mode and its own content-hash version
         loaded, _ = load_package_dir(packages.root / mode)
         assert loaded == manifest and manifest.inference_mode == mode
-        assert manifest.version not in (packages.fp32.version,) and manifest.metrics["optimized_from"] == packages.fp32.version
+        assert manifest.version != packages.fp32.version and manifest.metrics["optimized_from"] == packages.fp32.version
         # AND fusion really happened, and the agreement with fp32 was measured
-        assert manifest.metrics["fused_nodes"] == fused_conv_count((packages.root / mode / "model-symbol.json").read_text()) > 0
+        assert (
+            manifest.metrics["fused_nodes"]
+            == fused_conv_count((packages.root / mode / "model-symbol.json").read_text())
+            > 0
+        )
         assert 0.0 <= manifest.metrics["agreement_top1_vs_fp32"] <= 1.0
         assert manifest.metrics["agreement_images"] == 16 and manifest.metrics["agreement_set"] == "calibration"
     assert packages.fused.metrics["agreement_top1_vs_fp32"] == 1.0  # fusion is exact up to rounding
@@ -78,9 +84,11 @@ def test_fused_package_predicts_like_fp32(packages: SimpleNamespace) -> None:
 
 def test_int8_package_round_trips_through_files_in_a_fresh_process(packages: SimpleNamespace) -> None:
     # GIVEN the in-memory quantized network's output on an image (what optimize_package checked too)
-    manifest, files = read_package(packages.root / "fp32")
+    _manifest, files = read_package(packages.root / "fp32")
     calibration = load_images(packages.calibration, SPEC)
-    qnet = quantize_block(mx.sym.load_json(files["symbol"].decode()), mx.nd.load_frombuffer(files["params"]), calibration)
+    qnet = quantize_block(
+        mx.sym.load_json(files["symbol"].decode()), mx.nd.load_frombuffer(files["params"]), calibration
+    )
     x = calibration[:1]
     expected = qnet(mx.nd.array(x)).asnumpy()
     # WHEN a fresh process loads the int8 package through the inference function (the quantized
@@ -94,7 +102,9 @@ def test_int8_package_round_trips_through_files_in_a_fresh_process(packages: Sim
         f"out = m.forward(np.load({str(packages.root / 'x.npy')!r}))\n"
         "print(json.dumps({'out': out.tolist(), 'contrib': 'mxnet.contrib.quantization' in sys.modules, 'mode': m.manifest.inference_mode}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     answer = json.loads(proc.stdout.strip().splitlines()[-1])
     # THEN it predicts exactly what the in-memory quantized network does
@@ -102,7 +112,9 @@ def test_int8_package_round_trips_through_files_in_a_fresh_process(packages: Sim
     np.testing.assert_allclose(np.array(answer["out"]), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_int8_without_calibration_and_optimizing_an_optimized_package_are_refused(packages: SimpleNamespace, tmp_path: Path) -> None:
+def test_int8_without_calibration_and_optimizing_an_optimized_package_are_refused(
+    packages: SimpleNamespace, tmp_path: Path
+) -> None:
     with pytest.raises(InvalidRequestError, match="calibration"):
         optimize_package(packages.root / "fp32", tmp_path / "a", "int8")
     with pytest.raises(InvalidRequestError, match="fp32 package"):
@@ -124,15 +136,21 @@ def test_fusion_that_does_nothing_is_an_error(tmp_path: Path) -> None:
     # AND on a conv net, fusion needs "data" among the args it is given: we always pass it
     tiny_package(tmp_path / "conv")
     _, conv_files = read_package(tmp_path / "conv")
-    fused = fuse_symbol(mx.sym.load_json(conv_files["symbol"].decode()), mx.nd.load_frombuffer(conv_files["params"]), (1, 3, 32, 32))
+    fused = fuse_symbol(
+        mx.sym.load_json(conv_files["symbol"].decode()), mx.nd.load_frombuffer(conv_files["params"]), (1, 3, 32, 32)
+    )
     assert fused_conv_count(fused) > 0
 
 
 def test_macs_are_counted_per_convolution_and_fully_connected_layer() -> None:
     # GIVEN a 3→4 channel 3×3 conv (padding 1, 8×8), a 4→6 grouped (2 groups) 1×1 conv with stride 2, then a dense 96→5
     net = mx.gluon.nn.HybridSequential()
-    net.add(mx.gluon.nn.Conv2D(4, 3, padding=1, in_channels=3), mx.gluon.nn.Conv2D(6, 1, strides=2, groups=2, in_channels=4),
-            mx.gluon.nn.Activation("relu"), mx.gluon.nn.Dense(5, in_units=96))
+    net.add(
+        mx.gluon.nn.Conv2D(4, 3, padding=1, in_channels=3),
+        mx.gluon.nn.Conv2D(6, 1, strides=2, groups=2, in_channels=4),
+        mx.gluon.nn.Activation("relu"),
+        mx.gluon.nn.Dense(5, in_units=96),
+    )
     symbol = net(mx.sym.var("data"))
     # THEN each layer counts output elements × inputs per output, times the batch
     per_image = 4 * 8 * 8 * (3 * 3 * 3) + 6 * 4 * 4 * (4 // 2) + 5 * 96
@@ -155,7 +173,11 @@ def test_only_the_int8_package_runs_quantized_onednn_operators(packages: SimpleN
 
 
 def test_the_fastest_mode_within_half_a_point_of_fp32_is_chosen() -> None:
-    candidates = {"fp32": {"top1": 0.990, "median_ms": 3.0}, "fused": {"top1": 0.990, "median_ms": 2.5}, "int8": {"top1": 0.986, "median_ms": 1.0}}
+    candidates = {
+        "fp32": {"top1": 0.990, "median_ms": 3.0},
+        "fused": {"top1": 0.990, "median_ms": 2.5},
+        "int8": {"top1": 0.986, "median_ms": 1.0},
+    }
     assert choose_mode(candidates) == "int8"
     candidates["int8"]["top1"] = 0.980  # 1 point worse: not eligible
     assert choose_mode(candidates) == "fused"
@@ -164,20 +186,40 @@ def test_the_fastest_mode_within_half_a_point_of_fp32_is_chosen() -> None:
 
 
 def test_each_mode_publishes_as_its_own_version(packages: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="models")
-        versions = {mode: publish(s3, "models", packages.root / mode, name="tiny") for mode in ("fp32", "fused", "int8")}
+        versions = {
+            mode: publish(s3, "models", packages.root / mode, name="tiny") for mode in ("fp32", "fused", "int8")
+        }
         assert len({m.version for m in versions.values()}) == 3
-        assert {mode: m.inference_mode for mode, m in versions.items()} == {"fp32": "fp32", "fused": "fused", "int8": "int8"}
-        stored = Manifest.from_json(s3.get_object(Bucket="models", Key=f"models/tiny/versions/{versions['int8'].version}/{MANIFEST_FILE}")["Body"].read())
+        assert {mode: m.inference_mode for mode, m in versions.items()} == {
+            "fp32": "fp32",
+            "fused": "fused",
+            "int8": "int8",
+        }
+        stored = Manifest.from_json(
+            s3.get_object(Bucket="models", Key=f"models/tiny/versions/{versions['int8'].version}/{MANIFEST_FILE}")[
+                "Body"
+            ].read()
+        )
         assert stored.metrics["fused_nodes"] > 0
 
 
-def test_default_model_preload_reports_the_cold_start_in_parts(packages: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+def test_default_model_preload_reports_the_cold_start_in_parts(
+    packages: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setattr(aws, "_clients", {})

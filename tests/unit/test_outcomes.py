@@ -7,8 +7,15 @@ from typing import Any
 from inferpipe.classify import object_error
 
 CLASSIFIED = {"status": "CLASSIFIED", "source": {"key": "a.jpg"}}
-FAILED = {"status": "FAILED", "source": {"key": "b.png"}, "error": {"type": "NotAnImageError", "message": "b.png is not an image"}}
-STOPPED = {"type": "SinkUnavailableError", "message": "sink 'sqs' refused the batch: AWS.SimpleQueueService.NonExistentQueue"}
+FAILED = {
+    "status": "FAILED",
+    "source": {"key": "b.png"},
+    "error": {"type": "NotAnImageError", "message": "b.png is not an image"},
+}
+STOPPED = {
+    "type": "SinkUnavailableError",
+    "message": "sink 'sqs' refused the batch: AWS.SimpleQueueService.NonExistentQueue",
+}
 
 
 def _never() -> Any:
@@ -32,5 +39,5 @@ def test_a_classified_object_fails_with_the_sink_recordfailure_noted() -> None:
 def test_a_classified_object_succeeded_when_only_other_objects_failed() -> None:
     # RecordFailure ran for the batch's bad object and every sink delivered this one
     other = {"type": "NotAnImageError", "message": "b.png is not an image"}
-    assert object_error(CLASSIFIED, False, lambda: {}, other) is None
+    assert object_error(CLASSIFIED, False, dict, other) is None
     assert object_error(FAILED, False, _never, other) == {"type": "NotAnImageError", "message": "b.png is not an image"}

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from functions.common.config import ImageLimits
 from functions.common.manifest import Manifest
 from functions.inference.core import load_model, predict
 from functions.preprocess.core import preprocess
-from functions.common.config import ImageLimits
-from inferpipe.packaging import load_package_dir
 from inferpipe.optimize import agreement, centred_cosine
+from inferpipe.packaging import load_package_dir
 from inferpipe.pretrained import MIN_AGREEMENT
 from inferpipe.pretrained.photos import CALIBRATION_PHOTOS, DEMO_PHOTOS, demo_photos
 
@@ -31,7 +31,9 @@ def test_the_default_package_is_the_fastest_mode_that_agrees_with_fp32(lite0_pac
     assert selection["heldout_images"] == 64
     # AND the manifest records what it was checked on, with the real preprocessing and labels
     assert manifest.architecture == "efficientnet_lite0" and manifest.num_classes == 1000
-    assert manifest.input.mean == pytest.approx((127 / 255,) * 3) and manifest.input.std == pytest.approx((128 / 255,) * 3)
+    assert manifest.input.mean == pytest.approx((127 / 255,) * 3) and manifest.input.std == pytest.approx(
+        (128 / 255,) * 3
+    )
     assert manifest.metrics["tensors_mapped"] == 247 and manifest.metrics["parameters"] == 4_694_024
     if manifest.inference_mode != "fp32":
         assert manifest.metrics["agreement_set"] == "heldout" and manifest.metrics["fused_nodes"] == 49
@@ -39,7 +41,9 @@ def test_the_default_package_is_the_fastest_mode_that_agrees_with_fp32(lite0_pac
     load_package_dir(folder)  # checksums, labels, a forward pass: publishable as it is
 
 
-def test_the_served_package_classifies_each_demo_photo_as_an_accepted_label(lite0_package: tuple[Path, Manifest]) -> None:
+def test_the_served_package_classifies_each_demo_photo_as_an_accepted_label(
+    lite0_package: tuple[Path, Manifest],
+) -> None:
     folder, manifest = lite0_package
     _, files = load_package_dir(folder)
     model = load_model(manifest, files)

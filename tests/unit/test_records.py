@@ -13,7 +13,16 @@ import pytest
 from moto import mock_aws
 
 from functions.sink import records
-from functions.sink.records import FAILURE, PREDICTION, Version, compare, decode_key, encode_key, latest_key, version_key
+from functions.sink.records import (
+    FAILURE,
+    PREDICTION,
+    Version,
+    compare,
+    decode_key,
+    encode_key,
+    latest_key,
+    version_key,
+)
 
 PREFIXES = {PREDICTION: "predictions/", FAILURE: "failures/"}
 BUCKET = "out-bucket"
@@ -47,7 +56,10 @@ HOSTILE_KEYS = [
 
 def test_ordinary_keys_keep_their_name() -> None:
     assert latest_key("predictions/", "in", "photos/2026/cat 1.jpg") == "predictions/in/photos/2026/cat 1.jpg.json"
-    assert version_key("failures/", "in", "photos/cat.jpg", "3HL4kqtJ") == "failures/_versions/in/photos/cat.jpg/3HL4kqtJ.json"
+    assert (
+        version_key("failures/", "in", "photos/cat.jpg", "3HL4kqtJ")
+        == "failures/_versions/in/photos/cat.jpg/3HL4kqtJ.json"
+    )
     assert version_key("failures/", "in", "photos/cat.jpg", None) == "failures/_versions/in/photos/cat.jpg/null.json"
 
 
@@ -67,10 +79,14 @@ def test_no_two_keys_share_a_record() -> None:
     latest = {latest_key("failures/", "in", key) for key in HOSTILE_KEYS}
     assert len(latest) == len(HOSTILE_KEYS)
     # the example of the issue: a key with ../ segments does not land on the key it names
-    assert latest_key("failures/", "in", "hostile/../photos/cat.jpg") == "failures/in/hostile/%2E%2E/photos/cat.jpg.json"
+    assert (
+        latest_key("failures/", "in", "hostile/../photos/cat.jpg") == "failures/in/hostile/%2E%2E/photos/cat.jpg.json"
+    )
     assert latest_key("failures/", "in", "hostile/../photos/cat.jpg") != latest_key("failures/", "in", "photos/cat.jpg")
     # nor does a version record of one key collide with another key's records
-    versions = {version_key("predictions/", "in", key, version) for key in HOSTILE_KEYS for version in ("v1", "v/2", None)}
+    versions = {
+        version_key("predictions/", "in", key, version) for key in HOSTILE_KEYS for version in ("v1", "v/2", None)
+    }
     assert len(versions) == 3 * len(HOSTILE_KEYS)
     assert not versions & {latest_key("predictions/", "in", key) for key in HOSTILE_KEYS}
 
@@ -99,8 +115,17 @@ def test_last_modified_orders_versions_without_two_sequencers_and_a_tie_is_not_o
     evented = Version("v1", "0055AED6DCD90281E5", "2026-12-03T10:00:01.000Z")
     assert compare(manual, evented) == 1 and compare(evented, manual) == -1
     assert compare(Version("v1"), Version("v1", "0B")) == 0  # the same version, however it is named
-    assert compare(Version("v2", None, "2026-12-03T10:00:01.000Z"), Version("v1", None, "2026-12-03T10:00:01.000Z")) is None
-    assert compare(Version(None, None, "2026-12-03T10:00:01.000Z", "e1"), Version("null", None, "2026-12-03T10:00:01.000Z", "e1")) == 0
+    assert (
+        compare(Version("v2", None, "2026-12-03T10:00:01.000Z"), Version("v1", None, "2026-12-03T10:00:01.000Z"))
+        is None
+    )
+    assert (
+        compare(
+            Version(None, None, "2026-12-03T10:00:01.000Z", "e1"),
+            Version("null", None, "2026-12-03T10:00:01.000Z", "e1"),
+        )
+        == 0
+    )
 
 
 # --------------------------------------------------------------------------- latest views
@@ -197,7 +222,11 @@ def test_a_newer_failure_retires_the_older_prediction_from_the_latest_view_only(
 def test_an_older_versions_prediction_after_a_newer_failure_steps_back_to_its_entry(s3: Any) -> None:
     _publish(s3, FAILURE, "v2", "0B")
     late = _publish(s3, PREDICTION, "v1", "0A")
-    assert late.view == "kept" and "v2" in late.reason and late.key == version_key("predictions/", "in", "photos/cat.jpg", "v1")
+    assert (
+        late.view == "kept"
+        and "v2" in late.reason
+        and late.key == version_key("predictions/", "in", "photos/cat.jpg", "v1")
+    )
     assert (_view(s3, PREDICTION), _view(s3, FAILURE)) == (None, "v2")
     assert _entry(s3, PREDICTION, "v1")["record_id"] == "rid-v1"  # type: ignore[index]
 
@@ -246,7 +275,9 @@ def test_a_view_changed_since_it_was_read_is_not_overwritten(s3: Any) -> None:
 def test_a_view_with_nothing_to_order_it_by_is_replaced(s3: Any) -> None:
     # GIVEN a view written before views were ordered (no sequencer, no LastModified)
     key = latest_key("predictions/", "in", "photos/cat.jpg")
-    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps({"record_id": "old", "source": {"version_id": "v0"}}).encode())
+    s3.put_object(
+        Bucket=BUCKET, Key=key, Body=json.dumps({"record_id": "old", "source": {"version_id": "v0"}}).encode()
+    )
     # THEN a record that can be ordered replaces it instead of being blocked by it for good
     assert _publish(s3, PREDICTION, "v1", "0A").view == "written" and _view(s3, PREDICTION) == "v1"
 
@@ -263,9 +294,26 @@ def test_an_older_versions_late_success_resolves_its_own_failure_record(s3: Any)
 
 def test_each_upload_to_an_unversioned_bucket_keeps_its_own_record(s3: Any) -> None:
     for etag, sequencer in (("e1", "0A"), ("e2", "0B")):
-        records.publish(s3, BUCKET, FAILURE, {**_record(FAILURE, "null", sequencer), "source": {
-            "bucket": "in", "key": "photos/cat.jpg", "version_id": None, "sequencer": sequencer, "etag": etag}}, PREFIXES, {})
+        records.publish(
+            s3,
+            BUCKET,
+            FAILURE,
+            {
+                **_record(FAILURE, "null", sequencer),
+                "source": {
+                    "bucket": "in",
+                    "key": "photos/cat.jpg",
+                    "version_id": None,
+                    "sequencer": sequencer,
+                    "etag": etag,
+                },
+            },
+            PREFIXES,
+            {},
+        )
     found = {etag: records.find(s3, BUCKET, "failures/", "in", "photos/cat.jpg", None, etag) for etag in ("e1", "e2")}
     # the older upload's record moved to its entry; the newer one is the view
     assert {etag: where for etag, (where, _) in found.items()} == {  # type: ignore[misc]
-        "e1": version_key("failures/", "in", "photos/cat.jpg", None, "e1"), "e2": latest_key("failures/", "in", "photos/cat.jpg")}
+        "e1": version_key("failures/", "in", "photos/cat.jpg", None, "e1"),
+        "e2": latest_key("failures/", "in", "photos/cat.jpg"),
+    }

@@ -41,7 +41,6 @@ def merged(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not _DROP}
 
 
-
 def parse(**overrides: Any) -> Request:
     return Request.parse(merged(**overrides), SINKS)
 
@@ -57,7 +56,9 @@ def test_canned_events_parse() -> None:
 
     # THEN every field comes through, the key verbatim
     assert from_event.source == SourceObject(
-        "inferpipe-input-123456789012-us-east-1", "incoming/holiday photos/café+1%.jpg", "IYV3p45BT0ac8hjHg1houSdS1a.Mro8e"
+        "inferpipe-input-123456789012-us-east-1",
+        "incoming/holiday photos/café+1%.jpg",
+        "IYV3p45BT0ac8hjHg1houSdS1a.Mro8e",
     )
     assert from_event.trigger == "s3-event" and from_event.sinks == tuple(SINKS) and from_event.top_k == 5
     assert from_event.model == ModelRef("demo", "prod")
@@ -69,7 +70,13 @@ def test_keys_are_kept_verbatim(key: str) -> None:
     request = parse(key=key)
     assert request.source.key == key
     # and survive the JSON trip between states
-    job = Job(request.source, ModelRef("demo", "0123456789ab"), TensorRef("work-bucket", "tensors/x.npy", (1, 3, 8, 8)), request.sinks, 3)
+    job = Job(
+        request.source,
+        ModelRef("demo", "0123456789ab"),
+        TensorRef("work-bucket", "tensors/x.npy", (1, 3, 8, 8)),
+        request.sinks,
+        3,
+    )
     assert Job.from_dict(json.loads(json.dumps(job.to_dict()))).source.key == key
 
 
@@ -97,7 +104,9 @@ def test_invalid_bucket_is_rejected(bucket: Any) -> None:
         parse(bucket=bucket)
 
 
-@pytest.mark.parametrize("bucket", ["abc", "my.bucket.name", "inferpipe-input-123456789012-us-east-1", "my-ap-abcdefgh-s3alias"])
+@pytest.mark.parametrize(
+    "bucket", ["abc", "my.bucket.name", "inferpipe-input-123456789012-us-east-1", "my-ap-abcdefgh-s3alias"]
+)
 def test_valid_bucket_is_accepted(bucket: str) -> None:
     assert parse(bucket=bucket).source.bucket == bucket
 
@@ -148,7 +157,15 @@ def test_top_k_bounds_are_inclusive(top_k: int) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("model", "../etc"), ("model", "a/b"), ("model", ""), ("model", 3), ("model_version", ".hidden"), ("model_version", "v 1"), ("model_version", "x" * 65)],
+    [
+        ("model", "../etc"),
+        ("model", "a/b"),
+        ("model", ""),
+        ("model", 3),
+        ("model_version", ".hidden"),
+        ("model_version", "v 1"),
+        ("model_version", "x" * 65),
+    ],
 )
 def test_unsafe_model_names_are_rejected(field: str, value: Any) -> None:
     with pytest.raises(InvalidRequestError, match=field):
@@ -180,8 +197,15 @@ def _job() -> Job:
 def test_job_has_exactly_the_documented_shape() -> None:
     data = _job().to_dict()
     assert data == {
-        "source": {"bucket": "in-bucket", "key": "a b+c%.jpg", "version_id": "v1", "etag": "9dd4e461268c8034f5c8564e155c67a6", "size": 1234,
-                   "last_modified": None, "sequencer": None},
+        "source": {
+            "bucket": "in-bucket",
+            "key": "a b+c%.jpg",
+            "version_id": "v1",
+            "etag": "9dd4e461268c8034f5c8564e155c67a6",
+            "size": 1234,
+            "last_modified": None,
+            "sequencer": None,
+        },
         "model": {"name": "demo", "version": "0123456789ab"},
         "tensor": {"bucket": "work-bucket", "key": "tensors/abc.npy", "shape": [1, 3, 64, 64], "dtype": "float32"},
         "sinks": ["s3", "sqs"],
@@ -230,7 +254,15 @@ def test_located_source_pins_version_etag_and_size() -> None:
 
 def test_every_problem_is_reported_at_once() -> None:
     # GIVEN a manual request with several mistakes (as an operator might type it)
-    data = {"bucket": "x", "key": "k", "top_k": 0, "sinks": ["kafka"], "model": "demo", "model_version": "prod", "colour": "blue"}
+    data = {
+        "bucket": "x",
+        "key": "k",
+        "top_k": 0,
+        "sinks": ["kafka"],
+        "model": "demo",
+        "model_version": "prod",
+        "colour": "blue",
+    }
 
     # WHEN it is parsed
     with pytest.raises(InvalidRequestError) as caught:

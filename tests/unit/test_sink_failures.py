@@ -16,13 +16,12 @@ from functions.sink import core, writers
 from functions.sink.failure_record import build_failure
 from functions.sink.failures import MIXED_ERRORS
 from functions.sink.handler import lambda_handler
-from tests.unit.test_sink import (  # noqa: F401 - aws is a fixture
+from tests.unit.test_sink import (
     CONTEXT,
     EXECUTION,
     PREDICTION,
     SOURCE,
     _drain,
-    aws,
     classified,
     failed,
     put_batch,
@@ -60,7 +59,12 @@ def _record_failure(
     """RecordFailure's input, as the state machine builds it (the Note*/…Failed states, then the task's Parameters)."""
     event = {
         "mode": "failure",
-        "failure": failure or {"state": "Batch", "error": "BatchItemsFailed", "cause": "objects of this batch failed; see their failure records"},
+        "failure": failure
+        or {
+            "state": "Batch",
+            "error": "BatchItemsFailed",
+            "cause": "objects of this batch failed; see their failure records",
+        },
         "batch": batch,
         "deliveries": deliveries,
         "input": raw_input if raw_input is not None else {"bucket": SOURCE["bucket"], "key": SOURCE["key"]},
@@ -75,31 +79,37 @@ def _lambda_cause(error: str, message: str) -> str:
     return json.dumps({"errorMessage": message, "errorType": error, "requestId": "req-1", "stackTrace": []})
 
 
-def test_a_duplicate_delivery_writes_nothing_new_and_publishes_nothing_new(aws: dict[str, str]) -> None:
+def test_a_duplicate_delivery_writes_nothing_new_and_publishes_nothing_new(sink_resources: dict[str, str]) -> None:
     first = {sink: _deliver(sink) for sink in core.SINKS}
     again = {sink: _deliver(sink, execution=EXECUTION + "-r1") for sink in core.SINKS}
-    assert {s: r["delivered"] for s, r in first.items()} == {s: r["delivered"] for s, r in again.items()} == dict.fromkeys(core.SINKS, 1)
+    assert (
+        {s: r["delivered"] for s, r in first.items()}
+        == {s: r["delivered"] for s, r in again.items()}
+        == dict.fromkeys(core.SINKS, 1)
+    )
     items = _items()
     assert len(items) == 1 and items[0]["execution_id"]["S"] == EXECUTION  # the first delivery's item, untouched
-    assert len(_drain(aws["PREDICTIONS_QUEUE_URL"])) == 1
-    assert len(_drain(aws["sns_tap"])) == 1
-    assert len(_drain(aws["events_tap"])) == 1
+    assert len(_drain(sink_resources["PREDICTIONS_QUEUE_URL"])) == 1
+    assert len(_drain(sink_resources["sns_tap"])) == 1
+    assert len(_drain(sink_resources["events_tap"])) == 1
     listed = boto3.client("s3").list_objects_v2(Bucket="out-bucket", Prefix="predictions/")["Contents"]
-    assert [o["Key"] for o in listed] == ["predictions/in-bucket/holiday photos/café+1%25.jpg.json"]  # the version's record, once
+    assert [o["Key"] for o in listed] == [
+        "predictions/in-bucket/holiday photos/café+1%25.jpg.json"
+    ]  # the version's record, once
 
 
-def test_a_different_model_version_replaces_the_item_and_is_a_new_message(aws: dict[str, str]) -> None:
+def test_a_different_model_version_replaces_the_item_and_is_a_new_message(sink_resources: dict[str, str]) -> None:
     _deliver("dynamodb")
     _deliver("sqs")
     _deliver("dynamodb", prediction=OTHER_MODEL, execution=EXECUTION + "-2")
     _deliver("sqs", prediction=OTHER_MODEL, execution=EXECUTION + "-2")
     items = _items()
     assert len(items) == 1 and items[0]["model_version"]["S"] == "fedcba987654"
-    bodies = [json.loads(m["Body"]) for m in _drain(aws["PREDICTIONS_QUEUE_URL"])]
+    bodies = [json.loads(m["Body"]) for m in _drain(sink_resources["PREDICTIONS_QUEUE_URL"])]
     assert sorted(b["model"]["version"] for b in bodies) == ["0123456789ab", "fedcba987654"]
 
 
-def test_a_failure_record_names_the_object_error_state_and_execution(aws: dict[str, str]) -> None:
+def test_a_failure_record_names_the_object_error_state_and_execution(sink_resources: dict[str, str]) -> None:
     # GIVEN a batch of one whose object is not an image (NoteAllFailed: preprocess failed every object)
     ref = put_batch([failed(SOURCE, "NotAnImageError", NOT_AN_IMAGE)], name=PREPROCESSED)
     # WHEN the failure is recorded
@@ -115,10 +125,14 @@ def test_a_failure_record_names_the_object_error_state_and_execution(aws: dict[s
     assert record["source"]["version_id"] == "v1" and record["execution_name"] == "abc"
     assert record["model"] == {"name": "demo", "version": "prod", "resolved": False}
     (item,) = _items()
-    assert item["status"]["S"] == "FAILED" and item["error_type"]["S"] == "NotAnImageError" and item["version"]["S"] == "v1"
+    assert (
+        item["status"]["S"] == "FAILED"
+        and item["error_type"]["S"] == "NotAnImageError"
+        and item["version"]["S"] == "v1"
+    )
 
 
-def test_a_failure_never_overwrites_a_success_and_a_success_resolves_a_failure(aws: dict[str, str]) -> None:
+def test_a_failure_never_overwrites_a_success_and_a_success_resolves_a_failure(sink_resources: dict[str, str]) -> None:
     _record_failure(put_batch([failed(SOURCE, "NotAnImageError", NOT_AN_IMAGE)], name=PREPROCESSED))
     _deliver("dynamodb")
     _deliver("s3")
@@ -127,8 +141,15 @@ def test_a_failure_never_overwrites_a_success_and_a_success_resolves_a_failure(a
     assert _failure_records() == {}  # the s3 sink removed the resolved failure record
     # WHEN a later execution of the same object version fails in a sink
     ref = put_batch([classified()], execution=EXECUTION + "-2")
-    deliveries = [{"sink": "s3", "status": "DELIVERED", "delivered": 1},
-                  {"sink": "sqs", "status": "FAILED", "error": "SinkUnavailableError", "cause": _lambda_cause("SinkUnavailableError", "queue gone")}]
+    deliveries = [
+        {"sink": "s3", "status": "DELIVERED", "delivered": 1},
+        {
+            "sink": "sqs",
+            "status": "FAILED",
+            "error": "SinkUnavailableError",
+            "cause": _lambda_cause("SinkUnavailableError", "queue gone"),
+        },
+    ]
     answer = _record_failure(ref, deliveries=deliveries)
     # THEN its failure is recorded, but the item still says SUCCEEDED
     assert answer["error"] == "SinkUnavailableError"
@@ -136,9 +157,11 @@ def test_a_failure_never_overwrites_a_success_and_a_success_resolves_a_failure(a
     assert item["status"]["S"] == "SUCCEEDED" and item["execution_id"]["S"] == EXECUTION
 
 
-def test_an_input_without_an_object_is_recorded_under_invalid(aws: dict[str, str]) -> None:
+def test_an_input_without_an_object_is_recorded_under_invalid(sink_resources: dict[str, str]) -> None:
     # GIVEN Preprocess rejected the whole input (PreprocessFailed: no batch document)
-    cause = _lambda_cause("InvalidInputError", "the input has no object to classify. Expected an S3 'Object Created' event")
+    cause = _lambda_cause(
+        "InvalidInputError", "the input has no object to classify. Expected an S3 'Object Created' event"
+    )
     failure = {"state": "Preprocess", "error": "InvalidInputError", "cause": cause}
     # WHEN the failure is recorded
     answer = _record_failure(None, failure, raw_input={"hello": "world"})
@@ -150,7 +173,10 @@ def test_an_input_without_an_object_is_recorded_under_invalid(aws: dict[str, str
     record = records["failures/_invalid/abc.json"]
     assert record["source"] is None and record["input"] == {"hello": "world"}
     assert record["failed_state"] == "Preprocess"
-    assert record["error"] == {"type": "InvalidInputError", "message": "the input has no object to classify. Expected an S3 'Object Created' event"}
+    assert record["error"] == {
+        "type": "InvalidInputError",
+        "message": "the input has no object to classify. Expected an S3 'Object Created' event",
+    }
     assert answer["cause"] == record["error"]["message"]
     assert _items() == []
 
@@ -158,18 +184,30 @@ def test_an_input_without_an_object_is_recorded_under_invalid(aws: dict[str, str
 def test_a_delivery_failure_lists_delivered_and_failed_sinks() -> None:
     context = {
         "job": {"source": SOURCE, "model": {"name": "demo", "version": "0123456789ab"}},
-        "deliveries": [{"sink": "s3", "status": "DELIVERED"}, {"sink": "sqs", "status": "FAILED", "error": "SinkUnavailableError"}],
+        "deliveries": [
+            {"sink": "s3", "status": "DELIVERED"},
+            {"sink": "sqs", "status": "FAILED", "error": "SinkUnavailableError"},
+        ],
     }
-    event = {"failure": {"state": "Deliver", "error": "SinkUnavailableError", "cause": "queue gone"}, "context": context, "execution_id": EXECUTION}
+    event = {
+        "failure": {"state": "Deliver", "error": "SinkUnavailableError", "cause": "queue gone"},
+        "context": context,
+        "execution_id": EXECUTION,
+    }
     record = build_failure(event)
     assert record["delivered_sinks"] == ["s3"] and record["failed_sinks"] == ["sqs"]
     assert record["model"] == {"name": "demo", "version": "0123456789ab", "resolved": True}
 
 
-def test_aws_refusals_are_typed_throttles_are_transient(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_aws_refusals_are_typed_throttles_are_transient(
+    sink_resources: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     def refuse(code: str, status: int) -> Any:
         def put(*args: Any, **kwargs: Any) -> None:
-            raise ClientError({"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutItem")
+            raise ClientError(
+                {"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutItem"
+            )
+
         return put
 
     record = core.build_record(SOURCE, PREDICTION, EXECUTION)
@@ -192,10 +230,12 @@ def _source(key: str) -> dict[str, Any]:
     return {**SOURCE, "key": key, "version_id": f"v-{key}"}
 
 
-def test_one_failed_object_of_a_classified_batch_gets_the_only_failure_record(aws: dict[str, str]) -> None:
+def test_one_failed_object_of_a_classified_batch_gets_the_only_failure_record(sink_resources: dict[str, str]) -> None:
     # GIVEN a batch whose first object was classified and delivered everywhere, and whose second was not an image
     bad_message = "s3://in-bucket/b.png (3 bytes) is not an image"
-    ref = put_batch([classified(_source("a.jpg"), index=0), failed(_source("b.png"), "NotAnImageError", bad_message, index=1)])
+    ref = put_batch(
+        [classified(_source("a.jpg"), index=0), failed(_source("b.png"), "NotAnImageError", bad_message, index=1)]
+    )
     deliveries = [{"sink": sink, "status": "DELIVERED", "delivered": 1} for sink in ("s3", "dynamodb")]
     # WHEN the state machine records the batch's failures (NoteObjectFailures)
     answer = _record_failure(ref, deliveries=deliveries)
@@ -209,13 +249,17 @@ def test_one_failed_object_of_a_classified_batch_gets_the_only_failure_record(aw
     assert [(i["object"]["S"], i["status"]["S"]) for i in _items()] == [("s3://in-bucket/b.png", "FAILED")]
 
 
-def test_objects_failing_with_different_errors_end_as_batch_items_failed_counting_them(aws: dict[str, str]) -> None:
+def test_objects_failing_with_different_errors_end_as_batch_items_failed_counting_them(
+    sink_resources: dict[str, str],
+) -> None:
     # GIVEN a batch of three: one not an image, one deleted before it was read, one classified
-    ref = put_batch([
-        failed(_source("a.png"), "NotAnImageError", "s3://in-bucket/a.png is not an image", index=0),
-        classified(_source("b.jpg"), index=1),
-        failed(_source("c.jpg"), "ObjectNotFoundError", "s3://in-bucket/c.jpg does not exist", index=2),
-    ])
+    ref = put_batch(
+        [
+            failed(_source("a.png"), "NotAnImageError", "s3://in-bucket/a.png is not an image", index=0),
+            classified(_source("b.jpg"), index=1),
+            failed(_source("c.jpg"), "ObjectNotFoundError", "s3://in-bucket/c.jpg does not exist", index=2),
+        ]
+    )
     # WHEN recorded
     answer = _record_failure(ref, deliveries=[{"sink": "s3", "status": "DELIVERED", "delivered": 1}])
     # THEN the execution's error says the objects' errors differ, and the cause counts them
@@ -226,24 +270,37 @@ def test_objects_failing_with_different_errors_end_as_batch_items_failed_countin
     # AND each failed object has its own record with its own error
     records = _failure_records()
     assert {k: r["error"]["type"] for k, r in records.items()} == {
-        "failures/in-bucket/a.png.json": "NotAnImageError", "failures/in-bucket/c.jpg.json": "ObjectNotFoundError"
+        "failures/in-bucket/a.png.json": "NotAnImageError",
+        "failures/in-bucket/c.jpg.json": "ObjectNotFoundError",
     }
 
 
-def test_objects_sharing_an_error_end_with_that_error(aws: dict[str, str]) -> None:
-    ref = put_batch([failed(_source(f"{n}.png"), "NotAnImageError", f"{n}.png is not an image", index=n) for n in range(3)],
-                    name=PREPROCESSED)
+def test_objects_sharing_an_error_end_with_that_error(sink_resources: dict[str, str]) -> None:
+    ref = put_batch(
+        [failed(_source(f"{n}.png"), "NotAnImageError", f"{n}.png is not an image", index=n) for n in range(3)],
+        name=PREPROCESSED,
+    )
     answer = _record_failure(ref)
-    assert answer["error"] == "NotAnImageError" and answer["cause"].startswith("3 of 3 objects failed: NotAnImageError x3; first: ")
+    assert answer["error"] == "NotAnImageError" and answer["cause"].startswith(
+        "3 of 3 objects failed: NotAnImageError x3; first: "
+    )
     assert len(_failure_records()) == 3
 
 
-def test_a_failed_sink_fails_every_classified_object_naming_the_sinks(aws: dict[str, str]) -> None:
+def test_a_failed_sink_fails_every_classified_object_naming_the_sinks(sink_resources: dict[str, str]) -> None:
     # GIVEN two classified objects; S3 took them, the queue refused them
     ref = put_batch([classified(_source("a.jpg"), index=0), classified(_source("b.jpg"), index=1)])
-    deliveries = [{"sink": "s3", "status": "DELIVERED", "delivered": 2},
-                  {"sink": "sqs", "status": "FAILED", "error": "SinkUnavailableError",
-                   "cause": _lambda_cause("SinkUnavailableError", "sink 'sqs' refused the batch: AWS.SimpleQueueService.NonExistentQueue")}]
+    deliveries = [
+        {"sink": "s3", "status": "DELIVERED", "delivered": 2},
+        {
+            "sink": "sqs",
+            "status": "FAILED",
+            "error": "SinkUnavailableError",
+            "cause": _lambda_cause(
+                "SinkUnavailableError", "sink 'sqs' refused the batch: AWS.SimpleQueueService.NonExistentQueue"
+            ),
+        },
+    ]
     # WHEN recorded
     answer = _record_failure(ref, deliveries=deliveries)
     # THEN both objects fail with the sink's error, their records say which sinks have them
@@ -257,9 +314,13 @@ def test_a_failed_sink_fails_every_classified_object_naming_the_sinks(aws: dict[
         assert record["model"] == {"name": "demo", "version": "0123456789ab", "resolved": True}
 
 
-def test_a_task_failing_before_any_document_fails_every_object_of_the_input(aws: dict[str, str]) -> None:
+def test_a_task_failing_before_any_document_fails_every_object_of_the_input(sink_resources: dict[str, str]) -> None:
     # GIVEN Preprocess failed as a whole for a manual batch of two (retries exhausted)
-    failure = {"state": "Preprocess", "error": "TransientError", "cause": _lambda_cause("TransientError", "GetObject throttled")}
+    failure = {
+        "state": "Preprocess",
+        "error": "TransientError",
+        "cause": _lambda_cause("TransientError", "GetObject throttled"),
+    }
     raw = {"objects": [{"bucket": "in-bucket", "key": "a.jpg"}, {"bucket": "in-bucket", "key": "b.jpg"}]}
     # WHEN recorded
     answer = _record_failure(None, failure, raw_input=raw)
@@ -271,16 +332,24 @@ def test_a_task_failing_before_any_document_fails_every_object_of_the_input(aws:
     }
 
 
-def test_a_task_failing_with_a_states_error_is_recorded_as_a_pipeline_error(aws: dict[str, str]) -> None:
+def test_a_task_failing_with_a_states_error_is_recorded_as_a_pipeline_error(sink_resources: dict[str, str]) -> None:
     # GIVEN Inference timed out over a preprocessed batch: one object ready, one already failed
-    ref = put_batch([{**classified(_source("a.jpg")), "status": "READY"}, failed(_source("b.png"), "NotAnImageError", "not an image", index=1)],
-                    name=PREPROCESSED)
+    ref = put_batch(
+        [
+            {**classified(_source("a.jpg")), "status": "READY"},
+            failed(_source("b.png"), "NotAnImageError", "not an image", index=1),
+        ],
+        name=PREPROCESSED,
+    )
     failure = {"state": "Inference", "error": "States.Timeout", "cause": "the task timed out"}
     answer = _record_failure(ref, failure)
     # THEN the ready object fails with PipelineError (a Fail state may not end with States.*), the other keeps its own
     records = _failure_records()
     a, b = records["failures/in-bucket/a.jpg.json"], records["failures/in-bucket/b.png.json"]
-    assert a["error"] == {"type": "PipelineError", "message": "States.Timeout: the task timed out"} and a["failed_state"] == "Inference"
+    assert (
+        a["error"] == {"type": "PipelineError", "message": "States.Timeout: the task timed out"}
+        and a["failed_state"] == "Inference"
+    )
     assert b["error"]["type"] == "NotAnImageError" and b["failed_state"] == "Preprocess"
     assert answer["error"] == "BatchItemsFailed"
 

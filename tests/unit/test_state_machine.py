@@ -25,7 +25,11 @@ from inferpipe.stack.resources import render_asl
 ASL_PATH = REPO_ROOT / "state_machine" / "pipeline.asl.json"
 STACK = json.loads(STACK_FILE.read_text())
 #: Which function each ARN placeholder stands for.
-FUNCTION_OF_PLACEHOLDER = {"PreprocessFunctionArn": "preprocess", "InferenceFunctionArn": "inference", "SinkFunctionArn": "sink"}
+FUNCTION_OF_PLACEHOLDER = {
+    "PreprocessFunctionArn": "preprocess",
+    "InferenceFunctionArn": "inference",
+    "SinkFunctionArn": "sink",
+}
 VALUES = {
     "PreprocessFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:p",
     "InferenceFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:i",
@@ -69,7 +73,12 @@ def test_tasks_retry_exactly_the_transient_errors_and_catch_the_permanent_ones()
     for name, task in tasks.items():
         retried = {error for rule in task["Retry"] for error in rule["ErrorEquals"]}
         assert set(TRANSIENT_ERROR_NAMES) <= retried, name
-        assert {"Lambda.ServiceException", "Lambda.TooManyRequestsException", "Lambda.SdkClientException", "Lambda.AWSLambdaException"} <= retried
+        assert {
+            "Lambda.ServiceException",
+            "Lambda.TooManyRequestsException",
+            "Lambda.SdkClientException",
+            "Lambda.AWSLambdaException",
+        } <= retried
         assert not retried & set(PERMANENT_ERROR_NAMES), f"{name} retries a permanent error"
         # A timed-out attempt may still have finished its writes; every task is idempotent, so a
         # timeout is retried (with back-off: it usually means the service is overloaded).
@@ -91,11 +100,15 @@ def test_tasks_retry_exactly_the_transient_errors_and_catch_the_permanent_ones()
             assert caught == [], "RecordFailure must stop where it failed, to be redriven"
             continue
         assert caught == list(RECORDED_ERROR_NAMES), name
-        assert not set(caught) & (set(REDRIVABLE_ERROR_NAMES) | set(TRANSIENT_ERROR_NAMES) | set(RETRIED_PLATFORM_ERRORS)), name
+        assert not set(caught) & (
+            set(REDRIVABLE_ERROR_NAMES) | set(TRANSIENT_ERROR_NAMES) | set(RETRIED_PLATFORM_ERRORS)
+        ), name
         assert "States.ALL" not in caught and "States.Timeout" not in caught, name
     assert set(CAUGHT_PLATFORM_ERRORS) <= set(RECORDED_ERROR_NAMES)
     assert set(RECORDED_ERROR_NAMES) | set(REDRIVABLE_ERROR_NAMES) >= set(PERMANENT_ERROR_NAMES)
-    assert "FanOut" not in {n for n, s in definition["States"].items() if s.get("Catch")}, "a failed iteration must stop at FanOut"
+    assert "FanOut" not in {n for n, s in definition["States"].items() if s.get("Catch")}, (
+        "a failed iteration must stop at FanOut"
+    )
 
 
 def _successors(state: dict[str, Any]) -> list[str]:
@@ -165,10 +178,15 @@ def test_every_caught_failure_is_recorded_then_ends_in_the_one_fail_state_and_re
     assert record["Next"] == "PipelineFailed" and "Catch" not in record
     assert {e for rule in record["Retry"] for e in rule["ErrorEquals"]} >= set(TRANSIENT_ERROR_NAMES)
     assert record["ResultPath"] == "$.outcome"
-    assert (states["PipelineFailed"]["ErrorPath"], states["PipelineFailed"]["CausePath"]) == ("$.outcome.error", "$.outcome.cause")
+    assert (states["PipelineFailed"]["ErrorPath"], states["PipelineFailed"]["CausePath"]) == (
+        "$.outcome.error",
+        "$.outcome.cause",
+    )
     # A Map branch catches the recorded errors of its sink, so the other sinks still deliver.
     branch = states["FanOut"]["ItemProcessor"]["States"]
-    assert branch["Deliver"]["Catch"] == [{"ErrorEquals": list(RECORDED_ERROR_NAMES), "ResultPath": "$.error", "Next": "SinkFailed"}]
+    assert branch["Deliver"]["Catch"] == [
+        {"ErrorEquals": list(RECORDED_ERROR_NAMES), "ResultPath": "$.error", "Next": "SinkFailed"}
+    ]
     assert branch["SinkFailed"]["Parameters"]["status"] == "FAILED" and branch["SinkFailed"].get("End") is True
     assert "States.ArrayContains($[*].status, 'FAILED')" in states["FanOut"]["ResultSelector"]["any_failed.$"]
 

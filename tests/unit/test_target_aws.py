@@ -30,7 +30,11 @@ OUTPUT = {
 @pytest.mark.parametrize("shape", ["bare", "output", "all_outputs"])
 def test_the_inferpipe_object_is_found_in_every_shape_terraform_prints(shape: str) -> None:
     wrapped = {"sensitive": False, "type": ["object", {}], "value": OUTPUT}
-    raw = {"bare": OUTPUT, "output": wrapped, "all_outputs": {"inferpipe": wrapped, "input_bucket_name": {"value": "x"}}}[shape]
+    raw = {
+        "bare": OUTPUT,
+        "output": wrapped,
+        "all_outputs": {"inferpipe": wrapped, "input_bucket_name": {"value": "x"}},
+    }[shape]
     assert parse_terraform_output(raw) == OUTPUT
 
 
@@ -58,7 +62,9 @@ def test_missing_fields_and_bad_files_say_what_is_wrong(tmp_path: Path) -> None:
         read_terraform_output(tmp_path / "missing.json")
 
 
-def test_connect_with_a_terraform_output_file_targets_aws_without_an_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connect_with_a_terraform_output_file_targets_aws_without_an_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "stack.json"
     path.write_text(json.dumps({"inferpipe": {"sensitive": False, "type": "object", "value": OUTPUT}}))
     target = Target.connect(terraform_output=path)
