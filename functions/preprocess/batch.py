@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import collections
-import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,20 +25,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from botocore.exceptions import BotoCoreError, ClientError
 
-from functions.common.aws import raise_transient
 from functions.common.batch import Batch, Item
 from functions.common.config import ImageLimits
 from functions.common.errors import ConfigurationError, InvalidRequestError, PermanentError
 from functions.common.log import logger, object_uri
 from functions.common.manifest import Manifest
 from functions.common.model_store import ModelStore
-from functions.common.request import SourceObject
+from functions.common.request import ModelRef, SourceObject
 from functions.common.timing import rounded, since_ms, timed
 from functions.common.work import FAILED, PREPROCESSED, READY, SCHEMA, counts, item_error, put_document, work_key
 from functions.preprocess.claims import Claims, log_duplicates
-from functions.preprocess.core import Fetched, check_owned, decode_image, fetch_object
+from functions.preprocess.core import Fetched, check_owned, decode_image, fetch_object, put_npy
 from functions.preprocess.transform import to_tensor
 
 #: GETs in flight while earlier objects decode: S3 answers each in tens of milliseconds, and a
@@ -208,19 +205,8 @@ def _failed_entry(
 
 
 def _store_group(s3: Any, bucket: str, key: str, group: _Group) -> dict[str, Any]:
-    array = np.ascontiguousarray(np.stack(group.rows).astype(np.float32, copy=False))
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    try:
-        s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=buffer.getvalue(),
-            ContentType="application/octet-stream",
-            Metadata={"model": group.manifest.name, "model-version": group.manifest.version},
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise_transient(exc, f"PutObject s3://{bucket}/{key}")
+    array = np.stack(group.rows).astype(np.float32, copy=False)
+    put_npy(s3, bucket, key, array, ModelRef(group.manifest.name, group.manifest.version))
     return {"bucket": bucket, "key": key, "shape": list(array.shape), "dtype": "float32"}
 
 

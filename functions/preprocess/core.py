@@ -373,6 +373,25 @@ def tensor_key(prefix: str, source: SourceObject, model: ModelRef) -> str:
     return f"{prefix}{digest}.npy"
 
 
+def put_npy(s3: Any, bucket: str, key: str, array: np.ndarray, model: ModelRef) -> None:
+    """Write ``array`` as ``.npy`` to ``s3://bucket/key``, tagged with the model it was made for.
+
+    A throttle or a network error is raised transient (the task retries); anything else as it is.
+    """
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    try:
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=buffer.getvalue(),
+            ContentType="application/octet-stream",
+            Metadata={"model": model.name, "model-version": model.version},
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise_transient(exc, f"PutObject s3://{bucket}/{key}")
+
+
 def store_tensor(
     s3: Any, bucket: str, prefix: str, source: SourceObject, model: ModelRef, array: np.ndarray
 ) -> dict[str, Any]:
@@ -385,19 +404,8 @@ def store_tensor(
     """
     if array.dtype != np.float32 or array.ndim != 4 or array.shape[:2] != (1, 3):
         raise ValueError(f"store_tensor expects a (1, 3, H, W) float32 array, got {array.shape} {array.dtype}")
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     key = tensor_key(prefix, source, model)
-    try:
-        s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=buffer.getvalue(),
-            ContentType="application/octet-stream",
-            Metadata={"model": model.name, "model-version": model.version},
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise_transient(exc, f"PutObject s3://{bucket}/{key}")
+    put_npy(s3, bucket, key, array, model)
     ref = TensorRef(bucket=bucket, key=key, shape=tuple(int(d) for d in array.shape))  # type: ignore[arg-type]
     return ref.to_dict()
 
@@ -408,6 +416,7 @@ __all__ = [
     "decode_image",
     "fetch_object",
     "preprocess",
+    "put_npy",
     "store_tensor",
     "tensor_key",
     "to_rgb",
