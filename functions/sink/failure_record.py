@@ -8,6 +8,7 @@ Example::
 
     record = build_failure({"failure": {"state": "Preprocess", "error": "NotAnImageError", "cause": "..."},
                             "context": {"request": {"bucket": "in", "key": "a.png"}}, "execution_id": arn})
+    record.error_type, record.to_dict()["source"]["uri"]   # ("NotAnImageError", "s3://in/a.png")
     written = record_failure(record, Destinations.from_env())   # {"s3": "s3://out/failures/in/a.png.json", ...}
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -61,7 +63,57 @@ def _valid_source(candidate: Any) -> dict[str, Any] | None:
     return source
 
 
-def build_failure(event: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FailureRecord:
+    """The failure record of one object (or of an input that names none); :meth:`to_dict` is its
+    JSON form (schema FAILURE_SCHEMA), as the S3 sink stores it."""
+
+    #: bucket, key, version_id, etag, last_modified, sequencer, uri; None for an input naming no object
+    source: Mapping[str, Any] | None
+    #: name, version, resolved (preprocess resolved the alias); None when the input named none
+    model: Mapping[str, Any] | None
+    error_type: str
+    error_message: str
+    failed_state: str
+    execution_id: str
+    recorded_at: str
+    #: the FanOut's outcome by sink, when the failure happened delivering
+    delivered_sinks: tuple[str, ...] | None = None
+    failed_sinks: tuple[str, ...] | None = None
+    #: the input as it was (cut to 8 KiB) when it names no object
+    input: Any = None
+    #: the object's place in its batch, for an input naming no object in a batch of several
+    item: int | None = None
+
+    @property
+    def execution_name(self) -> str:
+        return self.execution_id.rsplit(":", 1)[-1] if self.execution_id else ""
+
+    def with_item(self, item: int | None) -> FailureRecord:
+        return replace(self, item=item)
+
+    def to_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "schema": FAILURE_SCHEMA,
+            "status": FAILED,
+            "source": dict(self.source) if self.source is not None else None,
+            "model": dict(self.model) if self.model is not None else None,
+            "error": {"type": self.error_type, "message": self.error_message},
+            "failed_state": self.failed_state,
+            "execution_id": self.execution_id,
+            "execution_name": self.execution_name,
+            "recorded_at": self.recorded_at,
+        }
+        if self.delivered_sinks is not None and self.failed_sinks is not None:
+            record.update(delivered_sinks=list(self.delivered_sinks), failed_sinks=list(self.failed_sinks))
+        if self.source is None:
+            record["input"] = self.input
+        if self.item is not None:
+            record["item"] = self.item
+        return record
+
+
+def build_failure(event: Mapping[str, Any], now: datetime | None = None) -> FailureRecord:
     """The failure record of one execution, from the RecordFailure state's input.
 
     ``event`` is ``{"mode": "failure", "failure": {state, error, cause}, "context": <the execution's
@@ -73,28 +125,24 @@ def build_failure(event: Mapping[str, Any], now: datetime | None = None) -> dict
     if not isinstance(failure, Mapping) or not isinstance(failure.get("error"), str):
         raise InvalidRequestError("failure input must hold failure{state, error, cause}")
     context = _mapping(event.get("context")) or {}
-    execution_id = str(event.get("execution_id") or "")
     job, request = _mapping(context.get("job")), _mapping(context.get("request"))
     source = _failed_source(job, request)
     deliveries = context.get("deliveries") if isinstance(context.get("deliveries"), list) else []
-    record: dict[str, Any] = {
-        "schema": FAILURE_SCHEMA,
-        "status": FAILED,
-        "source": None,
-        "model": _failed_model(job, request),
-        "error": {"type": failure["error"], "message": _error_message(failure.get("cause", ""))},
-        "failed_state": str(failure.get("state") or "?"),
-        "execution_id": execution_id,
-        "execution_name": execution_id.rsplit(":", 1)[-1] if execution_id else "",
-        "recorded_at": timestamp(now),
-    }
-    if source is not None:
-        record["source"] = {**source, "uri": object_uri(source["bucket"], source["key"], source["version_id"])}
-    if deliveries:
-        record.update(_sinks_by_outcome(deliveries))
-    if source is None:
-        record["input"] = _shortened_input(failure.get("input", request))
-    return record
+    delivered, failed = _sinks_by_outcome(deliveries) if deliveries else (None, None)
+    return FailureRecord(
+        source=None
+        if source is None
+        else {**source, "uri": object_uri(source["bucket"], source["key"], source["version_id"])},
+        model=_failed_model(job, request),
+        error_type=failure["error"],
+        error_message=_error_message(failure.get("cause", "")),
+        failed_state=str(failure.get("state") or "?"),
+        execution_id=str(event.get("execution_id") or ""),
+        recorded_at=timestamp(now),
+        delivered_sinks=delivered,
+        failed_sinks=failed,
+        input=_shortened_input(failure.get("input", request)) if source is None else None,
+    )
 
 
 def _mapping(value: Any) -> Mapping[str, Any] | None:
@@ -118,13 +166,13 @@ def _failed_model(job: Mapping[str, Any] | None, request: Mapping[str, Any] | No
     return None
 
 
-def _sinks_by_outcome(deliveries: list[Any]) -> dict[str, list[str]]:
+def _sinks_by_outcome(deliveries: list[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``delivered_sinks`` and ``failed_sinks`` of the FanOut's deliveries."""
     outcomes = [d for d in deliveries if isinstance(d, Mapping)]
-    return {
-        "delivered_sinks": sorted(d["sink"] for d in outcomes if d.get("status") != FAILED),
-        "failed_sinks": sorted(d["sink"] for d in outcomes if d.get("status") == FAILED),
-    }
+    return (
+        tuple(sorted(d["sink"] for d in outcomes if d.get("status") != FAILED)),
+        tuple(sorted(d["sink"] for d in outcomes if d.get("status") == FAILED)),
+    )
 
 
 def _shortened_input(raw: Any) -> Any:
@@ -133,7 +181,7 @@ def _shortened_input(raw: Any) -> Any:
     return raw if len(text) <= _MAX_INPUT_CHARS else text[: _MAX_INPUT_CHARS - 3] + "..."
 
 
-def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]:
+def record_failure(record: FailureRecord, dest: Destinations) -> dict[str, str]:
     """Write the failure record where it is deployed; which writes happened, by sink.
 
     * S3: the key's latest view ``failures/<bucket>/<key>.json`` unless a newer version of the key
@@ -147,30 +195,30 @@ def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]
     A destination that is not deployed is skipped. Transient AWS failures raise TransientError.
     """
     written: dict[str, str] = {}
-    source = record["source"]
+    document = record.to_dict()
     try:
-        if dest.output_bucket and source is None:
-            name = record["execution_name"] or "unknown"
-            key = failure_key(None, f"{name}-{record['item']}" if "item" in record else name)
+        if dest.output_bucket and record.source is None:
+            name = record.execution_name or "unknown"
+            key = failure_key(None, f"{name}-{record.item}" if record.item is not None else name)
             client("s3").put_object(
                 Bucket=dest.output_bucket,
                 Key=key,
-                Body=json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8"),
+                Body=json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8"),
                 ContentType="application/json",
                 Metadata=_failure_metadata(record),
             )
             written.update(s3=f"s3://{dest.output_bucket}/{key}", s3_key=key)
         elif dest.output_bucket:
             outcome = views.publish(
-                client("s3"), dest.output_bucket, views.FAILURE, record, prefixes(dest), _failure_metadata(record)
+                client("s3"), dest.output_bucket, views.FAILURE, document, prefixes(dest), _failure_metadata(record)
             )
             written.update(
                 s3=f"s3://{dest.output_bucket}/{outcome.key}", s3_version_key=outcome.version_key, view=outcome.view
             )
             if outcome.view != "kept":
                 written["s3_key"] = outcome.latest_key
-        if dest.table and source is not None:
-            written["dynamodb"] = _failure_item(record, dest.table)
+        if dest.table and record.source is not None:
+            written["dynamodb"] = _failure_item(record, record.source, dest.table)
     except (ClientError, BotoCoreError) as exc:
         if isinstance(exc, BotoCoreError) or is_transient(exc):
             raise_transient(exc, "recording the failure")
@@ -178,23 +226,22 @@ def record_failure(record: dict[str, Any], dest: Destinations) -> dict[str, str]
     return written
 
 
-def _failure_metadata(record: Mapping[str, Any]) -> dict[str, str]:
-    return {"error-type": record["error"]["type"][:256], "failed-state": record["failed_state"][:256]}
+def _failure_metadata(record: FailureRecord) -> dict[str, str]:
+    return {"error-type": record.error_type[:256], "failed-state": record.failed_state[:256]}
 
 
-def _failure_item(record: dict[str, Any], table: str) -> str:
-    source = record["source"]
+def _failure_item(record: FailureRecord, source: Mapping[str, Any], table: str) -> str:
     item = {
         "object": {"S": f"s3://{source['bucket']}/{source['key']}"},
         "version": {"S": source["version_id"] or "null"},
         "status": {"S": FAILED},
-        "error_type": {"S": record["error"]["type"]},
-        "error_message": {"S": record["error"]["message"] or "-"},
-        "failed_state": {"S": record["failed_state"]},
-        "execution_id": {"S": record["execution_id"] or "-"},
-        "recorded_at": {"S": record["recorded_at"]},
+        "error_type": {"S": record.error_type},
+        "error_message": {"S": record.error_message or "-"},
+        "failed_state": {"S": record.failed_state},
+        "execution_id": {"S": record.execution_id or "-"},
+        "recorded_at": {"S": record.recorded_at},
     }
-    model = record.get("model") or {}
+    model = record.model or {}
     if isinstance(model.get("name"), str):
         item["model"] = {"S": model["name"]}
     if isinstance(model.get("version"), str):
@@ -215,4 +262,4 @@ def _failure_item(record: dict[str, Any], table: str) -> str:
     return location
 
 
-__all__ = ["FAILURE_SCHEMA", "build_failure", "record_failure"]
+__all__ = ["FAILURE_SCHEMA", "FailureRecord", "build_failure", "record_failure"]

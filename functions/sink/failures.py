@@ -36,7 +36,7 @@ from functions.common.batch import Defaults, parse_input
 from functions.common.errors import InvalidInputError, InvalidRequestError, ObjectNotFoundError
 from functions.common.work import CLASSIFIED_STATUS, FAILED, get_document
 from functions.sink.core import Destinations
-from functions.sink.failure_record import build_failure, record_failure
+from functions.sink.failure_record import FailureRecord, build_failure, record_failure
 
 #: ``failure.state`` of the note the state machine passes when only objects failed (no task did).
 ITEMS_FAILED_STATE = "Batch"
@@ -151,12 +151,12 @@ def record_batch_failures(
             {
                 "key": w.get("s3_key"),
                 "version_key": w.get("s3_version_key"),
-                "version_id": (record.get("source") or {}).get("version_id"),
+                "version_id": (record.source or {}).get("version_id"),
             }
             for record, w in zip(records, written, strict=True)
             if "s3_key" in w or "s3_version_key" in w
         ],
-        "failed_state": records[0]["failed_state"] if records else note.failure.get("state"),
+        "failed_state": records[0].failed_state if records else note.failure.get("state"),
     }
 
 
@@ -176,7 +176,7 @@ def _entry_error(entry: Mapping[str, Any], note: _Note) -> tuple[Any, Any, Any] 
     return None
 
 
-def _entry_record(entry: Mapping[str, Any], note: _Note, objects: int) -> dict[str, Any] | None:
+def _entry_record(entry: Mapping[str, Any], note: _Note, objects: int) -> FailureRecord | None:
     """The failure record of one object of the batch, or None when it did not fail."""
     found = _entry_error(entry, note)
     if found is None:
@@ -198,25 +198,25 @@ def _entry_record(entry: Mapping[str, Any], note: _Note, objects: int) -> dict[s
         }
     )
     if source is None and objects > 1:
-        record["item"] = entry.get("index")  # its own record under failures/_invalid/
+        return record.with_item(entry.get("index"))  # its own record under failures/_invalid/
     return record
 
 
-def _ending(records: list[dict[str, Any]], objects: int, failure: Mapping[str, Any]) -> tuple[str, str]:
+def _ending(records: list[FailureRecord], objects: int, failure: Mapping[str, Any]) -> tuple[str, str]:
     """The error and cause the execution ends with: the one error all records share, else MIXED_ERRORS."""
     if not records:  # nothing failed after all (a note without failures): say so instead of crashing
         return str(failure.get("error") or "PipelineError"), str(
             failure.get("cause") or "no object of the batch failed"
         )
     if len(records) == 1 and objects <= 1:
-        return records[0]["error"]["type"], records[0]["error"]["message"]
-    types = Counter(record["error"]["type"] for record in records)
+        return records[0].error_type, records[0].error_message
+    types = Counter(record.error_type for record in records)
     first = records[0]
-    where = (first.get("source") or {}).get("uri", "an input")
+    where = (first.source or {}).get("uri", "an input")
     cause = (
         f"{len(records)} of {objects or len(records)} objects failed: "
         + ", ".join(f"{name} x{count}" for name, count in types.most_common())
-        + f"; first: {where}: {first['error']['message']}"
+        + f"; first: {where}: {first.error_message}"
     )
     return (next(iter(types)) if len(types) == 1 else MIXED_ERRORS), cause
 

@@ -194,7 +194,7 @@ def test_a_delivery_failure_lists_delivered_and_failed_sinks() -> None:
         "context": context,
         "execution_id": EXECUTION,
     }
-    record = build_failure(event)
+    record = build_failure(event).to_dict()
     assert record["delivered_sinks"] == ["s3"] and record["failed_sinks"] == ["sqs"]
     assert record["model"] == {"name": "demo", "version": "0123456789ab", "resolved": True}
 
