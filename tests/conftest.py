@@ -100,3 +100,19 @@ def lite0_package() -> tuple[Path, Manifest]:
     from inferpipe.demo import MODEL_DIR, default_model_package
 
     return MODEL_DIR, default_model_package(MODEL_DIR)
+
+
+@pytest.fixture
+def moto_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GIVEN moto's dummy credentials and region, no endpoint override (a developer's shell may set
+    one), and no AWS client left from an earlier test (functions.common.aws caches its clients)."""
+    from functions.common import aws
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setattr(aws, "_clients", {})

@@ -22,7 +22,6 @@ import pytest
 from moto import mock_aws
 from mxnet.gluon.model_zoo.vision import BasicBlockV1, ResNetV1
 
-from functions.common import aws
 from functions.common.config import invocation_environment
 from functions.common.errors import InvalidRequestError, ModelIntegrityError, ObjectNotFoundError
 from functions.common.manifest import InputSpec, Manifest
@@ -281,17 +280,11 @@ EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:pipeline:abc"
 
 
 @pytest.fixture
-def stack(monkeypatch: pytest.MonkeyPatch, package: Path, other_package: Path) -> Iterator[dict[str, Any]]:
+def stack(
+    monkeypatch: pytest.MonkeyPatch, moto_env: None, package: Path, other_package: Path
+) -> Iterator[dict[str, Any]]:
     """GIVEN a model bucket with the tiny model published as 'prod' (and a second one, 'other'),
     a work bucket, a fresh process."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setattr(aws, "_clients", {})  # clients made inside the mock
     monkeypatch.setattr(handler, "service", InferenceService(import_ms=handler.service.import_ms))  # a cold Lambda
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from functions.common import aws
 from functions.common.config import invocation_environment
 from functions.common.errors import InvalidRequestError, ModelIntegrityError
 from functions.common.manifest import MANIFEST_FILE, Manifest
@@ -213,16 +212,8 @@ def test_each_mode_publishes_as_its_own_version(packages: SimpleNamespace, monke
 
 
 def test_default_model_preload_reports_the_cold_start_in_parts(
-    packages: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+    packages: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, moto_env: None
 ) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setattr(aws, "_clients", {})
     monkeypatch.setattr(handler, "service", InferenceService(import_ms=handler.service.import_ms))
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
