@@ -184,13 +184,7 @@ def test_the_fastest_mode_within_half_a_point_of_fp32_is_chosen() -> None:
     assert choose_mode(candidates) == "fp32"
 
 
-def test_each_mode_publishes_as_its_own_version(packages: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
+def test_each_mode_publishes_as_its_own_version(packages: SimpleNamespace, moto_env: None) -> None:
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="models")
