@@ -49,7 +49,7 @@ lint: $(STAMP)
 format: $(STAMP)
 	tools/lint --fix
 
-## typecheck: mypy on functions/ and inferpipe/ (the settings are in pyproject.toml)
+## typecheck: mypy on functions/, inferpipe/, tests/, scripts/ and bench/ (the settings are in pyproject.toml)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 

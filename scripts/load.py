@@ -44,7 +44,7 @@ from functions.common.stack import SINKS
 
 #: (service, operation, requests failed, extra): transient faults beyond botocore's retries, on the
 #: APIs the functions really call (the message sinks publish with the batch APIs).
-FAULTS = (
+FAULTS: tuple[tuple[str, str, int, dict[str, Any]], ...] = (
     ("s3", "GetObject", 4, {}),
     ("dynamodb", "PutItem", 4, {}),
     ("sns", "PublishBatch", 4, {}),

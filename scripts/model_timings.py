@@ -33,7 +33,7 @@ from inferpipe.paths import BUILD_DIR
 BUCKET = "timings-models"
 
 
-def measure(s3: object, package: Path, name: str, repeats: int) -> dict[str, float]:
+def measure(s3: object, package: Path, name: str, repeats: int) -> dict[str, float | str | bool]:
     manifest = publish(s3, BUCKET, package, name=name)
     store = ModelStore(BUCKET, s3)  # a fresh store: nothing cached
     rng = np.random.default_rng(0)

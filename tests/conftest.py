@@ -46,7 +46,8 @@ class FakeLambdaContext(LambdaContext):
         self._log_stream_name = "2026/11/29/[$LATEST]0123456789abcdef"
         self._remaining_ms = remaining_ms
 
-    def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]  (Powertools' is a stub returning 0)
+    # Powertools' stub declares it a staticmethod; Lambda's context (awslambdaric) has an instance method.
+    def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]  # Powertools' stub is a staticmethod
         return self._remaining_ms
 
 

@@ -59,13 +59,14 @@ def stack(demo_model: Manifest, request: pytest.FixtureRequest) -> Iterator[Any]
     # exercise the pipeline with the tiny shapes model instead (known labels, synthetic images),
     # set as the default as Terraform's default_model variable would. tests/e2e/test_real_model.py
     # runs the stack with its real defaults.
-    local = LocalStack(default_model="demo", trigger=getattr(request.module, "TRIGGER", "direct"))
+    # Any: the tests read an attribute this fixture adds (demo_version)
+    local: Any = LocalStack(default_model="demo", trigger=getattr(request.module, "TRIGGER", "direct"))
     local.start()
     try:
         published = publish(
             local.client("s3"), local.resources.buckets["models"], DEMO_MODEL_DIR, name="demo", alias="prod"
         )
-        local.demo_version = published.version  # type: ignore[attr-defined]
+        local.demo_version = published.version
         yield local
     finally:
         local.stop()

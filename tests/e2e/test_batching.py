@@ -148,7 +148,9 @@ def test_a_manual_batch_with_a_bad_object_delivers_the_others(stack: Any, sinks:
         assert entry["prediction"]["top_k"][0]["label"] == direct_top1(
             DEMO_MODEL_DIR, image_bytes("square", fmt="PNG", seed=30 + keys.index(key))
         )
-    assert _failure_record(stack, f"manual-{run}/missing.png")["error"]["type"] == "ObjectNotFoundError"  # type: ignore[index]
+    failure = _failure_record(stack, f"manual-{run}/missing.png")
+    assert failure is not None
+    assert failure["error"]["type"] == "ObjectNotFoundError"
     # AND only one tensor per model was written for the batch, and the state never carried predictions
     history = stack.client("stepfunctions").get_execution_history(executionArn=final["executionArn"], maxResults=1000)[
         "events"
@@ -237,7 +239,9 @@ def test_backfill_classifies_a_prefix_of_existing_objects(stack: Any, sinks: Any
     for i in (0, 101, 201):
         records = sinks.records(bucket, f"{prefix}{i:03d}.jpg")
         assert all(len(records[sink]) == 1 for sink in ALL_SINKS), records
-    assert _failure_record(stack, f"{prefix}broken-1.jpg")["error"]["type"] == "NotAnImageError"  # type: ignore[index]
+    failure = _failure_record(stack, f"{prefix}broken-1.jpg")
+    assert failure is not None
+    assert failure["error"]["type"] == "NotAnImageError"
     # AND the Distributed Map's results are in the output bucket, as the ResultWriter writes them
     manifest = (
         stack.client("s3").get_object(Bucket=summary["results"]["Bucket"], Key=summary["results"]["Key"])["Body"].read()

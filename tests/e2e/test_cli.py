@@ -155,6 +155,7 @@ def test_when_the_stack_fails_mid_run_finished_files_keep_their_results_and_the_
     assert len(finished) >= 1 and finished[0].top_k and finished[0].top_k[0]["label"] == "circle"
     assert stopped, "the fault came after every file had finished"
     for result in stopped:
+        assert result.error is not None
         assert result.error["type"] == "ServiceUnavailable", result.error
         assert "the stack or the network failed; files already finished are reported" in result.error["message"]
 

@@ -134,6 +134,7 @@ def test_an_object_over_the_size_limit_is_refused_before_download(stack: Any) ->
     final = _run_upload(stack, key, b"\xff" * (limit + 1))
     assert final["status"] == "FAILED" and final["error"] == "ObjectTooLargeError"
     record = failure_record(stack, _input_bucket(stack), key)
+    assert record is not None
     assert record["error"]["type"] == "ObjectTooLargeError" and str(limit) in record["error"]["message"]
 
 
@@ -152,6 +153,7 @@ def test_an_object_deleted_between_event_and_processing_is_not_found(stack: Any)
     assert stack.aws_faults.pending() == 0  # the claim was held, then written
     assert final["status"] == "FAILED" and final["error"] == "ObjectNotFoundError", final.get("cause")
     record = failure_record(stack, _input_bucket(stack), key)
+    assert record is not None
     assert record["error"]["type"] == "ObjectNotFoundError" and "does not exist" in record["error"]["message"]
     assert record["source"]["version_id"] == version
 
@@ -209,6 +211,7 @@ def test_an_input_naming_no_object_is_recorded_under_invalid(stack: Any) -> None
     final = _start(stack, ["not", "an", "event"], name=name)
     assert final["status"] == "FAILED" and final["error"] == "InvalidInputError"
     record = failure_record(stack, None, None, execution_name=name)
+    assert record is not None
     assert record["input"] == ["not", "an", "event"] and record["failed_state"] == "Preprocess"
 
 

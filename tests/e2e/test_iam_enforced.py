@@ -59,7 +59,7 @@ UNEXERCISED = {
     ),
 }
 #: Statements only a probe other than the pipeline's happy path needs (see the probes below).
-PROBES = {
+PROBES: dict[str | tuple[str, str], str] = {
     "WriteOwnLogs": "logs",
     "KeepDeliveryLedger": "ledger",
     "RecordFailures": "failure_record",

@@ -20,7 +20,7 @@ def _load(stack: Any, images: int, burst: int, seed: int) -> Any:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-    from load import run_load  # type: ignore[import-not-found]
+    from load import run_load
 
     logging.getLogger("moto").setLevel(logging.CRITICAL)
     out = io.StringIO()

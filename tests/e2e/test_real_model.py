@@ -23,13 +23,13 @@ def real_stack(lite0_package: tuple[Path, Manifest]) -> Iterator[Any]:
     from inferpipe.models import publish
 
     folder, _ = lite0_package
-    local = LocalStack()
+    local: Any = LocalStack()  # Any: the tests read an attribute this fixture adds (published)
     local.start()
     try:
         assert local.resources.defaults.model == MODEL_NAME  # config/stack.json's default, untouched
         local.published = publish(
             local.client("s3"), local.resources.buckets["models"], folder, name=MODEL_NAME, alias="prod"
-        )  # type: ignore[attr-defined]
+        )
         yield local
     finally:
         local.stop()
@@ -53,6 +53,7 @@ def test_real_photos_uploaded_without_options_reach_every_sink_with_the_direct_f
         assert result.model_version == real_stack.published.version
         assert len(result.top_k) == 5 and result.top_k[0]["probability"] > 0.3
         # AND every sink holds one record with that label and the exact model version
+        assert result.key is not None
         records = sinks.records(real_stack.resources.buckets["input"], result.key)
         assert set(records) == {"s3", "dynamodb", "sns", "sqs", "eventbridge"}
         for sink, found in records.items():

@@ -112,7 +112,9 @@ def test_an_old_versions_replay_and_its_late_event_never_regress_the_keys_record
     def latest(prefix: str) -> dict[str, Any] | None:
         return records.read_latest(s3, output, prefix, {"bucket": bucket, "key": key})
 
-    assert latest("predictions/")["source"]["version_id"] == v2  # type: ignore[index]
+    prediction = latest("predictions/")
+    assert prediction is not None
+    assert prediction["source"]["version_id"] == v2
     assert latest("failures/") is None  # v1's failure view was retired by v2's success ...
     assert s3.get_object(Bucket=output, Key=records.version_key("failures/", bucket, key, v1))  # ... its record kept
 
@@ -127,7 +129,9 @@ def test_an_old_versions_replay_and_its_late_event_never_regress_the_keys_record
     assert wait_for_execution(stack, first["executionArn"])["status"] == "SUCCEEDED"
     stack.flush_logs()  # its status event (SUCCEEDED) has reached the status recorder
     # THEN v1 gets its own records, and the key's latest views still describe v2
-    assert latest("predictions/")["source"]["version_id"] == v2  # type: ignore[index]
+    prediction = latest("predictions/")
+    assert prediction is not None
+    assert prediction["source"]["version_id"] == v2
     assert latest("failures/") is None
     old = json.loads(
         s3.get_object(Bucket=output, Key=records.version_key("predictions/", bucket, key, v1))["Body"].read()

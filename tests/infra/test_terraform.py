@@ -481,7 +481,9 @@ def test_every_queue_and_topic_refuses_plain_http() -> None:
     policies = {**resources_of("aws_sqs_queue_policy"), **resources_of("aws_sns_topic_policy")}
     documents = data_of("aws_iam_policy_document")
     for name, policy in policies.items():
-        used = re.search(r"data\.aws_iam_policy_document\.(\w+)", policy["policy"]).group(1)  # type: ignore[union-attr]
+        match = re.search(r"data\.aws_iam_policy_document\.(\w+)", policy["policy"])
+        assert match is not None, f"the policy {name} names no aws_iam_policy_document"
+        used = match.group(1)
         sources = " ".join(documents[used].get("source_policy_documents", [])) if used != "tls_only" else "tls_only"
         assert "tls_only" in sources, f"the policy {name} does not include the TLS-only statement"
     assert set(policies) == {"trigger_buffer", "trigger_buffer_dlq", "event_dlq", "sink_queue", "sink_topic", "alarms"}

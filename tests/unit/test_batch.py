@@ -190,8 +190,10 @@ def test_a_queued_message_that_is_not_an_s3_event_fails_alone() -> None:
     batch = parse_input(raw, DEFAULTS)
     assert objects(batch) == [(BUCKET, "a.jpg", "v1")]
     assert [i.problem is None for i in batch.items] == [True, False, False]
-    assert batch.items[1].problem.startswith("element 1 of the batch is not an SQS record of an S3 event")  # type: ignore[union-attr]
-    assert batch.items[2].problem.startswith("element 2 of the batch")  # type: ignore[union-attr]
+    first, second = batch.items[1].problem, batch.items[2].problem
+    assert first is not None and second is not None
+    assert first.startswith("element 1 of the batch is not an SQS record of an S3 event")
+    assert second.startswith("element 2 of the batch")
 
 
 def test_a_manual_request_with_bad_options_is_an_object_that_fails_not_a_rejected_input() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mxnet as mx
 import numpy as np
@@ -20,6 +21,9 @@ from inferpipe.pretrained.efficientnet_lite import LITE0_SPEC, efficientnet_lite
 from inferpipe.pretrained.imagenet import imagenet_labels
 from inferpipe.pretrained.legacy_pth import read_state_dict
 from inferpipe.pretrained.photos import demo_photos
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "lite0_reference_logits.npz"
@@ -44,7 +48,7 @@ def net(tensors: dict[str, np.ndarray]) -> mx.gluon.HybridBlock:
     return net
 
 
-def _probabilities(net: mx.gluon.HybridBlock, image: object) -> np.ndarray:
+def _probabilities(net: mx.gluon.HybridBlock, image: Image.Image) -> np.ndarray:
     logits = net(mx.nd.array(to_tensor(image, LITE0_SPEC)[None])).asnumpy()[0].astype(np.float64)
     exp = np.exp(logits - logits.max())
     return exp / exp.sum()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -18,11 +19,13 @@ from tests.conftest import FakeLambdaContext
 def log_lines() -> Iterator[io.StringIO]:
     """What the functions' logger writes, as it would reach CloudWatch."""
     buffer = io.StringIO()
-    previous = logger.registered_handler.setStream(buffer)  # type: ignore[union-attr]
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)  # Powertools' handler, typed as any logging.Handler
+    previous = handler.setStream(buffer)
     try:
         yield buffer
     finally:
-        logger.registered_handler.setStream(previous)  # type: ignore[union-attr]
+        handler.setStream(previous)
 
 
 def _context(request_id: str) -> FakeLambdaContext:

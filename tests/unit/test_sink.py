@@ -27,7 +27,7 @@ from functions.sink.handler import lambda_handler
 from tests.conftest import FakeLambdaContext
 
 SOURCE = {"bucket": "in-bucket", "key": "holiday photos/café+1%.jpg", "version_id": "v1", "etag": "abc", "size": 10}
-PREDICTION = {
+PREDICTION: dict[str, Any] = {
     "model": {"name": "demo", "version": "0123456789ab", "architecture": "resnet", "inference_mode": "fp32"},
     "top_k": [{"label": "circle", "index": 0, "probability": 0.9}, {"label": "ring", "index": 4, "probability": 0.05}],
 }

@@ -141,7 +141,7 @@ def test_a_failure_never_overwrites_a_success_and_a_success_resolves_a_failure(s
     assert _failure_records() == {}  # the s3 sink removed the resolved failure record
     # WHEN a later execution of the same object version fails in a sink
     ref = put_batch([classified()], execution=EXECUTION + "-2")
-    deliveries = [
+    deliveries: list[dict[str, Any]] = [
         {"sink": "s3", "status": "DELIVERED", "delivered": 1},
         {
             "sink": "sqs",
@@ -290,7 +290,7 @@ def test_objects_sharing_an_error_end_with_that_error(sink_resources: dict[str, 
 def test_a_failed_sink_fails_every_classified_object_naming_the_sinks(sink_resources: dict[str, str]) -> None:
     # GIVEN two classified objects; S3 took them, the queue refused them
     ref = put_batch([classified(_source("a.jpg"), index=0), classified(_source("b.jpg"), index=1)])
-    deliveries = [
+    deliveries: list[dict[str, Any]] = [
         {"sink": "s3", "status": "DELIVERED", "delivered": 2},
         {
             "sink": "sqs",

@@ -195,6 +195,8 @@ def test_each_task_times_out_after_its_function_would() -> None:
     definition = json.loads(ASL_PATH.read_text())
     assert definition["TimeoutSeconds"] > 0
     for name, task in _tasks(definition["States"]):
-        placeholder = re.fullmatch(r"\$\{(\w+)\}", task["Resource"]).group(1)
+        match = re.fullmatch(r"\$\{(\w+)\}", task["Resource"])
+        assert match is not None, f"{name}'s Resource is no ${{placeholder}}: {task['Resource']}"
+        placeholder = match.group(1)
         function = STACK["functions"][FUNCTION_OF_PLACEHOLDER[placeholder]]
         assert task["TimeoutSeconds"] > function["timeout_s"], name
