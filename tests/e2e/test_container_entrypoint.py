@@ -9,6 +9,10 @@ Runtime API). These tests tie the Dockerfile to that path and call each handler 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +96,60 @@ def test_preprocess_reports_a_typed_error(stack: Any) -> None:
     )
     assert kind == "error"
     assert payload["errorType"] == "InvalidInputError" and "none of its 3 elements" in payload["errorMessage"]
+
+
+#: Run in the image's /var/task layout: every handler module imports, with nothing of the
+#: repository but what the Dockerfile copies (above all, no inferpipe package), and reads the
+#: stack definition from the copied config/stack.json.
+_IMPORT_IN_IMAGE_LAYOUT = """
+import importlib, importlib.abc, json, sys
+from pathlib import Path
+
+class NotInTheImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("inferpipe", "tests", "bench", "scripts"):
+            raise ImportError(f"{name} is not in the image")
+        return None
+
+sys.meta_path.insert(0, NotInTheImage())
+for command in json.loads(sys.argv[1]):
+    module = importlib.import_module(command.rsplit(".", 1)[0])
+    assert Path(module.__file__).is_relative_to(Path.cwd()), module.__file__
+from functions.common import stack
+print(json.dumps({"stack_file": str(stack.PATH), "sinks": stack.SINKS}))
+"""
+
+
+def test_the_handlers_import_from_what_the_dockerfile_copies_and_nothing_else(tmp_path: Path) -> None:
+    # GIVEN /var/task as the Dockerfile builds it: each `COPY <src> /var/task/<dst>` of the runtime stage
+    task_root = tmp_path / "task"
+    copies = [line.split()[1:] for line in TEXT.splitlines() if line.startswith("COPY ") and "--from" not in line]
+    for *sources, target in copies:
+        if not target.startswith("/var/task/"):
+            continue  # the build stage's inputs
+        (source,) = sources
+        destination = task_root / target.removeprefix("/var/task/")
+        if (REPO_ROOT / source).is_dir():
+            shutil.copytree(REPO_ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO_ROOT / source, destination)
+    # WHEN each function's handler module is imported there, as the image's PYTHONPATH has it
+    environment = {**os.environ, "PYTHONPATH": str(task_root), "INFERENCE_PRELOAD": "0"}
+    environment.pop("INFERPIPE_STACK_FILE", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_IN_IMAGE_LAYOUT, json.dumps(_commands())],
+        cwd=task_root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # THEN all three import, none reaches for inferpipe, and the sinks come from the copied stack.json
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["stack_file"] == str(task_root / "config" / "stack.json")
+    assert found["sinks"] == [
+        sink["name"] for sink in json.loads((REPO_ROOT / "config" / "stack.json").read_text())["sinks"]["known"]
+    ]
