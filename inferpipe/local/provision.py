@@ -356,7 +356,7 @@ def provision(
     # The batched trigger has a pipe role and no trigger role (an SQS target takes none), as in Terraform.
     batched = trigger == "batched"
     policies = role_policies(r, sinks=KNOWN_SINKS, trigger=not batched, pipe=batched)
-    services = role_services(r, trigger=not batched, pipe=batched)
+    services = role_services(trigger=not batched, pipe=batched)
     names = role_names(r)
     roles = {
         key: _ensure_role(client("iam"), name, services[key], policies[key])

@@ -12,7 +12,7 @@ Example::
     resources = render_resources()
     policies = role_policies(resources)                  # role -> template name -> policy document
     policies["sink"]["sink-sqs"]["Statement"][0]         # {"Sid": "SendPredictions", ..., "Resource": "arn:aws:sqs:..."}
-    role_services(resources)["state_machine"]            # "states.amazonaws.com"
+    role_services()["state_machine"]                     # "states.amazonaws.com"
 """
 
 from __future__ import annotations
@@ -185,7 +185,6 @@ def role_policy_templates(
 
 
 def role_services(
-    resources: Resources,
     *,
     keep_warm: bool = False,
     trigger: bool = True,

@@ -694,7 +694,7 @@ def test_python_chooses_a_policy_for_every_role_terraform_creates() -> None:
     everything = RoleSwitches(keep_warm=True, trigger=True, pipe=True, backfill=True)
     chosen = policies.role_policy_templates(resources, kms=True, **everything)
     templates = set(policies.policy_templates())
-    assert set(chosen) == set(policies.role_services(resources, **everything))
+    assert set(chosen) == set(policies.role_services(**everything))
     assert {name for names in chosen.values() for name in names} == templates, "a template is never attached"
     # every role stack.json defines is a key; by default the roles of a direct-trigger deployment have templates
     defaults = policies.role_policy_templates(resources)
@@ -706,7 +706,7 @@ def test_python_chooses_a_policy_for_every_role_terraform_creates() -> None:
         "state_machine",
         "trigger",
     }
-    assert set(policies.role_services(resources)) == {"preprocess", "inference", "sink", "state_machine", "trigger"}
+    assert set(policies.role_services()) == {"preprocess", "inference", "sink", "state_machine", "trigger"}
 
 
 def _statements(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -1063,7 +1063,7 @@ def test_terraform_and_python_render_the_same_iam_policies(terraform: Terraform)
             **roles,
         )
         assert in_terraform == in_python, scenario
-        assert evaluated["role_services"] == policies.role_services(resources, **roles), scenario
+        assert evaluated["role_services"] == policies.role_services(**roles), scenario
 
 
 def test_the_trigger_mode_defaults_to_stack_json_and_decides_which_roles_exist(terraform: Terraform) -> None:
